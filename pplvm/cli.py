@@ -1,0 +1,193 @@
+"""``pplvm`` command line: parses arguments into a card or run directory and calls the library.
+
+Every error pplvm raises on purpose is printed as one line (``pplvm: error: ...``) with exit
+status 2; ``--json`` output is a single JSON object with a ``schema`` key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import PplvmError
+
+EXIT_USAGE = 2
+
+
+def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(obj, sort_keys=True) if as_json else text)
+
+
+def cmd_fit(args) -> int:
+    from .config import load_card
+    from .run import Run
+
+    card = load_card(args.card, args.set)
+    out = Path(args.out) if args.out else Path("runs") / card.name
+    if args.quiet:
+        from .config import card_from_dict, card_to_dict
+
+        card = card_from_dict(card_to_dict(card), {"training.progress": False})
+    run = Run.from_card(card)
+    try:
+        run.fit(out)
+    except KeyboardInterrupt:
+        print(f"pplvm: interrupted; the last checkpoint is kept in {out} — continue with: pplvm resume {out}",
+              file=sys.stderr)
+        return 130
+    last = run.history[-1]
+    result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
+              "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
+              "valid_log_likelihood": last.get("valid_log_likelihood")}
+    _emit(result, args.json, run.summary_text() if not args.quiet else f"wrote {out}")
+    return 0
+
+
+def _eval_data(run, args):
+    from .data import load_dataset, read_matrix
+
+    if args.data:
+        x, _ = read_matrix(args.data)
+        return x, args.data
+    dataset = load_dataset(run.card.data)
+    for split in ([args.split] if args.split else ["test", "valid", "train"]):
+        x = getattr(dataset, split)
+        if x is not None:
+            return dataset.transform.inverse(x), split
+    raise PplvmError(f"--split {args.split}: the card's data has no such split (fraction 0)")
+
+
+def cmd_evaluate(args) -> int:
+    from .run import Run
+
+    run = Run.load(args.run_dir)
+    x, where = _eval_data(run, args)
+    m = run.evaluate(x)
+    result = {"schema": "pplvm.evaluate/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
+              "data": where, **m}
+    kind = "exact" if m["exact"] else "estimated"
+    text = (f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
+            f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}")
+    _emit(result, args.json, text)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .run import Run, save_samples
+
+    if args.n < 1:
+        raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
+    run = Run.load(args.run_dir)
+    x = run.sample(args.n, seed=args.seed)
+    save_samples(x, args.out)
+    _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[1]}, args.json,
+          f"wrote {args.n} samples of dimension {x.shape[1]} to {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    path = Path(args.run_dir) / "summary.txt"
+    if path.is_file():
+        print(path.read_text(), end="")
+        return 0
+    from .run import Run
+
+    print(Run.load(args.run_dir).summary_text(), end="")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .run import Run
+
+    try:
+        run = Run.resume(args.run_dir, epochs=args.epochs)
+    except KeyboardInterrupt:
+        print(f"pplvm: interrupted; continue with: pplvm resume {args.run_dir}", file=sys.stderr)
+        return 130
+    last = run.history[-1]
+    _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
+           "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
+           "valid_log_likelihood": last.get("valid_log_likelihood")}, args.json, run.summary_text())
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .data import SOURCES
+    from .families import FAMILIES
+    from .guides import GUIDES
+    from .objectives import OBJECTIVES
+
+    families = {name: {"guides": list(cls.guides), "objectives": list(cls.objectives),
+                       "exact_likelihood": cls.exact_likelihood, "doc": (cls.__doc__ or "").strip().split("\n")[0]}
+                for name, cls in FAMILIES.items()}
+    out = {"schema": "pplvm.list/1", "families": families, "guides": GUIDES, "objectives": OBJECTIVES,
+           "datasets": {name: src.doc for name, src in SOURCES.items()}}
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+        return 0
+    lines = ["families:"]
+    lines += [f"  {n:10s} guides: {', '.join(f['guides'])}; objectives: {', '.join(f['objectives'])}"
+              for n, f in families.items()]
+    for section in ("guides", "objectives", "datasets"):
+        lines.append(f"{section}:")
+        lines += [f"  {n:10s} {d}" for n, d in out[section].items()]
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pplvm", description="Latent-variable generative models on Pyro.")
+    p.add_argument("--version", action="version", version=f"pplvm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
+        return sp
+
+    sp = add("fit", cmd_fit, "fit a model card and write a run directory")
+    sp.add_argument("card", help="model card (TOML)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a card value, e.g. --set training.lr=0.01 (repeatable)")
+    sp.add_argument("--out", help="run directory (default: runs/<card name>)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
+    sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+
+    sp = add("sample", cmd_sample, "draw new data from a fitted run")
+    sp.add_argument("run_dir")
+    sp.add_argument("-n", type=int, required=True, help="number of samples")
+    sp.add_argument("--out", required=True, help="output file, .npy or .csv")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("summary", cmd_summary, "print a run's posterior summary")
+    sp.add_argument("run_dir")
+
+    sp = add("resume", cmd_resume, "continue an interrupted run from its last checkpoint")
+    sp.add_argument("run_dir")
+    sp.add_argument("--epochs", type=int, help="new total epoch budget")
+
+    add("list", cmd_list, "list families, guides, objectives and datasets")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except PplvmError as err:
+        print(f"pplvm: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

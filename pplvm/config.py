@@ -1,0 +1,216 @@
+"""Model cards: the declarative description of a run, validated.
+
+A card is a TOML file (or the same nested dict from Python) with the sections
+
+- ``[model]``      family and its hyperparameters (schema: the family's ``Config``);
+- ``[guide]``      which guide, e.g. ``kind = "meanfield"``;
+- ``[objective]``  which objective, e.g. ``name = "enum"``;
+- ``[data]``       data source and its options (schema: the source's ``Config``);
+- ``[training]``   optimiser, epochs, minibatches, early stopping, checkpoints;
+- ``[evaluation]`` posterior draws for arviz.
+
+Validation errors name the key path (``training.lr``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .errors import CardError
+
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae"]
+
+
+class Section(BaseModel):
+    """Base of every card section: unknown keys and silent type coercion are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class GuideConfig(Section):
+    kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
+    init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
+
+
+class ObjectiveConfig(Section):
+    name: ObjectiveName = "elbo"
+    num_particles: int = Field(1, ge=1, description="Monte Carlo particles (k for iwae)")
+    alpha: float = Field(0.5, description="Renyi alpha (renyi only)")
+    vectorize_particles: bool = True
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="minibatch size; none = full batch")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
+    lr_final_ratio: float = Field(0.1, gt=0, le=1, description="final lr / lr for decaying schedules")
+    clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
+    min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
+    eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
+    checkpoint_every: int = Field(1, ge=1)
+    seed: int = 0
+    progress: bool = True
+
+
+class EvaluationConfig(Section):
+    draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
+    chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
+    max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
+
+
+@functools.cache
+def card_schema() -> type[BaseModel]:
+    """The pydantic model of a whole card; model and data are unions tagged by name."""
+    from .data import SOURCES
+    from .families import FAMILIES
+
+    def tagged(configs: list[type[BaseModel]], tag: str) -> Any:
+        if len(configs) == 1:
+            return configs[0]
+        return Annotated[Union[tuple(configs)], Field(discriminator=tag)]
+
+    return create_model(
+        "Card",
+        __base__=Section,
+        name=(str, "untitled"),
+        description=(str, ""),
+        model=(tagged([cls.Config for _, cls in FAMILIES.items()], "family"), ...),
+        guide=(GuideConfig, GuideConfig()),
+        objective=(ObjectiveConfig, ObjectiveConfig()),
+        data=(tagged([src.Config for _, src in SOURCES.items()], "source"), ...),
+        training=(TrainingConfig, TrainingConfig()),
+        evaluation=(EvaluationConfig, EvaluationConfig()),
+    )
+
+
+def _allowed_keys(schema: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a section at ``loc`` accepts, for 'unknown key' messages."""
+    node: Any = schema
+    for part in loc:
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        node = fields[part].annotation
+        args = getattr(node, "__args__", ())
+        if fields and args and not isinstance(node, type):
+            node = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), node)
+    return sorted(getattr(node, "model_fields", {}))
+
+
+def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        # Pydantic puts the union tag into the path (model.gmm.components): drop it.
+        if len(loc) >= 2 and loc[0] in ("model", "data") and isinstance(raw.get(loc[0]), dict):
+            tag = raw[loc[0]].get("family" if loc[0] == "model" else "source")
+            if loc[1] == tag:
+                loc = (loc[0],) + loc[2:]
+        path = ".".join(str(p) for p in loc) or "<card>"
+        if e["type"] == "extra_forbidden":
+            section = tuple(loc[:-1])
+            if section and section[0] in ("model", "data"):
+                allowed = _tagged_keys(section[0], raw)
+            else:
+                allowed = _allowed_keys(schema, section)
+            msg = "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "missing":
+            msg = "missing required key"
+        else:
+            msg = e["msg"].replace("Input should be", "expected").replace("Input tag", "tag")
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{path}: {msg}")
+    return "invalid card:\n  " + "\n  ".join(lines)
+
+
+def _tagged_keys(section: str, raw: dict) -> list[str]:
+    from .data import SOURCES
+    from .families import FAMILIES
+
+    registry, tag = (FAMILIES, "family") if section == "model" else (SOURCES, "source")
+    name = raw.get(section, {}).get(tag)
+    if name not in registry:
+        return []
+    return sorted(registry[name].Config.model_fields)
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as TOML (numbers, booleans, strings, arrays), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Return a copy of ``raw`` with ``key.path=value`` overrides applied."""
+    out = _deepcopy(raw)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
+    for path, value in items:
+        keys = path.split(".")
+        if not all(keys):
+            raise CardError(f"override {path!r}: expected a dotted key path like training.lr")
+        node = out
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise CardError(f"override {path!r}: {k!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _split(override: str) -> tuple[str, Any]:
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise CardError(f"override {override!r}: expected key.path=value")
+    return key.strip(), parse_value(value.strip())
+
+
+def _deepcopy(d: dict) -> dict:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def card_from_dict(raw: dict, overrides: list[str] | dict[str, Any] | None = None) -> BaseModel:
+    """Validate a card given as a nested dict (plus optional overrides)."""
+    if not isinstance(raw, dict):
+        raise CardError(f"a card must be a table of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    schema = card_schema()
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as err:
+        raise CardError(_describe(err, schema, raw)) from None
+
+
+def load_card(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None):
+    """Read and validate a TOML model card."""
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"card {str(path)!r}: no such file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise CardError(f"card {str(path)!r} is not valid TOML: {err}") from None
+    return card_from_dict(raw, overrides)
+
+
+def card_to_dict(card: BaseModel) -> dict:
+    return card.model_dump(mode="json", exclude_none=True)
+
+
+def dump_card(card: BaseModel, path: str | os.PathLike) -> None:
+    from .training.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), tomli_w.dumps(card_to_dict(card)).encode())

@@ -1,0 +1,43 @@
+"""Data sources. Each is registered under the name a card's ``data.source`` uses."""
+
+from __future__ import annotations
+
+from .._registry import Registry
+from .base import DataConfig, Dataset, Source, Standardize, as_matrix, split
+from .tabular import (
+    FileConfig,
+    IrisConfig,
+    SyntheticMixtureConfig,
+    WineConfig,
+    _load_file,
+    _load_synthetic,
+    _sklearn_loader,
+    read_matrix,
+    synthetic_mixture,
+)
+
+SOURCES: Registry[Source] = Registry("data source")
+SOURCES.register("synthetic_gmm")(Source(SyntheticMixtureConfig, _load_synthetic, "random Gaussian mixture"))
+SOURCES.register("iris")(Source(IrisConfig, _sklearn_loader("iris"), "scikit-learn iris, 150 x 4"))
+SOURCES.register("wine")(Source(WineConfig, _sklearn_loader("wine"), "scikit-learn wine, 178 x 13"))
+SOURCES.register("file")(Source(FileConfig, _load_file, "a user .npy or .csv file (N, D)"))
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load, check and split the data a card describes."""
+    x, labels, info = SOURCES[cfg.source].load(cfg)
+    dataset = split(as_matrix(x, f"data ({cfg.source})"), labels, cfg)
+    dataset.info.update(info)
+    return dataset
+
+
+__all__ = [
+    "SOURCES",
+    "DataConfig",
+    "Dataset",
+    "Standardize",
+    "as_matrix",
+    "load_dataset",
+    "read_matrix",
+    "synthetic_mixture",
+]

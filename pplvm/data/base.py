@@ -1,0 +1,123 @@
+"""Data plumbing shared by every source: validation, splits and the standardising transform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..config import Section
+from ..errors import DataError
+
+
+class DataConfig(Section):
+    """Options every source accepts; a source's ``Config`` adds its own."""
+
+    source: str
+    valid_fraction: float = Field(0.2, ge=0, lt=1, description="held-out fraction for validation")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="held-out fraction for testing")
+    split_seed: int = 0
+    standardize: bool = False
+
+
+def as_matrix(x: Any, name: str = "data", dim: int | None = None) -> torch.Tensor:
+    """Check that ``x`` is a finite, non-empty ``(N, D)`` array and return it as float32.
+
+    Raises :class:`DataError` naming ``name``, the offending rows, or the expected dimension.
+    """
+    try:
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64) if not torch.is_tensor(x) else x)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{name}: expected a numeric array of shape (N, D); {err}") from None
+    if t.dim() == 1 and dim == 1:
+        t = t[:, None]
+    if t.dim() != 2:
+        raise DataError(f"{name}: expected a 2-D array of shape (N, D), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise DataError(f"{name}: is empty (0 rows); expected at least one row")
+    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
+        raise DataError(f"{name}: expected numbers, got dtype {t.dtype}")
+    t = t.to(torch.get_default_dtype())
+    bad = (~torch.isfinite(t)).any(-1).nonzero().flatten()
+    if len(bad):
+        rows = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise DataError(f"{name}: {len(bad)} row(s) contain NaN or inf (rows {rows})")
+    if dim is not None and t.shape[1] != dim:
+        raise DataError(f"{name}: expected {dim} columns (the model's dimension), got {t.shape[1]}")
+    return t
+
+
+@dataclass(frozen=True)
+class Standardize:
+    """``y = (x - loc) / scale``; log-densities of ``x`` gain ``-sum(log scale)``."""
+
+    loc: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "Standardize":
+        scale = x.std(0).clamp_min(1e-8) if len(x) > 1 else torch.ones(x.shape[1])
+        return cls(x.mean(0), scale)
+
+    @classmethod
+    def identity(cls, dim: int) -> "Standardize":
+        return cls(torch.zeros(dim), torch.ones(dim))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.loc) / self.scale
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale + self.loc
+
+    def log_abs_det_jacobian(self) -> torch.Tensor:
+        """log |dy/dx| per datum, to be added to log p(y) to get log p(x)."""
+        return -self.scale.log().sum()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"loc": self.loc, "scale": self.scale}
+
+
+@dataclass
+class Dataset:
+    """Splits of one data source, already transformed; ``raw_*`` are before the transform."""
+
+    train: torch.Tensor
+    valid: torch.Tensor | None
+    test: torch.Tensor | None
+    transform: Standardize
+    labels: dict[str, torch.Tensor | None]
+    info: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registered data source: its config schema and a loader returning ``(x, labels, info)``."""
+
+    Config: type[DataConfig]
+    load: Callable[[Any], tuple[np.ndarray, np.ndarray | None, dict]]
+    doc: str
+    kind: ClassVar[str] = "data source"
+
+
+def split(x: torch.Tensor, labels, cfg: DataConfig) -> Dataset:
+    n = len(x)
+    n_valid, n_test = int(round(cfg.valid_fraction * n)), int(round(cfg.test_fraction * n))
+    if n - n_valid - n_test < 1:
+        raise DataError(
+            f"data: {n} rows leave no training rows after valid_fraction={cfg.valid_fraction} "
+            f"and test_fraction={cfg.test_fraction}"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    parts = perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
+    transform = Standardize.fit(x[parts[0]]) if cfg.standardize else Standardize.identity(x.shape[1])
+    xs = [transform(x[p]) if len(p) else None for p in parts]
+    lab = torch.as_tensor(labels) if labels is not None else None
+    ls = {k: (lab[p] if lab is not None and len(p) else None) for k, p in zip(("train", "valid", "test"), parts)}
+    return Dataset(xs[0], xs[1], xs[2], transform, ls, {})

@@ -1,0 +1,58 @@
+"""Export a fitted model to arviz, built on ``az.from_dict`` (present in arviz 0.x and 1.x).
+
+Posterior draws come from the guide q(θ); they are independent, so splitting them into
+``chains`` chains gives diagnostics (r_hat ≈ 1, ess ≈ draws) that arviz can compute.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def arviz():
+    """Import arviz without its import-time FutureWarning about the 1.x refactor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+def inference_data(
+    draws: dict[str, torch.Tensor],
+    log_likelihood: torch.Tensor,
+    observed: torch.Tensor,
+    posterior_predictive: torch.Tensor | None,
+    *,
+    chains: int,
+    dims: dict[str, list[str]] | None = None,
+):
+    """Build ``InferenceData`` with posterior, posterior_predictive, observed_data and
+    log_likelihood groups.
+
+    :param draws: site -> ``(S, *site_shape)`` with ``S`` divisible by ``chains``.
+    :param log_likelihood: ``(S, N)`` per-datum log-likelihood of ``observed`` per draw.
+    :param observed: ``(N, D)`` data; ``posterior_predictive``: ``(S, N, D)`` or None.
+    """
+    az = arviz()
+
+    def chained(t: torch.Tensor) -> np.ndarray:
+        t = t.detach().cpu()
+        return t.reshape(chains, t.shape[0] // chains, *t.shape[1:]).numpy()
+
+    # Only the leading dim is named: log_likelihood["obs"] is (chain, draw, N) while the
+    # observations are (N, D), and arviz names the trailing feature dim itself.
+    all_dims: dict[str, list[str]] = {"obs": ["obs_id"], **(dims or {})}
+    groups: dict[str, Any] = {
+        "posterior": {k: chained(v) for k, v in draws.items()},
+        "log_likelihood": {"obs": chained(log_likelihood)},
+        "observed_data": {"obs": observed.detach().cpu().numpy()},
+    }
+    if posterior_predictive is not None:
+        groups["posterior_predictive"] = {"obs": chained(posterior_predictive)}
+    if int(az.__version__.split(".")[0]) >= 1:  # arviz 1.x: one dict of groups, returns a DataTree
+        return az.from_dict(groups, dims=all_dims)
+    return az.from_dict(**groups, dims=all_dims)

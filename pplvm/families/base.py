@@ -1,0 +1,141 @@
+"""The contract every pplvm family implements.
+
+A family is a Pyro model ``p(x, z, θ) = p(θ) Π_n p(z_n | θ) p(x_n | z_n, θ)`` written as a
+:class:`~pyro.nn.PyroModule` whose ``forward(x, num_data)`` *is* the model. Global latents
+θ (``global_sites``) are fitted by a guide; per-datum latents z (``local_sites``) are either
+summed out exactly by enumeration (``enumerated = True``) or inferred by an amortized guide.
+
+Shapes: ``x`` is ``(N, D)`` for a batch of N data; ``params`` maps each global site to a
+value of its site shape, optionally with leading batch dims (posterior draws) ``(*S, ...)``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import pyro
+import torch
+from pydantic import Field
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO, infer_discrete
+from pyro.nn import PyroModule
+from pyro.nn.module import _PyroModuleMeta
+
+from ..config import Section
+from ..data.base import as_matrix
+
+
+class FamilyConfig(Section):
+    """Hyperparameters every family accepts; a family's ``Config`` adds its own."""
+
+    family: str
+    dim: int | None = Field(None, ge=1, description="data dimension; checked against the data if set")
+
+
+class _AbstractPyroModuleMeta(_PyroModuleMeta, abc.ABCMeta):
+    pass
+
+
+class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
+    """Base of every family. Subclasses implement the abstract methods and nothing else."""
+
+    Config: ClassVar[type[FamilyConfig]]
+    #: guide kinds this family admits (see :mod:`pplvm.guides`)
+    guides: ClassVar[tuple[str, ...]]
+    #: objective names this family admits (see :mod:`pplvm.objectives`)
+    objectives: ClassVar[tuple[str, ...]]
+    #: names of per-datum latent sites
+    local_sites: ClassVar[tuple[str, ...]]
+    #: True when the local latents are discrete and summed out by TraceEnum_ELBO
+    enumerated: ClassVar[bool]
+    #: True when :meth:`log_likelihood` is exact rather than an estimate
+    exact_likelihood: ClassVar[bool]
+    observed_site: ClassVar[str] = "obs"
+    max_plate_nesting: ClassVar[int] = 1
+    #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
+    site_dims: ClassVar[dict[str, list[str]]] = {}
+
+    def __init__(self, config: FamilyConfig, dim: int):
+        super().__init__()
+        self.config = config
+        self.dim = int(dim)
+
+    # ----------------------------------------------------------------- the contract
+    @property
+    @abc.abstractmethod
+    def global_sites(self) -> tuple[str, ...]:
+        """Names of the global latent sites θ, in the order the guide sees them."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor | None = None, num_data: int | None = None) -> torch.Tensor:
+        """The Pyro model. ``x``: ``(B, D)`` batch or None (generate ``num_data`` rows);
+        ``num_data``: size of the full data set, so minibatch log-probs are scaled by N / B."""
+
+    @abc.abstractmethod
+    def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log p(x_n | θ)`` with local latents marginalised: shape ``(*S, N)``."""
+
+    @abc.abstractmethod
+    def init_values(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Data-driven starting values for the global sites (may be empty)."""
+
+    @abc.abstractmethod
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise :class:`~pplvm.errors.DataError` for data this family cannot model."""
+
+    @abc.abstractmethod
+    def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Family diagnostic figures, ``name -> matplotlib Figure``."""
+
+    # ------------------------------------------------------------ shared machinery
+    def validate(self, x: Any, name: str = "data") -> torch.Tensor:
+        """Return ``x`` as a checked ``(N, D)`` tensor or raise a clear DataError."""
+        x = as_matrix(x, name, dim=self.dim)
+        self.check_data(x)
+        return x
+
+    def data_plate(self, x: torch.Tensor | None, num_data: int | None) -> pyro.plate:
+        """The plate over data. With a minibatch ``x`` of B rows out of ``num_data``, the
+        plate's subsample scales every log-prob inside it by ``num_data / B``."""
+        if x is None:
+            if num_data is None:
+                raise ValueError("give x, or num_data rows to generate")
+            return pyro.plate("data", num_data, dim=-1)
+        size = len(x) if num_data is None else num_data
+        return pyro.plate("data", size, subsample=torch.arange(len(x)), dim=-1)
+
+    def conditioned(self, params: dict[str, torch.Tensor]):
+        """The model with its global sites fixed to ``params``."""
+        return poutine.condition(self, data=params)
+
+    @torch.no_grad()
+    def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Draw ``n`` new data ``(n, D)`` from ``p(x | θ = params)``."""
+        trace = poutine.trace(self.conditioned(params)).get_trace(None, num_data=n)
+        return trace.nodes[self.observed_site]["value"]
+
+    @torch.no_grad()
+    def local_marginals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Exact posterior marginals ``p(z_n = k | x, θ)`` of enumerated local sites, each
+        ``(N, K)`` (``(N, T, K)`` for chains)."""
+        if not self.enumerated:
+            raise TypeError(f"{type(self).__name__} has no enumerated local latents")
+        elbo = TraceEnum_ELBO(max_plate_nesting=self.max_plate_nesting)
+        marginals = elbo.compute_marginals(self.conditioned(params), _empty_guide, x)
+        return {name: marginals[name].probs for name in self.local_sites}
+
+    @torch.no_grad()
+    def map_locals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Jointly most probable local states given ``x`` and ``θ`` (``infer_discrete``, T=0)."""
+        if not self.enumerated:
+            raise TypeError(f"{type(self).__name__} has no enumerated local latents")
+        decoder = infer_discrete(
+            self.conditioned(params), first_available_dim=-1 - self.max_plate_nesting, temperature=0
+        )
+        trace = poutine.trace(decoder).get_trace(x)
+        return {name: trace.nodes[name]["value"] for name in self.local_sites}
+
+
+def _empty_guide(*args, **kwargs) -> None:
+    """A guide with no sites: every latent is conditioned or enumerated in the model."""

@@ -1,0 +1,45 @@
+"""Guides q(θ) over a family's global latents.
+
+``meanfield`` (AutoNormal), ``map`` (AutoDelta) and ``lowrank``
+(AutoLowRankMultivariateNormal) are Pyro's autoguides on the model with every site but the
+globals hidden: enumerated local latents stay in the model, where TraceEnum_ELBO sums them out.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_median, init_to_value
+
+from ..errors import IncompatibleError
+from ..families.base import LatentVariableModel
+
+GUIDES = {
+    "meanfield": "mean-field normal over the globals (AutoNormal)",
+    "map": "point estimate of the globals (AutoDelta, MAP)",
+    "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
+}
+
+
+def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_scale: float = 0.1,
+               generator: torch.Generator | None = None) -> torch.nn.Module:
+    """Build the guide ``kind`` for ``model``, initialised from the training data ``x``."""
+    if kind not in model.guides:
+        raise IncompatibleError(
+            f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
+            f"expected one of: {', '.join(model.guides)}"
+        )
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
+    blocked = poutine.block(model, expose=list(model.global_sites))
+    if kind == "meanfield":
+        return AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale)
+    if kind == "map":
+        return AutoDelta(blocked, init_loc_fn=init)
+    if kind == "lowrank":
+        return AutoLowRankMultivariateNormal(blocked, init_loc_fn=init, init_scale=init_scale)
+    raise IncompatibleError(f"guide.kind = {kind!r}: expected one of: {', '.join(GUIDES)}")
+
+
+__all__ = ["GUIDES", "make_guide"]

@@ -1,0 +1,291 @@
+"""A run: a card turned into (model, guide, objective), fitted, saved, loaded and queried.
+
+This is the thin facade every family gets for free; the mathematics lives in the family
+(``pplvm.families``), guides, objectives and the trainer.
+
+Run directory::
+
+    card.toml            the resolved card (every default written out)
+    checkpoint.pt        model, guide, optimiser and trainer state (weights_only-safe)
+    metrics.jsonl        one JSON object per epoch
+    inference_data.nc    arviz InferenceData (posterior, posterior_predictive, ...)
+    loss.png, posterior.png, <family plots>.png
+    summary.txt          arviz summary of the global latents and held-out metrics
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyro
+import torch
+from pydantic import BaseModel
+from pyro.infer import Predictive
+
+from .config import card_from_dict, card_to_dict, dump_card, load_card
+from .data import Dataset, Standardize, as_matrix, load_dataset
+from .data.base import split
+from .errors import RunDirError
+from .evaluation import plots
+from .evaluation.arviz import arviz, inference_data
+from .families import FAMILIES, LatentVariableModel
+from .guides import make_guide
+from .objectives import make_objective
+from .training.checkpoint import atomic_write_bytes, load_checkpoint
+from .training.trainer import Callback, Trainer
+
+PROTOTYPE_ROWS = 256
+
+
+class Run:
+    """A fitted (or about to be fitted) model. Build with :meth:`from_card` or :meth:`load`."""
+
+    def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
+                 transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
+        self.card, self.model, self.guide, self.transform = card, model, guide, transform
+        self.objective = make_objective(model, card.objective)
+        self.dataset, self.run_dir = dataset, run_dir
+        self.trainer: Trainer | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None) -> "Run":
+        """Build from a card (validated object, dict or TOML path). ``data``: an optional
+        ``(N, D)`` array used instead of the card's source, split as the card says."""
+        card = _as_card(card)
+        family = FAMILIES[card.model.family]
+        if data is None:
+            dataset = load_dataset(card.data)
+        else:
+            dataset = split(as_matrix(data, "data"), None, card.data)
+            dataset.info["from_python"] = True
+        if card.model.dim is not None and card.model.dim != dataset.dim:
+            from .errors import DataError
+
+            raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
+        pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
+        model = family(card.model, dataset.dim)
+        model.check_data(dataset.train)
+        make_objective(model, card.objective)  # refuse an impossible pairing before anything else
+        guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
+                           generator=torch.Generator().manual_seed(card.training.seed))
+        return cls(card, model, guide, dataset.transform, dataset)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Run":
+        """Load a run directory written by :meth:`fit` (best parameters if early-stopped)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "card.toml").is_file():
+            raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
+        card = load_card(run_dir / "card.toml")
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        extras = ckpt["extras"]
+        model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
+        proto = extras["prototype"]
+        guide = make_guide(model, card.guide.kind, proto, init_scale=card.guide.init_scale)
+        with torch.no_grad():
+            guide(proto)
+        params = ckpt["best"] or ckpt
+        model.load_state_dict(params["model"])
+        guide.load_state_dict(params["guide"])
+        run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
+        run.history = list(ckpt["trainer"]["history"])
+        return run
+
+    # ----------------------------------------------------------------- training
+    def fit(self, out: str | Path | None = None, *, callbacks: Sequence[Callback] = ()) -> "Run":
+        """Train as the card's ``[training]`` says; with ``out``, write a run directory."""
+        if self.dataset is None:
+            raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+        if out is not None:
+            self.run_dir = Path(out)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").write_text("")
+            dump_card(self.card, self.run_dir / "card.toml")
+        self.trainer = self._trainer(callbacks)
+        self.trainer.fit(self.dataset.train, self.dataset.valid)
+        self.history = self.trainer.state.history
+        if self.run_dir is not None:
+            self.write_artifacts()
+        return self
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, epochs: int | None = None, data: Any = None,
+               callbacks: Sequence[Callback] = ()) -> "Run":
+        """Continue an interrupted run from its last checkpoint; the result equals an
+        uninterrupted run with the same seed. ``epochs`` raises the epoch budget."""
+        run_dir = Path(run_dir)
+        card = load_card(run_dir / "card.toml", {"training.epochs": epochs} if epochs else None)
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        if data is None and ckpt["extras"].get("from_python"):
+            raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+        run = cls.from_card(card, data)
+        run.run_dir = run_dir
+        dump_card(card, run_dir / "card.toml")
+        run.trainer = run._trainer(callbacks)
+        run.trainer.resume(run.dataset.train)
+        run.trainer.fit(run.dataset.train, run.dataset.valid)
+        run.history = run.trainer.state.history
+        run.write_artifacts()
+        return run
+
+    def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
+        d = self.dataset
+        extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
+                  "prototype": d.train[:PROTOTYPE_ROWS].clone(), "from_python": bool(d.info.get("from_python"))}
+        return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
+                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks)
+
+    def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
+        ll = self.model.log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian()
+        return {"valid_log_likelihood": float(ll.mean())}
+
+    # ------------------------------------------------------------------ queries
+    def _prepare(self, x: Any, name: str = "x") -> torch.Tensor:
+        return self.transform(as_matrix(x, name, dim=self.model.dim))
+
+    @torch.no_grad()
+    def params(self) -> dict[str, torch.Tensor]:
+        """Point estimate of the global latents: the guide's median."""
+        return {k: v.detach() for k, v in self.guide.median().items()}
+
+    @torch.no_grad()
+    def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``."""
+        with pyro.poutine.seed(rng_seed=seed):
+            out = Predictive(self.guide, num_samples=num, parallel=True,
+                             return_sites=list(self.model.global_sites))()
+        point = self.params()
+        return {k: out[k].reshape(num, *point[k].shape) for k in self.model.global_sites}
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
+        families with ``exact_likelihood``. ``params`` defaults to :meth:`params`."""
+        xt = self._prepare(x)
+        p = self.params() if params is None else params
+        return self.model.log_likelihood(xt, p) + self.transform.log_abs_det_jacobian()
+
+    def posterior(self, x: Any) -> dict[str, torch.Tensor]:
+        """Posterior marginals of the local latents given ``x`` (e.g. responsibilities ``(N, K)``)."""
+        return self.model.local_marginals(self._prepare(x), self.params())
+
+    def map_states(self, x: Any) -> dict[str, torch.Tensor]:
+        """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
+        return self.model.map_locals(self._prepare(x), self.params())
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` new data ``(n, D)`` from the fitted model, in the data's own units."""
+        with pyro.poutine.seed(rng_seed=seed):
+            return self.transform.inverse(self.model.sample(n, self.params()))
+
+    @torch.no_grad()
+    def evaluate(self, x: Any) -> dict[str, Any]:
+        ll = self.log_likelihood(x)
+        return {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
+                "log_likelihood_sum": float(ll.sum()), "exact": self.model.exact_likelihood}
+
+    @torch.no_grad()
+    def to_arviz(self, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
+        """arviz ``InferenceData`` of the fit on ``x`` (default: the training data)."""
+        ev = self.card.evaluation
+        xt = self._prepare(x) if x is not None else self._training_data()
+        if len(xt) > ev.max_rows:
+            xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
+        s = ev.draws * ev.chains
+        draws = self.draws(s, seed)
+        ll = self.model.log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian()
+        ppc = None
+        if posterior_predictive:
+            with pyro.poutine.seed(rng_seed=seed + 1):
+                ppc = torch.stack([
+                    self.model.sample(len(xt), {k: v[i] for k, v in draws.items()}) for i in range(s)
+                ])
+            ppc = self.transform.inverse(ppc)
+        return inference_data(draws, ll, self.transform.inverse(xt), ppc, chains=ev.chains,
+                              dims=self.model.site_dims)
+
+    def _training_data(self) -> torch.Tensor:
+        if self.dataset is None:
+            self.dataset = load_dataset(self.card.data)
+        return self.dataset.train
+
+    # ---------------------------------------------------------------- artifacts
+    def write_artifacts(self) -> None:
+        """Write inference data, plots and the text summary into the run directory."""
+        d = self.run_dir
+        idata = self.to_arviz()
+        tmp = d / ".inference_data.nc.tmp"
+        idata.to_netcdf(str(tmp))
+        tmp.replace(d / "inference_data.nc")
+        plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
+        plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
+        for name, fig in self.model.plots(self._training_data(), self.params()).items():
+            plots.save_figure(fig, d / f"{name}.png")
+        atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def summary_text(self, idata=None) -> str:
+        idata = idata if idata is not None else self.to_arviz(posterior_predictive=False)
+        c = self.card
+        with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = arviz().summary(idata, var_names=list(self.model.global_sites), kind="all", round_to=4)
+        table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
+        last = self.history[-1] if self.history else {}
+        lines = [
+            f"run: {c.name} — family {c.model.family}, guide {c.guide.kind}, objective {c.objective.name}",
+            f"epochs: {last.get('epoch', 0)}, final train loss per datum: {last.get('train_loss', float('nan')):.6g}",
+        ]
+        if "valid_log_likelihood" in last:
+            best = min((h for h in self.history if "valid_loss" in h), key=lambda h: h["valid_loss"])
+            lines.append(f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
+                         f"(epoch {best['epoch']}, {'exact' if self.model.exact_likelihood else 'estimate'})")
+        lines += ["", "posterior of the global latents (guide draws):", table.to_string()]
+        return "\n".join(lines) + "\n"
+
+
+def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
+    if isinstance(card, (str, Path)):
+        return load_card(card, overrides)
+    if isinstance(card, BaseModel):
+        return card_from_dict(card_to_dict(card), overrides) if overrides else card
+    return card_from_dict(card, overrides)
+
+
+def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, data: Any = None,
+        overrides: Sequence[str] | dict[str, Any] | None = None) -> Run:
+    """Build a run from ``card`` (TOML path, dict or validated card) and fit it."""
+    return Run.from_card(_as_card(card, overrides), data).fit(out)
+
+
+def load(run_dir: str | Path) -> Run:
+    return Run.load(run_dir)
+
+
+def save_samples(x: torch.Tensor, path: str | Path) -> None:
+    """Write samples as ``.npy`` or ``.csv`` (by suffix)."""
+    path = Path(path)
+    arr = x.detach().cpu().numpy()
+    if path.suffix == ".npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(path, buf.getvalue())
+    elif path.suffix == ".csv":
+        import io
+
+        buf = io.StringIO()
+        np.savetxt(buf, arr, delimiter=",")
+        atomic_write_bytes(path, buf.getvalue().encode())
+    else:
+        from .errors import PplvmError
+
+        raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
+
+
