@@ -1,0 +1,29 @@
+"""Shared test set-up: a fixed seed per test, Pyro validation on, warnings as errors
+(pyproject), and torch held to one thread so the 2-core CI machine is not oversubscribed."""
+
+from __future__ import annotations
+
+import os
+
+import pyro
+import pytest
+import torch
+
+import pplvm  # noqa: F401  (sets module-local params)
+
+torch.set_num_threads(int(os.environ.get("PPLVM_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_validate():
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    yield
+    pyro.enable_validation(False)
+
+
+@pytest.fixture
+def quiet():
+    """Card overrides that keep tests quiet."""
+    return {"training.progress": False}
