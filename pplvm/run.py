@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pyro.infer import Predictive
 
 from .config import card_from_dict, card_to_dict, dump_card, load_card
-from .data import Dataset, Standardize, as_matrix, load_dataset
+from .data import Batch, Dataset, Standardize, as_matrix, load_dataset, values
 from .data.base import split
 from .errors import RunDirError
 from .evaluation import plots
@@ -61,7 +61,7 @@ class Run:
         if data is None:
             dataset = load_dataset(card.data)
         else:
-            dataset = split(as_matrix(data, "data"), None, card.data)
+            dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
         if card.model.dim is not None and card.model.dim != dataset.dim:
             from .errors import DataError
@@ -69,7 +69,7 @@ class Run:
             raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
         model = family(card.model, dataset.dim)
-        model.check_data(dataset.train)
+        dataset.train = model.validate(dataset.train, "data (training split)")
         make_objective(model, card.objective)  # refuse an impossible pairing before anything else
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
@@ -141,12 +141,12 @@ class Run:
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self.model.log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian()
+        ll = self.model.log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
 
     # ------------------------------------------------------------------ queries
-    def _prepare(self, x: Any, name: str = "x") -> torch.Tensor:
-        return self.transform(as_matrix(x, name, dim=self.model.dim))
+    def _prepare(self, x: Any, name: str = "x"):
+        return self.transform(self.model.prepare(x, name))
 
     @torch.no_grad()
     def params(self) -> dict[str, torch.Tensor]:
@@ -168,7 +168,7 @@ class Run:
         families with ``exact_likelihood``. ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
-        return self.model.log_likelihood(xt, p) + self.transform.log_abs_det_jacobian()
+        return self.model.log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
     def posterior(self, x: Any) -> dict[str, torch.Tensor]:
         """Posterior marginals of the local latents given ``x`` (e.g. responsibilities ``(N, K)``)."""
@@ -199,7 +199,7 @@ class Run:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
         draws = self.draws(s, seed)
-        ll = self.model.log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian()
+        ll = self.model.log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
         ppc = None
         if posterior_predictive:
             with pyro.poutine.seed(rng_seed=seed + 1):
@@ -207,7 +207,7 @@ class Run:
                     self.model.sample(len(xt), {k: v[i] for k, v in draws.items()}) for i in range(s)
                 ])
             ppc = self.transform.inverse(ppc)
-        return inference_data(draws, ll, self.transform.inverse(xt), ppc, chains=ev.chains,
+        return inference_data(draws, ll, values(self.transform.inverse(xt)), ppc, chains=ev.chains,
                               dims=self.model.site_dims)
 
     def _training_data(self) -> torch.Tensor:

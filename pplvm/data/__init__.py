@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._registry import Registry
-from .base import DataConfig, Dataset, Source, Standardize, as_matrix, split
+from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, split, values
 from .tabular import (
     FileConfig,
     IrisConfig,
@@ -26,13 +26,17 @@ SOURCES.register("file")(Source(FileConfig, _load_file, "a user .npy or .csv fil
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load, check and split the data a card describes."""
     x, labels, info = SOURCES[cfg.source].load(cfg)
-    dataset = split(as_matrix(x, f"data ({cfg.source})"), labels, cfg)
+    if not isinstance(x, Batch):  # sources of sequences or labelled data return a checked Batch
+        x = as_matrix(x, f"data ({cfg.source})")
+    dataset = split(x, labels, cfg)
     dataset.info.update(info)
     return dataset
 
 
 __all__ = [
     "SOURCES",
+    "Batch",
+    "values",
     "DataConfig",
     "Dataset",
     "Standardize",

@@ -51,6 +51,38 @@ def as_matrix(x: Any, name: str = "data", dim: int | None = None) -> torch.Tenso
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Named tensors sharing their leading (datum) dimension; indexing selects data.
+
+    Families whose datum is more than one row of a matrix take a Batch: sequences
+    (``x``: padded ``(N, T, D)``, ``lengths``: ``(N,)``) or data with side information
+    (``x``: ``(N, D)``, ``y``: ``(N,)`` labels or ``(N, C)`` covariates). Matrix families take a
+    plain ``(N, D)`` tensor. Both support ``len(b)`` and ``b[index]``, all the trainer needs.
+    """
+
+    x: torch.Tensor
+    lengths: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index) -> "Batch":
+        return Batch(**{k: (v[index] if v is not None else None) for k, v in self.fields().items()})
+
+    def fields(self) -> dict[str, torch.Tensor | None]:
+        return {"x": self.x, "lengths": self.lengths, "y": self.y}
+
+    def replace(self, **changes) -> "Batch":
+        return Batch(**{**self.fields(), **changes})
+
+
+def values(data: "torch.Tensor | Batch") -> torch.Tensor:
+    """The observed values of a batch: the tensor itself, or ``Batch.x``."""
+    return data.x if isinstance(data, Batch) else data
+
+
+@dataclass(frozen=True)
 class Standardize:
     """``y = (x - loc) / scale``; log-densities of ``x`` gain ``-sum(log scale)``."""
 
@@ -58,7 +90,11 @@ class Standardize:
     scale: torch.Tensor
 
     @classmethod
-    def fit(cls, x: torch.Tensor) -> "Standardize":
+    def fit(cls, data: "torch.Tensor | Batch") -> "Standardize":
+        x = values(data).reshape(-1, values(data).shape[-1])  # sequences: pool every step
+        if isinstance(data, Batch) and data.lengths is not None:
+            mask = torch.arange(values(data).shape[1]) < data.lengths[:, None]
+            x = values(data)[mask]
         scale = x.std(0).clamp_min(1e-8) if len(x) > 1 else torch.ones(x.shape[1])
         return cls(x.mean(0), scale)
 
@@ -66,15 +102,23 @@ class Standardize:
     def identity(cls, dim: int) -> "Standardize":
         return cls(torch.zeros(dim), torch.ones(dim))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.loc) / self.scale
+    def __call__(self, data):
+        if isinstance(data, Batch):
+            return data.replace(x=self(data.x))
+        return (data - self.loc) / self.scale
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.scale + self.loc
+    def inverse(self, data):
+        if isinstance(data, Batch):
+            return data.replace(x=self.inverse(data.x))
+        return data * self.scale + self.loc
 
-    def log_abs_det_jacobian(self) -> torch.Tensor:
-        """log |dy/dx| per datum, to be added to log p(y) to get log p(x)."""
-        return -self.scale.log().sum()
+    def log_abs_det_jacobian(self, data=None) -> torch.Tensor:
+        """log |dy/dx| per datum (per observed row; times the length of each sequence), to be
+        added to log p(y) to get log p(x)."""
+        per_row = -self.scale.log().sum()
+        if isinstance(data, Batch) and data.lengths is not None:
+            return per_row * data.lengths.to(per_row.dtype)
+        return per_row
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"loc": self.loc, "scale": self.scale}
@@ -93,7 +137,7 @@ class Dataset:
 
     @property
     def dim(self) -> int:
-        return self.train.shape[1]
+        return values(self.train).shape[-1]
 
 
 @dataclass(frozen=True)
@@ -106,7 +150,7 @@ class Source:
     kind: ClassVar[str] = "data source"
 
 
-def split(x: torch.Tensor, labels, cfg: DataConfig) -> Dataset:
+def split(x: "torch.Tensor | Batch", labels, cfg: DataConfig) -> Dataset:
     n = len(x)
     n_valid, n_test = int(round(cfg.valid_fraction * n)), int(round(cfg.test_fraction * n))
     if n - n_valid - n_test < 1:

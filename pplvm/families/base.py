@@ -23,7 +23,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
 from ..config import Section
-from ..data.base import as_matrix
+from ..data.base import Batch
 
 
 class FamilyConfig(Section):
@@ -81,19 +81,24 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         """Data-driven starting values for the global sites (may be empty)."""
 
     @abc.abstractmethod
-    def check_data(self, x: torch.Tensor) -> None:
-        """Raise :class:`~pplvm.errors.DataError` for data this family cannot model."""
+    def prepare(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
+        """Convert user data to what ``forward`` takes (a ``(N, D)`` tensor or a
+        :class:`~pplvm.data.Batch`), checking it: raise DataError naming ``name`` otherwise."""
+
+    @abc.abstractmethod
+    def check_data(self, x: "torch.Tensor | Batch") -> None:
+        """Training-only checks (e.g. at least K rows for K components); raise DataError."""
 
     @abc.abstractmethod
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
 
     # ------------------------------------------------------------ shared machinery
-    def validate(self, x: Any, name: str = "data") -> torch.Tensor:
-        """Return ``x`` as a checked ``(N, D)`` tensor or raise a clear DataError."""
-        x = as_matrix(x, name, dim=self.dim)
-        self.check_data(x)
-        return x
+    def validate(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
+        """Return ``data`` prepared and checked for training, or raise a clear DataError."""
+        data = self.prepare(data, name)
+        self.check_data(data)
+        return data
 
     def data_plate(self, x: torch.Tensor | None, num_data: int | None) -> pyro.plate:
         """The plate over data. With a minibatch ``x`` of B rows out of ``num_data``, the
@@ -139,3 +144,20 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
 
 def _empty_guide(*args, **kwargs) -> None:
     """A guide with no sites: every latent is conditioned or enumerated in the model."""
+
+
+class ContinuousLatentModel(LatentVariableModel):
+    """Families whose per-datum latent ``z_n`` (one local site, ``(N, L)``) is continuous:
+    PPCA, factor analysis, VAEs. Their ``amortized`` guide is
+    :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`."""
+
+    enumerated = False
+
+    @property
+    @abc.abstractmethod
+    def latent_dim(self) -> int:
+        """Dimension L of the local latent."""
+
+    @abc.abstractmethod
+    def make_encoder(self) -> torch.nn.Module:
+        """A module mapping a batch to ``(loc, scale)`` of ``q(z_n | x_n)``, each ``(B, L)``."""

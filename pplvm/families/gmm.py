@@ -23,6 +23,7 @@ import torch
 from pydantic import Field
 from pyro.ops.indexing import Vindex
 
+from ..data.base import as_matrix
 from ..errors import DataError
 from .base import FamilyConfig, LatentVariableModel
 
@@ -104,6 +105,9 @@ class GaussianMixture(LatentVariableModel):
         per_datum = {k: v.unsqueeze(-4 if k == "corr_chol" else -3) for k, v in params.items() if k != "weights"}
         log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)
         return log_w + self.components(per_datum).log_prob(x.unsqueeze(-2))
+
+    def prepare(self, data, name="data"):
+        return as_matrix(data, name, dim=self.dim)
 
     def check_data(self, x):
         if len(x) < self.K:

@@ -13,9 +13,11 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
 from ..errors import IncompatibleError
-from ..families.base import LatentVariableModel
+from ..families.base import ContinuousLatentModel, LatentVariableModel
+from .amortized import AmortizedNormal
 
 GUIDES = {
+    "amortized": "encoder network q(z_n | x_n) for continuous local latents (+ mean-field globals)",
     "meanfield": "mean-field normal over the globals (AutoNormal)",
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
@@ -33,6 +35,12 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
+    if kind == "amortized":
+        if not isinstance(model, ContinuousLatentModel):
+            raise IncompatibleError(f"guide.kind = 'amortized' needs continuous local latents; "
+                                    f"family {model.config.family!r} has none")
+        globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
+        return AmortizedNormal(model, model.make_encoder(), globals_guide)
     if kind == "meanfield":
         return AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale)
     if kind == "map":

@@ -204,7 +204,7 @@ class Trainer:
     def evaluate(self, data: torch.Tensor) -> dict[str, float]:
         """Held-out loss (negative objective per datum) and any extra metrics."""
         n, bs = len(data), self._batch_size(len(data))
-        chunks = data.split(max(bs, 1024))
+        chunks = [data[idx] for idx in torch.arange(n).split(max(bs, 1024))]
         elbo = self.loss_module.elbo
         loss = sum(elbo.loss(self.model, self.guide, chunk, num_data=n) for chunk in chunks) / len(chunks)
         out = {"valid_loss": loss / n}

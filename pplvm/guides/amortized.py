@@ -1,0 +1,43 @@
+"""Amortized Gaussian guide for a family's continuous local latent.
+
+``q(θ, z | x) = q(θ) Π_n Normal(z_n | μ_φ(x_n), diag σ_φ(x_n))``: an encoder maps each datum
+to the location and scale of its latent (reparameterised), inside the model's data plate so
+minibatch scaling matches the model. Global latents, if the family has any, get an autoguide.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from ..families.base import ContinuousLatentModel
+
+
+class AmortizedNormal(PyroModule):
+    """``q(z_n | x_n) = Normal(loc, scale)`` from ``encoder(x) -> (loc (B, L), scale (B, L))``."""
+
+    def __init__(self, model: ContinuousLatentModel, encoder: torch.nn.Module,
+                 globals_guide: torch.nn.Module | None = None):
+        super().__init__()
+        self._model = (model,)  # not a submodule: the model's parameters belong to the model
+        self.site = model.local_sites[0]
+        self.encoder = encoder
+        self.globals_guide = globals_guide
+
+    def forward(self, x, num_data=None):
+        if self.globals_guide is not None:
+            self.globals_guide(x, num_data)
+        loc, scale = self.encoder(x)
+        with self._model[0].data_plate(x, num_data):
+            return pyro.sample(self.site, dist.Normal(loc, scale).to_event(1))
+
+    def local_posterior(self, x) -> dist.Distribution:
+        """``q(z_n | x_n)`` with batch shape ``(N,)`` and event shape ``(L,)``."""
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Point estimate of the global latents (empty when the family has none)."""
+        return self.globals_guide.median() if self.globals_guide is not None else {}
