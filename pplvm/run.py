@@ -73,6 +73,8 @@ class Run:
         make_objective(model, card.objective)  # refuse an impossible pairing before anything else
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
+        with torch.no_grad():  # autoguides create their parameters on the first call
+            guide(dataset.train[:PROTOTYPE_ROWS], num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod

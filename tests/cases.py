@@ -14,7 +14,7 @@ SMALL_EVAL = {"draws": 5, "chains": 2, "max_rows": 200}
 CASES = [
     pytest.param(
         {"name": "gmm_diag", "model": {"family": "gmm", "components": 3, "covariance": "diag"},
-         "guide": {"kind": "meanfield"}, "objective": {"name": "enum"},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "enum", "num_particles": 3},
          "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
          "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
         id="gmm-diag-meanfield",

@@ -87,9 +87,11 @@ class GaussianMixture(LatentVariableModel):
                 params["corr_chol"] = pyro.sample("corr_chol", dist.LKJCholesky(D, c.lkj_concentration))
         with self.data_plate(x, num_data):
             z = pyro.sample("assignment", dist.Categorical(weights), infer={"enumerate": "parallel"})
-            picked = {k: Vindex(params[k])[..., z, :] for k in ("locs", "scales")}
+            # The component dim (plate dim -1) is indexed by z; a singleton takes its place so
+            # that any dims left of it (vectorised particles) line up with z's batch dims.
+            picked = {k: Vindex(params[k].unsqueeze(-3))[..., z, :] for k in ("locs", "scales")}
             if "corr_chol" in params:
-                picked["corr_chol"] = Vindex(params["corr_chol"])[..., z, :, :]
+                picked["corr_chol"] = Vindex(params["corr_chol"].unsqueeze(-4))[..., z, :, :]
             return pyro.sample("obs", self.components(picked), obs=x)
 
     def log_likelihood(self, x, params):

@@ -1,0 +1,104 @@
+"""The contract every family passes, parametrised over the cards in tests/cases.py.
+
+No per-family code here: a family joins by adding a case. Checks: the card round-trips,
+model and guide agree on their sites, every log-prob is finite, sampling and log-likelihood
+shapes (over batches of parameter draws (), (5,), (2, 4)), fit/save/load round-trip, arviz
+export, and a clear error for non-finite data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from cases import CASES
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+import pplvm
+from pplvm.config import card_from_dict, card_to_dict, dump_card, load_card
+from pplvm.data import values
+
+
+@pytest.fixture(params=CASES)
+def run(request):
+    return pplvm.Run.from_card(request.param)
+
+
+def test_card_round_trips(run, tmp_path):
+    dump_card(run.card, tmp_path / "card.toml")
+    assert load_card(tmp_path / "card.toml") == run.card
+    assert card_from_dict(card_to_dict(run.card)) == run.card
+
+
+def test_model_and_guide_agree_and_are_finite(run):
+    x = run.dataset.train[:16]
+    guide_tr = poutine.trace(run.guide).get_trace(x, num_data=len(run.dataset.train))
+    model_tr = poutine.trace(poutine.replay(run.model, trace=guide_tr)).get_trace(x, num_data=len(run.dataset.train))
+    guide_sites = {n for n, s in guide_tr.nodes.items() if _latent(s)}
+    model_latents = {n for n, s in model_tr.nodes.items() if _latent(s)}
+    assert set(run.model.global_sites) <= guide_sites
+    assert guide_sites <= model_latents
+    assert model_latents - guide_sites <= set(run.model.local_sites)  # only locals may be left to enumeration
+    model_tr.compute_log_prob()
+    for name, site in model_tr.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            assert torch.isfinite(site["log_prob"]).all(), name
+    assert model_tr.nodes[run.model.observed_site]["is_observed"]
+
+
+def _latent(site) -> bool:
+    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and not site["infer"].get("is_auxiliary"))
+
+
+def test_objective_is_finite(run):
+    x = run.dataset.train
+    loss = run.objective.loss(run.model, run.guide, x, num_data=len(x))
+    assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("batch_shape", [(), (5,), (2, 4)])
+def test_log_likelihood_shapes_and_batching(run, batch_shape):
+    x = run.dataset.train[:10]
+    n = len(x)
+    num = max(1, math.prod(batch_shape))
+    flat = run.draws(num, seed=1)
+    params = {k: v.reshape(*batch_shape, *v.shape[1:]) for k, v in flat.items()}
+    ll = run.model.log_likelihood(x, params)
+    assert ll.shape == (*batch_shape, n)
+    assert torch.isfinite(ll).all()
+    # each batch element equals the unbatched call with that element's parameters
+    ll_flat = ll.reshape(num, n)
+    for i in (0, num - 1):
+        one = run.model.log_likelihood(x, {k: v[i] for k, v in flat.items()})
+        torch.testing.assert_close(ll_flat[i], one, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_shapes(run):
+    new = run.sample(7, seed=3)
+    assert len(new) == 7
+    assert values(new).shape[-1] == run.model.dim
+    assert torch.isfinite(values(new)).all()
+    again = run.sample(7, seed=3)
+    torch.testing.assert_close(values(new), values(again))  # explicit seeds reproduce
+
+
+def test_fit_save_load_round_trip(run, tmp_path):
+    run.fit(tmp_path / "run")
+    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "loss.png", "summary.txt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    loaded = pplvm.load(tmp_path / "run")
+    x = run.transform.inverse(run.dataset.valid if run.dataset.valid is not None else run.dataset.train)
+    torch.testing.assert_close(loaded.log_likelihood(x), run.log_likelihood(x))
+    idata = loaded.to_arviz(posterior_predictive=False)
+    assert set(run.model.global_sites) <= set(idata.posterior.data_vars)
+    assert idata.log_likelihood["obs"].shape[:2] == (run.card.evaluation.chains, run.card.evaluation.draws)
+
+
+def test_non_finite_data_is_refused(run):
+    x = values(run.transform.inverse(run.dataset.train[:5])).clone()
+    x.view(-1)[0] = float("nan")
+    with pytest.raises(pplvm.DataError, match="NaN"):
+        run.log_likelihood(x if not isinstance(run.dataset.train, pplvm.data.Batch) else run.dataset.train[:5].replace(x=x))
