@@ -174,9 +174,15 @@ class Trainer:
         for idx in perm.split(bs):
             idx = idx[self.rank :: self.world_size]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_module(train[idx], num_data=n)
+            try:
+                loss = self.loss_module(train[idx], num_data=n)
+            except ValueError:
+                # Pyro's validation rejects NaN distribution parameters before the loss can be NaN
+                if self._parameters_finite():
+                    raise
+                self._diverged("parameters became non-finite")
             if not torch.isfinite(loss):
-                self._diverged(loss)
+                self._diverged(f"loss became {float(loss)}")
             loss.backward()
             if c.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], c.clip_norm)
@@ -223,11 +229,14 @@ class Trainer:
             if c.patience is not None and s.bad_epochs >= c.patience:
                 s.stopped = f"early stopping: no improvement for {s.bad_epochs} evaluations"
 
-    def _diverged(self, loss: torch.Tensor) -> None:
+    def _parameters_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.loss_module.parameters())
+
+    def _diverged(self, what: str) -> None:
         s = self.state
         kept = (f"the last good checkpoint (epoch {s.epoch}) is kept at {self.checkpoint_path}"
                 if self.checkpoint_path is not None else "no checkpoint was being written")
         raise TrainingError(
-            f"training stopped: the loss became {float(loss)} at epoch {s.epoch + 1}, step {s.step + 1}; "
+            f"training stopped: the {what} at epoch {s.epoch + 1}, step {s.step + 1}; "
             f"{kept}. Try a smaller training.lr or set training.clip_norm."
         )

@@ -1,0 +1,169 @@
+"""Trainer behaviour a user relies on: identical seeded runs, resume == uninterrupted,
+minibatch scaling, gradient clipping, LR schedule, early stopping, a non-finite loss stopping
+with the last good checkpoint kept, and atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyro
+import pytest
+import torch
+
+import pplvm
+from pplvm.training import checkpoint as ckpt_mod
+
+CARD = {
+    "name": "t",
+    "model": {"family": "gmm", "components": 3},
+    "guide": {"kind": "meanfield"},
+    "objective": {"name": "enum"},
+    "data": {"source": "synthetic_gmm", "n": 200, "dim": 2, "components": 3},
+    "training": {"epochs": 6, "batch_size": 50, "lr": 0.05, "progress": False, "patience": 50},
+    "evaluation": {"draws": 5, "chains": 2},
+}
+
+
+def state(run):
+    return {k: v.clone() for k, v in run.guide.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_same_seed_same_run_and_other_seed_differs():
+    a = pplvm.fit(CARD)
+    b = pplvm.fit(CARD)
+    c = pplvm.fit(CARD, overrides=["training.seed=1"])
+    assert_same(state(a), state(b))
+    assert any(not torch.equal(state(a)[k], state(c)[k]) for k in state(a))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    full = pplvm.fit(CARD, tmp_path / "full")
+
+    def crash_at_epoch_4(trainer, metrics):
+        if metrics["epoch"] == 4:
+            raise Interrupt
+
+    run = pplvm.Run.from_card(CARD)
+    with pytest.raises(Interrupt):
+        run.fit(tmp_path / "cut", callbacks=[crash_at_epoch_4])
+    # epoch 4's checkpoint was written before the crash; lose it to resume from epoch 3 as a
+    # crash in mid-epoch 4 would
+    assert pplvm.training.checkpoint.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["trainer"]["epoch"] == 4
+    resumed = pplvm.Run.resume(tmp_path / "cut")
+    assert_same(state(resumed), state(full))
+    assert resumed.history == full.history
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 7))
+
+
+def test_resume_with_more_epochs_continues(tmp_path):
+    pplvm.fit(CARD, tmp_path / "r")
+    run = pplvm.Run.resume(tmp_path / "r", epochs=8)
+    assert run.history[-1]["epoch"] == 8 and len(run.history) == 8
+    assert pplvm.load_card(tmp_path / "r" / "card.toml").training.epochs == 8
+
+
+def test_minibatch_losses_average_to_the_full_batch_loss():
+    """With the data plate's subsample scaling, the mean of the losses over a partition into
+    equal batches equals the full-data loss exactly (MAP globals: no sampling noise)."""
+    run = pplvm.Run.from_card({**CARD, "guide": {"kind": "map"}})
+    x, n = run.dataset.train, len(run.dataset.train)
+    elbo = run.objective
+    full = elbo.loss(run.model, run.guide, x, num_data=n)
+    parts = [elbo.loss(run.model, run.guide, b, num_data=n) for b in x.split(n // 4)]
+    assert len(parts) == 4
+    assert sum(parts) / 4 == pytest.approx(full, rel=1e-5)
+
+
+def test_gradient_clipping_bounds_the_step():
+    card = {**CARD, "guide": {"kind": "map"},
+            "training": {**CARD["training"], "optimizer": "sgd", "lr": 1.0, "clip_norm": 1e-3, "epochs": 1,
+                         "batch_size": None}}
+    run = pplvm.Run.from_card(card)
+    before = torch.cat([p.detach().flatten().clone() for p in run.guide.parameters()])
+    run.fit()
+    after = torch.cat([p.detach().flatten() for p in run.guide.parameters()])
+    # one full-batch SGD step of lr 1 with the gradient norm clipped to 1e-3
+    assert (after - before).norm() <= 1e-3 * (1 + 1e-4)
+    assert (after - before).norm() > 0
+
+
+def test_cosine_schedule_reaches_its_final_ratio():
+    card = {**CARD, "training": {**CARD["training"], "lr_schedule": "cosine", "lr_final_ratio": 0.1,
+                                 "epochs": 10}}
+    run = pplvm.fit(card)
+    lrs = [h["lr"] for h in run.history]
+    assert lrs[0] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(0.005 + 0.5 * 0.045 * (1 + torch.cos(torch.tensor(0.9 * torch.pi)).item()))
+
+
+def test_early_stopping_stops_and_restores_the_best_parameters(tmp_path):
+    card = {**CARD, "training": {**CARD["training"], "patience": 2, "epochs": 200, "lr": 0.2}}
+    run = pplvm.fit(card, tmp_path / "es")
+    st = run.trainer.state
+    assert st.stopped.startswith("early stopping")
+    assert st.epoch == st.best_epoch + 2 < 200
+    best = pplvm.training.checkpoint.load_checkpoint(tmp_path / "es" / "checkpoint.pt")["best"]
+    assert_same(state(run), best["guide"])  # the run now holds the best parameters
+    valid = [h["valid_loss"] for h in run.history]
+    assert min(valid) == pytest.approx(st.best)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro says so itself
+@pytest.mark.parametrize("validation", [True, False])
+def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, validation):
+    """Divergence shows as a NaN loss (validation off) or as Pyro refusing NaN parameters
+    (validation on); either way: one TrainingError, the last good checkpoint kept."""
+    pyro.enable_validation(validation)
+
+    def poison_after_epoch_2(trainer, metrics):
+        if metrics["epoch"] == 2:
+            with torch.no_grad():
+                next(trainer.guide.parameters()).fill_(float("nan"))
+
+    run = pplvm.Run.from_card(CARD)
+    with pytest.raises(pplvm.TrainingError, match=r"(loss became nan|non-finite) at epoch 3.*epoch 2\) is kept"):
+        run.fit(tmp_path / "nan", callbacks=[poison_after_epoch_2])
+    kept = pplvm.training.checkpoint.load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert kept["trainer"]["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["guide"].values())
+    assert torch.isfinite(pplvm.load(tmp_path / "nan").log_likelihood(run.dataset.valid)).all()
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt_mod.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        ckpt_mod.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    assert ckpt_mod.load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(pickle.dumps({"format": ckpt_mod.FORMAT, "x": Evil()}))
+    with pytest.raises(pplvm.RunDirError, match="not a readable pplvm checkpoint"):
+        ckpt_mod.load_checkpoint(path)
