@@ -182,7 +182,7 @@ class Trainer:
                     raise
                 self._diverged("parameters became non-finite")
             if not torch.isfinite(loss):
-                self._diverged(f"loss became {float(loss)}")
+                self._diverged(f"loss became {float(loss.detach())}")
             loss.backward()
             if c.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], c.clip_norm)
