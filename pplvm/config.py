@@ -125,6 +125,9 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
             else:
                 allowed = _allowed_keys(schema, section)
             msg = "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "union_tag_invalid":
+            tag = e["ctx"]["discriminator"].strip("'")
+            path, msg = f"{path}.{tag}", f"expected one of {e['ctx']['expected_tags']} (got {e['ctx']['tag']!r})"
         elif e["type"] == "missing":
             msg = "missing required key"
         else:
