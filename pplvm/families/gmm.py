@@ -15,6 +15,7 @@ so ``log p(x_n | θ) = logsumexp_k [log w_k + log N(x_n | μ_k, Σ_k)]`` exactly
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import pyro
@@ -125,16 +126,21 @@ class GaussianMixture(LatentVariableModel):
         else:
             locs = x[torch.randperm(len(x), generator=generator)[torch.arange(K) % len(x)]]
             labels = torch.cdist(x, locs).argmin(-1)
+        # One M-step from the hard k-means assignments (as scikit-learn initialises EM).
         counts = torch.bincount(labels, minlength=K).to(x.dtype)
         weights = (counts + 1.0) / (counts.sum() + K)
-        spread = x.std(0).clamp_min(1e-3) if len(x) > 1 else torch.ones(D)
-        scales = torch.stack([
-            (x[labels == k] - locs[k]).pow(2).mean(0).sqrt().clamp_min(1e-3) if counts[k] > 1 else spread
-            for k in range(K)
-        ])
+        onehot = torch.nn.functional.one_hot(labels, K).to(x.dtype)  # (N, K)
+        locs = (onehot.T @ x) / counts.clamp_min(1).unsqueeze(-1)
+        centred = x.unsqueeze(1) - locs  # (N, K, D)
+        cov = torch.einsum("nk,nki,nkj->kij", onehot, centred, centred) / counts.clamp_min(1)[:, None, None]
+        spread = x.var(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(D)
+        cov = torch.where((counts > D)[:, None, None], cov, torch.diag(spread)) + 1e-6 * torch.eye(D)
+        scales = cov.diagonal(dim1=-2, dim2=-1).sqrt()
         values = {"weights": weights, "locs": locs, "scales": scales}
         if c.covariance == "full":
-            values["corr_chol"] = torch.eye(D).expand(K, D, D).contiguous()
+            corr = cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2))
+            values["corr_chol"] = torch.linalg.cholesky(corr + 1e-6 * torch.eye(D))
+            values["corr_chol"] = values["corr_chol"] / values["corr_chol"].norm(dim=-1, keepdim=True)
         return values
 
     def plots(self, x, params):
@@ -144,25 +150,33 @@ class GaussianMixture(LatentVariableModel):
         return {"clusters": cluster_plot(x, labels, params["locs"], title=f"GMM, K={self.K}")}
 
 
-def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, *, restarts: int = 4, iters: int = 50,
+def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, *, restarts: int = 3, iters: int = 100,
            max_rows: int = 20000) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means++ seeding plus Lloyd iterations, best of ``restarts`` by inertia.
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, with 2 + log k local trials as
+    scikit-learn does) plus Lloyd iterations, best of ``restarts`` by inertia.
 
     Returns centres ``(k, D)`` and the labels ``(N,)`` of every row of ``x``."""
     sub = x if len(x) <= max_rows else x[torch.randperm(len(x), generator=generator)[:max_rows]]
+    trials = 2 + int(math.log(k))
     best, best_inertia = None, float("inf")
     for _ in range(restarts):
         centres = sub[torch.randint(len(sub), (1,), generator=generator)]
+        d2 = torch.cdist(sub, centres).squeeze(-1).pow(2)
         for _ in range(1, k):
-            d2 = torch.cdist(sub, centres).min(-1).values.pow(2)
             p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / len(d2))
-            centres = torch.cat([centres, sub[torch.multinomial(p, 1, generator=generator)]])
+            candidates = sub[torch.multinomial(p, trials, replacement=True, generator=generator)]
+            cand_d2 = torch.minimum(d2.unsqueeze(0), torch.cdist(candidates, sub).pow(2))  # (trials, N)
+            pick = cand_d2.sum(-1).argmin()
+            centres, d2 = torch.cat([centres, candidates[pick : pick + 1]]), cand_d2[pick]
         for _ in range(iters):
             labels = torch.cdist(sub, centres).argmin(-1)
-            new = torch.stack([sub[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(k)])
-            if torch.allclose(new, centres):
-                break
+            counts = torch.bincount(labels, minlength=k)
+            sums = torch.zeros_like(centres).index_add_(0, labels, sub)
+            new = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1)[:, None], centres)
+            shift = (new - centres).pow(2).sum()
             centres = new
+            if shift <= 1e-8 * sub.var(0).sum():
+                break
         inertia = float(torch.cdist(sub, centres).min(-1).values.pow(2).sum())
         if inertia < best_inertia:
             best, best_inertia = centres, inertia
