@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import pyro
 import torch
 from pyro.infer import ELBO
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bar: works in terminals, logs and notebooks alike
 
 from ..config import TrainingConfig
 from ..errors import TrainingError
