@@ -139,8 +139,11 @@ class Run:
         d = self.dataset
         extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
                   "prototype": d.train[:PROTOTYPE_ROWS].clone(), "from_python": bool(d.info.get("from_python"))}
+        # early stopping follows the exact held-out log-likelihood where the family has one,
+        # else the held-out loss (a noisier Monte-Carlo estimate)
+        monitor = "valid_log_likelihood" if self.model.exact_likelihood else "valid_loss"
         return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks)
+                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
         ll = self.model.log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
@@ -244,7 +247,7 @@ class Run:
             f"epochs: {last.get('epoch', 0)}, final train loss per datum: {last.get('train_loss', float('nan')):.6g}",
         ]
         if "valid_log_likelihood" in last:
-            best = min((h for h in self.history if "valid_loss" in h), key=lambda h: h["valid_loss"])
+            best = max((h for h in self.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"])
             lines.append(f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
                          f"(epoch {best['epoch']}, {'exact' if self.model.exact_likelihood else 'estimate'})")
         lines += ["", "posterior of the global latents (guide draws):", table.to_string()]

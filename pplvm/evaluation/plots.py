@@ -11,16 +11,22 @@ from matplotlib.figure import Figure
 
 
 def loss_plot(history: Sequence[dict[str, Any]]) -> Figure:
-    """Training and held-out loss (negative objective per datum) against epoch."""
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
-    ax = fig.add_subplot()
+    """Training and held-out loss (negative objective per datum) against epoch and, where
+    logged, the held-out log-likelihood per datum."""
+    has_ll = any("valid_log_likelihood" in h for h in history)
+    fig = Figure(figsize=(10 if has_ll else 6, 3.5), layout="constrained")
+    axes = fig.subplots(1, 2 if has_ll else 1, squeeze=False)[0]
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
     valid = [(h["epoch"], h["valid_loss"]) for h in history if "valid_loss" in h]
     if valid:
-        ax.plot(*zip(*valid), label="held-out", marker="o", ms=3)
-    ax.set(xlabel="epoch", ylabel="loss per datum (−objective)", title="Training")
-    ax.legend()
+        axes[0].plot(*zip(*valid), label="held-out", marker="o", ms=2)
+    axes[0].set(xlabel="epoch", ylabel="−objective per datum", title="Loss")
+    axes[0].legend()
+    if has_ll:
+        ll = [(h["epoch"], h["valid_log_likelihood"]) for h in history if "valid_log_likelihood" in h]
+        axes[1].plot(*zip(*ll), color="C2", marker="o", ms=2)
+        axes[1].set(xlabel="epoch", ylabel="log p(x) per datum", title="Held-out log-likelihood")
     return fig
 
 
@@ -48,10 +54,12 @@ def cluster_plot(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, t
     return fig
 
 
-def posterior_plot(idata, var_names: Sequence[str]) -> Figure:
-    """Forest plot of the posterior of the global latents (arviz)."""
+def posterior_plot(idata, var_names: Sequence[str], max_size: int = 32) -> Figure:
+    """Forest plot of the posterior of the global latents (arviz); sites with more than
+    ``max_size`` entries (e.g. correlation factors) are left to the summary table."""
     from .arviz import arviz
 
+    var_names = [v for v in var_names if idata.posterior[v].isel(chain=0, draw=0).size <= max_size] or list(var_names[:1])
     fig = Figure(figsize=(6, 1.0 + 0.35 * _count(idata, var_names)), layout="constrained")
     ax = fig.add_subplot()
     arviz().plot_forest(idata, var_names=list(var_names), combined=True, ax=ax)

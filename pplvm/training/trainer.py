@@ -37,7 +37,7 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
-    best: float = math.inf  # best monitored held-out loss
+    best: float = math.inf  # best monitored held-out value, as a loss (lower is better)
     best_epoch: int = 0
     bad_epochs: int = 0  # evaluations since the best one
     stopped: str = ""  # why training ended early, if it did
@@ -50,6 +50,8 @@ class Trainer:
     :param valid_metrics: optional ``f(valid) -> dict`` of extra held-out metrics
         (e.g. an exact log-likelihood), logged beside ``valid_loss``.
     :param extras: tensors saved with every checkpoint (e.g. the data transform).
+    :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
+        (lower is better) or a ``*log_likelihood`` (higher is better).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Trainer:
         valid_metrics: Callable[[torch.Tensor], dict[str, float]] | None = None,
         extras: dict[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
+        monitor: str = "valid_loss",
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -72,6 +75,7 @@ class Trainer:
         self.valid_metrics = valid_metrics
         self.extras = extras or {}
         self.callbacks = list(callbacks)
+        self.monitor = monitor
         self.rank, self.world_size = rank, world_size
         self.state = TrainState()
         self.shuffle = torch.Generator().manual_seed(config.seed)
@@ -196,7 +200,8 @@ class Trainer:
         metrics: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "lr": lr, "train_loss": float(total) / n}
         if valid is not None and (s.epoch % c.eval_every == 0 or s.epoch == c.epochs):
             metrics.update(self.evaluate(valid))
-            self._early_stopping(metrics["valid_loss"])
+            value = metrics[self.monitor]
+            self._early_stopping(-value if self.monitor.endswith("log_likelihood") else value)
         s.history.append(metrics)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith(("loss", "likelihood"))})
         if s.epoch % c.checkpoint_every == 0 or s.epoch == c.epochs or s.stopped:
