@@ -15,6 +15,7 @@ Run directory::
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from pyro.infer import Predictive
 from .config import card_from_dict, card_to_dict, dump_card, load_card
 from .data import Batch, Dataset, Standardize, as_matrix, load_dataset, values
 from .data.base import split
-from .errors import RunDirError
+from .errors import DataError, PplvmError, RunDirError
 from .evaluation import plots
 from .evaluation.arviz import arviz, inference_data
 from .families import FAMILIES, LatentVariableModel
@@ -64,8 +65,6 @@ class Run:
             dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
         if card.model.dim is not None and card.model.dim != dataset.dim:
-            from .errors import DataError
-
             raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
         model = family(card.model, dataset.dim)
@@ -273,24 +272,14 @@ def load(run_dir: str | Path) -> Run:
 
 
 def save_samples(x: torch.Tensor, path: str | Path) -> None:
-    """Write samples as ``.npy`` or ``.csv`` (by suffix)."""
+    """Write samples as ``.npy`` or ``.csv`` (by suffix), atomically."""
     path = Path(path)
-    arr = x.detach().cpu().numpy()
+    arr = values(x).detach().cpu().numpy()
+    buf = io.BytesIO()
     if path.suffix == ".npy":
-        import io
-
-        buf = io.BytesIO()
         np.save(buf, arr)
-        atomic_write_bytes(path, buf.getvalue())
-    elif path.suffix == ".csv":
-        import io
-
-        buf = io.StringIO()
+    elif path.suffix == ".csv" and arr.ndim == 2:
         np.savetxt(buf, arr, delimiter=",")
-        atomic_write_bytes(path, buf.getvalue().encode())
     else:
-        from .errors import PplvmError
-
-        raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
-
-
+        raise PplvmError(f"--out {str(path)!r}: expected a .npy file (or .csv for (N, D) samples)")
+    atomic_write_bytes(path, buf.getvalue())
