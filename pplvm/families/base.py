@@ -51,6 +51,9 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     enumerated: ClassVar[bool]
     #: True when :meth:`log_likelihood` is exact rather than an estimate
     exact_likelihood: ClassVar[bool]
+    #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
+    #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
+    uses_labels: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
