@@ -4,7 +4,7 @@
 ``elbo``     Trace_ELBO
 ``meanfield`` TraceMeanField_ELBO (analytic KL where available)
 ``enum``     TraceEnum_ELBO (discrete latents summed out exactly)
-``renyi``    RenyiELBO(alpha)
+``renyi``    RenyiELBO(alpha) (as :class:`.renyi.RenyiBound`: a torch loss, per-datum minibatches)
 ``iwae``     RenyiELBO(alpha=0), the IWAE bound with k = num_particles
 =========== ==================================================
 
@@ -16,13 +16,14 @@ only: :mod:`.free_bits`).
 
 from __future__ import annotations
 
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from ..config import ObjectiveConfig
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
 from .annealing import KLSchedule, ScaleSites
 from .free_bits import FreeBitsELBO
+from .renyi import RenyiBound
 
 OBJECTIVES = {
     "elbo": "Trace_ELBO",
@@ -78,7 +79,7 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
         return TraceMeanField_ELBO(**kw)
     if cfg.name == "enum":
         return TraceEnum_ELBO(**kw)
-    return RenyiELBO(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
+    return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
 
 
 def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedule | None:
@@ -88,5 +89,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "FreeBitsELBO", "KLSchedule", "ScaleSites", "check_compatible", "make_objective",
+__all__ = ["OBJECTIVES", "FreeBitsELBO", "KLSchedule", "RenyiBound", "ScaleSites", "check_compatible", "make_objective",
            "make_schedule"]
