@@ -233,7 +233,7 @@ def _check_binary(x: np.ndarray, where: str) -> np.ndarray:
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
         raise DataError(f"{where}: binarized MNIST must hold only 0 and 1, but row {row} holds "
-                        f"{x[row][bad[row]][0]!r}")
+                        f"{float(x[row][bad[row]][0]):g}")
     return x
 
 
