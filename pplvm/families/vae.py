@@ -243,7 +243,8 @@ class _Autoencoder(ContinuousLatentModel):
             per_class = 8
             y = torch.arange(self.side.size).repeat_interleave(per_class)
             images = self.generate(y=y, generator=g).reshape(self.side.size, per_class, -1)
-            return {"samples": image_grid(images, self.image_shape, title="decoder means by class (rows)")}
+            return {"samples": image_grid(images, self.image_shape, title="decoder means by class",
+                                          row_labels=[str(k) for k in range(self.side.size)])}
         if self.side.kind == "covariates":
             return {}
         return {"samples": image_grid(self.generate(64, generator=g), self.image_shape,
