@@ -109,11 +109,12 @@ def arithmetic(run, a: Any, b: Any, c: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "iterate",
-           iterations: int = 30, lr: float = 0.05) -> torch.Tensor:
+def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "map",
+           iterations: int = 50, lr: float = 0.05) -> torch.Tensor:
     """Inpaint the missing entries of ``x`` (``observed``: ``(N, D)`` bool, True = seen; missing
     entries of ``x`` may hold anything, NaN included). Observed entries come back unchanged,
-    ``(N, D)``. The gaps start at the column means of the observed entries (mean imputation).
+    ``(N, D)``. The gaps start at the column means of the observed entries (mean imputation), or
+    where a column has none, at the decoder mean at ``z = 0``.
 
     ``iterate`` (Rezende et al. 2014, with means): ``iterations`` times, encode the filled datum,
     decode the encoder mean and overwrite the gaps with the decoder mean. ``map``: condition on
@@ -127,10 +128,13 @@ def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "i
     if obs.shape != raw.shape:
         raise PplvmError(f"impute: observed has shape {tuple(obs.shape)} but x has {tuple(raw.shape)}")
     seen = torch.where(obs, raw, torch.zeros_like(raw))
-    col_mean = seen.sum(0) / obs.sum(0).clamp_min(1)
     data = _data(run, _with_values(x, seen))  # checked with the gaps at 0, a value every likelihood admits
-    keep = torch.where(obs, values(data), values(run.transform(torch.where(obs, raw, col_mean))))
     side = model.side(data)
+    # start: the column mean of the observed entries; where a column has none, the decoder mean at z = 0
+    count = obs.sum(0)
+    col_mean = values(run.transform(seen.sum(0) / count.clamp_min(1)))
+    prior_mean = model.decode(torch.zeros(len(raw), model.latent_dim), side).mean
+    keep = torch.where(obs, values(data), torch.where(count > 0, col_mean, prior_mean))
     if method == "iterate":
         current = keep
         for _ in range(iterations):
