@@ -231,7 +231,7 @@ class Run:
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
         if self.dataset is None:
-            self.dataset = _labelled(load_dataset(self.card.data), self.card)
+            self.dataset = card_dataset(self.card)
         d = self.dataset
         return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(self.card.training.seed))
 
@@ -273,6 +273,11 @@ class Run:
         else:
             lines += ["", "no global latents: the networks' weights are point estimates"]
         return "\n".join(lines) + "\n"
+
+
+def card_dataset(card: BaseModel) -> Dataset:
+    """The card's data, split, as its family takes it."""
+    return _labelled(load_dataset(card.data), card)
 
 
 def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:

@@ -152,7 +152,12 @@ def _empty_guide(*args, **kwargs) -> None:
 class ContinuousLatentModel(LatentVariableModel):
     """Families whose per-datum latent ``z_n`` (one local site, ``(N, L)``) is continuous:
     PPCA, factor analysis, VAEs. Their ``amortized`` guide is
-    :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`."""
+    :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`.
+
+    A family whose marginal is not exact (``exact_likelihood = False``) estimates it by
+    importance sampling, and its :meth:`log_likelihood` accepts a keyword ``proposal``: a
+    callable ``x -> q(z | x)`` (diagonal normal, batch ``(N,)``), which a run fills with its
+    amortized guide's ``local_posterior``."""
 
     enumerated = False
 
