@@ -232,8 +232,8 @@ class Run:
         """The training split as the model sees it (one fixed draw of an augmented split)."""
         if self.dataset is None:
             self.dataset = card_dataset(self.card)
-        d = self.dataset
-        return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(self.card.training.seed))
+        d, seed = self.dataset, self.card.training.seed
+        return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
 
     # ---------------------------------------------------------------- artifacts
     def write_artifacts(self) -> None:

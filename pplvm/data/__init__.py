@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .._registry import Registry
 import torch
 
+from .._registry import Registry
 from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, split, split_given, values
 from .images import (
     Binarize,

@@ -190,7 +190,8 @@ def test_idx_round_trip(tmp_path, suffix):
 def test_mnist_idx_source_scales_pixels_and_keeps_the_test_file_as_test(tmp_path):
     rng = np.random.default_rng(1)
     tr, te = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    for name, a in (("tr-img.gz", tr), ("tr-lab.gz", np.arange(10) % 10), ("te-img.gz", te), ("te-lab.gz", np.arange(4))):
+    files = {"tr-img.gz": tr, "tr-lab.gz": np.arange(10), "te-img.gz": te, "te-lab.gz": np.arange(4)}
+    for name, a in files.items():
         write_idx(tmp_path / name, a)
     cfg = MnistIdxConfig(images=str(tmp_path / "tr-img.gz"), labels=str(tmp_path / "tr-lab.gz"),
                          test_images=str(tmp_path / "te-img.gz"), test_labels=str(tmp_path / "te-lab.gz"),
