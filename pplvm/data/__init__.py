@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._registry import Registry
+from ..errors import DataError
 from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, split, split_given, values
 from .images import (
     Binarize,
@@ -47,6 +48,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     dict alike), used as given. A source with an ``augment`` hook (e.g. dynamic binarization)
     keeps ``train`` as drawn from, and gives valid and test one fixed draw (``split_seed``)."""
     source = SOURCES[cfg.source]
+    augment = source.augment(cfg) if source.augment is not None else None
+    if augment is not None and cfg.standardize:
+        raise DataError("data.standardize = true cannot be combined with a per-batch augmentation "
+                        f"({type(augment).__name__}), which draws from the raw values")
     x, labels, info = source.load(cfg)
 
     def check(x, name):  # sources of sequences or labelled data return a checked Batch
@@ -54,8 +59,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
     dataset = split_given(x, labels, cfg, check) if isinstance(x, dict) else split(check(x, "data"), labels, cfg)
     dataset.info.update(info)
-    dataset.augment = source.augment(cfg) if source.augment is not None else None
-    if dataset.augment is not None:
+    dataset.augment = augment
+    if augment is not None:
         fixed = torch.Generator().manual_seed(cfg.split_seed)
         dataset.valid, dataset.test = (dataset.augment(v, fixed) if v is not None else None
                                        for v in (dataset.valid, dataset.test))
