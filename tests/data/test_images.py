@@ -73,7 +73,7 @@ def test_dynamic_binarization_keeps_train_grey_and_fixes_held_out_draws():
     for split in ("valid", "test"):
         assert set(getattr(d, split).unique().tolist()) == {0.0, 1.0}
         assert torch.equal(getattr(d, split), getattr(again, split))
-    with pytest.raises(DataError, match="data.standardize = true cannot be combined with .* Binarize"):
+    with pytest.raises(DataError, match=r"data.standardize = true cannot be combined with .*\(Binarize\)"):
         load_dataset(DigitsConfig(binarize="dynamic", standardize=True))
 
 
