@@ -20,7 +20,6 @@ from pyro.distributions import Distribution
 from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
-from ..errors import DataError
 
 
 class _AbstractPyroModuleMeta(_PyroModuleMeta, abc.ABCMeta):
@@ -50,7 +49,8 @@ class Likelihood(PyroModule, metaclass=_AbstractPyroModuleMeta):
 
     @abc.abstractmethod
     def check(self, x: torch.Tensor, name: str) -> None:
-        """Raise DataError naming ``name`` if ``x`` ``(N, D)`` is outside the support."""
+        """Raise DataError naming ``name`` if ``x`` ``(N, D)`` (finite, checked by the caller) is
+        outside the support."""
 
 
 class Decoder(PyroModule):
@@ -95,9 +95,3 @@ def _with_side(h: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
     if side is None:
         return h
     return torch.cat([h, side.expand(*h.shape[:-1], side.shape[-1])], dim=-1)
-
-
-def check_finite(x: torch.Tensor, name: str) -> None:
-    bad = (~torch.isfinite(x)).any(-1).nonzero().flatten()
-    if len(bad):
-        raise DataError(f"{name}: {len(bad)} row(s) contain NaN or inf (first: row {int(bad[0])})")

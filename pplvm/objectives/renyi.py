@@ -25,6 +25,8 @@ from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.util import warn_if_nan
 
+from ..errors import IncompatibleError
+
 
 class RenyiBound(RenyiELBO):
     """:class:`~pyro.infer.RenyiELBO` with ``differentiable_loss`` and per-datum subsampling."""
@@ -64,6 +66,7 @@ def _log_weight(model_trace, guide_trace) -> tuple[torch.Tensor, float]:
             if site["type"] != "sample":
                 continue
             if sign < 0 and not is_identically_zero(site["score_parts"].score_function):
-                raise NotImplementedError(f"RenyiBound needs a reparameterised guide; site {site['name']!r} is not")
+                raise IncompatibleError(f"objective renyi / iwae needs a reparameterised guide; site "
+                                        f"{site['name']!r} is not")
             total = total + sign * torch_sum(site["log_prob"], sum_dims) / factor
     return total, factor
