@@ -48,12 +48,13 @@ def cmd_fit(args) -> int:
 
 
 def _eval_data(run, args):
-    from .data import load_dataset, read_matrix
+    from .data import read_matrix
+    from .run import card_dataset
 
     if args.data:
         x, _ = read_matrix(args.data)
         return x, args.data
-    dataset = load_dataset(run.card.data)
+    dataset = card_dataset(run.card)
     for split in ([args.split] if args.split else ["test", "valid", "train"]):
         x = getattr(dataset, split)
         if x is not None:

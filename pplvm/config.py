@@ -44,6 +44,12 @@ class ObjectiveConfig(Section):
     num_particles: int = Field(1, ge=1, description="Monte Carlo particles (k for iwae)")
     alpha: float = Field(0.5, description="Renyi alpha (renyi only)")
     vectorize_particles: bool = True
+    kl_weight: float = Field(1.0, gt=0, description="weight β of the local latents' log p(z) - log q(z|x) "
+                             "(their KL); 1 is the ELBO")
+    kl_warmup_epochs: float = Field(0.0, ge=0, description="KL warm-up: β rises linearly from 0 to "
+                                    "kl_weight over this many epochs, step by step; 0 = off")
+    free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
+                             "below which the KL is not penalised; needs name = 'meanfield'")
 
 
 class TrainingConfig(Section):

@@ -34,7 +34,8 @@ from .evaluation import plots
 from .evaluation.arviz import arviz, inference_data
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
-from .objectives import make_objective
+from .guides.amortized import AmortizedNormal
+from .objectives import make_objective, make_schedule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer
 
@@ -66,9 +67,14 @@ class Run:
             dataset.info["from_python"] = True
         if card.model.dim is not None and card.model.dim != dataset.dim:
             raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
+        dataset = _labelled(dataset, card)
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
         model = family(card.model, dataset.dim)
-        dataset.train = model.validate(dataset.train, "data (training split)")
+        if dataset.augment is None:
+            dataset.train = model.validate(dataset.train, "data (training split)")
+        else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
+            seen = dataset.augment(dataset.train, torch.Generator().manual_seed(card.training.seed))
+            model.validate(seen, "data (training split, augmented)")
         make_objective(model, card.objective)  # refuse an impossible pairing before anything else
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
@@ -86,7 +92,7 @@ class Run:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         extras = ckpt["extras"]
         model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
-        proto = extras["prototype"]
+        proto = _from_state(extras["prototype"])
         guide = make_guide(model, card.guide.kind, proto, init_scale=card.guide.init_scale)
         with torch.no_grad():
             guide(proto)
@@ -137,16 +143,25 @@ class Run:
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
         d = self.dataset
         extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
-                  "prototype": d.train[:PROTOTYPE_ROWS].clone(), "from_python": bool(d.info.get("from_python"))}
+                  "prototype": _to_state(d.train[:PROTOTYPE_ROWS]), "from_python": bool(d.info.get("from_python"))}
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.exact_likelihood else "valid_loss"
         return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor)
+                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       schedule=make_schedule(self.model, self.card.objective), augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self.model.log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
+        ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
+
+    def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The family's ``log p(x | θ)``. A family whose marginal is an importance-sampling
+        estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
+        proposal (see :class:`~pplvm.families.base.ContinuousLatentModel`)."""
+        if isinstance(self.guide, AmortizedNormal) and not self.model.exact_likelihood:
+            return self.model.log_likelihood(xt, params, proposal=self.guide.local_posterior)
+        return self.model.log_likelihood(xt, params)
 
     # ------------------------------------------------------------------ queries
     def _prepare(self, x: Any, name: str = "x"):
@@ -160,6 +175,8 @@ class Run:
     @torch.no_grad()
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``."""
+        if not self.model.global_sites:
+            return {}
         with pyro.poutine.seed(rng_seed=seed):
             out = Predictive(self.guide, num_samples=num, parallel=True,
                              return_sites=list(self.model.global_sites))()
@@ -172,7 +189,7 @@ class Run:
         families with ``exact_likelihood``. ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
-        return self.model.log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
+        return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
     def posterior(self, x: Any) -> dict[str, torch.Tensor]:
         """Posterior marginals of the local latents given ``x`` (e.g. responsibilities ``(N, K)``)."""
@@ -203,7 +220,8 @@ class Run:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
         draws = self.draws(s, seed)
-        ll = self.model.log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
+        ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
+        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = None
         if posterior_predictive:
             with pyro.poutine.seed(rng_seed=seed + 1):
@@ -214,10 +232,12 @@ class Run:
         return inference_data(draws, ll, values(self.transform.inverse(xt)), ppc, chains=ev.chains,
                               dims=self.model.site_dims)
 
-    def _training_data(self) -> torch.Tensor:
+    def _training_data(self) -> "torch.Tensor | Batch":
+        """The training split as the model sees it (one fixed draw of an augmented split)."""
         if self.dataset is None:
-            self.dataset = load_dataset(self.card.data)
-        return self.dataset.train
+            self.dataset = card_dataset(self.card)
+        d, seed = self.dataset, self.card.training.seed
+        return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
 
     # ---------------------------------------------------------------- artifacts
     def write_artifacts(self) -> None:
@@ -228,7 +248,8 @@ class Run:
         idata.to_netcdf(str(tmp))
         tmp.replace(d / "inference_data.nc")
         plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
-        plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
+        if self.model.global_sites:
+            plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
         for name, fig in self.model.plots(self._training_data(), self.params()).items():
             plots.save_figure(fig, d / f"{name}.png")
         atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
@@ -236,10 +257,12 @@ class Run:
     def summary_text(self, idata=None) -> str:
         idata = idata if idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
-        with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
-            warnings.simplefilter("ignore", RuntimeWarning)
-            table = arviz().summary(idata, var_names=list(self.model.global_sites), kind="all", round_to=4)
-        table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
+        table = None
+        if self.model.global_sites:
+            with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
+                warnings.simplefilter("ignore", RuntimeWarning)
+                table = arviz().summary(idata, var_names=list(self.model.global_sites), kind="all", round_to=4)
+            table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
         last = self.history[-1] if self.history else {}
         lines = [
             f"run: {c.name} — family {c.model.family}, guide {c.guide.kind}, objective {c.objective.name}",
@@ -249,8 +272,23 @@ class Run:
             best = max((h for h in self.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"])
             lines.append(f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
                          f"(epoch {best['epoch']}, {'exact' if self.model.exact_likelihood else 'estimate'})")
-        lines += ["", "posterior of the global latents (guide draws):", table.to_string()]
+        if table is not None:
+            lines += ["", "posterior of the global latents (guide draws):", table.to_string()]
+        else:
+            lines += ["", "no global latents: the networks' weights are point estimates"]
         return "\n".join(lines) + "\n"
+
+
+def card_dataset(card: BaseModel) -> Dataset:
+    """The card's data, split, as its family takes it."""
+    return _labelled(load_dataset(card.data), card)
+
+
+def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
+    """The dataset as the card's family takes it: splits as ``Batch(x, y)`` if it uses labels."""
+    if FAMILIES[card.model.family].uses_labels:
+        return dataset.with_labels(f"model.family = {card.model.family!r}")
+    return dataset
 
 
 def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
@@ -269,6 +307,17 @@ def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, d
 
 def load(run_dir: str | Path) -> Run:
     return Run.load(run_dir)
+
+
+def _to_state(data: "torch.Tensor | Batch"):
+    """A checkpoint-safe copy (tensors and dicts only) of a tensor or Batch."""
+    if isinstance(data, Batch):
+        return {k: v.clone() for k, v in data.fields().items() if v is not None}
+    return data.clone()
+
+
+def _from_state(state) -> "torch.Tensor | Batch":
+    return Batch(**state) if isinstance(state, dict) else state
 
 
 def save_samples(x: torch.Tensor, path: str | Path) -> None:

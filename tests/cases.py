@@ -26,4 +26,19 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
         id="gmm-full-map-minibatch",
     ),
+    pytest.param(
+        {"name": "vae_digits", "model": {"family": "vae", "latent_dim": 4, "hidden": [32, 32]},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "digits", "binarize": "dynamic"},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
+        id="vae-digits-dynamic-mlp",
+    ),
+    pytest.param(
+        {"name": "cvae_digits", "model": {"family": "cvae", "classes": 10, "latent_dim": 4, "hidden": [32],
+                                          "architecture": "conv", "channels": 4, "activation": "relu"},
+         "guide": {"kind": "amortized"}, "objective": {"name": "iwae", "num_particles": 4},
+         "data": {"source": "digits", "binarize": "static", "valid_fraction": 0.1, "test_fraction": 0.1},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
+        id="cvae-digits-conv",
+    ),
 ]

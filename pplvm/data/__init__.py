@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import torch
+
 from .._registry import Registry
-from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, split, values
+from ..errors import DataError
+from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, split, split_given, values
+from .images import (
+    Binarize,
+    BinarizedMnistConfig,
+    DigitsConfig,
+    MnistIdxConfig,
+    _augment,
+    _load_binarized_mnist,
+    _load_digits,
+    _load_mnist_idx,
+)
 from .tabular import (
     FileConfig,
     IrisConfig,
@@ -21,21 +34,43 @@ SOURCES.register("synthetic_gmm")(Source(SyntheticMixtureConfig, _load_synthetic
 SOURCES.register("iris")(Source(IrisConfig, _sklearn_loader("iris"), "scikit-learn iris, 150 x 4"))
 SOURCES.register("wine")(Source(WineConfig, _sklearn_loader("wine"), "scikit-learn wine, 178 x 13"))
 SOURCES.register("file")(Source(FileConfig, _load_file, "a user .npy or .csv file (N, D)"))
+SOURCES.register("digits")(Source(DigitsConfig, _load_digits, "scikit-learn 8x8 digits, 1797 x 64 in [0, 1]", _augment))
+SOURCES.register("binarized_mnist")(Source(BinarizedMnistConfig, _load_binarized_mnist,
+                                           "binarized MNIST .amat / .npz files (N, 784), own splits"))
+SOURCES.register("mnist_idx")(Source(MnistIdxConfig, _load_mnist_idx, "MNIST IDX files (.gz), labels", _augment))
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load, check and split the data a card describes."""
-    x, labels, info = SOURCES[cfg.source].load(cfg)
-    if not isinstance(x, Batch):  # sources of sequences or labelled data return a checked Batch
-        x = as_matrix(x, f"data ({cfg.source})")
-    dataset = split(x, labels, cfg)
+    """Load, check and split the data a card describes.
+
+    A source returns ``(x, labels, info)``: ``x`` one array split by the card's fractions, or a
+    dict of its own splits (``train``, and ``valid`` / ``test`` if it has them, ``labels`` a
+    dict alike), used as given. A source with an ``augment`` hook (e.g. dynamic binarization)
+    keeps ``train`` as drawn from, and gives valid and test one fixed draw (``split_seed``)."""
+    source = SOURCES[cfg.source]
+    augment = source.augment(cfg) if source.augment is not None else None
+    if augment is not None and cfg.standardize:
+        raise DataError("data.standardize = true cannot be combined with a per-batch augmentation "
+                        f"({type(augment).__name__}), which draws from the raw values")
+    x, labels, info = source.load(cfg)
+
+    def check(x, name):  # sources of sequences or labelled data return a checked Batch
+        return x if isinstance(x, Batch) else as_matrix(x, f"{name} ({cfg.source})")
+
+    dataset = split_given(x, labels, cfg, check) if isinstance(x, dict) else split(check(x, "data"), labels, cfg)
     dataset.info.update(info)
+    dataset.augment = augment
+    if augment is not None:
+        fixed = torch.Generator().manual_seed(cfg.split_seed)
+        dataset.valid, dataset.test = (dataset.augment(v, fixed) if v is not None else None
+                                       for v in (dataset.valid, dataset.test))
     return dataset
 
 
 __all__ = [
     "SOURCES",
     "Batch",
+    "Binarize",
     "values",
     "DataConfig",
     "Dataset",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -134,10 +134,25 @@ class Dataset:
     transform: Standardize
     labels: dict[str, torch.Tensor | None]
     info: dict[str, Any]
+    #: optional ``augment(batch, generator) -> batch`` the trainer applies to each training batch
+    #: (e.g. dynamic binarization); ``train`` holds what it draws from, valid and test one fixed draw
+    augment: Callable[[Any, torch.Generator], Any] | None = None
 
     @property
     def dim(self) -> int:
         return values(self.train).shape[-1]
+
+    def with_labels(self, who: str) -> "Dataset":
+        """Each split as ``Batch(x, y=labels)``, for families that take labels as input;
+        ``who`` names the family in the error raised when the source has no labels."""
+        if isinstance(self.train, Batch) and self.train.y is not None:
+            return self
+        if self.labels.get("train") is None:
+            raise DataError(f"{who} needs labels (Batch.y) but the data source gives none; use a labelled "
+                            "source (e.g. digits, mnist_idx with labels, file with data.label_column)")
+        parts = {k: (Batch(values(x), y=self.labels[k]) if x is not None else None)
+                 for k, x in (("train", self.train), ("valid", self.valid), ("test", self.test))}
+        return replace(self, **parts)
 
 
 @dataclass(frozen=True)
@@ -145,8 +160,10 @@ class Source:
     """A registered data source: its config schema and a loader returning ``(x, labels, info)``."""
 
     Config: type[DataConfig]
-    load: Callable[[Any], tuple[np.ndarray, np.ndarray | None, dict]]
+    load: Callable[[Any], tuple[Any, Any, dict]]
     doc: str
+    #: optional ``augment(cfg)``: the per-batch training transform the config asks for, or None
+    augment: Callable[[Any], Callable[[Any, torch.Generator], Any] | None] | None = None
     kind: ClassVar[str] = "data source"
 
 
@@ -160,8 +177,35 @@ def split(x: "torch.Tensor | Batch", labels, cfg: DataConfig) -> Dataset:
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
     parts = perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
-    transform = Standardize.fit(x[parts[0]]) if cfg.standardize else Standardize.identity(x.shape[1])
+    transform = Standardize.fit(x[parts[0]]) if cfg.standardize else Standardize.identity(values(x).shape[-1])
     xs = [transform(x[p]) if len(p) else None for p in parts]
     lab = torch.as_tensor(labels) if labels is not None else None
     ls = {k: (lab[p] if lab is not None and len(p) else None) for k, p in zip(("train", "valid", "test"), parts)}
     return Dataset(xs[0], xs[1], xs[2], transform, ls, {})
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def split_given(parts: dict[str, Any], labels: dict[str, Any] | None, cfg: DataConfig,
+                check: Callable[[Any, str], torch.Tensor]) -> Dataset:
+    """Splits a source provides itself (``parts``: ``train`` and any of ``valid``, ``test``).
+
+    Given splits are used as they are; a missing one is carved out of ``train`` by its
+    fraction, as :func:`split` does. ``check(x, name)`` validates each part (e.g. ``as_matrix``).
+    """
+    unknown = set(parts) - set(SPLITS)
+    if "train" not in parts or unknown:
+        raise ValueError(f"a source's splits must include 'train' and be among {SPLITS}, got {sorted(parts)}")
+    labels = labels or {}
+    fractions = {f"{k}_fraction": 0.0 for k in ("valid", "test") if parts.get(k) is not None}
+    dataset = split(check(parts["train"], "data (train)"), labels.get("train"), cfg.model_copy(update=fractions))
+    for k in ("valid", "test"):
+        if parts.get(k) is None:
+            continue
+        part = check(parts[k], f"data ({k})")
+        if values(part).shape[-1] != dataset.dim:
+            raise DataError(f"data ({k}): {values(part).shape[-1]} columns but the training split has {dataset.dim}")
+        setattr(dataset, k, dataset.transform(part))
+        dataset.labels[k] = torch.as_tensor(labels[k]) if labels.get(k) is not None else None
+    return dataset

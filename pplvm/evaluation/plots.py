@@ -77,3 +77,31 @@ def save_figure(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def image_grid(images: torch.Tensor, image_shape: Sequence[int], title: str = "",
+               row_labels: Sequence[str] | None = None) -> Figure:
+    """Images as a grid: ``images`` ``(N, H W)`` (laid out ⌈√N⌉ wide) or ``(R, C, H W)``
+    (R rows of C); values in [0, 1], dark = 1."""
+    images = images.detach().cpu()
+    if images.dim() == 2:
+        cols = max(1, int(len(images) ** 0.5 + 0.999))
+        rows = -(-len(images) // cols)
+        pad = torch.full((rows * cols - len(images), images.shape[-1]), float("nan"))
+        images = torch.cat([images, pad]).reshape(rows, cols, -1)
+    rows, cols = images.shape[:2]
+    h, w = image_shape
+    tiles = images.reshape(rows, cols, h, w).permute(0, 2, 1, 3).reshape(rows * h, cols * w)
+    fig = Figure(figsize=(max(2.0, 0.45 * cols + 0.6), max(2.0, 0.45 * rows + 0.5)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(tiles.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([h * (i + 0.5) for i in range(rows)] if row_labels is not None else [])
+    if row_labels is not None:
+        ax.set_yticklabels(list(row_labels))
+    for i in range(1, rows):
+        ax.axhline(i * h - 0.5, color="white", lw=1)
+    for j in range(1, cols):
+        ax.axvline(j * w - 0.5, color="white", lw=1)
+    ax.set_title(title)
+    return fig

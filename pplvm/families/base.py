@@ -51,6 +51,9 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     enumerated: ClassVar[bool]
     #: True when :meth:`log_likelihood` is exact rather than an estimate
     exact_likelihood: ClassVar[bool]
+    #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
+    #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
+    uses_labels: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
@@ -149,7 +152,12 @@ def _empty_guide(*args, **kwargs) -> None:
 class ContinuousLatentModel(LatentVariableModel):
     """Families whose per-datum latent ``z_n`` (one local site, ``(N, L)``) is continuous:
     PPCA, factor analysis, VAEs. Their ``amortized`` guide is
-    :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`."""
+    :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`.
+
+    A family whose marginal is not exact (``exact_likelihood = False``) estimates it by
+    importance sampling, and its :meth:`log_likelihood` accepts a keyword ``proposal``: a
+    callable ``x -> q(z | x)`` (diagonal normal, batch ``(N,)``), which a run fills with its
+    amortized guide's ``local_posterior``."""
 
     enumerated = False
 

@@ -8,16 +8,24 @@ writes checkpoints and metrics.
 Minibatches: the model's data plate has size ``num_data`` and each batch is its subsample, so
 every data term is scaled by ``num_data / batch`` and the loss is an unbiased estimate of the
 full-data loss.
+
+Two optional per-step hooks keep the loop general: ``schedule(progress)`` returns a Pyro
+handler entered around each training step (e.g. KL annealing, :mod:`pplvm.objectives.annealing`)
+with ``progress`` the epochs done so far, and ``augment(batch, generator)`` redraws each
+training batch (e.g. dynamic binarization, :mod:`pplvm.data.images`) from the trainer's own
+generator, which checkpoints carry so a resumed run draws what an uninterrupted one would.
+Held-out evaluation uses neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 import pyro
 import torch
@@ -29,6 +37,18 @@ from ..errors import TrainingError
 from .checkpoint import load_checkpoint, save_checkpoint
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
+#: ``augment(batch, generator) -> batch``: a fresh random view of a training batch
+Augment = Callable[[Any, torch.Generator], Any]
+
+
+class Schedule(Protocol):
+    """A per-step modification of the objective as training progresses."""
+
+    def __call__(self, progress: float) -> ContextManager:
+        """The Pyro handler to enter around a step taken at ``progress`` epochs."""
+
+    def values(self, progress: float) -> dict[str, float]:
+        """Numbers to log with each epoch's metrics."""
 
 
 @dataclass
@@ -52,6 +72,8 @@ class Trainer:
     :param extras: tensors saved with every checkpoint (e.g. the data transform).
     :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
         (lower is better) or a ``*log_likelihood`` (higher is better).
+    :param schedule: optional per-step handler factory (see :class:`Schedule`).
+    :param augment: optional per-batch redraw of the training data (see :data:`Augment`).
     """
 
     def __init__(
@@ -66,6 +88,8 @@ class Trainer:
         extras: dict[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
         monitor: str = "valid_loss",
+        schedule: Schedule | None = None,
+        augment: Augment | None = None,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -76,6 +100,8 @@ class Trainer:
         self.extras = extras or {}
         self.callbacks = list(callbacks)
         self.monitor = monitor
+        self.schedule, self.augment = schedule, augment
+        self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rank, self.world_size = rank, world_size
         self.state = TrainState()
         self.shuffle = torch.Generator().manual_seed(config.seed)
@@ -119,7 +145,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "trainer": asdict(self.state),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    "augment": self.augment_rng.get_state()},
             "best": self._best_params,
             "extras": self.extras,
         }
@@ -132,6 +159,8 @@ class Trainer:
         self.state = TrainState(**ckpt["trainer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.shuffle.set_state(ckpt["rng"]["shuffle"])
+        if "augment" in ckpt["rng"]:
+            self.augment_rng.set_state(ckpt["rng"]["augment"])
         self._best_params = ckpt.get("best")
 
     def save(self) -> None:
@@ -175,11 +204,14 @@ class Trainer:
         c, s, n = self.config, self.state, len(train)
         perm = torch.randperm(n, generator=self.shuffle)
         total = torch.zeros(())
-        for idx in perm.split(bs):
+        steps = math.ceil(n / bs)
+        for i, idx in enumerate(perm.split(bs)):
             idx = idx[self.rank :: self.world_size]
+            batch = train[idx] if self.augment is None else self.augment(train[idx], self.augment_rng)
             self.optimizer.zero_grad(set_to_none=True)
             try:
-                loss = self.loss_module(train[idx], num_data=n)
+                with self._scheduled(s.epoch + (i + 1) / steps):
+                    loss = self.loss_module(batch, num_data=n)
             except ValueError:
                 # Pyro's validation rejects NaN distribution parameters before the loss can be NaN
                 if self._parameters_finite():
@@ -198,6 +230,8 @@ class Trainer:
         self.scheduler.step()
         s.epoch += 1
         metrics: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "lr": lr, "train_loss": float(total) / n}
+        if self.schedule is not None:
+            metrics.update(self.schedule.values(s.epoch))
         if valid is not None and (s.epoch % c.eval_every == 0 or s.epoch == c.epochs):
             metrics.update(self.evaluate(valid))
             value = metrics[self.monitor]
@@ -218,10 +252,13 @@ class Trainer:
         chunks = [data[idx] for idx in torch.arange(n).split(max(bs, 1024))]
         elbo = self.loss_module.elbo
         loss = sum(elbo.loss(self.model, self.guide, chunk, num_data=n) for chunk in chunks) / len(chunks)
-        out = {"valid_loss": loss / n}
+        out = {"valid_loss": float(loss) / n}
         if self.valid_metrics is not None:
             out.update(self.valid_metrics(data))
         return out
+
+    def _scheduled(self, progress: float) -> ContextManager:
+        return self.schedule(progress) if self.schedule is not None else contextlib.nullcontext()
 
     def _early_stopping(self, value: float) -> None:
         c, s = self.config, self.state

@@ -1,0 +1,241 @@
+"""Image sources: scikit-learn's bundled 8x8 digits and user MNIST files.
+
+Images are rows of ``H W`` pixels in [0, 1] (row-major). ``binarize`` turns grey pixels into
+binary data for Bernoulli decoders:
+
+=========== ==============================================================================
+none         grey values in [0, 1]
+threshold    ``x > 0.5``
+static       one Bernoulli(x) draw per pixel with ``binarize_seed``, fixed for the whole run
+dynamic      a fresh Bernoulli(x) draw of every training batch, each epoch (the trainer
+             applies :class:`Binarize` per batch); valid and test get one fixed draw
+=========== ==============================================================================
+
+File formats
+    ``.amat``  binarized MNIST of Larochelle & Murray (2011): text, one image per line, 784
+               values 0/1 separated by spaces (``path`` = train, ``valid_path``, ``test_path``);
+    ``.npz``   arrays ``train`` and optionally ``valid``, ``test``, each ``(N, 784)`` of 0/1;
+    IDX        LeCun's MNIST files (``train-images-idx3-ubyte[.gz]``, labels ``idx1``), plain or
+               gzipped: images ``(N, H, W)`` uint8 scaled by 1/255, labels ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..errors import DataError
+from .base import Batch, DataConfig
+
+MNIST_PIXELS = 28 * 28
+Binarization = Literal["none", "threshold", "static", "dynamic"]
+
+
+class ImageConfig(DataConfig):
+    """Options every image source accepts."""
+
+    binarize: Binarization = Field("none", description="none, threshold, static or dynamic (see pplvm.data.images)")
+    binarize_seed: int = Field(0, description="seed of the static Bernoulli draw")
+
+
+@dataclass(frozen=True)
+class Binarize:
+    """``x -> Bernoulli(x)`` per pixel: the dynamic binarization the trainer applies to each
+    training batch (``(B, D)`` tensor or :class:`Batch`), drawing from ``generator``."""
+
+    def __call__(self, data, generator: torch.Generator):
+        if isinstance(data, Batch):
+            return data.replace(x=self(data.x, generator))
+        return torch.bernoulli(data, generator=generator)
+
+
+def binarized(x: np.ndarray, how: Binarization, seed: int = 0) -> np.ndarray:
+    """Apply a load-time binarization (``dynamic`` is left to the trainer: returns ``x``)."""
+    if how == "threshold":
+        return (x > 0.5).astype(x.dtype)
+    if how == "static":
+        return (np.random.default_rng(seed).random(x.shape) < x).astype(x.dtype)
+    return x
+
+
+def _augment(cfg: ImageConfig):
+    return Binarize() if cfg.binarize == "dynamic" else None
+
+
+# ---------------------------------------------------------------------------- digits
+class DigitsConfig(ImageConfig):
+    source: Literal["digits"] = "digits"
+
+
+def _load_digits(cfg: DigitsConfig):
+    import sklearn.datasets
+
+    bunch = sklearn.datasets.load_digits()
+    x = bunch.data / 16.0  # pixels are 0..16
+    return binarized(x, cfg.binarize, cfg.binarize_seed), bunch.target, {"image_shape": [8, 8]}
+
+
+# ------------------------------------------------------------------- binarized MNIST
+class BinarizedMnistConfig(DataConfig):
+    source: Literal["binarized_mnist"] = "binarized_mnist"
+    path: str = Field(description=".amat (training images) or .npz with train / valid / test arrays")
+    valid_path: str | None = Field(None, description=".amat of validation images")
+    test_path: str | None = Field(None, description=".amat of test images")
+
+
+def read_amat(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIXELS) -> np.ndarray:
+    """Read a ``.amat`` file: one image per line, ``pixels`` values 0/1. Returns ``(N, pixels)``."""
+    path = _existing(path, field)
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = [float(v) for v in line.split()]
+        except ValueError as err:
+            raise DataError(f"{field} {str(path)!r} line {i}: not numbers ({err})") from None
+        if len(row) != pixels:
+            raise DataError(f"{field} {str(path)!r} line {i}: expected {pixels} values (a 28 x 28 image), "
+                            f"got {len(row)}")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{field} {str(path)!r}: no images in the file")
+    return _check_binary(np.asarray(rows), f"{field} {str(path)!r}")
+
+
+def write_amat(path: str | Path, x: np.ndarray) -> None:
+    """Write ``(N, D)`` binary images as ``.amat`` text (the inverse of :func:`read_amat`)."""
+    np.savetxt(path, np.asarray(x), fmt="%d", delimiter=" ")
+
+
+def read_npz(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIXELS) -> dict[str, np.ndarray]:
+    """Read ``train`` and any ``valid`` / ``test`` arrays ``(N, pixels)`` of 0/1 from ``.npz``."""
+    path = _existing(path, field)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in ("train", "valid", "test") if k in f.files}
+            names = f.files
+    except ValueError as err:
+        raise DataError(f"{field} {str(path)!r}: not a readable .npz of plain arrays ({err})") from None
+    if "train" not in arrays:
+        raise DataError(f"{field} {str(path)!r}: expected an array named 'train' (and optionally 'valid', "
+                        f"'test'); the file holds {names}")
+    for k, a in arrays.items():
+        if a.ndim != 2 or a.shape[1] != pixels:
+            raise DataError(f"{field} {str(path)!r}: array {k!r} has shape {a.shape}; expected (N, {pixels}), "
+                            "one 28 x 28 image per row")
+        _check_binary(a, f"{field} {str(path)!r} array {k!r}")
+    return arrays
+
+
+def _load_binarized_mnist(cfg: BinarizedMnistConfig):
+    if Path(cfg.path).suffix.lower() == ".npz":
+        if cfg.valid_path or cfg.test_path:
+            raise DataError("data.valid_path / data.test_path: an .npz file holds its own splits; drop these keys")
+        parts = read_npz(cfg.path)
+    else:
+        parts = {"train": read_amat(cfg.path)}
+        for key, field in (("valid", "valid_path"), ("test", "test_path")):
+            if getattr(cfg, field) is not None:
+                parts[key] = read_amat(getattr(cfg, field), f"data.{field}")
+    return parts, None, {"image_shape": [28, 28], "path": cfg.path}
+
+
+# ------------------------------------------------------------------------- MNIST IDX
+class MnistIdxConfig(ImageConfig):
+    source: Literal["mnist_idx"] = "mnist_idx"
+    images: str = Field(description="IDX images, e.g. train-images-idx3-ubyte.gz")
+    labels: str | None = Field(None, description="IDX labels, e.g. train-labels-idx1-ubyte.gz")
+    test_images: str | None = Field(None, description="IDX test images (t10k-images-idx3-ubyte.gz)")
+    test_labels: str | None = Field(None, description="IDX test labels (t10k-labels-idx1-ubyte.gz)")
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | Path, field: str = "data.images") -> np.ndarray:
+    """Read an IDX file (LeCun's format; gzipped if it ends in ``.gz``) into an array."""
+    path = _existing(path, field)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DataError(f"{field} {str(path)!r}: not a gzip file ({err})") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{field} {str(path)!r}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{field} {str(path)!r}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(shape)) * dtype.itemsize:
+        raise DataError(f"{field} {str(path)!r}: header says shape {shape} but the file holds "
+                        f"{len(body)} bytes of data")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def write_idx(path: str | Path, a: np.ndarray) -> None:
+    """Write ``a`` (uint8) as IDX, gzipped if ``path`` ends in ``.gz`` (inverse of :func:`read_idx`)."""
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    data = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+    Path(path).write_bytes(gzip.compress(data) if str(path).endswith(".gz") else data)
+
+
+def _idx_split(images: str, labels: str | None, which: str):
+    x = read_idx(images, f"data.{which}images")
+    if x.ndim != 3:
+        raise DataError(f"data.{which}images {images!r}: expected images of shape (N, H, W), got {x.shape}")
+    y = None
+    if labels is not None:
+        y = read_idx(labels, f"data.{which}labels")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"data.{which}labels {labels!r}: expected {len(x)} labels (one per image), "
+                            f"got shape {y.shape}")
+        y = y.astype(np.int64)
+    return x.reshape(len(x), -1).astype(np.float64) / 255.0, y, list(x.shape[1:])
+
+
+def _load_mnist_idx(cfg: MnistIdxConfig):
+    if (cfg.test_labels is not None) != (cfg.test_images is not None and cfg.labels is not None):
+        raise DataError("data.test_labels: give test labels exactly when there are test_images and labels")
+    x, y, shape = _idx_split(cfg.images, cfg.labels, "")
+    parts, labels = {"train": binarized(x, cfg.binarize, cfg.binarize_seed)}, {"train": y}
+    if cfg.test_images is not None:
+        xt, yt, test_shape = _idx_split(cfg.test_images, cfg.test_labels, "test_")
+        if test_shape != shape:
+            raise DataError(f"data.test_images: images are {test_shape[0]} x {test_shape[1]} but the training "
+                            f"images are {shape[0]} x {shape[1]}")
+        parts["test"], labels["test"] = binarized(xt, cfg.binarize, cfg.binarize_seed + 1), yt
+    return parts, labels if y is not None else None, {"image_shape": shape, "path": cfg.images}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _existing(path: str | Path, field: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{field} {str(path)!r}: no such file")
+    return path
+
+
+def _check_binary(x: np.ndarray, where: str) -> np.ndarray:
+    bad = ~np.isin(x, (0, 1))
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise DataError(f"{where}: binarized MNIST must hold only 0 and 1, but row {row} holds "
+                        f"{float(x[row][bad[row]][0]):g}")
+    return x
+
+
+__all__ = ["Binarize", "BinarizedMnistConfig", "DigitsConfig", "ImageConfig", "MnistIdxConfig", "binarized",
+           "read_amat", "read_idx", "read_npz", "write_amat", "write_idx"]

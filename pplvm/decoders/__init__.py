@@ -1,0 +1,94 @@
+"""Decoders ``p_θ(x | z)`` and encoders ``q_φ(z | x)`` for amortized families (VAE, CVAE).
+
+A network (``architecture``: ``mlp`` or ``conv``) and a likelihood head (``likelihood``:
+``bernoulli`` or ``gaussian``) are picked independently by the fields of
+:class:`NetworkConfig`, which a family's card section inherits::
+
+    decoder = make_decoder(cfg, dim=64)              # z (*S, B, L) -> p(x|z), event (64,)
+    encoder = make_encoder(cfg, dim=64)              # x (B, 64) -> (loc, scale), each (B, L)
+
+The default network is the IWAE paper's (Burda et al. 2016, one stochastic layer): two tanh
+hidden layers of 200 units and a 50-dimensional latent (784-200-200-50 on MNIST).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from ..config import Section
+from ..errors import CardError
+from .base import Decoder, Encoder, Likelihood, floored_softplus
+from .conv import ConvDecoderNet, ConvTrunk
+from .likelihoods import BernoulliLikelihood, GaussianLikelihood, GaussianScale
+from .mlp import Activation, mlp
+
+
+class NetworkConfig(Section):
+    """Encoder / decoder fields of a card's ``[model]`` section."""
+
+    latent_dim: int = Field(50, ge=1, description="dimension L of the latent z")
+    architecture: Literal["mlp", "conv"] = "mlp"
+    hidden: list[int] = Field([200, 200], description="hidden widths of the MLP layers (encoder; "
+                              "the decoder mirrors them)")
+    activation: Activation = "tanh"
+    channels: int = Field(16, ge=1, description="conv: channels of the first convolution")
+    image_shape: list[int] | None = Field(None, description="conv: [H, W] of the images; default square")
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    scale: GaussianScale = Field("learned", description="gaussian: fixed, learned (per pixel) or amortized")
+    fixed_scale: float = Field(0.1, gt=0, description="gaussian: σ when fixed, the start σ when learned")
+    min_scale: float = Field(1e-3, gt=0, description="floor of every softplus scale")
+
+
+def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
+    """``[H, W]`` of the images (``model.image_shape``, else square), checked against ``dim``."""
+    if cfg.image_shape is not None:
+        if len(cfg.image_shape) != 2 or min(cfg.image_shape) < 1:
+            raise CardError(f"model.image_shape: expected [H, W] of positive sizes, got {cfg.image_shape}")
+        h, w = cfg.image_shape
+    else:
+        h = w = math.isqrt(dim)
+    if h * w != dim:
+        raise CardError(f"model.image_shape: the data has {dim} columns, which is not "
+                        f"{'a square image' if cfg.image_shape is None else f'{h} x {w}'}; set model.image_shape")
+    if cfg.architecture == "conv" and (h % 4 or w % 4):
+        raise CardError(f"model.image_shape: the conv architecture needs H and W divisible by 4, got {h} x {w}")
+    return h, w
+
+
+def make_likelihood(cfg: NetworkConfig, dim: int) -> Likelihood:
+    if cfg.likelihood == "bernoulli":
+        return BernoulliLikelihood(dim)
+    return GaussianLikelihood(dim, cfg.scale, cfg.fixed_scale, cfg.min_scale)
+
+
+def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Decoder:
+    """``p(x | z, side)``: ``z`` ``(*S, B, L)`` and side ``(B, C)`` to a distribution over ``(D,)``."""
+    likelihood = make_likelihood(cfg, dim)
+    in_features = cfg.latent_dim + side_dim
+    if cfg.architecture == "mlp":
+        network = mlp(in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation)
+    else:
+        network = ConvDecoderNet(in_features, image_shape(cfg, dim), likelihood.num_outputs, cfg.channels,
+                                 cfg.activation)
+    return Decoder(network, likelihood)
+
+
+def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Encoder:
+    """``q(z | x, side)``: ``x`` ``(B, D)`` and side ``(B, C)`` to ``(loc, scale)``, each ``(B, L)``."""
+    if cfg.architecture == "mlp":
+        trunk, features, hidden = nn.Identity(), dim, cfg.hidden
+    else:
+        trunk = ConvTrunk(image_shape(cfg, dim), cfg.channels, cfg.activation)
+        features, hidden = trunk.out_features, cfg.hidden[-1:]  # conv features, then one hidden layer
+    return Encoder(trunk, mlp(features + side_dim, hidden, 2 * cfg.latent_dim, cfg.activation), cfg.min_scale)
+
+
+__all__ = [
+    "BernoulliLikelihood", "ConvDecoderNet", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
+    "Likelihood", "NetworkConfig", "floored_softplus", "image_shape", "make_decoder", "make_encoder",
+    "make_likelihood", "mlp",
+]

@@ -1,0 +1,277 @@
+"""Variational autoencoders: a continuous latent per datum and a neural decoder.
+
+Generative model (L latent dimensions, D observed, optional side information y_n)::
+
+    z_n       ~ Normal(0, I_L)                                  n = 1..N
+    x_n | z_n ~ p_θ(x_n | z_n [, y_n])      decoder network + likelihood head (pplvm.decoders)
+
+with the amortized guide ``q_φ(z_n | x_n [, y_n]) = Normal(μ_φ, diag σ_φ²)`` (an encoder
+network, :class:`pplvm.guides.amortized.AmortizedNormal`). θ and φ are point-estimated network
+weights, so there are no global latent sites. ``log p(x_n) = log ∫ p(x_n | z) p(z) dz`` has no
+closed form; :meth:`VAE.log_likelihood` estimates it by importance sampling.
+
+``vae`` is the unconditional model (Kingma & Welling 2014; the IWAE paper's networks by
+default); ``cvae`` (Sohn et al. 2015) feeds labels (one-hot) or covariates y to encoder and
+decoder through ``Batch(x, y)`` and generates class by class.
+
+Pyro sites: ``z`` (local, in the ``data`` plate, event dim 1) and ``obs`` (event dim 1), so
+any estimator over a (model, guide) pair (IWAE, DReG, STL, importance-sampled
+log-likelihood) applies as it would to any Pyro model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pydantic import Field, model_validator
+
+from ..data.base import Batch, as_matrix, values
+from ..decoders import NetworkConfig, image_shape, make_decoder, make_encoder
+from ..errors import CardError, DataError
+from .base import ContinuousLatentModel, FamilyConfig
+
+
+class VAEConfig(FamilyConfig, NetworkConfig):
+    family: Literal["vae"] = "vae"
+    likelihood_samples: int = Field(100, ge=1, description="importance samples per datum of the "
+                                    "log-likelihood estimate")
+
+
+class CVAEConfig(VAEConfig):
+    family: Literal["cvae"] = "cvae"
+    classes: int | None = Field(None, ge=2, description="y holds class labels 0..classes-1 (one-hot inputs)")
+    side_dim: int | None = Field(None, ge=1, description="y holds covariates of this width instead")
+
+    @model_validator(mode="after")
+    def _one_kind_of_y(self):
+        if (self.classes is None) == (self.side_dim is None):
+            raise ValueError("set exactly one of model.classes (labels) or model.side_dim (covariates)")
+        return self
+
+
+@dataclass(frozen=True)
+class SideInformation:
+    """How ``y`` enters encoder and decoder: ``labels`` become one-hot vectors of ``size``
+    classes, ``covariates`` ``(N, size)`` enter as they are, ``none`` adds nothing."""
+
+    kind: Literal["none", "labels", "covariates"] = "none"
+    size: int = 0
+
+    @classmethod
+    def of(cls, config: VAEConfig) -> "SideInformation":
+        if not isinstance(config, CVAEConfig):
+            return cls()
+        return cls("labels", config.classes) if config.classes is not None else cls("covariates", config.side_dim)
+
+    def features(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """``(N, size)`` inputs for the networks, or None."""
+        if self.kind == "none":
+            return None
+        if self.kind == "labels":
+            return torch.nn.functional.one_hot(y.long(), self.size).to(torch.get_default_dtype())
+        return y.to(torch.get_default_dtype())
+
+    def __call__(self, data: "torch.Tensor | Batch") -> torch.Tensor | None:
+        return self.features(data.y) if isinstance(data, Batch) else None
+
+    def check(self, y: Any, n: int, name: str) -> torch.Tensor:
+        """``y`` as a tensor for ``n`` data, or a DataError naming ``name``."""
+        if y is None:
+            raise DataError(f"{name}: this model needs side information y; pass pplvm.data.Batch(x, y)")
+        if self.kind == "labels":
+            y = torch.as_tensor(y)
+            if y.dtype.is_floating_point and not torch.equal(y, y.round()):
+                raise DataError(f"{name}.y: expected integer class labels, got fractional values")
+            y = y.long()
+            if y.shape != (n,):
+                raise DataError(f"{name}.y: expected {n} labels (one per row), got shape {tuple(y.shape)}")
+            if len(y) and (y.min() < 0 or y.max() >= self.size):
+                raise DataError(f"{name}.y: labels must lie in 0..{self.size - 1} (model.classes = {self.size}), "
+                                f"got {int(y.min())}..{int(y.max())}")
+            return y
+        y = as_matrix(y, f"{name}.y", dim=self.size)
+        if len(y) != n:
+            raise DataError(f"{name}.y: expected {n} rows of covariates (one per row of x), got {len(y)}")
+        return y
+
+    def default(self, n: int) -> torch.Tensor | None:
+        """Side information for generating ``n`` data without being told: the classes in turn."""
+        if self.kind == "none":
+            return None
+        if self.kind == "labels":
+            return torch.arange(n) % self.size
+        raise ValueError("a covariate-conditioned model cannot generate without y; use generate(y=...)")
+
+
+class _SideEncoder(torch.nn.Module):
+    """The encoder as the guide calls it: on a batch (tensor or ``Batch(x, y)``)."""
+
+    def __init__(self, encoder: torch.nn.Module, side: SideInformation):
+        super().__init__()
+        self.encoder, self.side = encoder, side
+
+    def forward(self, data):
+        return self.encoder(values(data), self.side(data))
+
+
+class _Autoencoder(ContinuousLatentModel):
+    """The shared implementation of :class:`VAE` and :class:`ConditionalVAE` (which differ only
+    in their side information). ``self.decoder`` holds θ; the encoder (φ) belongs to the guide."""
+
+    guides = ("amortized",)
+    objectives = ("elbo", "meanfield", "renyi", "iwae")
+    local_sites = ("z",)
+    exact_likelihood = False
+
+    def __init__(self, config: VAEConfig, dim: int, side: SideInformation):
+        super().__init__(config, dim)
+        self.side = side
+        self.decoder = make_decoder(config, dim, side.size)
+        try:
+            self.image_shape: tuple[int, int] | None = image_shape(config, dim)
+        except CardError:
+            if config.architecture == "conv" or config.image_shape is not None:
+                raise
+            self.image_shape = None  # not an image: no image plots
+
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    # ------------------------------------------------------------------ the model
+    def prior(self, n: int) -> dist.Distribution:
+        """``p(z_n) = Normal(0, I_L)``: batch ``(n,)``, event ``(L,)``."""
+        zeros = torch.zeros(n, self.latent_dim)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
+        """``p_θ(x | z, y)``: ``z`` ``(*S, N, L)``, ``side`` features ``(N, C)``; batch ``(*S, N)``,
+        event ``(D,)``. Its ``.mean`` is the decoded image."""
+        return self.decoder(z, side)
+
+    def forward(self, x=None, num_data=None, *, y=None):
+        """``x``: ``(B, D)`` (``Batch(x, y)`` for a conditional model) or None to generate
+        ``num_data`` rows (given ``y``, else :meth:`SideInformation.default`)."""
+        obs = values(x) if x is not None else None
+        side = self.side(x) if x is not None else self.side.features(
+            self.side.default(num_data) if y is None else y)
+        with self.data_plate(obs, num_data):
+            n = len(obs) if obs is not None else num_data
+            z = pyro.sample("z", self.prior(n))
+            return pyro.sample("obs", self.decode(z, side), obs=obs)
+
+    def log_joint(self, data, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z_n) + log p_θ(x_n | z_n, y_n)`` for ``z`` ``(*S, N, L)``: ``(*S, N)``."""
+        x = values(data)
+        return self.prior(len(x)).log_prob(z) + self.decode(z, self.side(data)).log_prob(x)
+
+    @torch.no_grad()
+    def log_likelihood(self, x, params, *, proposal: Callable[[Any], dist.Distribution] | None = None,
+                       num_samples: int | None = None, generator: torch.Generator | None = None,
+                       max_elements: int = 2**24) -> torch.Tensor:
+        """Importance-sampling estimate of ``log p(x_n)``, ``(N,)``::
+
+            log (1/S) Σ_s p(x_n, z_s) / q(z_s | x_n),      z_s ~ q(· | x_n)
+
+        an unbiased estimate of ``p(x_n)`` (so a stochastic lower bound in log space that
+        tightens as S grows). ``proposal(x)`` is a diagonal normal with batch ``(N,)`` (an
+        amortized guide's ``local_posterior``); without one the prior is used, which is valid
+        but loose. ``params`` is empty (no global latents). Rows are processed in chunks of at
+        most ``max_elements`` decoded values."""
+        s = num_samples or self.config.likelihood_samples
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        rows = max(1, max_elements // (s * self.dim))
+        out = []
+        for idx in torch.arange(len(x)).split(rows):
+            chunk = x[idx]
+            q = proposal(chunk) if proposal is not None else self.prior(len(chunk))
+            loc, scale = _diagonal_normal(q)
+            z = loc + scale * torch.randn((s, *loc.shape), generator=g)
+            log_w = self.log_joint(chunk, z) - q.log_prob(z)
+            out.append(log_w.logsumexp(0) - math.log(s))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def generate(self, n: int | None = None, *, y: Any = None, generator: torch.Generator | None = None,
+                 mean: bool = True) -> torch.Tensor:
+        """``n`` new data ``(n, D)`` (or one per entry of ``y``): decoder means (``mean``) or draws."""
+        y = self.side.default(n) if y is None else self.side.check(y, len(y), "y")
+        n = len(y) if y is not None else n
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        p = self.decode(torch.randn((n, self.latent_dim), generator=g), self.side.features(y))
+        return p.mean if mean else p.sample()
+
+    # ------------------------------------------------------------- the contract
+    def make_encoder(self):
+        return _SideEncoder(make_encoder(self.config, self.dim, self.side.size), self.side)
+
+    def init_values(self, x, generator):
+        return {}
+
+    def prepare(self, data, name="data"):
+        if self.side.kind == "none":
+            x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
+            self.decoder.likelihood.check(x, name)
+            return x
+        if isinstance(data, tuple) and len(data) == 2:
+            data = Batch(torch.as_tensor(data[0]), y=torch.as_tensor(data[1]))
+        if not isinstance(data, Batch):
+            raise DataError(f"{name}: family {self.config.family!r} conditions on y; pass Batch(x, y) or (x, y)")
+        x = as_matrix(data.x, name, dim=self.dim)
+        self.decoder.likelihood.check(x, name)
+        return Batch(x, y=self.side.check(data.y, len(x), name))
+
+    def check_data(self, x):
+        pass  # every non-empty batch of valid rows can train a VAE
+
+    def plots(self, x, params):
+        if self.image_shape is None:
+            return {}
+        from ..evaluation.plots import image_grid
+
+        g = torch.Generator().manual_seed(0)
+        if self.side.kind == "labels":
+            per_class = 8
+            y = torch.arange(self.side.size).repeat_interleave(per_class)
+            images = self.generate(y=y, generator=g).reshape(self.side.size, per_class, -1)
+            return {"samples": image_grid(images, self.image_shape, title="decoder means by class",
+                                          row_labels=[str(k) for k in range(self.side.size)])}
+        if self.side.kind == "covariates":
+            return {}
+        return {"samples": image_grid(self.generate(64, generator=g), self.image_shape,
+                                      title="decoder means of prior draws")}
+
+
+def _diagonal_normal(q: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    base = q.base_dist if isinstance(q, dist.Independent) else q
+    if not isinstance(base, dist.Normal):
+        raise TypeError(f"the proposal must be a diagonal normal, got {type(q).__name__}")
+    return base.loc, base.scale
+
+
+class VAE(_Autoencoder):
+    """Variational autoencoder: ``z ~ N(0, I)``, ``x | z ~ decoder``, encoder guide."""
+
+    Config = VAEConfig
+
+    def __init__(self, config: VAEConfig, dim: int):
+        super().__init__(config, dim, SideInformation())
+
+
+class ConditionalVAE(_Autoencoder):
+    """Conditional VAE: labels or covariates y (``Batch.y``) feed encoder and decoder."""
+
+    Config = CVAEConfig
+    uses_labels = True
+
+    def __init__(self, config: CVAEConfig, dim: int):
+        super().__init__(config, dim, SideInformation.of(config))
