@@ -55,7 +55,8 @@ class Run:
     @classmethod
     def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None) -> "Run":
         """Build from a card (validated object, dict or TOML path). ``data``: an optional
-        ``(N, D)`` array used instead of the card's source, split as the card says."""
+        ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
+        card's source, split as the card says."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
         if data is None:
@@ -70,6 +71,9 @@ class Run:
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
         model = family(card.model, dataset.dim)
         dataset.train = model.validate(dataset.train, "data (training split)")
+        for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
+            if getattr(dataset, part) is not None:
+                setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
         make_objective(model, card.objective)  # refuse an impossible pairing before anything else
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
@@ -85,7 +89,7 @@ class Run:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         extras = ckpt["extras"]
         model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
-        proto = extras["prototype"]
+        proto = _unpack(extras["prototype"])
         guide = make_guide(model, card.guide.kind, proto, init_scale=card.guide.init_scale)
         with torch.no_grad():
             guide(proto)
@@ -136,7 +140,7 @@ class Run:
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
         d = self.dataset
         extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
-                  "prototype": d.train[:PROTOTYPE_ROWS].clone(), "from_python": bool(d.info.get("from_python"))}
+                  "prototype": _pack(d.train[:PROTOTYPE_ROWS]), "from_python": bool(d.info.get("from_python"))}
         return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks)
 
@@ -207,7 +211,7 @@ class Run:
                     self.model.sample(len(xt), {k: v[i] for k, v in draws.items()}) for i in range(s)
                 ])
             ppc = self.transform.inverse(ppc)
-        return inference_data(draws, ll, values(self.transform.inverse(xt)), ppc, chains=ev.chains,
+        return inference_data(draws, ll, _observed(self.transform.inverse(xt)), ppc, chains=ev.chains,
                               dims=self.model.site_dims)
 
     def _training_data(self) -> torch.Tensor:
@@ -247,6 +251,26 @@ class Run:
                          f"(epoch {best['epoch']}, {'exact' if self.model.exact_likelihood else 'estimate'})")
         lines += ["", "posterior of the global latents (guide draws):", table.to_string()]
         return "\n".join(lines) + "\n"
+
+
+def _pack(data: torch.Tensor | Batch):
+    """A copy of ``data`` a weights-only checkpoint can hold: a tensor, or a Batch's fields."""
+    if isinstance(data, Batch):
+        return {k: v.clone() for k, v in data.fields().items() if v is not None}
+    return data.clone()
+
+
+def _unpack(data) -> torch.Tensor | Batch:
+    return Batch(**data) if isinstance(data, dict) else data
+
+
+def _observed(data: torch.Tensor | Batch) -> torch.Tensor:
+    """Observed values for export; padded steps of sequences become NaN (arviz: missing)."""
+    x = values(data)
+    if isinstance(data, Batch) and data.lengths is not None:
+        mask = torch.arange(x.shape[1]) < data.lengths[:, None]
+        x = x.masked_fill(~mask.reshape(mask.shape + (1,) * (x.dim() - 2)), float("nan"))
+    return x
 
 
 def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:

@@ -150,7 +150,12 @@ class Source:
     kind: ClassVar[str] = "data source"
 
 
-def split(x: "torch.Tensor | Batch", labels, cfg: DataConfig) -> Dataset:
+def split(x: "torch.Tensor | Batch | dict", labels, cfg: DataConfig) -> Dataset:
+    """Split ``x`` at random by datum (``cfg.valid_fraction`` / ``test_fraction``), or keep the
+    splits a source fixed itself (``x`` a dict ``{"train", "valid"?, "test"?}``, labels likewise
+    a dict or None); the standardising transform is fitted on the training split."""
+    if isinstance(x, dict):
+        return _given_splits(x, labels, cfg)
     n = len(x)
     n_valid, n_test = int(round(cfg.valid_fraction * n)), int(round(cfg.test_fraction * n))
     if n - n_valid - n_test < 1:
@@ -160,8 +165,20 @@ def split(x: "torch.Tensor | Batch", labels, cfg: DataConfig) -> Dataset:
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
     parts = perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
-    transform = Standardize.fit(x[parts[0]]) if cfg.standardize else Standardize.identity(x.shape[1])
+    transform = Standardize.fit(x[parts[0]]) if cfg.standardize else Standardize.identity(values(x).shape[-1])
     xs = [transform(x[p]) if len(p) else None for p in parts]
     lab = torch.as_tensor(labels) if labels is not None else None
     ls = {k: (lab[p] if lab is not None and len(p) else None) for k, p in zip(("train", "valid", "test"), parts)}
     return Dataset(xs[0], xs[1], xs[2], transform, ls, {})
+
+
+def _given_splits(parts: dict, labels: dict | None, cfg: DataConfig) -> Dataset:
+    unknown = set(parts) - {"train", "valid", "test"}
+    if "train" not in parts or unknown:
+        raise DataError(f"data: a source's own splits must be train (required), valid, test; got {sorted(parts)}")
+    train = parts["train"]
+    transform = Standardize.fit(train) if cfg.standardize else Standardize.identity(values(train).shape[-1])
+    xs = {k: transform(parts[k]) if parts.get(k) is not None else None for k in ("train", "valid", "test")}
+    lab = {k: (torch.as_tensor(labels[k]) if labels and labels.get(k) is not None else None)
+           for k in ("train", "valid", "test")}
+    return Dataset(xs["train"], xs["valid"], xs["test"], transform, lab, {"fixed_splits": True})
