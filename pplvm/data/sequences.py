@@ -214,7 +214,7 @@ def _statsmodels_series(name: str, column: str):
 
         series = getattr(sm.datasets, name).load_pandas().data[column].to_numpy(np.float64)
         pieces = [series[i : i + cfg.length] for i in range(0, len(series), cfg.length)]
-        return _pad([torch.as_tensor(p[:, None]) for p in pieces], name), None, {
+        return _pad([torch.tensor(p[:, None], dtype=torch.get_default_dtype()) for p in pieces], name), None, {
             "series": name, "column": column, "steps": len(series)}
 
     return load
