@@ -304,6 +304,11 @@ def save_samples(x: torch.Tensor, path: str | Path) -> None:
     elif path.suffix == ".csv":
         import io
 
+        if arr.ndim != 2:
+            from .errors import PplvmError
+
+            raise PplvmError(f"--out {str(path)!r}: samples of shape {arr.shape} do not fit a CSV table; use .npy")
+
         buf = io.StringIO()
         np.savetxt(buf, arr, delimiter=",")
         atomic_write_bytes(path, buf.getvalue().encode())
