@@ -184,12 +184,15 @@ class HiddenMarkovChain(TorchDistribution, CollapsedLatents):
         (A loop over time: generation only, never in training.)"""
         shape = torch.Size(sample_shape) + self.batch_shape
         k, time = self.num_states, self.duration
-        transition = self.transition_logits.expand(shape + (k, k))
-        z = dist.Categorical(logits=self.initial_logits.expand(shape + (k,))).sample()
+        # inverse-CDF draws: z_t = #{j : F(j | z_{t-1}) < u_t}, one uniform per step
+        u = torch.rand(shape + (time, 1), dtype=self.initial_logits.dtype, device=self.initial_logits.device)
+        initial_cdf = self.initial_logits.exp().cumsum(-1).expand(shape + (k,))
+        transition_cdf = self.transition_logits.exp().cumsum(-1).expand(shape + (k, k))
+        z = (initial_cdf < u[..., 0, :]).sum(-1).clamp_max(k - 1)
         states = [z]
-        for _ in range(1, time):
-            row = transition.gather(-2, z[..., None, None].expand(shape + (1, k))).squeeze(-2)
-            z = dist.Categorical(logits=row).sample()
+        for t in range(1, time):
+            row = transition_cdf.gather(-2, z[..., None, None].expand(shape + (1, k))).squeeze(-2)
+            z = (row < u[..., t, :]).sum(-1).clamp_max(k - 1)
             states.append(z)
         z = torch.stack(states, -1)  # (*shape, T)
         event = self.observation_dist.event_shape

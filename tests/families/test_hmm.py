@@ -188,26 +188,46 @@ def test_sample_shapes_and_statistics():
     torch.testing.assert_close(x[:, :, 0], (torch.arange(x.shape[1]) % 2).expand(6, -1).float())
 
 
-def test_fit_recovers_transition_matrix():
+def test_sampled_sequences_follow_the_chain():
+    """Emissions 10 apart with scale 0.1 reveal each step's state, so sampled sequences give
+    empirical initial and transition frequencies. 2000 sequences: sd of an initial frequency
+    ≤ sqrt(0.25/2000) ≈ 0.011 (tolerance 0.05); each transition row has ≥ 35000 counts,
+    sd ≤ sqrt(0.25/35000) ≈ 0.003 (tolerance 0.015)."""
+    model = make_model(3, 2, "gaussian")
+    params = {"initial": torch.tensor([0.2, 0.3, 0.5]),
+              "transition": torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]),
+              "locs": torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]), "scales": torch.full((3, 2), 0.1)}
+    x = model.sample(2000, params)
+    z = (x[..., 0] / 10).round().long()
+    torch.testing.assert_close(torch.bincount(z[:, 0], minlength=3) / 2000.0, params["initial"], atol=0.05, rtol=0)
+    counts = torch.zeros(3, 3).index_put_((z[:, :-1].flatten(), z[:, 1:].flatten()),
+                                          torch.ones(z[:, 1:].numel()), accumulate=True)
+    torch.testing.assert_close(counts / counts.sum(-1, keepdim=True), params["transition"], atol=0.015, rtol=0)
+
+
+def test_fit_recovers_transition_matrix(seed=3):
     """MAP fit on synthetic data recovers A after matching states to the truth by their means.
 
-    Tolerance: 60 sequences of 60-100 steps give ~1600 transitions, ~530 per row; a transition
-    probability near 0.8 estimated from 530 counts has sd sqrt(0.8·0.2/530) ≈ 0.017 (rows near
-    0.1: ≈ 0.013), so 0.06 is over 3 sd for every entry while a wrong matching or a fit stuck at
-    its k-means start (off by 0.1-0.8) fails."""
+    Tolerance per row i: a transition frequency estimated from n_i transitions out of state i
+    (counted on the true paths) has sd sqrt(p(1-p)/n_i) <= 0.5/sqrt(n_i); we allow 4 such sd,
+    2/sqrt(n_i) (0.04-0.08 here), which also absorbs the smaller error from states that the
+    overlapping emissions leave uncertain. A wrong state matching or a fit stuck at its k-means
+    start is off by 0.1-0.8. (Seeds 0-5 all pass; this one is fixed for speed.)"""
     card = {"model": {"family": "hmm", "states": 3}, "guide": {"kind": "map"}, "objective": {"name": "enum"},
             "data": {"source": "synthetic_hmm", "n": 60, "min_length": 60, "max_length": 100, "states": 3,
-                     "dim": 2, "separation": 2.0, "valid_fraction": 0.0, "seed": 3},
-            "training": {"epochs": 150, "lr": 0.05, "progress": False}}
+                     "dim": 2, "separation": 2.0, "valid_fraction": 0.0, "seed": seed},
+            "training": {"epochs": 60, "lr": 0.05, "progress": False}}
     run = pplvm.fit(card)
-    truth = run.dataset.info["truth"]
-    fitted = run.params()
+    truth, fitted = run.dataset.info["truth"], run.params()
     cost = torch.cdist(fitted["locs"].double(), torch.as_tensor(truth["locs"]))
     rows, cols = linear_sum_assignment(cost.numpy())
-    order = torch.as_tensor(cols[np.argsort(rows)])  # fitted state i <-> true state order[i]
-    inverse = torch.argsort(order)  # true state j <-> fitted state inverse[j]
-    transition = fitted["transition"][inverse][:, inverse].double()
-    np.testing.assert_allclose(transition.numpy(), truth["transition"], atol=0.06)
+    inverse = torch.argsort(torch.as_tensor(cols[np.argsort(rows)]))  # true state j <-> fitted inverse[j]
+    transition = fitted["transition"][inverse][:, inverse].double().numpy()
+    paths = run.dataset.labels["train"].numpy()
+    observed = paths[:, 1:] >= 0
+    n_out = np.bincount(paths[:, :-1][observed], minlength=3)
+    tolerance = 2.0 / np.sqrt(n_out)[:, None]
+    assert (np.abs(transition - truth["transition"]) <= tolerance).all(), (transition, truth["transition"], tolerance)
 
 
 def test_categorical_requires_categories_and_checks_symbols():
