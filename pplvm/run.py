@@ -208,11 +208,11 @@ class Run:
         if posterior_predictive:
             with pyro.poutine.seed(rng_seed=seed + 1):
                 ppc = torch.stack([
-                    self.model.sample(len(xt), {k: v[i] for k, v in draws.items()}) for i in range(s)
+                    self.model.replicate(xt, {k: v[i] for k, v in draws.items()}) for i in range(s)
                 ])
-            ppc = self.transform.inverse(ppc)
-        return inference_data(draws, ll, _observed(self.transform.inverse(xt)), ppc, chains=ev.chains,
-                              dims=self.model.site_dims)
+            ppc = _mask_padding(self.transform.inverse(ppc), xt)
+        observed = _mask_padding(values(self.transform.inverse(xt)), xt)
+        return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
 
     def _training_data(self) -> torch.Tensor:
         if self.dataset is None:
@@ -264,12 +264,13 @@ def _unpack(data) -> torch.Tensor | Batch:
     return Batch(**data) if isinstance(data, dict) else data
 
 
-def _observed(data: torch.Tensor | Batch) -> torch.Tensor:
-    """Observed values for export; padded steps of sequences become NaN (arviz: missing)."""
-    x = values(data)
-    if isinstance(data, Batch) and data.lengths is not None:
-        mask = torch.arange(x.shape[1]) < data.lengths[:, None]
-        x = x.masked_fill(~mask.reshape(mask.shape + (1,) * (x.dim() - 2)), float("nan"))
+def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
+    """Values ``(*S, N, T, ...)`` for export with the padded steps of the sequences in ``like``
+    set to NaN (arviz: missing); unchanged for data that are not padded sequences."""
+    if isinstance(like, Batch) and like.lengths is not None:
+        mask = torch.arange(like.x.shape[1]) < like.lengths[:, None]  # (N, T)
+        trailing = like.x.dim() - 2  # dims after (N, T)
+        x = x.masked_fill(~mask.reshape(mask.shape + (1,) * trailing), float("nan"))
     return x
 
 

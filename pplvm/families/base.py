@@ -127,6 +127,14 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         return trace.nodes[self.observed_site]["value"]
 
     @torch.no_grad()
+    def replicate(self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A posterior-predictive replicate of ``x``: one new datum per datum of ``x`` from
+        ``p(x | θ = params)``, with the same design (sequence lengths, covariates), shaped like
+        ``values(x)``. The model runs on ``x`` with its observed site sampled instead."""
+        trace = poutine.trace(poutine.uncondition(self.conditioned(params))).get_trace(x)
+        return trace.nodes[self.observed_site]["value"]
+
+    @torch.no_grad()
     def local_marginals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Exact posterior marginals ``p(z_n = k | x, θ)`` of enumerated local sites, each
         ``(N, K)`` (``(N, T, K)`` for chains)."""

@@ -98,7 +98,7 @@ class HiddenMarkovModel(LatentVariableModel):
     def forward(self, x: Batch | None = None, num_data: int | None = None) -> torch.Tensor:
         c, K, D = self.config, self.K, self.dim
         params = {"initial": pyro.sample("initial", dist.Dirichlet(torch.full((K,), c.initial_concentration)))}
-        with pyro.plate("states", K, dim=-1):
+        with pyro.plate("per_state", K, dim=-1):
             rows = c.transition_concentration + c.stickiness * torch.eye(K)
             params["transition"] = pyro.sample("transition", dist.Dirichlet(rows))
             params.update(self._sample_emission_params())
@@ -108,7 +108,7 @@ class HiddenMarkovModel(LatentVariableModel):
             return pyro.sample("obs", self.chain(params, lengths, duration), obs=values)
 
     def _sample_emission_params(self) -> dict[str, torch.Tensor]:
-        """Emission parameters φ_k, inside the ``states`` plate."""
+        """Emission parameters φ_k, inside the ``per_state`` plate."""
         c, D = self.config, self.dim
         if c.emission == "gaussian":
             return {

@@ -133,7 +133,9 @@ def test_sequence_run_saves_loads_exports_and_samples(tmp_path, capsys):
     assert observed.shape[:2] == (len(lengths), run.dataset.train.x.shape[1])
     mask = np.arange(observed.shape[1]) < lengths[:, None]
     assert np.isnan(observed[~mask]).all() and np.isfinite(observed[mask]).all()
-    assert idata.posterior_predictive["obs"].shape == (2, 4, len(lengths), 7, 1)
+    replicated = idata.posterior_predictive["obs"].values  # same design: N sequences, same lengths
+    assert replicated.shape == (2, 4) + observed.shape
+    assert np.isnan(replicated[:, :, ~mask]).all() and np.isfinite(replicated[:, :, mask]).all()
     assert idata.log_likelihood["obs"].shape == (2, 4, len(lengths))
     out = tmp_path / "s.npy"
     assert main(["sample", str(tmp_path / "run"), "-n", "3", "--out", str(out)]) == 0
