@@ -11,6 +11,11 @@ the target. pplvm then trains and stops as soon as its exact log-likelihood (che
 ``--hmmlearn-init default`` lets hmmlearn use its own initialisation instead (its k-means
 means, uniform π and A). With ``--repeats`` > 1 the two alternate and the medians are reported.
 Prints both times and the ratio pplvm / hmmlearn (below 1.0: pplvm is faster).
+
+Measured 2026-11-21, defaults (K=8, T=1e5, D=3, 1 thread, shared 2-core machine under load):
+hmmlearn 148.8 s (436 EM iterations, 0.34 s each, log-lik -386587.53); pplvm 38.4 s (85 Adam
+steps, 0.45 s each, log-lik -386588.44, within the 1-nat slack): ratio 0.26x. EM's many slow
+final iterations dominate hmmlearn's time; per iteration it is ~1.3x cheaper than an Adam step.
 """
 
 from __future__ import annotations
