@@ -43,7 +43,6 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy / torch start their thread pools
 
-    import numpy as np
     import torch
     from hmmlearn.hmm import GaussianHMM
 

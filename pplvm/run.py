@@ -184,7 +184,8 @@ class Run:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` new data ``(n, D)`` from the fitted model, in the data's own units."""
+        """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
+        data's own units."""
         with pyro.poutine.seed(rng_seed=seed):
             return self.transform.inverse(self.model.sample(n, self.params()))
 

@@ -96,7 +96,9 @@ class HiddenMarkovModel(LatentVariableModel):
 
     # ------------------------------------------------------------------ the model
     def forward(self, x: Batch | None = None, num_data: int | None = None) -> torch.Tensor:
-        c, K, D = self.config, self.K, self.dim
+        """``x``: a Batch of B padded sequences (or None: generate ``num_data`` sequences of
+        ``sample_length`` steps). Returns the observations ``(B, T, D)``."""
+        c, K = self.config, self.K
         params = {"initial": pyro.sample("initial", dist.Dirichlet(torch.full((K,), c.initial_concentration)))}
         with pyro.plate("per_state", K, dim=-1):
             rows = c.transition_concentration + c.stickiness * torch.eye(K)

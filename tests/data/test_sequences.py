@@ -3,6 +3,8 @@ user .npz files with their own splits, and runs on sequences end to end."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import statsmodels.api as sm
@@ -143,3 +145,11 @@ def test_sequence_run_saves_loads_exports_and_samples(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "run"), "-n", "3", "--out", str(tmp_path / "s.csv")]) == 2
     assert "use .npy" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
+    held_out = write_npz(tmp_path / "held.npz", train=np.zeros((3, 1)), train_lengths=[3],
+                         test=np.array([0.5, -0.5, 1.0, 2.0]), test_lengths=[1, 3])
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--data", held_out, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = loaded.log_likelihood([np.array([0.5]), np.array([-0.5, 1.0, 2.0])])
+    assert result["n"] == 2 and result["data"].endswith("(test)")
+    assert result["log_likelihood_sum"] == pytest.approx(float(expected.sum()), rel=1e-6)
