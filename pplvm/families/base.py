@@ -137,7 +137,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     @torch.no_grad()
     def local_marginals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Exact posterior marginals ``p(z_n = k | x, θ)`` of enumerated local sites, each
-        ``(N, K)`` (``(N, T, K)`` for chains)."""
+        ``(N, K)`` (``(N, T, K)`` for chains): by ``TraceEnum_ELBO.compute_marginals``, or,
+        for ``collapsed`` families, by the observed site's distribution."""
         if not self.enumerated:
             raise TypeError(f"{type(self).__name__} has no enumerated local latents")
         if self.collapsed:
@@ -149,7 +150,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
 
     @torch.no_grad()
     def map_locals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Jointly most probable local states given ``x`` and ``θ`` (``infer_discrete``, T=0)."""
+        """Jointly most probable local states given ``x`` and ``θ``: ``infer_discrete`` at
+        temperature 0, or, for ``collapsed`` families, the observed site's distribution."""
         if not self.enumerated:
             raise TypeError(f"{type(self).__name__} has no enumerated local latents")
         if self.collapsed:

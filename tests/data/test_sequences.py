@@ -153,3 +153,12 @@ def test_sequence_run_saves_loads_exports_and_samples(tmp_path, capsys):
     expected = loaded.log_likelihood([np.array([0.5]), np.array([-0.5, 1.0, 2.0])])
     assert result["n"] == 2 and result["data"].endswith("(test)")
     assert result["log_likelihood_sum"] == pytest.approx(float(expected.sum()), rel=1e-6)
+
+
+def test_sequences_passed_from_python_are_split_by_sequence():
+    seqs = as_sequences([np.arange(n, dtype=float) % 3 for n in (5, 9, 4, 7, 6)])
+    card = {"model": {"family": "hmm", "states": 2}, "guide": {"kind": "map"}, "objective": {"name": "enum"},
+            "data": {"source": "nile", "valid_fraction": 0.4}, "training": TINY_TRAINING}
+    run = pplvm.fit(card, data=seqs)
+    assert len(run.dataset.train) == 3 and len(run.dataset.valid) == 2
+    assert sorted(run.dataset.train.lengths.tolist() + run.dataset.valid.lengths.tolist()) == [4, 5, 6, 7, 9]
