@@ -113,14 +113,27 @@ def test_viterbi_and_marginals_equal_hmmlearn(float64, emission, K, D):
     marginals = model.local_marginals(batch, params)["states"]
     ref = to_hmmlearn(params, emission)
     steps, lengths = hmmlearn_inputs(batch, emission)
-    _, expected_path = ref.decode(steps, lengths, algorithm="viterbi")
+    best_score, expected_path = ref.decode(steps, lengths, algorithm="viterbi")
     expected_marginals = ref.predict_proba(steps, lengths)
     mask = torch.arange(batch.x.shape[1]) < batch.lengths[:, None]
+    # the path's joint log p(x, z*) is hmmlearn's optimum; the paths themselves agree too here
+    # (categorical emissions can make two paths tie exactly, and then either is right)
+    scores = [path_score(model, params, batch.x[n, :length], path[n, :length])
+              for n, length in enumerate(batch.lengths.tolist())]
+    assert abs(sum(scores) - best_score) <= RTOL * abs(best_score)
     np.testing.assert_array_equal(path[mask].numpy(), expected_path)
     assert (path[~mask] == -1).all()
     # probabilities in [0, 1]: absolute tolerance; both sides are exact to ~1e-12 in float64
     np.testing.assert_allclose(marginals[mask].numpy(), expected_marginals, atol=1e-9)
     assert (marginals[~mask] == 0).all()
+
+
+def path_score(model: HiddenMarkovModel, params, seq: torch.Tensor, z: torch.Tensor) -> float:
+    """log p(x, z) of one sequence ``(T, D)`` along the state path ``z`` ``(T,)``."""
+    emit = model.emission(params).log_prob(seq.unsqueeze(-2))  # (T, K)
+    steps = torch.arange(len(z))
+    return float(params["initial"][z[0]].log() + params["transition"][z[:-1], z[1:]].log().sum()
+                 + emit[steps, z].sum())
 
 
 def brute_force(model: HiddenMarkovModel, params, seq: torch.Tensor) -> torch.Tensor:
