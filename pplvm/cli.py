@@ -52,6 +52,12 @@ def _eval_data(run, args):
     from .run import card_dataset
 
     if args.data:
+        if Path(args.data).suffix.lower() == ".npz":  # sequences: the file's test, else valid, else train
+            from .data import read_sequences
+
+            splits = read_sequences(args.data)
+            part = next(s for s in ("test", "valid", "train") if s in splits)
+            return splits[part], f"{args.data} ({part})"
         x, _ = read_matrix(args.data)
         return x, args.data
     dataset = card_dataset(run.card)
@@ -85,8 +91,9 @@ def cmd_sample(args) -> int:
     run = Run.load(args.run_dir)
     x = run.sample(args.n, seed=args.seed)
     save_samples(x, args.out)
-    _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[1]}, args.json,
-          f"wrote {args.n} samples of dimension {x.shape[1]} to {args.out}")
+    shape = " x ".join(map(str, x.shape[1:]))  # (D,) rows or (T, D) sequences
+    _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[-1],
+           "shape": list(x.shape)}, args.json, f"wrote {args.n} samples of shape {shape} to {args.out}")
     return 0
 
 
@@ -160,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
     sp.add_argument("run_dir")
-    sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
+    sp.add_argument("--data", help=".npy or .csv file (N, D), or an .npz of sequences; "
+                    "default: the card's test, else valid split")
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")

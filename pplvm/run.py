@@ -57,7 +57,8 @@ class Run:
     @classmethod
     def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None) -> "Run":
         """Build from a card (validated object, dict or TOML path). ``data``: an optional
-        ``(N, D)`` array used instead of the card's source, split as the card says."""
+        ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
+        card's source, split as the card says."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
         if data is None:
@@ -75,6 +76,9 @@ class Run:
         else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
             seen = dataset.augment(dataset.train, torch.Generator().manual_seed(card.training.seed))
             model.validate(seen, "data (training split, augmented)")
+        for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
+            if getattr(dataset, part) is not None:
+                setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
         make_objective(model, card.objective)  # refuse an impossible pairing before anything else
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
@@ -201,7 +205,8 @@ class Run:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` new data ``(n, D)`` from the fitted model, in the data's own units."""
+        """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
+        data's own units."""
         with pyro.poutine.seed(rng_seed=seed):
             return self.transform.inverse(self.model.sample(n, self.params()))
 
@@ -226,11 +231,11 @@ class Run:
         if posterior_predictive:
             with pyro.poutine.seed(rng_seed=seed + 1):
                 ppc = torch.stack([
-                    self.model.sample(len(xt), {k: v[i] for k, v in draws.items()}) for i in range(s)
+                    self.model.replicate(xt, {k: v[i] for k, v in draws.items()}) for i in range(s)
                 ])
-            ppc = self.transform.inverse(ppc)
-        return inference_data(draws, ll, values(self.transform.inverse(xt)), ppc, chains=ev.chains,
-                              dims=self.model.site_dims)
+            ppc = _mask_padding(self.transform.inverse(ppc), xt)
+        observed = _mask_padding(values(self.transform.inverse(xt)), xt)
+        return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
 
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
@@ -291,6 +296,16 @@ def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
     return dataset
 
 
+def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
+    """Values ``(*S, N, T, ...)`` for export with the padded steps of the sequences in ``like``
+    set to NaN (arviz: missing); unchanged for data that are not padded sequences."""
+    if isinstance(like, Batch) and like.lengths is not None:
+        mask = torch.arange(like.x.shape[1]) < like.lengths[:, None]  # (N, T)
+        trailing = like.x.dim() - 2  # dims after (N, T)
+        x = x.masked_fill(~mask.reshape(mask.shape + (1,) * trailing), float("nan"))
+    return x
+
+
 def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
     if isinstance(card, (str, Path)):
         return load_card(card, overrides)
@@ -327,8 +342,10 @@ def save_samples(x: torch.Tensor, path: str | Path) -> None:
     buf = io.BytesIO()
     if path.suffix == ".npy":
         np.save(buf, arr)
-    elif path.suffix == ".csv" and arr.ndim == 2:
+    elif path.suffix == ".csv":
+        if arr.ndim != 2:
+            raise PplvmError(f"--out {str(path)!r}: samples of shape {arr.shape} do not fit a CSV table; use .npy")
         np.savetxt(buf, arr, delimiter=",")
     else:
-        raise PplvmError(f"--out {str(path)!r}: expected a .npy file (or .csv for (N, D) samples)")
+        raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
     atomic_write_bytes(path, buf.getvalue())

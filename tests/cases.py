@@ -41,4 +41,20 @@ CASES = [
          "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
         id="cvae-digits-conv",
     ),
+    pytest.param(
+        {"name": "hmm_gauss", "model": {"family": "hmm", "states": 2, "sample_length": 8},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_hmm", "n": 12, "min_length": 5, "max_length": 12, "states": 2, "dim": 2},
+         "training": {**FAST_TRAINING, "batch_size": 4}, "evaluation": SMALL_EVAL},
+        id="hmm-gaussian-meanfield-minibatch",
+    ),
+    pytest.param(
+        {"name": "hmm_symbols", "model": {"family": "hmm", "states": 2, "emission": "categorical",
+                                          "categories": 3, "sample_length": 8},
+         "guide": {"kind": "map"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_hmm", "n": 10, "min_length": 4, "max_length": 9, "states": 2, "dim": 1,
+                  "emission": "categorical", "categories": 3},
+         "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
+        id="hmm-categorical-map",
+    ),
 ]

@@ -17,6 +17,18 @@ from .images import (
     _load_digits,
     _load_mnist_idx,
 )
+from .sequences import (
+    NileConfig,
+    SequenceFileConfig,
+    SunspotsConfig,
+    SyntheticHMMConfig,
+    _load_sequence_file,
+    _load_synthetic_hmm,
+    _statsmodels_series,
+    as_sequences,
+    read_sequences,
+    synthetic_hmm,
+)
 from .tabular import (
     FileConfig,
     IrisConfig,
@@ -38,6 +50,13 @@ SOURCES.register("digits")(Source(DigitsConfig, _load_digits, "scikit-learn 8x8 
 SOURCES.register("binarized_mnist")(Source(BinarizedMnistConfig, _load_binarized_mnist,
                                            "binarized MNIST .amat / .npz files (N, 784), own splits"))
 SOURCES.register("mnist_idx")(Source(MnistIdxConfig, _load_mnist_idx, "MNIST IDX files (.gz), labels", _augment))
+SOURCES.register("synthetic_hmm")(Source(SyntheticHMMConfig, _load_synthetic_hmm, "sequences from a random HMM"))
+SOURCES.register("sunspots")(Source(SunspotsConfig, _statsmodels_series("sunspots", "SUNACTIVITY"),
+                                    "statsmodels yearly sunspots 1700-2008, cut into sequences"))
+SOURCES.register("nile")(Source(NileConfig, _statsmodels_series("nile", "volume"),
+                                "statsmodels Nile flow 1871-1970, cut into sequences"))
+SOURCES.register("sequence_file")(Source(SequenceFileConfig, _load_sequence_file,
+                                         "a user .npz of sequences (train, train_lengths, valid, ...)"))
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -76,6 +95,9 @@ __all__ = [
     "Dataset",
     "Standardize",
     "as_matrix",
+    "as_sequences",
+    "read_sequences",
+    "synthetic_hmm",
     "load_dataset",
     "read_matrix",
     "synthetic_mixture",

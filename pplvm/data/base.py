@@ -168,6 +168,9 @@ class Source:
 
 
 def split(x: "torch.Tensor | Batch", labels, cfg: DataConfig) -> Dataset:
+    """Split ``x`` at random by datum (``cfg.valid_fraction`` / ``test_fraction``); the
+    standardising transform is fitted on the training split. Splits a source fixes itself go
+    through :func:`split_given`."""
     n = len(x)
     n_valid, n_test = int(round(cfg.valid_fraction * n)), int(round(cfg.test_fraction * n))
     if n - n_valid - n_test < 1:

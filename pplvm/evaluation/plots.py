@@ -54,6 +54,26 @@ def cluster_plot(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, t
     return fig
 
 
+def state_plot(x: torch.Tensor, marginals: torch.Tensor, path: torch.Tensor, title: str = "") -> Figure:
+    """One sequence ``x`` ``(T, D)`` over time, above its posterior state marginals ``(T, K)``
+    (stacked areas) with the Viterbi path ``(T,)`` drawn on top."""
+    x, marginals, path = x.detach().cpu(), marginals.detach().cpu(), path.detach().cpu()
+    steps = torch.arange(len(x))
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for d in range(min(x.shape[1], 8)):
+        top.plot(steps, x[:, d], lw=1, label=f"x{d}")
+    top.set(ylabel="observation", title=title)
+    if x.shape[1] <= 8:
+        top.legend(loc="upper right", fontsize="small")
+    bottom.stackplot(steps, marginals.T, alpha=0.6, labels=[f"state {k}" for k in range(marginals.shape[1])])
+    k = max(marginals.shape[1], 1)
+    bottom.step(steps, (path + 0.5) / k, where="mid", color="black", lw=1.2, label="Viterbi (scaled)")
+    bottom.set(xlabel="step", ylabel="p(state | x)", ylim=(0, 1))
+    bottom.legend(loc="upper right", fontsize="small", ncols=2)
+    return fig
+
+
 def posterior_plot(idata, var_names: Sequence[str], max_size: int = 32) -> Figure:
     """Forest plot of the posterior of the global latents (arviz); sites with more than
     ``max_size`` entries (e.g. correlation factors) are left to the summary table."""

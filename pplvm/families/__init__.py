@@ -5,12 +5,14 @@ from __future__ import annotations
 from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
 from .gmm import GaussianMixture, GMMConfig
+from .hmm import HiddenMarkovModel, HMMConfig
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
 
 FAMILIES: Registry[type[LatentVariableModel]] = Registry("model family")
 FAMILIES.register("gmm")(GaussianMixture)
+FAMILIES.register("hmm")(HiddenMarkovModel)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FamilyConfig", "GMMConfig", "GaussianMixture",
-           "LatentVariableModel", "VAE", "VAEConfig"]
+__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FamilyConfig", "GMMConfig", "GaussianMixture", "HMMConfig",
+           "HiddenMarkovModel", "LatentVariableModel", "VAE", "VAEConfig"]

@@ -24,6 +24,7 @@ from pyro.nn.module import _PyroModuleMeta
 
 from ..config import Section
 from ..data.base import Batch
+from ..distributions import CollapsedLatents
 
 
 class FamilyConfig(Section):
@@ -49,6 +50,11 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     local_sites: ClassVar[tuple[str, ...]]
     #: True when the local latents are discrete and summed out by TraceEnum_ELBO
     enumerated: ClassVar[bool]
+    #: True when those discrete latents are summed out inside the observed site's distribution
+    #: (a :class:`~pplvm.distributions.CollapsedLatents`, e.g. an HMM's parallel forward
+    #: algorithm) rather than by enumerating sample sites; that distribution then answers
+    #: :meth:`local_marginals` and :meth:`map_locals`.
+    collapsed: ClassVar[bool] = False
     #: True when :meth:`log_likelihood` is exact rather than an estimate
     exact_likelihood: ClassVar[bool]
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
@@ -124,25 +130,50 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         return trace.nodes[self.observed_site]["value"]
 
     @torch.no_grad()
+    def replicate(self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A posterior-predictive replicate of ``x``: one new datum per datum of ``x`` from
+        ``p(x | θ = params)``, with the same design (sequence lengths, covariates), shaped like
+        ``values(x)``. The model runs on ``x`` with its observed site sampled instead."""
+        trace = poutine.trace(poutine.uncondition(self.conditioned(params))).get_trace(x)
+        return trace.nodes[self.observed_site]["value"]
+
+    @torch.no_grad()
     def local_marginals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Exact posterior marginals ``p(z_n = k | x, θ)`` of enumerated local sites, each
-        ``(N, K)`` (``(N, T, K)`` for chains)."""
+        ``(N, K)`` (``(N, T, K)`` for chains): by ``TraceEnum_ELBO.compute_marginals``, or,
+        for ``collapsed`` families, by the observed site's distribution."""
         if not self.enumerated:
             raise TypeError(f"{type(self).__name__} has no enumerated local latents")
+        if self.collapsed:
+            fn, value = self._collapsed_site(x, params)
+            return fn.latent_marginals(value)
         elbo = TraceEnum_ELBO(max_plate_nesting=self.max_plate_nesting)
         marginals = elbo.compute_marginals(self.conditioned(params), _empty_guide, x)
         return {name: marginals[name].probs for name in self.local_sites}
 
     @torch.no_grad()
     def map_locals(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Jointly most probable local states given ``x`` and ``θ`` (``infer_discrete``, T=0)."""
+        """Jointly most probable local states given ``x`` and ``θ``: ``infer_discrete`` at
+        temperature 0, or, for ``collapsed`` families, the observed site's distribution."""
         if not self.enumerated:
             raise TypeError(f"{type(self).__name__} has no enumerated local latents")
+        if self.collapsed:
+            fn, value = self._collapsed_site(x, params)
+            return fn.latent_map(value)
         decoder = infer_discrete(
             self.conditioned(params), first_available_dim=-1 - self.max_plate_nesting, temperature=0
         )
         trace = poutine.trace(decoder).get_trace(x)
         return {name: trace.nodes[name]["value"] for name in self.local_sites}
+
+
+    def _collapsed_site(self, x, params) -> tuple[CollapsedLatents, torch.Tensor]:
+        """The observed site's distribution and value, for families with ``collapsed`` latents."""
+        site = poutine.trace(self.conditioned(params)).get_trace(x).nodes[self.observed_site]
+        if not isinstance(site["fn"], CollapsedLatents):
+            raise TypeError(f"{type(self).__name__}.collapsed is set but its {self.observed_site!r} site's "
+                            f"distribution {type(site['fn']).__name__} is not a CollapsedLatents")
+        return site["fn"], site["value"]
 
 
 def _empty_guide(*args, **kwargs) -> None:

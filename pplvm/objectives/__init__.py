@@ -77,8 +77,8 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
         return FreeBitsELBO(cfg.free_bits, model.local_sites, **kw)
     if cfg.name == "meanfield":
         return TraceMeanField_ELBO(**kw)
-    if cfg.name == "enum":
-        return TraceEnum_ELBO(**kw)
+    if cfg.name == "enum":  # latents collapsed into a distribution leave no site to enumerate
+        return TraceEnum_ELBO(strict_enumeration_warning=not model.collapsed, **kw)
     return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
 
 
