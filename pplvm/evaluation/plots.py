@@ -48,6 +48,19 @@ def cluster_plot(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, t
     return fig
 
 
+def latent_scatter_plot(z: torch.Tensor, labels: torch.Tensor | None = None, title: str = "") -> Figure:
+    """Posterior means of a continuous latent ``(N, L)``: the first two coordinates (a strip
+    for L = 1), coloured by ``labels`` if given."""
+    z = z.detach()
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    y = z[:, 1] if z.shape[1] > 1 else torch.zeros(len(z))
+    colour = {"c": labels, "cmap": "tab10"} if labels is not None else {"c": "tab:blue"}
+    ax.scatter(z[:, 0], y, s=8, alpha=0.7, **colour)
+    ax.set(xlabel="z 1", ylabel="z 2" if z.shape[1] > 1 else "", title=title)
+    return fig
+
+
 def posterior_plot(idata, var_names: Sequence[str]) -> Figure:
     """Forest plot of the posterior of the global latents (arviz)."""
     from .arviz import arviz
