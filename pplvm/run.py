@@ -166,7 +166,7 @@ class Run:
             out = Predictive(guide, num_samples=num, parallel=True,
                              return_sites=list(self.model.global_sites))()
         point = self.params()
-        return {k: out[k].reshape(num, *point[k].shape) for k in self.model.global_sites}
+        return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
     def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -124,6 +124,8 @@ def comparison_plot(comparison: Comparison) -> Figure:
     """arviz's comparison plot: elpd_loo ± se per run and its difference to the best."""
     fig = Figure(figsize=(6.5, 1.2 + 0.5 * len(comparison.table)), layout="constrained")
     ax = fig.add_subplot()
-    arviz().plot_compare(comparison.table, ax=ax, insample_dev=False, plot_ic_diff=True, legend=True)
+    with warnings.catch_warnings():  # arviz 0.23 calls a pandas method with a deprecated keyword
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        arviz().plot_compare(comparison.table, ax=ax, insample_dev=False, plot_ic_diff=True, legend=True)
     ax.set_title(f"PSIS-LOO on {comparison.n} observations (higher is better)")
     return fig

@@ -127,6 +127,8 @@ def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int 
     card = _as_card(card)
     if sims < 2:
         raise PplvmError(f"--sims: SBC needs at least 2 simulations, got {sims}")
+    if rows < 2:
+        raise PplvmError(f"--rows: each simulated data set needs at least 2 rows, got {rows}")
     if num_draws < 1:
         raise PplvmError(f"--draws: expected at least one posterior draw, got {num_draws}")
     if card.model.dim is None:
