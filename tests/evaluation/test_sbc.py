@@ -47,11 +47,11 @@ GMM_CARD = {"name": "sbc_gmm",
             "model": {"family": "gmm", "components": 2, "dim": 1, "loc_scale": 10.0, "scale_log_sd": 0.3,
                       "weight_concentration": 5.0},
             "guide": {"kind": "meanfield"}, "objective": {"name": "enum"}, "data": {"source": "iris"},
-            "training": {"epochs": 100, "lr": 0.05, "progress": False}}
+            "training": {"epochs": 60, "lr": 0.1, "progress": False}}
 PPCA_CARD = {"name": "sbc_ppca",
              "model": {"family": "ppca", "latent_dim": 1, "dim": 3, "prior": "normal", "weight_scale": 2.0},
              "guide": {"kind": "exact"}, "data": {"source": "iris"},
-             "training": {"epochs": 80, "lr": 0.1, "progress": False}}
+             "training": {"epochs": 60, "lr": 0.1, "progress": False}}
 
 
 @pytest.fixture(scope="module")
