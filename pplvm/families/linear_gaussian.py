@@ -43,6 +43,9 @@ class LinearGaussianConfig(FamilyConfig):
     noise_floor: float = Field(1e-3, gt=0, description="smallest noise scale: scale = floor + softplus(raw)")
     encoder: Literal["linear", "mlp"] = Field("linear", description="amortized guide: encoder network")
     hidden: int = Field(32, ge=1, description="hidden width of the mlp encoder")
+    init: Literal["pca", "random"] = Field(
+        "pca", description="'pca': start μ, W, noise at the PCA solution of the training data; "
+                           "'random': μ = 0, small random W, noise = noise_init")
 
 
 class PPCAConfig(LinearGaussianConfig):
@@ -165,17 +168,31 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
         return GaussianEncoder(self.dim, self.L, hidden=c.hidden if c.encoder == "mlp" else None)
 
     def init_values(self, x, generator):
-        """Bayesian W starts at the principal directions scaled as the ML solution would."""
-        if self.config.prior == "none":
+        """With ``init = "pca"``, set μ, W (or the Bayesian W's starting value, returned) and
+        the noise from the PCA of ``x``: Tipping & Bishop's ML solution, which for PPCA is the
+        optimum and for FA a start (ψ_d: the residual variance of feature d). With
+        ``init = "random"`` the constructor's values stay (and a Bayesian W starts at zero)."""
+        if self.config.init == "random":
             return {}
-        return {"weight": pca_weight(x, self.L, self.noise_scale().detach().pow(2).mean())}
+        weight, noise_var = pca_solution(x, self.L)
+        if self.noise == "diagonal":
+            noise_var = (x.var(0, unbiased=False) - weight.pow(2).sum(-1)).clamp_min(noise_var * 1e-2)
+        floor = self.config.noise_floor
+        with torch.no_grad():
+            self.loc_unconstrained.copy_(x.mean(0))
+            self.noise_raw_unconstrained.copy_(
+                _softplus_inverse((noise_var.sqrt() - floor).clamp_min(1e-6)).expand_as(self.noise_raw))
+            if self.config.prior == "none":
+                self.weight_unconstrained.copy_(weight)
+        return {"weight": weight} if self.config.prior == "normal" else {}
 
     def prepare(self, data, name="data"):
         return as_matrix(data, name, dim=self.dim)
 
     def check_data(self, x):
-        if len(x) < 2:
-            raise DataError(f"data: {len(x)} row(s); a covariance model needs at least 2 rows")
+        if len(x) <= self.L:
+            raise DataError(f"data: {len(x)} row(s) but model.latent_dim = {self.L}; fitting L factors "
+                            "needs more rows than factors")
 
     def plots(self, x, params):
         from ..evaluation.plots import latent_scatter_plot
@@ -214,13 +231,16 @@ class GaussianEncoder(torch.nn.Module):
         return loc, self.floor + F.softplus(raw)
 
 
-def pca_weight(x: torch.Tensor, latent_dim: int, noise_var: torch.Tensor | float) -> torch.Tensor:
-    """Tipping & Bishop's ML weight ``U_L (Λ_L − σ² I)^{1/2}`` from the SVD of centred ``x``
-    (eigenvalues below σ² give zero columns), ``(D, L)``."""
+def pca_solution(x: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tipping & Bishop's maximum-likelihood PPCA from the SVD of centred ``x`` ``(N, D)``:
+    ``σ²`` = mean of the ``D − L`` smallest eigenvalues of the (1/N) covariance and
+    ``W = U_L (Λ_L − σ² I)^{1/2}`` ``(D, L)``, up to a rotation."""
     xc = x - x.mean(0)
     _, s, vt = torch.linalg.svd(xc, full_matrices=False)
-    eig = s[:latent_dim].pow(2) / max(len(x) - 1, 1)
-    return vt[:latent_dim].T * (eig - noise_var).clamp_min(0).sqrt()
+    eig = torch.zeros(x.shape[1], dtype=x.dtype)
+    eig[: len(s)] = s.pow(2) / len(x)
+    noise_var = eig[latent_dim:].mean().clamp_min(torch.finfo(x.dtype).tiny)
+    return vt[:latent_dim].T * (eig[:latent_dim] - noise_var).clamp_min(0).sqrt(), noise_var
 
 
 def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:

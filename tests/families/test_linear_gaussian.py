@@ -112,9 +112,7 @@ def test_exact_guide_elbo_is_the_marginal_with_zero_variance(family):
     every z, so every single-draw ELBO equals the exact marginal (rounding: 1e-9 relative in
     float64), and the amortized guide's ELBO, a genuine estimate, varies and lies below it."""
     x = t64(low_rank_data(n=60, dim=5))
-    model = family(family.Config(latent_dim=2), 5).double()
-    with torch.no_grad():
-        model.loc.copy_(x.mean(0))
+    model = family(family.Config(latent_dim=2, init="random"), 5).double()
     exact = model.log_likelihood(x, {}).sum().item()
     elbos = _elbo_draws(model, make_guide(model, "exact", x), x)
     assert elbos.std().item() <= 1e-9 * abs(exact)
@@ -144,7 +142,7 @@ def test_ml_fit_recovers_the_principal_subspace_and_tipping_bishop_solution():
     ~1e-8 rad, σ² to 1e-7 relative after 400 full-batch steps; tolerances 1e-3 rad and 1e-4
     leave float32 optimisation room but would catch a wrong subspace (angles ~0.1 or more)."""
     x = low_rank_data(n=400, dim=6, seed=1)
-    run = Run.from_card(_card(), data=x).fit()
+    run = Run.from_card(_card(init="random"), data=x).fit()  # not started at the answer
     xc = x - x.mean(0)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
     eig = s ** 2 / len(x)
@@ -155,6 +153,22 @@ def test_ml_fit_recovers_the_principal_subspace_and_tipping_bishop_solution():
     assert run.model.noise_scale()[0].item() ** 2 == pytest.approx(s2, rel=1e-4)
     w_ml = vt[:2].T * np.sqrt(eig[:2] - s2)
     assert np.abs(learned @ learned.T - w_ml @ w_ml.T).max() < 1e-3 * np.abs(w_ml @ w_ml.T).max()
+
+
+def test_pca_init_starts_at_the_closed_form_and_fa_improves_on_it():
+    """``init = "pca"`` puts PPCA at its ML optimum before any step (so training keeps it
+    there), and gives FA a start whose likelihood training then raises."""
+    x = low_rank_data(n=300, dim=6, seed=2) * np.linspace(0.5, 3.0, 6)
+    ppca = Run.from_card(_card(epochs=1), data=x)
+    sk = PCA(n_components=2).fit(x)
+    x32 = torch.as_tensor(x, dtype=torch.float32)
+    assert ppca.model.log_likelihood(x32, {}).mean().item() == pytest.approx(sk.score(x), rel=1e-5)
+    fa = Run.from_card(_card(family="fa", epochs=300), data=x)
+    before = fa.model.log_likelihood(x32, {}).mean().item()
+    fa.fit()
+    after = fa.model.log_likelihood(x32, {}).mean().item()
+    assert after > before + 0.01
+    assert after == pytest.approx(FactorAnalysis(n_components=2, random_state=0).fit(x).score(x), abs=2e-3)
 
 
 def test_posterior_of_a_run_is_q_z_given_x():
