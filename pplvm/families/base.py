@@ -78,7 +78,9 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
 
     @abc.abstractmethod
     def init_values(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Data-driven starting values for the global sites (may be empty)."""
+        """Data-driven starting values for the global sites (may be empty). A family with
+        maximum-likelihood parameters of its own may also set those in place here (it is
+        called once with the training data, before the optimiser is built)."""
 
     @abc.abstractmethod
     def prepare(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
