@@ -4,6 +4,8 @@ the posterior, and the ELBO of the exact-posterior guide."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -238,3 +240,25 @@ def test_cases_fit_save_and_reload(card, tmp_path):
     assert torch.allclose(run.log_likelihood(x), loaded.log_likelihood(x))
     assert torch.allclose(run.posterior(x)["loc"], loaded.posterior(x)["loc"])
     assert (tmp_path / "run" / "latents.png").is_file()
+
+
+CARDS = sorted((Path(__file__).resolve().parents[2] / "models").glob("[pf][pa]*_*.toml"))
+
+
+@pytest.mark.parametrize("path", CARDS, ids=lambda p: p.stem)
+def test_bundled_cards_validate_and_train(path):
+    card = pplvm.load_card(path, {"training.epochs": 2, "training.progress": False})
+    assert card.model.family in ("ppca", "fa")
+    if card.model.dim is None:  # data cards (the SBC card simulates its data instead)
+        run = pplvm.fit(card)
+        assert np.isfinite(run.history[-1]["train_loss"])
+
+
+def test_cli_lists_the_families(capsys):
+    from pplvm.cli import main
+
+    assert main(["list", "--json"]) == 0
+    import json
+
+    families = json.loads(capsys.readouterr().out)["families"]
+    assert families["ppca"]["guides"] == ["amortized", "exact"] and "fa" in families
