@@ -123,6 +123,50 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .evaluation.compare import compare_runs, comparison_plot
+    from .evaluation.plots import save_figure
+
+    comparison = compare_runs(args.runs)
+    plot = Path(args.plot)
+    save_figure(comparison_plot(comparison), plot)
+    result = {"schema": "pplvm.compare/1", "criterion": "psis-loo", "n": comparison.n,
+              "runs": comparison.rows(), "warnings": comparison.warnings, "plot": str(plot)}
+    _emit(result, args.json, comparison.text() + f"\nwrote {plot}")
+    return 0
+
+
+def cmd_sbc(args) -> int:
+    from .config import load_card
+    from .evaluation.plots import save_figure
+    from .evaluation.sbc import rank_histogram_plot, run_sbc
+
+    card = load_card(args.card, args.set)
+    names = args.statistic or None
+
+    def progress(done, total):
+        if not args.json:
+            print(f"\rsimulation {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    result = run_sbc(card, args.sims, rows=args.rows, num_draws=args.draws, seed=args.seed, callback=progress)
+    test = result.uniformity(names, bins=args.bins, seed=args.seed)
+    plot = Path(args.plot) if args.plot else Path(f"sbc_{card.name}.png")
+    save_figure(rank_histogram_plot(result, names, bins=test["bins"]), plot)
+    out = {"schema": "pplvm.sbc/1", "family": result.family, "sims": args.sims, "rows": args.rows,
+           "draws": result.num_draws, "statistics": result.statistics, "bins": test["bins"],
+           "p_value": test["p_value"], "tests": test["tests"], "plot": str(plot)}
+    lines = [f"SBC of {card.name} ({result.family}, guide {card.guide.kind}): {args.sims} simulations of "
+             f"{args.rows} rows, {result.num_draws} posterior draws each; ranks of the {result.statistics} statistics",
+             f"{'statistic':<24} {'chi2 p':>8} {'KS p':>8}"]
+    lines += [f"{t['statistic'] + '[' + str(t['index']) + ']':<24} {t['chi2_p']:>8.3f} {t['ks_p']:>8.3f}"
+              for t in test["tests"]]
+    verdict = "no evidence of miscalibration" if test["p_value"] > 0.01 else "MISCALIBRATED"
+    lines += [f"uniformity p-value (Bonferroni over {2 * len(test['tests'])} tests): {test['p_value']:.3g} — {verdict}",
+              f"wrote {plot}"]
+    _emit(out, args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_list(args) -> int:
     from .data import SOURCES
     from .families import FAMILIES
@@ -183,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("resume", cmd_resume, "continue an interrupted run from its last checkpoint")
     sp.add_argument("run_dir")
     sp.add_argument("--epochs", type=int, help="new total epoch budget")
+
+    sp = add("compare", cmd_compare, "rank fitted runs by PSIS-LOO (arviz) on the same data")
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (at least two)")
+    sp.add_argument("--plot", default="compare.png", help="comparison plot file (default: ./compare.png)")
+
+    sp = add("sbc", cmd_sbc, "simulation-based calibration of a card's posterior (Talts et al. 2018)")
+    sp.add_argument("card", help="model card (TOML); model.dim must be set")
+    sp.add_argument("--sims", type=int, required=True, help="number of simulated data sets")
+    sp.add_argument("--rows", type=int, default=100, help="rows per simulated data set")
+    sp.add_argument("--draws", type=int, default=99, help="posterior draws per fit (ranks are 0..draws)")
+    sp.add_argument("--bins", type=int, help="rank bins of the chi-square test (default: >= 5 sims per bin)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--statistic", action="append", metavar="NAME",
+                    help="test only this statistic (repeatable), e.g. locs; default: all")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a card value (repeatable)")
+    sp.add_argument("--plot", help="rank histogram file (default: ./sbc_<card name>.png)")
 
     add("list", cmd_list, "list families, guides, objectives and datasets")
     return p

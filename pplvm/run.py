@@ -29,12 +29,12 @@ from pyro.infer import Predictive
 from .config import card_from_dict, card_to_dict, dump_card, load_card
 from .data import Batch, Dataset, Standardize, as_matrix, load_dataset, values
 from .data.base import split
-from .errors import DataError, PplvmError, RunDirError
+from .errors import DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import plots
 from .evaluation.arviz import arviz, inference_data
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
-from .guides.amortized import AmortizedNormal
+from .guides.local import LocalGuide
 from .objectives import make_objective, make_schedule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer
@@ -163,7 +163,7 @@ class Run:
         """The family's ``log p(x | θ)``. A family whose marginal is an importance-sampling
         estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
         proposal (see :class:`~pplvm.families.base.ContinuousLatentModel`)."""
-        if isinstance(self.guide, AmortizedNormal) and not self.model.exact_likelihood:
+        if isinstance(self.guide, LocalGuide) and not self.model.exact_likelihood:
             return self.model.log_likelihood(xt, params, proposal=self.guide.local_posterior)
         return self.model.log_likelihood(xt, params)
 
@@ -178,14 +178,17 @@ class Run:
 
     @torch.no_grad()
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``."""
+        """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
+        (empty when the family has no global latents: all its parameters are point estimates)."""
         if not self.model.global_sites:
             return {}
+        # a local guide's globals are drawn from its globals' guide, which needs no data
+        guide = self.guide.globals_guide if isinstance(self.guide, LocalGuide) else self.guide
         with pyro.poutine.seed(rng_seed=seed):
-            out = Predictive(self.guide, num_samples=num, parallel=True,
+            out = Predictive(guide, num_samples=num, parallel=True,
                              return_sites=list(self.model.global_sites))()
         point = self.params()
-        return {k: out[k].reshape(num, *point[k].shape) for k in self.model.global_sites}
+        return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
     def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -195,9 +198,19 @@ class Run:
         p = self.params() if params is None else params
         return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
+    @torch.no_grad()
     def posterior(self, x: Any) -> dict[str, torch.Tensor]:
-        """Posterior marginals of the local latents given ``x`` (e.g. responsibilities ``(N, K)``)."""
-        return self.model.local_marginals(self._prepare(x), self.params())
+        """Posterior of the local latents given ``x``. Enumerated families: exact marginals
+        per local site (e.g. responsibilities ``(N, K)``). Continuous-latent families: the
+        guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale": (N, L)}`` (marginal means and
+        standard deviations; the exact posterior for the ``exact`` guide)."""
+        xt = self._prepare(x)
+        if self.model.enumerated:
+            return self.model.local_marginals(xt, self.params())
+        if not isinstance(self.guide, LocalGuide):
+            raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
+        q = self.guide.local_posterior(xt)
+        return {"loc": q.mean, "scale": q.stddev}
 
     def map_states(self, x: Any) -> dict[str, torch.Tensor]:
         """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
@@ -262,12 +275,14 @@ class Run:
     def summary_text(self, idata=None) -> str:
         idata = idata if idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
-        table = None
         if self.model.global_sites:
             with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
                 warnings.simplefilter("ignore", RuntimeWarning)
                 table = arviz().summary(idata, var_names=list(self.model.global_sites), kind="all", round_to=4)
             table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
+            posterior = ["posterior of the global latents (guide draws):", table.to_string()]
+        else:
+            posterior = ["no global latents: every parameter (weights, W, noise) is a point estimate"]
         last = self.history[-1] if self.history else {}
         lines = [
             f"run: {c.name} — family {c.model.family}, guide {c.guide.kind}, objective {c.objective.name}",
@@ -277,10 +292,7 @@ class Run:
             best = max((h for h in self.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"])
             lines.append(f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
                          f"(epoch {best['epoch']}, {'exact' if self.model.exact_likelihood else 'estimate'})")
-        if table is not None:
-            lines += ["", "posterior of the global latents (guide draws):", table.to_string()]
-        else:
-            lines += ["", "no global latents: the networks' weights are point estimates"]
+        lines += ["", *posterior]
         return "\n".join(lines) + "\n"
 
 

@@ -57,4 +57,19 @@ CASES = [
          "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
         id="hmm-categorical-map",
     ),
+    pytest.param(
+        {"name": "ppca_ml", "model": {"family": "ppca", "latent_dim": 2},
+         "guide": {"kind": "exact"}, "objective": {"name": "elbo"},
+         "data": {"source": "wine", "standardize": True},
+         "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
+        id="ppca-ml-exact",
+    ),
+    pytest.param(
+        {"name": "fa_bayes", "model": {"family": "fa", "latent_dim": 1, "prior": "normal", "encoder": "mlp",
+                                       "hidden": 8},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "iris", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="fa-bayes-amortized-minibatch",
+    ),
 ]

@@ -54,6 +54,19 @@ def cluster_plot(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, t
     return fig
 
 
+def latent_scatter_plot(z: torch.Tensor, labels: torch.Tensor | None = None, title: str = "") -> Figure:
+    """Posterior means of a continuous latent ``(N, L)``: the first two coordinates (a strip
+    for L = 1), coloured by ``labels`` if given."""
+    z = z.detach()
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    y = z[:, 1] if z.shape[1] > 1 else torch.zeros(len(z))
+    colour = {"c": labels, "cmap": "tab10"} if labels is not None else {"c": "tab:blue"}
+    ax.scatter(z[:, 0], y, s=8, alpha=0.7, **colour)
+    ax.set(xlabel="z 1", ylabel="z 2" if z.shape[1] > 1 else "", title=title)
+    return fig
+
+
 def state_plot(x: torch.Tensor, marginals: torch.Tensor, path: torch.Tensor, title: str = "") -> Figure:
     """One sequence ``x`` ``(T, D)`` over time, above its posterior state marginals ``(T, K)``
     (stacked areas) with the Viterbi path ``(T,)`` drawn on top."""

@@ -6,13 +6,17 @@ from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
+from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
 
 FAMILIES: Registry[type[LatentVariableModel]] = Registry("model family")
 FAMILIES.register("gmm")(GaussianMixture)
 FAMILIES.register("hmm")(HiddenMarkovModel)
+FAMILIES.register("ppca")(PPCA)
+FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FamilyConfig", "GMMConfig", "GaussianMixture", "HMMConfig",
-           "HiddenMarkovModel", "LatentVariableModel", "VAE", "VAEConfig"]
+__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
+           "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "PPCA",
+           "PPCAConfig", "VAE", "VAEConfig"]

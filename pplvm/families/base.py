@@ -87,7 +87,9 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
 
     @abc.abstractmethod
     def init_values(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Data-driven starting values for the global sites (may be empty)."""
+        """Data-driven starting values for the global sites (may be empty). A family with
+        maximum-likelihood parameters of its own may also set those in place here (it is
+        called once with the training data, before the optimiser is built)."""
 
     @abc.abstractmethod
     def prepare(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
@@ -200,3 +202,24 @@ class ContinuousLatentModel(LatentVariableModel):
     @abc.abstractmethod
     def make_encoder(self) -> torch.nn.Module:
         """A module mapping a batch to ``(loc, scale)`` of ``q(z_n | x_n)``, each ``(B, L)``."""
+
+
+class ExactLocalPosterior(abc.ABC):
+    """Capability of a family whose local posterior ``p(z_n | x_n, θ)`` has a closed form
+    (linear-Gaussian models). It enables the ``exact`` guide (:mod:`pplvm.guides.exact`)."""
+
+    @abc.abstractmethod
+    def local_posterior(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> "torch.distributions.Distribution":
+        """``p(z_n | x_n, θ)`` for ``x`` ``(N, D)``: batch shape ``(*S, N)``, event shape ``(L,)``.
+        Batch dims of ``params`` broadcast against the data dim from the right, as inside
+        Pyro's data plate (a site of shape ``(*S, 1, ...)``)."""
+
+
+class IdentifiedSummaries(abc.ABC):
+    """Capability of a family whose globals are identified only up to a symmetry (label
+    switching, rotations): functions of θ that are invariant to it, for calibration checks
+    (:mod:`pplvm.evaluation.sbc`) and summaries. Families without it are checked on θ itself."""
+
+    @abc.abstractmethod
+    def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Invariant functions of the globals, each ``(*S, m)`` for ``params`` ``(*S, ...)``."""

@@ -26,7 +26,7 @@ from pyro.ops.indexing import Vindex
 
 from ..data.base import as_matrix
 from ..errors import DataError
-from .base import FamilyConfig, LatentVariableModel
+from .base import FamilyConfig, IdentifiedSummaries, LatentVariableModel
 
 
 class GMMConfig(FamilyConfig):
@@ -42,7 +42,7 @@ class GMMConfig(FamilyConfig):
     init: Literal["kmeans", "random"] = "kmeans"
 
 
-class GaussianMixture(LatentVariableModel):
+class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
     """Bayesian GMM; ``global_sites`` are weights (K,), locs (K, D), scales (K, D) and, for
     full covariance, corr_chol (K, D, D); the local site ``assignment`` is enumerated."""
 
@@ -108,6 +108,16 @@ class GaussianMixture(LatentVariableModel):
         per_datum = {k: v.unsqueeze(-4 if k == "corr_chol" else -3) for k, v in params.items() if k != "weights"}
         log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)
         return log_w + self.components(per_datum).log_prob(x.unsqueeze(-2))
+
+    def identified(self, params):
+        """The prior is exchangeable over component labels, so the posterior is too (label
+        switching); ordering components by their first mean coordinate identifies them:
+        ``locs`` ``(*S, K·D)``, ``weights`` ``(*S, K)``, ``scales`` ``(*S, K·D)`` in that order."""
+        order = params["locs"][..., 0].argsort(-1)  # (*S, K)
+        by_row = order.unsqueeze(-1).expand(params["locs"].shape)
+        return {"locs": params["locs"].gather(-2, by_row).flatten(-2),
+                "weights": params["weights"].gather(-1, order),
+                "scales": params["scales"].gather(-2, by_row).flatten(-2)}
 
     def prepare(self, data, name="data"):
         return as_matrix(data, name, dim=self.dim)

@@ -1,8 +1,10 @@
-"""Guides q(θ) over a family's global latents.
+"""Guides q(θ) over a family's global latents, and q(z | x) over continuous local ones.
 
 ``meanfield`` (AutoNormal), ``map`` (AutoDelta) and ``lowrank``
 (AutoLowRankMultivariateNormal) are Pyro's autoguides on the model with every site but the
 globals hidden: enumerated local latents stay in the model, where TraceEnum_ELBO sums them out.
+``amortized`` and ``exact`` add a per-datum q(z_n | x_n) (an encoder, or the family's closed-form
+posterior) to a mean-field guide of the globals, if the family has any.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
 from ..errors import IncompatibleError
-from ..families.base import ContinuousLatentModel, LatentVariableModel
+from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVariableModel
 from .amortized import AmortizedNormal
+from .exact import ExactLocalGuide
 
 GUIDES = {
     "amortized": "encoder network q(z_n | x_n) for continuous local latents (+ mean-field globals)",
     "meanfield": "mean-field normal over the globals (AutoNormal)",
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
+    "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
 }
 
 
@@ -35,11 +39,16 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
-    if kind == "amortized":
+    if kind in ("amortized", "exact"):
+        globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
+        if kind == "exact":
+            if not isinstance(model, ExactLocalPosterior):
+                raise IncompatibleError(f"guide.kind = 'exact' needs a closed-form local posterior; "
+                                        f"family {model.config.family!r} has none")
+            return ExactLocalGuide(model, globals_guide)
         if not isinstance(model, ContinuousLatentModel):
             raise IncompatibleError(f"guide.kind = 'amortized' needs continuous local latents; "
                                     f"family {model.config.family!r} has none")
-        globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
         return AmortizedNormal(model, model.make_encoder(), globals_guide)
     if kind == "meanfield":
         return AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale)

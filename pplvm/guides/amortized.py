@@ -10,21 +10,18 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 
 from ..families.base import ContinuousLatentModel
+from .local import LocalGuide
 
 
-class AmortizedNormal(PyroModule):
+class AmortizedNormal(LocalGuide):
     """``q(z_n | x_n) = Normal(loc, scale)`` from ``encoder(x) -> (loc (B, L), scale (B, L))``."""
 
     def __init__(self, model: ContinuousLatentModel, encoder: torch.nn.Module,
                  globals_guide: torch.nn.Module | None = None):
-        super().__init__()
-        self._model = (model,)  # not a submodule: the model's parameters belong to the model
-        self.site = model.local_sites[0]
+        super().__init__(model, globals_guide)
         self.encoder = encoder
-        self.globals_guide = globals_guide
 
     def forward(self, x, num_data=None):
         if self.globals_guide is not None:
@@ -37,7 +34,3 @@ class AmortizedNormal(PyroModule):
         """``q(z_n | x_n)`` with batch shape ``(N,)`` and event shape ``(L,)``."""
         loc, scale = self.encoder(x)
         return dist.Normal(loc, scale).to_event(1)
-
-    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Point estimate of the global latents (empty when the family has none)."""
-        return self.globals_guide.median() if self.globals_guide is not None else {}

@@ -1,0 +1,37 @@
+"""The exact local posterior as a guide, for families that have one in closed form.
+
+``q(θ, z | x) = q(θ) Π_n p(z_n | x_n, θ)``: the family's own ``p(z_n | x_n, θ)``
+(:class:`~pplvm.families.base.ExactLocalPosterior`) at the model's current parameters and
+the guide's draw of the globals θ (mean-field normal, if the family has any). With no
+global latents the ELBO then equals ``log p(x | θ)`` for every draw (zero variance), and its
+gradient is EM's.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+from ..families.base import ContinuousLatentModel, ExactLocalPosterior
+from .local import LocalGuide
+
+
+class ExactLocalGuide(LocalGuide):
+    """``z_n ~ p(z_n | x_n, θ)`` inside the model's data plate; ``θ ~`` ``globals_guide``."""
+
+    def __init__(self, model: ContinuousLatentModel, globals_guide: torch.nn.Module | None = None):
+        if not isinstance(model, ExactLocalPosterior):
+            raise TypeError(f"{type(model).__name__} has no closed-form local posterior")
+        super().__init__(model, globals_guide)
+
+    def forward(self, x, num_data=None):
+        model = self._model[0]
+        params = self.globals_guide(x, num_data) if self.globals_guide is not None else {}
+        posterior = model.local_posterior(x, params)
+        with model.data_plate(x, num_data):
+            return pyro.sample(self.site, posterior)
+
+    @torch.no_grad()
+    def local_posterior(self, x) -> torch.distributions.Distribution:
+        """``p(z_n | x_n, θ)`` at the globals' point estimate, batch shape ``(N,)``."""
+        return self._model[0].local_posterior(x, self.median())
