@@ -74,9 +74,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
     #: "isotropic" (one σ for every dimension) or "diagonal" (one ψ_d per dimension)
     noise: ClassVar[Literal["isotropic", "diagonal"]]
     guides = ("amortized", "exact")
-    # renyi / iwae: Pyro 1.9's RenyiELBO has no differentiable_loss, which the trainer's
-    # ELBOModule needs; add them here once pplvm.objectives provides a trainable one.
-    objectives = ("elbo", "meanfield")
+    objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     exact_likelihood = True
     site_dims = {"weight": ["feature", "latent"]}
