@@ -181,12 +181,13 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps(out, sort_keys=True))
         return 0
+    w = max(len(n) for section in ("families", "guides", "objectives", "datasets") for n in out[section]) + 2
     lines = ["families:"]
-    lines += [f"  {n:10s} guides: {', '.join(f['guides'])}; objectives: {', '.join(f['objectives'])}"
+    lines += [f"  {n:{w}s}guides: {', '.join(f['guides'])}; objectives: {', '.join(f['objectives'])}"
               for n, f in families.items()]
     for section in ("guides", "objectives", "datasets"):
         lines.append(f"{section}:")
-        lines += [f"  {n:10s} {d}" for n, d in out[section].items()]
+        lines += [f"  {n:{w}s}{d}" for n, d in out[section].items()]
     print("\n".join(lines))
     return 0
 
