@@ -30,8 +30,9 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## Every benchmark in bench/, one after the other (each prints its pplvm / peer ratio).
 bench: $(STAMP)
-	$(BIN)/python bench/gmm_vs_sklearn.py
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
