@@ -35,7 +35,7 @@ class LinearGaussian(ContinuousLatentModel):
 
     Config = LinearGaussianConfig
     guides = ("amortized",)
-    objectives = ("elbo", "iwae")
+    objectives = ("elbo", "iwae", "renyi")
     local_sites = ("z",)
     exact_likelihood = True
 

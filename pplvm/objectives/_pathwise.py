@@ -96,6 +96,9 @@ def _one_trace(elbo, model, guide, stopped, args, kwargs, views):
                 values.append((site["value"], site["fn"].event_dim))
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     stopped_trace = poutine.trace(poutine.replay(stopped, trace=guide_trace)).get_trace(*args, **kwargs)
+    for name, site in guide_trace.nodes.items():  # Pyro's loss_and_grads looks for param sites
+        if site["type"] == "param" and name not in stopped_trace.nodes:
+            stopped_trace.add_node(name, **site)
     check_reparameterised(stopped_trace, model_trace, type(elbo).__name__)
     if is_validation_enabled():
         check_model_guide_match(model_trace, stopped_trace, elbo.max_plate_nesting)
