@@ -21,14 +21,13 @@ from typing import Any, Callable
 
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from ..config import ObjectiveConfig
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
 from ._pathwise import check_reparameterised
 from .dreg import IWAE_DReG
-from .renyi import RenyiELBO
 from .stl import TraceSTL_ELBO
 
 OBJECTIVES = {
@@ -100,5 +99,4 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
     return RenyiELBO(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
 
 
-__all__ = ["OBJECTIVES", "PATHWISE", "IWAE_DReG", "RenyiELBO", "TraceSTL_ELBO", "check_compatible",
-           "make_objective"]
+__all__ = ["OBJECTIVES", "PATHWISE", "IWAE_DReG", "TraceSTL_ELBO", "check_compatible", "make_objective"]

@@ -15,6 +15,7 @@ Cost: one extra forward pass of the guide (no backward through its parameters).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -116,6 +117,15 @@ def _one_trace(elbo, model, guide, stopped, args, kwargs, views):
     return model_trace, stopped_trace, values
 
 
+def subsample_factor(sites) -> float:
+    """Product of ``full_size / size`` over the plates every site shares (a data plate's
+    ``N / B`` under minibatching): each log-density carries it, and a bound that is nonlinear in
+    the log-weights (IWAE) must take it out before the log-mean-exp and apply it after."""
+    plates = [{f for f in s["cond_indep_stack"] if f.full_size is not None} for s in sites]
+    common = set.intersection(*plates) if plates else set()
+    return math.prod(f.full_size / f.size for f in common)
+
+
 def sum_to_plates(log_prob: torch.Tensor, sum_dims: list[int], ndim: int) -> torch.Tensor:
     """Sum ``log_prob`` over ``sum_dims`` keeping them as size 1, left-padded to ``ndim`` dims,
     so that sums of sites with different plates broadcast against each other."""
@@ -123,4 +133,4 @@ def sum_to_plates(log_prob: torch.Tensor, sum_dims: list[int], ndim: int) -> tor
     return log_prob.sum(sum_dims, keepdim=True) if sum_dims else log_prob
 
 
-__all__ = ["check_reparameterised", "pathwise_traces", "stopped_guide", "sum_to_plates"]
+__all__ = ["check_reparameterised", "pathwise_traces", "stopped_guide", "subsample_factor", "sum_to_plates"]

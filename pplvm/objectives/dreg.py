@@ -28,7 +28,7 @@ from pyro.infer.util import get_dependent_plate_dims
 from pyro.util import warn_if_nan
 
 from ..errors import CardError
-from ._pathwise import pathwise_traces, sum_to_plates
+from ._pathwise import pathwise_traces, subsample_factor, sum_to_plates
 
 
 class IWAE_DReG(RenyiELBO):
@@ -37,6 +37,12 @@ class IWAE_DReG(RenyiELBO):
 
     Shapes: like RenyiELBO, the bound is a log-mean-exp over particles for each element of the
     plates every site shares (the data plate of a VAE: one IWAE bound per datum), summed.
+
+    Minibatches: ``differentiable_loss`` (what the Trainer calls) takes the data plate's
+    subsampling factor N / B out of the log-weights before the log-mean-exp and multiplies the
+    sum by it after, so a batch of B out of N estimates N / B times the batch's bound. (Pyro's
+    ``RenyiELBO.loss``, inherited here for held-out evaluation, keeps N / B inside; with
+    ``num_data`` left at None, as on a full held-out set, the two agree.)
     """
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: float = float("inf"),
@@ -59,11 +65,12 @@ class IWAE_DReG(RenyiELBO):
             sites = [s for t in (model_trace, stopped_trace) for s in t.nodes.values() if s["type"] == "sample"]
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
             ndim = max(s["log_prob"].dim() for s in sites)
+            factor = subsample_factor(sites)
             log_p = sum(sum_to_plates(s["log_prob"], sum_dims, ndim)
                         for s in model_trace.nodes.values() if s["type"] == "sample")
             log_q = sum(sum_to_plates(s["log_prob"], sum_dims, ndim)
                         for s in stopped_trace.nodes.values() if s["type"] == "sample")
-            log_w.append(log_p - log_q)
+            log_w.append((log_p - log_q) / factor)
             views.append(values)
         vectorized = self.vectorize_particles and self.num_particles > 1
         if vectorized:
@@ -81,7 +88,7 @@ class IWAE_DReG(RenyiELBO):
                 scale = weights if vectorized else weights[i]
                 for z, event_dim in values:
                     z.register_hook(functools.partial(_scale_grad, scale.reshape(scale.shape + (1,) * event_dim)))
-        loss = -(log_mean_w.sum() + (surrogate - surrogate.detach()))
+        loss = -factor * (log_mean_w.sum() + (surrogate - surrogate.detach()))
         warn_if_nan(loss, "loss")
         return loss
 

@@ -23,7 +23,7 @@ from pyro.infer import RenyiELBO as PyroRenyiELBO
 from pplvm.config import ObjectiveConfig
 from pplvm.errors import CardError
 from pplvm.guides.amortized import AmortizedNormal
-from pplvm.objectives import IWAE_DReG, RenyiELBO, make_objective
+from pplvm.objectives import IWAE_DReG, make_objective
 from pplvm.objectives import dreg as dreg_module
 
 R = 20000
@@ -50,8 +50,8 @@ def grad_draws(elbo, model, guide, x, seed: int) -> torch.Tensor:
     return torch.cat([guide.loc.grad, guide.log_scale.grad], -1)
 
 
-def iwae(k: int, vectorize: bool = True, cls=PyroRenyiELBO):
-    return cls(alpha=0.0, num_particles=k, max_plate_nesting=1, vectorize_particles=vectorize)
+def iwae(k: int, vectorize: bool = True) -> PyroRenyiELBO:
+    return PyroRenyiELBO(alpha=0.0, num_particles=k, max_plate_nesting=1, vectorize_particles=vectorize)
 
 
 def dreg(k: int, vectorize: bool = True) -> IWAE_DReG:
@@ -124,11 +124,11 @@ def test_amortized_encoder_gradient_unbiased_and_lower_variance():
     guide = AmortizedNormal(model, enc)
     M, k = 300, 8
     draws = {"dreg": [], "iwae": []}
-    for name, elbo in [("dreg", dreg(k)), ("iwae", iwae(k, cls=RenyiELBO))]:
+    for name, elbo in [("dreg", dreg(k)), ("iwae", iwae(k))]:
         for seed in range(M):
             pyro.set_rng_seed(seed)
             enc.zero_grad()
-            elbo.differentiable_loss(model, guide, x).backward()
+            elbo.loss_and_grads(model, guide, x)
             draws[name].append(torch.cat([p.grad.flatten() for p in enc.parameters()]))
     new, standard = torch.stack(draws["dreg"]), torch.stack(draws["iwae"])
     assert paired_z(new, standard).abs().max() < Z_MAX
@@ -141,6 +141,29 @@ def test_exact_posterior_gives_zero_guide_gradient():
     model, x, guide = replicated(shift=0.0, inflate=1.0, R=2000)
     assert grad_draws(dreg(8), model, guide, x, seed=1).abs().max() < 1e-10
     assert grad_draws(iwae(8), model, guide, x, seed=1).var(0).min() > 0.1
+
+
+def test_minibatch_scaling_stays_outside_the_log_mean_exp():
+    """A batch of B out of N (``num_data=N``): the loss and every gradient are N / B times the
+    batch's own (same ε). Pyro's RenyiELBO instead scales the log-weights inside the
+    log-mean-exp, which sharpens the weights; here the weights are those of the batch."""
+    model = make_model()
+    x = sample_data(model, 8)
+    enc = LinearEncoder(model.dim, model.latent_dim, torch.float64)
+    enc.set_posterior(model, inflate=1.4, shift=0.3)
+    guide = AmortizedNormal(model, enc)
+    params = [*model.parameters(), *enc.parameters()]
+    out = []
+    for num_data in (None, 200):
+        pyro.set_rng_seed(0)
+        for p in params:
+            p.grad = None
+        loss = dreg(4).differentiable_loss(model, guide, x, num_data=num_data)
+        loss.backward()
+        out.append((loss.item(), [p.grad.clone() for p in params]))
+    assert out[1][0] == pytest.approx(25 * out[0][0], rel=1e-12)
+    for a, b in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(25 * a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_make_objective_and_bad_k():
