@@ -38,11 +38,10 @@ class IWAE_DReG(RenyiELBO):
     Shapes: like RenyiELBO, the bound is a log-mean-exp over particles for each element of the
     plates every site shares (the data plate of a VAE: one IWAE bound per datum), summed.
 
-    Minibatches: ``differentiable_loss`` (what the Trainer calls) takes the data plate's
-    subsampling factor N / B out of the log-weights before the log-mean-exp and multiplies the
-    sum by it after, so a batch of B out of N estimates N / B times the batch's bound. (Pyro's
-    ``RenyiELBO.loss``, inherited here for held-out evaluation, keeps N / B inside; with
-    ``num_data`` left at None, as on a full held-out set, the two agree.)
+    Minibatches: the data plate's subsampling factor N / B is taken out of the log-weights
+    before the log-mean-exp and multiplies the sum after, so a batch of B out of N estimates
+    N / B times the batch's bound (Pyro's RenyiELBO keeps N / B inside the log-mean-exp, which
+    sharpens the weights). Without subsampling the value is RenyiELBO's exactly.
     """
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: float = float("inf"),
@@ -53,10 +52,10 @@ class IWAE_DReG(RenyiELBO):
                          vectorize_particles=vectorize_particles,
                          strict_enumeration_warning=strict_enumeration_warning)
 
-    def _get_traces(self, model, guide, args, kwargs):
-        # RenyiELBO.loss reads these: same log-densities, so the same bound.
-        for model_trace, stopped_trace, _ in pathwise_traces(self, model, guide, args, kwargs):
-            yield model_trace, stopped_trace
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """``-IWAE_k`` (a float), with minibatch scaling as in :meth:`differentiable_loss`."""
+        return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``-IWAE_k`` as a scalar whose gradient is the DReG estimator."""

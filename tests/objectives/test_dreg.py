@@ -160,8 +160,12 @@ def test_minibatch_scaling_stays_outside_the_log_mean_exp():
             p.grad = None
         loss = dreg(4).differentiable_loss(model, guide, x, num_data=num_data)
         loss.backward()
-        out.append((loss.item(), [p.grad.clone() for p in params]))
+        pyro.set_rng_seed(0)
+        value = dreg(4).loss(model, guide, x, num_data=num_data)  # held-out evaluation's path
+        out.append((loss.item(), [p.grad.clone() for p in params], value))
     assert out[1][0] == pytest.approx(25 * out[0][0], rel=1e-12)
+    assert out[0][2] == pytest.approx(out[0][0], rel=1e-12)
+    assert out[1][2] == pytest.approx(out[1][0], rel=1e-12)
     for a, b in zip(out[0][1], out[1][1]):
         torch.testing.assert_close(25 * a, b, rtol=1e-10, atol=1e-12)
 
