@@ -322,10 +322,12 @@ def part_memory(args, part: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    global B
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=25, help="steps per round and side")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=B, help="batch size of the training parts")
     ap.add_argument("--only", default="vae,iwae,dreg,memory,ll")
     ap.add_argument("--memory-steps", type=int, default=30)
     ap.add_argument("--ll-rows", type=int, default=8)
@@ -339,10 +341,12 @@ def main() -> None:
 
     import torch
 
+    B = args.batch
     torch.set_num_threads(args.threads)
     parts = args.only.split(",")
     goals = {"vae": 1.05, "iwae": 1.10, "dreg": None, "memory": 1.20, "ll": 1.10}
-    print(f"threads={args.threads}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}")
+    print(f"threads={args.threads}  batch={B}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  "
+          f"torch {torch.__version__}")
     for part in parts:
         if part in ("vae", "iwae", "dreg"):
             fns, source = make_steps(part)

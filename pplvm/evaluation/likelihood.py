@@ -155,7 +155,10 @@ def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int):
     done = 0
     while done < k:
         size = min(particles, k - done)
-        with pyro.plate("_importance_particles", size, dim=-(nesting + 1)):
+        # Pyro's validation (if on) checks the first pass over these rows; later passes only
+        # redraw z with the same shapes, so they skip it (~5% of the time of a pass).
+        with (pyro.validation_enabled(False) if done else nullcontext()), \
+                pyro.plate("_importance_particles", size, dim=-(nesting + 1)):
             guide_trace = poutine.trace(guide).get_trace(x)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
         log_w = _log_weights(model_trace, guide_trace, plate, nesting).double()  # (size, rows)
