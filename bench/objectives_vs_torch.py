@@ -29,7 +29,7 @@ Recorded 2026-11-21 on the shared 2-core CI box (load ~3, so ±10% between runs)
     iwae   1.30 (1.29)                ->  1.16 (1.12)      goal 1.10: missed (Pyro's RenyiELBO)
     dreg   1.14 (1.16)                ->  1.30 (1.21)      vs hand-written DReG (noise: ±0.1)
     memory 0.97 vae, 1.02 iwae        ->  0.97, 1.13       goal 1.20: met
-    ll     0.96 (0.93)                ->  1.11 (1.06)      goal 1.10: met in 4 of 6 runs
+    ll     0.96 (0.93)                ->  1.11 (1.06)      goal 1.10: met in 7 of 9 runs (0.84-1.17)
 
 Where pplvm's extra time goes (VAE, forward + backward, CPU ms/step: torch 6.85, pplvm 9.50):
 Pyro's validation (distribution argument and support checks every step) 0.76; PyroModule glue
