@@ -19,7 +19,7 @@ from linear_gaussian import LinearEncoder, analytic_elbo, make_model, sample_dat
 from pyro.infer import RenyiELBO as PyroRenyiELBO
 from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
-from test_dreg import R, Z_MAX, grad_draws, paired_z, replicated
+from test_dreg import R, Z_MAX, assert_same_objective, grad_draws, paired_z, replicated
 
 from pplvm.config import ObjectiveConfig
 from pplvm.guides.amortized import AmortizedNormal
@@ -36,25 +36,7 @@ def standard(k: int = 1, vectorize: bool = True) -> Trace_ELBO:
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_loss_is_the_elbo_and_model_gradient_is_standard(vectorize):
-    """Same seed: the STL loss equals Trace_ELBO's, and so do the model's gradients."""
-    model = make_model()
-    x = sample_data(model, 7)
-    enc = LinearEncoder(model.dim, model.latent_dim, torch.float64)
-    enc.set_posterior(model, inflate=1.4, shift=0.3)
-    guide = AmortizedNormal(model, enc)
-    out = {}
-    for name, elbo in [("stl", stl(3, vectorize)), ("std", standard(3, vectorize))]:
-        pyro.set_rng_seed(3)
-        value = elbo.loss(model, guide, x)
-        model.zero_grad()
-        pyro.set_rng_seed(4)
-        loss = elbo.differentiable_loss(model, guide, x)
-        loss.backward()
-        out[name] = (value, loss.item(), [p.grad.clone() for p in model.parameters()])
-    assert out["stl"][0] == pytest.approx(out["std"][0], rel=1e-12)
-    assert out["stl"][1] == pytest.approx(out["std"][1], rel=1e-12)
-    for a, b in zip(out["stl"][2], out["std"][2]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same_objective(stl(3, vectorize), standard(3, vectorize))
 
 
 def test_stl_is_unbiased_for_the_analytic_elbo_gradient():
