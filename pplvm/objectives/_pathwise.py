@@ -10,7 +10,8 @@ statements) while replaying the first run's values. This is exact for any guide,
 structured ones where a later site's distribution depends on an earlier draw: that dependence
 stays differentiable, only φ is stopped.
 
-Cost: one extra forward pass of the guide (no backward through its parameters).
+Cost: one extra forward pass of the guide (no backward through its parameters) when gradients
+are on; none under ``torch.no_grad`` (evaluation), where only the values are needed.
 """
 
 from __future__ import annotations
@@ -96,10 +97,13 @@ def _one_trace(elbo, model, guide, stopped, args, kwargs, views):
                 site["value"] = site["value"].view_as(site["value"])
                 values.append((site["value"], site["fn"].event_dim))
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    stopped_trace = poutine.trace(poutine.replay(stopped, trace=guide_trace)).get_trace(*args, **kwargs)
-    for name, site in guide_trace.nodes.items():  # Pyro's loss_and_grads looks for param sites
-        if site["type"] == "param" and name not in stopped_trace.nodes:
-            stopped_trace.add_node(name, **site)
+    if torch.is_grad_enabled():
+        stopped_trace = poutine.trace(poutine.replay(stopped, trace=guide_trace)).get_trace(*args, **kwargs)
+        for name, site in guide_trace.nodes.items():  # Pyro's loss_and_grads looks for param sites
+            if site["type"] == "param" and name not in stopped_trace.nodes:
+                stopped_trace.add_node(name, **site)
+    else:  # values only (evaluation): the guide's own trace has the same log-densities
+        stopped_trace = guide_trace
     check_reparameterised(stopped_trace, model_trace, type(elbo).__name__)
     if is_validation_enabled():
         check_model_guide_match(model_trace, stopped_trace, elbo.max_plate_nesting)
