@@ -31,6 +31,12 @@ Recorded 2026-11-21 on the shared 2-core CI box (load ~3, so ±10% between runs)
     memory 0.97 vae, 1.02 iwae        ->  0.97, 1.13       goal 1.20: met
     ll     0.96 (0.93)                ->  1.11 (1.06)      goal 1.10: met in 7 of 9 runs (0.84-1.17)
 
+The same run on a trial merge of this branch with the VAE branch (``FAMILIES["vae"]``, its
+RenyiBound for ``iwae``), default environment:
+
+    vae 1.22 (1.09 no validation), iwae 1.22 (1.17), dreg 1.28 (1.24), memory 0.91 / 1.01,
+    ll 1.01 (1.10)
+
 Where pplvm's extra time goes (VAE, forward + backward, CPU ms/step: torch 6.85, pplvm 9.50):
 Pyro's validation (distribution argument and support checks every step) 0.76; PyroModule glue
 (each access to a plain ``nn.Module`` child inside a PyroModule issues one ``param`` message per
