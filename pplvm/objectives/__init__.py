@@ -1,12 +1,18 @@
-"""Objectives by name, each one of Pyro's own ELBO classes.
+"""Objectives by name: Pyro's own ELBO classes, plus two gradient estimators Pyro lacks.
 
-=========== ==================================================
-``elbo``     Trace_ELBO
-``meanfield`` TraceMeanField_ELBO (analytic KL where available)
-``enum``     TraceEnum_ELBO (discrete latents summed out exactly)
-``renyi``    RenyiELBO(alpha) (as :class:`.renyi.RenyiBound`: a torch loss, per-datum minibatches)
-``iwae``     RenyiELBO(alpha=0), the IWAE bound with k = num_particles
-=========== ==================================================
+============= =====================================================================
+``elbo``       Trace_ELBO
+``meanfield``  TraceMeanField_ELBO (analytic KL where available)
+``enum``       TraceEnum_ELBO (discrete latents summed out exactly)
+``renyi``      RenyiELBO(alpha) (as :class:`.renyi.RenyiBound`: a torch loss, per-datum minibatches)
+``iwae``       RenyiELBO(alpha=0), the IWAE bound with k = num_particles
+``iwae_dreg``  the IWAE bound with doubly reparameterised gradients (:mod:`.dreg`)
+``stl``        the ELBO with the "sticking the landing" gradient (:mod:`.stl`)
+============= =====================================================================
+
+``iwae_dreg`` and ``stl`` are the ``iwae`` and ``elbo`` objectives (same values) with
+lower-variance guide gradients; a family that admits ``iwae`` (``elbo``) admits them, provided
+its guide is fully reparameterised and it has no enumerated discrete latents.
 
 Posterior-collapse controls act on a family's continuous local latents under any of these:
 ``kl_weight`` / ``kl_warmup_epochs`` (a β on their KL, scheduled over training:
@@ -16,14 +22,21 @@ only: :mod:`.free_bits`).
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import torch
+from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from ..config import ObjectiveConfig
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
+from ._pathwise import check_reparameterised
 from .annealing import KLSchedule, ScaleSites
+from .dreg import IWAE_DReG
 from .free_bits import FreeBitsELBO
 from .renyi import RenyiBound
+from .stl import TraceSTL_ELBO
 
 OBJECTIVES = {
     "elbo": "Trace_ELBO",
@@ -31,23 +44,40 @@ OBJECTIVES = {
     "enum": "TraceEnum_ELBO (discrete latents summed out by enumeration)",
     "renyi": "RenyiELBO(alpha)",
     "iwae": "RenyiELBO(alpha=0): IWAE with k = num_particles",
+    "iwae_dreg": "IWAE with doubly reparameterised (DReG) guide gradients",
+    "stl": "ELBO with the sticking-the-landing (STL) guide gradient",
 }
 
+#: pathwise estimators and the objective whose value each one estimates
+PATHWISE = {"iwae_dreg": "iwae", "stl": "elbo"}
 
-def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig) -> None:
-    """Refuse, before any training, a model / objective pair that cannot work."""
+
+def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Callable | None = None,
+                     args: tuple = (), kwargs: dict[str, Any] | None = None) -> None:
+    """Refuse, before any training, a model / objective pair that cannot work.
+
+    For ``iwae_dreg`` and ``stl``, pass the ``guide`` and example ``args`` (a batch) to also
+    check, by tracing it once, that every guide site is reparameterised."""
     family = model.config.family
-    if cfg.name not in model.objectives:
+    admitted = model.objectives + tuple(k for k, v in PATHWISE.items() if v in model.objectives)
+    if cfg.name in PATHWISE and model.enumerated:
+        raise IncompatibleError(
+            f"objective.name = {cfg.name!r} cannot train family {family!r}: its discrete latent(s) "
+            f"{', '.join(model.local_sites)} are summed out by enumeration, and {cfg.name} is a "
+            "pathwise estimator that needs every latent reparameterised; use objective.name = 'enum'"
+        )
+    if cfg.name not in admitted:
         if model.enumerated:
             why = (
                 f"its discrete latent(s) {', '.join(model.local_sites)} are summed out by "
                 "enumeration, which only 'enum' (TraceEnum_ELBO) does"
             )
         else:
-            why = f"it admits: {', '.join(model.objectives)}"
+            why = f"it admits: {', '.join(admitted)}"
         raise IncompatibleError(f"objective.name = {cfg.name!r} cannot train family {family!r}: {why}")
-    if cfg.name == "iwae" and cfg.num_particles < 2:
-        raise IncompatibleError("objective.num_particles: iwae needs k >= 2 particles")
+    if cfg.name in ("iwae", "iwae_dreg") and cfg.num_particles < 2:
+        hint = "" if cfg.name == "iwae" else " (with k = 1 use 'stl')"
+        raise IncompatibleError(f"objective.num_particles: {cfg.name} needs k >= 2 particles{hint}")
     if cfg.name == "renyi" and cfg.alpha == 1:
         raise IncompatibleError("objective.alpha = 1 is the ELBO; use objective.name = 'elbo'")
     controls = [k for k, off in (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0), ("free_bits", 0.0))
@@ -62,6 +92,11 @@ def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig) -> None:
             f"objective.free_bits needs the analytic per-dimension KL of objective.name = 'meanfield', "
             f"not {cfg.name!r}"
         )
+    if cfg.name in PATHWISE and guide is not None:
+        with torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **(kwargs or {}))
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **(kwargs or {}))
+        check_reparameterised(guide_trace, model_trace, f"objective.name = {cfg.name!r}")
 
 
 def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
@@ -79,6 +114,10 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
         return TraceMeanField_ELBO(**kw)
     if cfg.name == "enum":  # latents collapsed into a distribution leave no site to enumerate
         return TraceEnum_ELBO(strict_enumeration_warning=not model.collapsed, **kw)
+    if cfg.name == "stl":
+        return TraceSTL_ELBO(**kw)
+    if cfg.name == "iwae_dreg":
+        return IWAE_DReG(**kw)
     return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
 
 
@@ -89,5 +128,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "FreeBitsELBO", "KLSchedule", "RenyiBound", "ScaleSites", "check_compatible", "make_objective",
-           "make_schedule"]
+__all__ = ["OBJECTIVES", "PATHWISE", "FreeBitsELBO", "IWAE_DReG", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
+           "check_compatible", "make_objective", "make_schedule"]
