@@ -164,7 +164,7 @@ class Run:
         estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
         proposal (see :class:`~pplvm.families.base.ContinuousLatentModel`)."""
         if isinstance(self.guide, LocalGuide) and not self.model.exact_likelihood:
-            return self.model.log_likelihood(xt, params, proposal=self.guide.local_posterior)
+            return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
 
     # ------------------------------------------------------------------ queries

@@ -188,9 +188,9 @@ class ContinuousLatentModel(LatentVariableModel):
     :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`.
 
     A family whose marginal is not exact (``exact_likelihood = False``) estimates it by
-    importance sampling, and its :meth:`log_likelihood` accepts a keyword ``proposal``: a
-    callable ``x -> q(z | x)`` (diagonal normal, batch ``(N,)``), which a run fills with its
-    amortized guide's ``local_posterior``."""
+    importance sampling (:func:`pplvm.evaluation.likelihood.importance_log_likelihood`), and
+    its :meth:`log_likelihood` accepts a keyword ``proposal``: a guide called as ``proposal(x)``
+    that samples the local latent inside the data plate, which a run fills with its guide."""
 
     enumerated = False
 

@@ -21,7 +21,6 @@ log-likelihood) applies as it would to any Pyro model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -175,30 +174,28 @@ class _Autoencoder(ContinuousLatentModel):
         return self.prior(len(x)).log_prob(z) + self.decode(z, self.side(data)).log_prob(x)
 
     @torch.no_grad()
-    def log_likelihood(self, x, params, *, proposal: Callable[[Any], dist.Distribution] | None = None,
-                       num_samples: int | None = None, generator: torch.Generator | None = None,
-                       max_elements: int = 2**24) -> torch.Tensor:
+    def log_likelihood(self, x, params, *, proposal: Callable | None = None, num_samples: int | None = None,
+                       seed: int = 0, max_elements: int = 2**24) -> torch.Tensor:
         """Importance-sampling estimate of ``log p(x_n)``, ``(N,)``::
 
             log (1/S) Σ_s p(x_n, z_s) / q(z_s | x_n),      z_s ~ q(· | x_n)
 
         an unbiased estimate of ``p(x_n)`` (so a stochastic lower bound in log space that
-        tightens as S grows). ``proposal(x)`` is a diagonal normal with batch ``(N,)`` (an
-        amortized guide's ``local_posterior``); without one the prior is used, which is valid
-        but loose. ``params`` is empty (no global latents). Rows are processed in chunks of at
-        most ``max_elements`` decoded values."""
-        s = num_samples or self.config.likelihood_samples
-        g = generator if generator is not None else torch.Generator().manual_seed(0)
-        rows = max(1, max_elements // (s * self.dim))
-        out = []
-        for idx in torch.arange(len(x)).split(rows):
-            chunk = x[idx]
-            q = proposal(chunk) if proposal is not None else self.prior(len(chunk))
-            loc, scale = _diagonal_normal(q)
-            z = loc + scale * torch.randn((s, *loc.shape), generator=g)
-            log_w = self.log_joint(chunk, z) - q.log_prob(z)
-            out.append(log_w.logsumexp(0) - math.log(s))
-        return torch.cat(out)
+        tightens as S grows), by :func:`~pplvm.evaluation.likelihood.importance_log_likelihood`.
+        ``proposal`` is a guide called as ``proposal(x)`` that samples ``z`` inside the data
+        plate (the amortized guide); without one the prior is used, which is valid but loose.
+        ``params`` is empty (no global latents). Memory is bounded by ``max_elements``."""
+        from ..evaluation.likelihood import importance_log_likelihood
+
+        est = importance_log_likelihood(self, proposal if proposal is not None else self._prior_proposal, x,
+                                        k=num_samples or self.config.likelihood_samples, seed=seed,
+                                        max_elements=max_elements)
+        return est.log_likelihood.to(values(x).dtype)
+
+    def _prior_proposal(self, x, num_data=None) -> None:
+        """A guide proposing ``z`` from the prior ``p(z)``."""
+        with self.data_plate(values(x), num_data):
+            pyro.sample("z", self.prior(len(x)))
 
     @torch.no_grad()
     def generate(self, n: int | None = None, *, y: Any = None, generator: torch.Generator | None = None,
@@ -249,13 +246,6 @@ class _Autoencoder(ContinuousLatentModel):
             return {}
         return {"samples": image_grid(self.generate(64, generator=g), self.image_shape,
                                       title="decoder means of prior draws")}
-
-
-def _diagonal_normal(q: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
-    base = q.base_dist if isinstance(q, dist.Independent) else q
-    if not isinstance(base, dist.Normal):
-        raise TypeError(f"the proposal must be a diagonal normal, got {type(q).__name__}")
-    return base.loc, base.scale
 
 
 class VAE(_Autoencoder):

@@ -88,7 +88,7 @@ def test_analytic_kl_elbo_with_the_exact_posterior_encoder_is_the_ppca_marginal(
 
 def test_importance_sampled_log_likelihood_with_the_exact_posterior_is_exact(ppca):
     model, guide, x, exact = ppca
-    ll = model.log_likelihood(x, {}, proposal=guide.local_posterior, num_samples=3)
+    ll = model.log_likelihood(x, {}, proposal=guide, num_samples=3)
     torch.testing.assert_close(ll, exact, rtol=1e-5, atol=1e-4)
 
 

@@ -19,7 +19,7 @@ from linear_gaussian import LinearEncoder, analytic_elbo, make_model, sample_dat
 from pyro.infer import RenyiELBO as PyroRenyiELBO
 from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
-from test_dreg import R, Z_MAX, assert_same_objective, grad_draws, paired_z, replicated
+from objectives.test_dreg import R, Z_MAX, assert_same_objective, grad_draws, paired_z, replicated
 
 from pplvm.config import ObjectiveConfig
 from pplvm.guides.amortized import AmortizedNormal
