@@ -67,6 +67,8 @@ class TrainingConfig(Section):
     checkpoint_every: int = Field(1, ge=1)
     seed: int = 0
     progress: bool = True
+    pyro_validation: Literal["first_step", "every_step"] = Field(
+        "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step")
 
 
 class EvaluationConfig(Section):

@@ -189,8 +189,10 @@ class Trainer:
         bar = tqdm(total=c.epochs * steps, initial=self.state.epoch * steps, unit="step",
                    disable=not c.progress or self.rank != 0, leave=False, dynamic_ncols=True)
         try:
+            first = True
             while self.state.epoch < c.epochs and not self.state.stopped:
-                metrics = self._epoch(train, valid, bs, bar)
+                metrics = self._epoch(train, valid, bs, bar, first)
+                first = False
                 for cb in self.callbacks:
                     cb(self, metrics)
         finally:
@@ -200,7 +202,7 @@ class Trainer:
             self.guide.load_state_dict(self._best_params["guide"])
         return self.state
 
-    def _epoch(self, train, valid, bs, bar) -> dict[str, Any]:
+    def _epoch(self, train, valid, bs, bar, first: bool) -> dict[str, Any]:
         c, s, n = self.config, self.state, len(train)
         perm = torch.randperm(n, generator=self.shuffle)
         total = torch.zeros(())
@@ -210,7 +212,7 @@ class Trainer:
             batch = train[idx] if self.augment is None else self.augment(train[idx], self.augment_rng)
             self.optimizer.zero_grad(set_to_none=True)
             try:
-                with self._scheduled(s.epoch + (i + 1) / steps):
+                with self._scheduled(s.epoch + (i + 1) / steps), self._validation(first=i == 0 and first):
                     loss = self.loss_module(batch, num_data=n)
             except ValueError:
                 # Pyro's validation rejects NaN distribution parameters before the loss can be NaN
@@ -259,6 +261,14 @@ class Trainer:
 
     def _scheduled(self, progress: float) -> ContextManager:
         return self.schedule(progress) if self.schedule is not None else contextlib.nullcontext()
+
+    def _validation(self, first: bool) -> ContextManager:
+        """Pyro's argument and support checks cost ~10% of a small network's step; by default
+        they run on the first step of a fit only (the data and shapes do not change after it;
+        a diverging step still shows as a non-finite loss)."""
+        if first or self.config.pyro_validation == "every_step":
+            return contextlib.nullcontext()
+        return pyro.validation_enabled(False)
 
     def _early_stopping(self, value: float) -> None:
         c, s = self.config, self.state

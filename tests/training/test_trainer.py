@@ -169,3 +169,24 @@ def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
     path.write_bytes(pickle.dumps({"format": ckpt_mod.FORMAT, "x": Evil()}))
     with pytest.raises(pplvm.RunDirError, match="not a readable pplvm checkpoint"):
         ckpt_mod.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("mode, expected", [("first_step", [True, False, False, False]), ("every_step", [True] * 4)])
+def test_pyro_validation_on_the_first_step_or_every_step(monkeypatch, mode, expected):
+    from pyro.distributions.util import is_validation_enabled
+
+    from pplvm.families import GaussianMixture
+
+    card = {**CARD, "training": {**CARD["training"], "epochs": 2, "batch_size": 80, "pyro_validation": mode}}
+    run = pplvm.Run.from_card(card)  # 160 training rows: 2 steps per epoch
+    seen, forward = [], GaussianMixture.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(is_validation_enabled())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianMixture, "forward", spy)
+    run.card = pplvm.card_from_dict(pplvm.card_to_dict(run.card), {"training.eval_every": 100})
+    run.fit()
+    # the model runs once per training step (the held-out pass at the last epoch runs after them)
+    assert seen[:4] == expected
