@@ -35,7 +35,7 @@ from .evaluation.arviz import arviz, inference_data
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide
-from .objectives import make_objective, make_schedule
+from .objectives import check_compatible, make_objective, make_schedule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer
 
@@ -79,7 +79,7 @@ class Run:
         for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
-        make_objective(model, card.objective)  # refuse an impossible pairing before anything else
+        check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
         with torch.no_grad():  # autoguides create their parameters on the first call
