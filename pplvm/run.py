@@ -27,14 +27,14 @@ from pydantic import BaseModel
 from pyro.infer import Predictive
 
 from .config import card_from_dict, card_to_dict, dump_card, load_card
-from .data import Batch, Dataset, Standardize, as_matrix, load_dataset, values
+from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
 from .errors import DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import plots
 from .evaluation.arviz import arviz, inference_data
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
-from .guides.local import LocalGuide
+from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_objective, make_schedule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer
@@ -52,6 +52,7 @@ class Run:
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
+        self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -83,7 +84,7 @@ class Run:
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
         with torch.no_grad():  # autoguides create their parameters on the first call
-            guide(dataset.train[:PROTOTYPE_ROWS], num_data=len(dataset.train))
+            guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod
@@ -97,7 +98,8 @@ class Run:
         extras = ckpt["extras"]
         model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
         proto = _from_state(extras["prototype"])
-        guide = make_guide(model, card.guide.kind, proto, init_scale=card.guide.init_scale)
+        guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
+                           num_data=extras.get("num_train"))
         with torch.no_grad():
             guide(proto)
         params = ckpt["best"] or ckpt
@@ -105,6 +107,7 @@ class Run:
         guide.load_state_dict(params["guide"])
         run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
         run.history = list(ckpt["trainer"]["history"])
+        run.from_python = bool(extras.get("from_python"))
         return run
 
     # ----------------------------------------------------------------- training
@@ -118,7 +121,7 @@ class Run:
             (self.run_dir / "metrics.jsonl").write_text("")
             dump_card(self.card, self.run_dir / "card.toml")
         self.trainer = self._trainer(callbacks)
-        self.trainer.fit(self.dataset.train, self.dataset.valid)
+        self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
         if self.run_dir is not None:
             self.write_artifacts()
@@ -138,8 +141,9 @@ class Run:
         run.run_dir = run_dir
         dump_card(card, run_dir / "card.toml")
         run.trainer = run._trainer(callbacks)
-        run.trainer.resume(run.dataset.train)
-        run.trainer.fit(run.dataset.train, run.dataset.valid)
+        train = _fit_input(run.guide, run.dataset.train)
+        run.trainer.resume(train)
+        run.trainer.fit(train, run.dataset.valid)
         run.history = run.trainer.state.history
         run.write_artifacts()
         return run
@@ -147,12 +151,14 @@ class Run:
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
         d = self.dataset
         extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
-                  "prototype": _to_state(d.train[:PROTOTYPE_ROWS]), "from_python": bool(d.info.get("from_python"))}
+                  "prototype": _to_state(_fit_input(self.guide, d.train)[:PROTOTYPE_ROWS]),
+                  "num_train": len(d.train), "from_python": bool(d.info.get("from_python"))}
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.exact_likelihood else "valid_loss"
         return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       held_out_loss=not isinstance(self.guide, MeanFieldLocal),
                        schedule=make_schedule(self.model, self.card.objective), augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
@@ -199,12 +205,16 @@ class Run:
         return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
     @torch.no_grad()
-    def posterior(self, x: Any) -> dict[str, torch.Tensor]:
-        """Posterior of the local latents given ``x``. Enumerated families: exact marginals
-        per local site (e.g. responsibilities ``(N, K)``). Continuous-latent families: the
-        guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale": (N, L)}`` (marginal means and
-        standard deviations; the exact posterior for the ``exact`` guide)."""
-        xt = self._prepare(x)
+    def posterior(self, x: Any = None) -> dict[str, torch.Tensor]:
+        """Posterior of the local latents given ``x`` (default: the training data).
+        Enumerated families: exact marginals per local site (e.g. responsibilities ``(N, K)``).
+        Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale":
+        (N, L)}`` (the exact posterior for the ``exact`` guide; the ``meanfield`` guide has it
+        for the training data only)."""
+        if x is None and isinstance(self.guide, MeanFieldLocal):
+            q = self.guide.training_posterior()  # needs no data: one q(z_n) per training row
+            return {"loc": q.mean, "scale": q.stddev}
+        xt = self._prepare(x) if x is not None else self._training_data()
         if self.model.enumerated:
             return self.model.local_marginals(xt, self.params())
         if not isinstance(self.guide, LocalGuide):
@@ -253,6 +263,9 @@ class Run:
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
         if self.dataset is None:
+            if self.from_python:
+                raise RunDirError("this run was fitted on data passed from Python, which its run directory "
+                                  "does not keep: pass the data explicitly")
             self.dataset = card_dataset(self.card)
         d, seed = self.dataset, self.card.training.seed
         return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
@@ -334,6 +347,20 @@ def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, d
 
 def load(run_dir: str | Path) -> Run:
     return Run.load(run_dir)
+
+
+def _fit_input(guide: torch.nn.Module, train):
+    """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
+    with parameters per training datum, else as they are."""
+    return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _without_index(data):
+    """Undo :func:`~pplvm.data.indexed`: the data as the family takes them."""
+    if not isinstance(data, Batch) or data.index is None:
+        return data
+    rest = data.replace(index=None)
+    return rest.x if rest.lengths is None and rest.y is None else rest
 
 
 def _to_state(data: "torch.Tensor | Batch"):

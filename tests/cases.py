@@ -72,4 +72,11 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
         id="fa-bayes-amortized-minibatch",
     ),
+    pytest.param(
+        {"name": "ppca_meanfield", "model": {"family": "ppca", "latent_dim": 2, "prior": "normal"},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "meanfield"},
+         "data": {"source": "wine", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+        id="ppca-bayes-meanfield-local-minibatch",
+    ),
 ]

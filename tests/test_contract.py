@@ -19,6 +19,7 @@ from pyro.poutine.util import site_is_subsample
 import pplvm
 from pplvm.config import card_from_dict, card_to_dict, dump_card, load_card
 from pplvm.data import values
+from pplvm.run import _fit_input
 
 
 @pytest.fixture(params=CASES)
@@ -26,11 +27,13 @@ def run(request):
     return pplvm.Run.from_card(request.param)
 
 
-def seen(run, n=None):
+def seen(run, n=None, training=True):
     """The first ``n`` training data as the model sees them (after any per-batch augmentation,
-    e.g. a dynamic binarization draw)."""
+    e.g. a dynamic binarization draw); ``training``: as the trainer feeds them (numbered rows
+    for a guide with per-datum parameters), else as the family takes data."""
     d = run.dataset
-    x = d.train if n is None else d.train[:n]
+    x = _fit_input(run.guide, d.train) if training else d.train
+    x = x if n is None else x[:n]
     return x if d.augment is None else d.augment(x, torch.Generator().manual_seed(0))
 
 
@@ -72,7 +75,7 @@ def test_log_likelihood_shapes_and_batching(run, batch_shape):
     """``log_likelihood(x, params)`` is ``(*S, N)`` for parameters batched as ``S``; a family
     without global latents has no parameter batch and gives ``(N,)``. Estimates (non-exact
     families) are compared under the same seed."""
-    x = seen(run, 10)
+    x = seen(run, 10, training=False)
     n = len(x)
     num = max(1, math.prod(batch_shape))
     flat = run.draws(num, seed=1)

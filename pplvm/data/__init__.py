@@ -6,7 +6,7 @@ import torch
 
 from .._registry import Registry
 from ..errors import DataError
-from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, split, split_given, values
+from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, indexed, split, split_given, values
 from .images import (
     Binarize,
     BinarizedMnistConfig,
@@ -90,6 +90,7 @@ __all__ = [
     "SOURCES",
     "Batch",
     "Binarize",
+    "indexed",
     "values",
     "DataConfig",
     "Dataset",

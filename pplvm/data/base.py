@@ -58,11 +58,14 @@ class Batch:
     (``x``: padded ``(N, T, D)``, ``lengths``: ``(N,)``) or data with side information
     (``x``: ``(N, D)``, ``y``: ``(N,)`` labels or ``(N, C)`` covariates). Matrix families take a
     plain ``(N, D)`` tensor. Both support ``len(b)`` and ``b[index]``, all the trainer needs.
+    ``index`` (``(N,)``, optional) holds each datum's row in the training set, for guides with
+    free parameters per training datum; the data plate then subsamples those rows.
     """
 
     x: torch.Tensor
     lengths: torch.Tensor | None = None
     y: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -71,10 +74,16 @@ class Batch:
         return Batch(**{k: (v[index] if v is not None else None) for k, v in self.fields().items()})
 
     def fields(self) -> dict[str, torch.Tensor | None]:
-        return {"x": self.x, "lengths": self.lengths, "y": self.y}
+        return {"x": self.x, "lengths": self.lengths, "y": self.y, "index": self.index}
 
     def replace(self, **changes) -> "Batch":
         return Batch(**{**self.fields(), **changes})
+
+
+def indexed(data: "torch.Tensor | Batch") -> Batch:
+    """``data`` as a Batch whose ``index`` numbers its rows ``0 .. N-1``."""
+    batch = data if isinstance(data, Batch) else Batch(x=data)
+    return batch.replace(index=torch.arange(len(batch)))
 
 
 def values(data: "torch.Tensor | Batch") -> torch.Tensor:

@@ -119,7 +119,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
                 raise ValueError("give x, or num_data rows to generate")
             return pyro.plate("data", num_data, dim=-1)
         size = len(x) if num_data is None else num_data
-        return pyro.plate("data", size, subsample=torch.arange(len(x)), dim=-1)
+        rows = x.index if isinstance(x, Batch) and x.index is not None else torch.arange(len(x))
+        return pyro.plate("data", size, subsample=rows, dim=-1)
 
     def conditioned(self, params: dict[str, torch.Tensor]):
         """The model with its global sites fixed to ``params``."""
@@ -186,6 +187,10 @@ class ContinuousLatentModel(LatentVariableModel):
     """Families whose per-datum latent ``z_n`` (one local site, ``(N, L)``) is continuous:
     PPCA, factor analysis, VAEs. Their ``amortized`` guide is
     :class:`pplvm.guides.amortized.AmortizedNormal` around :meth:`make_encoder`.
+
+    With the ``meanfield`` guide (free ``q(z_n)`` per training datum) the trainer feeds
+    ``forward`` a :class:`~pplvm.data.Batch` carrying ``index``: a family admitting that guide
+    reads its observations with :func:`~pplvm.data.values`.
 
     A family whose marginal is not exact (``exact_likelihood = False``) estimates it by
     importance sampling (:func:`pplvm.evaluation.likelihood.importance_log_likelihood`), and

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from pyro.nn import PyroParam
 
-from ..data.base import as_matrix
+from ..data.base import as_matrix, values
 from ..errors import CardError, DataError
 from .base import ContinuousLatentModel, ExactLocalPosterior, FamilyConfig, IdentifiedSummaries
 
@@ -73,7 +73,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
 
     #: "isotropic" (one σ for every dimension) or "diagonal" (one ψ_d per dimension)
     noise: ClassVar[Literal["isotropic", "diagonal"]]
-    guides = ("amortized", "exact")
+    guides = ("amortized", "exact", "meanfield")
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     exact_likelihood = True
@@ -119,7 +119,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
         with self.data_plate(x, num_data):
             z = pyro.sample("z", dist.Normal(torch.zeros(L), 1.0).to_event(1))
             mean = (weight @ z.unsqueeze(-1)).squeeze(-1) + self.loc  # (*P, B, D)
-            return pyro.sample("obs", dist.Normal(mean, noise).to_event(1), obs=x)
+            return pyro.sample("obs", dist.Normal(mean, noise).to_event(1), obs=values(x) if x is not None else None)
 
     def parameters_at(self, params: dict[str, torch.Tensor]) -> LinearGaussianParams:
         """W, μ and the noise scales: ``params`` (global sites, and optionally ``loc`` /

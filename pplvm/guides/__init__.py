@@ -18,10 +18,12 @@ from ..errors import IncompatibleError
 from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVariableModel
 from .amortized import AmortizedNormal
 from .exact import ExactLocalGuide
+from .local import MeanFieldLocal
 
 GUIDES = {
     "amortized": "encoder network q(z_n | x_n) for continuous local latents (+ mean-field globals)",
-    "meanfield": "mean-field normal over the globals (AutoNormal)",
+    "meanfield": "mean-field normal over the globals (AutoNormal) and, for continuous local latents, "
+                 "free per-datum normals q(z_n) over the training data",
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
@@ -29,8 +31,9 @@ GUIDES = {
 
 
 def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_scale: float = 0.1,
-               generator: torch.Generator | None = None) -> torch.nn.Module:
-    """Build the guide ``kind`` for ``model``, initialised from the training data ``x``."""
+               generator: torch.Generator | None = None, num_data: int | None = None) -> torch.nn.Module:
+    """Build the guide ``kind`` for ``model``, initialised from the training data ``x``
+    (``num_data``: the number of training data, when ``x`` is only a sample of them)."""
     if kind not in model.guides:
         raise IncompatibleError(
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
@@ -50,6 +53,9 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
             raise IncompatibleError(f"guide.kind = 'amortized' needs continuous local latents; "
                                     f"family {model.config.family!r} has none")
         return AmortizedNormal(model, model.make_encoder(), globals_guide)
+    if kind == "meanfield" and isinstance(model, ContinuousLatentModel):
+        globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
+        return MeanFieldLocal(model, num_data or len(x), globals_guide, init_scale=init_scale)
     if kind == "meanfield":
         return AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale)
     if kind == "map":

@@ -1,7 +1,8 @@
 """Base of the guides that add a per-datum ``q(z_n | x_n)`` to a guide of the globals.
 
 ``q(θ, z | x) = q(θ) Π_n q(z_n | x_n, θ)``. Subclasses (:class:`~pplvm.guides.amortized.AmortizedNormal`,
-:class:`~pplvm.guides.exact.ExactLocalGuide`) say how ``q(z_n | x_n, θ)`` is formed; this
+:class:`~pplvm.guides.exact.ExactLocalGuide`, :class:`MeanFieldLocal`) say how
+``q(z_n | x_n, θ)`` is formed; this
 base holds the globals' guide (an autoguide, or None when the family has no global latents),
 so that posterior draws of θ never need data.
 """
@@ -10,9 +11,14 @@ from __future__ import annotations
 
 import abc
 
+import pyro
+import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
 
+from ..data.base import Batch
+from ..errors import IncompatibleError
 from ..families.base import ContinuousLatentModel, _AbstractPyroModuleMeta
 
 
@@ -32,3 +38,45 @@ class LocalGuide(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Point estimate of the global latents (empty when the family has none)."""
         return self.globals_guide.median() if self.globals_guide is not None else {}
+
+
+class MeanFieldLocal(LocalGuide):
+    """``q(z_n) = Normal(m_n, diag s_n)`` with free parameters for each of the ``num_data``
+    training data (non-amortized mean-field VI), plus ``globals_guide``.
+
+    Batches must carry their training-set rows (``Batch.index``): the run's training data
+    does. Having no encoder, it holds ``q(z_n)`` for the training data only; new data need an
+    ``amortized`` or ``exact`` guide.
+    """
+
+    def __init__(self, model: ContinuousLatentModel, num_data: int, globals_guide: torch.nn.Module | None = None,
+                 init_scale: float = 0.1):
+        super().__init__(model, globals_guide)
+        shape = (int(num_data), model.latent_dim)
+        self.loc = PyroParam(torch.zeros(shape))
+        self.scale = PyroParam(torch.full(shape, float(init_scale)), constraint=constraints.positive)
+
+    def forward(self, x, num_data=None):
+        if self.globals_guide is not None:
+            self.globals_guide(x, num_data)
+        q = self.local_posterior(x)
+        with self._model[0].data_plate(x, num_data):
+            return pyro.sample(self.site, q)
+
+    def local_posterior(self, x) -> torch.distributions.Distribution:
+        rows = self._rows(x)
+        return dist.Normal(self.loc[rows], self.scale[rows]).to_event(1)
+
+    def training_posterior(self) -> torch.distributions.Distribution:
+        """``q(z_n)`` of every training datum, in training-set order: batch ``(N,)``."""
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+    def _rows(self, x) -> torch.Tensor:
+        if not isinstance(x, Batch) or x.index is None:
+            raise IncompatibleError(
+                "guide.kind = 'meanfield' holds q(z_n) for the training data only (no encoder): it "
+                "cannot infer the latents of other data; use guide.kind = 'amortized' or 'exact'")
+        if len(x.index) and int(x.index.max()) >= len(self.loc):
+            raise IncompatibleError(f"row {int(x.index.max())} is outside the {len(self.loc)} training data "
+                                    "this mean-field guide was built for")
+        return x.index

@@ -72,6 +72,8 @@ class Trainer:
     :param extras: tensors saved with every checkpoint (e.g. the data transform).
     :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
         (lower is better) or a ``*log_likelihood`` (higher is better).
+    :param held_out_loss: whether the guide can score held-out data (False for guides with
+        parameters per training datum); else only ``valid_metrics`` are logged.
     :param schedule: optional per-step handler factory (see :class:`Schedule`).
     :param augment: optional per-batch redraw of the training data (see :data:`Augment`).
     """
@@ -88,6 +90,7 @@ class Trainer:
         extras: dict[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
         monitor: str = "valid_loss",
+        held_out_loss: bool = True,
         schedule: Schedule | None = None,
         augment: Augment | None = None,
         rank: int = 0,
@@ -99,7 +102,7 @@ class Trainer:
         self.valid_metrics = valid_metrics
         self.extras = extras or {}
         self.callbacks = list(callbacks)
-        self.monitor = monitor
+        self.monitor, self.held_out_loss = monitor, held_out_loss
         self.schedule, self.augment = schedule, augment
         self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rank, self.world_size = rank, world_size
@@ -250,11 +253,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, data: torch.Tensor) -> dict[str, float]:
         """Held-out loss (negative objective per datum) and any extra metrics."""
-        n, bs = len(data), self._batch_size(len(data))
-        chunks = [data[idx] for idx in torch.arange(n).split(max(bs, 1024))]
-        elbo = self.loss_module.elbo
-        loss = sum(elbo.loss(self.model, self.guide, chunk, num_data=n) for chunk in chunks) / len(chunks)
-        out = {"valid_loss": float(loss) / n}
+        out = {}
+        if self.held_out_loss:
+            n, bs = len(data), self._batch_size(len(data))
+            chunks = [data[idx] for idx in torch.arange(n).split(max(bs, 1024))]
+            elbo = self.loss_module.elbo
+            loss = sum(elbo.loss(self.model, self.guide, chunk, num_data=n) for chunk in chunks) / len(chunks)
+            out["valid_loss"] = float(loss) / n
         if self.valid_metrics is not None:
             out.update(self.valid_metrics(data))
         return out
