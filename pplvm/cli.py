@@ -43,7 +43,7 @@ def cmd_fit(args) -> int:
     result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
               "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
               "valid_log_likelihood": last.get("valid_log_likelihood")}
-    _emit(result, args.json, run.summary_text() if not args.quiet else f"wrote {out}")
+    _emit(result, args.json, run.summary_text(max_size=32) if not args.quiet else f"wrote {out}")
     return 0
 
 
@@ -119,7 +119,7 @@ def cmd_resume(args) -> int:
     last = run.history[-1]
     _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
            "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
-           "valid_log_likelihood": last.get("valid_log_likelihood")}, args.json, run.summary_text())
+           "valid_log_likelihood": last.get("valid_log_likelihood")}, args.json, run.summary_text(max_size=32))
     return 0
 
 

@@ -31,7 +31,7 @@ from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset,
 from .data.base import split
 from .errors import DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import plots
-from .evaluation.arviz import arviz, inference_data
+from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
@@ -285,15 +285,21 @@ class Run:
             plots.save_figure(fig, d / f"{name}.png")
         atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
 
-    def summary_text(self, idata=None) -> str:
+    def summary_text(self, idata=None, max_size: int | None = None) -> str:
+        """Header, held-out metrics and the arviz summary of the global latents; with
+        ``max_size``, sites with more entries than that are named but not tabulated."""
         idata = idata if idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
         if self.model.global_sites:
             with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
                 warnings.simplefilter("ignore", RuntimeWarning)
-                table = arviz().summary(idata, var_names=list(self.model.global_sites), kind="all", round_to=4)
+                shown = small_sites(idata, self.model.global_sites, max_size)
+                table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
             table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
             posterior = ["posterior of the global latents (guide draws):", table.to_string()]
+            hidden = [v for v in self.model.global_sites if v not in shown]
+            if hidden:
+                posterior.append(f"(not shown: {', '.join(hidden)}; summary.txt in the run directory has them)")
         else:
             posterior = ["no global latents: every parameter (weights, W, noise) is a point estimate"]
         last = self.history[-1] if self.history else {}

@@ -56,3 +56,11 @@ def inference_data(
     if int(az.__version__.split(".")[0]) >= 1:  # arviz 1.x: one dict of groups, returns a DataTree
         return az.from_dict(groups, dims=all_dims)
     return az.from_dict(**groups, dims=all_dims)
+
+
+def small_sites(idata, names, max_size: int | None) -> list[str]:
+    """The sites among ``names`` with at most ``max_size`` entries per draw (all if None), for
+    tables and plots a person reads; e.g. a (K, D, D) correlation factor is left out."""
+    if max_size is None:
+        return list(names)
+    return [v for v in names if idata.posterior[v].isel(chain=0, draw=0).size <= max_size]

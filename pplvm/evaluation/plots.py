@@ -90,9 +90,9 @@ def state_plot(x: torch.Tensor, marginals: torch.Tensor, path: torch.Tensor, tit
 def posterior_plot(idata, var_names: Sequence[str], max_size: int = 32) -> Figure:
     """Forest plot of the posterior of the global latents (arviz); sites with more than
     ``max_size`` entries (e.g. correlation factors) are left to the summary table."""
-    from .arviz import arviz
+    from .arviz import arviz, small_sites
 
-    var_names = [v for v in var_names if idata.posterior[v].isel(chain=0, draw=0).size <= max_size] or list(var_names[:1])
+    var_names = small_sites(idata, var_names, max_size) or list(var_names[:1])
     fig = Figure(figsize=(6, 1.0 + 0.35 * _count(idata, var_names)), layout="constrained")
     ax = fig.add_subplot()
     arviz().plot_forest(idata, var_names=list(var_names), combined=True, ax=ax)
