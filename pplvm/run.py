@@ -53,6 +53,7 @@ class Run:
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
         self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
+        self.idata = None  # the InferenceData last written by write_artifacts
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -274,7 +275,7 @@ class Run:
     def write_artifacts(self) -> None:
         """Write inference data, plots and the text summary into the run directory."""
         d = self.run_dir
-        idata = self.to_arviz()
+        idata = self.idata = self.to_arviz()
         tmp = d / ".inference_data.nc.tmp"
         idata.to_netcdf(str(tmp))
         tmp.replace(d / "inference_data.nc")
@@ -288,7 +289,8 @@ class Run:
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
-        idata = idata if idata is not None else self.to_arviz(posterior_predictive=False)
+        if idata is None:  # after fit(out=...), reuse what write_artifacts built
+            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
         if self.model.global_sites:
             with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
