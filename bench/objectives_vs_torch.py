@@ -109,7 +109,7 @@ def _stand_in_vae():
         guides = ("amortized",)
         objectives = ("elbo", "iwae")
         local_sites = ("z",)
-        exact_likelihood = False
+        likelihood = "estimate"
 
         def __init__(self):
             super().__init__(FamilyConfig(family="vae"), D)

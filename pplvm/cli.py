@@ -69,14 +69,14 @@ def _eval_data(run, args):
 
 
 def cmd_evaluate(args) -> int:
-    from .run import Run
+    from .run import LIKELIHOOD_WORDS, Run
 
     run = Run.load(args.run_dir)
     x, where = _eval_data(run, args)
     m = run.evaluate(x)
     result = {"schema": "pplvm.evaluate/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
               "data": where, **m}
-    kind = "exact" if m["exact"] else "estimated"
+    kind = LIKELIHOOD_WORDS[m["likelihood"]]
     text = (f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
             f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}")
     _emit(result, args.json, text)
@@ -174,7 +174,7 @@ def cmd_list(args) -> int:
     from .objectives import OBJECTIVES
 
     families = {name: {"guides": list(cls.guides), "objectives": list(cls.objectives),
-                       "exact_likelihood": cls.exact_likelihood, "doc": (cls.__doc__ or "").strip().split("\n")[0]}
+                       "likelihood": cls.likelihood, "doc": (cls.__doc__ or "").strip().split("\n")[0]}
                 for name, cls in FAMILIES.items()}
     out = {"schema": "pplvm.list/1", "families": families, "guides": GUIDES, "objectives": OBJECTIVES,
            "datasets": {name: src.doc for name, src in SOURCES.items()}}

@@ -40,6 +40,8 @@ from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer
 
 PROTOTYPE_ROWS = 256
+#: how each likelihood kind is named wherever a log-likelihood is shown
+LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate", "bound": "lower bound", "none": "none"}
 
 
 class Run:
@@ -156,7 +158,7 @@ class Run:
                   "num_train": len(d.train), "from_python": bool(d.info.get("from_python"))}
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
-        monitor = "valid_log_likelihood" if self.model.exact_likelihood else "valid_loss"
+        monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
         return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        held_out_loss=not isinstance(self.guide, MeanFieldLocal),
@@ -170,7 +172,11 @@ class Run:
         """The family's ``log p(x | θ)``. A family whose marginal is an importance-sampling
         estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
         proposal (see :class:`~pplvm.families.base.ContinuousLatentModel`)."""
-        if isinstance(self.guide, LocalGuide) and not self.model.exact_likelihood:
+        kind = self.model.likelihood
+        if kind == "none":
+            raise IncompatibleError(f"model.family = {self.card.model.family!r} has an implicit density: "
+                                    "it has no log-likelihood (compare samples instead)")
+        if kind == "estimate" and isinstance(self.guide, LocalGuide):
             return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
 
@@ -200,7 +206,7 @@ class Run:
     @torch.no_grad()
     def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
-        families with ``exact_likelihood``. ``params`` defaults to :meth:`params`."""
+        families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family declares). ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
         return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
@@ -238,7 +244,8 @@ class Run:
     def evaluate(self, x: Any) -> dict[str, Any]:
         ll = self.log_likelihood(x)
         return {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
-                "log_likelihood_sum": float(ll.sum()), "exact": self.model.exact_likelihood}
+                "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
+                "exact": self.model.likelihood == "exact"}
 
     @torch.no_grad()
     def to_arviz(self, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
@@ -312,7 +319,7 @@ class Run:
         if "valid_log_likelihood" in last:
             best = max((h for h in self.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"])
             lines.append(f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
-                         f"(epoch {best['epoch']}, {'exact' if self.model.exact_likelihood else 'estimate'})")
+                         f"(epoch {best['epoch']}, {LIKELIHOOD_WORDS[self.model.likelihood]})")
         lines += ["", *posterior]
         return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ class LinearGaussian(ContinuousLatentModel):
     guides = ("amortized",)
     objectives = ("elbo", "iwae", "renyi")
     local_sites = ("z",)
-    exact_likelihood = True
+    likelihood = "exact"
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor, sigma: float):
         D, L = W.shape

@@ -12,7 +12,7 @@ value of its site shape, optionally with leading batch dims (posterior draws) ``
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyro
 import torch
@@ -25,6 +25,9 @@ from pyro.nn.module import _PyroModuleMeta
 from ..config import Section
 from ..data.base import Batch
 from ..distributions import CollapsedLatents
+
+
+LikelihoodKind = Literal["exact", "estimate", "bound", "none"]
 
 
 class FamilyConfig(Section):
@@ -55,8 +58,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: algorithm) rather than by enumerating sample sites; that distribution then answers
     #: :meth:`local_marginals` and :meth:`map_locals`.
     collapsed: ClassVar[bool] = False
-    #: True when :meth:`log_likelihood` is exact rather than an estimate
-    exact_likelihood: ClassVar[bool]
+    #: what :meth:`log_likelihood` returns: ``"exact"`` (the marginal itself), ``"estimate"``
+    #: (importance sampling with the guide as proposal, see :class:`ContinuousLatentModel`),
+    #: ``"bound"`` (a lower bound, e.g. an ELBO) or ``"none"`` (an implicit density: refused)
+    likelihood: ClassVar[LikelihoodKind]
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
@@ -192,7 +197,7 @@ class ContinuousLatentModel(LatentVariableModel):
     ``forward`` a :class:`~pplvm.data.Batch` carrying ``index``: a family admitting that guide
     reads its observations with :func:`~pplvm.data.values`.
 
-    A family whose marginal is not exact (``exact_likelihood = False``) estimates it by
+    A family with ``likelihood = "estimate"`` estimates its marginal by
     importance sampling (:func:`pplvm.evaluation.likelihood.importance_log_likelihood`), and
     its :meth:`log_likelihood` accepts a keyword ``proposal``: a guide called as ``proposal(x)``
     that samples the local latent inside the data plate, which a run fills with its guide."""

@@ -51,7 +51,7 @@ class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
     objectives = ("enum",)
     local_sites = ("assignment",)
     enumerated = True
-    exact_likelihood = True
+    likelihood = "exact"
     site_dims = {
         "weights": ["component"],
         "locs": ["component", "feature"],

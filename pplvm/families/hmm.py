@@ -77,7 +77,7 @@ class HiddenMarkovModel(LatentVariableModel):
     local_sites = ("states",)
     enumerated = True
     collapsed = True
-    exact_likelihood = True
+    likelihood = "exact"
     site_dims = {
         "initial": ["state"],
         "transition": ["state", "next_state"],

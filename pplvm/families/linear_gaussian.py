@@ -76,7 +76,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
     guides = ("amortized", "exact", "meanfield")
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
-    exact_likelihood = True
+    likelihood = "exact"
     site_dims = {"weight": ["feature", "latent"]}
 
     def __init__(self, config: LinearGaussianConfig, dim: int):

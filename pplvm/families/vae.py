@@ -125,7 +125,7 @@ class _Autoencoder(ContinuousLatentModel):
     guides = ("amortized",)
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
-    exact_likelihood = False
+    likelihood = "estimate"
 
     def __init__(self, config: VAEConfig, dim: int, side: SideInformation):
         super().__init__(config, dim)
