@@ -50,6 +50,8 @@ class Run:
     def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
                  transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
+        #: what training does with each minibatch (the objective's update rule)
+        self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -158,8 +160,7 @@ class Run:
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
-        rule = make_update_rule(self.model, self.guide, self.card, held_out=not isinstance(self.guide, MeanFieldLocal))
-        return Trainer(self.model, self.guide, rule, self.card.training, run_dir=self.run_dir,
+        return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        augment=d.augment)
 
