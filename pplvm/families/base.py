@@ -22,7 +22,7 @@ from pyro.infer import TraceEnum_ELBO, infer_discrete
 from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
-from ..config import Section
+from ..schema import Section
 from ..data.base import Batch
 from ..distributions import CollapsedLatents
 
@@ -198,7 +198,7 @@ class ContinuousLatentModel(LatentVariableModel):
     reads its observations with :func:`~pplvm.data.values`.
 
     A family with ``likelihood = "estimate"`` estimates its marginal by
-    importance sampling (:func:`pplvm.evaluation.likelihood.importance_log_likelihood`), and
+    importance sampling (:func:`pplvm.inference.importance.importance_log_likelihood`), and
     its :meth:`log_likelihood` accepts a keyword ``proposal``: a guide called as ``proposal(x)``
     that samples the local latent inside the data plate, which a run fills with its guide."""
 
@@ -228,7 +228,7 @@ class ExactLocalPosterior(abc.ABC):
 class IdentifiedSummaries(abc.ABC):
     """Capability of a family whose globals are identified only up to a symmetry (label
     switching, rotations): functions of θ that are invariant to it, for calibration checks
-    (:mod:`pplvm.evaluation.sbc`) and summaries. Families without it are checked on θ itself."""
+    (:mod:`pplvm.workflows.sbc`) and summaries. Families without it are checked on θ itself."""
 
     @abc.abstractmethod
     def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
