@@ -142,7 +142,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         """A posterior-predictive replicate of ``x``: one new datum per datum of ``x`` from
         ``p(x | θ = params)``, with the same design (sequence lengths, covariates), shaped like
         ``values(x)``. The model runs on ``x`` with its observed site sampled instead."""
-        trace = poutine.trace(poutine.uncondition(self.conditioned(params))).get_trace(x)
+        # uncondition inside, condition outside: the observation is redrawn, θ stays fixed
+        trace = poutine.trace(poutine.condition(poutine.uncondition(self), data=params)).get_trace(x)
         return trace.nodes[self.observed_site]["value"]
 
     @torch.no_grad()
