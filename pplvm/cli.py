@@ -124,7 +124,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluation.compare import compare_runs, comparison_plot
+    from .workflows.compare import compare_runs, comparison_plot
     from .evaluation.plots import save_figure
 
     comparison = compare_runs(args.runs)
@@ -139,7 +139,7 @@ def cmd_compare(args) -> int:
 def cmd_sbc(args) -> int:
     from .config import load_card
     from .evaluation.plots import save_figure
-    from .evaluation.sbc import rank_histogram_plot, run_sbc
+    from .workflows.sbc import rank_histogram_plot, run_sbc
 
     card = load_card(args.card, args.set)
     names = args.statistic or None

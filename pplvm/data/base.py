@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import Section
+from ..schema import Section
 from ..errors import DataError
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import PplvmError, RunDirError
-from .arviz import arviz
+from ..evaluation.arviz import arviz
 
 COLUMNS = ("rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight", "warning")
 
