@@ -65,8 +65,17 @@ class Run:
         card's source, split as the card says."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
+        if family.sequential and data is not None and not isinstance(data, Batch):
+            raise DataError(f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
+                            "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
+                            "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))")
         if data is None:
             dataset = load_dataset(card.data)
+            if family.sequential and not isinstance(dataset.train, Batch):
+                raise DataError(f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
+                                f"{card.model.family!r} takes sequences, and its time steps would be split row by "
+                                "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
+                                "train_lengths; one sequence: train_lengths = [T])")
         else:
             dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
