@@ -64,7 +64,14 @@ class TrainingConfig(Section):
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
     eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every this many epochs; "
+                                         "none = by time (checkpoint_seconds)")
+    checkpoint_seconds: float = Field(30.0, ge=0, description="without checkpoint_every: at most one "
+                                      "checkpoint per this many seconds (the first and last epochs always)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)")
     seed: int = 0
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(

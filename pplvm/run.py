@@ -35,9 +35,9 @@ from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
-from .objectives import check_compatible, make_objective, make_schedule
+from .objectives import check_compatible, make_update_rule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
-from .training.trainer import Callback, Trainer
+from .training.trainer import Callback, Trainer, read_history
 
 PROTOTYPE_ROWS = 256
 #: how each likelihood kind is named wherever a log-likelihood is shown
@@ -50,7 +50,6 @@ class Run:
     def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
                  transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
-        self.objective = make_objective(model, card.objective)
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -118,7 +117,7 @@ class Run:
         model.load_state_dict(params["model"])
         guide.load_state_dict(params["guide"])
         run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
-        run.history = list(ckpt["trainer"]["history"])
+        run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
         run.from_python = bool(extras.get("from_python"))
         return run
 
@@ -168,10 +167,10 @@ class Run:
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
-        return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
+        rule = make_update_rule(self.model, self.guide, self.card, held_out=not isinstance(self.guide, MeanFieldLocal))
+        return Trainer(self.model, self.guide, rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       held_out_loss=not isinstance(self.guide, MeanFieldLocal),
-                       schedule=make_schedule(self.model, self.card.objective), augment=d.augment)
+                       augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
         ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)

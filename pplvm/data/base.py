@@ -79,6 +79,13 @@ class Batch:
     def replace(self, **changes) -> "Batch":
         return Batch(**{**self.fields(), **changes})
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(**{k: (v.to(device, non_blocking=non_blocking) if v is not None else None)
+                        for k, v in self.fields().items()})
+
+    def pin_memory(self) -> "Batch":
+        return Batch(**{k: (v.pin_memory() if v is not None else None) for k, v in self.fields().items()})
+
 
 def indexed(data: "torch.Tensor | Batch") -> Batch:
     """``data`` as a Batch whose ``index`` numbers its rows ``0 .. N-1``."""
