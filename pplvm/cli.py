@@ -55,10 +55,10 @@ def _eval_data(run, args):
         if Path(args.data).suffix.lower() == ".npz":  # sequences: the file's test, else valid, else train
             from .data import read_sequences
 
-            splits = read_sequences(args.data)
+            splits = read_sequences(args.data, "--data")
             part = next(s for s in ("test", "valid", "train") if s in splits)
             return splits[part], f"{args.data} ({part})"
-        x, _ = read_matrix(args.data)
+        x, _ = read_matrix(args.data, name="--data")
         return x, args.data
     dataset = card_dataset(run.card)
     for split in ([args.split] if args.split else ["test", "valid", "train"]):
@@ -99,12 +99,21 @@ def cmd_sample(args) -> int:
 
 def cmd_summary(args) -> int:
     path = Path(args.run_dir) / "summary.txt"
-    if path.is_file():
+    if path.is_file() and not args.json:
         print(path.read_text(), end="")
         return 0
     from .run import Run
 
-    print(Run.load(args.run_dir).summary_text(), end="")
+    run = Run.load(args.run_dir)
+    if args.json:
+        stored = Path(args.run_dir) / "inference_data.nc"
+        if stored.is_file():  # the draws the run wrote, not a recomputation from its data
+            from .evaluation.arviz import read_inference_data
+
+            run.idata = read_inference_data(stored)
+        print(json.dumps({"schema": "pplvm.summary/1", "run_dir": str(args.run_dir), **run.summary()}, sort_keys=True))
+        return 0
+    print(run.summary_text(), end="")
     return 0
 
 
@@ -255,8 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except PplvmError as err:
-        print(f"pplvm: error: {err}", file=sys.stderr)
+    except PplvmError as err:  # one line, whatever the message holds
+        print(f"pplvm: error: {'; '.join(l.strip() for l in str(err).splitlines() if l.strip())}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -143,8 +143,8 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Input tag", "tag")
             msg += f" (got {e['input']!r})"
-        lines.append(f"{path}: {msg}")
-    return "invalid card:\n  " + "\n  ".join(lines)
+        lines.append(f"{path}: {' '.join(msg.split())}")
+    return "invalid card: " + "; ".join(lines)  # one line, however many errors
 
 
 def _tagged_keys(section: str, raw: dict) -> list[str]:

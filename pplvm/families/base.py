@@ -65,6 +65,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
+    #: True when a datum is a sequence (a :class:`~pplvm.data.Batch` with ``lengths``, e.g. an
+    #: HMM): a table of rows given as data is refused, since splitting it into training and
+    #: held-out data would cut its time steps apart and shuffle them
+    sequential: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
