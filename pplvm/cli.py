@@ -86,8 +86,11 @@ def cmd_evaluate(args) -> int:
 def cmd_sample(args) -> int:
     from .run import Run, save_samples
 
+    from .config import check_seed
+
     if args.n < 1:
         raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
+    check_seed(args.seed, "--seed")
     run = Run.load(args.run_dir)
     x = run.sample(args.n, seed=args.seed)
     save_samples(x, args.out)
@@ -137,11 +140,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sbc(args) -> int:
-    from .config import load_card
+    from .config import check_seed, load_card
     from .evaluation.plots import save_figure
     from .evaluation.sbc import rank_histogram_plot, run_sbc
 
     card = load_card(args.card, args.set)
+    check_seed(args.seed, "--seed")
     names = args.statistic or None
 
     def progress(done, total):

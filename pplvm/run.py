@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel
 from pyro.infer import Predictive
 
-from .config import card_from_dict, card_to_dict, dump_card, load_card
+from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_card, load_card
 from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
 from .errors import DataError, IncompatibleError, PplvmError, RunDirError
@@ -193,6 +193,7 @@ class Run:
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
         (empty when the family has no global latents: all its parameters are point estimates)."""
+        num, seed = check_count(num, "num"), check_seed(seed, "seed")
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
@@ -237,6 +238,7 @@ class Run:
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
         data's own units."""
+        n, seed = check_count(n, "n"), check_seed(seed, "seed")
         with pyro.poutine.seed(rng_seed=seed):
             return self.transform.inverse(self.model.sample(n, self.params()))
 
