@@ -14,23 +14,45 @@ one per update). Usage, in a command or the trainer loop::
 
 ``enabled=False`` gives an object with the same methods that does nothing. Both kinds write
 to stderr, so ``--json`` output on stdout stays a single object.
+
+Library loops deep inside a computation (importance sampling, exports) call ``progress(...)``
+without ``enabled``: they then report only inside ``with reporting():``, which the CLI enters
+around every command, so Python users see nothing unless they ask::
+
+    with pplvm._progress.reporting():
+        run.evaluate(x)
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 #: seconds between two lines when stderr is not a terminal
 EVERY = 5.0
+_REPORTING: contextvars.ContextVar[bool] = contextvars.ContextVar("pplvm_progress", default=False)
 
 
-def progress(total: int | None, desc: str, enabled: bool = True, *, initial: int = 0, unit: str = "it",
-             every: float = EVERY, stream: TextIO | None = None):
+@contextlib.contextmanager
+def reporting(on: bool = True) -> Iterator[None]:
+    """Within the block, ``progress(...)`` calls that do not say ``enabled`` report (or not)."""
+    token = _REPORTING.set(on)
+    try:
+        yield
+    finally:
+        _REPORTING.reset(token)
+
+
+def progress(total: int | None, desc: str, enabled: bool | None = None, *, initial: int = 0, unit: str = "it",
+             every: float | None = None, stream: TextIO | None = None):
     """A progress reporter with ``update(n)``, ``set_postfix(dict)``, ``close()`` and the
     context-manager protocol: a ``tqdm`` bar on a terminal, :class:`LineProgress` elsewhere,
-    :class:`NoProgress` when ``enabled`` is false."""
+    :class:`NoProgress` when ``enabled`` is false (``None``: as :func:`reporting` says)."""
+    if enabled is None:
+        enabled = _REPORTING.get()
     if not enabled:
         return NoProgress()
     stream = sys.stderr if stream is None else stream
@@ -40,7 +62,7 @@ def progress(total: int | None, desc: str, enabled: bool = True, *, initial: int
 
         return tqdm(total=total, desc=desc, initial=initial, unit=unit, file=stream, leave=False,
                     dynamic_ncols=True)
-    return LineProgress(total, desc, initial=initial, unit=unit, every=every, stream=stream)
+    return LineProgress(total, desc, initial=initial, unit=unit, every=EVERY if every is None else every, stream=stream)
 
 
 class NoProgress:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from ._progress import progress, reporting
 from .errors import PplvmError
 
 EXIT_USAGE = 2
@@ -171,11 +172,9 @@ def cmd_sbc(args) -> int:
     check_seed(args.seed, "--seed")
     names = args.statistic or None
 
-    def progress(done, total):
-        if not args.json:
-            print(f"\rsimulation {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-    result = run_sbc(card, args.sims, rows=args.rows, num_draws=args.draws, seed=args.seed, callback=progress)
+    with progress(args.sims, "sbc", unit="simulation") as bar:
+        result = run_sbc(card, args.sims, rows=args.rows, num_draws=args.draws, seed=args.seed,
+                         callback=lambda done, total: bar.update(1))
     test = result.uniformity(names, bins=args.bins, seed=args.seed)
     plot = Path(args.plot) if args.plot else Path(f"sbc_{card.name}.png")
     save_figure(rank_histogram_plot(result, names, bins=test["bins"]), plot)
@@ -284,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        return args.fn(args)
+        with reporting(not getattr(args, "quiet", False)):  # progress of long commands on stderr
+            return args.fn(args)
     except PplvmError as err:
         print(f"pplvm: error: {err}", file=sys.stderr)
         return EXIT_USAGE

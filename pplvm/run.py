@@ -36,6 +36,7 @@ from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_
 from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
 from . import rundir
+from ._progress import progress, reporting
 from .errors import ArgumentError, DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import plots
 from .evaluation.arviz import arviz, inference_data, small_sites
@@ -304,10 +305,12 @@ class Run:
         ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = None
         if posterior_predictive:
-            with pyro.poutine.seed(rng_seed=seed + 1):
-                ppc = torch.stack([
-                    self.model.replicate(xt, {k: v[i] for k, v in draws.items()}) for i in range(s)
-                ])
+            with pyro.poutine.seed(rng_seed=seed + 1), progress(s, "posterior predictive", unit="draw") as bar:
+                ppc = []
+                for i in range(s):
+                    ppc.append(self.model.replicate(xt, {k: v[i] for k, v in draws.items()}))
+                    bar.update(1)
+                ppc = torch.stack(ppc)
             ppc = _mask_padding(self.transform.inverse(ppc), xt)
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
         return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
@@ -326,7 +329,8 @@ class Run:
     def write_artifacts(self) -> None:
         """Write inference data, plots and the text summary into the run directory."""
         d = self.run_dir
-        idata = self.idata = self.to_arviz()
+        with reporting(self.card.training.progress):
+            idata = self.idata = self.to_arviz()
         # the netCDF library can crash (not raise) on a full disk: check the space first
         rundir.check_writable(d, 2 * _nbytes(idata))
         with rundir.storage(f"run directory {str(d)!r}"):
