@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from pplvm import _progress
-from pplvm._progress import LineProgress, NoProgress, progress
+from pplvm._progress import LineProgress, NoProgress, progress, reporting
 
 
 class Clock:
@@ -25,7 +25,7 @@ def test_not_a_terminal_prints_a_line_at_most_every_few_seconds(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(_progress.time, "monotonic", clock)
     out = io.StringIO()
-    bar = progress(1000, "evaluate", stream=out, every=5.0)
+    bar = progress(1000, "evaluate", True, stream=out, every=5.0)
     assert isinstance(bar, LineProgress)
     for _ in range(1000):  # 1000 updates over 20 s of (fake) time
         clock.t += 0.02
@@ -42,10 +42,10 @@ def test_short_task_prints_nothing_and_close_flushes_the_last_count(monkeypatch)
     clock = Clock()
     monkeypatch.setattr(_progress.time, "monotonic", clock)
     out = io.StringIO()
-    with progress(10, "sample", stream=out) as bar:
+    with progress(10, "sample", True, stream=out) as bar:
         bar.update(10)
     assert out.getvalue() == ""  # done before the first 5 s: silent
-    with progress(10, "sample", stream=out) as bar:
+    with progress(10, "sample", True, stream=out) as bar:
         clock.t += 6
         bar.update(3)  # a line at 3/10
         bar.update(7)  # too soon for another
@@ -55,7 +55,7 @@ def test_short_task_prints_nothing_and_close_flushes_the_last_count(monkeypatch)
 def test_terminal_gets_tqdm_and_disabled_gets_nothing():
     from tqdm import tqdm
 
-    bar = progress(3, "x", stream=Tty())
+    bar = progress(3, "x", True, stream=Tty())
     assert isinstance(bar, tqdm)
     bar.close()
     out = io.StringIO()
@@ -64,3 +64,13 @@ def test_terminal_gets_tqdm_and_disabled_gets_nothing():
     off.update(3)
     off.close()
     assert out.getvalue() == ""
+
+
+def test_library_loops_report_only_inside_reporting():
+    out = io.StringIO()
+    assert isinstance(progress(3, "x", stream=out), NoProgress)  # Python users: silent by default
+    with reporting():
+        assert isinstance(progress(3, "x", stream=out), LineProgress)
+        with reporting(False):  # e.g. fit --quiet inside the CLI's reporting()
+            assert not isinstance(progress(3, "x", stream=out), LineProgress)
+    assert not isinstance(progress(3, "x", stream=out), LineProgress)
