@@ -96,17 +96,25 @@ def new_run(out: str | Path, *, overwrite: bool = False, need_bytes: int = 0,
     out = Path(out)
     what = _what(out, purpose)
     _refuse_existing(out, what, overwrite)  # before creating anything, even the lock file
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise storage_error(err, what) from None
     with locked(out, purpose):
-        for name in _refuse_existing(out, what, overwrite):  # again: another process may have written it
-            try:
-                (out / name).unlink()
-            except OSError as err:
-                raise storage_error(err, _what(out / name, "old run file")) from None
-        check_writable(out, need_bytes, purpose)
+        try:
+            for name in _refuse_existing(out, what, overwrite):  # again: another process may have written it
+                try:
+                    (out / name).unlink()
+                except OSError as err:
+                    raise storage_error(err, _what(out / name, "old run file")) from None
+            check_writable(out, need_bytes, purpose)
+        except BaseException:
+            if created:  # refused before writing anything: leave no empty directory behind
+                with contextlib.suppress(OSError):
+                    (out / LOCK).unlink()
+                    out.rmdir()
+            raise
         yield out
 
 

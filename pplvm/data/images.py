@@ -122,8 +122,8 @@ def write_amat(path: str | Path, x: np.ndarray) -> None:
 def read_npz(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIXELS) -> dict[str, np.ndarray]:
     """Read ``train`` and any ``valid`` / ``test`` arrays ``(N, pixels)`` of 0/1 from ``.npz``."""
     path = _existing(path, field)
-    try:
-        with np.load(path, allow_pickle=False) as f:
+    try:  # the file handle is ours to close: numpy leaks its own when the archive is damaged
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("train", "valid", "test") if k in f.files}
             names = f.files
     except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile, zlib.error) as err:

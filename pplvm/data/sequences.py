@@ -233,13 +233,15 @@ def read_sequences(path: str | Path) -> dict[str, Batch]:
         raise DataError(f"{where}: no such file")
     if path.suffix.lower() != ".npz":
         raise DataError(f"{where}: expected an .npz file, got {path.suffix or 'no suffix'!r}")
+    fh = open(path, "rb")  # ours to close: numpy leaks its own handle when the archive is damaged
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(fh, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single .npy array, not named arrays")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        fh.close()
         raise DataError(f"{where}: not a readable .npz archive ({err})") from None
-    with archive:
+    with fh, archive:
         allowed = {k for s in SPLITS for k in (s, f"{s}_lengths")}
         unknown = sorted(set(archive.files) - allowed)
         if unknown:
