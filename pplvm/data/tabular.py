@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import DataError
+from ..schema import Seed
 from .base import DataConfig
 
 
@@ -18,7 +19,7 @@ class SyntheticMixtureConfig(DataConfig):
     dim: int = Field(2, ge=1)
     components: int = Field(3, ge=1)
     separation: float = Field(4.0, gt=0, description="distance scale between component means")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def synthetic_mixture(n: int, dim: int, components: int, separation: float = 4.0, seed: int = 0):
@@ -76,10 +77,13 @@ def read_matrix(path: str | Path, label_column: int | None = None, name: str = "
     if suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
-        except ValueError as err:
+        except (ValueError, OSError, EOFError) as err:  # a pickled, truncated or empty file
             raise DataError(f"{name} {str(path)!r}: not a plain numeric .npy array ({err})") from None
     elif suffix in (".csv", ".txt"):
-        first = path.read_text().splitlines()[:1]
+        try:
+            first = path.read_text().splitlines()[:1]
+        except UnicodeDecodeError as err:
+            raise DataError(f"data.path {str(path)!r}: not a UTF-8 text CSV file ({err.reason} at byte {err.start})") from None
         try:
             [float(v) for v in first[0].split(",")] if first else None
             skip = 0

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._progress import progress
 from ..errors import PplvmError, RunDirError
 from ..evaluation.arviz import COMPARE_COLUMNS as COLUMNS, compare_table, groups, read_inference_data
 
@@ -105,7 +106,11 @@ def compare_runs(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None 
     names = [str(d) for d in run_dirs] if names is None else list(names)
     if len(set(names)) != len(names):
         raise PplvmError(f"compare: run names must be distinct, got {names}")
-    idatas = {name: load_inference_data(d) for name, d in zip(names, run_dirs)}
+    idatas = {}
+    with progress(len(names), "load runs", unit="run") as bar:
+        for name, d in zip(names, run_dirs):
+            idatas[name] = load_inference_data(d)
+            bar.update(1)
     n = check_same_data(idatas)
     for name, idata in idatas.items():
         _check_posterior(name, idata)
