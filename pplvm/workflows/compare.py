@@ -123,6 +123,6 @@ def compare_runs(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None 
 
 def comparison_plot(comparison: Comparison) -> Figure:
     """elpd_loo ± se per run and its difference to the best (matplotlib, any arviz version)."""
-    from .plots import compare_plot
+    from ..evaluation.plots import compare_plot
 
     return compare_plot(comparison.table, comparison.n)
