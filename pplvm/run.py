@@ -16,6 +16,7 @@ Run directory::
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +30,7 @@ from pyro.infer import Predictive
 from .config import card_from_dict, card_to_dict, dump_card, load_card
 from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
-from .errors import DataError, IncompatibleError, PplvmError, RunDirError
+from .errors import CardError, DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
@@ -40,6 +41,9 @@ from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer, read_history
 
 PROTOTYPE_ROWS = 256
+#: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
+#: the shipped cards and README commands): ``PPLVM_MAX_EPOCHS=2 pplvm fit ...``
+MAX_EPOCHS_ENV = "PPLVM_MAX_EPOCHS"
 #: how each likelihood kind is named wherever a log-likelihood is shown
 LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate", "bound": "lower bound", "none": "none"}
 
@@ -126,6 +130,7 @@ class Run:
         """Train as the card's ``[training]`` says; with ``out``, write a run directory."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+        self.card = _epoch_cap(self.card, 0)
         if out is not None:
             self.run_dir = Path(out)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +153,7 @@ class Run:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         if data is None and ckpt["extras"].get("from_python"):
             raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+        card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
         run = cls.from_card(card, data)
         run.run_dir = run_dir
         dump_card(card, run_dir / "card.toml")
@@ -402,6 +408,19 @@ class Run:
                          f"(epoch {best['epoch']}, {LIKELIHOOD_WORDS[self.model.likelihood]})")
         lines += ["", *posterior]
         return "\n".join(lines) + "\n"
+
+
+def _epoch_cap(card: BaseModel, done: int) -> BaseModel:
+    """The card with ``training.epochs`` at most ``done`` + ``$PPLVM_MAX_EPOCHS`` when that
+    variable is set (unchanged otherwise)."""
+    cap = os.environ.get(MAX_EPOCHS_ENV)
+    if not cap:
+        return card
+    if not cap.strip().isdigit() or int(cap) < 1:
+        raise CardError(f"environment variable {MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
+    if card.training.epochs <= done + int(cap):
+        return card
+    return card_from_dict(card_to_dict(card), {"training.epochs": done + int(cap)})
 
 
 def card_dataset(card: BaseModel) -> Dataset:
