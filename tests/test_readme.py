@@ -96,3 +96,19 @@ def test_every_shipped_card_fits_as_written(card, workdir):
     idata = read_inference_data(run_dir / "inference_data.nc")  # readable by this Python's arviz
     assert idata.log_likelihood["obs"].shape[0] >= 1
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) <= int(EPOCHS)
+
+
+def test_max_epochs_caps_each_fit_and_resume(tmp_path, monkeypatch):
+    import pplvm
+
+    card = {"model": {"family": "gmm", "components": 2}, "objective": {"name": "enum"},
+            "data": {"source": "synthetic_gmm", "n": 60, "components": 2},
+            "training": {"epochs": 10, "progress": False}, "evaluation": {"draws": 5, "chains": 2}}
+    monkeypatch.setenv("PPLVM_MAX_EPOCHS", "3")
+    run = pplvm.fit(card, tmp_path / "r")
+    assert len(run.history) == 3 and pplvm.load_card(tmp_path / "r" / "card.toml").training.epochs == 3
+    resumed = pplvm.Run.resume(tmp_path / "r", epochs=10)  # three more
+    assert len(resumed.history) == 6 and resumed.card.training.epochs == 6
+    monkeypatch.setenv("PPLVM_MAX_EPOCHS", "two")
+    with pytest.raises(pplvm.CardError, match="PPLVM_MAX_EPOCHS='two': expected a positive integer"):
+        pplvm.fit(card)
