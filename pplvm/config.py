@@ -78,6 +78,9 @@ class EvaluationConfig(Section):
     draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
+    memory_mb: float = Field(512.0, gt=0, description="bound on the working memory of every evaluation and "
+                             "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
+                             "see pplvm.evaluation.memory")
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
 from ..schema import Section
-from ..data.base import Batch
+from ..data.base import Batch, values
 from ..distributions import CollapsedLatents
 
 
@@ -112,6 +112,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     @abc.abstractmethod
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
+
+    def evaluation_cost(self, x: "torch.Tensor | Batch") -> int:
+        """Float elements the largest intermediate tensor of :meth:`log_likelihood`,
+        :meth:`replicate` or :meth:`local_marginals` holds per (parameter draw, datum) of
+        ``x``; memory-bounded evaluation (:mod:`pplvm.evaluation.memory`) divides its budget
+        by it. Default: four times a datum's elements; families with latent states override it."""
+        return 4 * int(values(x)[0].numel())
 
     # ------------------------------------------------------------ shared machinery
     def validate(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":

@@ -98,6 +98,10 @@ class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
     def log_likelihood(self, x, params):
         return self._joint(x, params).logsumexp(-1)
 
+    def evaluation_cost(self, x):
+        """Per (draw, datum): the ``(K, D)`` whitened residuals and ``(K, D, D)`` factors."""
+        return self.K * self.dim * (self.dim + 2)
+
     def responsibilities(self, x, params) -> torch.Tensor:
         """Closed-form ``p(z_n = k | x_n, θ)``, ``(*S, N, K)``."""
         joint = self._joint(x, params)

@@ -153,6 +153,12 @@ class HiddenMarkovModel(LatentVariableModel):
         values, lengths = _unpack(x)
         return self.chain(params, lengths, values.shape[-2]).log_prob(values)
 
+    def evaluation_cost(self, x):
+        """Per (draw, sequence): the forward pass's ``(T, K, K)`` step factors and the
+        ``(T, K, D)`` per-feature emission terms (Bernoulli/categorical/Gaussian log-probs)."""
+        values_, _ = _unpack(x)
+        return int(values_.shape[-2]) * self.K * (self.K + self.dim)
+
     # ------------------------------------------------------------------ data
     def prepare(self, data, name="data"):
         batch = as_sequences(data, name, dim=self.dim)
