@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 ## Fit the bundled demo (Bayesian GMM on iris) into runs/gmm_iris and print its summary.
 demo: $(STAMP)
-	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris
+	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris --overwrite
 	$(BIN)/pplvm evaluate runs/gmm_iris
 
 ## The test suite CI runs (slow tests excluded).
