@@ -80,10 +80,10 @@ def _eval_data(run, args):
         if Path(args.data).suffix.lower() == ".npz":  # sequences: the file's test, else valid, else train
             from .data import read_sequences
 
-            splits = read_sequences(args.data)
+            splits = read_sequences(args.data, "--data")
             part = next(s for s in ("test", "valid", "train") if s in splits)
             return splits[part], f"{args.data} ({part})"
-        x, _ = read_matrix(args.data)
+        x, _ = read_matrix(args.data, name="--data")
         return x, args.data
     dataset = card_dataset(run.card)
     for split in ([args.split] if args.split else ["test", "valid", "train"]):
@@ -127,12 +127,21 @@ def cmd_sample(args) -> int:
 
 def cmd_summary(args) -> int:
     path = Path(args.run_dir) / "summary.txt"
-    if path.is_file():
+    if path.is_file() and not args.json:
         print(path.read_text(), end="")
         return 0
     from .run import Run
 
-    print(Run.load(args.run_dir).summary_text(), end="")
+    run = Run.load(args.run_dir)
+    if args.json:
+        stored = Path(args.run_dir) / "inference_data.nc"
+        if stored.is_file():  # the draws the run wrote, not a recomputation from its data
+            from .evaluation.arviz import read_inference_data
+
+            run.idata = read_inference_data(stored)
+        print(json.dumps({"schema": "pplvm.summary/1", "run_dir": str(args.run_dir), **run.summary()}, sort_keys=True))
+        return 0
+    print(run.summary_text(), end="")
     return 0
 
 
@@ -151,7 +160,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluation.compare import compare_runs, comparison_plot
+    from .workflows.compare import compare_runs, comparison_plot
     from .evaluation.plots import save_figure
 
     comparison = compare_runs(args.runs)
@@ -166,7 +175,7 @@ def cmd_compare(args) -> int:
 def cmd_sbc(args) -> int:
     from .config import check_seed, load_card
     from .evaluation.plots import save_figure
-    from .evaluation.sbc import rank_histogram_plot, run_sbc
+    from .workflows.sbc import rank_histogram_plot, run_sbc
 
     card = load_card(args.card, args.set)
     check_seed(args.seed, "--seed")
@@ -285,8 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with reporting(not getattr(args, "quiet", False)):  # progress of long commands on stderr
             return args.fn(args)
-    except PplvmError as err:
-        print(f"pplvm: error: {err}", file=sys.stderr)
+    except PplvmError as err:  # one line, whatever the message holds
+        print(f"pplvm: error: {'; '.join(l.strip() for l in str(err).splitlines() if l.strip())}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:  # a disk or file fault no check caught: still one line
         where = f"{err.filename}: " if err.filename else ""

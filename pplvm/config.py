@@ -22,22 +22,12 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .errors import ArgumentError, CardError
-
-#: seeds are what ``torch.manual_seed`` and numpy accept everywhere: 0 .. 2**32 - 1
-MAX_SEED = 2**32 - 1
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+from .schema import MAX_SEED, Section, Seed
 
 ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl"]
-
-
-class Section(BaseModel):
-    """Base of every card section: unknown keys, silent type coercion and inf / nan in any
-    float field are errors."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class GuideConfig(Section):
@@ -70,7 +60,14 @@ class TrainingConfig(Section):
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
     eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every this many epochs; "
+                                         "none = by time (checkpoint_seconds)")
+    checkpoint_seconds: float = Field(30.0, ge=0, description="without checkpoint_every: at most one "
+                                      "checkpoint per this many seconds (the first and last epochs always)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)")
     seed: Seed = 0
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(
@@ -161,8 +158,8 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Input tag", "tag")
             msg += f" (got {e['input']!r})"
-        lines.append(f"{path}: {msg}")
-    return "invalid card:\n  " + "\n  ".join(lines)
+        lines.append(f"{path}: {' '.join(msg.split())}")
+    return "invalid card: " + "; ".join(lines)  # one line, however many errors
 
 
 def _tagged_keys(section: str, raw: dict) -> list[str]:

@@ -43,9 +43,9 @@ from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
-from .objectives import check_compatible, make_objective, make_schedule
+from .objectives import check_compatible, make_update_rule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
-from .training.trainer import Callback, Trainer
+from .training.trainer import Callback, Trainer, read_history
 
 PROTOTYPE_ROWS = 256
 #: how each likelihood kind is named wherever a log-likelihood is shown
@@ -58,7 +58,8 @@ class Run:
     def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
                  transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
-        self.objective = make_objective(model, card.objective)
+        #: what training does with each minibatch (the objective's update rule)
+        self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -73,8 +74,17 @@ class Run:
         card's source, split as the card says."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
+        if family.sequential and data is not None and not isinstance(data, Batch):
+            raise DataError(f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
+                            "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
+                            "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))")
         if data is None:
             dataset = load_dataset(card.data)
+            if family.sequential and not isinstance(dataset.train, Batch):
+                raise DataError(f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
+                                f"{card.model.family!r} takes sequences, and its time steps would be split row by "
+                                "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
+                                "train_lengths; one sequence: train_lengths = [T])")
         else:
             dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
@@ -119,7 +129,7 @@ class Run:
             model.load_state_dict(params["model"])
             guide.load_state_dict(params["guide"])
         run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
-        run.history = list(ckpt["trainer"]["history"])
+        run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
         run.from_python = bool(extras.get("from_python"))
         return run
 
@@ -202,10 +212,9 @@ class Run:
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
-        return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
+        return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       held_out_loss=not isinstance(self.guide, MeanFieldLocal),
-                       schedule=make_schedule(self.model, self.card.objective), augment=d.augment)
+                       augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
         ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
@@ -343,20 +352,53 @@ class Run:
                 plots.save_figure(fig, d / f"{name}.png")
             atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
 
+    def _posterior_table(self, idata, max_size: int | None):
+        """``(table, hidden)``: the arviz summary (a DataFrame, None when no site is small
+        enough) of the global sites with at most ``max_size`` entries, and the others' names."""
+        shown = small_sites(idata, self.model.global_sites, max_size)
+        hidden = [v for v in self.model.global_sites if v not in shown]
+        if not shown:  # every site may be larger than max_size (e.g. a Bayesian W): nothing to tabulate
+            return None, hidden
+        with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
+        table = table[table["sd"] > 0] if self.card.guide.kind != "map" else table[["mean"]]
+        return table, hidden
+
+    def _summary_idata(self, idata):
+        if idata is None:  # after fit(out=...), reuse what write_artifacts built
+            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
+        return idata
+
+    def summary(self, idata=None, max_size: int | None = None) -> dict[str, Any]:
+        """The summary as plain data (what ``pplvm summary --json`` prints): the run, its last
+        epoch, the best held-out log-likelihood and, per global-latent entry, arviz's summary
+        statistics (``posterior``: ``{"locs[0, 1]": {"mean": ..., "sd": ..., ...}}``; NaN as null)."""
+        c, last = self.card, (self.history[-1] if self.history else {})
+        out: dict[str, Any] = {"run": c.name, "family": c.model.family, "guide": c.guide.kind,
+                               "objective": c.objective.name, "likelihood": self.model.likelihood,
+                               "epochs": last.get("epoch", 0), "train_loss": last.get("train_loss"),
+                               "valid_log_likelihood": None, "valid_epoch": None, "posterior": {}, "not_shown": []}
+        scored = [h for h in self.history if "valid_log_likelihood" in h]
+        if scored:
+            best = max(scored, key=lambda h: h["valid_log_likelihood"])
+            out.update(valid_log_likelihood=best["valid_log_likelihood"], valid_epoch=best["epoch"])
+        if self.model.global_sites:
+            table, out["not_shown"] = self._posterior_table(self._summary_idata(idata), max_size)
+            if table is not None:
+                out["posterior"] = {str(name): {str(k): (None if v != v else float(v)) for k, v in row.items()}
+                                    for name, row in table.iterrows()}
+        return out
+
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
-        if idata is None:  # after fit(out=...), reuse what write_artifacts built
-            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
         if self.model.global_sites:
-            with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
-                warnings.simplefilter("ignore", RuntimeWarning)
-                shown = small_sites(idata, self.model.global_sites, max_size)
-                table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
-            table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
-            posterior = ["posterior of the global latents (guide draws):", table.to_string()]
-            hidden = [v for v in self.model.global_sites if v not in shown]
+            table, hidden = self._posterior_table(self._summary_idata(idata), max_size)
+            posterior = ["posterior of the global latents (guide draws):"]
+            if table is not None:
+                posterior.append(table.to_string())
             if hidden:
                 posterior.append(f"(not shown: {', '.join(hidden)}; summary.txt in the run directory has them)")
         else:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import Seed, Section
+from ..schema import Seed, Section
 from ..errors import DataError
 
 
@@ -116,6 +116,13 @@ class Batch:
 
     def replace(self, **changes) -> "Batch":
         return Batch(**{**self.fields(), **changes})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(**{k: (v.to(device, non_blocking=non_blocking) if v is not None else None)
+                        for k, v in self.fields().items()})
+
+    def pin_memory(self) -> "Batch":
+        return Batch(**{k: (v.pin_memory() if v is not None else None) for k, v in self.fields().items()})
 
 
 def indexed(data: "torch.Tensor | Batch") -> Batch:

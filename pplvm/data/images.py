@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 
 from ..errors import DataError
-from ..config import Seed
+from ..schema import Seed
 from .base import Batch, DataConfig
 
 MNIST_PIXELS = 28 * 28

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from ..errors import DataError
-from ..config import Seed
+from ..schema import Seed
 from .base import Batch, DataConfig, check_magnitude, numeric
 
 SPLITS = ("train", "valid", "test")
@@ -225,10 +225,11 @@ class SequenceFileConfig(DataConfig):
     path: str = Field(description=".npz with train (+ train_lengths), optionally valid/test")
 
 
-def read_sequences(path: str | Path) -> dict[str, Batch]:
-    """Read the splits of an ``.npz`` sequence file (format in the module docstring)."""
+def read_sequences(path: str | Path, name: str = "data.path") -> dict[str, Batch]:
+    """Read the splits of an ``.npz`` sequence file (format in the module docstring); errors
+    name the file as ``name`` (the card key or command-line option it came from)."""
     path = Path(path)
-    where = f"data.path {str(path)!r}"
+    where = f"{name} {str(path)!r}"
     if not path.is_file():
         raise DataError(f"{where}: no such file")
     if path.suffix.lower() != ".npz":

@@ -33,7 +33,6 @@ from pyro.poutine.util import prune_subsample_sites
 from .._progress import progress
 from ..data.base import Batch
 from ..errors import CardError, DataError, IncompatibleError
-from ..families.base import LatentVariableModel
 
 DEFAULT_MAX_ELEMENTS = 2**23  # 8M elements: 32 MiB per float32 tensor of that size
 
@@ -96,8 +95,9 @@ def importance_log_likelihood(
     :param max_elements: bound on ``particles × rows × elements per datum`` per pass.
     :param seed: seed of the draws (``None``: the current global RNG state).
     :param plate: name of the model's data plate.
-    :param max_plate_nesting: plate nesting of model and guide; defaults to the family's
-        (a :class:`~pplvm.families.LatentVariableModel`), else is read off one traced pass.
+    :param max_plate_nesting: plate nesting of model and guide; defaults to the model's own
+        ``max_plate_nesting`` where it declares one (every :class:`~pplvm.families.LatentVariableModel`
+        does), else is read off one traced pass.
     """
     k = _positive_int(k, "k")
     max_elements = _positive_int(max_elements, "max_elements")
@@ -116,8 +116,8 @@ def importance_log_likelihood(
 
     with poutine.seed(rng_seed=seed) if seed is not None else nullcontext():
         if max_plate_nesting is None:
-            max_plate_nesting = (model.max_plate_nesting if isinstance(model, LatentVariableModel)
-                                 else _plate_nesting(model, guide, data[:1]))
+            declared = getattr(model, "max_plate_nesting", None)  # every pplvm family declares it
+            max_plate_nesting = declared if isinstance(declared, int) else _plate_nesting(model, guide, data[:1])
         s1, s2 = [], []
         with progress(n * k, "importance sampling", unit="draw") as bar:
             for start in range(0, n, rows):
