@@ -38,7 +38,7 @@ setup-new: $(STAMP_NEW)
 
 ## Fit the bundled demo (Bayesian GMM on iris) into runs/gmm_iris and print its summary.
 demo: $(STAMP)
-	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris
+	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris --overwrite
 	$(BIN)/pplvm evaluate runs/gmm_iris
 
 ## The test suite CI runs (slow tests excluded), on Python 3.11 and on the newer Python.
