@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import CardError
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm"]
 
 
 class Section(BaseModel):
@@ -50,6 +50,8 @@ class ObjectiveConfig(Section):
                                     "kl_weight over this many epochs, step by step; 0 = off")
     free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
                              "below which the KL is not penalised; needs name = 'meanfield'")
+    weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
+                                                 "steps, or Ho et al.'s L_simple (not a bound)")
 
 
 class TrainingConfig(Section):
