@@ -288,7 +288,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
         from the prior). ``ancestral``: the reverse chain step by step, then the decoder's mean
         (``mean``) or a draw. ``ddim``: the deterministic DDIM sampler (Song et al. 2021, η = 0) on
         ``steps`` of the T steps (evenly spaced), ending at the predicted ``x̂_0``."""
-        like = next(self.parameters())
+        like = z if z is not None else next(self.parameters())
         g = generator if generator is not None else torch.Generator(device=like.device).manual_seed(0)
         if z is None:
             z = torch.randn(n, self.dim, generator=g, dtype=like.dtype, device=like.device)
