@@ -186,10 +186,12 @@ def q_marginal(s: Schedule, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
 
 
 def q_posterior(s: Schedule, y: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q(z_{t-1} | z_t, x) = N(μ̃_t, β̃_t I)`` for ``t ≥ 2``: (mean, log-variance)."""
+    """``q(z_{t-1} | z_t, x) = N(μ̃_t, β̃_t I)`` for ``t ≥ 2``: (mean, log-variance). At
+    ``t = 1`` (where ``z_0 = y`` exactly, β̃_1 = 0) it returns ``y`` and the finite clipped
+    ``log β̃_2``, so that callers may compute it for every row and discard those."""
     n = y.dim()
     mean = gather(s.posterior_coef_x, t, n) * y + gather(s.posterior_coef_z, t, n) * z
-    return mean, gather(s.posterior_variance, t, n).log().expand_as(y)
+    return mean, gather(s.posterior_log_variance, t, n).expand_as(y)
 
 
 def q_prior_kl(s: Schedule, y: torch.Tensor) -> torch.Tensor:

@@ -224,28 +224,31 @@ class Diffusion(LatentVariableModel, FixedGuide):
             return pyro.sample("obs", self.decode(z), obs=obs)
 
     # ------------------------------------------------------------ the ELBO's terms
-    def step_terms(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
-                   detach_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_terms(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *, detach_mean: bool = False,
+                   bound: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``L_{t-1}`` per row, ``(B,)``, for data ``x`` ``(B, D)`` (data units), steps ``t`` ``(B,)``
         in 1..T and the noise ``ε`` ``(B, D)`` drawing ``z_t = √ᾱ_t y + √(1 - ᾱ_t) ε ~ q(z_t | x)``:
         ``-log p_θ(x | z_1)`` where ``t = 1``, else ``KL(q(z_{t-1} | z_t, x) || p_θ(z_{t-1} | z_t))``
-        in closed form. Also returns ``‖ε - ε̂‖²`` per row (Ho et al.'s L_simple). With
-        ``detach_mean`` the terms train only a learned variance (the hybrid objective)."""
+        in closed form. Also returns ``‖ε - ε̂‖²`` per row (Ho et al.'s L_simple); with ``bound =
+        False`` only that (the first value is None). With ``detach_mean`` the terms train only a
+        learned variance (the hybrid objective).
+
+        Both kinds of term are computed for every row and the right one selected (no
+        data-dependent branching, so no device sync): rows with ``t > 1`` score the decoder at
+        a harmless mean (the datum itself), rows with ``t = 1`` the KL at the clipped β̃."""
         y, s = self.to_chain(x), self.tables(x)
         mean_q, std_q = q_marginal(s, y, t)
         z = mean_q + std_q * noise
         eps, raw = self.predict(z, t)
         simple = ((noise - eps) ** 2).sum(-1)
+        if not bound:
+            return None, simple
         mean_p, logvar_p = self.reverse_params(z, t, eps=eps.detach() if detach_mean else eps, raw=raw)
-        out = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         first = t == 1
-        if bool(first.any()):
-            out = out.masked_scatter(first, -self.decoder_dist(mean_p[first], logvar_p[first]).log_prob(x[first]))
-        rest = ~first
-        if bool(rest.any()):
-            mean_t, logvar_t = q_posterior(s, y[rest], z[rest], t[rest])
-            out = out.masked_scatter(rest, normal_kl(mean_t, logvar_t, mean_p[rest], logvar_p[rest]).sum(-1))
-        return out, simple
+        decoder = -self.decoder_dist(torch.where(first[:, None], mean_p, y), logvar_p).log_prob(x)
+        mean_t, logvar_t = q_posterior(s, y, z, t)
+        kl = normal_kl(mean_t, logvar_t, mean_p, logvar_p).sum(-1)
+        return torch.where(first, decoder, kl), simple
 
     def prior_term(self, x: torch.Tensor) -> torch.Tensor:
         """``L_T = KL(q(z_T | x) || N(0, I))`` per row, ``(B,)`` (no parameters)."""

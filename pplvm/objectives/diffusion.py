@@ -52,7 +52,7 @@ class DiffusionELBO(ELBO):
         xs = x.repeat(k, 1)
         learned = model.config.variance == "learned"
         if self.weighting == "simple":
-            vlb, simple = model.step_terms(xs, t, noise, detach_mean=True)
+            vlb, simple = model.step_terms(xs, t, noise, detach_mean=True, bound=learned)
             loss = simple.view(k, b).mean(0)
             return loss + HYBRID_WEIGHT * T * vlb.view(k, b).mean(0) if learned else loss
         terms, _ = model.step_terms(xs, t, noise)
