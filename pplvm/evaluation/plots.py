@@ -167,5 +167,19 @@ def term_rows(terms: dict[str, float], dim: int, max_rows: int = 12) -> list[tup
         middle = items[1:-1]
         size = math.ceil(len(middle) / (max_rows - 2))
         runs = [middle[i : i + size] for i in range(0, len(middle), size)]
-        items = [items[0], *((f"{r[0][0]}..{r[-1][0]}", sum(v for _, v in r)) for r in runs), items[-1]]
+        items = [items[0], *((r[0][0] if len(r) == 1 else f"{r[0][0]}..{r[-1][0]}", sum(v for _, v in r))
+                             for r in runs), items[-1]]
     return [(name, v, v / (dim * math.log(2))) for name, v in items]
+
+
+def samples_scatter(data: torch.Tensor, samples: torch.Tensor, title: str = "") -> Figure:
+    """2-D data ``(N, 2)`` and model samples ``(M, 2)`` side by side on shared axes."""
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, pts, name, colour in ((axes[0], data, "data", "C0"), (axes[1], samples, "samples", "C1")):
+        pts = pts.detach().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, color=colour)
+        ax.set(title=f"{name} ({len(pts)})", xlabel="x0", ylabel="x1")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -365,6 +365,12 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     def plots(self, x, params):
         figs = {}
+        if self.dim == 2:
+            from ..evaluation.plots import samples_scatter
+
+            g = torch.Generator().manual_seed(0)
+            figs["samples"] = samples_scatter(values(x)[:2000], self.generate(1000, generator=g),
+                                              title="data and ancestral samples")
         if self.image_shape is not None:
             from ..evaluation.plots import image_grid
 
