@@ -33,6 +33,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from ..config import ObjectiveConfig
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
+from ..training.rules import SVIStep, UpdateRule
 from ._pathwise import check_reparameterised
 from .annealing import KLSchedule, ScaleSites
 from .diffusion import DiffusionELBO, VDMLoss
@@ -135,6 +136,24 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
     return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
 
 
+#: objectives trained by an update rule of their own rather than by an SVI step on an ELBO:
+#: ``name -> factory(model, guide, card) -> UpdateRule`` (e.g. an exact EM step)
+RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {}
+
+
+def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any, *,
+                     held_out: bool = True) -> UpdateRule:
+    """What the trainer does with each minibatch under the card's objective: that objective's
+    own rule where it has one (:data:`RULES`), else an SVI step on :func:`make_objective`.
+    ``held_out``: whether the guide can score held-out data (not for per-datum guides)."""
+    check_compatible(model, card.objective)
+    factory = RULES.get(card.objective.name)
+    if factory is not None:
+        return factory(model, guide, card)
+    return SVIStep(model, guide, make_objective(model, card.objective), card.training,
+                   schedule=make_schedule(model, card.objective), held_out=held_out)
+
+
 def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedule | None:
     """The KL-annealing schedule the trainer applies per step, or None when β is 1 throughout."""
     if cfg.kl_weight == 1.0 and cfg.kl_warmup_epochs == 0:
@@ -142,5 +161,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "PATHWISE", "DiffusionELBO", "FreeBitsELBO", "VDMLoss", "IWAE_DReG", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
-           "check_compatible", "make_objective", "make_schedule"]
+__all__ = ["OBJECTIVES", "PATHWISE", "DiffusionELBO", "FreeBitsELBO", "IWAE_DReG", "VDMLoss", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
+           "RULES", "check_compatible", "make_objective", "make_schedule", "make_update_rule"]

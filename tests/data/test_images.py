@@ -26,6 +26,7 @@ from pplvm.data.images import (
     write_idx,
 )
 from pplvm.errors import DataError
+from pplvm.training.rules import SVIStep
 from pplvm.training.trainer import Trainer
 
 
@@ -95,8 +96,8 @@ def test_trainer_redraws_every_batch_each_epoch():
 
     model = torch.nn.Module()
     model.w = torch.nn.Parameter(torch.zeros(1))
-    trainer = Trainer(model, _NoGuide(), Objective(), TrainingConfig(epochs=2, batch_size=3, progress=False),
-                      augment=Binarize())
+    config = TrainingConfig(epochs=2, batch_size=3, progress=False)
+    trainer = Trainer(model, _NoGuide(), SVIStep(model, _NoGuide(), Objective(), config), config, augment=Binarize())
     trainer.fit(x)
     assert len(seen) == 4 and all(set(s.unique().tolist()) <= {0.0, 1.0} for s in seen)
     assert len({tuple(s.flatten().tolist()) for s in seen}) == 4  # 4 distinct draws (2^9 outcomes each)
