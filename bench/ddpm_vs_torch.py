@@ -5,7 +5,7 @@ alternating the two sides round by round.
                                   [--steps 20] [--rounds 5] [--seconds 20]
 
 Same network on both sides (pplvm's :class:`~pplvm.decoders.denoisers.UNetDenoiser`), same
-batch, same schedule (cosine, T = 1000), Adam. Parts (goal: pplvm / torch):
+batch, same schedule (``--schedule``, linear by default, T = 1000), Adam. Parts (goal: pplvm / torch):
 
   step      training step, L_simple (pplvm: ``objective.weighting = "simple"``)          <= 1.05
   step_elbo training step of pplvm's time-subsampled ELBO (analytic KLs, decoder term)
@@ -64,6 +64,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--image", choices=["digits", "cifar"], default="digits")
+    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
+                   help="linear: Ho et al.'s 1e-4 .. 0.02 over T = 1000")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
@@ -78,7 +80,7 @@ def main():
     shape = [1, 8, 8] if args.image == "digits" else [3, 32, 32]
     dim = math.prod(shape)
     T = 1000
-    cfg = DiffusionConfig(steps=T, schedule="cosine", decoder="discretized", levels=17 if args.image == "digits" else 256,
+    cfg = DiffusionConfig(steps=T, schedule=args.schedule, decoder="discretized", levels=17 if args.image == "digits" else 256,
                           denoiser="unet", channels=32 if args.image == "cifar" else 16, channel_mult=[1, 2],
                           image_shape=shape)
     if args.image == "digits":
@@ -124,7 +126,8 @@ def main():
         times["torch"].append(timed(torch_steps))
         times["step_elbo"].append(timed(lambda: pplvm_steps("step_elbo")))
     tt = statistics.median(times["torch"]) / args.steps
-    print(f"device {device}, threads {torch.get_num_threads()}, image {shape}, batch {args.batch}, T {T}")
+    print(f"device {device}, threads {torch.get_num_threads()}, image {shape}, batch {args.batch}, T {T}, "
+          f"{args.schedule} schedule")
     print(f"torch step        {1e3 * tt:8.2f} ms")
     for k in ("step", "step_elbo"):
         tp = statistics.median(times[k]) / args.steps
