@@ -89,7 +89,7 @@ CASES = [
     ),
     pytest.param(
         {"name": "diffusion_digits", "model": {"family": "diffusion", "steps": 4, "schedule": "cosine",
-                                               "decoder": "discretized", "levels": 17, "variance": "learned",
+                                               "decoder": "discretized", "levels": 17, "variance": "posterior",
                                                "denoiser": "unet", "channels": 4, "channel_mult": [1, 2],
                                                "embed_dim": 8},
          "guide": {"kind": "forward"}, "objective": {"name": "vdm"},

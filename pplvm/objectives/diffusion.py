@@ -80,6 +80,9 @@ class VDMLoss(DiffusionELBO):
         T = model.steps
         if T < 2:
             raise IncompatibleError("objective.name = 'vdm' needs model.steps >= 2 (a schedule to interpolate)")
+        if model.config.variance == "learned":
+            raise IncompatibleError("objective.name = 'vdm' trains ε̂ only, so model.variance = 'learned' would "
+                                    "stay untrained; use model.variance = 'beta' or 'posterior'")
         b, k = len(x), self.num_particles
         y = model.to_chain(x)
         lam = model.tables(x).log_snr()  # (T,) at s_t = (t - 1) / (T - 1), decreasing

@@ -309,6 +309,11 @@ def test_objective_options_are_checked():
     card["objective"] = {"name": "elbo", "weighting": "simple"}
     with pytest.raises(pplvm.IncompatibleError, match="weighting"):
         pplvm.Run.from_card(card)
+    card["objective"] = {"name": "vdm"}
+    card["model"]["variance"] = "learned"
+    card["training"] = {"epochs": 1, "progress": False}
+    with pytest.raises(pplvm.IncompatibleError, match="would stay untrained"):
+        pplvm.fit(card, data=np.random.default_rng(0).normal(size=(20, 2)))
     card["guide"] = {"kind": "meanfield"}
     card["objective"] = {"name": "diffusion"}
     with pytest.raises(pplvm.IncompatibleError, match="guide.kind = 'meanfield'"):
