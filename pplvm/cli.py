@@ -104,6 +104,15 @@ def cmd_evaluate(args) -> int:
     kind = LIKELIHOOD_WORDS[m["likelihood"]]
     text = (f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
             f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}")
+    if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
+        from .evaluation.plots import likelihood_terms_plot, save_figure, term_rows
+
+        plot = Path(args.plot)
+        save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
+        result["plot"] = str(plot)
+        rows = [f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)]
+        text += (f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
+                 f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}")
     _emit(result, args.json, text)
     return 0
 
@@ -252,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help=".npy or .csv file (N, D), or an .npz of sequences; "
                     "default: the card's test, else valid split")
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument("--plot", default="likelihood_terms.png",
+                    help="plot of the per-term decomposition, for families that have one (default: "
+                    "./likelihood_terms.png)")
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")

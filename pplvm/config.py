@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm"]
 
 
 class GuideConfig(Section):
@@ -46,6 +46,8 @@ class ObjectiveConfig(Section):
                                     "kl_weight over this many epochs, step by step; 0 = off")
     free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
                              "below which the KL is not penalised; needs name = 'meanfield'")
+    weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
+                                                 "steps, or Ho et al.'s L_simple (not a bound)")
 
 
 class TrainingConfig(Section):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -327,10 +328,22 @@ class Run:
 
     @torch.no_grad()
     def evaluate(self, x: Any) -> dict[str, Any]:
-        ll = self.log_likelihood(x)
-        return {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
-                "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
-                "exact": self.model.likelihood == "exact"}
+        """Log-likelihood of ``x`` per datum and in total; where the family decomposes it
+        (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
+        mean (nats per datum, ``terms``) and the total in bits per dimension."""
+        xt = self._prepare(x)
+        terms = self.model.likelihood_terms(xt, self.params())
+        if terms is None:
+            ll = self.log_likelihood(x)
+        else:
+            ll = -torch.stack(list(terms.values()), -1).sum(-1) + self.transform.log_abs_det_jacobian(xt)
+        out = {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
+               "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
+               "exact": self.model.likelihood == "exact"}
+        if terms is not None:
+            out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
+            out["bits_per_dim"] = -float(ll.mean()) / (self.model.dim * math.log(2))
+        return out
 
     @torch.no_grad()
     def to_arviz(self, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):

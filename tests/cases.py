@@ -79,4 +79,23 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
         id="ppca-bayes-meanfield-local-minibatch",
     ),
+    pytest.param(
+        {"name": "diffusion_moons", "model": {"family": "diffusion", "steps": 6, "schedule": "cosine",
+                                              "hidden": [16, 16], "embed_dim": 8},
+         "guide": {"kind": "forward"}, "objective": {"name": "diffusion", "num_particles": 2},
+         "data": {"source": "moons", "n": 200, "standardize": True},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 64}, "evaluation": SMALL_EVAL},
+        id="diffusion-moons-mlp-minibatch",
+    ),
+    pytest.param(
+        {"name": "diffusion_digits", "model": {"family": "diffusion", "steps": 4, "schedule": "cosine",
+                                               "decoder": "discretized", "levels": 17, "variance": "posterior",
+                                               "denoiser": "unet", "channels": 4, "channel_mult": [1, 2],
+                                               "embed_dim": 8},
+         "guide": {"kind": "forward"}, "objective": {"name": "vdm"},
+         "data": {"source": "digits", "valid_fraction": 0.1, "test_fraction": 0.1},
+         "training": {**FAST_TRAINING, "epochs": 1, "lr": 0.01, "batch_size": 512},
+         "evaluation": {"draws": 2, "chains": 2, "max_rows": 40}},
+        id="diffusion-digits-unet-discretized-vdm",
+    ),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
+from .diffusion import Diffusion, DiffusionConfig
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
@@ -16,7 +17,8 @@ FAMILIES.register("ppca")(PPCA)
 FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
+FAMILIES.register("diffusion")(Diffusion)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
+__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "Diffusion", "DiffusionConfig", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
            "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "PPCA",
            "PPCAConfig", "VAE", "VAEConfig"]

@@ -142,6 +142,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         """The model with its global sites fixed to ``params``."""
         return poutine.condition(self, data=params)
 
+    def likelihood_terms(self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor] | None:
+        """An additive decomposition of ``-log_likelihood(x, params)`` into named per-datum terms
+        in nats, each ``(N,)`` (e.g. a diffusion bound's L_0 .. L_T), which ``pplvm evaluate``
+        tabulates and plots; None (the default) where a family has no such decomposition."""
+        return None
+
     @torch.no_grad()
     def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Draw ``n`` new data ``(n, D)`` from ``p(x | θ = params)``."""
@@ -235,6 +242,16 @@ class ExactLocalPosterior(abc.ABC):
         """``p(z_n | x_n, θ)`` for ``x`` ``(N, D)``: batch shape ``(*S, N)``, event shape ``(L,)``.
         Batch dims of ``params`` broadcast against the data dim from the right, as inside
         Pyro's data plate (a site of shape ``(*S, 1, ...)``)."""
+
+
+class FixedGuide(abc.ABC):
+    """Capability of a family whose guide is part of the model's definition and has no
+    parameters (diffusion's forward noising process q(z_1..z_T | x)): it enables the guide
+    kind ``forward``. Such a family has no encoder to train and, here, no global latents."""
+
+    @abc.abstractmethod
+    def make_fixed_guide(self) -> torch.nn.Module:
+        """The guide, a Pyro program ``guide(x, num_data)`` over the family's local sites."""
 
 
 class IdentifiedSummaries(abc.ABC):

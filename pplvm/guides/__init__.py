@@ -3,7 +3,8 @@
 ``meanfield`` (AutoNormal), ``map`` (AutoDelta) and ``lowrank``
 (AutoLowRankMultivariateNormal) are Pyro's autoguides on the model with every site but the
 globals hidden: enumerated local latents stay in the model, where TraceEnum_ELBO sums them out.
-``amortized`` and ``exact`` add a per-datum q(z_n | x_n) (an encoder, or the family's closed-form
+``forward`` is a family's own parameter-free guide (:class:`~pplvm.families.base.FixedGuide`:
+a diffusion model's forward noising chain). ``amortized`` and ``exact`` add a per-datum q(z_n | x_n) (an encoder, or the family's closed-form
 posterior) to a mean-field guide of the globals, if the family has any.
 """
 
@@ -15,7 +16,7 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
 from ..errors import IncompatibleError
-from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVariableModel
+from ..families.base import ContinuousLatentModel, ExactLocalPosterior, FixedGuide, LatentVariableModel
 from .amortized import AmortizedNormal
 from .exact import ExactLocalGuide
 from .local import MeanFieldLocal
@@ -27,6 +28,7 @@ GUIDES = {
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
+    "forward": "the family's own fixed guide, e.g. a diffusion model's forward noising chain q(z_1..z_T | x)",
 }
 
 
@@ -39,6 +41,11 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
             f"expected one of: {', '.join(model.guides)}"
         )
+    if kind == "forward":
+        if not isinstance(model, FixedGuide):
+            raise IncompatibleError(f"guide.kind = 'forward' needs a family with a fixed guide of its own; "
+                                    f"family {model.config.family!r} has none")
+        return model.make_fixed_guide()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))

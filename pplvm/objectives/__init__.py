@@ -8,6 +8,8 @@
 ``iwae``       RenyiELBO(alpha=0), the IWAE bound with k = num_particles
 ``iwae_dreg``  the IWAE bound with doubly reparameterised gradients (:mod:`.dreg`)
 ``stl``        the ELBO with the "sticking the landing" gradient (:mod:`.stl`)
+``diffusion``  a diffusion family's bound, time steps subsampled, KLs analytic (:mod:`.diffusion`)
+``vdm``        a diffusion family's continuous-time bound (Kingma et al. 2021, :mod:`.diffusion`)
 ============= =====================================================================
 
 ``iwae_dreg`` and ``stl`` are the ``iwae`` and ``elbo`` objectives (same values) with
@@ -34,6 +36,7 @@ from ..families.base import LatentVariableModel
 from ..training.rules import SVIStep, UpdateRule
 from ._pathwise import check_reparameterised
 from .annealing import KLSchedule, ScaleSites
+from .diffusion import DiffusionELBO, VDMLoss
 from .dreg import IWAE_DReG
 from .free_bits import FreeBitsELBO
 from .renyi import RenyiBound
@@ -47,6 +50,8 @@ OBJECTIVES = {
     "iwae": "RenyiELBO(alpha=0): IWAE with k = num_particles",
     "iwae_dreg": "IWAE with doubly reparameterised (DReG) guide gradients",
     "stl": "ELBO with the sticking-the-landing (STL) guide gradient",
+    "diffusion": "diffusion bound over subsampled time steps, analytic KLs (weighting: elbo | simple)",
+    "vdm": "continuous-time diffusion bound (VDM), antithetic time draws",
 }
 
 #: pathwise estimators and the objective whose value each one estimates
@@ -93,6 +98,11 @@ def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Ca
             f"objective.free_bits needs the analytic per-dimension KL of objective.name = 'meanfield', "
             f"not {cfg.name!r}"
         )
+    if cfg.weighting != "elbo" and cfg.name != "diffusion":
+        raise IncompatibleError(f"objective.weighting = {cfg.weighting!r} applies to objective.name = 'diffusion', "
+                                f"not {cfg.name!r}")
+    if controls and cfg.name in ("diffusion", "vdm"):
+        raise IncompatibleError(f"objective.{controls[0]} does not apply to objective.name = {cfg.name!r}")
     if cfg.name in PATHWISE and guide is not None:
         with torch.no_grad(), poutine.block():
             guide_trace = poutine.trace(guide).get_trace(*args, **(kwargs or {}))
@@ -117,6 +127,10 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
         return TraceEnum_ELBO(strict_enumeration_warning=not model.collapsed, **kw)
     if cfg.name == "stl":
         return TraceSTL_ELBO(**kw)
+    if cfg.name == "diffusion":
+        return DiffusionELBO(cfg.weighting, cfg.num_particles)
+    if cfg.name == "vdm":
+        return VDMLoss(cfg.num_particles)
     if cfg.name == "iwae_dreg":
         return IWAE_DReG(**kw)
     return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
@@ -147,5 +161,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "PATHWISE", "FreeBitsELBO", "IWAE_DReG", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
+__all__ = ["OBJECTIVES", "PATHWISE", "DiffusionELBO", "FreeBitsELBO", "IWAE_DReG", "VDMLoss", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
            "RULES", "check_compatible", "make_objective", "make_schedule", "make_update_rule"]
