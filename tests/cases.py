@@ -79,4 +79,21 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
         id="ppca-bayes-meanfield-local-minibatch",
     ),
+    pytest.param(
+        {"name": "flow_iris", "model": {"family": "flow", "transforms": ["affine_coupling", "permute", "actnorm", "maf"],
+                                        "repeat": 1, "hidden": [8]},
+         "guide": {"kind": "none"}, "objective": {"name": "elbo"},
+         "data": {"source": "iris", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="flow-iris-coupling-maf-minibatch",
+    ),
+    pytest.param(
+        {"name": "flow_digits", "model": {"family": "flow", "transforms": ["spline_coupling", "permute", "batchnorm"],
+                                          "repeat": 1, "hidden": [16], "dequantize": "variational", "levels": 17,
+                                          "dequantizer_transforms": 1, "likelihood_samples": 4},
+         "guide": {"kind": "none"}, "objective": {"name": "elbo"},
+         "data": {"source": "digits"},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
+        id="flow-digits-variational-dequantisation",
+    ),
 ]

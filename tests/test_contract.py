@@ -19,6 +19,7 @@ from pyro.poutine.util import site_is_subsample
 import pplvm
 from pplvm.config import card_from_dict, card_to_dict, dump_card, load_card
 from pplvm.data import values
+from pplvm.objectives import make_update_rule
 from pplvm.run import _fit_input
 
 
@@ -64,10 +65,14 @@ def _latent(site) -> bool:
             and not site["infer"].get("is_auxiliary"))
 
 
-def test_objective_is_finite(run):
+def test_update_rule_step_is_finite(run):
+    """One step of the card's update rule (an SVI step, or the family's own) on the training
+    data gives a finite loss and finite parameters."""
     x = seen(run)
-    loss = run.objective.loss(run.model, run.guide, x, num_data=len(x))
-    assert math.isfinite(loss)
+    rule = make_update_rule(run.model, run.guide, run.card)
+    rule.setup(x, len(x))
+    assert math.isfinite(float(rule.step(x, len(x), 0.0)))
+    assert all(torch.isfinite(p).all() for p in rule.parameters())
 
 
 @pytest.mark.parametrize("batch_shape", [(), (5,), (2, 4)])

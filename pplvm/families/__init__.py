@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
+from .flow import FlowConfig, NormalizingFlow
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
@@ -16,7 +17,8 @@ FAMILIES.register("ppca")(PPCA)
 FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
+FAMILIES.register("flow")(NormalizingFlow)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
-           "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "PPCA",
+__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "FlowConfig", "GMMConfig",
+           "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "NormalizingFlow", "PPCA",
            "PPCAConfig", "VAE", "VAEConfig"]

@@ -17,6 +17,7 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from ..errors import IncompatibleError
 from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVariableModel
 from .amortized import AmortizedNormal
+from .empty import EmptyGuide
 from .exact import ExactLocalGuide
 from .local import MeanFieldLocal
 
@@ -27,6 +28,7 @@ GUIDES = {
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
+    "none": "no guide: the family has no latent site to infer (flows: exact likelihood; GANs)",
 }
 
 
@@ -39,6 +41,8 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
             f"expected one of: {', '.join(model.guides)}"
         )
+    if kind == "none":
+        return EmptyGuide()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
@@ -65,4 +69,4 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     raise IncompatibleError(f"guide.kind = {kind!r}: expected one of: {', '.join(GUIDES)}")
 
 
-__all__ = ["GUIDES", "make_guide"]
+__all__ = ["GUIDES", "EmptyGuide", "make_guide"]
