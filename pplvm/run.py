@@ -159,8 +159,10 @@ class Run:
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
         rule = make_update_rule(self.model, self.guide, self.card, held_out=not isinstance(self.guide, MeanFieldLocal))
+        # a family without a likelihood ("none") is judged by its rule's held-out loss alone
+        valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
         return Trainer(self.model, self.guide, rule, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
@@ -255,8 +257,10 @@ class Run:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
         draws = self.draws(s, seed)
-        ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
-        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
+        ll = None  # an implicit density ("none") has no log_likelihood group
+        if self.model.likelihood != "none":
+            ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
+            ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = None
         if posterior_predictive:
             with pyro.poutine.seed(rng_seed=seed + 1):

@@ -96,4 +96,20 @@ CASES = [
          "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
         id="flow-digits-variational-dequantisation",
     ),
+    pytest.param(
+        {"name": "gan_digits", "model": {"family": "gan", "latent_dim": 4, "hidden": [32], "discriminator_hidden": [32],
+                                         "mmd_samples": 64},
+         "guide": {"kind": "none"}, "objective": {"name": "gan"},
+         "data": {"source": "digits"},
+         "training": {**FAST_TRAINING, "lr": 0.001, "batch_size": 256}, "evaluation": SMALL_EVAL},
+        id="gan-digits-nonsaturating",
+    ),
+    pytest.param(
+        {"name": "wgan_wine", "model": {"family": "gan", "latent_dim": 2, "hidden": [16], "likelihood": "gaussian",
+                                        "discriminator_hidden": [16], "critic_steps": 2},
+         "guide": {"kind": "none"}, "objective": {"name": "wgan_gp"},
+         "data": {"source": "wine", "standardize": True},
+         "training": {**FAST_TRAINING, "lr": 0.001, "batch_size": 64}, "evaluation": SMALL_EVAL},
+        id="wgan-gp-wine-minibatch",
+    ),
 ]

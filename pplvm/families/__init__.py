@@ -5,6 +5,7 @@ from __future__ import annotations
 from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
 from .flow import FlowConfig, NormalizingFlow
+from .gan import GANConfig, GenerativeAdversarialNetwork
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
@@ -18,7 +19,9 @@ FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
 FAMILIES.register("flow")(NormalizingFlow)
+FAMILIES.register("gan")(GenerativeAdversarialNetwork)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "FlowConfig", "GMMConfig",
+__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "FlowConfig", "GANConfig", "GMMConfig",
+           "GenerativeAdversarialNetwork",
            "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "NormalizingFlow", "PPCA",
            "PPCAConfig", "VAE", "VAEConfig"]

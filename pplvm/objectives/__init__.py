@@ -8,6 +8,9 @@
 ``iwae``       RenyiELBO(alpha=0), the IWAE bound with k = num_particles
 ``iwae_dreg``  the IWAE bound with doubly reparameterised gradients (:mod:`.dreg`)
 ``stl``        the ELBO with the "sticking the landing" gradient (:mod:`.stl`)
+``gan``        adversarial, non-saturating loss (an update rule of its own: :mod:`.adversarial`)
+``gan_hinge``  adversarial, hinge loss
+``wgan_gp``    Wasserstein critic with a gradient penalty
 ============= =====================================================================
 
 ``iwae_dreg`` and ``stl`` are the ``iwae`` and ``elbo`` objectives (same values) with
@@ -33,6 +36,7 @@ from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
 from ..training.rules import SVIStep, UpdateRule
 from ._pathwise import check_reparameterised
+from .adversarial import AdversarialStep, adversarial_rule
 from .annealing import KLSchedule, ScaleSites
 from .dreg import IWAE_DReG
 from .free_bits import FreeBitsELBO
@@ -47,6 +51,9 @@ OBJECTIVES = {
     "iwae": "RenyiELBO(alpha=0): IWAE with k = num_particles",
     "iwae_dreg": "IWAE with doubly reparameterised (DReG) guide gradients",
     "stl": "ELBO with the sticking-the-landing (STL) guide gradient",
+    "gan": "adversarial training, non-saturating loss (two optimisers; implicit-density families)",
+    "gan_hinge": "adversarial training, hinge loss",
+    "wgan_gp": "Wasserstein critic with gradient penalty (model.critic_steps, model.gradient_penalty)",
 }
 
 #: pathwise estimators and the objective whose value each one estimates
@@ -124,7 +131,9 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
 
 #: objectives trained by an update rule of their own rather than by an SVI step on an ELBO:
 #: ``name -> factory(model, guide, card) -> UpdateRule`` (e.g. an exact EM step)
-RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {}
+RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {
+    name: adversarial_rule(name) for name in ("gan", "gan_hinge", "wgan_gp")
+}
 
 
 def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any, *,
@@ -147,5 +156,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "PATHWISE", "FreeBitsELBO", "IWAE_DReG", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
+__all__ = ["OBJECTIVES", "AdversarialStep", "PATHWISE", "FreeBitsELBO", "IWAE_DReG", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
            "RULES", "check_compatible", "make_objective", "make_schedule", "make_update_rule"]
