@@ -69,6 +69,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
     site_dims: ClassVar[dict[str, list[str]]] = {}
+    #: ``(H, W)`` when the data are images (sample grids); set by a family that knows it
+    image_shape: tuple[int, int] | None = None
 
     def __init__(self, config: FamilyConfig, dim: int):
         super().__init__()
