@@ -84,7 +84,7 @@ class Run:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
         check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
-                           generator=torch.Generator().manual_seed(card.training.seed))
+                           generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
         with torch.no_grad():  # autoguides create their parameters on the first call
             guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
@@ -101,7 +101,7 @@ class Run:
         model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
         proto = _from_state(extras["prototype"])
         guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                           num_data=extras.get("num_train"))
+                           num_data=extras.get("num_train"), **_flow_options(card))
         with torch.no_grad():
             guide(proto)
         params = ckpt["best"] or ckpt
@@ -371,6 +371,10 @@ def _fit_input(guide: torch.nn.Module, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
     with parameters per training datum, else as they are."""
     return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _flow_options(card: BaseModel) -> dict[str, Any]:
+    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
 
 
 def _without_index(data):

@@ -9,6 +9,8 @@ posterior) to a mean-field guide of the globals, if the family has any.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
@@ -19,6 +21,7 @@ from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVa
 from .amortized import AmortizedNormal
 from .empty import EmptyGuide
 from .exact import ExactLocalGuide
+from .flow import AmortizedFlow, AutoFlowNormal
 from .local import MeanFieldLocal
 
 GUIDES = {
@@ -28,14 +31,18 @@ GUIDES = {
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
+    "flow": "normalizing flow: an IAF q(z_n | x_n) conditioned on the encoder (continuous local latents), "
+            "an IAF over the globals' unconstrained space otherwise (guide.flow_layers, guide.flow_hidden)",
     "none": "no guide: the family has no latent site to infer (flows: exact likelihood; GANs)",
 }
 
 
 def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_scale: float = 0.1,
-               generator: torch.Generator | None = None, num_data: int | None = None) -> torch.nn.Module:
+               generator: torch.Generator | None = None, num_data: int | None = None,
+               flow_layers: int = 2, flow_hidden: Sequence[int] = ()) -> torch.nn.Module:
     """Build the guide ``kind`` for ``model``, initialised from the training data ``x``
-    (``num_data``: the number of training data, when ``x`` is only a sample of them)."""
+    (``num_data``: the number of training data, when ``x`` is only a sample of them;
+    ``flow_layers`` / ``flow_hidden``: IAF steps and their widths for ``kind = "flow"``)."""
     if kind not in model.guides:
         raise IncompatibleError(
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
@@ -46,6 +53,12 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
+    if kind == "flow":
+        flow = dict(num_transforms=flow_layers, hidden=flow_hidden)
+        if isinstance(model, ContinuousLatentModel):
+            globals_guide = AutoFlowNormal(blocked, init, init_scale, **flow) if model.global_sites else None
+            return AmortizedFlow(model, model.make_encoder(), globals_guide, **flow)
+        return AutoFlowNormal(blocked, init, init_scale, **flow)
     if kind in ("amortized", "exact"):
         globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
         if kind == "exact":
@@ -69,4 +82,4 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     raise IncompatibleError(f"guide.kind = {kind!r}: expected one of: {', '.join(GUIDES)}")
 
 
-__all__ = ["GUIDES", "EmptyGuide", "make_guide"]
+__all__ = ["GUIDES", "AmortizedFlow", "AutoFlowNormal", "EmptyGuide", "make_guide"]
