@@ -27,12 +27,16 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm",
+                        "gan", "gan_hinge", "wgan_gp"]
 
 
 class GuideConfig(Section):
     kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
     init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
+    flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
+    flow_hidden: list[int] = Field([], description="flow guide: hidden widths of each step's network "
+                                   "(at least the latent dimension; default one layer of twice it)")
 
 
 class ObjectiveConfig(Section):

@@ -108,7 +108,7 @@ class Run:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
         check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
-                           generator=torch.Generator().manual_seed(card.training.seed))
+                           generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
         with torch.no_grad():  # autoguides create their parameters on the first call
             guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
@@ -127,7 +127,7 @@ class Run:
             model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
             proto = _from_state(extras["prototype"])
             guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                               num_data=extras.get("num_train"))
+                               num_data=extras.get("num_train"), **_flow_options(card))
             with torch.no_grad():
                 guide(proto)
             params = ckpt["best"] or ckpt
@@ -219,8 +219,10 @@ class Run:
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
+        # a family without a likelihood ("none") is judged by its rule's held-out loss alone
+        valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
         return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
@@ -354,8 +356,10 @@ class Run:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
         draws = self.draws(s, seed)
-        ll = self._chunked_log_likelihood(xt, draws, s) + self.transform.log_abs_det_jacobian(xt)
-        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
+        ll = None  # an implicit density ("none") has no log_likelihood group
+        if self.model.likelihood != "none":
+            ll = self._chunked_log_likelihood(xt, draws, s) + self.transform.log_abs_det_jacobian(xt)
+            ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = self._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
         return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
@@ -555,6 +559,10 @@ def _fit_input(guide: torch.nn.Module, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
     with parameters per training datum, else as they are."""
     return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _flow_options(card: BaseModel) -> dict[str, Any]:
+    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
 
 
 def _without_index(data):

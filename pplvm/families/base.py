@@ -73,6 +73,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
     site_dims: ClassVar[dict[str, list[str]]] = {}
+    #: ``(H, W)`` when the data are images (sample grids); set by a family that knows it
+    image_shape: tuple[int, int] | None = None
 
     def __init__(self, config: FamilyConfig, dim: int):
         super().__init__()
@@ -262,3 +264,22 @@ class IdentifiedSummaries(abc.ABC):
     @abc.abstractmethod
     def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Invariant functions of the globals, each ``(*S, m)`` for ``params`` ``(*S, ...)``."""
+
+
+class LatentDecoder(abc.ABC):
+    """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
+    a decoder (VAEs, GANs): latent interpolation and traversal
+    (:mod:`pplvm.evaluation.latent`) need only this."""
+
+    #: how side information ``y`` enters the decoder (:class:`pplvm.families.vae.SideInformation`)
+    side: Any
+
+    @property
+    @abc.abstractmethod
+    def latent_dim(self) -> int:
+        """Dimension L of the latent."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> "torch.distributions.Distribution":
+        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded datum."""
+

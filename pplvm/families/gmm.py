@@ -47,7 +47,7 @@ class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
     full covariance, corr_chol (K, D, D); the local site ``assignment`` is enumerated."""
 
     Config = GMMConfig
-    guides = ("meanfield", "map", "lowrank")
+    guides = ("meanfield", "map", "lowrank", "flow")
     objectives = ("enum",)
     local_sites = ("assignment",)
     enumerated = True

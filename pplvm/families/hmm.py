@@ -72,7 +72,7 @@ class HiddenMarkovModel(LatentVariableModel):
     The local latent ``states`` (N, T) is summed out inside the ``obs`` site."""
 
     Config = HMMConfig
-    guides = ("meanfield", "map", "lowrank")
+    guides = ("meanfield", "map", "lowrank", "flow")
     objectives = ("enum",)
     local_sites = ("states",)
     enumerated = True

@@ -73,7 +73,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
 
     #: "isotropic" (one σ for every dimension) or "diagonal" (one ψ_d per dimension)
     noise: ClassVar[Literal["isotropic", "diagonal"]]
-    guides = ("amortized", "exact", "meanfield")
+    guides = ("amortized", "exact", "meanfield", "flow")
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     likelihood = "exact"

@@ -10,6 +10,8 @@ posterior) to a mean-field guide of the globals, if the family has any.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
@@ -18,7 +20,9 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from ..errors import IncompatibleError
 from ..families.base import ContinuousLatentModel, ExactLocalPosterior, FixedGuide, LatentVariableModel
 from .amortized import AmortizedNormal
+from .empty import EmptyGuide
 from .exact import ExactLocalGuide
+from .flow import AmortizedFlow, AutoFlowNormal
 from .local import MeanFieldLocal
 
 GUIDES = {
@@ -29,13 +33,18 @@ GUIDES = {
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
     "forward": "the family's own fixed guide, e.g. a diffusion model's forward noising chain q(z_1..z_T | x)",
+    "flow": "normalizing flow: an IAF q(z_n | x_n) conditioned on the encoder (continuous local latents), "
+            "an IAF over the globals' unconstrained space otherwise (guide.flow_layers, guide.flow_hidden)",
+    "none": "no guide: the family has no latent site to infer (flows: exact likelihood; GANs)",
 }
 
 
 def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_scale: float = 0.1,
-               generator: torch.Generator | None = None, num_data: int | None = None) -> torch.nn.Module:
+               generator: torch.Generator | None = None, num_data: int | None = None,
+               flow_layers: int = 2, flow_hidden: Sequence[int] = ()) -> torch.nn.Module:
     """Build the guide ``kind`` for ``model``, initialised from the training data ``x``
-    (``num_data``: the number of training data, when ``x`` is only a sample of them)."""
+    (``num_data``: the number of training data, when ``x`` is only a sample of them;
+    ``flow_layers`` / ``flow_hidden``: IAF steps and their widths for ``kind = "flow"``)."""
     if kind not in model.guides:
         raise IncompatibleError(
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
@@ -46,9 +55,17 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
             raise IncompatibleError(f"guide.kind = 'forward' needs a family with a fixed guide of its own; "
                                     f"family {model.config.family!r} has none")
         return model.make_fixed_guide()
+    if kind == "none":
+        return EmptyGuide()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
+    if kind == "flow":
+        flow = dict(num_transforms=flow_layers, hidden=flow_hidden)
+        if isinstance(model, ContinuousLatentModel):
+            globals_guide = AutoFlowNormal(blocked, init, init_scale, **flow) if model.global_sites else None
+            return AmortizedFlow(model, model.make_encoder(), globals_guide, **flow)
+        return AutoFlowNormal(blocked, init, init_scale, **flow)
     if kind in ("amortized", "exact"):
         globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
         if kind == "exact":
@@ -72,4 +89,4 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     raise IncompatibleError(f"guide.kind = {kind!r}: expected one of: {', '.join(GUIDES)}")
 
 
-__all__ = ["GUIDES", "make_guide"]
+__all__ = ["GUIDES", "AmortizedFlow", "AutoFlowNormal", "EmptyGuide", "make_guide"]

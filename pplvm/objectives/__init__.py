@@ -10,6 +10,9 @@
 ``stl``        the ELBO with the "sticking the landing" gradient (:mod:`.stl`)
 ``diffusion``  a diffusion family's bound, time steps subsampled, KLs analytic (:mod:`.diffusion`)
 ``vdm``        a diffusion family's continuous-time bound (Kingma et al. 2021, :mod:`.diffusion`)
+``gan``        adversarial, non-saturating loss (an update rule of its own: :mod:`.adversarial`)
+``gan_hinge``  adversarial, hinge loss
+``wgan_gp``    Wasserstein critic with a gradient penalty
 ============= =====================================================================
 
 ``iwae_dreg`` and ``stl`` are the ``iwae`` and ``elbo`` objectives (same values) with
@@ -35,6 +38,7 @@ from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
 from ..training.rules import SVIStep, UpdateRule
 from ._pathwise import check_reparameterised
+from .adversarial import AdversarialStep, adversarial_rule
 from .annealing import KLSchedule, ScaleSites
 from .diffusion import DiffusionELBO, VDMLoss
 from .dreg import IWAE_DReG
@@ -52,6 +56,9 @@ OBJECTIVES = {
     "stl": "ELBO with the sticking-the-landing (STL) guide gradient",
     "diffusion": "diffusion bound over subsampled time steps, analytic KLs (weighting: elbo | simple)",
     "vdm": "continuous-time diffusion bound (VDM), antithetic time draws",
+    "gan": "adversarial training, non-saturating loss (two optimisers; implicit-density families)",
+    "gan_hinge": "adversarial training, hinge loss",
+    "wgan_gp": "Wasserstein critic with gradient penalty (model.critic_steps, model.gradient_penalty)",
 }
 
 #: pathwise estimators and the objective whose value each one estimates
@@ -138,7 +145,9 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
 
 #: objectives trained by an update rule of their own rather than by an SVI step on an ELBO:
 #: ``name -> factory(model, guide, card) -> UpdateRule`` (e.g. an exact EM step)
-RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {}
+RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {
+    name: adversarial_rule(name) for name in ("gan", "gan_hinge", "wgan_gp")
+}
 
 
 def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any, *,
@@ -161,5 +170,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "PATHWISE", "DiffusionELBO", "FreeBitsELBO", "IWAE_DReG", "VDMLoss", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
+__all__ = ["OBJECTIVES", "AdversarialStep", "PATHWISE", "DiffusionELBO", "FreeBitsELBO", "IWAE_DReG", "VDMLoss", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
            "RULES", "check_compatible", "make_objective", "make_schedule", "make_update_rule"]
