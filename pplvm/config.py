@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import CardError
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "em"]
 
 
 class Section(BaseModel):
@@ -50,6 +50,11 @@ class ObjectiveConfig(Section):
                                     "kl_weight over this many epochs, step by step; 0 = off")
     free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
                              "below which the KL is not penalised; needs name = 'meanfield'")
+    em_estimate: Literal["map", "ml"] = Field(
+        "map", description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
+                           "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)")
+    em_step_decay: float = Field(0.6, gt=0.5, le=1, description="em with minibatches (stepwise EM): "
+                                 "step size (k + 1)^-decay for the k-th minibatch's statistics")
 
 
 class TrainingConfig(Section):

@@ -82,7 +82,7 @@ class Run:
         for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
-        check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
+        check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
         with torch.no_grad():  # autoguides create their parameters on the first call
@@ -292,6 +292,14 @@ class Run:
             plots.save_figure(fig, d / f"{name}.png")
         atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
 
+    def globals_label(self) -> str:
+        """What the fitted globals are: guide draws, or a point estimate (and by what)."""
+        c = self.card
+        if c.objective.name == "em":
+            how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
+            return f"point estimate of the global latents (EM, {how})"
+        return "posterior of the global latents (guide draws)"
+
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
@@ -304,7 +312,7 @@ class Run:
                 shown = small_sites(idata, self.model.global_sites, max_size)
                 table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
             table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
-            posterior = ["posterior of the global latents (guide draws):", table.to_string()]
+            posterior = [f"{self.globals_label()}:", table.to_string()]
             hidden = [v for v in self.model.global_sites if v not in shown]
             if hidden:
                 posterior.append(f"(not shown: {', '.join(hidden)}; summary.txt in the run directory has them)")
