@@ -78,6 +78,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
     local_sites = ("states",)
     enumerated = True
     collapsed = True
+    sequential = True
     likelihood = "exact"
     site_dims = {
         "initial": ["state"],
