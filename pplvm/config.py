@@ -28,7 +28,7 @@ from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
 
 ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm",
-                        "gan", "gan_hinge", "wgan_gp"]
+                        "gan", "gan_hinge", "wgan_gp", "em"]
 
 
 class GuideConfig(Section):
@@ -52,6 +52,11 @@ class ObjectiveConfig(Section):
                              "below which the KL is not penalised; needs name = 'meanfield'")
     weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
                                                  "steps, or Ho et al.'s L_simple (not a bound)")
+    em_estimate: Literal["map", "ml"] = Field(
+        "map", description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
+                           "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)")
+    em_step_decay: float = Field(0.6, gt=0.5, le=1, description="em with minibatches (stepwise EM): "
+                                 "step size (k + 1)^-decay for the k-th minibatch's statistics")
 
 
 class TrainingConfig(Section):

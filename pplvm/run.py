@@ -106,7 +106,7 @@ class Run:
         for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
-        check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
+        check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
         with torch.no_grad():  # autoguides create their parameters on the first call
@@ -451,13 +451,21 @@ class Run:
                                     for name, row in table.iterrows()}
         return out
 
+    def globals_label(self) -> str:
+        """What the fitted globals are: guide draws, or a point estimate (and by what)."""
+        c = self.card
+        if c.objective.name == "em":
+            how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
+            return f"point estimate of the global latents (EM, {how})"
+        return "posterior of the global latents (guide draws)"
+
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
         c = self.card
         if self.model.global_sites:
             table, hidden = self._posterior_table(self._summary_idata(idata), max_size)
-            posterior = ["posterior of the global latents (guide draws):"]
+            posterior = [f"{self.globals_label()}:"]
             if table is not None:
                 posterior.append(table.to_string())
             if hidden:

@@ -131,4 +131,18 @@ CASES = [
          "training": {**FAST_TRAINING, "lr": 0.001, "batch_size": 64}, "evaluation": SMALL_EVAL},
         id="wgan-gp-wine-minibatch",
     ),
+    pytest.param(
+        {"name": "gmm_em", "model": {"family": "gmm", "components": 3, "covariance": "diag"},
+         "guide": {"kind": "map"}, "objective": {"name": "em"},
+         "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="gmm-diag-em-stepwise",
+    ),
+    pytest.param(
+        {"name": "fa_em", "model": {"family": "fa", "latent_dim": 1, "prior": "normal"},
+         "guide": {"kind": "map"}, "objective": {"name": "em"},
+         "data": {"source": "iris", "standardize": True},
+         "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
+        id="fa-bayes-em-map",
+    ),
 ]

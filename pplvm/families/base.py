@@ -256,6 +256,40 @@ class FixedGuide(abc.ABC):
         """The guide, a Pyro program ``guide(x, num_data)`` over the family's local sites."""
 
 
+EMEstimate = Literal["map", "ml"]
+
+
+class ClosedFormEM(abc.ABC):
+    """Capability of a family fitted by exact expectation–maximisation (objective ``em``,
+    :mod:`pplvm.objectives.em`): the E-step takes expectations under the exact local posterior
+    ``p(z_n | x_n, θ)``, the M-step maximises in closed form. The point estimate of the global
+    sites lives in a ``map`` guide; the family's own maximum-likelihood parameters (if any) are
+    set in place by :meth:`maximize`.
+
+    Statistics are sums over data, so minibatch statistics scaled by N / B estimate the full
+    data's, running averages of them give stepwise EM, and data-parallel workers add theirs."""
+
+    @abc.abstractmethod
+    def em_estimates(self) -> tuple[EMEstimate, ...]:
+        """Which M-steps this configuration has in closed form: ``"map"`` (the posterior mode
+        under the family's priors) and/or ``"ml"`` (maximum likelihood)."""
+
+    @abc.abstractmethod
+    def expected_statistics(self, x: Any, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """E-step on a batch ``x`` at the globals ``params`` (point values, no sample dims):
+        sums over the batch of the expected complete-data sufficient statistics, plus
+        ``"log_likelihood"``, ``Σ_n log p(x_n | θ)`` (0-dim)."""
+
+    @abc.abstractmethod
+    def maximize(self, stats: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
+                 estimate: EMEstimate) -> dict[str, torch.Tensor]:
+        """M-step from statistics of the whole data set (what :meth:`expected_statistics`
+        returns, summed over all N data) and the current globals ``params``: the new values of
+        the global sites (the family's own parameters are updated in place). Each update
+        is the exact (conditional) maximiser, so the log posterior (``"map"``) or
+        log-likelihood (``"ml"``) never decreases."""
+
+
 class IdentifiedSummaries(abc.ABC):
     """Capability of a family whose globals are identified only up to a symmetry (label
     switching, rotations): functions of θ that are invariant to it, for calibration checks

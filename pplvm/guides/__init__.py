@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 from pyro import poutine
+from torch.distributions import transform_to
 from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
@@ -23,13 +24,14 @@ from .amortized import AmortizedNormal
 from .empty import EmptyGuide
 from .exact import ExactLocalGuide
 from .flow import AmortizedFlow, AutoFlowNormal
-from .local import MeanFieldLocal
+from .local import LocalGuide, MeanFieldLocal
 
 GUIDES = {
     "amortized": "encoder network q(z_n | x_n) for continuous local latents (+ mean-field globals)",
     "meanfield": "mean-field normal over the globals (AutoNormal) and, for continuous local latents, "
                  "free per-datum normals q(z_n) over the training data",
-    "map": "point estimate of the globals (AutoDelta, MAP)",
+    "map": "point estimate of the globals (AutoDelta, MAP; with continuous local latents, their "
+           "closed-form posterior p(z_n | x_n, θ))",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
     "forward": "the family's own fixed guide, e.g. a diffusion model's forward noising chain q(z_1..z_T | x)",
@@ -77,6 +79,11 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
             raise IncompatibleError(f"guide.kind = 'amortized' needs continuous local latents; "
                                     f"family {model.config.family!r} has none")
         return AmortizedNormal(model, model.make_encoder(), globals_guide)
+    if kind == "map" and isinstance(model, ContinuousLatentModel):
+        if not isinstance(model, ExactLocalPosterior):
+            raise IncompatibleError(f"guide.kind = 'map' needs a closed-form local posterior for the continuous "
+                                    f"latents of family {model.config.family!r}")
+        return ExactLocalGuide(model, AutoDelta(blocked, init_loc_fn=init) if model.global_sites else None)
     if kind == "meanfield" and isinstance(model, ContinuousLatentModel):
         globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
         return MeanFieldLocal(model, num_data or len(x), globals_guide, init_scale=init_scale)
@@ -89,4 +96,23 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     raise IncompatibleError(f"guide.kind = {kind!r}: expected one of: {', '.join(GUIDES)}")
 
 
-__all__ = ["GUIDES", "AmortizedFlow", "AutoFlowNormal", "EmptyGuide", "make_guide"]
+def point_estimate(guide: torch.nn.Module) -> AutoDelta | None:
+    """The AutoDelta holding a ``map`` guide's point estimate of the globals (None when the
+    family has no global latents); IncompatibleError for a guide that holds a distribution."""
+    delta = guide.globals_guide if isinstance(guide, LocalGuide) else guide
+    if delta is not None and not isinstance(delta, AutoDelta):
+        raise IncompatibleError(f"this needs a point estimate of the global latents (guide.kind = 'map'), "
+                                f"not a {type(delta).__name__}")
+    return delta
+
+
+@torch.no_grad()
+def set_point_estimate(guide: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Write ``values`` (constrained, one per global site) into a ``map`` guide, in place."""
+    delta = point_estimate(guide)
+    for name, value in values.items():
+        support = delta.prototype_trace.nodes[name]["fn"].support
+        getattr(delta, f"{name}_unconstrained").copy_(transform_to(support).inv(value))
+
+
+__all__ = ["GUIDES", "AmortizedFlow", "AutoFlowNormal", "EmptyGuide", "make_guide", "point_estimate", "set_point_estimate"]
