@@ -15,6 +15,7 @@ Run directory::
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -37,7 +38,7 @@ from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
-from .training.trainer import Callback, Trainer, read_history
+from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
 
 PROTOTYPE_ROWS = 256
 #: how each likelihood kind is named wherever a log-likelihood is shown
@@ -73,7 +74,8 @@ class Run:
             raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
         dataset = _labelled(dataset, card)
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
-        model = family(card.model, dataset.dim)
+        # on the run's device before the guide exists: autoguides create their parameters there
+        model = family(card.model, dataset.dim).to(resolve_device(card.training.device))
         if dataset.augment is None:
             dataset.train = model.validate(dataset.train, "data (training split)")
         else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
@@ -86,24 +88,29 @@ class Run:
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
                            generator=torch.Generator().manual_seed(card.training.seed))
         with torch.no_grad():  # autoguides create their parameters on the first call
-            guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
+            guide(to_device(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], model.device),
+                  num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Run":
-        """Load a run directory written by :meth:`fit` (best parameters if early-stopped)."""
+    def load(cls, run_dir: str | Path, *, device: str | None = None) -> "Run":
+        """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
+        ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
+        ``training.device``, or the CPU where this machine lacks that device: a run trained on
+        a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``)."""
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
         card = load_card(run_dir / "card.toml")
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         extras = ckpt["extras"]
-        model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
+        where = _load_device(card.training.device if device is None else device)
+        model = FAMILIES[card.model.family](card.model, int(extras["dim"])).to(where)
         proto = _from_state(extras["prototype"])
         guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
                            num_data=extras.get("num_train"))
         with torch.no_grad():
-            guide(proto)
+            guide(to_device(proto, where))
         params = ckpt["best"] or ckpt
         model.load_state_dict(params["model"])
         guide.load_state_dict(params["guide"])
@@ -163,8 +170,14 @@ class Run:
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        augment=d.augment)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model and guide live and every query computes (results come back on the host)."""
+        return self.model.device
+
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
+        ll = (self._model_log_likelihood(to_device(valid, self.device), self._params()).cpu()
+              + self.transform.log_abs_det_jacobian(valid))
         return {"valid_log_likelihood": float(ll.mean())}
 
     def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -185,13 +198,20 @@ class Run:
 
     @torch.no_grad()
     def params(self) -> dict[str, torch.Tensor]:
-        """Point estimate of the global latents: the guide's median."""
+        """Point estimate of the global latents: the guide's median (on the host)."""
+        return _host(self._params())
+
+    def _params(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.guide.median().items()}
 
     @torch.no_grad()
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
-        (empty when the family has no global latents: all its parameters are point estimates)."""
+        (empty when the family has no global latents: all its parameters are point estimates),
+        on the host."""
+        return _host(self._draws(num, seed))
+
+    def _draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
@@ -199,7 +219,7 @@ class Run:
         with pyro.poutine.seed(rng_seed=seed):
             out = Predictive(guide, num_samples=num, parallel=True,
                              return_sites=list(self.model.global_sites))()
-        point = self.params()
+        point = self._params()
         return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
@@ -207,8 +227,8 @@ class Run:
         """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
         families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family declares). ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
-        p = self.params() if params is None else params
-        return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
+        p = self._params() if params is None else {k: v.to(self.device) for k, v in params.items()}
+        return self._model_log_likelihood(to_device(xt, self.device), p).cpu() + self.transform.log_abs_det_jacobian(xt)
 
     @torch.no_grad()
     def posterior(self, x: Any = None) -> dict[str, torch.Tensor]:
@@ -219,25 +239,25 @@ class Run:
         for the training data only)."""
         if x is None and isinstance(self.guide, MeanFieldLocal):
             q = self.guide.training_posterior()  # needs no data: one q(z_n) per training row
-            return {"loc": q.mean, "scale": q.stddev}
-        xt = self._prepare(x) if x is not None else self._training_data()
+            return _host({"loc": q.mean, "scale": q.stddev})
+        xt = to_device(self._prepare(x) if x is not None else self._training_data(), self.device)
         if self.model.enumerated:
-            return self.model.local_marginals(xt, self.params())
+            return _host(self.model.local_marginals(xt, self._params()))
         if not isinstance(self.guide, LocalGuide):
             raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
         q = self.guide.local_posterior(xt)
-        return {"loc": q.mean, "scale": q.stddev}
+        return _host({"loc": q.mean, "scale": q.stddev})
 
     def map_states(self, x: Any) -> dict[str, torch.Tensor]:
         """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
-        return self.model.map_locals(self._prepare(x), self.params())
+        return _host(self.model.map_locals(to_device(self._prepare(x), self.device), self._params()))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
         data's own units."""
         with pyro.poutine.seed(rng_seed=seed):
-            return self.transform.inverse(self.model.sample(n, self.params()))
+            return self.transform.inverse(self.model.sample(n, self._params()).cpu())
 
     @torch.no_grad()
     def evaluate(self, x: Any) -> dict[str, Any]:
@@ -254,18 +274,18 @@ class Run:
         if len(xt) > ev.max_rows:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
-        draws = self.draws(s, seed)
-        ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
+        draws, xd = self._draws(s, seed), to_device(xt, self.device)  # computed on the run's device
+        ll = self._model_log_likelihood(xd, draws).cpu() + self.transform.log_abs_det_jacobian(xt)
         ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = None
         if posterior_predictive:
             with pyro.poutine.seed(rng_seed=seed + 1):
                 ppc = torch.stack([
-                    self.model.replicate(xt, {k: v[i] for k, v in draws.items()}) for i in range(s)
+                    self.model.replicate(xd, {k: v[i] for k, v in draws.items()}).cpu() for i in range(s)
                 ])
             ppc = _mask_padding(self.transform.inverse(ppc), xt)
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
-        return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
+        return inference_data(_host(draws), ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
 
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
@@ -288,9 +308,13 @@ class Run:
         plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
         if self.model.global_sites:
             plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
-        for name, fig in self.model.plots(self._training_data(), self.params()).items():
+        for name, fig in self._host_model().plots(self._training_data(), self.params()).items():
             plots.save_figure(fig, d / f"{name}.png")
         atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def _host_model(self) -> LatentVariableModel:
+        """The model with its parameters on the host (plots draw from host tensors)."""
+        return self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to("cpu")
 
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
@@ -361,6 +385,13 @@ def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, d
 
 def load(run_dir: str | Path) -> Run:
     return Run.load(run_dir)
+
+
+def _load_device(spec: str) -> torch.device:
+    """The device ``spec`` names, or the CPU where this machine has no such device."""
+    if spec != "auto" and spec != "cpu" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return resolve_device(spec)
 
 
 def _fit_input(guide: torch.nn.Module, train):

@@ -33,14 +33,21 @@ GUIDES = {
 def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_scale: float = 0.1,
                generator: torch.Generator | None = None, num_data: int | None = None) -> torch.nn.Module:
     """Build the guide ``kind`` for ``model``, initialised from the training data ``x``
-    (``num_data``: the number of training data, when ``x`` is only a sample of them)."""
+    (``num_data``: the number of training data, when ``x`` is only a sample of them), on the
+    model's device (place the model first: autoguides create their parameters there)."""
+    return _build_guide(model, kind, x, init_scale, generator, num_data).to(model.device)
+
+
+def _build_guide(model, kind, x, init_scale, generator, num_data) -> torch.nn.Module:
     if kind not in model.guides:
         raise IncompatibleError(
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
             f"expected one of: {', '.join(model.guides)}"
         )
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
+    # data-driven starts are computed where the data are (the host) and placed with the model
+    start = {k: v.to(model.device) for k, v in model.init_values(x, generator).items()}
+    init = init_to_value(values=start, fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
     if kind in ("amortized", "exact"):
         globals_guide = AutoNormal(blocked, init_loc_fn=init, init_scale=init_scale) if model.global_sites else None
