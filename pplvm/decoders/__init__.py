@@ -23,6 +23,7 @@ from ..config import Section
 from ..errors import CardError
 from .base import Decoder, Encoder, Likelihood, floored_softplus
 from .conv import ConvDecoderNet, ConvTrunk
+from .fused import MLP, Backend
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, GaussianScale
 from .mlp import Activation, mlp
 
@@ -41,6 +42,8 @@ class NetworkConfig(Section):
     scale: GaussianScale = Field("learned", description="gaussian: fixed, learned (per pixel) or amortized")
     fixed_scale: float = Field(0.1, gt=0, description="gaussian: σ when fixed, the start σ when learned")
     min_scale: float = Field(1e-3, gt=0, description="floor of every softplus scale")
+    backend: Backend = Field("auto", description="decoder kernels: auto (Triton on CUDA, else torch) | "
+                             "triton | torch | compile (torch.compile); see pplvm.decoders.fused")
 
 
 def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
@@ -61,8 +64,8 @@ def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
 
 def make_likelihood(cfg: NetworkConfig, dim: int) -> Likelihood:
     if cfg.likelihood == "bernoulli":
-        return BernoulliLikelihood(dim)
-    return GaussianLikelihood(dim, cfg.scale, cfg.fixed_scale, cfg.min_scale)
+        return BernoulliLikelihood(dim, cfg.backend)
+    return GaussianLikelihood(dim, cfg.scale, cfg.fixed_scale, cfg.min_scale, cfg.backend)
 
 
 def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Decoder:
@@ -70,7 +73,8 @@ def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Decoder:
     likelihood = make_likelihood(cfg, dim)
     in_features = cfg.latent_dim + side_dim
     if cfg.architecture == "mlp":
-        network = mlp(in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation)
+        network = mlp(in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation,
+                      cfg.backend)
     else:
         network = ConvDecoderNet(in_features, image_shape(cfg, dim), likelihood.num_outputs, cfg.channels,
                                  cfg.activation)
@@ -88,7 +92,7 @@ def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Encoder:
 
 
 __all__ = [
-    "BernoulliLikelihood", "ConvDecoderNet", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
+    "Backend", "BernoulliLikelihood", "ConvDecoderNet", "MLP", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
     "Likelihood", "NetworkConfig", "floored_softplus", "image_shape", "make_decoder", "make_encoder",
     "make_likelihood", "mlp",
 ]
