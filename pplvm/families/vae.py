@@ -72,7 +72,9 @@ class SideInformation:
         if self.kind == "none":
             return None
         if self.kind == "labels":
-            return torch.nn.functional.one_hot(y.long(), self.size).to(torch.get_default_dtype())
+            # one-hot by comparison (no data-dependent read of the largest label: traceable)
+            classes = torch.arange(self.size, device=y.device)
+            return (y.long()[..., None] == classes).to(torch.get_default_dtype())
         return y.to(torch.get_default_dtype())
 
     def __call__(self, data: "torch.Tensor | Batch") -> torch.Tensor | None:
