@@ -78,7 +78,7 @@ def test_bf16_autocast_keeps_log_probabilities_in_fp32_and_near_fp32():
     float32 tensor either way, and bf16's 8-bit mantissa (relative rounding 2^-8 per product)
     moves a 64-pixel Bernoulli ELBO by well under 2%."""
     run = pplvm.Run.from_card(_vae_card())
-    x = run.dataset.train[:64]
+    x = run.dataset.train[:64].to(run.device)
     elbo = pyro.infer.Trace_ELBO()
     values = {}
     for precision in ("fp32", "bf16"):
@@ -94,7 +94,7 @@ def test_every_contract_case_trains_and_answers_on_the_gpu(card, tmp_path):
     run = pplvm.fit(card, tmp_path / "r", overrides={"training.device": "cuda"})
     assert run.device.type == "cuda"
     assert all(p.device.type == "cuda" for p in [*run.model.parameters(), *run.guide.parameters()])
-    x = run.dataset.train[:16]
+    x = run._training_data()[:16]  # as the model sees it (one draw of a dynamically binarized split)
     assert run.sample(4).device.type == "cpu"
     if run.model.likelihood != "none":
         assert torch.isfinite(run.log_likelihood(x)).all()

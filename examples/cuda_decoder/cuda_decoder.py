@@ -94,8 +94,8 @@ class BiasTanh(torch.autograd.Function):
 
 
 class CudaTanhMLP(PyroModule):
-    """``(*S, B, K) -> (*S, B, N)``: ``tanh(h Wᵀ + b)`` per hidden layer by the extension, then a
-    final ``Linear``."""
+    """``(*S, B, K) -> (*S, B, N)``: ``tanh(h Wᵀ + b)`` per hidden layer by the extension (by
+    PyTorch on the host), then a final ``Linear``."""
 
     def __init__(self, in_features: int, hidden: list[int], out_features: int):
         super().__init__()
@@ -105,7 +105,10 @@ class CudaTanhMLP(PyroModule):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self.hidden:
-            h = BiasTanh.apply(F.linear(h, layer.weight), layer.bias)
+            if h.is_cuda:
+                h = BiasTanh.apply(F.linear(h, layer.weight), layer.bias)
+            else:  # the same function on the host (plots, a GPU-trained run loaded on a CPU)
+                h = torch.tanh(F.linear(h, layer.weight, layer.bias))
         return self.out(h)
 
 

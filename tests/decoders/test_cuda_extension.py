@@ -38,3 +38,8 @@ def test_the_extension_equals_torch_and_its_card_trains(tmp_path):
                     overrides={"training.epochs": 3, "training.progress": False})
     assert isinstance(run.model.decoder.network, cuda_decoder.CudaTanhMLP)
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    on_cpu = pplvm.Run.load(tmp_path / "r", device="cpu")  # the host path of the same network
+    x = run._training_data()[:32]
+    z = torch.randn(5, 8)
+    torch.testing.assert_close(on_cpu.model.decode(z).mean, run.model.decode(z.cuda()).mean.cpu(), rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(on_cpu.log_likelihood(x)).all()
