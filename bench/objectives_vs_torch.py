@@ -263,7 +263,7 @@ def make_steps(part: str):
     from pplvm.config import TrainingConfig
     from pplvm.training.compiled import CompiledSVIStep
 
-    compiled = CompiledSVIStep(model, guide, elbo, TrainingConfig(lr=1e-3), mode=os.environ.get("PPLVM_BENCH_COMPILE", "auto"))
+    compiled = CompiledSVIStep(model, guide, elbo, TrainingConfig(lr=1e-3), mode=os.environ.get("PPLVM_BENCH_COMPILE", "trace"))
     compiled.setup(x, N)
 
     def pplvm_compiled():
