@@ -25,6 +25,7 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
 def cmd_fit(args) -> int:
     from .config import load_card
     from .run import Run
+    from .training import distributed
 
     card = load_card(args.card, args.set)
     out = Path(args.out) if args.out else Path("runs") / card.name
@@ -36,9 +37,12 @@ def cmd_fit(args) -> int:
     try:
         run.fit(out)
     except KeyboardInterrupt:
-        print(f"pplvm: interrupted; the last checkpoint is kept in {out} — continue with: pplvm resume {out}",
-              file=sys.stderr)
+        if distributed.is_main():
+            print(f"pplvm: interrupted; the last checkpoint is kept in {out} — continue with: pplvm resume {out}",
+                  file=sys.stderr)
         return 130
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     last = run.history[-1]
     result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
               "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -110,12 +114,16 @@ def cmd_summary(args) -> int:
 
 def cmd_resume(args) -> int:
     from .run import Run
+    from .training import distributed
 
     try:
         run = Run.resume(args.run_dir, epochs=args.epochs)
     except KeyboardInterrupt:
-        print(f"pplvm: interrupted; continue with: pplvm resume {args.run_dir}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"pplvm: interrupted; continue with: pplvm resume {args.run_dir}", file=sys.stderr)
         return 130
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     last = run.history[-1]
     _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
            "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -258,6 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PplvmError as err:
         print(f"pplvm: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group fit / resume joined (nothing otherwise)."""
+    if "torch.distributed" in sys.modules:
+        from .training import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

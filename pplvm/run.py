@@ -36,6 +36,7 @@ from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
+from .training import distributed
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer, read_history
 
@@ -114,18 +115,23 @@ class Run:
 
     # ----------------------------------------------------------------- training
     def fit(self, out: str | Path | None = None, *, callbacks: Sequence[Callback] = ()) -> "Run":
-        """Train as the card's ``[training]`` says; with ``out``, write a run directory."""
+        """Train as the card's ``[training]`` says; with ``out``, write a run directory.
+
+        Started by torchrun (several processes), every process trains on its shard of each
+        batch and only rank 0 writes (see :mod:`pplvm.training.distributed`)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+        main = distributed.init_from_env(self.card.training.device).is_main
         if out is not None:
             self.run_dir = Path(out)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "metrics.jsonl").write_text("")
-            dump_card(self.card, self.run_dir / "card.toml")
+            if main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "metrics.jsonl").write_text("")
+                dump_card(self.card, self.run_dir / "card.toml")
         self.trainer = self._trainer(callbacks)
         self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
-        if self.run_dir is not None:
+        if self.run_dir is not None and main:
             self.write_artifacts()
         return self
 
@@ -141,13 +147,16 @@ class Run:
             raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
         run = cls.from_card(card, data)
         run.run_dir = run_dir
-        dump_card(card, run_dir / "card.toml")
+        main = distributed.init_from_env(card.training.device).is_main
         run.trainer = run._trainer(callbacks)
         train = _fit_input(run.guide, run.dataset.train)
-        run.trainer.resume(train)
+        run.trainer.resume(train)  # every process reads the checkpoint before rank 0 writes anything
+        if main:
+            dump_card(card, run_dir / "card.toml")
         run.trainer.fit(train, run.dataset.valid)
         run.history = run.trainer.state.history
-        run.write_artifacts()
+        if main:
+            run.write_artifacts()
         return run
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
@@ -159,9 +168,10 @@ class Run:
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
         rule = make_update_rule(self.model, self.guide, self.card, held_out=not isinstance(self.guide, MeanFieldLocal))
+        ctx = distributed.init_from_env(self.card.training.device)
         return Trainer(self.model, self.guide, rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       augment=d.augment)
+                       augment=d.augment, rank=ctx.rank, world_size=ctx.world_size)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
         ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
