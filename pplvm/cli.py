@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,11 +24,19 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(obj, sort_keys=True) if as_json else text)
 
 
+def _stop_on_sigterm() -> None:
+    """Under torchrun, a process that fails makes the launcher stop the others with SIGTERM:
+    they stop as on Ctrl-C (one line; the last checkpoint is kept) rather than silently."""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def cmd_fit(args) -> int:
     from .config import load_card
     from .run import Run
     from .training import distributed
 
+    _stop_on_sigterm()
     card = load_card(args.card, args.set)
     out = Path(args.out) if args.out else Path("runs") / card.name
     if args.quiet:
@@ -116,6 +126,7 @@ def cmd_resume(args) -> int:
     from .run import Run
     from .training import distributed
 
+    _stop_on_sigterm()
     try:
         run = Run.resume(args.run_dir, epochs=args.epochs)
     except KeyboardInterrupt:

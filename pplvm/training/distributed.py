@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -223,7 +224,7 @@ def _collective(fn, *args) -> None:
 def describe_failure(err: BaseException) -> str:
     """One line for a failed collective: which process saw it and why."""
     ctx = context()
-    return (f"process {ctx.rank} of {ctx.world_size} lost contact with the others ({_first_line(err)}): "
+    return (f"process {ctx.rank} of {ctx.world_size} lost contact with the others ({_reason(err)}): "
             "another process died or stayed silent longer than "
             f"{TIMEOUT_ENV} = {timeout().total_seconds():g} s")
 
@@ -247,11 +248,22 @@ class DataParallel:
         backward."""
         from torch.nn.parallel import DistributedDataParallel
 
+        for p in module.parameters():  # DDP's gradient buckets copy each parameter's strides:
+            if p.stride() != _dense_strides(p.shape):  # an expanded one (stride 0) gets its own storage
+                p.data = p.data.clone(memory_format=torch.contiguous_format)
         # device_ids=None: the module lives on one device and the trainer has already put
         # each batch there (DDP would otherwise try to move Batch objects itself)
         ddp = DistributedDataParallel(module, device_ids=None)
         ddp.register_comm_hook(self, _weighted_allreduce)
         return ddp
+
+
+def _dense_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _weighted_allreduce(state, bucket):
@@ -262,6 +274,13 @@ def _weighted_allreduce(state, bucket):
     buf.mul_(state.weight)
     fut = dist.all_reduce(buf, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
+
+
+def _reason(err: BaseException) -> str:
+    """The gist of a gloo / NCCL error: its first sentence, without source locations."""
+    text = _first_line(err).replace("Got the following error when running the callback: ", "")
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\] ", "", text)
+    return text.split(". This is typically")[0]
 
 
 def _first_line(err: BaseException) -> str:
