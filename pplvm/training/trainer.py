@@ -226,7 +226,7 @@ class Trainer:
         self.state = TrainState(**ckpt["trainer"])
         ranks = ckpt["rng"].get("torch_ranks")  # written by a run on several processes
         if ranks is not None and self.rank < len(ranks):
-            torch.set_rng_state(ranks[self.rank])
+            torch.set_rng_state(ranks[self.rank].clone())  # a view at an offset crashes torch 2.13
         elif self.rank == 0:
             torch.set_rng_state(ckpt["rng"]["torch"])
         else:  # more processes than the run had: a fresh stream of this process's own

@@ -97,36 +97,42 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_torchrun_fit_equals_one_process_and_continues_on_one(tmp_path):
-    """``torchrun --nproc_per_node=2 -m pplvm fit``: parameters and loss curves equal the
-    single-process run's; only rank 0 writes and reports; the run then evaluates and resumes
-    on one process as a single-process run does."""
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m pplvm args...``"""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pplvm", *args]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=3 * TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
+    """``torchrun --nproc_per_node=2 -m pplvm fit``, then ``resume``: parameters and loss curves
+    equal the single-process run's; only rank 0 writes and reports; the run evaluates on one
+    process as a single-process run does."""
     card = tmp_path / "card.toml"
     pplvm.config.dump_card(pplvm.card_from_dict(CARD), card)
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pplvm", "fit", str(card), "--out", str(two), "--quiet"]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=3 * TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun("fit", str(card), "--out", str(two), "--quiet")
     assert done.stdout.count(f"wrote {two}") == 1  # rank 0 alone reports
 
-    one = pplvm.fit(CARD, tmp_path / "one")
-    c2, c1 = load_checkpoint(two / "checkpoint.pt"), load_checkpoint(one.run_dir / "checkpoint.pt")
-    assert c2["trainer"] == c1["trainer"]
-    assert_params_close(c2["model"], c1["model"])
-    assert_params_close(c2["guide"], c1["guide"])
+    one = pplvm.fit(CARD)
+    c2 = load_checkpoint(two / "checkpoint.pt")
+    assert c2["trainer"] == one.trainer.state.to_checkpoint()
+    assert_params_close(c2["model"], one.model.state_dict())
+    assert_params_close(c2["guide"], one.guide.state_dict())
     assert c2["rng"]["torch_ranks"].shape[0] == 2  # each process's RNG state, for an exact resume
-    assert_curves_close(metrics(two), metrics(one.run_dir))
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.run_dir.iterdir())
+    assert_curves_close(metrics(two), one.history)
+    names = {p.name for p in two.iterdir()}
+    assert {"card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt"} <= names
 
     x = pplvm.load_dataset(pplvm.card_from_dict(CARD).data).valid
-    e2, e1 = pplvm.load(two).evaluate(x), pplvm.load(one.run_dir).evaluate(x)
+    e2, e1 = pplvm.load(two).evaluate(x), one.evaluate(x)
     assert abs(e2["log_likelihood_sum"] - e1["log_likelihood_sum"]) <= RTOL * abs(e1["log_likelihood_sum"])
 
-    r2, r1 = pplvm.Run.resume(two, epochs=6), pplvm.Run.resume(one.run_dir, epochs=6)
-    assert_params_close(r2.guide.state_dict(), r1.guide.state_dict())
-    assert_curves_close(r2.history, r1.history)
-    assert len(metrics(two)) == 6
+    torchrun("resume", str(two), "--epochs", "6", "--json")  # each process takes its RNG state back
+    six = pplvm.fit(CARD, overrides=["training.epochs=6"])
+    assert_params_close(load_checkpoint(two / "checkpoint.pt")["guide"], six.guide.state_dict())
+    assert_curves_close(metrics(two), six.history)
 
 
 def test_every_family_trains_on_two_processes(tmp_path):
