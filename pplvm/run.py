@@ -6,15 +6,21 @@ This is the thin facade every family gets for free; the mathematics lives in the
 Run directory::
 
     card.toml            the resolved card (every default written out)
-    checkpoint.pt        model, guide, optimiser and trainer state (weights_only-safe)
+    checkpoint.pt        model, guide, optimiser and trainer state (weights_only-safe), and the
+                         card values its tensors depend on (checked against card.toml on load)
     metrics.jsonl        one JSON object per epoch
     inference_data.nc    arviz InferenceData (posterior, posterior_predictive, ...)
     loss.png, posterior.png, <family plots>.png
     summary.txt          arviz summary of the global latents and held-out metrics
+    .pplvm.lock          held (fcntl) by the one process that fits or resumes the run
+
+A new fit refuses a directory that holds a run unless asked to overwrite it (see
+:mod:`pplvm.rundir`); every file is written through a temporary file and a rename.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -26,10 +32,12 @@ import torch
 from pydantic import BaseModel
 from pyro.infer import Predictive
 
-from .config import card_from_dict, card_to_dict, dump_card, load_card
+from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_card, load_card
 from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
-from .errors import DataError, IncompatibleError, PplvmError, RunDirError
+from . import rundir
+from ._progress import progress, reporting
+from .errors import ArgumentError, DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
@@ -51,6 +59,8 @@ class Run:
     def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
                  transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
+        #: what training does with each minibatch (the objective's update rule)
+        self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -65,8 +75,17 @@ class Run:
         card's source, split as the card says."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
+        if family.sequential and data is not None and not isinstance(data, Batch):
+            raise DataError(f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
+                            "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
+                            "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))")
         if data is None:
             dataset = load_dataset(card.data)
+            if family.sequential and not isinstance(dataset.train, Batch):
+                raise DataError(f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
+                                f"{card.model.family!r} takes sequences, and its time steps would be split row by "
+                                "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
+                                "train_lengths; one sequence: train_lengths = [T])")
         else:
             dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
@@ -99,77 +118,119 @@ class Run:
         card = load_card(run_dir / "card.toml")
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         extras = ckpt["extras"]
-        model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
-        proto = _from_state(extras["prototype"])
-        guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                           num_data=extras.get("num_train"))
-        with torch.no_grad():
-            guide(proto)
-        params = ckpt["best"] or ckpt
-        model.load_state_dict(params["model"])
-        guide.load_state_dict(params["guide"])
+        rundir.check_fingerprint(extras.get("card"), card, run_dir)
+        with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
+            model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
+            proto = _from_state(extras["prototype"])
+            guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
+                               num_data=extras.get("num_train"))
+            with torch.no_grad():
+                guide(proto)
+            params = ckpt["best"] or ckpt
+            model.load_state_dict(params["model"])
+            guide.load_state_dict(params["guide"])
         run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
         run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
         run.from_python = bool(extras.get("from_python"))
         return run
 
     # ----------------------------------------------------------------- training
-    def fit(self, out: str | Path | None = None, *, callbacks: Sequence[Callback] = ()) -> "Run":
+    def fit(self, out: str | Path | None = None, *, overwrite: bool = False,
+            callbacks: Sequence[Callback] = ()) -> "Run":
         """Train as the card's ``[training]`` says; with ``out``, write a run directory.
 
+        ``out`` must be new or empty: a directory holding a run is refused unless
+        ``overwrite``, which deletes the old run's files first. The directory is locked
+        while the fit writes it (a second fit into it is refused).
+
         Started by torchrun (several processes), every process trains on its shard of each
-        batch and only rank 0 writes (see :mod:`pplvm.training.distributed`)."""
+        batch and rank 0 alone prepares, locks and writes the run directory (see
+        :mod:`pplvm.training.distributed`)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
         main = distributed.init_from_env(self.card.training.device).is_main
-        if out is not None:
-            self.run_dir = Path(out)
-            if main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "metrics.jsonl").write_text("")
-                dump_card(self.card, self.run_dir / "card.toml")
+        if out is None:
+            return self._fit(callbacks)
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("prepare the run directory"):
+                if main:
+                    run_dir = stack.enter_context(
+                        rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()))
+                    with rundir.storage(f"run directory {str(run_dir)!r}"):
+                        dump_card(self.card, run_dir / "card.toml")
+                        (run_dir / "metrics.jsonl").write_text("")
+                self.run_dir = Path(out)
+            return self._fit(callbacks)
+
+    def _fit(self, callbacks: Sequence[Callback]) -> "Run":
         self.trainer = self._trainer(callbacks)
-        self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
+        with rundir.storage(f"run directory {str(self.run_dir)!r}"):
+            self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
-        if self.run_dir is not None and main:
+        if self.run_dir is not None and distributed.is_main():
             self.write_artifacts()
         return self
+
+    def _checkpoint_bytes(self) -> int:
+        """About the size of a checkpoint: the parameters, twice the optimiser's moments, the
+        best parameters, and the prototype data."""
+        params = sum(t.numel() * t.element_size() for m in (self.model, self.guide) for t in m.state_dict().values())
+        return 6 * params + 2**20
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, data: Any = None,
                callbacks: Sequence[Callback] = ()) -> "Run":
         """Continue an interrupted run from its last checkpoint; the result equals an
-        uninterrupted run with the same seed. ``epochs`` raises the epoch budget."""
+        uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
+        least the epochs done). Everything is checked before anything is written: ``card.toml``
+        is rewritten only once the checkpoint has loaded into the card's model."""
         run_dir = Path(run_dir)
-        card = load_card(run_dir / "card.toml", {"training.epochs": epochs} if epochs else None)
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-        if data is None and ckpt["extras"].get("from_python"):
-            raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
-        run = cls.from_card(card, data)
-        run.run_dir = run_dir
-        main = distributed.init_from_env(card.training.device).is_main
-        run.trainer = run._trainer(callbacks)
-        train = _fit_input(run.guide, run.dataset.train)
-        run.trainer.resume(train)  # every process reads the checkpoint before rank 0 writes anything
-        if main:
-            dump_card(card, run_dir / "card.toml")
-        run.trainer.fit(train, run.dataset.valid)
-        run.history = run.trainer.state.history
-        if main:
-            run.write_artifacts()
+        if not (run_dir / "card.toml").is_file():
+            raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
+        main = distributed.init_from_env(load_card(run_dir / "card.toml").training.device).is_main
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("lock the run directory"):  # rank 0 locks and writes it; all read it
+                if main:
+                    stack.enter_context(rundir.locked(run_dir))
+                card = load_card(run_dir / "card.toml")
+                ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+                rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+                if epochs is not None:
+                    done = int(ckpt["trainer"]["epoch"])
+                    if check_count(epochs, "epochs") < done:
+                        raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                                            f"expected a new total budget of at least {done}")
+                    card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+                if data is None and ckpt["extras"].get("from_python"):
+                    raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+                run = cls.from_card(card, data)
+                run.run_dir = run_dir
+                if main:
+                    rundir.check_writable(run_dir, run._checkpoint_bytes())
+            run.trainer = run._trainer(callbacks)
+            train = _fit_input(run.guide, run.dataset.train)
+            with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
+                run.trainer.resume(train)
+            with rundir.storage(f"run directory {str(run_dir)!r}"):
+                if main:
+                    dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+                run.trainer.fit(train, run.dataset.valid)
+            run.history = run.trainer.state.history
+            if main:
+                run.write_artifacts()
         return run
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
         d = self.dataset
         extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
                   "prototype": _to_state(_fit_input(self.guide, d.train)[:PROTOTYPE_ROWS]),
-                  "num_train": len(d.train), "from_python": bool(d.info.get("from_python"))}
+                  "num_train": len(d.train), "from_python": bool(d.info.get("from_python")),
+                  "card": rundir.card_fingerprint(self.card)}  # what load and resume check card.toml against
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
-        rule = make_update_rule(self.model, self.guide, self.card, held_out=not isinstance(self.guide, MeanFieldLocal))
         ctx = distributed.init_from_env(self.card.training.device)
-        return Trainer(self.model, self.guide, rule, self.card.training, run_dir=self.run_dir,
+        return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        augment=d.augment, rank=ctx.rank, world_size=ctx.world_size)
 
@@ -202,6 +263,7 @@ class Run:
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
         (empty when the family has no global latents: all its parameters are point estimates)."""
+        num, seed = check_count(num, "num"), check_seed(seed, "seed")
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
@@ -246,6 +308,7 @@ class Run:
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
         data's own units."""
+        n, seed = check_count(n, "n"), check_seed(seed, "seed")
         with pyro.poutine.seed(rng_seed=seed):
             return self.transform.inverse(self.model.sample(n, self.params()))
 
@@ -269,10 +332,12 @@ class Run:
         ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = None
         if posterior_predictive:
-            with pyro.poutine.seed(rng_seed=seed + 1):
-                ppc = torch.stack([
-                    self.model.replicate(xt, {k: v[i] for k, v in draws.items()}) for i in range(s)
-                ])
+            with pyro.poutine.seed(rng_seed=seed + 1), progress(s, "posterior predictive", unit="draw") as bar:
+                ppc = []
+                for i in range(s):
+                    ppc.append(self.model.replicate(xt, {k: v[i] for k, v in draws.items()}))
+                    bar.update(1)
+                ppc = torch.stack(ppc)
             ppc = _mask_padding(self.transform.inverse(ppc), xt)
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
         return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
@@ -291,31 +356,67 @@ class Run:
     def write_artifacts(self) -> None:
         """Write inference data, plots and the text summary into the run directory."""
         d = self.run_dir
-        idata = self.idata = self.to_arviz()
-        tmp = d / ".inference_data.nc.tmp"
-        idata.to_netcdf(str(tmp))
-        tmp.replace(d / "inference_data.nc")
-        plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
+        with reporting(self.card.training.progress):
+            idata = self.idata = self.to_arviz()
+        # the netCDF library can crash (not raise) on a full disk: check the space first
+        rundir.check_writable(d, 2 * _nbytes(idata))
+        with rundir.storage(f"run directory {str(d)!r}"):
+            rundir.write_atomic(d / "inference_data.nc", lambda tmp: idata.to_netcdf(str(tmp)),
+                                f"{str(d / 'inference_data.nc')!r}")
+            plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
+            if self.model.global_sites:
+                plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
+            for name, fig in self.model.plots(self._training_data(), self.params()).items():
+                plots.save_figure(fig, d / f"{name}.png")
+            atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def _posterior_table(self, idata, max_size: int | None):
+        """``(table, hidden)``: the arviz summary (a DataFrame, None when no site is small
+        enough) of the global sites with at most ``max_size`` entries, and the others' names."""
+        shown = small_sites(idata, self.model.global_sites, max_size)
+        hidden = [v for v in self.model.global_sites if v not in shown]
+        if not shown:  # every site may be larger than max_size (e.g. a Bayesian W): nothing to tabulate
+            return None, hidden
+        with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
+        table = table[table["sd"] > 0] if self.card.guide.kind != "map" else table[["mean"]]
+        return table, hidden
+
+    def _summary_idata(self, idata):
+        if idata is None:  # after fit(out=...), reuse what write_artifacts built
+            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
+        return idata
+
+    def summary(self, idata=None, max_size: int | None = None) -> dict[str, Any]:
+        """The summary as plain data (what ``pplvm summary --json`` prints): the run, its last
+        epoch, the best held-out log-likelihood and, per global-latent entry, arviz's summary
+        statistics (``posterior``: ``{"locs[0, 1]": {"mean": ..., "sd": ..., ...}}``; NaN as null)."""
+        c, last = self.card, (self.history[-1] if self.history else {})
+        out: dict[str, Any] = {"run": c.name, "family": c.model.family, "guide": c.guide.kind,
+                               "objective": c.objective.name, "likelihood": self.model.likelihood,
+                               "epochs": last.get("epoch", 0), "train_loss": last.get("train_loss"),
+                               "valid_log_likelihood": None, "valid_epoch": None, "posterior": {}, "not_shown": []}
+        scored = [h for h in self.history if "valid_log_likelihood" in h]
+        if scored:
+            best = max(scored, key=lambda h: h["valid_log_likelihood"])
+            out.update(valid_log_likelihood=best["valid_log_likelihood"], valid_epoch=best["epoch"])
         if self.model.global_sites:
-            plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
-        for name, fig in self.model.plots(self._training_data(), self.params()).items():
-            plots.save_figure(fig, d / f"{name}.png")
-        atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+            table, out["not_shown"] = self._posterior_table(self._summary_idata(idata), max_size)
+            if table is not None:
+                out["posterior"] = {str(name): {str(k): (None if v != v else float(v)) for k, v in row.items()}
+                                    for name, row in table.iterrows()}
+        return out
 
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
-        if idata is None:  # after fit(out=...), reuse what write_artifacts built
-            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
         if self.model.global_sites:
-            with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
-                warnings.simplefilter("ignore", RuntimeWarning)
-                shown = small_sites(idata, self.model.global_sites, max_size)
-                table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
-            table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
-            posterior = ["posterior of the global latents (guide draws):", table.to_string()]
-            hidden = [v for v in self.model.global_sites if v not in shown]
+            table, hidden = self._posterior_table(self._summary_idata(idata), max_size)
+            posterior = ["posterior of the global latents (guide draws):"]
+            if table is not None:
+                posterior.append(table.to_string())
             if hidden:
                 posterior.append(f"(not shown: {', '.join(hidden)}; summary.txt in the run directory has them)")
         else:
@@ -345,6 +446,16 @@ def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
     return dataset
 
 
+def _nbytes(idata) -> int:
+    """Bytes of the arrays in an InferenceData (arviz 0.x) or DataTree (arviz 1.x)."""
+    try:
+        if hasattr(idata, "subtree"):  # DataTree
+            return int(sum(node.dataset.nbytes for node in idata.subtree))
+        return int(sum(idata[g].nbytes for g in idata.groups()))
+    except (AttributeError, KeyError, TypeError):
+        return 0
+
+
 def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
     """Values ``(*S, N, T, ...)`` for export with the padded steps of the sequences in ``like``
     set to NaN (arviz: missing); unchanged for data that are not padded sequences."""
@@ -353,6 +464,20 @@ def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
         trailing = like.x.dim() - 2  # dims after (N, T)
         x = x.masked_fill(~mask.reshape(mask.shape + (1,) * trailing), float("nan"))
     return x
+
+
+@contextlib.contextmanager
+def _matching(run_dir: Path):
+    """Name a checkpoint whose tensors do not fit the card's model and guide (checkpoints
+    written before fingerprints, see :func:`~pplvm.rundir.check_fingerprint`)."""
+    try:
+        yield
+    except PplvmError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(f"{str(run_dir)!r}: checkpoint.pt does not fit the model card.toml describes "
+                          f"({first}); restore the card the run was trained with, or fit a new run") from None
 
 
 def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
@@ -364,9 +489,10 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
 
 
 def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, data: Any = None,
-        overrides: Sequence[str] | dict[str, Any] | None = None) -> Run:
-    """Build a run from ``card`` (TOML path, dict or validated card) and fit it."""
-    return Run.from_card(_as_card(card, overrides), data).fit(out)
+        overrides: Sequence[str] | dict[str, Any] | None = None, overwrite: bool = False) -> Run:
+    """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``out``
+    must be new or empty unless ``overwrite`` (see :meth:`Run.fit`)."""
+    return Run.from_card(_as_card(card, overrides), data).fit(out, overwrite=overwrite)
 
 
 def load(run_dir: str | Path) -> Run:
@@ -411,4 +537,5 @@ def save_samples(x: torch.Tensor, path: str | Path) -> None:
         np.savetxt(buf, arr, delimiter=",")
     else:
         raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
-    atomic_write_bytes(path, buf.getvalue())
+    with rundir.storage(f"--out {str(path)!r}"):
+        atomic_write_bytes(path, buf.getvalue())

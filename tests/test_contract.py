@@ -64,10 +64,17 @@ def _latent(site) -> bool:
             and not site["infer"].get("is_auxiliary"))
 
 
-def test_objective_is_finite(run):
+def test_update_rule_step_is_finite_and_moves_the_parameters(run):
+    """One step of the card's update rule on the training data: a finite loss, and the
+    parameters it updates change and stay finite."""
     x = seen(run)
-    loss = run.objective.loss(run.model, run.guide, x, num_data=len(x))
-    assert math.isfinite(loss)
+    run.rule.setup(x, len(x))
+    before = [p.detach().clone() for p in run.rule.parameters()]
+    loss = run.rule.step(x, len(x), 0.0)
+    assert loss.dim() == 0 and math.isfinite(float(loss))
+    after = list(run.rule.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.isfinite(p).all() for p in after)
 
 
 @pytest.mark.parametrize("batch_shape", [(), (5,), (2, 4)])

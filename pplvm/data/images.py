@@ -24,6 +24,8 @@ from __future__ import annotations
 import gzip
 
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +35,7 @@ import torch
 from pydantic import Field
 
 from ..errors import DataError
+from ..schema import Seed
 from .base import Batch, DataConfig
 
 MNIST_PIXELS = 28 * 28
@@ -43,7 +46,7 @@ class ImageConfig(DataConfig):
     """Options every image source accepts."""
 
     binarize: Binarization = Field("none", description="none, threshold, static or dynamic (see pplvm.data.images)")
-    binarize_seed: int = Field(0, description="seed of the static Bernoulli draw")
+    binarize_seed: Seed = Field(0, description="seed of the static Bernoulli draw")
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,12 @@ def write_amat(path: str | Path, x: np.ndarray) -> None:
 def read_npz(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIXELS) -> dict[str, np.ndarray]:
     """Read ``train`` and any ``valid`` / ``test`` arrays ``(N, pixels)`` of 0/1 from ``.npz``."""
     path = _existing(path, field)
-    try:
-        with np.load(path, allow_pickle=False) as f:
+    try:  # the file handle is ours to close: numpy leaks its own when the archive is damaged
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("train", "valid", "test") if k in f.files}
             names = f.files
-    except ValueError as err:
+    except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile, zlib.error) as err:
+        # AttributeError: a single .npy array (no .files) given the .npz name
         raise DataError(f"{field} {str(path)!r}: not a readable .npz of plain arrays ({err})") from None
     if "train" not in arrays:
         raise DataError(f"{field} {str(path)!r}: expected an array named 'train' (and optionally 'valid', "

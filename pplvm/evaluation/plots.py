@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -88,19 +89,56 @@ def state_plot(x: torch.Tensor, marginals: torch.Tensor, path: torch.Tensor, tit
 
 
 def posterior_plot(idata, var_names: Sequence[str], max_size: int = 32) -> Figure:
-    """Forest plot of the posterior of the global latents (arviz); sites with more than
-    ``max_size`` entries (e.g. correlation factors) are left to the summary table."""
-    from .arviz import arviz, small_sites
+    """Forest plot of the posterior of the global latents: per scalar entry, the median with
+    the central 50% (thick) and 94% (thin) intervals of the draws (chains pooled). Sites with
+    more than ``max_size`` entries (e.g. correlation factors) are left to the summary table;
+    when every site is that large, the first one is drawn."""
+    from .arviz import small_sites
 
     var_names = small_sites(idata, var_names, max_size) or list(var_names[:1])
-    fig = Figure(figsize=(6, 1.0 + 0.35 * _count(idata, var_names)), layout="constrained")
+    labels, draws = [], []
+    for v in var_names:
+        da = idata.posterior[v]
+        values = np.asarray(da.values, dtype=np.float64)  # (chain, draw, *shape)
+        values = values.reshape(values.shape[0] * values.shape[1], -1)  # (S, m)
+        shape = da.shape[2:]
+        for j in range(values.shape[1]):
+            index = np.unravel_index(j, shape) if shape else ()
+            labels.append(f"{v}[{', '.join(map(str, index))}]" if shape else v)
+            draws.append(values[:, j])
+    q = np.quantile(np.stack(draws, 1), [0.03, 0.25, 0.5, 0.75, 0.97], axis=0)  # (5, m)
+    y = np.arange(len(labels))[::-1]
+    fig = Figure(figsize=(6, 1.0 + 0.3 * len(labels)), layout="constrained")
     ax = fig.add_subplot()
-    arviz().plot_forest(idata, var_names=list(var_names), combined=True, ax=ax)
+    ax.hlines(y, q[0], q[4], color="C0", lw=1)
+    ax.hlines(y, q[1], q[3], color="C0", lw=3)
+    ax.plot(q[2], y, "o", color="C0", ms=4, mfc="white")
+    ax.set_yticks(y, labels)
+    ax.set(ylim=(-0.7, len(labels) - 0.3), title="posterior: median, 50% and 94% intervals")
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 
-def _count(idata, var_names) -> int:
-    return int(sum(idata.posterior[v].isel(chain=0, draw=0).size for v in var_names))
+def compare_plot(table, n: int) -> Figure:
+    """PSIS-LOO comparison: ``elpd_loo`` ± se per run (open circles) and, below each run after
+    the best, its difference to the best ± dse (grey). ``table``: rows best first with the
+    columns of :func:`pplvm.evaluation.arviz.compare_table`."""
+    names = [str(i) for i in table.index]
+    elpd, se = table["elpd_loo"].to_numpy(float), table["se"].to_numpy(float)
+    diff, dse = table["elpd_diff"].to_numpy(float), table["dse"].to_numpy(float)
+    fig = Figure(figsize=(6.5, 1.2 + 0.5 * len(names)), layout="constrained")
+    ax = fig.add_subplot()
+    y = -np.arange(len(names), dtype=float)
+    ax.errorbar(elpd, y, xerr=se, fmt="o", mfc="white", color="black", capsize=3, label="elpd_loo ± se")
+    later = np.arange(len(names)) > 0
+    if later.any():
+        ax.errorbar((elpd[0] - diff)[later], y[later] - 0.3, xerr=dse[later], fmt="^", color="grey",
+                    capsize=3, label="difference to the best ± dse")
+    ax.axvline(elpd[0], color="grey", ls="--", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.set(xlabel="elpd_loo (log)", title=f"PSIS-LOO on {n} observations (higher is better)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
 
 
 def save_figure(fig: Figure, path: Path) -> None:

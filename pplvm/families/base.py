@@ -22,7 +22,7 @@ from pyro.infer import TraceEnum_ELBO, infer_discrete
 from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
-from ..config import Section
+from ..schema import Section
 from ..data.base import Batch
 from ..distributions import CollapsedLatents
 
@@ -65,6 +65,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
+    #: True when a datum is a sequence (a :class:`~pplvm.data.Batch` with ``lengths``, e.g. an
+    #: HMM): a table of rows given as data is refused, since splitting it into training and
+    #: held-out data would cut its time steps apart and shuffle them
+    sequential: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
@@ -142,7 +146,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         """A posterior-predictive replicate of ``x``: one new datum per datum of ``x`` from
         ``p(x | θ = params)``, with the same design (sequence lengths, covariates), shaped like
         ``values(x)``. The model runs on ``x`` with its observed site sampled instead."""
-        trace = poutine.trace(poutine.uncondition(self.conditioned(params))).get_trace(x)
+        # uncondition inside, condition outside: the observation is redrawn, θ stays fixed
+        trace = poutine.trace(poutine.condition(poutine.uncondition(self), data=params)).get_trace(x)
         return trace.nodes[self.observed_site]["value"]
 
     @torch.no_grad()
@@ -198,7 +203,7 @@ class ContinuousLatentModel(LatentVariableModel):
     reads its observations with :func:`~pplvm.data.values`.
 
     A family with ``likelihood = "estimate"`` estimates its marginal by
-    importance sampling (:func:`pplvm.evaluation.likelihood.importance_log_likelihood`), and
+    importance sampling (:func:`pplvm.inference.importance.importance_log_likelihood`), and
     its :meth:`log_likelihood` accepts a keyword ``proposal``: a guide called as ``proposal(x)``
     that samples the local latent inside the data plate, which a run fills with its guide."""
 
@@ -228,7 +233,7 @@ class ExactLocalPosterior(abc.ABC):
 class IdentifiedSummaries(abc.ABC):
     """Capability of a family whose globals are identified only up to a symmetry (label
     switching, rotations): functions of θ that are invariant to it, for calibration checks
-    (:mod:`pplvm.evaluation.sbc`) and summaries. Families without it are checked on θ itself."""
+    (:mod:`pplvm.workflows.sbc`) and summaries. Families without it are checked on θ itself."""
 
     @abc.abstractmethod
     def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

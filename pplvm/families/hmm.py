@@ -77,6 +77,7 @@ class HiddenMarkovModel(LatentVariableModel):
     local_sites = ("states",)
     enumerated = True
     collapsed = True
+    sequential = True
     likelihood = "exact"
     site_dims = {
         "initial": ["state"],

@@ -181,11 +181,11 @@ class _Autoencoder(ContinuousLatentModel):
             log (1/S) Σ_s p(x_n, z_s) / q(z_s | x_n),      z_s ~ q(· | x_n)
 
         an unbiased estimate of ``p(x_n)`` (so a stochastic lower bound in log space that
-        tightens as S grows), by :func:`~pplvm.evaluation.likelihood.importance_log_likelihood`.
+        tightens as S grows), by :func:`~pplvm.inference.importance.importance_log_likelihood`.
         ``proposal`` is a guide called as ``proposal(x)`` that samples ``z`` inside the data
         plate (the amortized guide); without one the prior is used, which is valid but loose.
         ``params`` is empty (no global latents). Memory is bounded by ``max_elements``."""
-        from ..evaluation.likelihood import importance_log_likelihood
+        from ..inference.importance import importance_log_likelihood
 
         est = importance_log_likelihood(self, proposal if proposal is not None else self._prior_proposal, x,
                                         k=num_samples or self.config.likelihood_samples, seed=seed,

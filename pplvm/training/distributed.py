@@ -23,6 +23,8 @@ What this module offers the rest of pplvm (and any update rule):
   when the environment names none.
 * :func:`is_main`, :func:`rank`, :func:`world_size` — only the main process (rank 0) writes
   run directories, checkpoints, metrics, plots and takes the run-directory lock.
+* :func:`agreed` — a block in which rank 0 prepares what all need (locks and writes the run
+  directory); if it fails there, every process stops with one line.
 * :func:`all_reduce_sum` — sum tensors over processes in place (an EM step's sufficient
   statistics, the epoch's loss); :func:`broadcast` — rank 0's values everywhere (held-out
   metrics, so that every process takes the same early-stopping decisions).
@@ -36,12 +38,13 @@ it into one line naming the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -202,6 +205,33 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     _collective(dist.broadcast, buf, src)
     tensor.copy_(buf)
     return tensor
+
+
+@contextlib.contextmanager
+def agreed(what: str) -> Iterator[None]:
+    """Every process runs the block, in which rank 0 alone takes locks and writes (e.g. prepares
+    the run directory); at its end all learn whether rank 0's block succeeded, so that when it
+    failed (a refused directory, say) the others stop with one line instead of waiting in a
+    collective for a process that has gone. ``what``: rank 0's part, for that line."""
+    if world_size() == 1:
+        yield
+        return
+    failed: BaseException | None = None
+    try:
+        yield
+    except BaseException as err:  # noqa: BLE001 — re-raised below, after telling the others
+        failed = err
+    try:
+        main_ok = bool(broadcast(torch.tensor([float(failed is None)]))[0])
+    except CollectiveError:
+        if failed is None:
+            raise
+        main_ok = False
+    if failed is not None:
+        raise failed
+    if not main_ok:
+        raise TrainingError(f"process {rank()} of {world_size()} stops: process 0 could not {what} "
+                            "(its message says why)")
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
