@@ -545,7 +545,8 @@ def _raise(err):
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                   (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, word):
-    (tmp_path / "card.toml").write_text(CARD.replace("epochs = 4", "epochs = 100000"))
+    # a checkpoint every epoch (the default is by time, at most one per 30 s)
+    (tmp_path / "card.toml").write_text(CARD.replace("epochs = 4", "epochs = 100000\ncheckpoint_every = 1"))
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pplvm.cli", "fit", str(tmp_path / "card.toml"), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV, text=True)
