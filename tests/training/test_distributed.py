@@ -97,11 +97,11 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 -m pplvm args...``"""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pplvm", *args]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=3 * TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
     return done
 
 
@@ -128,6 +128,14 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
     x = pplvm.load_dataset(pplvm.card_from_dict(CARD).data).valid
     e2, e1 = pplvm.load(two).evaluate(x), one.evaluate(x)
     assert abs(e2["log_likelihood_sum"] - e1["log_likelihood_sum"]) <= RTOL * abs(e1["log_likelihood_sum"])
+
+    # a second fit into the run is refused by rank 0 (which alone locks and writes it) and the
+    # other process stops with it, in one line each; the run is left as it was
+    before = {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
+    refused = torchrun("fit", str(card), "--out", str(two), "--quiet", ok=False)
+    assert "pplvm: error: --out" in refused.stderr and "already holds a run" in refused.stderr, refused.stderr[-3000:]
+    assert "pplvm: error: process 1 of 2 stops: process 0 could not prepare the run directory" in refused.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in two.iterdir()} == before
 
     torchrun("resume", str(two), "--epochs", "6", "--json")  # each process takes its RNG state back
     six = pplvm.fit(CARD, overrides=["training.epochs=6"])
