@@ -278,6 +278,8 @@ class DataParallel:
         backward."""
         from torch.nn.parallel import DistributedDataParallel
 
+        if isinstance(module, DistributedDataParallel):  # a rule trained again (a second fit)
+            return module
         for p in module.parameters():  # DDP's gradient buckets copy each parameter's strides:
             if p.stride() != _dense_strides(p.shape):  # an expanded one (stride 0) gets its own storage
                 p.data = p.data.clone(memory_format=torch.contiguous_format)

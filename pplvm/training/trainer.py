@@ -190,6 +190,10 @@ class Trainer:
             example = to_device(train[:bs], self.device)
             self.rule.setup(example, len(train))
             if self.world_size > 1:
+                if distributed.world_size() != self.world_size:
+                    raise TrainingError(f"world_size = {self.world_size} but this process is in a process group "
+                                        f"of {distributed.world_size()}: start it with torchrun "
+                                        "(pplvm.training.distributed.init_from_env)")
                 self._dp = DataParallel(self.device)
                 self.rule.distribute(self._dp)
             self._ready = True

@@ -193,7 +193,7 @@ def test_killed_process_leaves_the_last_good_checkpoint(tmp_path):
 
 def test_batches_give_every_process_a_share():
     """A last batch with fewer rows than processes joins the one before; a batch size below
-    the number of processes is refused in one line."""
+    the number of processes, or a world size without its process group, is refused in one line."""
     run = pplvm.Run.from_card(CARD)
     rule = make_update_rule(run.model, run.guide, run.card)
     trainer = Trainer(run.model, run.guide, rule, run.card.training, rank=0, world_size=3)
@@ -203,3 +203,5 @@ def test_batches_give_every_process_a_share():
     small = pplvm.card_from_dict({**CARD, "training": {**CARD["training"], "batch_size": 2}}).training
     with pytest.raises(pplvm.TrainingError, match=r"training.batch_size = 2 .* smaller than the 3 processes"):
         Trainer(run.model, run.guide, rule, small, world_size=3).setup(run.dataset.train)
+    with pytest.raises(pplvm.TrainingError, match=r"world_size = 3 but this process is in a process group of 1"):
+        trainer.setup(run.dataset.train)
