@@ -47,6 +47,7 @@ from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
+from .training import distributed
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
 
@@ -152,17 +153,26 @@ class Run:
 
         ``out`` must be new or empty: a directory holding a run is refused unless
         ``overwrite``, which deletes the old run's files first. The directory is locked
-        while the fit writes it (a second fit into it is refused)."""
+        while the fit writes it (a second fit into it is refused).
+
+        Started by torchrun (several processes), every process trains on its shard of each
+        batch and rank 0 alone prepares, locks and writes the run directory (see
+        :mod:`pplvm.training.distributed`)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
         self.card = _epoch_cap(self.card, 0)
+        main = distributed.init_from_env(self.card.training.device).is_main
         if out is None:
             return self._fit(callbacks)
-        with rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()) as run_dir:
-            self.run_dir = run_dir
-            with rundir.storage(f"run directory {str(run_dir)!r}"):
-                dump_card(self.card, run_dir / "card.toml")
-                (run_dir / "metrics.jsonl").write_text("")
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("prepare the run directory"):
+                if main:
+                    run_dir = stack.enter_context(
+                        rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()))
+                    with rundir.storage(f"run directory {str(run_dir)!r}"):
+                        dump_card(self.card, run_dir / "card.toml")
+                        (run_dir / "metrics.jsonl").write_text("")
+                self.run_dir = Path(out)
             return self._fit(callbacks)
 
     def _fit(self, callbacks: Sequence[Callback]) -> "Run":
@@ -170,7 +180,7 @@ class Run:
         with rundir.storage(f"run directory {str(self.run_dir)!r}"):
             self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             self.write_artifacts()
         return self
 
@@ -190,31 +200,38 @@ class Run:
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
-        with rundir.locked(run_dir):
-            card = load_card(run_dir / "card.toml")
-            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-            rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
-            if epochs is not None:
-                done = int(ckpt["trainer"]["epoch"])
-                if check_count(epochs, "epochs") < done:
-                    raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
-                                        f"expected a new total budget of at least {done}")
-                card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
-            if data is None and ckpt["extras"].get("from_python"):
-                raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
-            card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
-            run = cls.from_card(card, data)
-            run.run_dir = run_dir
-            rundir.check_writable(run_dir, run._checkpoint_bytes())
+        main = distributed.init_from_env(load_card(run_dir / "card.toml").training.device).is_main
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("lock the run directory"):  # rank 0 locks and writes it; all read it
+                if main:
+                    stack.enter_context(rundir.locked(run_dir))
+                card = load_card(run_dir / "card.toml")
+                ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+                rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+                if epochs is not None:
+                    done = int(ckpt["trainer"]["epoch"])
+                    if check_count(epochs, "epochs") < done:
+                        raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                                            f"expected a new total budget of at least {done}")
+                    card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+                if data is None and ckpt["extras"].get("from_python"):
+                    raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+                card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
+                run = cls.from_card(card, data)
+                run.run_dir = run_dir
+                if main:
+                    rundir.check_writable(run_dir, run._checkpoint_bytes())
             run.trainer = run._trainer(callbacks)
             train = _fit_input(run.guide, run.dataset.train)
             with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
                 run.trainer.resume(train)
             with rundir.storage(f"run directory {str(run_dir)!r}"):
-                dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+                if main:
+                    dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
                 run.trainer.fit(train, run.dataset.valid)
             run.history = run.trainer.state.history
-            run.write_artifacts()
+            if main:
+                run.write_artifacts()
         return run
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
@@ -228,9 +245,10 @@ class Run:
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
         # a family without a likelihood ("none") is judged by its rule's held-out loss alone
         valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
+        ctx = distributed.init_from_env(self.card.training.device)
         return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       augment=d.augment)
+                       augment=d.augment, rank=ctx.rank, world_size=ctx.world_size)
 
     @property
     def device(self) -> torch.device:
