@@ -88,7 +88,7 @@ def check_same_data(idatas: dict[str, Any], *, rtol: float = 1e-5) -> int:
 
 
 def _check_posterior(name: str, idata) -> None:
-    if "log_likelihood" not in idata.groups():
+    if "log_likelihood" not in groups(idata):
         raise PplvmError(f"run {name!r} has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot "
                          "score it; compare samples with pplvm two-sample instead")
     ll = np.asarray(idata.log_likelihood["obs"])
