@@ -281,10 +281,15 @@ class Run:
         draws, rows = memory.plan(num_draws if per_draw else 1, n, self.model.evaluation_cost(xt),
                                   self.card.evaluation.memory_mb)
         blocks = []
-        for ds in memory.spans(num_draws if per_draw else 1, draws):
-            p = {k: v[ds] for k, v in params.items()} if per_draw else params
-            blocks.append(torch.cat([self._model_log_likelihood(to_device(xt[rs], self.device), p).cpu()
-                                     for rs in memory.spans(n, rows)], -1))
+        draw_spans, row_spans = list(memory.spans(num_draws if per_draw else 1, draws)), list(memory.spans(n, rows))
+        with progress(len(draw_spans) * len(row_spans), "log-likelihood", unit="pass") as bar:
+            for ds in draw_spans:
+                p = {k: v[ds] for k, v in params.items()} if per_draw else params
+                parts = []
+                for rs in row_spans:
+                    parts.append(self._model_log_likelihood(to_device(xt[rs], self.device), p).cpu())
+                    bar.update(1)
+                blocks.append(torch.cat(parts, -1))
         return torch.cat(blocks, 0) if per_draw else blocks[0]
 
     def _rows_per_pass(self, xt) -> int:

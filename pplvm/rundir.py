@@ -37,8 +37,7 @@ RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc",
 RUN_PATTERNS = ("*.png", ".*.tmp")
 #: free space a fit needs beyond its checkpoint: the inference data, plots and summary
 MIN_FREE_BYTES = 32 * 2**20
-
-
+#: errors of the disk or the path (not of pplvm), reported as one line by :func:`storage`
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EFBIG,
                   errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
@@ -55,11 +54,6 @@ def storage_error(err: OSError, what: str) -> StorageError:
               errno.EEXIST: "a part of the path is a file, not a directory",
               errno.EISDIR: "it is a directory"}.get(err.errno, err.strerror or str(err))
     return StorageError(f"{what}: cannot write ({reason})")
-
-
-def run_files(path: Path) -> list[str]:
-    """The names in ``path`` a run directory may hold (the lock file excluded)."""
-    return sorted(p.name for p in path.iterdir() if _is_run_file(p) and p.name != LOCK)
 
 
 def _is_run_file(p: Path) -> bool:
@@ -187,10 +181,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any], what: str | Non
 
 
 # ---------------------------------------------------------------- fingerprints
-#: the card keys a checkpoint's tensors depend on: the whole model section and the guide kind
 def card_fingerprint(card: BaseModel) -> dict[str, Any]:
-    """Flat ``{"model.components": 3, ..., "guide.kind": "meanfield"}`` of the card values that
-    define a checkpoint's tensors (strings, numbers, booleans: safe for ``weights_only``)."""
+    """Flat ``{"model.components": 3, ..., "guide.kind": "meanfield"}`` of the card values a
+    checkpoint's tensors depend on — the whole model section and the guide kind — as strings,
+    numbers, booleans and lists (safe for ``weights_only``)."""
     raw = card.model_dump(mode="json", exclude_none=True)  # as config.card_to_dict writes card.toml
     flat = {f"model.{k}": v for k, v in _flatten(raw["model"])}
     flat["guide.kind"] = raw["guide"]["kind"]

@@ -561,6 +561,7 @@ def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, w
                                         f"continue with: pplvm resume {out}"]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     run = pplvm.load(out)  # the checkpoint is whole
-    assert run.history[-1]["epoch"] >= 3
+    # three metric lines were seen, so epoch 2's checkpoint was complete (epoch 3's may not be)
+    assert run.history[-1]["epoch"] >= 2
     with rundir.locked(out):  # the lock was released with the process
         pass

@@ -97,4 +97,6 @@ def test_long_commands_report_progress_on_stderr(monkeypatch, capsys, tmp_path):
     out, err = capsys.readouterr()
     json.loads(out)
     n = json.loads(out)["n"]
-    assert f"importance sampling: {8 * n}/{8 * n} draw (100%)" in err.splitlines()[-1]
+    lines = err.splitlines()
+    assert any(f"importance sampling: {8 * n}/{8 * n} draw (100%)" in line for line in lines)
+    assert any(line.startswith("log-likelihood: ") and "pass (100%)" in line for line in lines)  # the passes around it
