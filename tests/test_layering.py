@@ -12,7 +12,7 @@ Low to high, as README's "The house" draws it::
     families                            the contract and the families
     config                              the card schema, gathered from the registries
     guides, objectives, training.rules  inference over a family: guides, objectives, update rules
-    training, evaluation                the SVI loop; latent-space tools
+    training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
     run                                 the facade
     workflows                           over runs: compare, SBC
     cli, pplvm/__init__                 the public surface
@@ -37,7 +37,7 @@ LAYERS: list[list[str]] = [
     ["pplvm.families"],
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules"],
-    ["pplvm.training", "pplvm.evaluation"],
+    ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
     ["pplvm.run"],
     ["pplvm.workflows"],
     ["pplvm.cli", "pplvm"],
