@@ -157,6 +157,8 @@ def test_every_family_trains_on_two_processes(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["all_reduce_sum"] == [3.0, 0.0, 2.0, 4.0]  # [1 + 2], 2 · arange(3)
     cases = {p.values[0]["name"]: p.values[0] for p in CASES}
+    gmm = cases["gmm_full"]  # traced gradients, all-reduced by the compiled step itself
+    cases["gmm_full_traced"] = {**gmm, "training": {**gmm["training"], "compile": "trace"}}
     assert set(ranks[0]) - {"all_reduce_sum"} == set(cases)
     for name, card in cases.items():
         a, b = ranks[0][name], ranks[1][name]
