@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.base import values
+from ..training.distributed import DataParallel
 from ..training.rules import UpdateRule, make_lr_scheduler, make_optimizer
 
 AdversarialLoss = Literal["gan", "gan_hinge", "wgan_gp"]
@@ -49,6 +50,7 @@ class AdversarialStep(UpdateRule):
         self.critic_steps, self.penalty, self.mmd_rows = c.critic_steps, c.gradient_penalty, c.mmd_samples
         self.g_opt = self.d_opt = self.g_sched = self.d_sched = None
         self._sums: torch.Tensor | None = None  # (discriminator, generator) loss sums and batches, on the device
+        self._dp: DataParallel | None = None  # several processes: gradients are all-reduced
 
     def setup(self, example, num_data: int) -> None:
         if self.g_opt is not None:
@@ -94,6 +96,8 @@ class AdversarialStep(UpdateRule):
     def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self._dp is not None:  # the global batch's gradient: shard means weighted by their rows
+            self._dp.reduce_gradients(optimizer.param_groups[0]["params"])
         if self.config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.config.clip_norm)
         optimizer.step()
@@ -107,6 +111,9 @@ class AdversarialStep(UpdateRule):
         self.g_sched.step()
         self.d_sched.step()
         return out
+
+    def distribute(self, dp: DataParallel) -> None:
+        self._dp = dp
 
     @torch.no_grad()
     def held_out_loss(self, data, num_data: int) -> torch.Tensor:

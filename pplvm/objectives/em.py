@@ -16,8 +16,9 @@ The loss of a step is ``−[(N / B) Σ_batch log p(x_n | θ) + log p(θ)]`` at t
 step started from (the E-step computes it anyway; ``log p(θ)`` only under ``"map"``): the
 negative log posterior, on the same scale as the ELBO losses of the other objectives.
 
-Statistics pass through :meth:`EMStep.reduce` before use: a data-parallel wrapper sums each
-worker's there (an all-reduce of sums), and every worker then takes the same M-step.
+Statistics pass through :meth:`EMStep.reduce` before use: with several processes (torchrun),
+each process's statistics of its shard are summed there (an all-reduce), and every process
+then takes the same M-step on the statistics of the whole global batch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pyro import poutine
 from ..errors import IncompatibleError
 from ..families.base import ClosedFormEM, LatentVariableModel
 from ..guides import point_estimate, set_point_estimate
+from ..training.distributed import DataParallel, all_reduce_sum
 from ..training.rules import UpdateRule
 
 
@@ -49,6 +51,7 @@ class EMStep(UpdateRule):
         self.stats: dict[str, torch.Tensor] | None = None  # running statistics (stepwise EM)
         self.updates = 0  # minibatch updates so far (k)
         self.example = None
+        self._dp: DataParallel | None = None  # several processes: statistics are all-reduced
 
     def setup(self, example, num_data: int) -> None:
         point_estimate(self.guide)  # refuses a guide that is not a point estimate
@@ -60,9 +63,10 @@ class EMStep(UpdateRule):
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         params = self.params()
         stats = self.reduce(self.model.expected_statistics(batch, params))
-        scale = num_data / len(batch)
+        rows = self._dp.global_rows if self._dp is not None else len(batch)  # the step's whole batch
+        scale = num_data / rows
         loss = -(stats["log_likelihood"] * scale + self.log_prior(params))
-        rho = 1.0 if len(batch) >= num_data else float(self.updates + 1) ** -self.decay
+        rho = 1.0 if rows >= num_data else float(self.updates + 1) ** -self.decay
         scaled = {k: v * scale for k, v in stats.items()}
         if self.stats is None or rho == 1.0:
             self.stats = scaled
@@ -73,9 +77,14 @@ class EMStep(UpdateRule):
         return loss.detach()
 
     def reduce(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Statistics of this process's batch -> those of the whole step's batch (the hook a
-        data-parallel wrapper all-reduces; identity on one process)."""
+        """Statistics of this process's batch -> those of the whole step's batch: summed over
+        processes (an all-reduce) when several train together; identity on one process."""
+        if self._dp is not None:
+            all_reduce_sum(list(stats.values()))
         return stats
+
+    def distribute(self, dp: DataParallel) -> None:
+        self._dp = dp
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {"em_step_size": float(self.updates) ** -self.decay if self.updates > 1 else 1.0}

@@ -38,6 +38,7 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from ..data.base import Batch
+from .distributed import DataParallel
 from .rules import SVIStep
 
 log = logging.getLogger("pplvm")
@@ -93,6 +94,7 @@ class CompiledSVIStep(SVIStep):
             if self.schedule is not None else None
         self._names: list[str] = []
         self._steps = 0
+        self._dp: DataParallel | None = None  # several processes: traced gradients are all-reduced
 
     def setup(self, example, num_data: int) -> None:
         super().setup(example, num_data)
@@ -100,6 +102,11 @@ class CompiledSVIStep(SVIStep):
         named = [(n, p) for n, p in self.loss_module.named_parameters() if id(p) in trainable]
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._traced_module = self.loss_module  # what is traced, also once distribute wraps it in DDP
+
+    def distribute(self, dp: DataParallel) -> None:
+        super().distribute(dp)  # plain steps: DDP all-reduces in backward
+        self._dp = dp
 
     # ------------------------------------------------------------------ stepping
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
@@ -116,6 +123,8 @@ class CompiledSVIStep(SVIStep):
             loss, *grads = graph(self._params, _fields(batch)[1])
         for p, g in zip(self._params, grads):
             p.grad = g
+        if self._dp is not None:
+            self._dp.reduce_gradients(self._params)
         if self.config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._params, self.config.clip_norm)
         self.optimizer.step()
@@ -165,7 +174,7 @@ class CompiledSVIStep(SVIStep):
         from torch.fx.experimental.proxy_tensor import make_fx
 
         names = _fields(batch)[0]
-        loss_module, param_names = self.loss_module, self._names
+        loss_module, param_names = self._traced_module, self._names
 
         def loss_and_grads(params, tensors):
             with torch.enable_grad():

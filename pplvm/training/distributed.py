@@ -260,17 +260,36 @@ def describe_failure(err: BaseException) -> str:
 
 
 class DataParallel:
-    """Gradient averaging for one update rule's module: :meth:`wrap` gives the
-    ``DistributedDataParallel`` module to compute the loss through.
+    """What an update rule needs to train data-parallel: :meth:`wrap` gives the
+    ``DistributedDataParallel`` module to compute a loss through; :meth:`reduce_gradients`
+    does the same combination for gradients a rule computed otherwise (a traced graph, a GAN's
+    two networks); :attr:`rows` / :attr:`global_rows` say how much of the step's global batch
+    this process holds (an EM step scales its all-reduced statistics by ``N / global_rows``).
 
-    The trainer sets :attr:`weight` = ``B_r / B`` (this process's share of the global batch)
-    before each step; gradients are then summed over processes weighted by it (see the module
-    docstring), which equals DDP's average whenever the shards are equal.
+    The trainer calls :meth:`share` before each step; gradients are then summed over processes
+    weighted by :attr:`weight` = ``rows / global_rows`` (see the module docstring), which equals
+    DDP's average whenever the shards are equal.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.weight = 1.0 / max(world_size(), 1)
+        self.rows, self.global_rows = 1, max(world_size(), 1)
+
+    def share(self, rows: int, global_rows: int) -> None:
+        """This process holds ``rows`` of the step's ``global_rows``."""
+        self.rows, self.global_rows = rows, global_rows
+
+    @property
+    def weight(self) -> float:
+        return self.rows / self.global_rows
+
+    def reduce_gradients(self, params: Sequence[torch.Tensor]) -> None:
+        """``p.grad ← Σ_r weight_r · p.grad_r`` over processes, for every ``p`` with a gradient
+        (one collective per dtype)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        for g in grads:
+            g.mul_(self.weight)
+        all_reduce_sum(grads)
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """``module`` (parameters already created: autoguides make theirs on a first call) in

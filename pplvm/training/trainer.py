@@ -309,7 +309,7 @@ class Trainer:
             else:  # the global batch's draw, so a datum's view does not depend on the process count
                 batch = self.augment(train[idx], self.augment_rng)[self.rank :: self.world_size]
             if self._dp is not None:
-                self._dp.weight = len(shard) / len(idx)
+                self._dp.share(len(shard), len(idx))
             batch = to_device(batch, self.device, non_blocking=True)
             try:
                 with self._validation(first=i == 0 and first), precision_context(c.precision, self.device):

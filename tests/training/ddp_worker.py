@@ -1,7 +1,8 @@
 """One process of a data-parallel test run, started by tests/training/test_distributed.py with
 torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
-    python ddp_worker.py families OUT      # fit every contract case for 1 or 2 epochs; save each
+    python ddp_worker.py families OUT      # fit every contract case (and one with the compiled
+                                           # SVI step) for 1 or 2 epochs; save each
                                            # process's parameters and losses to OUT/rank<r>.pt
     python ddp_worker.py kill CARD OUT     # fit CARD into OUT; process 1 dies after epoch 3
 """
@@ -28,14 +29,18 @@ def families(out: Path) -> None:
     distributed.init_from_env("cpu")
     saved = {"all_reduce_sum": [float(v) for t in distributed.all_reduce_sum(
         [torch.tensor([distributed.rank() + 1.0]), torch.arange(3.0)]) for v in t]}
-    for param in CASES:
-        card = dict(param.values[0])
-        exact = card["guide"]["kind"] == "map" and card["objective"]["name"] == "enum"  # compared to one process
+    cards = [dict(p.values[0]) for p in CASES]
+    gmm = next(c for c in cards if c["name"] == "gmm_full")  # the compiled SVI step: traced gradients
+    cards.append({**gmm, "name": "gmm_full_traced", "training": {**gmm["training"], "compile": "trace"}})
+    for card in cards:
+        exact = card["guide"]["kind"] == "map" and card["objective"]["name"] in ("enum", "em")  # compared to one process
         card["training"] = {**card["training"], "epochs": 2 if exact else 1, "progress": False}
         run = pplvm.Run.from_card(card).fit()
         saved[card["name"]] = {
-            "params": {k: v.detach().clone() for k, v in [*run.model.state_dict().items(),
-                                                          *run.guide.state_dict().items()]},
+            # parameters, not buffers: a BatchNorm's running statistics are each process's own
+            # (DDP gives every process rank 0's before each step; rank 0's are saved)
+            "params": {k: v.detach().clone() for k, v in [*run.model.named_parameters(),
+                                                          *run.guide.named_parameters()]},
             "train_loss": torch.tensor([h["train_loss"] for h in run.history], dtype=torch.float64),
         }
     torch.save(saved, out / f"rank{distributed.rank()}.pt")

@@ -76,13 +76,16 @@ def launch(args: list[str], world: int = 2) -> list[subprocess.CompletedProcess]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def assert_params_close(a: dict, b: dict) -> None:
+def assert_params_close(a: dict, b: dict, rtol: float = RTOL, atol: float = 0.0) -> None:
+    """‖a - b‖ ≤ rtol ‖b‖ + atol for every tensor."""
     assert a.keys() == b.keys()
     for k in a:
-        assert rel_err(a[k], b[k]) <= RTOL, (k, rel_err(a[k], b[k]))
+        x, y = a[k].detach().double(), b[k].detach().double()
+        assert float((x - y).norm()) <= rtol * float(y.norm()) + atol, (k, rel_err(x, y))
 
 
 def assert_curves_close(h2: list[dict], h1: list[dict]) -> None:
@@ -145,7 +148,8 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
 
 def test_every_family_trains_on_two_processes(tmp_path):
     """Every contract case trains on 2 processes with its replicas equal (DDP keeps them in
-    step); the deterministic cases (MAP globals, enumerated locals) equal a single process;
+    step: DDP, EM's all-reduced statistics, a GAN's all-reduced gradients); the deterministic
+    cases (MAP globals with enumerated locals, or EM) equal a single process;
     all_reduce_sum adds up across processes."""
     results = launch([str(WORKER), "families", str(tmp_path)])
     for r in results:
@@ -153,6 +157,8 @@ def test_every_family_trains_on_two_processes(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["all_reduce_sum"] == [3.0, 0.0, 2.0, 4.0]  # [1 + 2], 2 · arange(3)
     cases = {p.values[0]["name"]: p.values[0] for p in CASES}
+    gmm = cases["gmm_full"]  # traced gradients, all-reduced by the compiled step itself
+    cases["gmm_full_traced"] = {**gmm, "training": {**gmm["training"], "compile": "trace"}}
     assert set(ranks[0]) - {"all_reduce_sum"} == set(cases)
     for name, card in cases.items():
         a, b = ranks[0][name], ranks[1][name]
@@ -160,10 +166,15 @@ def test_every_family_trains_on_two_processes(tmp_path):
             assert torch.equal(a["params"][k], b["params"][k]), (name, k)
             assert torch.isfinite(a["params"][k]).all(), (name, k)
         assert torch.equal(a["train_loss"], b["train_loss"]), name
-        if card["guide"]["kind"] == "map" and card["objective"]["name"] == "enum":
+        if card["guide"]["kind"] == "map" and card["objective"]["name"] in ("enum", "em"):
             one = pplvm.fit(card, overrides=["training.epochs=2"])
-            ref = {**one.model.state_dict(), **one.guide.state_dict()}
-            assert_params_close(a["params"], ref)
+            ref = {**dict(one.model.named_parameters()), **dict(one.guide.named_parameters())}
+            # EM's M-step takes variances as differences of sums (E[x²] - E[x]²), which multiplies
+            # float32's summation-order rounding by E[x²] / Var (observed 1.2e-6 on gmm_em), and
+            # fa_em's loc is the mean of standardized data, zero up to rounding (~1e-7): there
+            # an absolute 1e-6 on data of unit scale
+            em = card["objective"]["name"] == "em"
+            assert_params_close(a["params"], ref, rtol=1e-5 if em else RTOL, atol=1e-6 if em else 0.0)
             for l2, l1 in zip(a["train_loss"].tolist(), [h["train_loss"] for h in one.history]):
                 assert abs(l2 - l1) <= RTOL * abs(l1), name
 
