@@ -18,6 +18,10 @@ pplvm is stopped once its held-out log-likelihood is within ``--slack`` nats (to
   whose gradient is forward–backward), full-batch Adam.
 
 Timed: training only, one thread. Prints both times and the ratios pplvm / hmmlearn (goal <= 1).
+
+Measured 2026-11-26 on branch i13 (1 thread, a shared 2-core machine at load ~15, one repeat):
+K=8, T=1e5: hmmlearn 43.0 s (12 iterations), EM 15.4 s (8 iterations) 0.36x, SVI 114 s (44
+Adam steps) 2.66x. 2000 sequences x 50 steps: hmmlearn 125.8 s, EM 10.0 s 0.08x, SVI 209 s 1.66x.
 """
 
 from __future__ import annotations
