@@ -109,10 +109,27 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         return (joint - joint.logsumexp(-1, keepdim=True)).exp()
 
     def _joint(self, x, params) -> torch.Tensor:
-        """``log w_k + log N(x_n | μ_k, Σ_k)``, ``(*S, N, K)``."""
-        per_datum = {k: v.unsqueeze(-4 if k == "corr_chol" else -3) for k, v in params.items() if k != "weights"}
-        log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)
-        return log_w + self.components(per_datum).log_prob(x.unsqueeze(-2))
+        """``log w_k + log N(x_n | μ_k, Σ_k)``, ``(*S, N, K)``.
+
+        The quadratic forms of all K components are one matrix product: with the Cholesky
+        factor ``S_k = diag(σ_k) L_k`` of Σ_k, ``y_nk = S_k⁻¹ x_n − S_k⁻¹ μ_k`` for all k at
+        once is ``x`` ``(N, D)`` times the stacked ``S_k⁻ᵀ`` ``(D, K·D)`` (as scikit-learn does
+        with precision Cholesky factors); diagonal covariances are the case ``L_k = I``."""
+        log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)  # (*S, 1, K)
+        locs, scales = params["locs"], params["scales"]  # (*S, K, D)
+        K, D = locs.shape[-2:]
+        if self.config.covariance == "diag":
+            y = (x.unsqueeze(-2) - locs.unsqueeze(-3)) / scales.unsqueeze(-3)  # (*S, N, K, D)
+            log_det = scales.log().sum(-1)
+        else:
+            factor = scales.unsqueeze(-1) * params["corr_chol"]  # (*S, K, D, D)
+            eye = torch.eye(D, dtype=factor.dtype, device=factor.device).expand_as(factor)
+            inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # S_k⁻¹
+            stacked = inverse.transpose(-1, -2).transpose(-3, -2).reshape(*factor.shape[:-3], D, K * D)
+            y = (x @ stacked).unflatten(-1, (K, D)) - (inverse @ locs.unsqueeze(-1)).squeeze(-1).unsqueeze(-3)
+            log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_density = -0.5 * y.pow(2).sum(-1) - log_det.unsqueeze(-2) - 0.5 * D * math.log(2 * math.pi)
+        return log_w + log_density
 
     # ------------------------------------------------------------------ EM
     def em_estimates(self):

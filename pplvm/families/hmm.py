@@ -185,7 +185,8 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
 
     def maximize(self, stats, params, estimate):
         c, K = self.config, self.K
-        rows = c.transition_concentration + c.stickiness * torch.eye(K, dtype=stats["transitions"].dtype)
+        counts = stats["transitions"]
+        rows = c.transition_concentration + c.stickiness * torch.eye(K, dtype=counts.dtype, device=counts.device)
         new = {"initial": dirichlet_mode(stats["initial"], c.initial_concentration, estimate, params["initial"]),
                "transition": dirichlet_mode(stats["transitions"], rows, estimate, params["transition"])}
         if c.emission == "gaussian":

@@ -65,7 +65,7 @@ class EMStep(UpdateRule):
         stats = self.reduce(self.model.expected_statistics(batch, params))
         rows = self._dp.global_rows if self._dp is not None else len(batch)  # the step's whole batch
         scale = num_data / rows
-        loss = -(stats["log_likelihood"] * scale + self.log_prior(params))
+        loss = -(stats["log_likelihood"] * scale + self.log_prior(params, stats["log_likelihood"]))
         rho = 1.0 if rows >= num_data else float(self.updates + 1) ** -self.decay
         scaled = {k: v * scale for k, v in stats.items()}
         if self.stats is None or rho == 1.0:
@@ -93,17 +93,18 @@ class EMStep(UpdateRule):
     def held_out_loss(self, data, num_data: int) -> torch.Tensor | None:
         params = self.params()
         log_lik = self.model.log_likelihood(data, params).sum() * (num_data / len(data))
-        return -(log_lik + self.log_prior(params))
+        return -(log_lik + self.log_prior(params, log_lik))
 
     def params(self) -> dict[str, torch.Tensor]:
         """The current point estimate of the global sites."""
         return {k: v.detach() for k, v in self.guide.median().items()}
 
-    def log_prior(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_prior(self, params: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """``log p(θ)`` of the global sites under ``"map"`` (0 under ``"ml"``), read off the
-        model's own prior by tracing it (on one datum, RNG state restored)."""
+        model's own prior by tracing it (on one datum, RNG state restored); ``like``: a
+        tensor whose dtype and device the zero takes."""
         if self.estimate == "ml" or not params:
-            return torch.zeros(())
+            return like.new_zeros(())
         with poutine.seed(rng_seed=0):
             trace = poutine.trace(self.model.conditioned(params)).get_trace(self.example)
         return sum(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"]).sum() for k in params)

@@ -73,7 +73,9 @@ def test_standardized_run_reports_likelihood_of_raw_data():
     cov_raw = np.einsum("i,kij,j->kij", s, tril @ tril.transpose(0, 2, 1), s)
     sk = sklearn_gmm(p["weights"].numpy(), p["locs"].numpy() * s + m, cov_raw, "full")
     x_raw = run.transform.inverse(run.dataset.valid).double().numpy()
-    np.testing.assert_allclose(run.log_likelihood(x_raw).numpy(), sk.score_samples(x_raw), rtol=1e-4)
+    # float32 run: log-densities of size ~1-10 carry ~1e-6 absolute rounding, which is a large
+    # relative error for the values that happen to lie near 0
+    np.testing.assert_allclose(run.log_likelihood(x_raw).numpy(), sk.score_samples(x_raw), rtol=1e-4, atol=1e-5)
 
 
 def test_fit_recovers_means_and_matches_sklearn_held_out_likelihood():
