@@ -48,7 +48,7 @@ class AdversarialStep(UpdateRule):
         c = model.config
         self.critic_steps, self.penalty, self.mmd_rows = c.critic_steps, c.gradient_penalty, c.mmd_samples
         self.g_opt = self.d_opt = self.g_sched = self.d_sched = None
-        self._sums: torch.Tensor | None = None  # (discriminator, generator) loss sums and batches, on the device
+        self._sums: list | None = None  # discriminator and generator loss sums (on the device), batches
 
     def setup(self, example, num_data: int) -> None:
         if self.g_opt is not None:
@@ -80,16 +80,20 @@ class AdversarialStep(UpdateRule):
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         real = values(batch)
         b, model = len(real), self.model
+        shape = (b, model.latent_dim)  # z ~ N(0, I): the prior, drawn directly
         for _ in range(self.critic_steps):
             with torch.no_grad():
-                fake = model.generator(model.prior(b).sample())
+                fake = model.generator(torch.randn(shape, device=real.device, dtype=real.dtype))
             d_loss = self.discriminator_loss(real, fake)
             self._update(self.d_opt, d_loss)
-        g_loss = self.generator_loss(model.generator(model.prior(b).rsample()))
+        g_loss = self.generator_loss(model.generator(torch.randn(shape, device=real.device, dtype=real.dtype)))
         self._update(self.g_opt, g_loss)
-        step = torch.stack([d_loss.detach(), g_loss.detach(), torch.ones((), device=real.device)])
-        self._sums = step if self._sums is None else self._sums + step
-        return d_loss.detach() * num_data
+        d, g = d_loss.detach(), g_loss.detach()
+        if self._sums is None:
+            self._sums = [d, g, 1]
+        else:
+            self._sums = [self._sums[0] + d, self._sums[1] + g, self._sums[2] + 1]
+        return d * num_data
 
     def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -101,8 +105,8 @@ class AdversarialStep(UpdateRule):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         out = {"lr": self.g_opt.param_groups[0]["lr"]}
         if self._sums is not None:
-            d, g, n = self._sums.tolist()
-            out.update(discriminator_loss=d / n, generator_loss=g / n)
+            d, g, n = self._sums
+            out.update(discriminator_loss=float(d) / n, generator_loss=float(g) / n)
             self._sums = None
         self.g_sched.step()
         self.d_sched.step()
