@@ -19,7 +19,6 @@ from pyro.poutine.util import site_is_subsample
 import pplvm
 from pplvm.config import card_from_dict, card_to_dict, dump_card, load_card
 from pplvm.data import values
-from pplvm.objectives import make_update_rule
 from pplvm.run import _fit_input
 
 
@@ -66,14 +65,17 @@ def _latent(site) -> bool:
             and not site["infer"].get("is_auxiliary"))
 
 
-def test_update_rule_step_is_finite(run):
-    """One step of the card's update rule (an SVI step, or the family's own) on the training
-    data gives a finite loss and finite parameters."""
+def test_update_rule_step_is_finite_and_moves_the_parameters(run):
+    """One step of the card's update rule on the training data: a finite loss, and the
+    parameters it updates change and stay finite."""
     x = seen(run)
-    rule = make_update_rule(run.model, run.guide, run.card)
-    rule.setup(x, len(x))
-    assert math.isfinite(float(rule.step(x, len(x), 0.0)))
-    assert all(torch.isfinite(p).all() for p in rule.parameters())
+    run.rule.setup(x, len(x))
+    before = [p.detach().clone() for p in run.rule.parameters()]
+    loss = run.rule.step(x, len(x), 0.0)
+    assert loss.dim() == 0 and math.isfinite(float(loss))
+    after = list(run.rule.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.isfinite(p).all() for p in after)
 
 
 @pytest.mark.parametrize("batch_shape", [(), (5,), (2, 4)])
