@@ -15,7 +15,7 @@ name         discriminator loss                           generator loss
 
 (means over the batch). The step's loss is the discriminator's, scaled to the data set (× N);
 each epoch logs the mean ``discriminator_loss`` and ``generator_loss`` per datum. The held-out
-loss is the unbiased MMD² (:func:`pplvm.evaluation.two_sample.mmd2_unbiased`, Gaussian kernel
+loss is the unbiased MMD² (:func:`pplvm.inference.mmd.mmd2_unbiased`, Gaussian kernel
 at the median distance) between up to ``model.mmd_samples`` held-out rows and as many samples
 from fixed latent draws, so "best parameters" and early stopping follow sample quality rather
 than the adversarial losses, which do not measure it. Randomness comes from the global torch
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.base import values
+from ..inference.mmd import gaussian_gram, median_bandwidth, mmd2_unbiased
 from ..training.rules import UpdateRule, make_lr_scheduler, make_optimizer
 
 AdversarialLoss = Literal["gan", "gan_hinge", "wgan_gp"]
@@ -116,16 +117,12 @@ class AdversarialStep(UpdateRule):
     def held_out_loss(self, data, num_data: int) -> torch.Tensor:
         """``num_data ×`` MMD² between (up to ``mmd_samples`` of) ``data`` and as many samples
         from fixed latent draws (a generator seeded 0: no global randomness is used)."""
-        from ..evaluation.two_sample import median_bandwidth, mmd2_unbiased
-
         real = values(data)[: self.mmd_rows]
         g = torch.Generator(device=real.device).manual_seed(0)
         z = torch.randn(len(real), self.model.latent_dim, generator=g, device=real.device, dtype=real.dtype)
         fake = self.model.generator(z).to(real.dtype)
         pooled = torch.cat([real, fake])
-        h = median_bandwidth(pooled)
-        kernel = torch.exp(-torch.cdist(pooled, pooled).square() / (2 * h * h))
-        return mmd2_unbiased(kernel, len(real)) * num_data
+        return mmd2_unbiased(gaussian_gram(pooled, median_bandwidth(pooled)), len(real)) * num_data
 
     def parameters(self) -> Iterator[torch.Tensor]:
         return self.model.parameters()
