@@ -15,7 +15,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 import pplvm
-from pplvm.evaluation.likelihood import importance_log_likelihood
+from pplvm.inference.importance import importance_log_likelihood
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import torch
 
 from ..data.base import values
 from ..errors import DataError
+from ..inference.mmd import median_bandwidth, mmd2_unbiased
 
 
 @dataclass(frozen=True)
@@ -57,24 +58,6 @@ def _pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise DataError("two-sample test: the samples contain NaN or inf")
     return x, y
-
-
-def median_bandwidth(z: torch.Tensor, max_rows: int = 2000) -> float:
-    """The median pairwise distance of (up to ``max_rows`` of) ``z`` ``(N, D)``."""
-    z = z[:max_rows]
-    d = torch.cdist(z, z)
-    d = d[torch.triu_indices(len(z), len(z), 1).unbind()]
-    med = float(d.median()) if len(d) else 1.0
-    return med if med > 0 else 1.0
-
-
-def mmd2_unbiased(kernel: torch.Tensor, n: int) -> torch.Tensor:
-    """Unbiased MMD² from the pooled Gram matrix ``(n + m, n + m)`` whose first ``n`` rows are
-    sample x: ``mean_{i≠j} k(x_i,x_j) + mean_{i≠j} k(y_i,y_j) - 2 mean k(x_i, y_j)``."""
-    m = len(kernel) - n
-    kxx, kyy, kxy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
-    return ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-            + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
 
 
 def _mmd2_relabelled(kernel: torch.Tensor, first: torch.Tensor) -> torch.Tensor:

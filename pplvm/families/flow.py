@@ -228,6 +228,9 @@ class NormalizingFlow(LatentVariableModel):
         names = list(config.transforms) * config.repeat
         self.names = names
         self.layers = nn.ModuleList([build_transform(n, dim, config, i) for i, n in enumerate(names)])
+        # a plain reference to the same modules: read through it, the chain skips the PyroModule
+        # attribute machinery (one param message per parameter per access)
+        self._layers = (self.layers,)
         self.register_buffer("_origin", torch.zeros(dim))
         self.levels = config.levels
         if config.levels is not None:
@@ -245,7 +248,7 @@ class NormalizingFlow(LatentVariableModel):
     def transforms(self) -> list[T.Transform]:
         """The chain ``z -> x`` as Pyro transforms (ending in a sigmoid for dequantised data)."""
         out = []
-        for name, layer in zip(self.names, self.layers):
+        for name, layer in zip(self.names, self._layers[0]):
             if name == "permute":
                 out.append(layer.transform())
             elif name == "maf":

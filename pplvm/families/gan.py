@@ -77,6 +77,10 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
         else:
             self.discriminator = mlp(dim, config.discriminator_hidden, 1, config.discriminator_activation)
         self.register_buffer("_origin", torch.zeros(config.latent_dim))
+        # a plain reference to the same module: called through it, the discriminator skips the
+        # PyroModule attribute machinery (one param message per parameter per call)
+        self._critic = (self.discriminator,)
+        self._network = (self.decoder.network,)
 
     @property
     def global_sites(self) -> tuple[str, ...]:
@@ -93,8 +97,9 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
     def generator(self, z: torch.Tensor) -> torch.Tensor:
-        """``G_θ(z)``: ``(*S, B, L) -> (*S, B, D)``, the decoder's mean."""
-        return self.decoder(z).mean
+        """``G_θ(z)``: ``(*S, B, L) -> (*S, B, D)``, the decoder's mean (its network through a
+        plain reference, then the likelihood head)."""
+        return self.decoder.likelihood(self._network[0](z)).mean
 
     def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
         """The point mass at ``G(z)``: batch ``(*S, B)``, event ``(D,)``; ``.mean`` is ``G(z)``."""
@@ -102,7 +107,7 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
 
     def critic(self, x: torch.Tensor) -> torch.Tensor:
         """Discriminator scores (logits) ``D_ψ(x)``: ``(B, D) -> (B,)``."""
-        return self.discriminator(x).squeeze(-1)
+        return self._critic[0](x).squeeze(-1)
 
     def forward(self, x=None, num_data=None):
         """``x``: ``(B, D)`` or None to generate ``num_data`` rows. With ``x`` the ``obs`` site is

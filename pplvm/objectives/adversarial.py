@@ -15,7 +15,7 @@ name         discriminator loss                           generator loss
 
 (means over the batch). The step's loss is the discriminator's, scaled to the data set (× N);
 each epoch logs the mean ``discriminator_loss`` and ``generator_loss`` per datum. The held-out
-loss is the unbiased MMD² (:func:`pplvm.evaluation.two_sample.mmd2_unbiased`, Gaussian kernel
+loss is the unbiased MMD² (:func:`pplvm.inference.mmd.mmd2_unbiased`, Gaussian kernel
 at the median distance) between up to ``model.mmd_samples`` held-out rows and as many samples
 from fixed latent draws, so "best parameters" and early stopping follow sample quality rather
 than the adversarial losses, which do not measure it. Randomness comes from the global torch
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.base import values
+from ..inference.mmd import gaussian_gram, median_bandwidth, mmd2_unbiased
 from ..training.distributed import DataParallel
 from ..training.rules import UpdateRule, make_lr_scheduler, make_optimizer
 
@@ -49,7 +50,7 @@ class AdversarialStep(UpdateRule):
         c = model.config
         self.critic_steps, self.penalty, self.mmd_rows = c.critic_steps, c.gradient_penalty, c.mmd_samples
         self.g_opt = self.d_opt = self.g_sched = self.d_sched = None
-        self._sums: torch.Tensor | None = None  # (discriminator, generator) loss sums and batches, on the device
+        self._sums: list | None = None  # discriminator and generator loss sums (on the device), batches
         self._dp: DataParallel | None = None  # several processes: gradients are all-reduced
 
     def setup(self, example, num_data: int) -> None:
@@ -82,16 +83,20 @@ class AdversarialStep(UpdateRule):
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         real = values(batch)
         b, model = len(real), self.model
+        shape = (b, model.latent_dim)  # z ~ N(0, I): the prior, drawn directly
         for _ in range(self.critic_steps):
             with torch.no_grad():
-                fake = model.generator(model.prior(b).sample())
+                fake = model.generator(torch.randn(shape, device=real.device, dtype=real.dtype))
             d_loss = self.discriminator_loss(real, fake)
             self._update(self.d_opt, d_loss)
-        g_loss = self.generator_loss(model.generator(model.prior(b).rsample()))
+        g_loss = self.generator_loss(model.generator(torch.randn(shape, device=real.device, dtype=real.dtype)))
         self._update(self.g_opt, g_loss)
-        step = torch.stack([d_loss.detach(), g_loss.detach(), torch.ones((), device=real.device)])
-        self._sums = step if self._sums is None else self._sums + step
-        return d_loss.detach() * num_data
+        d, g = d_loss.detach(), g_loss.detach()
+        if self._sums is None:
+            self._sums = [d, g, 1]
+        else:
+            self._sums = [self._sums[0] + d, self._sums[1] + g, self._sums[2] + 1]
+        return d * num_data
 
     def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -105,8 +110,8 @@ class AdversarialStep(UpdateRule):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         out = {"lr": self.g_opt.param_groups[0]["lr"]}
         if self._sums is not None:
-            d, g, n = self._sums.tolist()
-            out.update(discriminator_loss=d / n, generator_loss=g / n)
+            d, g, n = self._sums
+            out.update(discriminator_loss=float(d) / n, generator_loss=float(g) / n)
             self._sums = None
         self.g_sched.step()
         self.d_sched.step()
@@ -119,16 +124,12 @@ class AdversarialStep(UpdateRule):
     def held_out_loss(self, data, num_data: int) -> torch.Tensor:
         """``num_data ×`` MMD² between (up to ``mmd_samples`` of) ``data`` and as many samples
         from fixed latent draws (a generator seeded 0: no global randomness is used)."""
-        from ..evaluation.two_sample import median_bandwidth, mmd2_unbiased
-
         real = values(data)[: self.mmd_rows]
         g = torch.Generator(device=real.device).manual_seed(0)
         z = torch.randn(len(real), self.model.latent_dim, generator=g, device=real.device, dtype=real.dtype)
         fake = self.model.generator(z).to(real.dtype)
         pooled = torch.cat([real, fake])
-        h = median_bandwidth(pooled)
-        kernel = torch.exp(-torch.cdist(pooled, pooled).square() / (2 * h * h))
-        return mmd2_unbiased(kernel, len(real)) * num_data
+        return mmd2_unbiased(gaussian_gram(pooled, median_bandwidth(pooled)), len(real)) * num_data
 
     def parameters(self) -> Iterator[torch.Tensor]:
         return self.model.parameters()
