@@ -263,14 +263,13 @@ class Diffusion(LatentVariableModel, FixedGuide):
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)
-        noise_all = None
         terms = torch.empty(n, T + 1, dtype=x.dtype, device=x.device)
         per_chunk = max(1, self.config.likelihood_batch // max(d, 1))
-        pairs = torch.cartesian_prod(torch.arange(n, device=x.device), torch.arange(1, T + 1, device=x.device))
-        for chunk in pairs.split(per_chunk):
-            rows, t = chunk[:, 0], chunk[:, 1]
-            noise_all = torch.randn(len(chunk), d, generator=g, dtype=x.dtype, device=x.device)
-            value, _ = self.step_terms(x[rows], t, noise_all)
+        for start in range(0, n * T, per_chunk):  # (datum, step) pairs in row-major order
+            pair = torch.arange(start, min(start + per_chunk, n * T), device=x.device)
+            rows, t = pair // T, pair % T + 1
+            noise = torch.randn(len(pair), d, generator=g, dtype=x.dtype, device=x.device)
+            value, _ = self.step_terms(x[rows], t, noise)
             terms[rows, t - 1] = value
         terms[:, T] = self.prior_term(x)
         names = [f"L_{t}" for t in range(T + 1)]
