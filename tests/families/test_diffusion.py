@@ -23,8 +23,7 @@ from pyro import poutine
 import pplvm
 from pplvm.cli import main
 from pplvm.distributions.diffusion import DiscretizedNormal, Schedule, linear_betas, q_marginal, q_posterior
-from pplvm.families.diffusion import Diffusion, DiffusionConfig
-from pplvm.guides.forward import ForwardProcess
+from pplvm.families.diffusion import Diffusion, DiffusionConfig, ForwardProcess
 from pplvm.objectives.diffusion import DiffusionELBO
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
