@@ -129,8 +129,39 @@ def cmd_sample(args) -> int:
     x = run.sample(args.n, seed=args.seed)
     save_samples(x, args.out)
     shape = " x ".join(map(str, x.shape[1:]))  # (D,) rows or (T, D) sequences
+    text = f"wrote {args.n} samples of shape {shape} to {args.out}"
+    if args.grid:
+        from .evaluation.plots import image_grid, save_figure
+
+        shape_hw = run.model.image_shape
+        if shape_hw is None:
+            raise PplvmError(f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
+                             "(set model.image_shape)")
+        save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), args.grid)
+        text += f"; grid of {min(args.n, 256)} in {args.grid}"
     _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[-1],
-           "shape": list(x.shape)}, args.json, f"wrote {args.n} samples of shape {shape} to {args.out}")
+           "shape": list(x.shape), "grid": args.grid}, args.json, text)
+    return 0
+
+
+def cmd_two_sample(args) -> int:
+    from .evaluation.two_sample import two_sample
+    from .run import Run
+
+    if args.permutations < 1:
+        raise PplvmError(f"--permutations: expected a positive number, got {args.permutations}")
+    if args.n is not None and args.n < 2:
+        raise PplvmError(f"-n: expected at least 2 samples, got {args.n}")
+    run = Run.load(args.run_dir)
+    x, where = _eval_data(run, args)
+    results = two_sample(run, x, n=args.n, permutations=args.permutations, seed=args.seed)
+    result = {"schema": "pplvm.two_sample/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
+              "data": where, **{k: r.to_dict() for k, r in results.items()}}
+    mmd, c2st = results["mmd"], results["classifier"]
+    text = (f"{run.card.name} samples vs {where} ({mmd.n_y} rows, {mmd.n_x} samples):\n"
+            f"  MMD² = {mmd.statistic:.4g} (bandwidth {mmd.detail['bandwidth']:.3g}), permutation p = {mmd.p_value:.3g}\n"
+            f"  classifier two-sample test: held-out accuracy = {c2st.statistic:.3f} (chance 0.5), p = {c2st.p_value:.3g}")
+    _emit(result, args.json, text)
     return 0
 
 
@@ -269,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("-n", type=int, required=True, help="number of samples")
     sp.add_argument("--out", required=True, help="output file, .npy or .csv")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
+
+    sp = add("two-sample", cmd_two_sample, "two-sample tests (MMD, classifier) of a run's samples against data; "
+             "any family, likelihood or not")
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
+    sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument("-n", type=int, help="samples to draw (default: as many as data rows)")
+    sp.add_argument("--permutations", type=int, default=500, help="MMD permutations (default 500)")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add("summary", cmd_summary, "print a run's posterior summary")

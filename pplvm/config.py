@@ -27,12 +27,16 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm",
+                        "gan", "gan_hinge", "wgan_gp", "em"]
 
 
 class GuideConfig(Section):
     kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
     init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
+    flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
+    flow_hidden: list[int] = Field([], description="flow guide: hidden widths of each step's network "
+                                   "(at least the latent dimension; default one layer of twice it)")
 
 
 class ObjectiveConfig(Section):
@@ -48,6 +52,11 @@ class ObjectiveConfig(Section):
                              "below which the KL is not penalised; needs name = 'meanfield'")
     weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
                                                  "steps, or Ho et al.'s L_simple (not a bound)")
+    em_estimate: Literal["map", "ml"] = Field(
+        "map", description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
+                           "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)")
+    em_step_decay: float = Field(0.6, gt=0.5, le=1, description="em with minibatches (stepwise EM): "
+                                 "step size (k + 1)^-decay for the k-th minibatch's statistics")
 
 
 class TrainingConfig(Section):
@@ -80,6 +89,9 @@ class EvaluationConfig(Section):
     draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
+    memory_mb: float = Field(512.0, gt=0, description="bound on the working memory of every evaluation and "
+                             "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
+                             "see pplvm.evaluation.memory")
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,8 +39,8 @@ from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset,
 from .data.base import split
 from . import rundir
 from ._progress import progress, reporting
-from .errors import ArgumentError, DataError, IncompatibleError, PplvmError, RunDirError
-from .evaluation import plots
+from .errors import ArgumentError, CardError, DataError, IncompatibleError, PplvmError, RunDirError
+from .evaluation import memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
@@ -49,6 +50,9 @@ from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer, read_history
 
 PROTOTYPE_ROWS = 256
+#: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
+#: the shipped cards and README commands): ``PPLVM_MAX_EPOCHS=2 pplvm fit ...``
+MAX_EPOCHS_ENV = "PPLVM_MAX_EPOCHS"
 #: how each likelihood kind is named wherever a log-likelihood is shown
 LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate", "bound": "lower bound", "none": "none"}
 
@@ -102,9 +106,9 @@ class Run:
         for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
-        check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
+        check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
-                           generator=torch.Generator().manual_seed(card.training.seed))
+                           generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
         with torch.no_grad():  # autoguides create their parameters on the first call
             guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
@@ -123,7 +127,7 @@ class Run:
             model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
             proto = _from_state(extras["prototype"])
             guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                               num_data=extras.get("num_train"))
+                               num_data=extras.get("num_train"), **_flow_options(card))
             with torch.no_grad():
                 guide(proto)
             params = ckpt["best"] or ckpt
@@ -144,6 +148,7 @@ class Run:
         while the fit writes it (a second fit into it is refused)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+        self.card = _epoch_cap(self.card, 0)
         if out is None:
             return self._fit(callbacks)
         with rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()) as run_dir:
@@ -190,6 +195,7 @@ class Run:
                 card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
             if data is None and ckpt["extras"].get("from_python"):
                 raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+            card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
             run = cls.from_card(card, data)
             run.run_dir = run_dir
             rundir.check_writable(run_dir, run._checkpoint_bytes())
@@ -213,12 +219,14 @@ class Run:
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
+        # a family without a likelihood ("none") is judged by its rule's held-out loss alone
+        valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
         return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
                        augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
+        ll = self._chunked_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
 
     def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -232,6 +240,29 @@ class Run:
         if kind == "estimate" and isinstance(self.guide, LocalGuide):
             return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
+
+    def _chunked_log_likelihood(self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None) -> torch.Tensor:
+        """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
+        (the leading dim of every ``params`` entry), of draws, each pass within
+        ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``."""
+        n, per_draw = len(xt), bool(params) and num_draws is not None
+        draws, rows = memory.plan(num_draws if per_draw else 1, n, self.model.evaluation_cost(xt),
+                                  self.card.evaluation.memory_mb)
+        blocks = []
+        for ds in memory.spans(num_draws if per_draw else 1, draws):
+            p = {k: v[ds] for k, v in params.items()} if per_draw else params
+            blocks.append(torch.cat([self._model_log_likelihood(xt[rs], p) for rs in memory.spans(n, rows)], -1))
+        return torch.cat(blocks, 0) if per_draw else blocks[0]
+
+    def _rows_per_pass(self, xt) -> int:
+        """Data per pass of a point-estimate query (local posteriors, MAP states) within
+        ``evaluation.memory_mb``."""
+        return memory.plan(1, len(xt), self.model.evaluation_cost(xt), self.card.evaluation.memory_mb)[1]
+
+    def _by_rows(self, fn, xt) -> dict[str, torch.Tensor]:
+        """``fn(chunk) -> {name: (n, ...)}`` over chunks of rows of ``xt``, concatenated."""
+        parts = [fn(xt[rs]) for rs in memory.spans(len(xt), self._rows_per_pass(xt))]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     # ------------------------------------------------------------------ queries
     def _prepare(self, x: Any, name: str = "x"):
@@ -263,7 +294,7 @@ class Run:
         families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family declares). ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
-        return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
+        return self._chunked_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
     @torch.no_grad()
     def posterior(self, x: Any = None) -> dict[str, torch.Tensor]:
@@ -277,7 +308,8 @@ class Run:
             return {"loc": q.mean, "scale": q.stddev}
         xt = self._prepare(x) if x is not None else self._training_data()
         if self.model.enumerated:
-            return self.model.local_marginals(xt, self.params())
+            params = self.params()
+            return self._by_rows(lambda part: self.model.local_marginals(part, params), xt)
         if not isinstance(self.guide, LocalGuide):
             raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
         q = self.guide.local_posterior(xt)
@@ -285,7 +317,8 @@ class Run:
 
     def map_states(self, x: Any) -> dict[str, torch.Tensor]:
         """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
-        return self.model.map_locals(self._prepare(x), self.params())
+        params = self.params()
+        return self._by_rows(lambda part: self.model.map_locals(part, params), self._prepare(x))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -323,19 +356,34 @@ class Run:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
         draws = self.draws(s, seed)
-        ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
-        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
-        ppc = None
-        if posterior_predictive:
-            with pyro.poutine.seed(rng_seed=seed + 1), progress(s, "posterior predictive", unit="draw") as bar:
-                ppc = []
-                for i in range(s):
-                    ppc.append(self.model.replicate(xt, {k: v[i] for k, v in draws.items()}))
-                    bar.update(1)
-                ppc = torch.stack(ppc)
-            ppc = _mask_padding(self.transform.inverse(ppc), xt)
+        ll = None  # an implicit density ("none") has no log_likelihood group
+        if self.model.likelihood != "none":
+            ll = self._chunked_log_likelihood(xt, draws, s) + self.transform.log_abs_det_jacobian(xt)
+            ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
+        ppc = self._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
         return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
+
+    def _replicates(self, xt, draws: dict[str, torch.Tensor], seed: int) -> torch.Tensor | None:
+        """Posterior-predictive replicates of ``xt`` in the data's units, padding NaN:
+        ``(chains · d, *values(xt).shape)`` for the first ``d`` draws of each chain, ``d`` as
+        many as fit a quarter of ``evaluation.memory_mb`` (all when they fit; None — no
+        posterior_predictive group — when not even one per chain does), each drawn in passes
+        over chunks of rows (:mod:`pplvm.evaluation.memory`)."""
+        ev = self.card.evaluation
+        shape = values(xt).shape
+        per_chain = min(ev.draws, memory.budget_elements(ev.memory_mb) // max(1, ev.chains * shape.numel()))
+        if per_chain < 1:
+            return None
+        out = torch.empty((ev.chains * per_chain, *shape), dtype=values(xt).dtype)
+        rows = self._rows_per_pass(xt)
+        with pyro.poutine.seed(rng_seed=seed), progress(len(out), "posterior predictive", unit="draw") as bar:
+            for j, i in enumerate(c * ev.draws + d for c in range(ev.chains) for d in range(per_chain)):
+                p = {k: v[i] for k, v in draws.items()}
+                for rs in memory.spans(len(xt), rows):
+                    out[j, rs] = _mask_padding(self.transform.inverse(self.model.replicate(xt[rs], p)), xt[rs])
+                bar.update(1)
+        return out
 
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
@@ -403,13 +451,21 @@ class Run:
                                     for name, row in table.iterrows()}
         return out
 
+    def globals_label(self) -> str:
+        """What the fitted globals are: guide draws, or a point estimate (and by what)."""
+        c = self.card
+        if c.objective.name == "em":
+            how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
+            return f"point estimate of the global latents (EM, {how})"
+        return "posterior of the global latents (guide draws)"
+
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
         c = self.card
         if self.model.global_sites:
             table, hidden = self._posterior_table(self._summary_idata(idata), max_size)
-            posterior = ["posterior of the global latents (guide draws):"]
+            posterior = [f"{self.globals_label()}:"]
             if table is not None:
                 posterior.append(table.to_string())
             if hidden:
@@ -427,6 +483,19 @@ class Run:
                          f"(epoch {best['epoch']}, {LIKELIHOOD_WORDS[self.model.likelihood]})")
         lines += ["", *posterior]
         return "\n".join(lines) + "\n"
+
+
+def _epoch_cap(card: BaseModel, done: int) -> BaseModel:
+    """The card with ``training.epochs`` at most ``done`` + ``$PPLVM_MAX_EPOCHS`` when that
+    variable is set (unchanged otherwise)."""
+    cap = os.environ.get(MAX_EPOCHS_ENV)
+    if not cap:
+        return card
+    if not cap.strip().isdigit() or int(cap) < 1:
+        raise CardError(f"environment variable {MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
+    if card.training.epochs <= done + int(cap):
+        return card
+    return card_from_dict(card_to_dict(card), {"training.epochs": done + int(cap)})
 
 
 def card_dataset(card: BaseModel) -> Dataset:
@@ -498,6 +567,10 @@ def _fit_input(guide: torch.nn.Module, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
     with parameters per training datum, else as they are."""
     return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _flow_options(card: BaseModel) -> dict[str, Any]:
+    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
 
 
 def _without_index(data):

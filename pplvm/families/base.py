@@ -23,7 +23,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
 from ..schema import Section
-from ..data.base import Batch
+from ..data.base import Batch, values
 from ..distributions import CollapsedLatents
 
 
@@ -73,6 +73,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
     site_dims: ClassVar[dict[str, list[str]]] = {}
+    #: ``(H, W)`` when the data are images (sample grids); set by a family that knows it
+    image_shape: tuple[int, int] | None = None
 
     def __init__(self, config: FamilyConfig, dim: int):
         super().__init__()
@@ -112,6 +114,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     @abc.abstractmethod
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
+
+    def evaluation_cost(self, x: "torch.Tensor | Batch") -> int:
+        """Float elements the largest intermediate tensor of :meth:`log_likelihood`,
+        :meth:`replicate` or :meth:`local_marginals` holds per (parameter draw, datum) of
+        ``x``; memory-bounded evaluation (:mod:`pplvm.evaluation.memory`) divides its budget
+        by it. Default: four times a datum's elements; families with latent states override it."""
+        return 4 * int(values(x)[0].numel())
 
     # ------------------------------------------------------------ shared machinery
     def validate(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
@@ -247,6 +256,40 @@ class FixedGuide(abc.ABC):
         """The guide, a Pyro program ``guide(x, num_data)`` over the family's local sites."""
 
 
+EMEstimate = Literal["map", "ml"]
+
+
+class ClosedFormEM(abc.ABC):
+    """Capability of a family fitted by exact expectation–maximisation (objective ``em``,
+    :mod:`pplvm.objectives.em`): the E-step takes expectations under the exact local posterior
+    ``p(z_n | x_n, θ)``, the M-step maximises in closed form. The point estimate of the global
+    sites lives in a ``map`` guide; the family's own maximum-likelihood parameters (if any) are
+    set in place by :meth:`maximize`.
+
+    Statistics are sums over data, so minibatch statistics scaled by N / B estimate the full
+    data's, running averages of them give stepwise EM, and data-parallel workers add theirs."""
+
+    @abc.abstractmethod
+    def em_estimates(self) -> tuple[EMEstimate, ...]:
+        """Which M-steps this configuration has in closed form: ``"map"`` (the posterior mode
+        under the family's priors) and/or ``"ml"`` (maximum likelihood)."""
+
+    @abc.abstractmethod
+    def expected_statistics(self, x: Any, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """E-step on a batch ``x`` at the globals ``params`` (point values, no sample dims):
+        sums over the batch of the expected complete-data sufficient statistics, plus
+        ``"log_likelihood"``, ``Σ_n log p(x_n | θ)`` (0-dim)."""
+
+    @abc.abstractmethod
+    def maximize(self, stats: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
+                 estimate: EMEstimate) -> dict[str, torch.Tensor]:
+        """M-step from statistics of the whole data set (what :meth:`expected_statistics`
+        returns, summed over all N data) and the current globals ``params``: the new values of
+        the global sites (the family's own parameters are updated in place). Each update
+        is the exact (conditional) maximiser, so the log posterior (``"map"``) or
+        log-likelihood (``"ml"``) never decreases."""
+
+
 class IdentifiedSummaries(abc.ABC):
     """Capability of a family whose globals are identified only up to a symmetry (label
     switching, rotations): functions of θ that are invariant to it, for calibration checks
@@ -255,3 +298,22 @@ class IdentifiedSummaries(abc.ABC):
     @abc.abstractmethod
     def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Invariant functions of the globals, each ``(*S, m)`` for ``params`` ``(*S, ...)``."""
+
+
+class LatentDecoder(abc.ABC):
+    """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
+    a decoder (VAEs, GANs): latent interpolation and traversal
+    (:mod:`pplvm.evaluation.latent`) need only this."""
+
+    #: how side information ``y`` enters the decoder (:class:`pplvm.families.vae.SideInformation`)
+    side: Any
+
+    @property
+    @abc.abstractmethod
+    def latent_dim(self) -> int:
+        """Dimension L of the latent."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> "torch.distributions.Distribution":
+        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded datum."""
+
