@@ -40,6 +40,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pydantic import Field
+from pyro.nn import PyroModule
 
 from ..data.base import Batch, as_matrix, values
 from ..decoders.denoisers import MLPDenoiser, UNetDenoiser
@@ -263,14 +264,13 @@ class Diffusion(LatentVariableModel, FixedGuide):
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)
-        noise_all = None
         terms = torch.empty(n, T + 1, dtype=x.dtype, device=x.device)
         per_chunk = max(1, self.config.likelihood_batch // max(d, 1))
-        pairs = torch.cartesian_prod(torch.arange(n, device=x.device), torch.arange(1, T + 1, device=x.device))
-        for chunk in pairs.split(per_chunk):
-            rows, t = chunk[:, 0], chunk[:, 1]
-            noise_all = torch.randn(len(chunk), d, generator=g, dtype=x.dtype, device=x.device)
-            value, _ = self.step_terms(x[rows], t, noise_all)
+        for start in range(0, n * T, per_chunk):  # (datum, step) pairs in row-major order
+            pair = torch.arange(start, min(start + per_chunk, n * T), device=x.device)
+            rows, t = pair // T, pair % T + 1
+            noise = torch.randn(len(pair), d, generator=g, dtype=x.dtype, device=x.device)
+            value, _ = self.step_terms(x[rows], t, noise)
             terms[rows, t - 1] = value
         terms[:, T] = self.prior_term(x)
         names = [f"L_{t}" for t in range(T + 1)]
@@ -343,8 +343,6 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     # ------------------------------------------------------------- the contract
     def make_fixed_guide(self) -> torch.nn.Module:
-        from ..guides.forward import ForwardProcess
-
         return ForwardProcess(self)
 
     def init_values(self, x, generator):
@@ -379,3 +377,32 @@ class Diffusion(LatentVariableModel, FixedGuide):
                 g = torch.Generator().manual_seed(0)
                 figs["samples"] = image_grid(self.generate(64, generator=g), (h, w), title="ancestral samples")
         return figs
+
+
+class ForwardProcess(PyroModule):
+    """The fixed guide: the forward noising chain ``q(z_1..z_T | x) = Π_t N(z_t; √α_t z_{t-1},
+    β_t I)`` with ``z_0 = y``, sampled step by step inside the model's data plate;
+    ``guide(x, num_data)`` for a batch ``x`` ``(B, D)`` (sites ``z_1 .. z_T``, event dim 1).
+
+    It has no parameters: the family's schedule fixes it. The ``diffusion`` objective does not
+    trace it (it uses the chain's closed-form marginals and posteriors); a generic estimator
+    over (model, guide), e.g. ``Trace_ELBO``, does, and estimates the same ELBO."""
+
+    def __init__(self, model: Diffusion):
+        super().__init__()
+        self._model = (model,)  # not a submodule: the model's parameters belong to the model
+
+    def forward(self, x, num_data=None):
+        model = self._model[0]
+        obs = values(x)
+        z = model.to_chain(obs)
+        s = model.tables(z)
+        with model.data_plate(obs, num_data):
+            for t in range(1, model.steps + 1):
+                mean, std = q_step(s, z, torch.tensor(t, device=z.device))
+                z = pyro.sample(f"z_{t}", dist.Normal(mean, std).to_event(1))
+        return z
+
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """No global latents: an empty point estimate."""
+        return {}
