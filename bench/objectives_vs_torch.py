@@ -304,7 +304,7 @@ def part_ll(args) -> dict[str, float]:
     import pyro
     import torch
 
-    from pplvm.evaluation.likelihood import importance_log_likelihood
+    from pplvm.inference.importance import importance_log_likelihood
 
     model, guide, _ = build_pplvm()
     enc, dec = build_torch()

@@ -19,7 +19,7 @@ from typing import Callable, Literal
 from pydantic import Field
 from torch import nn
 
-from ..config import Section
+from ..schema import Section
 from ..errors import CardError
 from .base import Decoder, Encoder, Likelihood, floored_softplus
 from .conv import ConvDecoderNet, ConvTrunk

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from ..data.base import Batch, as_matrix, values
 from ..decoders import NetworkConfig, image_shape, make_decoder, make_encoder
 from ..errors import CardError, DataError
-from .base import ContinuousLatentModel, FamilyConfig
+from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder
 
 
 class VAEConfig(FamilyConfig, NetworkConfig):
@@ -120,11 +120,11 @@ class _SideEncoder(torch.nn.Module):
         return self.encoder(values(data), self.side(data))
 
 
-class _Autoencoder(ContinuousLatentModel):
+class _Autoencoder(ContinuousLatentModel, LatentDecoder):
     """The shared implementation of :class:`VAE` and :class:`ConditionalVAE` (which differ only
     in their side information). ``self.decoder`` holds θ; the encoder (φ) belongs to the guide."""
 
-    guides = ("amortized",)
+    guides = ("amortized", "flow")
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     likelihood = "estimate"
@@ -184,11 +184,11 @@ class _Autoencoder(ContinuousLatentModel):
             log (1/S) Σ_s p(x_n, z_s) / q(z_s | x_n),      z_s ~ q(· | x_n)
 
         an unbiased estimate of ``p(x_n)`` (so a stochastic lower bound in log space that
-        tightens as S grows), by :func:`~pplvm.evaluation.likelihood.importance_log_likelihood`.
+        tightens as S grows), by :func:`~pplvm.inference.importance.importance_log_likelihood`.
         ``proposal`` is a guide called as ``proposal(x)`` that samples ``z`` inside the data
         plate (the amortized guide); without one the prior is used, which is valid but loose.
         ``params`` is empty (no global latents). Memory is bounded by ``max_elements``."""
-        from ..evaluation.likelihood import importance_log_likelihood
+        from ..inference.importance import importance_log_likelihood
 
         est = importance_log_likelihood(self, proposal if proposal is not None else self._prior_proposal, x,
                                         k=num_samples or self.config.likelihood_samples, seed=seed,

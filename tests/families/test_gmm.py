@@ -140,3 +140,16 @@ def test_more_components_than_rows_is_refused():
         pplvm.Run.from_card({"model": {"family": "gmm", "components": 5}, "objective": {"name": "enum"},
                              "data": {"source": "file", "path": "x.npy", "valid_fraction": 0.0}},
                             data=np.zeros((3, 2)))
+
+
+def test_replicate_keeps_the_parameters_fixed():
+    """A posterior-predictive replicate draws new data from p(x | θ = params): with both means
+    at 100 and scales 0.01 every replicate lies within 0.1 of 100 (10 sd), while the prior's
+    means (Normal(0, 10)) would almost never come near."""
+    model = GaussianMixture(GMMConfig(components=2), 1)
+    params = {"weights": torch.tensor([0.5, 0.5]), "locs": torch.full((2, 1), 100.0),
+              "scales": torch.full((2, 1), 0.01)}
+    with pyro.poutine.seed(rng_seed=0):
+        rep = model.replicate(torch.zeros(50, 1), params)
+    assert rep.shape == (50, 1)
+    assert (rep - 100).abs().max() < 0.1

@@ -33,6 +33,7 @@ from ..config import card_from_dict, card_to_dict
 from ..errors import IncompatibleError, PplvmError
 from ..families import FAMILIES
 from ..families.base import IdentifiedSummaries, LatentVariableModel
+from ..run import Run, _as_card
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,6 @@ def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int 
     """Simulate ``sims`` data sets of ``rows`` rows from the card's model prior, fit the
     card to each (all rows, no standardisation, ``training.seed = seed + s``) and collect
     ``num_draws`` posterior draws of the statistics. ``model.dim`` must be set in the card."""
-    from ..run import Run, _as_card
-
     card = _as_card(card)
     if sims < 2:
         raise PplvmError(f"--sims: SBC needs at least 2 simulations, got {sims}")

@@ -18,7 +18,7 @@ import torch
 from linear_gaussian import LinearEncoder, analytic_elbo, make_model, sample_data
 
 from pplvm.errors import CardError, DataError, IncompatibleError
-from pplvm.evaluation.likelihood import importance_log_likelihood
+from pplvm.inference.importance import importance_log_likelihood
 from pplvm.families import FAMILIES
 from pplvm.guides.amortized import AmortizedNormal
 

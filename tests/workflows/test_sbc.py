@@ -15,7 +15,7 @@ import pytest
 
 from pplvm.cli import main
 from pplvm.errors import IncompatibleError, PplvmError
-from pplvm.evaluation.sbc import SBCResult, default_bins, rank_histogram_plot, run_sbc
+from pplvm.workflows.sbc import SBCResult, default_bins, rank_histogram_plot, run_sbc
 
 
 def conjugate_normal(sims=200, num_draws=99, n=5, seed=0):

@@ -12,7 +12,7 @@ import pplvm
 from pplvm import Run
 from pplvm.cli import main
 from pplvm.errors import PplvmError
-from pplvm.evaluation.compare import compare_runs
+from pplvm.workflows.compare import compare_runs
 
 EVAL = {"draws": 50, "chains": 2, "max_rows": 500}
 

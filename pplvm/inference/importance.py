@@ -30,9 +30,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from .._progress import progress
 from ..data.base import Batch
 from ..errors import CardError, DataError, IncompatibleError
-from ..families.base import LatentVariableModel
 
 DEFAULT_MAX_ELEMENTS = 2**23  # 8M elements: 32 MiB per float32 tensor of that size
 
@@ -95,8 +95,9 @@ def importance_log_likelihood(
     :param max_elements: bound on ``particles × rows × elements per datum`` per pass.
     :param seed: seed of the draws (``None``: the current global RNG state).
     :param plate: name of the model's data plate.
-    :param max_plate_nesting: plate nesting of model and guide; defaults to the family's
-        (a :class:`~pplvm.families.LatentVariableModel`), else is read off one traced pass.
+    :param max_plate_nesting: plate nesting of model and guide; defaults to the model's own
+        ``max_plate_nesting`` where it declares one (every :class:`~pplvm.families.LatentVariableModel`
+        does), else is read off one traced pass.
     """
     k = _positive_int(k, "k")
     max_elements = _positive_int(max_elements, "max_elements")
@@ -115,13 +116,14 @@ def importance_log_likelihood(
 
     with poutine.seed(rng_seed=seed) if seed is not None else nullcontext():
         if max_plate_nesting is None:
-            max_plate_nesting = (model.max_plate_nesting if isinstance(model, LatentVariableModel)
-                                 else _plate_nesting(model, guide, data[:1]))
+            declared = getattr(model, "max_plate_nesting", None)  # every pplvm family declares it
+            max_plate_nesting = declared if isinstance(declared, int) else _plate_nesting(model, guide, data[:1])
         s1, s2 = [], []
-        for start in range(0, n, rows):
-            a, b = _chunk(model, guide, data[start : start + rows], k, particles, plate, max_plate_nesting)
-            s1.append(a)
-            s2.append(b)
+        with progress(n * k, "importance sampling", unit="draw") as bar:
+            for start in range(0, n, rows):
+                a, b = _chunk(model, guide, data[start : start + rows], k, particles, plate, max_plate_nesting, bar)
+                s1.append(a)
+                s2.append(b)
     log_sum_w, log_sum_w2 = torch.cat(s1), torch.cat(s2)
     log_likelihood = log_sum_w - math.log(k)
     log_r = log_sum_w2 - 2 * log_sum_w + math.log(k)  # r = k Σw² / (Σw)² ∈ [1, k]
@@ -151,7 +153,7 @@ def _plate_nesting(model, guide, x) -> int:
     return -min(dims) if dims else 0
 
 
-def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int):
+def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int, bar):
     """Running ``logsumexp`` over all k draws of ``log w`` and ``2 log w`` for the rows of ``x``."""
     log_sum_w = log_sum_w2 = None
     done = 0
@@ -168,6 +170,7 @@ def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int):
         log_sum_w = a if log_sum_w is None else torch.logaddexp(log_sum_w, a)
         log_sum_w2 = b if log_sum_w2 is None else torch.logaddexp(log_sum_w2, b)
         done += size
+        bar.update(size * len(x))
     return log_sum_w, log_sum_w2
 
 
