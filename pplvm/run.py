@@ -21,8 +21,8 @@ A new fit refuses a directory that holds a run unless asked to overwrite it (see
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
+import copy
 import math
 import os
 import warnings
@@ -47,6 +47,7 @@ from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
+from .training import distributed
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
 
@@ -152,17 +153,26 @@ class Run:
 
         ``out`` must be new or empty: a directory holding a run is refused unless
         ``overwrite``, which deletes the old run's files first. The directory is locked
-        while the fit writes it (a second fit into it is refused)."""
+        while the fit writes it (a second fit into it is refused).
+
+        Started by torchrun (several processes), every process trains on its shard of each
+        batch and rank 0 alone prepares, locks and writes the run directory (see
+        :mod:`pplvm.training.distributed`)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
         self.card = _epoch_cap(self.card, 0)
+        main = distributed.init_from_env(self.card.training.device).is_main
         if out is None:
             return self._fit(callbacks)
-        with rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()) as run_dir:
-            self.run_dir = run_dir
-            with rundir.storage(f"run directory {str(run_dir)!r}"):
-                dump_card(self.card, run_dir / "card.toml")
-                (run_dir / "metrics.jsonl").write_text("")
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("prepare the run directory"):
+                if main:
+                    run_dir = stack.enter_context(
+                        rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()))
+                    with rundir.storage(f"run directory {str(run_dir)!r}"):
+                        dump_card(self.card, run_dir / "card.toml")
+                        (run_dir / "metrics.jsonl").write_text("")
+                self.run_dir = Path(out)
             return self._fit(callbacks)
 
     def _fit(self, callbacks: Sequence[Callback]) -> "Run":
@@ -170,7 +180,7 @@ class Run:
         with rundir.storage(f"run directory {str(self.run_dir)!r}"):
             self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             self.write_artifacts()
         return self
 
@@ -190,31 +200,38 @@ class Run:
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
-        with rundir.locked(run_dir):
-            card = load_card(run_dir / "card.toml")
-            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-            rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
-            if epochs is not None:
-                done = int(ckpt["trainer"]["epoch"])
-                if check_count(epochs, "epochs") < done:
-                    raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
-                                        f"expected a new total budget of at least {done}")
-                card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
-            if data is None and ckpt["extras"].get("from_python"):
-                raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
-            card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
-            run = cls.from_card(card, data)
-            run.run_dir = run_dir
-            rundir.check_writable(run_dir, run._checkpoint_bytes())
+        main = distributed.init_from_env(load_card(run_dir / "card.toml").training.device).is_main
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("lock the run directory"):  # rank 0 locks and writes it; all read it
+                if main:
+                    stack.enter_context(rundir.locked(run_dir))
+                card = load_card(run_dir / "card.toml")
+                ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+                rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+                if epochs is not None:
+                    done = int(ckpt["trainer"]["epoch"])
+                    if check_count(epochs, "epochs") < done:
+                        raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                                            f"expected a new total budget of at least {done}")
+                    card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+                if data is None and ckpt["extras"].get("from_python"):
+                    raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+                card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
+                run = cls.from_card(card, data)
+                run.run_dir = run_dir
+                if main:
+                    rundir.check_writable(run_dir, run._checkpoint_bytes())
             run.trainer = run._trainer(callbacks)
             train = _fit_input(run.guide, run.dataset.train)
             with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
                 run.trainer.resume(train)
             with rundir.storage(f"run directory {str(run_dir)!r}"):
-                dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+                if main:
+                    dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
                 run.trainer.fit(train, run.dataset.valid)
             run.history = run.trainer.state.history
-            run.write_artifacts()
+            if main:
+                run.write_artifacts()
         return run
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
@@ -228,23 +245,18 @@ class Run:
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
         # a family without a likelihood ("none") is judged by its rule's held-out loss alone
         valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
+        ctx = distributed.init_from_env(self.card.training.device)
         return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
                        valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       augment=d.augment)
+                       augment=d.augment, rank=ctx.rank, world_size=ctx.world_size)
 
     @property
     def device(self) -> torch.device:
         """Where the model and guide live and every query computes (results come back on the host)."""
         return self.model.device
 
-    def _on(self, data):
-        """A tensor, Batch or dict of tensors on the run's device."""
-        if isinstance(data, dict):
-            return {k: v.to(self.device) for k, v in data.items()}
-        return to_device(data, self.device)
-
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self._chunked_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
+        ll = self._chunked_log_likelihood(valid, self._params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
 
     def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -262,15 +274,16 @@ class Run:
     def _chunked_log_likelihood(self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None) -> torch.Tensor:
         """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
         (the leading dim of every ``params`` entry), of draws, each pass within
-        ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``."""
+        ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``,
+        computed on the run's device and returned on the host."""
+        params = {k: v.to(self.device) for k, v in params.items()}
         n, per_draw = len(xt), bool(params) and num_draws is not None
         draws, rows = memory.plan(num_draws if per_draw else 1, n, self.model.evaluation_cost(xt),
                                   self.card.evaluation.memory_mb)
         blocks = []
         for ds in memory.spans(num_draws if per_draw else 1, draws):
             p = {k: v[ds] for k, v in params.items()} if per_draw else params
-            p = self._on(p)  # computed on the run's device, gathered on the host
-            blocks.append(torch.cat([self._model_log_likelihood(self._on(xt[rs]), p).cpu()
+            blocks.append(torch.cat([self._model_log_likelihood(to_device(xt[rs], self.device), p).cpu()
                                      for rs in memory.spans(n, rows)], -1))
         return torch.cat(blocks, 0) if per_draw else blocks[0]
 
@@ -280,8 +293,9 @@ class Run:
         return memory.plan(1, len(xt), self.model.evaluation_cost(xt), self.card.evaluation.memory_mb)[1]
 
     def _by_rows(self, fn, xt) -> dict[str, torch.Tensor]:
-        """``fn(chunk) -> {name: (n, ...)}`` over chunks of rows of ``xt``, concatenated."""
-        parts = [_host(fn(self._on(xt[rs]))) for rs in memory.spans(len(xt), self._rows_per_pass(xt))]
+        """``fn(chunk) -> {name: (n, ...)}`` over chunks of rows of ``xt`` (each moved to the
+        run's device), concatenated on the host."""
+        parts = [_host(fn(to_device(xt[rs], self.device))) for rs in memory.spans(len(xt), self._rows_per_pass(xt))]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     # ------------------------------------------------------------------ queries
@@ -294,7 +308,6 @@ class Run:
         return _host(self._params())
 
     def _params(self) -> dict[str, torch.Tensor]:
-        """:meth:`params` on the run's device."""
         return {k: v.detach() for k, v in self.guide.median().items()}
 
     @torch.no_grad()
@@ -303,6 +316,9 @@ class Run:
         (empty when the family has no global latents: all its parameters are point estimates),
         on the host."""
         num, seed = check_count(num, "num"), check_seed(seed, "seed")
+        return _host(self._draws(num, seed))
+
+    def _draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
@@ -310,8 +326,8 @@ class Run:
         with pyro.poutine.seed(rng_seed=seed):
             out = Predictive(guide, num_samples=num, parallel=True,
                              return_sites=list(self.model.global_sites))()
-        point = self.params()
-        return {k: out[k].detach().cpu().reshape(num, *point[k].shape) for k in self.model.global_sites}
+        point = self._params()
+        return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
     def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -337,7 +353,7 @@ class Run:
             return self._by_rows(lambda part: self.model.local_marginals(part, params), xt)
         if not isinstance(self.guide, LocalGuide):
             raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
-        q = self.guide.local_posterior(self._on(xt))
+        q = self.guide.local_posterior(to_device(xt, self.device))
         return _host({"loc": q.mean, "scale": q.stddev})
 
     def map_states(self, x: Any) -> dict[str, torch.Tensor]:
@@ -359,8 +375,7 @@ class Run:
         (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
         mean (nats per datum, ``terms``) and the total in bits per dimension."""
         xt = self._prepare(x)
-        terms = self.model.likelihood_terms(self._on(xt), self._params())
-        terms = _host(terms) if terms is not None else None
+        terms = _host(self.model.likelihood_terms(to_device(xt, self.device), self._params()))
         if terms is None:
             ll = self.log_likelihood(x)
         else:
@@ -381,14 +396,14 @@ class Run:
         if len(xt) > ev.max_rows:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
-        draws = self.draws(s, seed)
+        draws = self._draws(s, seed)  # on the run's device; exported from the host
         ll = None  # an implicit density ("none") has no log_likelihood group
         if self.model.likelihood != "none":
             ll = self._chunked_log_likelihood(xt, draws, s) + self.transform.log_abs_det_jacobian(xt)
             ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
         ppc = self._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
-        return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
+        return inference_data(_host(draws), ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
 
     def _replicates(self, xt, draws: dict[str, torch.Tensor], seed: int) -> torch.Tensor | None:
         """Posterior-predictive replicates of ``xt`` in the data's units, padding NaN:
@@ -407,8 +422,8 @@ class Run:
             for j, i in enumerate(c * ev.draws + d for c in range(ev.chains) for d in range(per_chain)):
                 p = {k: v[i] for k, v in draws.items()}
                 for rs in memory.spans(len(xt), rows):
-                    draw = self.model.replicate(self._on(xt[rs]), self._on(p)).cpu()
-                    out[j, rs] = _mask_padding(self.transform.inverse(draw), xt[rs])
+                    rep = self.model.replicate(to_device(xt[rs], self.device), p).cpu()
+                    out[j, rs] = _mask_padding(self.transform.inverse(rep), xt[rs])
                 bar.update(1)
         return out
 
@@ -439,6 +454,10 @@ class Run:
             for name, fig in self._host_model().plots(self._training_data(), self.params()).items():
                 plots.save_figure(fig, d / f"{name}.png")
             atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def _host_model(self) -> LatentVariableModel:
+        """The model with its parameters on the host (plots draw from host tensors)."""
+        return self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to("cpu")
 
     def _posterior_table(self, idata, max_size: int | None):
         """``(table, hidden)``: the arviz summary (a DataFrame, None when no site is small
@@ -485,10 +504,6 @@ class Run:
             how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
             return f"point estimate of the global latents (EM, {how})"
         return "posterior of the global latents (guide draws)"
-
-    def _host_model(self) -> LatentVariableModel:
-        """The model with its parameters on the host (plots draw from host tensors)."""
-        return self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to("cpu")
 
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
@@ -596,7 +611,7 @@ def load(run_dir: str | Path) -> Run:
 
 def _load_device(spec: str) -> torch.device:
     """The device ``spec`` names, or the CPU where this machine has no such device."""
-    if spec not in ("auto", "cpu") and not torch.cuda.is_available():
+    if spec != "auto" and spec != "cpu" and not torch.cuda.is_available():
         return torch.device("cpu")
     return resolve_device(spec)
 
