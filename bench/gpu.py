@@ -189,7 +189,7 @@ def part_decoder(args) -> None:
 def part_ll(args) -> None:
     import pyro
 
-    from pplvm.evaluation.likelihood import importance_log_likelihood
+    from pplvm.inference.importance import importance_log_likelihood
     from pplvm.families import FAMILIES
     from pplvm.guides.amortized import AmortizedNormal
 

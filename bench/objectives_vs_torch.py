@@ -37,6 +37,15 @@ RenyiBound for ``iwae``), default environment:
     vae 1.22 (1.09 no validation), iwae 1.22 (1.17), dreg 1.28 (1.24), memory 0.91 / 1.01,
     ll 1.01 (1.10)
 
+Recorded 2026-11-26 on the same box (load ~3), ``--steps 20 --rounds 5``, with the compiled step
+(``pplvm.training.compiled.CompiledSVIStep``: the objective and its gradient traced once into a
+flat graph; the "(compiled)" line, ``PPLVM_BENCH_COMPILE=trace`` by default or ``inductor``):
+
+    vae    1.54 default, 1.29 traced, 0.92-0.98 inductor          goal 1.05: met by inductor
+    iwae   1.38 default, 1.39 traced, 0.85-0.89 inductor          goal 1.10: met by inductor
+    dreg   1.49 default, 1.29 traced
+    memory 0.98 vae, 0.97 iwae; ll (32 rows) 0.85                 goals met
+
 Where pplvm's extra time goes (VAE, forward + backward, CPU ms/step: torch 6.85, pplvm 9.50):
 Pyro's validation (distribution argument and support checks every step) 0.76; PyroModule glue
 (each access to a plain ``nn.Module`` child inside a PyroModule issues one ``param`` message per

@@ -11,7 +11,8 @@ Low to high, as README's "The house" draws it::
                                         building blocks and the importance-sampling estimator
     families                            the contract and the families
     config                              the card schema, gathered from the registries
-    guides, objectives, training.rules  inference over a family: guides, objectives, update rules
+    guides, objectives, training.rules, training.compiled
+                                        inference over a family: guides, objectives, update rules
     training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
     run                                 the facade
     workflows                           over runs: compare, SBC
@@ -36,7 +37,7 @@ LAYERS: list[list[str]] = [
     ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference"],
     ["pplvm.families"],
     ["pplvm.config"],
-    ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules"],
+    ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules", "pplvm.training.compiled"],
     ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
     ["pplvm.run"],
     ["pplvm.workflows"],

@@ -20,6 +20,8 @@ decoder); randomness comes from an explicit ``generator``.
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any, Literal, Sequence
 
 import torch
@@ -30,6 +32,23 @@ from ..data.base import Batch, values
 from ..errors import IncompatibleError, PplvmError
 from ..families.base import LatentDecoder
 from ..guides.amortized import AmortizedNormal
+
+
+def _on_host(fn):
+    """Latent tools are small interactive queries on host tensors: on a run whose model lives
+    on an accelerator they work on host copies of its model and guide (the run is unchanged)."""
+
+    @functools.wraps(fn)
+    def wrapper(run, *args, **kwargs):
+        if run.device.type != "cpu":
+            view = copy.copy(run)
+            view.model, view.guide = copy.deepcopy((run.model, run.guide))  # the guide keeps its model
+            view.model.to("cpu")
+            view.guide.to("cpu")
+            run = view
+        return fn(run, *args, **kwargs)
+
+    return wrapper
 
 
 def _parts(run):
@@ -46,6 +65,7 @@ def _data(run, x):
 
 
 @torch.no_grad()
+@_on_host
 def encode(run, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Location and scale of ``q(z | x)``, each ``(N, L)``."""
     _, guide = _parts(run)
@@ -60,6 +80,7 @@ def _decoder(run) -> LatentDecoder:
 
 
 @torch.no_grad()
+@_on_host
 def decode(run, z: torch.Tensor, y: Any = None) -> torch.Tensor:
     """Decoder means ``E[x | z (, y)]`` for ``z`` ``(N, L)``, in data units, ``(N, D)``. Any
     family with a decoder (:class:`~pplvm.families.base.LatentDecoder`: VAE, CVAE, GAN)."""
@@ -73,6 +94,7 @@ def decode(run, z: torch.Tensor, y: Any = None) -> torch.Tensor:
 
 
 @torch.no_grad()
+@_on_host
 def reconstruct(run, x: Any, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decoder mean at ``z = E_q[z]`` (or at one draw ``z ~ q(z | x)`` with ``sample``), ``(N, D)``."""
     model, guide = _parts(run)
@@ -84,6 +106,7 @@ def reconstruct(run, x: Any, *, sample: bool = False, generator: torch.Generator
 
 
 @torch.no_grad()
+@_on_host
 def interpolate(run, a: Any, b: Any, steps: int = 8) -> torch.Tensor:
     """Decoded points on the straight line between the encoder means of one datum ``a`` and one
     datum ``b`` (each ``(1, D)`` or a one-row Batch), ends included: ``(steps, D)``. A
@@ -96,6 +119,7 @@ def interpolate(run, a: Any, b: Any, steps: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
+@_on_host
 def traverse(run, x: Any, dim: int, values: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Decode the encoder mean of one datum ``x`` with latent dimension ``dim`` set to each of
     ``values`` in turn: ``(len(values), D)``."""
@@ -109,6 +133,7 @@ def traverse(run, x: Any, dim: int, values: Sequence[float] | torch.Tensor) -> t
 
 
 @torch.no_grad()
+@_on_host
 def interpolate_latent(run, za: torch.Tensor, zb: torch.Tensor, steps: int = 8, y: Any = None) -> torch.Tensor:
     """Decoded points on the straight line from latent ``za`` to ``zb`` (each ``(L,)``), ends
     included: ``(steps, D)``. Needs no encoder (a GAN's latent space; prior draws)."""
@@ -117,6 +142,7 @@ def interpolate_latent(run, za: torch.Tensor, zb: torch.Tensor, steps: int = 8, 
 
 
 @torch.no_grad()
+@_on_host
 def traverse_latent(run, z: torch.Tensor, dim: int, values: Sequence[float] | torch.Tensor, y: Any = None) -> torch.Tensor:
     """Decode latent ``z`` ``(L,)`` with dimension ``dim`` set to each of ``values``: ``(len(values), D)``."""
     model = _decoder(run)
@@ -133,6 +159,7 @@ def _repeat_y(y: Any, n: int) -> Any:
 
 
 @torch.no_grad()
+@_on_host
 def arithmetic(run, a: Any, b: Any, c: Any) -> torch.Tensor:
     """``decode(z_a - z_b + z_c)`` with encoder means (one row each): "a is to b as ? is to c",
     ``(1, D)``; a conditional model decodes with ``c``'s side information."""
@@ -142,6 +169,7 @@ def arithmetic(run, a: Any, b: Any, c: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
+@_on_host
 def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "map",
            iterations: int = 50, lr: float = 0.05) -> torch.Tensor:
     """Inpaint the missing entries of ``x`` (``observed``: ``(N, D)`` bool, True = seen; missing
@@ -190,6 +218,7 @@ def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "m
 
 
 @torch.no_grad()
+@_on_host
 def anomaly_score(run, x: Any, *, kind: Literal["elbo", "nll"] = "elbo", num_samples: int = 16,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-datum anomaly score, ``(N,)``, higher = less likely under the model.
@@ -212,6 +241,7 @@ def anomaly_score(run, x: Any, *, kind: Literal["elbo", "nll"] = "elbo", num_sam
 
 
 @torch.no_grad()
+@_on_host
 def latent_map(run, x: Any, labels: Any = None, *, title: str = "") -> Figure:
     """Encoder means of ``x`` in 2-D (the first two latent dimensions when L = 2, else their top
     two principal axes), coloured by ``labels`` if given."""

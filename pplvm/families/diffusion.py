@@ -195,7 +195,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     def prior(self, n: int, like: torch.Tensor | None = None) -> dist.Distribution:
         """``p(z_T) = N(0, I)``: batch ``(n,)``, event ``(D,)``."""
-        zeros = torch.zeros(n, self.dim) if like is None else like.new_zeros(n, self.dim)
+        zeros = torch.zeros(n, self.dim, device=self.device) if like is None else like.new_zeros(n, self.dim)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def reverse(self, z: torch.Tensor, t: int) -> dist.Distribution:

@@ -123,7 +123,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         if c.emission == "categorical":
             prior = dist.Dirichlet(torch.full((c.categories,), c.emission_concentration, device=self.device))
         else:
-            prior = dist.Beta(c.emission_concentration, c.emission_concentration)
+            prior = dist.Beta(self.scalar(c.emission_concentration), self.scalar(c.emission_concentration))
         return {"emission_probs": pyro.sample("emission_probs", prior.expand([D]).to_event(1))}
 
     def emission(self, params: dict[str, torch.Tensor]) -> dist.TorchDistribution:

@@ -158,6 +158,10 @@ class CompiledSVIStep(SVIStep):
         except Exception as err:  # tracing refused a data-dependent structure
             self._fall_back(f"the objective's structure depends on the data's values ({_first_line(err)})")
             return None
+        if not self._agrees(graph, batch, num_data):
+            self._fall_back("the traced step's gradients differ from Pyro's on the same draws (the model reads "
+                            "a parameter outside the traced inputs, e.g. a cached transform)")
+            return None
         if self.mode == "inductor":
             import torch._inductor.config as inductor_config
 
@@ -196,6 +200,25 @@ class CompiledSVIStep(SVIStep):
         gm.recompile()
         gm.size = sum(1 for n in gm.graph.nodes if n.op == "call_function")
         return gm
+
+    def _agrees(self, graph: Callable, batch, num_data: int) -> bool:
+        """Once per trace: the graph's loss and gradients equal the Pyro objective's on the same
+        random draws (to float32 rounding); the run's RNG stream is left as it was."""
+        state = torch.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
+
+        def rewind():
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state(state[1])
+        with torch.no_grad():
+            loss, *grads = graph(self._params, _fields(batch)[1])
+        rewind()
+        ref = self.loss_module(batch, num_data=num_data)
+        ref_grads = torch.autograd.grad(ref, self._params, allow_unused=True)
+        rewind()
+        pairs = [(loss, ref.detach())] + [(g, torch.zeros_like(g) if r is None else r) for g, r in zip(grads, ref_grads)]
+        return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max()) if b.numel() else 1))
+                   for a, b in pairs)
 
     def _fall_back(self, why: str) -> None:
         self.fallback = why
