@@ -59,10 +59,12 @@ class Run:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None) -> "Run":
+    def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None, *, model: Any = None,
+                  guide: Any = None) -> "Run":
         """Build from a card (validated object, dict or TOML path). ``data``: an optional
         ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
-        card's source, split as the card says."""
+        card's source, split as the card says. ``model`` / ``guide``: your own Pyro model and
+        guide objects for ``model.family = "pyro"`` (instead of ``model.target``)."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
         if data is None:
@@ -74,7 +76,7 @@ class Run:
             raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
         dataset = _labelled(dataset, card)
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
-        model = family(card.model, dataset.dim)
+        model = family.from_config(card.model, dataset.dim, model=model, guide=guide)
         if dataset.augment is None:
             dataset.train = model.validate(dataset.train, "data (training split)")
         else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
@@ -91,15 +93,16 @@ class Run:
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Run":
-        """Load a run directory written by :meth:`fit` (best parameters if early-stopped)."""
+    def load(cls, run_dir: str | Path, *, model: Any = None, guide: Any = None) -> "Run":
+        """Load a run directory written by :meth:`fit` (best parameters if early-stopped);
+        ``model`` / ``guide``: the objects a run of your own model was fitted with from Python."""
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
         card = load_card(run_dir / "card.toml")
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         extras = ckpt["extras"]
-        model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
+        model = FAMILIES[card.model.family].from_config(card.model, int(extras["dim"]), model=model, guide=guide)
         proto = _from_state(extras["prototype"])
         guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
                            num_data=extras.get("num_train"))
@@ -132,7 +135,7 @@ class Run:
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, data: Any = None,
-               callbacks: Sequence[Callback] = ()) -> "Run":
+               callbacks: Sequence[Callback] = (), model: Any = None, guide: Any = None) -> "Run":
         """Continue an interrupted run from its last checkpoint; the result equals an
         uninterrupted run with the same seed. ``epochs`` raises the epoch budget."""
         run_dir = Path(run_dir)
@@ -140,7 +143,7 @@ class Run:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         if data is None and ckpt["extras"].get("from_python"):
             raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
-        run = cls.from_card(card, data)
+        run = cls.from_card(card, data, model=model, guide=guide)
         run.run_dir = run_dir
         dump_card(card, run_dir / "card.toml")
         run.trainer = run._trainer(callbacks)
@@ -355,13 +358,14 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
 
 
 def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, data: Any = None,
-        overrides: Sequence[str] | dict[str, Any] | None = None) -> Run:
-    """Build a run from ``card`` (TOML path, dict or validated card) and fit it."""
-    return Run.from_card(_as_card(card, overrides), data).fit(out)
+        overrides: Sequence[str] | dict[str, Any] | None = None, model: Any = None, guide: Any = None) -> Run:
+    """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``model`` /
+    ``guide``: your own Pyro model (and guide) for ``model.family = "pyro"``."""
+    return Run.from_card(_as_card(card, overrides), data, model=model, guide=guide).fit(out)
 
 
-def load(run_dir: str | Path) -> Run:
-    return Run.load(run_dir)
+def load(run_dir: str | Path, *, model: Any = None, guide: Any = None) -> Run:
+    return Run.load(run_dir, model=model, guide=guide)
 
 
 def _fit_input(guide: torch.nn.Module, train):

@@ -79,4 +79,28 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
         id="ppca-bayes-meanfield-local-minibatch",
     ),
+    # users' own Pyro models (tests/user_models.py), by import path: the same contract, no special case
+    pytest.param(
+        {"name": "user_gmm", "model": {"family": "pyro", "target": "user_models:gmm"},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="user-gmm-enumerated-meanfield-minibatch",
+    ),
+    pytest.param(
+        {"name": "user_ppca", "model": {"family": "pyro", "target": "user_models:BayesianPPCA",
+                                        "options": {"dim": 13, "latent_dim": 2}, "likelihood_samples": 20},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "wine", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+        id="user-ppca-class-amortized-minibatch",
+    ),
+    pytest.param(
+        {"name": "user_normal", "model": {"family": "pyro", "target": "user_models:normal_mean",
+                                          "guide_target": "user_models:NormalMeanGuide", "guide_options": {"dim": 4}},
+         "guide": {"kind": "custom"}, "objective": {"name": "elbo"},
+         "data": {"source": "iris", "standardize": True},
+         "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
+        id="user-normal-custom-guide",
+    ),
 ]

@@ -79,7 +79,7 @@ def test_log_likelihood_shapes_and_batching(run, batch_shape):
     n = len(x)
     num = max(1, math.prod(batch_shape))
     flat = run.draws(num, seed=1)
-    params = {k: v.reshape(*batch_shape, *v.shape[1:]) for k, v in flat.items()}
+    params = {k: v.reshape((*batch_shape, *v.shape[1:])) for k, v in flat.items()}  # scalar sites too
     with poutine.seed(rng_seed=0):
         ll = run._model_log_likelihood(x, params)
     s = batch_shape if run.model.global_sites else ()

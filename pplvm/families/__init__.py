@@ -7,6 +7,7 @@ from .base import FamilyConfig, LatentVariableModel
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
+from .pyro_model import PyroConfig, PyroModel
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
 
 FAMILIES: Registry[type[LatentVariableModel]] = Registry("model family")
@@ -16,7 +17,8 @@ FAMILIES.register("ppca")(PPCA)
 FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
+FAMILIES.register("pyro")(PyroModel)
 
 __all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
            "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "PPCA",
-           "PPCAConfig", "VAE", "VAEConfig"]
+           "PPCAConfig", "PyroConfig", "PyroModel", "VAE", "VAEConfig"]

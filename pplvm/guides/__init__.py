@@ -15,7 +15,7 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
 from ..errors import IncompatibleError
-from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVariableModel
+from ..families.base import ContinuousLatentModel, ExactLocalPosterior, LatentVariableModel, UserGuide
 from .amortized import AmortizedNormal
 from .exact import ExactLocalGuide
 from .local import MeanFieldLocal
@@ -27,6 +27,7 @@ GUIDES = {
     "map": "point estimate of the globals (AutoDelta, MAP)",
     "lowrank": "low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)",
     "exact": "closed-form posterior p(z_n | x_n, θ) for the local latents (+ mean-field globals)",
+    "custom": "your own guide (model.guide_target, or guide= from Python) for your own model",
 }
 
 
@@ -39,6 +40,10 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
             f"expected one of: {', '.join(model.guides)}"
         )
+    if kind == "custom":
+        if not isinstance(model, UserGuide):
+            raise IncompatibleError(f"guide.kind = 'custom': family {model.config.family!r} brings no guide")
+        return model.user_guide()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
