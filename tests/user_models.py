@@ -116,3 +116,11 @@ def broken(x):
 
 
 NOT_A_MODEL = 3
+
+
+def calibration_normal(x):
+    """``μ ~ N(0, 1)^D``, ``σ ~ LogNormal(0, 0.3)``, ``x_n ~ N(μ, σ)``: a small model for SBC."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 0.3))
+    with pyro.plate("data", len(x)):
+        pyro.sample("obs", dist.Normal(mu, sigma).to_event(1), obs=x)
