@@ -9,7 +9,7 @@ Run directory::
     checkpoint.pt        model, guide, optimiser and trainer state (weights_only-safe)
     metrics.jsonl        one JSON object per epoch
     inference_data.nc    arviz InferenceData (posterior, posterior_predictive, ...)
-    loss.png, posterior.png, <family plots>.png
+    loss.png, posterior.png, model.png (the model's graph), <family plots>.png
     summary.txt          arviz summary of the global latents and held-out metrics
 """
 
@@ -30,7 +30,7 @@ from .config import card_from_dict, card_to_dict, dump_card, load_card
 from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
 from .errors import DataError, IncompatibleError, PplvmError, RunDirError
-from .evaluation import plots
+from .evaluation import graph, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
@@ -290,11 +290,19 @@ class Run:
         idata.to_netcdf(str(tmp))
         tmp.replace(d / "inference_data.nc")
         plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
+        plots.save_figure(self.model_graph(), d / "model.png")
         if self.model.global_sites:
             plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
         for name, fig in self.model.plots(self._training_data(), self.params()).items():
             plots.save_figure(fig, d / f"{name}.png")
         atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def model_graph(self):
+        """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
+        Pyro's model inspection on a few training rows: a matplotlib Figure."""
+        x = self._training_data()[:PROTOTYPE_ROWS]
+        relations = graph.model_relations(self.model, x)
+        return graph.model_graph(relations, title=f"{self.card.name}: model.family = {self.card.model.family!r}")
 
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with

@@ -5,7 +5,7 @@ Low to high, as README's "The house" draws it::
 
     errors, _registry, _progress, schema
                                         foundation: errors, the registry type, progress, Section
-    training.checkpoint, evaluation.arviz, evaluation.plots
+    training.checkpoint, evaluation.arviz, evaluation.plots, evaluation.graph
                                         atomic files, the arviz converter, figures
     distributions, data, decoders, inference
                                         building blocks and the importance-sampling estimator
@@ -32,7 +32,8 @@ PACKAGE = Path(pplvm.__file__).parent
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
     ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm.schema"],
-    ["pplvm.training.checkpoint", "pplvm.evaluation.arviz", "pplvm.evaluation.plots"],
+    ["pplvm.training.checkpoint", "pplvm.evaluation.arviz", "pplvm.evaluation.plots",
+     "pplvm.evaluation.graph"],
     ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference"],
     ["pplvm.families"],
     ["pplvm.config"],
