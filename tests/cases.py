@@ -103,4 +103,12 @@ CASES = [
          "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
         id="user-normal-custom-guide",
     ),
+    pytest.param(
+        {"name": "user_mfa", "model": {"family": "pyro", "target": "user_models:MixtureOfFactorAnalysers",
+                                       "options": {"dim": 4, "components": 2}, "likelihood_samples": 16},
+         "guide": {"kind": "amortized"}, "objective": {"name": "enum"},
+         "data": {"source": "iris", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+        id="user-mfa-discrete-and-continuous-locals",
+    ),
 ]

@@ -124,3 +124,31 @@ def calibration_normal(x):
     sigma = pyro.sample("sigma", dist.LogNormal(0.0, 0.3))
     with pyro.plate("data", len(x)):
         pyro.sample("obs", dist.Normal(mu, sigma).to_event(1), obs=x)
+
+
+class MixtureOfFactorAnalysers(PyroModule):
+    """``c_n ~ Cat(softmax(a))``, ``z_n ~ N(0, I_L)``, ``x_n | c, z ~ N(μ_c + z W_c, diag ψ²)``:
+    a discrete and a continuous local latent, point-estimated parameters. The marginal is
+    ``Σ_c π_c N(x | μ_c, W_cᵀ W_c + diag ψ²)`` in closed form (:meth:`marginal`)."""
+
+    def __init__(self, dim: int, components: int = 2, latent_dim: int = 1):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.logits = PyroParam(torch.zeros(components))
+        self.W = PyroParam(0.5 * torch.randn(components, latent_dim, dim, generator=gen))
+        self.mu = PyroParam(torch.randn(components, dim, generator=gen))
+        self.psi = PyroParam(torch.ones(dim), constraint=constraints.positive)
+        self.latent_dim = latent_dim
+
+    def forward(self, x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(logits=self.logits))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([self.latent_dim]).to_event(1))
+            loc = Vindex(self.mu)[..., c, :] + (z.unsqueeze(-2) @ Vindex(self.W)[..., c, :, :]).squeeze(-2)
+            return pyro.sample("obs", dist.Normal(loc, self.psi).to_event(1), obs=x)
+
+    @torch.no_grad()
+    def marginal(self, x):
+        cov = self.W.transpose(-1, -2) @ self.W + torch.diag_embed(self.psi.pow(2))  # (K, D, D)
+        comp = dist.MultivariateNormal(self.mu, covariance_matrix=cov).log_prob(x.unsqueeze(-2))  # (N, K)
+        return (self.logits.log_softmax(-1) + comp).logsumexp(-1)

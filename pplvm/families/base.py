@@ -224,6 +224,11 @@ class ContinuousLatentModel(LatentVariableModel):
     def latent_dim(self) -> int:
         """Dimension L of the local latent."""
 
+    @property
+    def latent_site(self) -> str:
+        """Name of the continuous local site ``z_n`` that the local guides serve."""
+        return self.local_sites[0]
+
     @abc.abstractmethod
     def make_encoder(self) -> torch.nn.Module:
         """A module mapping a batch to ``(loc, scale)`` of ``q(z_n | x_n)``, each ``(B, L)``."""

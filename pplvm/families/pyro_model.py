@@ -54,12 +54,15 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..data.base import as_matrix, values
 from ..decoders import Activation, Encoder, mlp
-from ..errors import CardError
+from ..errors import CardError, IncompatibleError
 from ..inference.importance import importance_log_likelihood
 from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide
 
 #: placeholder batch sizes the model is traced at; the data plate is the one that follows them
 _PROBE_ROWS = (3, 5)
+_PARTICLES = "_particles"
+#: bound on particles × elements of the data per pass of the mixed-locals estimate
+_MAX_ELEMENTS = 2**22
 _TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
@@ -215,9 +218,6 @@ def trace_structure(model: Callable, dim: int, name: str) -> Structure:
                 reasons.append(f"site {site_name!r} has support {_base_support(fn)}, not the real line")
             elif len(fn.event_shape) != 1 or value_shape != (_PROBE_ROWS[0], *fn.event_shape) or plate.dim != -1:
                 reasons.append(f"site {site_name!r} has shape {value_shape}, not (rows, L) in a data plate at dim -1")
-    if discrete and continuous:
-        raise CardError(f"model {name}: has discrete ({', '.join(discrete)}) and continuous "
-                        f"({', '.join(continuous)}) local latents; pplvm guides one kind per model so far")
     if len(continuous) > 1:
         reasons.append(f"it has {len(continuous)} continuous local sites; the encoder serves one")
     return Structure(plate=plate.name, plate_dim=plate.dim, observed=obs, global_sites=tuple(globals_),
@@ -365,6 +365,7 @@ class PyroModel(LatentVariableModel, UserGuide):
         discrete = set(self.structure.discrete)
         return poutine.infer_config(fn, lambda site: {"enumerate": "parallel"} if site["name"] in discrete else {})
 
+    @torch.no_grad()
     def log_likelihood(self, x, params, *, proposal: Callable | None = None, num_samples: int | None = None,
                        seed: int = 0) -> torch.Tensor:
         """``log p(x_n | θ)``, ``(*S, N)`` for ``params`` batched as ``S`` (``(N,)`` without
@@ -391,11 +392,15 @@ class PyroModel(LatentVariableModel, UserGuide):
                 return tuple(v.shape[: v.dim() - len(shape)])
         return ()
 
-    def _contract(self, model: Callable, x: torch.Tensor) -> torch.Tensor:
+    def _contract(self, model: Callable, x: torch.Tensor, particles: int | None = None) -> torch.Tensor:
         """``log p(x_n | θ)`` ``(N,)``: the data plate's sites with their enumerated locals
-        summed out by tensor contraction (as TraceEnum_ELBO does), the plate kept."""
-        first = -1 - self.max_plate_nesting
-        trace = poutine.trace(poutine.enum(model, first_available_dim=first)).get_trace(x)
+        summed out by tensor contraction (as TraceEnum_ELBO does), the plate kept. With
+        ``particles``, the model runs inside a particle plate left of its own plates (values of
+        conditioned sites carry that dim) and the result is ``(particles, N)``."""
+        first = -1 - self.max_plate_nesting - (particles is not None)
+        plate = pyro.plate(_PARTICLES, particles, dim=-1 - self.max_plate_nesting) if particles else None
+        with plate if plate is not None else contextlib.nullcontext():
+            trace = poutine.trace(poutine.enum(model, first_available_dim=first)).get_trace(x)
         trace = prune_subsample_sites(trace)
         trace.compute_log_prob()
         trace.pack_tensors()
@@ -409,21 +414,48 @@ class PyroModel(LatentVariableModel, UserGuide):
             factors.setdefault(ordinal, []).append(site["packed"]["unscaled_log_prob"])
             if site["infer"].get("_enumerate_dim") is not None:
                 sum_dims |= set(site["packed"]["log_prob"]._pyro_dims) - plate_symbols
-        target = frozenset({trace.plate_to_symbol[self.plate_name]})
-        out = contract_to_tensor(factors, sum_dims, target_ordinal=target)
-        return packed.unpack(out, trace.symbol_to_dim).reshape(len(x))
+        target = frozenset(trace.plate_to_symbol[p] for p in (self.plate_name, _PARTICLES) if p in trace.plate_to_symbol)
+        out = packed.unpack(contract_to_tensor(factors, sum_dims, target_ordinal=target), trace.symbol_to_dim)
+        if particles:  # (particles, 1.., N at the data plate's dim)
+            return out.reshape(particles, len(x))
+        return out.reshape(len(x))
 
     def _estimate(self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None,
                   seed: int) -> torch.Tensor:
+        k = num_samples or self.config.likelihood_samples
+        if self.structure.discrete:
+            return self._estimate_mixed(model, x, proposal, k, seed)
         if proposal is not None:  # the run's guide: keep its local site, drop its globals' draws
             plate = self.plate_name
             guide = poutine.block(proposal, hide_fn=lambda site: not any(
                 f.name == plate for f in site["cond_indep_stack"]))
         else:
             guide = poutine.block(model, hide=[self.observed_site])  # the locals' prior
-        est = importance_log_likelihood(model, guide, x, k=num_samples or self.config.likelihood_samples,
-                                        seed=seed, plate=self.plate_name, max_plate_nesting=self.max_plate_nesting)
+        est = importance_log_likelihood(model, guide, x, k=k, seed=seed, plate=self.plate_name,
+                                        max_plate_nesting=self.max_plate_nesting)
         return est.log_likelihood.to(x.dtype)
+
+    def _estimate_mixed(self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int,
+                        seed: int) -> torch.Tensor:
+        """Discrete and continuous locals: ``log (1/k) Σ_i p(x_n, z_i) / q(z_i | x_n)`` with
+        ``z_i ~ q`` and the discrete locals summed out exactly in ``p(x_n, z_i)`` (by contraction,
+        one draw at a time). ``(N,)``."""
+        if proposal is None:
+            raise IncompatibleError("a model with discrete and continuous local latents needs a proposal for "
+                                    "the continuous one (the run's amortized guide) to estimate log p(x)")
+        site, plate = self.structure.continuous[0], self.plate_name
+        guide = poutine.block(proposal, hide_fn=lambda s: not any(f.name == plate for f in s["cond_indep_stack"]))
+        log_w, dim = [], -1 - self.max_plate_nesting
+        chunk = max(1, min(k, _MAX_ELEMENTS // max(1, x.numel())))
+        with poutine.seed(rng_seed=seed):
+            for start in range(0, k, chunk):
+                size = min(chunk, k - start)
+                with pyro.plate(_PARTICLES, size, dim=dim):
+                    q = poutine.trace(guide).get_trace(x).nodes[site]
+                log_q = q["fn"].log_prob(q["value"])  # (size, N)
+                joint = self._contract(poutine.condition(model, data={site: q["value"]}), x, particles=size)
+                log_w.append(joint - log_q)
+        return (torch.cat(log_w).logsumexp(0) - math.log(k)).to(x.dtype)
 
     def conditioned(self, params):
         return poutine.condition(self, data=params)
@@ -456,7 +488,23 @@ class ContinuousPyroModel(PyroModel, ContinuousLatentModel):
 
     @property
     def latent_dim(self) -> int:
-        return self.structure.continuous_shapes[self.structure.continuous[0]][0]
+        return self.structure.continuous_shapes[self.latent_site][0]
+
+    @property
+    def latent_site(self) -> str:
+        return self.structure.continuous[0]
+
+    def local_marginals(self, x, params):
+        if self.structure.discrete:
+            raise IncompatibleError(f"the posterior of {', '.join(self.structure.discrete)} given x also depends "
+                                    f"on the continuous {self.latent_site!r}; pplvm gives no closed form for it")
+        return super().local_marginals(x, params)
+
+    def map_locals(self, x, params):
+        if self.structure.discrete:
+            raise IncompatibleError(f"the most probable {', '.join(self.structure.discrete)} given x also depend "
+                                    f"on the continuous {self.latent_site!r}; pplvm gives no closed form for them")
+        return super().map_locals(x, params)
 
     def make_encoder(self) -> torch.nn.Module:
         c = self.config

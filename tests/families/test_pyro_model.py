@@ -207,3 +207,25 @@ def test_guides_and_objectives_that_cannot_work_are_refused():
         pplvm.Run.from_card({**base, "guide": {"kind": "amortized"}, "objective": {"name": "enum"}})
     with pytest.raises(pplvm.IncompatibleError, match="objective.name = 'elbo' cannot train.*assignment"):
         pplvm.Run.from_card({**base, "objective": {"name": "elbo"}})
+
+
+def test_mixed_locals_estimate_matches_the_mixture_of_factor_analysers_marginal():
+    """A mixture of factor analysers has a discrete (component) and a continuous (factor) local
+    latent: the component is summed out exactly for every importance draw of the factor. With
+    the factor's prior as proposal (L = 1, k = 3000) the estimate equals the closed-form
+    marginal Σ_c π_c N(x | μ_c, W_cᵀW_c + diag ψ²) within 0.02 nats per row on average (the
+    IS error at this k, measured ≈ 0.003)."""
+    model = build("user_models:MixtureOfFactorAnalysers", dim=3, options={"dim": 3, "components": 2})
+    assert isinstance(model, ContinuousPyroModel) and model.enumerated
+    assert model.objectives == ("enum",) and "amortized" in model.guides and model.likelihood == "estimate"
+    mfa = model.holder.module
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(2)) + mfa.mu[0].detach()
+
+    def prior(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+
+    est = model.log_likelihood(x, {}, proposal=prior, num_samples=3000, seed=0)
+    exact = mfa.marginal(x)
+    assert abs(float((est - exact).mean())) < 0.02
+    assert float((est - exact).abs().max()) < 0.1
