@@ -7,6 +7,7 @@ from .base import FamilyConfig, LatentVariableModel
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
+from .graph import GraphConfig, GraphModel
 from .pyro_model import PyroConfig, PyroModel
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
 
@@ -18,7 +19,8 @@ FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
 FAMILIES.register("pyro")(PyroModel)
+FAMILIES.register("graph")(GraphModel)
 
 __all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
            "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "PPCA",
-           "PPCAConfig", "PyroConfig", "PyroModel", "VAE", "VAEConfig"]
+           "PPCAConfig", "GraphConfig", "GraphModel", "PyroConfig", "PyroModel", "VAE", "VAEConfig"]

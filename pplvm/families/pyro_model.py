@@ -66,12 +66,9 @@ _MAX_ELEMENTS = 2**22
 _TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
-class PyroConfig(FamilyConfig):
-    family: Literal["pyro"] = "pyro"
-    target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
-        "the model, 'package.module:name': a Pyro model function model(x), a PyroModule, or a PyroModule "
-        "class (built with options); unset when passed from Python (pplvm.fit(card, model=...))"))
-    options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class target")
+class TracedConfig(FamilyConfig):
+    """Fields of every family whose structure is read off a traced model."""
+
     guide_target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
         "your guide for guide.kind = 'custom', 'package.module:name': a function guide(x) or a PyroModule "
         "(class built with guide_options)"))
@@ -81,6 +78,14 @@ class PyroConfig(FamilyConfig):
     min_scale: float = Field(1e-3, gt=0, description="floor of the encoder's softplus scale")
     likelihood_samples: int = Field(100, ge=1, description="importance samples per datum of the "
                                     "log-likelihood estimate (continuous local latents)")
+
+
+class PyroConfig(TracedConfig):
+    family: Literal["pyro"] = "pyro"
+    target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
+        "the model, 'package.module:name': a Pyro model function model(x), a PyroModule, or a PyroModule "
+        "class (built with options); unset when passed from Python (pplvm.fit(card, model=...))"))
+    options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class target")
 
 
 # ---------------------------------------------------------------- reading the model
@@ -302,9 +307,10 @@ class PyroModel(LatentVariableModel, UserGuide):
                            config.options, "model.options")
         structure = trace_structure(user, dim, label)
         kind = ContinuousPyroModel if structure.continuous else PyroModel
-        return kind(config, dim, user, structure, guide)
+        return kind(config, dim, user, structure, guide, label)
 
-    def __init__(self, config: PyroConfig, dim: int, user: Any, structure: Structure, guide: Any = None):
+    def __init__(self, config: TracedConfig, dim: int, user: Any, structure: Structure, guide: Any = None,
+                 label: str = ""):
         super().__init__(config, dim)
         self.structure = s = structure
         if isinstance(user, torch.nn.Module):
@@ -327,7 +333,7 @@ class PyroModel(LatentVariableModel, UserGuide):
         else:
             self.guides = (("meanfield", "map", "lowrank") if s.global_sites else ()) + custom
         if not self.guides:
-            raise CardError(f"model {config.target or 'passed as model='}: pplvm has no guide for it "
+            raise CardError(f"model {label}: pplvm has no guide for it "
                             f"({s.not_amortizable or 'no latent sites to guide'}); give your own: "
                             "model.guide_target with guide.kind = 'custom'")
         if s.discrete:
