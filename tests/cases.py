@@ -111,4 +111,18 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
         id="user-mfa-discrete-and-continuous-locals",
     ),
+    # a model declared as a graph of nodes (the GMM's twin, tests/families/test_graph.py)
+    pytest.param(
+        {"name": "graph_gmm", "model": {"family": "graph", "nodes": [
+            {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["assignment"]},
+            {"name": "locs", "kind": "global", "scale": 10.0, "shape": ["assignment", "D"], "plate": "components"},
+            {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 2.0, "shape": ["assignment", "D"],
+             "plate": "components"},
+            {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
+            {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "assignment"}]},
+         "guide": {"kind": "lowrank"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="graph-gmm-lowrank-minibatch",
+    ),
 ]

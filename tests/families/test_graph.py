@@ -174,3 +174,19 @@ def test_a_likelihood_that_does_not_match_the_data_is_refused():
     with pytest.raises(pplvm.DataError, match="node 'obs' has distribution 'bernoulli', which needs 0/1 data"):
         pplvm.Run.from_card({"model": {"family": "graph", "nodes": VAE_NODES}, "guide": {"kind": "amortized"},
                              "data": {"source": "iris"}})
+
+
+@pytest.mark.parametrize("name", ["mfa_wine", "gmvae_digits"])
+def test_shipped_graph_cards_fit(name, tmp_path):
+    """The shipped cards of models no family covers train from the card alone (two epochs
+    here): the loss falls and the held-out log-likelihood estimate is finite."""
+    from pathlib import Path
+
+    card = pplvm.load_card(Path(__file__).parents[2] / "models" / f"{name}.toml",
+                           ["training.epochs=2", "training.progress=false", "model.likelihood_samples=8",
+                            "evaluation.draws=2", "evaluation.chains=2", "evaluation.max_rows=50"])
+    run = pplvm.fit(card, out=tmp_path / name)
+    assert run.model.enumerated and run.model.likelihood == "estimate"
+    assert all(math.isfinite(h["train_loss"]) for h in run.history)
+    assert math.isfinite(run.history[-1]["valid_log_likelihood"])
+    assert (tmp_path / name / "model.png").is_file()
