@@ -51,6 +51,7 @@ def main() -> None:
     from pplvm.config import ObjectiveConfig, TrainingConfig
     from pplvm.data import synthetic_hmm
     from pplvm.families import HiddenMarkovModel, HMMConfig
+    from pplvm.training.rules import SVIStep
 
     torch.set_num_threads(args.threads)
     data, _, _ = synthetic_hmm(1, args.steps, args.steps, args.states, args.dim, seed=args.seed)
@@ -104,7 +105,8 @@ def main() -> None:
                 trainer.state.stopped = "reached hmmlearn's log-likelihood"
             clock["start"] = time.perf_counter()  # the check is not timed
 
-        pplvm.Trainer(model, guide, objective, config, callbacks=[check]).fit(data)
+        rule = SVIStep(model, guide, objective, config)
+        pplvm.Trainer(model, guide, rule, config, callbacks=[check]).fit(data)
         if state["steps"] % args.check_every:
             state["train"] += time.perf_counter() - clock["start"]
         return state["train"], state["ll"], state["steps"]

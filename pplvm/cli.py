@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from ._progress import progress, reporting
 from .errors import PplvmError
 
 EXIT_USAGE = 2
@@ -34,17 +36,40 @@ def cmd_fit(args) -> int:
         card = card_from_dict(card_to_dict(card), {"training.progress": False})
     run = Run.from_card(card)
     try:
-        run.fit(out)
-    except KeyboardInterrupt:
-        print(f"pplvm: interrupted; the last checkpoint is kept in {out} — continue with: pplvm resume {out}",
-              file=sys.stderr)
-        return 130
+        run.fit(out, overwrite=args.overwrite)
+    except KeyboardInterrupt as err:
+        return _interrupted(err, out)
     last = run.history[-1]
     result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
               "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
               "valid_log_likelihood": last.get("valid_log_likelihood")}
     _emit(result, args.json, run.summary_text(max_size=32) if not args.quiet else f"wrote {out}")
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (temporary files removed,
+    the run directory's lock released, the last checkpoint kept)."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(err: KeyboardInterrupt, run_dir: Path | None = None) -> int:
+    """One line on stderr for an interrupted command; the exit status is 128 + the signal."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    what = "terminated" if signum == signal.SIGTERM else "interrupted"
+    if run_dir is not None and (run_dir / "checkpoint.pt").is_file():
+        hint = f"; the last checkpoint is kept in {run_dir} — continue with: pplvm resume {run_dir}"
+    elif run_dir is not None:
+        hint = f"; no checkpoint was written to {run_dir} yet"
+    else:
+        hint = ""
+    print(f"pplvm: {what}{hint}", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def _eval_data(run, args):
@@ -55,10 +80,10 @@ def _eval_data(run, args):
         if Path(args.data).suffix.lower() == ".npz":  # sequences: the file's test, else valid, else train
             from .data import read_sequences
 
-            splits = read_sequences(args.data)
+            splits = read_sequences(args.data, "--data")
             part = next(s for s in ("test", "valid", "train") if s in splits)
             return splits[part], f"{args.data} ({part})"
-        x, _ = read_matrix(args.data)
+        x, _ = read_matrix(args.data, name="--data")
         return x, args.data
     dataset = card_dataset(run.card)
     for split in ([args.split] if args.split else ["test", "valid", "train"]):
@@ -79,6 +104,15 @@ def cmd_evaluate(args) -> int:
     kind = LIKELIHOOD_WORDS[m["likelihood"]]
     text = (f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
             f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}")
+    if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
+        from .evaluation.plots import likelihood_terms_plot, save_figure, term_rows
+
+        plot = Path(args.plot)
+        save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
+        result["plot"] = str(plot)
+        rows = [f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)]
+        text += (f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
+                 f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}")
     _emit(result, args.json, text)
     return 0
 
@@ -86,25 +120,68 @@ def cmd_evaluate(args) -> int:
 def cmd_sample(args) -> int:
     from .run import Run, save_samples
 
+    from .config import check_seed
+
     if args.n < 1:
         raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
+    check_seed(args.seed, "--seed")
     run = Run.load(args.run_dir)
     x = run.sample(args.n, seed=args.seed)
     save_samples(x, args.out)
     shape = " x ".join(map(str, x.shape[1:]))  # (D,) rows or (T, D) sequences
+    text = f"wrote {args.n} samples of shape {shape} to {args.out}"
+    if args.grid:
+        from .evaluation.plots import image_grid, save_figure
+
+        shape_hw = run.model.image_shape
+        if shape_hw is None:
+            raise PplvmError(f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
+                             "(set model.image_shape)")
+        save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), args.grid)
+        text += f"; grid of {min(args.n, 256)} in {args.grid}"
     _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[-1],
-           "shape": list(x.shape)}, args.json, f"wrote {args.n} samples of shape {shape} to {args.out}")
+           "shape": list(x.shape), "grid": args.grid}, args.json, text)
+    return 0
+
+
+def cmd_two_sample(args) -> int:
+    from .evaluation.two_sample import two_sample
+    from .run import Run
+
+    if args.permutations < 1:
+        raise PplvmError(f"--permutations: expected a positive number, got {args.permutations}")
+    if args.n is not None and args.n < 2:
+        raise PplvmError(f"-n: expected at least 2 samples, got {args.n}")
+    run = Run.load(args.run_dir)
+    x, where = _eval_data(run, args)
+    results = two_sample(run, x, n=args.n, permutations=args.permutations, seed=args.seed)
+    result = {"schema": "pplvm.two_sample/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
+              "data": where, **{k: r.to_dict() for k, r in results.items()}}
+    mmd, c2st = results["mmd"], results["classifier"]
+    text = (f"{run.card.name} samples vs {where} ({mmd.n_y} rows, {mmd.n_x} samples):\n"
+            f"  MMD² = {mmd.statistic:.4g} (bandwidth {mmd.detail['bandwidth']:.3g}), permutation p = {mmd.p_value:.3g}\n"
+            f"  classifier two-sample test: held-out accuracy = {c2st.statistic:.3f} (chance 0.5), p = {c2st.p_value:.3g}")
+    _emit(result, args.json, text)
     return 0
 
 
 def cmd_summary(args) -> int:
     path = Path(args.run_dir) / "summary.txt"
-    if path.is_file():
+    if path.is_file() and not args.json:
         print(path.read_text(), end="")
         return 0
     from .run import Run
 
-    print(Run.load(args.run_dir).summary_text(), end="")
+    run = Run.load(args.run_dir)
+    if args.json:
+        stored = Path(args.run_dir) / "inference_data.nc"
+        if stored.is_file():  # the draws the run wrote, not a recomputation from its data
+            from .evaluation.arviz import read_inference_data
+
+            run.idata = read_inference_data(stored)
+        print(json.dumps({"schema": "pplvm.summary/1", "run_dir": str(args.run_dir), **run.summary()}, sort_keys=True))
+        return 0
+    print(run.summary_text(), end="")
     return 0
 
 
@@ -113,9 +190,8 @@ def cmd_resume(args) -> int:
 
     try:
         run = Run.resume(args.run_dir, epochs=args.epochs)
-    except KeyboardInterrupt:
-        print(f"pplvm: interrupted; continue with: pplvm resume {args.run_dir}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(err, Path(args.run_dir))
     last = run.history[-1]
     _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
            "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -137,18 +213,17 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sbc(args) -> int:
-    from .config import load_card
+    from .config import check_seed, load_card
     from .evaluation.plots import save_figure
     from .workflows.sbc import rank_histogram_plot, run_sbc
 
     card = load_card(args.card, args.set)
+    check_seed(args.seed, "--seed")
     names = args.statistic or None
 
-    def progress(done, total):
-        if not args.json:
-            print(f"\rsimulation {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-    result = run_sbc(card, args.sims, rows=args.rows, num_draws=args.draws, seed=args.seed, callback=progress)
+    with progress(args.sims, "sbc", unit="simulation") as bar:
+        result = run_sbc(card, args.sims, rows=args.rows, num_draws=args.draws, seed=args.seed,
+                         callback=lambda done, total: bar.update(1))
     test = result.uniformity(names, bins=args.bins, seed=args.seed)
     plot = Path(args.plot) if args.plot else Path(f"sbc_{card.name}.png")
     save_figure(rank_histogram_plot(result, names, bins=test["bins"]), plot)
@@ -221,17 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a card value, e.g. --set training.lr=0.01 (repeatable)")
     sp.add_argument("--out", help="run directory (default: runs/<card name>)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace the run already in --out (its files are deleted first)")
 
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
     sp.add_argument("run_dir")
     sp.add_argument("--data", help=".npy or .csv file (N, D), or an .npz of sequences; "
                     "default: the card's test, else valid split")
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument("--plot", default="likelihood_terms.png",
+                    help="plot of the per-term decomposition, for families that have one (default: "
+                    "./likelihood_terms.png)")
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")
     sp.add_argument("-n", type=int, required=True, help="number of samples")
     sp.add_argument("--out", required=True, help="output file, .npy or .csv")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
+
+    sp = add("two-sample", cmd_two_sample, "two-sample tests (MMD, classifier) of a run's samples against data; "
+             "any family, likelihood or not")
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
+    sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument("-n", type=int, help="samples to draw (default: as many as data rows)")
+    sp.add_argument("--permutations", type=int, default=500, help="MMD permutations (default 500)")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add("summary", cmd_summary, "print a run's posterior summary")
@@ -271,11 +361,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        return args.fn(args)
-    except PplvmError as err:
-        print(f"pplvm: error: {err}", file=sys.stderr)
+        with reporting(not getattr(args, "quiet", False)):  # progress of long commands on stderr
+            return args.fn(args)
+    except PplvmError as err:  # one line, whatever the message holds
+        print(f"pplvm: error: {'; '.join(l.strip() for l in str(err).splitlines() if l.strip())}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # a disk or file fault no check caught: still one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"pplvm: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:
+        return _interrupted(err)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -20,18 +20,23 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from .errors import CardError
-from .schema import Section
+from .errors import ArgumentError, CardError
+from .schema import MAX_SEED, Section, Seed
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm",
+                        "gan", "gan_hinge", "wgan_gp", "em"]
 
 
 class GuideConfig(Section):
     kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
     init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
+    flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
+    flow_hidden: list[int] = Field([], description="flow guide: hidden widths of each step's network "
+                                   "(at least the latent dimension; default one layer of twice it)")
 
 
 class ObjectiveConfig(Section):
@@ -45,6 +50,13 @@ class ObjectiveConfig(Section):
                                     "kl_weight over this many epochs, step by step; 0 = off")
     free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
                              "below which the KL is not penalised; needs name = 'meanfield'")
+    weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
+                                                 "steps, or Ho et al.'s L_simple (not a bound)")
+    em_estimate: Literal["map", "ml"] = Field(
+        "map", description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
+                           "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)")
+    em_step_decay: float = Field(0.6, gt=0.5, le=1, description="em with minibatches (stepwise EM): "
+                                 "step size (k + 1)^-decay for the k-th minibatch's statistics")
 
 
 class TrainingConfig(Section):
@@ -59,8 +71,15 @@ class TrainingConfig(Section):
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
     eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
-    checkpoint_every: int = Field(1, ge=1)
-    seed: int = 0
+    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every this many epochs; "
+                                         "none = by time (checkpoint_seconds)")
+    checkpoint_seconds: float = Field(30.0, ge=0, description="without checkpoint_every: at most one "
+                                      "checkpoint per this many seconds (the first and last epochs always)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)")
+    seed: Seed = 0
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(
         "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step")
@@ -70,6 +89,9 @@ class EvaluationConfig(Section):
     draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
+    memory_mb: float = Field(512.0, gt=0, description="bound on the working memory of every evaluation and "
+                             "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
+                             "see pplvm.evaluation.memory")
 
 
 @functools.cache
@@ -95,6 +117,20 @@ def card_schema() -> type[BaseModel]:
         training=(TrainingConfig, TrainingConfig()),
         evaluation=(EvaluationConfig, EvaluationConfig()),
     )
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int in 0 .. 2**32 - 1, else an :class:`ArgumentError` naming ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ArgumentError(f"{name}: expected an integer seed in 0..{MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def check_count(n: Any, name: str = "n") -> int:
+    """``n`` as a positive int, else an :class:`ArgumentError` naming ``name``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ArgumentError(f"{name}: expected a positive integer, got {n!r}")
+    return int(n)
 
 
 def _allowed_keys(schema: type[BaseModel], loc: tuple) -> list[str]:
@@ -136,8 +172,8 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Input tag", "tag")
             msg += f" (got {e['input']!r})"
-        lines.append(f"{path}: {msg}")
-    return "invalid card:\n  " + "\n  ".join(lines)
+        lines.append(f"{path}: {' '.join(msg.split())}")
+    return "invalid card: " + "; ".join(lines)  # one line, however many errors
 
 
 def _tagged_keys(section: str, raw: dict) -> list[str]:
@@ -161,9 +197,16 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
     """Return a copy of ``raw`` with ``key.path=value`` overrides applied."""
+    if isinstance(overrides, (str, bytes)):
+        raise CardError(f"overrides: expected a list of 'key.path=value' strings or a dict, got the string "
+                        f"{overrides!r} (write [{overrides!r}])")
+    if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
+        raise CardError(f"overrides: expected a list of 'key.path=value' strings or a dict, got {type(overrides).__name__}")
     out = _deepcopy(raw)
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for path, value in items:
+        if not isinstance(path, str):
+            raise CardError(f"override key {path!r}: expected a dotted key path string like training.lr")
         keys = path.split(".")
         if not all(keys):
             raise CardError(f"override {path!r}: expected a dotted key path like training.lr")
@@ -178,6 +221,8 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> 
 
 
 def _split(override: str) -> tuple[str, Any]:
+    if not isinstance(override, str):
+        raise CardError(f"override {override!r}: expected a 'key.path=value' string")
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
         raise CardError(f"override {override!r}: expected key.path=value")
@@ -203,10 +248,17 @@ def card_from_dict(raw: dict, overrides: list[str] | dict[str, Any] | None = Non
 def load_card(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None):
     """Read and validate a TOML model card."""
     path = Path(path)
+    if path.is_dir():
+        raise CardError(f"card {str(path)!r}: is a directory; expected a TOML file")
     if not path.is_file():
         raise CardError(f"card {str(path)!r}: no such file")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CardError(f"card {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                        f"position {err.start})") from None
+    except OSError as err:
+        raise CardError(f"card {str(path)!r}: cannot be read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise CardError(f"card {str(path)!r} is not valid TOML: {err}") from None
     return card_from_dict(raw, overrides)

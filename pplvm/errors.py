@@ -24,9 +24,18 @@ class IncompatibleError(PplvmError, ValueError):
     """A model / guide / objective combination that cannot work."""
 
 
+class ArgumentError(PplvmError, ValueError):
+    """An argument of a pplvm function or command is out of range (e.g. a seed, a count)."""
+
+
 class TrainingError(PplvmError, RuntimeError):
     """Training stopped and could not go on (e.g. a non-finite loss)."""
 
 
 class RunDirError(PplvmError, FileNotFoundError):
-    """A run directory is missing or does not hold what pplvm wrote there."""
+    """A run directory is missing, does not hold what pplvm wrote there, is in use, or would be
+    overwritten without being asked to."""
+
+
+class StorageError(PplvmError, OSError):
+    """A file could not be written: a read-only or full disk, a path under a regular file."""

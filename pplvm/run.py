@@ -6,16 +6,24 @@ This is the thin facade every family gets for free; the mathematics lives in the
 Run directory::
 
     card.toml            the resolved card (every default written out)
-    checkpoint.pt        model, guide, optimiser and trainer state (weights_only-safe)
+    checkpoint.pt        model, guide, optimiser and trainer state (weights_only-safe), and the
+                         card values its tensors depend on (checked against card.toml on load)
     metrics.jsonl        one JSON object per epoch
     inference_data.nc    arviz InferenceData (posterior, posterior_predictive, ...)
     loss.png, posterior.png, model.png (the model's graph), <family plots>.png
     summary.txt          arviz summary of the global latents and held-out metrics
+    .pplvm.lock          held (fcntl) by the one process that fits or resumes the run
+
+A new fit refuses a directory that holds a run unless asked to overwrite it (see
+:mod:`pplvm.rundir`); every file is written through a temporary file and a rename.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,20 +34,25 @@ import torch
 from pydantic import BaseModel
 from pyro.infer import Predictive
 
-from .config import card_from_dict, card_to_dict, dump_card, load_card
+from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_card, load_card
 from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
 from .data.base import split
-from .errors import DataError, IncompatibleError, PplvmError, RunDirError
-from .evaluation import graph, plots
+from . import rundir
+from ._progress import progress, reporting
+from .errors import ArgumentError, CardError, DataError, IncompatibleError, PplvmError, RunDirError
+from .evaluation import graph, memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
-from .objectives import check_compatible, make_objective, make_schedule
+from .objectives import check_compatible, make_update_rule
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
-from .training.trainer import Callback, Trainer
+from .training.trainer import Callback, Trainer, read_history
 
 PROTOTYPE_ROWS = 256
+#: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
+#: the shipped cards and README commands): ``PPLVM_MAX_EPOCHS=2 pplvm fit ...``
+MAX_EPOCHS_ENV = "PPLVM_MAX_EPOCHS"
 #: how each likelihood kind is named wherever a log-likelihood is shown
 LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate", "bound": "lower bound", "none": "none"}
 
@@ -50,7 +63,8 @@ class Run:
     def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
                  transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
-        self.objective = make_objective(model, card.objective)
+        #: what training does with each minibatch (the objective's update rule)
+        self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -67,8 +81,17 @@ class Run:
         guide objects for ``model.family = "pyro"`` (instead of ``model.target``)."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
+        if family.sequential and data is not None and not isinstance(data, Batch):
+            raise DataError(f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
+                            "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
+                            "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))")
         if data is None:
             dataset = load_dataset(card.data)
+            if family.sequential and not isinstance(dataset.train, Batch):
+                raise DataError(f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
+                                f"{card.model.family!r} takes sequences, and its time steps would be split row by "
+                                "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
+                                "train_lengths; one sequence: train_lengths = [T])")
         else:
             dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
@@ -85,9 +108,9 @@ class Run:
         for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
-        check_compatible(model, card.objective)  # refuse an impossible pairing before building a guide
+        check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
-                           generator=torch.Generator().manual_seed(card.training.seed))
+                           generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
         with torch.no_grad():  # autoguides create their parameters on the first call
             guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
@@ -102,73 +125,112 @@ class Run:
         card = load_card(run_dir / "card.toml")
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         extras = ckpt["extras"]
-        model = FAMILIES[card.model.family].from_config(card.model, int(extras["dim"]), model=model, guide=guide)
-        proto = _from_state(extras["prototype"])
-        guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                           num_data=extras.get("num_train"))
-        with torch.no_grad():
-            guide(proto)
-        params = ckpt["best"] or ckpt
-        model.load_state_dict(params["model"])
-        guide.load_state_dict(params["guide"])
+        rundir.check_fingerprint(extras.get("card"), card, run_dir)
+        with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
+            model = FAMILIES[card.model.family].from_config(card.model, int(extras["dim"]), model=model,
+                                                                guide=guide)
+            proto = _from_state(extras["prototype"])
+            guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
+                               num_data=extras.get("num_train"), **_flow_options(card))
+            with torch.no_grad():
+                guide(proto)
+            params = ckpt["best"] or ckpt
+            model.load_state_dict(params["model"])
+            guide.load_state_dict(params["guide"])
         run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
-        run.history = list(ckpt["trainer"]["history"])
+        run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
         run.from_python = bool(extras.get("from_python"))
         return run
 
     # ----------------------------------------------------------------- training
-    def fit(self, out: str | Path | None = None, *, callbacks: Sequence[Callback] = ()) -> "Run":
-        """Train as the card's ``[training]`` says; with ``out``, write a run directory."""
+    def fit(self, out: str | Path | None = None, *, overwrite: bool = False,
+            callbacks: Sequence[Callback] = ()) -> "Run":
+        """Train as the card's ``[training]`` says; with ``out``, write a run directory.
+
+        ``out`` must be new or empty: a directory holding a run is refused unless
+        ``overwrite``, which deletes the old run's files first. The directory is locked
+        while the fit writes it (a second fit into it is refused)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
-        if out is not None:
-            self.run_dir = Path(out)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "metrics.jsonl").write_text("")
-            dump_card(self.card, self.run_dir / "card.toml")
+        self.card = _epoch_cap(self.card, 0)
+        if out is None:
+            return self._fit(callbacks)
+        with rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()) as run_dir:
+            self.run_dir = run_dir
+            with rundir.storage(f"run directory {str(run_dir)!r}"):
+                dump_card(self.card, run_dir / "card.toml")
+                (run_dir / "metrics.jsonl").write_text("")
+            return self._fit(callbacks)
+
+    def _fit(self, callbacks: Sequence[Callback]) -> "Run":
         self.trainer = self._trainer(callbacks)
-        self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
+        with rundir.storage(f"run directory {str(self.run_dir)!r}"):
+            self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
         if self.run_dir is not None:
             self.write_artifacts()
         return self
 
+    def _checkpoint_bytes(self) -> int:
+        """About the size of a checkpoint: the parameters, twice the optimiser's moments, the
+        best parameters, and the prototype data."""
+        params = sum(t.numel() * t.element_size() for m in (self.model, self.guide) for t in m.state_dict().values())
+        return 6 * params + 2**20
+
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, data: Any = None,
                callbacks: Sequence[Callback] = (), model: Any = None, guide: Any = None) -> "Run":
         """Continue an interrupted run from its last checkpoint; the result equals an
-        uninterrupted run with the same seed. ``epochs`` raises the epoch budget."""
+        uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
+        least the epochs done). Everything is checked before anything is written: ``card.toml``
+        is rewritten only once the checkpoint has loaded into the card's model."""
         run_dir = Path(run_dir)
-        card = load_card(run_dir / "card.toml", {"training.epochs": epochs} if epochs else None)
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-        if data is None and ckpt["extras"].get("from_python"):
-            raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
-        run = cls.from_card(card, data, model=model, guide=guide)
-        run.run_dir = run_dir
-        dump_card(card, run_dir / "card.toml")
-        run.trainer = run._trainer(callbacks)
-        train = _fit_input(run.guide, run.dataset.train)
-        run.trainer.resume(train)
-        run.trainer.fit(train, run.dataset.valid)
-        run.history = run.trainer.state.history
-        run.write_artifacts()
+        if not (run_dir / "card.toml").is_file():
+            raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
+        with rundir.locked(run_dir):
+            card = load_card(run_dir / "card.toml")
+            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+            rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+            if epochs is not None:
+                done = int(ckpt["trainer"]["epoch"])
+                if check_count(epochs, "epochs") < done:
+                    raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                                        f"expected a new total budget of at least {done}")
+                card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+            if data is None and ckpt["extras"].get("from_python"):
+                raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+            card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
+            run = cls.from_card(card, data, model=model, guide=guide)
+            run.run_dir = run_dir
+            rundir.check_writable(run_dir, run._checkpoint_bytes())
+            run.trainer = run._trainer(callbacks)
+            train = _fit_input(run.guide, run.dataset.train)
+            with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
+                run.trainer.resume(train)
+            with rundir.storage(f"run directory {str(run_dir)!r}"):
+                dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+                run.trainer.fit(train, run.dataset.valid)
+            run.history = run.trainer.state.history
+            run.write_artifacts()
         return run
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
         d = self.dataset
         extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
                   "prototype": _to_state(_fit_input(self.guide, d.train)[:PROTOTYPE_ROWS]),
-                  "num_train": len(d.train), "from_python": bool(d.info.get("from_python"))}
+                  "num_train": len(d.train), "from_python": bool(d.info.get("from_python")),
+                  "card": rundir.card_fingerprint(self.card)}  # what load and resume check card.toml against
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
-        return Trainer(self.model, self.guide, self.objective, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       held_out_loss=not isinstance(self.guide, MeanFieldLocal),
-                       schedule=make_schedule(self.model, self.card.objective), augment=d.augment)
+        # a family without a likelihood ("none") is judged by its rule's held-out loss alone
+        valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
+        return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
+                       valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       augment=d.augment)
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
+        ll = self._chunked_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
 
     def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -183,6 +245,29 @@ class Run:
             return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
 
+    def _chunked_log_likelihood(self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None) -> torch.Tensor:
+        """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
+        (the leading dim of every ``params`` entry), of draws, each pass within
+        ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``."""
+        n, per_draw = len(xt), bool(params) and num_draws is not None
+        draws, rows = memory.plan(num_draws if per_draw else 1, n, self.model.evaluation_cost(xt),
+                                  self.card.evaluation.memory_mb)
+        blocks = []
+        for ds in memory.spans(num_draws if per_draw else 1, draws):
+            p = {k: v[ds] for k, v in params.items()} if per_draw else params
+            blocks.append(torch.cat([self._model_log_likelihood(xt[rs], p) for rs in memory.spans(n, rows)], -1))
+        return torch.cat(blocks, 0) if per_draw else blocks[0]
+
+    def _rows_per_pass(self, xt) -> int:
+        """Data per pass of a point-estimate query (local posteriors, MAP states) within
+        ``evaluation.memory_mb``."""
+        return memory.plan(1, len(xt), self.model.evaluation_cost(xt), self.card.evaluation.memory_mb)[1]
+
+    def _by_rows(self, fn, xt) -> dict[str, torch.Tensor]:
+        """``fn(chunk) -> {name: (n, ...)}`` over chunks of rows of ``xt``, concatenated."""
+        parts = [fn(xt[rs]) for rs in memory.spans(len(xt), self._rows_per_pass(xt))]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
     # ------------------------------------------------------------------ queries
     def _prepare(self, x: Any, name: str = "x"):
         return self.transform(self.model.prepare(x, name))
@@ -196,6 +281,7 @@ class Run:
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
         (empty when the family has no global latents: all its parameters are point estimates)."""
+        num, seed = check_count(num, "num"), check_seed(seed, "seed")
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
@@ -212,7 +298,7 @@ class Run:
         families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family declares). ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
-        return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
+        return self._chunked_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
     @torch.no_grad()
     def posterior(self, x: Any = None) -> dict[str, torch.Tensor]:
@@ -226,7 +312,8 @@ class Run:
             return {"loc": q.mean, "scale": q.stddev}
         xt = self._prepare(x) if x is not None else self._training_data()
         if self.model.enumerated:
-            return self.model.local_marginals(xt, self.params())
+            params = self.params()
+            return self._by_rows(lambda part: self.model.local_marginals(part, params), xt)
         if not isinstance(self.guide, LocalGuide):
             raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
         q = self.guide.local_posterior(xt)
@@ -234,21 +321,35 @@ class Run:
 
     def map_states(self, x: Any) -> dict[str, torch.Tensor]:
         """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
-        return self.model.map_locals(self._prepare(x), self.params())
+        params = self.params()
+        return self._by_rows(lambda part: self.model.map_locals(part, params), self._prepare(x))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
         data's own units."""
+        n, seed = check_count(n, "n"), check_seed(seed, "seed")
         with pyro.poutine.seed(rng_seed=seed):
             return self.transform.inverse(self.model.sample(n, self.params()))
 
     @torch.no_grad()
     def evaluate(self, x: Any) -> dict[str, Any]:
-        ll = self.log_likelihood(x)
-        return {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
-                "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
-                "exact": self.model.likelihood == "exact"}
+        """Log-likelihood of ``x`` per datum and in total; where the family decomposes it
+        (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
+        mean (nats per datum, ``terms``) and the total in bits per dimension."""
+        xt = self._prepare(x)
+        terms = self.model.likelihood_terms(xt, self.params())
+        if terms is None:
+            ll = self.log_likelihood(x)
+        else:
+            ll = -torch.stack(list(terms.values()), -1).sum(-1) + self.transform.log_abs_det_jacobian(xt)
+        out = {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
+               "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
+               "exact": self.model.likelihood == "exact"}
+        if terms is not None:
+            out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
+            out["bits_per_dim"] = -float(ll.mean()) / (self.model.dim * math.log(2))
+        return out
 
     @torch.no_grad()
     def to_arviz(self, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
@@ -259,17 +360,34 @@ class Run:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
         draws = self.draws(s, seed)
-        ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
-        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
-        ppc = None
-        if posterior_predictive:
-            with pyro.poutine.seed(rng_seed=seed + 1):
-                ppc = torch.stack([
-                    self.model.replicate(xt, {k: v[i] for k, v in draws.items()}) for i in range(s)
-                ])
-            ppc = _mask_padding(self.transform.inverse(ppc), xt)
+        ll = None  # an implicit density ("none") has no log_likelihood group
+        if self.model.likelihood != "none":
+            ll = self._chunked_log_likelihood(xt, draws, s) + self.transform.log_abs_det_jacobian(xt)
+            ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
+        ppc = self._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
         return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
+
+    def _replicates(self, xt, draws: dict[str, torch.Tensor], seed: int) -> torch.Tensor | None:
+        """Posterior-predictive replicates of ``xt`` in the data's units, padding NaN:
+        ``(chains · d, *values(xt).shape)`` for the first ``d`` draws of each chain, ``d`` as
+        many as fit a quarter of ``evaluation.memory_mb`` (all when they fit; None — no
+        posterior_predictive group — when not even one per chain does), each drawn in passes
+        over chunks of rows (:mod:`pplvm.evaluation.memory`)."""
+        ev = self.card.evaluation
+        shape = values(xt).shape
+        per_chain = min(ev.draws, memory.budget_elements(ev.memory_mb) // max(1, ev.chains * shape.numel()))
+        if per_chain < 1:
+            return None
+        out = torch.empty((ev.chains * per_chain, *shape), dtype=values(xt).dtype)
+        rows = self._rows_per_pass(xt)
+        with pyro.poutine.seed(rng_seed=seed), progress(len(out), "posterior predictive", unit="draw") as bar:
+            for j, i in enumerate(c * ev.draws + d for c in range(ev.chains) for d in range(per_chain)):
+                p = {k: v[i] for k, v in draws.items()}
+                for rs in memory.spans(len(xt), rows):
+                    out[j, rs] = _mask_padding(self.transform.inverse(self.model.replicate(xt[rs], p)), xt[rs])
+                bar.update(1)
+        return out
 
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
@@ -285,17 +403,66 @@ class Run:
     def write_artifacts(self) -> None:
         """Write inference data, plots and the text summary into the run directory."""
         d = self.run_dir
-        idata = self.idata = self.to_arviz()
-        tmp = d / ".inference_data.nc.tmp"
-        idata.to_netcdf(str(tmp))
-        tmp.replace(d / "inference_data.nc")
-        plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
-        plots.save_figure(self.model_graph(), d / "model.png")
+        with reporting(self.card.training.progress):
+            idata = self.idata = self.to_arviz()
+        # the netCDF library can crash (not raise) on a full disk: check the space first
+        rundir.check_writable(d, 2 * _nbytes(idata))
+        with rundir.storage(f"run directory {str(d)!r}"):
+            rundir.write_atomic(d / "inference_data.nc", lambda tmp: idata.to_netcdf(str(tmp)),
+                                f"{str(d / 'inference_data.nc')!r}")
+            plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
+            plots.save_figure(self.model_graph(), d / "model.png")
+            if self.model.global_sites:
+                plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
+            for name, fig in self.model.plots(self._training_data(), self.params()).items():
+                plots.save_figure(fig, d / f"{name}.png")
+            atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def _posterior_table(self, idata, max_size: int | None):
+        """``(table, hidden)``: the arviz summary (a DataFrame, None when no site is small
+        enough) of the global sites with at most ``max_size`` entries, and the others' names."""
+        shown = small_sites(idata, self.model.global_sites, max_size)
+        hidden = [v for v in self.model.global_sites if v not in shown]
+        if not shown:  # every site may be larger than max_size (e.g. a Bayesian W): nothing to tabulate
+            return None, hidden
+        with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
+        table = table[table["sd"] > 0] if self.card.guide.kind != "map" else table[["mean"]]
+        return table, hidden
+
+    def _summary_idata(self, idata):
+        if idata is None:  # after fit(out=...), reuse what write_artifacts built
+            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
+        return idata
+
+    def summary(self, idata=None, max_size: int | None = None) -> dict[str, Any]:
+        """The summary as plain data (what ``pplvm summary --json`` prints): the run, its last
+        epoch, the best held-out log-likelihood and, per global-latent entry, arviz's summary
+        statistics (``posterior``: ``{"locs[0, 1]": {"mean": ..., "sd": ..., ...}}``; NaN as null)."""
+        c, last = self.card, (self.history[-1] if self.history else {})
+        out: dict[str, Any] = {"run": c.name, "family": c.model.family, "guide": c.guide.kind,
+                               "objective": c.objective.name, "likelihood": self.model.likelihood,
+                               "epochs": last.get("epoch", 0), "train_loss": last.get("train_loss"),
+                               "valid_log_likelihood": None, "valid_epoch": None, "posterior": {}, "not_shown": []}
+        scored = [h for h in self.history if "valid_log_likelihood" in h]
+        if scored:
+            best = max(scored, key=lambda h: h["valid_log_likelihood"])
+            out.update(valid_log_likelihood=best["valid_log_likelihood"], valid_epoch=best["epoch"])
         if self.model.global_sites:
-            plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
-        for name, fig in self.model.plots(self._training_data(), self.params()).items():
-            plots.save_figure(fig, d / f"{name}.png")
-        atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+            table, out["not_shown"] = self._posterior_table(self._summary_idata(idata), max_size)
+            if table is not None:
+                out["posterior"] = {str(name): {str(k): (None if v != v else float(v)) for k, v in row.items()}
+                                    for name, row in table.iterrows()}
+        return out
+
+    def globals_label(self) -> str:
+        """What the fitted globals are: guide draws, or a point estimate (and by what)."""
+        c = self.card
+        if c.objective.name == "em":
+            how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
+            return f"point estimate of the global latents (EM, {how})"
+        return "posterior of the global latents (guide draws)"
 
     def model_graph(self):
         """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
@@ -307,17 +474,12 @@ class Run:
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
         ``max_size``, sites with more entries than that are named but not tabulated."""
-        if idata is None:  # after fit(out=...), reuse what write_artifacts built
-            idata = self.idata if self.idata is not None else self.to_arviz(posterior_predictive=False)
         c = self.card
         if self.model.global_sites:
-            with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
-                warnings.simplefilter("ignore", RuntimeWarning)
-                shown = small_sites(idata, self.model.global_sites, max_size)
-                table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
-            table = table[table["sd"] > 0] if c.guide.kind != "map" else table[["mean"]]
-            posterior = ["posterior of the global latents (guide draws):", table.to_string()]
-            hidden = [v for v in self.model.global_sites if v not in shown]
+            table, hidden = self._posterior_table(self._summary_idata(idata), max_size)
+            posterior = [f"{self.globals_label()}:"]
+            if table is not None:
+                posterior.append(table.to_string())
             if hidden:
                 posterior.append(f"(not shown: {', '.join(hidden)}; summary.txt in the run directory has them)")
         else:
@@ -335,6 +497,19 @@ class Run:
         return "\n".join(lines) + "\n"
 
 
+def _epoch_cap(card: BaseModel, done: int) -> BaseModel:
+    """The card with ``training.epochs`` at most ``done`` + ``$PPLVM_MAX_EPOCHS`` when that
+    variable is set (unchanged otherwise)."""
+    cap = os.environ.get(MAX_EPOCHS_ENV)
+    if not cap:
+        return card
+    if not cap.strip().isdigit() or int(cap) < 1:
+        raise CardError(f"environment variable {MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
+    if card.training.epochs <= done + int(cap):
+        return card
+    return card_from_dict(card_to_dict(card), {"training.epochs": done + int(cap)})
+
+
 def card_dataset(card: BaseModel) -> Dataset:
     """The card's data, split, as its family takes it."""
     return _labelled(load_dataset(card.data), card)
@@ -347,6 +522,16 @@ def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
     return dataset
 
 
+def _nbytes(idata) -> int:
+    """Bytes of the arrays in an InferenceData (arviz 0.x) or DataTree (arviz 1.x)."""
+    try:
+        if hasattr(idata, "subtree"):  # DataTree
+            return int(sum(node.dataset.nbytes for node in idata.subtree))
+        return int(sum(idata[g].nbytes for g in idata.groups()))
+    except (AttributeError, KeyError, TypeError):
+        return 0
+
+
 def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
     """Values ``(*S, N, T, ...)`` for export with the padded steps of the sequences in ``like``
     set to NaN (arviz: missing); unchanged for data that are not padded sequences."""
@@ -355,6 +540,20 @@ def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
         trailing = like.x.dim() - 2  # dims after (N, T)
         x = x.masked_fill(~mask.reshape(mask.shape + (1,) * trailing), float("nan"))
     return x
+
+
+@contextlib.contextmanager
+def _matching(run_dir: Path):
+    """Name a checkpoint whose tensors do not fit the card's model and guide (checkpoints
+    written before fingerprints, see :func:`~pplvm.rundir.check_fingerprint`)."""
+    try:
+        yield
+    except PplvmError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(f"{str(run_dir)!r}: checkpoint.pt does not fit the model card.toml describes "
+                          f"({first}); restore the card the run was trained with, or fit a new run") from None
 
 
 def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
@@ -366,10 +565,12 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
 
 
 def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, data: Any = None,
-        overrides: Sequence[str] | dict[str, Any] | None = None, model: Any = None, guide: Any = None) -> Run:
-    """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``model`` /
-    ``guide``: your own Pyro model (and guide) for ``model.family = "pyro"``."""
-    return Run.from_card(_as_card(card, overrides), data, model=model, guide=guide).fit(out)
+        overrides: Sequence[str] | dict[str, Any] | None = None, overwrite: bool = False, model: Any = None,
+        guide: Any = None) -> Run:
+    """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``out``
+    must be new or empty unless ``overwrite`` (see :meth:`Run.fit`); ``model`` / ``guide``: your
+    own Pyro model (and guide) for ``model.family = "pyro"``."""
+    return Run.from_card(_as_card(card, overrides), data, model=model, guide=guide).fit(out, overwrite=overwrite)
 
 
 def load(run_dir: str | Path, *, model: Any = None, guide: Any = None) -> Run:
@@ -380,6 +581,10 @@ def _fit_input(guide: torch.nn.Module, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
     with parameters per training datum, else as they are."""
     return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _flow_options(card: BaseModel) -> dict[str, Any]:
+    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
 
 
 def _without_index(data):
@@ -414,4 +619,5 @@ def save_samples(x: torch.Tensor, path: str | Path) -> None:
         np.savetxt(buf, arr, delimiter=",")
     else:
         raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
-    atomic_write_bytes(path, buf.getvalue())
+    with rundir.storage(f"--out {str(path)!r}"):
+        atomic_write_bytes(path, buf.getvalue())

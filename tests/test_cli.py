@@ -120,11 +120,110 @@ def test_console_script_has_no_traceback(tmp_path):
     bad.write_text("[model]\nfamily = 'gmm'\ncomponents = 'three'\n[data]\nsource='iris'\n")
     proc = subprocess.run([sys.executable, "-m", "pplvm.cli", "fit", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[0] == "pplvm: error: invalid card:"
+    assert len(proc.stderr.strip().splitlines()) == 1  # one line, as promised
+    assert proc.stderr.startswith("pplvm: error: invalid card: ")
     assert "model.components: expected a valid integer (got 'three')" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+def test_summary_json_is_one_json_object(card, tmp_path, capsys):
+    run_cli(capsys, "fit", card, "--out", tmp_path / "r", "--quiet")
+    code, out, _ = run_cli(capsys, "summary", tmp_path / "r", "--json")
+    summary = json.loads(out)  # the whole output parses: no text before or after
+    assert code == 0 and summary["schema"] == "pplvm.summary/1" and summary["epochs"] == 4
+    # the posterior table is arviz's summary of the draws the run wrote
+    idata = pplvm.evaluation.arviz.read_inference_data(tmp_path / "r" / "inference_data.nc")
+    locs = idata.posterior["locs"].values  # (chain, draw, K, D)
+    assert summary["posterior"]["locs[1, 0]"]["mean"] == pytest.approx(locs[..., 1, 0].mean(), abs=1e-4)  # rounded to 4 places
+    assert summary["valid_log_likelihood"] == pytest.approx(
+        max(h["valid_log_likelihood"] for h in pplvm.load(tmp_path / "r").history))
+
+
+def test_evaluate_names_the_data_option(card, tmp_path, capsys):
+    run_cli(capsys, "fit", card, "--out", tmp_path / "r", "--quiet")
+    for missing in ("missing.npy", "missing.npz"):
+        code, _, err = run_cli(capsys, "evaluate", tmp_path / "r", "--data", tmp_path / missing)
+        assert code == 2 and err.startswith(f"pplvm: error: --data '{tmp_path / missing}': no such file")
+        assert "data.path" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_card_errors_are_one_line_however_many(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nfamily = 'gmm'\ncomponents = 'three'\ncovariance = 'odd'\nextra = 1\n[data]\nsource='iris'\n")
+    code, _, err = run_cli(capsys, "fit", bad)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for key in ("model.components", "model.covariance", "model.extra"):
+        assert key in err
+
+
+def test_a_pickle_checkpoint_is_refused_without_suggesting_to_unpickle(card, tmp_path, capsys):
+    import pickle
+
+    run_cli(capsys, "fit", card, "--out", tmp_path / "r", "--quiet")
+
+    class Payload:  # what an attacker's file would hold: an object whose unpickling runs code
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(pickle.dumps({"format": "pplvm-checkpoint/1", "x": Payload()}))
+    import torch
+
+    buf = tmp_path / "torch_pickle.pt"
+    torch.save({"format": "pplvm-checkpoint/1", "x": Payload()}, buf)
+    for path in (tmp_path / "r" / "checkpoint.pt", buf):
+        (tmp_path / "r" / "checkpoint.pt").write_bytes(path.read_bytes())
+        code, out, err = run_cli(capsys, "evaluate", tmp_path / "r")
+        assert code == 2 and "is not a readable pplvm checkpoint" in err and "pwned" not in out
+        assert "weights_only" not in err and "False" not in err and len(err.strip().splitlines()) == 1
+
+
+GAN_CARD = """
+name = "gan_cli"
+[model]
+family = "gan"
+latent_dim = 4
+hidden = [16]
+discriminator_hidden = [16]
+[objective]
+name = "gan_hinge"
+[guide]
+kind = "none"
+[data]
+source = "digits"
+valid_fraction = 0.1
+test_fraction = 0.1
+[training]
+epochs = 2
+batch_size = 256
+lr = 0.001
+progress = false
+[evaluation]
+draws = 2
+chains = 1
+"""
+
+
+def test_gan_refuses_likelihoods_and_is_judged_by_two_sample_tests(tmp_path, capsys):
+    card = tmp_path / "gan.toml"
+    card.write_text(GAN_CARD)
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "fit", card, "--out", out_dir, "--json")
+    assert code == 0 and json.loads(out)["valid_log_likelihood"] is None
+    code, out, err = run_cli(capsys, "evaluate", out_dir)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "implicit density" in err
+    code, out, _ = run_cli(capsys, "two-sample", out_dir, "--permutations", "50", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["schema"] == "pplvm.two_sample/1"
+    # two epochs of a GAN are far from the digits: both tests reject (MMD p at its floor 1/51)
+    assert result["mmd"]["p_value"] == pytest.approx(1 / 51) and result["classifier"]["p_value"] < 0.01
+    code, out, _ = run_cli(capsys, "sample", out_dir, "-n", "16", "--out", tmp_path / "s.npy", "--grid",
+                           tmp_path / "grid.png")
+    assert code == 0 and (tmp_path / "grid.png").is_file() and np.load(tmp_path / "s.npy").shape == (16, 64)
+    import shutil
+
+    shutil.copytree(out_dir, tmp_path / "copy")
+    code, _, err = run_cli(capsys, "compare", out_dir, tmp_path / "copy", "--plot", tmp_path / "c.png")
+    assert code == 2 and "no log-likelihood" in err
 USER_MODEL = '''
 import pyro, pyro.distributions as dist, torch
 

@@ -5,14 +5,14 @@ Low to high, as README's "The house" draws it::
 
     errors, _registry, _progress, schema
                                         foundation: errors, the registry type, progress, Section
-    training.checkpoint, evaluation.arviz, evaluation.plots, evaluation.graph
-                                        atomic files, the arviz converter, figures
-    distributions, data, decoders, inference
+    training.checkpoint, rundir, evaluation.arviz, evaluation.plots, evaluation.graph
+                                        atomic files, run directories, the arviz converter, figures
+    distributions, data, decoders, inference, guides.forward, evaluation.two_sample
                                         building blocks and the importance-sampling estimator
     families                            the contract and the families
     config                              the card schema, gathered from the registries
     guides, objectives, training.rules  inference over a family: guides, objectives, update rules
-    training, evaluation                the SVI loop; latent-space tools
+    training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
     run                                 the facade
     workflows                           over runs: compare, SBC
     cli, pplvm/__init__                 the public surface
@@ -32,13 +32,16 @@ PACKAGE = Path(pplvm.__file__).parent
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
     ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm.schema"],
-    ["pplvm.training.checkpoint", "pplvm.evaluation.arviz", "pplvm.evaluation.plots",
+    ["pplvm.training.checkpoint", "pplvm.rundir", "pplvm.evaluation.arviz", "pplvm.evaluation.plots",
      "pplvm.evaluation.graph"],
-    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference"],
+    # guides.forward (diffusion's fixed noising chain) and evaluation.two_sample (statistics a
+    # GAN objective monitors) use only data and distributions: building blocks, below their folders
+    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference", "pplvm.guides.forward",
+     "pplvm.evaluation.two_sample"],
     ["pplvm.families"],
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules"],
-    ["pplvm.training", "pplvm.evaluation"],
+    ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
     ["pplvm.run"],
     ["pplvm.workflows"],
     ["pplvm.cli", "pplvm"],

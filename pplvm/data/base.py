@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..schema import Section
+from ..schema import Seed, Section
 from ..errors import DataError
 
 
@@ -19,32 +19,70 @@ class DataConfig(Section):
     source: str
     valid_fraction: float = Field(0.2, ge=0, lt=1, description="held-out fraction for validation")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="held-out fraction for testing")
-    split_seed: int = 0
+    split_seed: Seed = 0
     standardize: bool = False
 
 
+#: the largest magnitude accepted in data: pplvm computes in float32, where squares of larger
+#: values (k-means distances, variances) overflow to inf
+MAX_ABS = 1e15
+
+
+def numeric(x: Any, name: str) -> torch.Tensor:
+    """``x`` as a detached real tensor (float64 for arrays, its own dtype for tensors), not yet
+    cast to pplvm's float32; refuses complex values, strings and objects, naming ``name``."""
+    if torch.is_tensor(x):
+        t = x.detach()  # data never carry an autograd graph into pplvm
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as err:  # e.g. ragged nested lists
+            raise DataError(f"{name}: expected a numeric array; {err}") from None
+        if np.iscomplexobj(arr):
+            raise DataError(f"{name}: expected real numbers, got complex values (dtype {arr.dtype})")
+        try:
+            t = torch.as_tensor(arr.astype(np.float64))
+        except (TypeError, ValueError) as err:  # strings, objects
+            raise DataError(f"{name}: expected a numeric array; {err}") from None
+    if t.is_complex():
+        raise DataError(f"{name}: expected real numbers, got complex values (dtype {t.dtype})")
+    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
+        raise DataError(f"{name}: expected numbers, got dtype {t.dtype}")
+    return t
+
+
+def check_magnitude(t: torch.Tensor, name: str) -> None:
+    """Refuse finite values beyond :data:`MAX_ABS` (before the cast to float32, where 1e300
+    would become inf and 1e30 would overflow when squared)."""
+    if not t.dtype.is_floating_point and t.dtype != torch.int64:
+        return
+    big = torch.isfinite(t) & (t.abs() > MAX_ABS)
+    if big.any():
+        where = big.nonzero()[0].tolist()
+        value = float(t[tuple(where)])
+        at = f"row {where[0]}" if len(where) <= 2 else f"index {tuple(where)}"
+        raise DataError(f"{name}: {int(big.sum())} value(s) of magnitude above {MAX_ABS:.0e} (first: {value:.3g} at {at}); "
+                        "pplvm computes in float32, where their squares overflow: rescale the data (e.g. its units)")
+
+
 def as_matrix(x: Any, name: str = "data", dim: int | None = None) -> torch.Tensor:
-    """Check that ``x`` is a finite, non-empty ``(N, D)`` array and return it as float32.
+    """Check that ``x`` is a finite, non-empty, real ``(N, D)`` array and return it as float32.
 
     Raises :class:`DataError` naming ``name``, the offending rows, or the expected dimension.
     """
-    try:
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64) if not torch.is_tensor(x) else x)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{name}: expected a numeric array of shape (N, D); {err}") from None
+    t = numeric(x, name)
     if t.dim() == 1 and dim == 1:
         t = t[:, None]
     if t.dim() != 2:
         raise DataError(f"{name}: expected a 2-D array of shape (N, D), got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise DataError(f"{name}: is empty (0 rows); expected at least one row")
-    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
-        raise DataError(f"{name}: expected numbers, got dtype {t.dtype}")
-    t = t.to(torch.get_default_dtype())
-    bad = (~torch.isfinite(t)).any(-1).nonzero().flatten()
+    bad = (~torch.isfinite(t)).any(-1).nonzero().flatten() if t.dtype.is_floating_point else []
     if len(bad):
         rows = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise DataError(f"{name}: {len(bad)} row(s) contain NaN or inf (rows {rows})")
+    check_magnitude(t, name)
+    t = t.to(torch.get_default_dtype())
     if dim is not None and t.shape[1] != dim:
         raise DataError(f"{name}: expected {dim} columns (the model's dimension), got {t.shape[1]}")
     return t
@@ -78,6 +116,13 @@ class Batch:
 
     def replace(self, **changes) -> "Batch":
         return Batch(**{**self.fields(), **changes})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(**{k: (v.to(device, non_blocking=non_blocking) if v is not None else None)
+                        for k, v in self.fields().items()})
+
+    def pin_memory(self) -> "Batch":
+        return Batch(**{k: (v.pin_memory() if v is not None else None) for k, v in self.fields().items()})
 
 
 def indexed(data: "torch.Tensor | Batch") -> Batch:

@@ -16,6 +16,8 @@ file with only ``train`` is split at random by sequence like any other source.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +26,8 @@ import torch
 from pydantic import Field
 
 from ..errors import DataError
-from .base import Batch, DataConfig
+from ..schema import Seed
+from .base import Batch, DataConfig, check_magnitude, numeric
 
 SPLITS = ("train", "valid", "test")
 
@@ -36,19 +39,15 @@ def step_mask(batch: Batch) -> torch.Tensor:
 
 
 def _numeric(x: Any, name: str) -> torch.Tensor:
-    if torch.is_tensor(x):
-        t = x
-    else:
-        arr = np.asarray(x)
-        if arr.dtype == object:
-            raise DataError(f"{name}: ragged sequences given as one array; pass a list of (T_i, D) arrays, "
-                            "or the steps stacked along time with per-sequence lengths")
-        try:
-            t = torch.as_tensor(arr.astype(np.float64))
-        except (TypeError, ValueError) as err:
-            raise DataError(f"{name}: expected numbers; {err}") from None
-    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.bool)):
-        raise DataError(f"{name}: expected numbers, got dtype {t.dtype}")
+    try:
+        ragged = not torch.is_tensor(x) and np.asarray(x).dtype == object
+    except ValueError:  # numpy >= 1.24 refuses inhomogeneous nested lists outright
+        ragged = True
+    if ragged:
+        raise DataError(f"{name}: ragged sequences given as one array; pass a list of (T_i, D) arrays, "
+                        "or the steps stacked along time with per-sequence lengths")
+    t = numeric(x, name)
+    check_magnitude(t, name)
     return t.to(torch.get_default_dtype())
 
 
@@ -146,7 +145,7 @@ class SyntheticHMMConfig(DataConfig):
     categories: int = Field(4, ge=2, description="categorical: symbols per feature")
     self_transition: float = Field(0.8, ge=0, lt=1, description="mean probability of staying in a state")
     separation: float = Field(3.0, gt=0, description="gaussian: scale of the distance between state means")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def synthetic_hmm(n: int, min_length: int, max_length: int, states: int, dim: int,
@@ -226,19 +225,24 @@ class SequenceFileConfig(DataConfig):
     path: str = Field(description=".npz with train (+ train_lengths), optionally valid/test")
 
 
-def read_sequences(path: str | Path) -> dict[str, Batch]:
-    """Read the splits of an ``.npz`` sequence file (format in the module docstring)."""
+def read_sequences(path: str | Path, name: str = "data.path") -> dict[str, Batch]:
+    """Read the splits of an ``.npz`` sequence file (format in the module docstring); errors
+    name the file as ``name`` (the card key or command-line option it came from)."""
     path = Path(path)
-    where = f"data.path {str(path)!r}"
+    where = f"{name} {str(path)!r}"
     if not path.is_file():
         raise DataError(f"{where}: no such file")
     if path.suffix.lower() != ".npz":
         raise DataError(f"{where}: expected an .npz file, got {path.suffix or 'no suffix'!r}")
+    fh = open(path, "rb")  # ours to close: numpy leaks its own handle when the archive is damaged
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
+        archive = np.load(fh, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not named arrays")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        fh.close()
         raise DataError(f"{where}: not a readable .npz archive ({err})") from None
-    with archive:
+    with fh, archive:
         allowed = {k for s in SPLITS for k in (s, f"{s}_lengths")}
         unknown = sorted(set(archive.files) - allowed)
         if unknown:
@@ -256,6 +260,8 @@ def read_sequences(path: str | Path) -> dict[str, Batch]:
             try:
                 steps = archive[split]
                 lengths = archive[lengths_key] if lengths_key in archive.files else None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
+                raise DataError(f"{field}: the archive is damaged ({err})") from None
             except ValueError as err:  # object (ragged) arrays cannot be read without pickle
                 raise DataError(f"{field}: ragged or object array ({err}); store the steps stacked along time "
                                 f"with per-sequence lengths in {lengths_key!r}") from None

@@ -1,4 +1,4 @@
-"""Tabular sources: a synthetic Gaussian mixture, scikit-learn's bundled sets, user files."""
+"""Tabular sources: a synthetic Gaussian mixture, two moons, scikit-learn's bundled sets, user files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import DataError
+from ..schema import Seed
 from .base import DataConfig
 
 
@@ -18,7 +19,7 @@ class SyntheticMixtureConfig(DataConfig):
     dim: int = Field(2, ge=1)
     components: int = Field(3, ge=1)
     separation: float = Field(4.0, gt=0, description="distance scale between component means")
-    seed: int = 0
+    seed: Seed = 0
 
 
 def synthetic_mixture(n: int, dim: int, components: int, separation: float = 4.0, seed: int = 0):
@@ -40,6 +41,20 @@ def synthetic_mixture(n: int, dim: int, components: int, separation: float = 4.0
 def _load_synthetic(cfg: SyntheticMixtureConfig):
     x, labels, truth = synthetic_mixture(cfg.n, cfg.dim, cfg.components, cfg.separation, cfg.seed)
     return x, labels, {"truth": truth}
+
+
+class MoonsConfig(DataConfig):
+    source: Literal["moons"] = "moons"
+    n: int = Field(2000, ge=1)
+    noise: float = Field(0.05, ge=0, description="standard deviation of the Gaussian noise added")
+    seed: int = 0
+
+
+def _load_moons(cfg: MoonsConfig):
+    import sklearn.datasets
+
+    x, labels = sklearn.datasets.make_moons(cfg.n, noise=cfg.noise, random_state=cfg.seed)
+    return x, labels, {}
 
 
 class IrisConfig(DataConfig):
@@ -66,19 +81,23 @@ class FileConfig(DataConfig):
     label_column: int | None = Field(None, description="csv: a column holding labels, dropped from x")
 
 
-def read_matrix(path: str | Path, label_column: int | None = None):
-    """Read an ``(N, D)`` matrix from ``.npy`` or ``.csv`` (a header line is skipped)."""
+def read_matrix(path: str | Path, label_column: int | None = None, name: str = "data.path"):
+    """Read an ``(N, D)`` matrix from ``.npy`` or ``.csv`` (a header line is skipped); errors
+    name the file as ``name`` (the card key or command-line option it came from)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.path {str(path)!r}: no such file")
+        raise DataError(f"{name} {str(path)!r}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise DataError(f"data.path {str(path)!r}: not a plain numeric .npy array ({err})") from None
+        except (ValueError, OSError, EOFError) as err:  # a pickled, truncated or empty file
+            raise DataError(f"{name} {str(path)!r}: not a plain numeric .npy array ({err})") from None
     elif suffix in (".csv", ".txt"):
-        first = path.read_text().splitlines()[:1]
+        try:
+            first = path.read_text().splitlines()[:1]
+        except UnicodeDecodeError as err:
+            raise DataError(f"data.path {str(path)!r}: not a UTF-8 text CSV file ({err.reason} at byte {err.start})") from None
         try:
             [float(v) for v in first[0].split(",")] if first else None
             skip = 0
@@ -87,9 +106,9 @@ def read_matrix(path: str | Path, label_column: int | None = None):
         try:
             x = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
         except ValueError as err:
-            raise DataError(f"data.path {str(path)!r}: could not parse as numeric CSV ({err})") from None
+            raise DataError(f"{name} {str(path)!r}: could not parse as numeric CSV ({err})") from None
     else:
-        raise DataError(f"data.path {str(path)!r}: expected a .npy or .csv file, got {suffix or 'no suffix'!r}")
+        raise DataError(f"{name} {str(path)!r}: expected a .npy or .csv file, got {suffix or 'no suffix'!r}")
     labels = None
     if label_column is not None:
         if x.ndim != 2 or not -x.shape[1] <= label_column < x.shape[1]:

@@ -2,6 +2,12 @@
 
 Posterior draws come from the guide q(θ); they are independent, so splitting them into
 ``chains`` chains gives diagnostics (r_hat ≈ 1, ess ≈ draws) that arviz can compute.
+
+pplvm runs on arviz 0.23 (``InferenceData``, Python 3.11) and arviz 1.x (xarray
+``DataTree``, Python 3.12+). Where the two differ this module is the one place that knows:
+:func:`groups`, :func:`read_inference_data`, :func:`compare_table`. pplvm draws its own
+figures with matplotlib (:mod:`pplvm.evaluation.plots`) rather than through arviz's
+plotting API, which changed completely in 1.x.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ def arviz():
 
 def inference_data(
     draws: dict[str, torch.Tensor],
-    log_likelihood: torch.Tensor,
+    log_likelihood: torch.Tensor | None,
     observed: torch.Tensor,
     posterior_predictive: torch.Tensor | None,
     *,
@@ -34,7 +40,8 @@ def inference_data(
     log_likelihood groups.
 
     :param draws: site -> ``(S, *site_shape)`` with ``S`` divisible by ``chains``.
-    :param log_likelihood: ``(S, N)`` per-datum log-likelihood of ``observed`` per draw.
+    :param log_likelihood: ``(S, N)`` per-datum log-likelihood of ``observed`` per draw, or None
+        (no log_likelihood group: a family without a likelihood).
     :param observed: ``(N, D)`` data; ``posterior_predictive``: ``(S, N, D)`` or None.
     """
     az = arviz()
@@ -48,9 +55,10 @@ def inference_data(
     all_dims: dict[str, list[str]] = {"obs": ["obs_id"], **(dims or {})}
     groups: dict[str, Any] = {
         "posterior": {k: chained(v) for k, v in draws.items()},
-        "log_likelihood": {"obs": chained(log_likelihood)},
         "observed_data": {"obs": observed.detach().cpu().numpy()},
     }
+    if log_likelihood is not None:  # None for a family with an implicit density
+        groups["log_likelihood"] = {"obs": chained(log_likelihood)}
     if posterior_predictive is not None:
         groups["posterior_predictive"] = {"obs": chained(posterior_predictive)}
     if int(az.__version__.split(".")[0]) >= 1:  # arviz 1.x: one dict of groups, returns a DataTree
@@ -64,3 +72,49 @@ def small_sites(idata, names, max_size: int | None) -> list[str]:
     if max_size is None:
         return list(names)
     return [v for v in names if idata.posterior[v].isel(chain=0, draw=0).size <= max_size]
+
+
+def arviz_major() -> int:
+    """The installed arviz's major version (0 or 1)."""
+    return int(arviz().__version__.split(".")[0])
+
+
+def groups(idata) -> set[str]:
+    """Names of the groups of an ``InferenceData`` (arviz 0.x) or ``DataTree`` (1.x)."""
+    if callable(getattr(idata, "groups", None)):
+        return set(idata.groups())
+    return set(idata.children)
+
+
+def read_inference_data(path) -> Any:
+    """Read an ``inference_data.nc`` written by :meth:`pplvm.Run.to_arviz` with this Python's arviz."""
+    return arviz().from_netcdf(str(path))
+
+
+#: the columns of :func:`compare_table` (arviz 0.23's names)
+COMPARE_COLUMNS = ("rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight", "warning")
+
+
+def compare_table(idatas: dict[str, Any], method: str = "stacking"):
+    """``az.compare`` by PSIS-LOO on the log scale, best first, as a DataFrame indexed by name
+    with :data:`COMPARE_COLUMNS` whatever the arviz version: ``elpd_diff`` >= 0 is how far
+    below the best a run is, ``warning`` whether any Pareto k of its LOO is too high."""
+    az = arviz()
+    loos = {name: az.loo(idata) for name, idata in idatas.items()}
+    if arviz_major() >= 1:
+        table = az.compare(loos, method=method, round_to="none")
+        table = table.rename(columns={"elpd": "elpd_loo", "p": "p_loo"})
+        table["elpd_diff"] = -table["elpd_diff"]  # 1.x: elpd - best (<= 0); 0.x: best - elpd
+        table["warning"] = [bool(loos[name].warning) for name in table.index]
+    else:
+        table = az.compare(loos, ic="loo", method=method, scale="log")
+    return table[list(COMPARE_COLUMNS)]
+
+
+def loo_estimates(idata) -> dict[str, float | bool]:
+    """PSIS-LOO of one run (``az.loo``): ``elpd_loo``, its ``se``, ``p_loo`` and ``warning``
+    (a Pareto k too high), under the same names whatever the arviz version."""
+    loo = arviz().loo(idata)
+    if arviz_major() >= 1:
+        return {"elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p), "warning": bool(loo.warning)}
+    return {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo), "warning": bool(loo.warning)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -88,19 +89,56 @@ def state_plot(x: torch.Tensor, marginals: torch.Tensor, path: torch.Tensor, tit
 
 
 def posterior_plot(idata, var_names: Sequence[str], max_size: int = 32) -> Figure:
-    """Forest plot of the posterior of the global latents (arviz); sites with more than
-    ``max_size`` entries (e.g. correlation factors) are left to the summary table."""
-    from .arviz import arviz, small_sites
+    """Forest plot of the posterior of the global latents: per scalar entry, the median with
+    the central 50% (thick) and 94% (thin) intervals of the draws (chains pooled). Sites with
+    more than ``max_size`` entries (e.g. correlation factors) are left to the summary table;
+    when every site is that large, the first one is drawn."""
+    from .arviz import small_sites
 
     var_names = small_sites(idata, var_names, max_size) or list(var_names[:1])
-    fig = Figure(figsize=(6, 1.0 + 0.35 * _count(idata, var_names)), layout="constrained")
+    labels, draws = [], []
+    for v in var_names:
+        da = idata.posterior[v]
+        values = np.asarray(da.values, dtype=np.float64)  # (chain, draw, *shape)
+        values = values.reshape(values.shape[0] * values.shape[1], -1)  # (S, m)
+        shape = da.shape[2:]
+        for j in range(values.shape[1]):
+            index = np.unravel_index(j, shape) if shape else ()
+            labels.append(f"{v}[{', '.join(map(str, index))}]" if shape else v)
+            draws.append(values[:, j])
+    q = np.quantile(np.stack(draws, 1), [0.03, 0.25, 0.5, 0.75, 0.97], axis=0)  # (5, m)
+    y = np.arange(len(labels))[::-1]
+    fig = Figure(figsize=(6, 1.0 + 0.3 * len(labels)), layout="constrained")
     ax = fig.add_subplot()
-    arviz().plot_forest(idata, var_names=list(var_names), combined=True, ax=ax)
+    ax.hlines(y, q[0], q[4], color="C0", lw=1)
+    ax.hlines(y, q[1], q[3], color="C0", lw=3)
+    ax.plot(q[2], y, "o", color="C0", ms=4, mfc="white")
+    ax.set_yticks(y, labels)
+    ax.set(ylim=(-0.7, len(labels) - 0.3), title="posterior: median, 50% and 94% intervals")
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 
-def _count(idata, var_names) -> int:
-    return int(sum(idata.posterior[v].isel(chain=0, draw=0).size for v in var_names))
+def compare_plot(table, n: int) -> Figure:
+    """PSIS-LOO comparison: ``elpd_loo`` ± se per run (open circles) and, below each run after
+    the best, its difference to the best ± dse (grey). ``table``: rows best first with the
+    columns of :func:`pplvm.evaluation.arviz.compare_table`."""
+    names = [str(i) for i in table.index]
+    elpd, se = table["elpd_loo"].to_numpy(float), table["se"].to_numpy(float)
+    diff, dse = table["elpd_diff"].to_numpy(float), table["dse"].to_numpy(float)
+    fig = Figure(figsize=(6.5, 1.2 + 0.5 * len(names)), layout="constrained")
+    ax = fig.add_subplot()
+    y = -np.arange(len(names), dtype=float)
+    ax.errorbar(elpd, y, xerr=se, fmt="o", mfc="white", color="black", capsize=3, label="elpd_loo ± se")
+    later = np.arange(len(names)) > 0
+    if later.any():
+        ax.errorbar((elpd[0] - diff)[later], y[later] - 0.3, xerr=dse[later], fmt="^", color="grey",
+                    capsize=3, label="difference to the best ± dse")
+    ax.axvline(elpd[0], color="grey", ls="--", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.set(xlabel="elpd_loo (log)", title=f"PSIS-LOO on {n} observations (higher is better)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -137,4 +175,49 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], title: str = ""
     for j in range(1, cols):
         ax.axvline(j * w - 0.5, color="white", lw=1)
     ax.set_title(title)
+    return fig
+
+
+def likelihood_terms_plot(terms: dict[str, float], dim: int, title: str = "") -> Figure:
+    """An additive decomposition of ``-log p(x)`` (nats per datum, in order, e.g. a diffusion
+    bound's L_0 .. L_T) in bits per dimension, one point per term, on a log scale."""
+    import math
+
+    names, vals = list(terms), [v / (dim * math.log(2)) for v in terms.values()]
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(len(vals)), [max(v, 1e-12) for v in vals], marker="o" if len(vals) <= 50 else None, ms=3)
+    ax.set_yscale("log")
+    step = max(1, len(names) // 8)
+    ticks = sorted(set(range(0, len(names), step)) | {len(names) - 1})
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=30)
+    ax.set(ylabel="bits / dim", title=title or f"terms of -log p(x): total {sum(vals):.4g} bits/dim")
+    return fig
+
+
+def term_rows(terms: dict[str, float], dim: int, max_rows: int = 12) -> list[tuple[str, float, float]]:
+    """``(name, nats, bits/dim)`` rows of an ordered decomposition; with more than ``max_rows``
+    terms the first and last stay single and the rest are summed in ``max_rows - 2`` runs."""
+    import math
+
+    items = list(terms.items())
+    if len(items) > max_rows:
+        middle = items[1:-1]
+        size = math.ceil(len(middle) / (max_rows - 2))
+        runs = [middle[i : i + size] for i in range(0, len(middle), size)]
+        items = [items[0], *((r[0][0] if len(r) == 1 else f"{r[0][0]}..{r[-1][0]}", sum(v for _, v in r))
+                             for r in runs), items[-1]]
+    return [(name, v, v / (dim * math.log(2))) for name, v in items]
+
+
+def samples_scatter(data: torch.Tensor, samples: torch.Tensor, title: str = "") -> Figure:
+    """2-D data ``(N, 2)`` and model samples ``(M, 2)`` side by side on shared axes."""
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, pts, name, colour in ((axes[0], data, "data", "C0"), (axes[1], samples, "samples", "C1")):
+        pts = pts.detach().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, color=colour)
+        ax.set(title=f"{name} ({len(pts)})", xlabel="x0", ylabel="x1")
+    if title:
+        fig.suptitle(title)
     return fig

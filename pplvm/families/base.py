@@ -22,7 +22,7 @@ from pyro.infer import TraceEnum_ELBO, infer_discrete
 from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
-from ..data.base import Batch
+from ..data.base import Batch, values
 from ..distributions import CollapsedLatents
 from ..errors import CardError
 from ..schema import Section
@@ -66,6 +66,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
+    #: True when a datum is a sequence (a :class:`~pplvm.data.Batch` with ``lengths``, e.g. an
+    #: HMM): a table of rows given as data is refused, since splitting it into training and
+    #: held-out data would cut its time steps apart and shuffle them
+    sequential: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     #: name and dim of the plate over data (a user's model names its own)
     plate_name: ClassVar[str] = "data"
@@ -73,6 +77,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
     site_dims: ClassVar[dict[str, list[str]]] = {}
+    #: ``(H, W)`` when the data are images (sample grids); set by a family that knows it
+    image_shape: tuple[int, int] | None = None
 
     def __init__(self, config: FamilyConfig, dim: int):
         super().__init__()
@@ -123,6 +129,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
 
+    def evaluation_cost(self, x: "torch.Tensor | Batch") -> int:
+        """Float elements the largest intermediate tensor of :meth:`log_likelihood`,
+        :meth:`replicate` or :meth:`local_marginals` holds per (parameter draw, datum) of
+        ``x``; memory-bounded evaluation (:mod:`pplvm.evaluation.memory`) divides its budget
+        by it. Default: four times a datum's elements; families with latent states override it."""
+        return 4 * int(values(x)[0].numel())
+
     # ------------------------------------------------------------ shared machinery
     def validate(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
         """Return ``data`` prepared and checked for training, or raise a clear DataError."""
@@ -144,6 +157,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def conditioned(self, params: dict[str, torch.Tensor]):
         """The model with its global sites fixed to ``params``."""
         return poutine.condition(self, data=params)
+
+    def likelihood_terms(self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor] | None:
+        """An additive decomposition of ``-log_likelihood(x, params)`` into named per-datum terms
+        in nats, each ``(N,)`` (e.g. a diffusion bound's L_0 .. L_T), which ``pplvm evaluate``
+        tabulates and plots; None (the default) where a family has no such decomposition."""
+        return None
 
     @torch.no_grad()
     def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -255,6 +275,50 @@ class UserGuide(abc.ABC):
         the global latents."""
 
 
+class FixedGuide(abc.ABC):
+    """Capability of a family whose guide is part of the model's definition and has no
+    parameters (diffusion's forward noising process q(z_1..z_T | x)): it enables the guide
+    kind ``forward``. Such a family has no encoder to train and, here, no global latents."""
+
+    @abc.abstractmethod
+    def make_fixed_guide(self) -> torch.nn.Module:
+        """The guide, a Pyro program ``guide(x, num_data)`` over the family's local sites."""
+
+
+EMEstimate = Literal["map", "ml"]
+
+
+class ClosedFormEM(abc.ABC):
+    """Capability of a family fitted by exact expectation–maximisation (objective ``em``,
+    :mod:`pplvm.objectives.em`): the E-step takes expectations under the exact local posterior
+    ``p(z_n | x_n, θ)``, the M-step maximises in closed form. The point estimate of the global
+    sites lives in a ``map`` guide; the family's own maximum-likelihood parameters (if any) are
+    set in place by :meth:`maximize`.
+
+    Statistics are sums over data, so minibatch statistics scaled by N / B estimate the full
+    data's, running averages of them give stepwise EM, and data-parallel workers add theirs."""
+
+    @abc.abstractmethod
+    def em_estimates(self) -> tuple[EMEstimate, ...]:
+        """Which M-steps this configuration has in closed form: ``"map"`` (the posterior mode
+        under the family's priors) and/or ``"ml"`` (maximum likelihood)."""
+
+    @abc.abstractmethod
+    def expected_statistics(self, x: Any, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """E-step on a batch ``x`` at the globals ``params`` (point values, no sample dims):
+        sums over the batch of the expected complete-data sufficient statistics, plus
+        ``"log_likelihood"``, ``Σ_n log p(x_n | θ)`` (0-dim)."""
+
+    @abc.abstractmethod
+    def maximize(self, stats: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
+                 estimate: EMEstimate) -> dict[str, torch.Tensor]:
+        """M-step from statistics of the whole data set (what :meth:`expected_statistics`
+        returns, summed over all N data) and the current globals ``params``: the new values of
+        the global sites (the family's own parameters are updated in place). Each update
+        is the exact (conditional) maximiser, so the log posterior (``"map"``) or
+        log-likelihood (``"ml"``) never decreases."""
+
+
 class IdentifiedSummaries(abc.ABC):
     """Capability of a family whose globals are identified only up to a symmetry (label
     switching, rotations): functions of θ that are invariant to it, for calibration checks
@@ -263,3 +327,22 @@ class IdentifiedSummaries(abc.ABC):
     @abc.abstractmethod
     def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Invariant functions of the globals, each ``(*S, m)`` for ``params`` ``(*S, ...)``."""
+
+
+class LatentDecoder(abc.ABC):
+    """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
+    a decoder (VAEs, GANs): latent interpolation and traversal
+    (:mod:`pplvm.evaluation.latent`) need only this."""
+
+    #: how side information ``y`` enters the decoder (:class:`pplvm.families.vae.SideInformation`)
+    side: Any
+
+    @property
+    @abc.abstractmethod
+    def latent_dim(self) -> int:
+        """Dimension L of the latent."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> "torch.distributions.Distribution":
+        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded datum."""
+

@@ -26,7 +26,8 @@ from pyro.ops.indexing import Vindex
 
 from ..data.base import as_matrix
 from ..errors import DataError
-from .base import FamilyConfig, IdentifiedSummaries, LatentVariableModel
+from ._em import dirichlet_mode, gaussian_diag_step
+from .base import ClosedFormEM, FamilyConfig, IdentifiedSummaries, LatentVariableModel
 
 
 class GMMConfig(FamilyConfig):
@@ -42,13 +43,13 @@ class GMMConfig(FamilyConfig):
     init: Literal["kmeans", "random"] = "kmeans"
 
 
-class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
+class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
     """Bayesian GMM; ``global_sites`` are weights (K,), locs (K, D), scales (K, D) and, for
     full covariance, corr_chol (K, D, D); the local site ``assignment`` is enumerated."""
 
     Config = GMMConfig
-    guides = ("meanfield", "map", "lowrank")
-    objectives = ("enum",)
+    guides = ("meanfield", "map", "lowrank", "flow")
+    objectives = ("enum", "em")
     local_sites = ("assignment",)
     enumerated = True
     likelihood = "exact"
@@ -98,6 +99,10 @@ class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
     def log_likelihood(self, x, params):
         return self._joint(x, params).logsumexp(-1)
 
+    def evaluation_cost(self, x):
+        """Per (draw, datum): the ``(K, D)`` whitened residuals and ``(K, D, D)`` factors."""
+        return self.K * self.dim * (self.dim + 2)
+
     def responsibilities(self, x, params) -> torch.Tensor:
         """Closed-form ``p(z_n = k | x_n, θ)``, ``(*S, N, K)``."""
         joint = self._joint(x, params)
@@ -108,6 +113,49 @@ class GaussianMixture(LatentVariableModel, IdentifiedSummaries):
         per_datum = {k: v.unsqueeze(-4 if k == "corr_chol" else -3) for k, v in params.items() if k != "weights"}
         log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)
         return log_w + self.components(per_datum).log_prob(x.unsqueeze(-2))
+
+    # ------------------------------------------------------------------ EM
+    def em_estimates(self):
+        """Full covariance has no closed-form MAP under the LogNormal scales and LKJ correlations
+        (their mode given the scatter is not a formula), so only ``"ml"``; diagonal has both."""
+        return ("map", "ml") if self.config.covariance == "diag" else ("ml",)
+
+    def expected_statistics(self, x, params):
+        """Responsibilities ``r`` ``(N, K)`` by enumeration; ``count`` Σ r ``(K,)``, ``first``
+        Σ r x ``(K, D)``, ``second`` Σ r x² ``(K, D)`` (diag) or Σ r x xᵀ ``(K, D, D)`` (full)."""
+        joint = self._joint(x, params)
+        log_lik = joint.logsumexp(-1)
+        r = (joint - log_lik.unsqueeze(-1)).exp()
+        second = (r.T @ x.pow(2) if self.config.covariance == "diag"
+                  else torch.einsum("nk,ni,nj->kij", r, x, x))
+        return {"count": r.sum(0), "first": r.T @ x, "second": second, "log_likelihood": log_lik.sum()}
+
+    def maximize(self, stats, params, estimate):
+        c = self.config
+        new = {"weights": dirichlet_mode(stats["count"], c.weight_concentration, estimate, params["weights"])}
+        if c.covariance == "diag":
+            new["locs"], new["scales"] = gaussian_diag_step(
+                stats["count"], stats["first"], stats["second"], params["locs"], params["scales"], estimate,
+                loc_mean=c.loc_mean, loc_scale=c.loc_scale, scale_log_mean=c.scale_log_mean,
+                scale_log_sd=c.scale_log_sd)
+            return new
+        # full covariance, maximum likelihood: Σ_k = Σ r x xᵀ / n_k − μ_k μ_kᵀ, as scale and
+        # correlation Cholesky factor (rounding-level jitter keeps the factor defined)
+        n = stats["count"]
+        has = n > 1e-10 * n.sum()
+        safe = n.clamp_min(torch.finfo(n.dtype).tiny)
+        locs = stats["first"] / safe[:, None]
+        cov = stats["second"] / safe[:, None, None] - locs.unsqueeze(-1) * locs.unsqueeze(-2)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
+        cov = cov + 10 * torch.finfo(cov.dtype).eps * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
+        scales = cov.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(cov.dtype).tiny).sqrt()
+        chol = torch.linalg.cholesky(cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2)))
+        chol = chol / chol.norm(dim=-1, keepdim=True)
+        new["locs"] = torch.where(has[:, None], locs, params["locs"])
+        new["scales"] = torch.where(has[:, None], scales, params["scales"])
+        new["corr_chol"] = torch.where(has[:, None, None], chol, params["corr_chol"])
+        return new
 
     def identified(self, params):
         """The prior is exchangeable over component labels, so the posterior is too (label

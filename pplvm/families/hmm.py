@@ -35,7 +35,8 @@ from ..data.base import Batch
 from ..data.sequences import as_sequences, step_mask
 from ..distributions import HiddenMarkovChain
 from ..errors import DataError
-from .base import FamilyConfig, LatentVariableModel
+from ._em import dirichlet_mode, gaussian_diag_step
+from .base import ClosedFormEM, FamilyConfig, LatentVariableModel
 from .gmm import kmeans
 
 
@@ -66,17 +67,18 @@ _EMISSION_SITES = {"gaussian": ("locs", "scales"), "categorical": ("emission_pro
                    "bernoulli": ("emission_probs",)}
 
 
-class HiddenMarkovModel(LatentVariableModel):
+class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
     """Bayesian HMM; ``global_sites`` are initial (K,), transition (K, K) and the emission
     parameters: locs, scales (K, D) | emission_probs (K, D, C) | emission_probs (K, D).
     The local latent ``states`` (N, T) is summed out inside the ``obs`` site."""
 
     Config = HMMConfig
-    guides = ("meanfield", "map", "lowrank")
-    objectives = ("enum",)
+    guides = ("meanfield", "map", "lowrank", "flow")
+    objectives = ("enum", "em")
     local_sites = ("states",)
     enumerated = True
     collapsed = True
+    sequential = True
     likelihood = "exact"
     site_dims = {
         "initial": ["state"],
@@ -151,6 +153,57 @@ class HiddenMarkovModel(LatentVariableModel):
         """``log p(x_n | θ)`` of each sequence, ``(*S, N)``, states summed out exactly."""
         values, lengths = _unpack(x)
         return self.chain(params, lengths, values.shape[-2]).log_prob(values)
+
+    def evaluation_cost(self, x):
+        """Per (draw, sequence): the forward pass's ``(T, K, K)`` step factors and the
+        ``(T, K, D)`` per-feature emission terms (Bernoulli/categorical/Gaussian log-probs)."""
+        values_, _ = _unpack(x)
+        return int(values_.shape[-2]) * self.K * (self.K + self.dim)
+
+    # ------------------------------------------------------------------ EM (Baum–Welch)
+    def em_estimates(self):
+        return ("map", "ml")
+
+    def expected_statistics(self, x, params):
+        """Forward–backward (:meth:`HiddenMarkovChain.posterior`): ``initial`` Σ_n p(z_0)
+        ``(K,)``, ``transitions`` Σ_n Σ_t p(z_{t-1}, z_t) ``(K, K)``, ``count`` Σ γ ``(K,)``,
+        and per emission Σ γ x and Σ γ x² ``(K, D)`` (gaussian), Σ γ onehot(x) ``(K, D, C)``
+        (categorical) or Σ γ x ``(K, D)`` (bernoulli)."""
+        values, lengths = _unpack(x)
+        post = self.chain(params, lengths, values.shape[-2]).posterior(values)
+        gamma = post["states"]  # (N, T, K)
+        stats = {"initial": post["initial"].sum(0), "transitions": post["transitions"].sum(0),
+                 "count": gamma.sum((0, 1)), "log_likelihood": post["log_prob"].sum()}
+        if self.config.emission == "categorical":
+            onehot = torch.nn.functional.one_hot(values.long(), self.config.categories).to(gamma.dtype)
+            stats["symbols"] = torch.einsum("ntk,ntdc->kdc", gamma, onehot)
+        else:
+            stats["first"] = torch.einsum("ntk,ntd->kd", gamma, values)
+            if self.config.emission == "gaussian":
+                stats["second"] = torch.einsum("ntk,ntd->kd", gamma, values.pow(2))
+        return stats
+
+    def maximize(self, stats, params, estimate):
+        c, K = self.config, self.K
+        rows = c.transition_concentration + c.stickiness * torch.eye(K, dtype=stats["transitions"].dtype)
+        new = {"initial": dirichlet_mode(stats["initial"], c.initial_concentration, estimate, params["initial"]),
+               "transition": dirichlet_mode(stats["transitions"], rows, estimate, params["transition"])}
+        if c.emission == "gaussian":
+            new["locs"], new["scales"] = gaussian_diag_step(
+                stats["count"], stats["first"], stats["second"], params["locs"], params["scales"], estimate,
+                loc_mean=c.loc_mean, loc_scale=c.loc_scale, scale_log_mean=c.scale_log_mean,
+                scale_log_sd=c.scale_log_sd)
+        elif c.emission == "categorical":
+            new["emission_probs"] = dirichlet_mode(stats["symbols"], c.emission_concentration, estimate,
+                                                   params["emission_probs"])
+        else:  # Beta(β, β) mode of each p_kd: (Σ γ x + β − 1) / (Σ γ + 2β − 2), clipped into (0, 1)
+            beta = c.emission_concentration if estimate == "map" else 1.0
+            ones = (stats["first"] + beta - 1).clamp_min(0)
+            total = ones + (stats["count"].unsqueeze(-1) - stats["first"] + beta - 1).clamp_min(0)
+            eps = torch.finfo(total.dtype).eps
+            probs = torch.where(total > 0, ones / total.clamp_min(eps), params["emission_probs"])
+            new["emission_probs"] = probs.clamp(eps, 1 - eps)
+        return new
 
     # ------------------------------------------------------------------ data
     def prepare(self, data, name="data"):

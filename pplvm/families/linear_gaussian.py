@@ -31,7 +31,7 @@ from pyro.nn import PyroParam
 
 from ..data.base import as_matrix, values
 from ..errors import CardError, DataError
-from .base import ContinuousLatentModel, ExactLocalPosterior, FamilyConfig, IdentifiedSummaries
+from .base import ClosedFormEM, ContinuousLatentModel, ExactLocalPosterior, FamilyConfig, IdentifiedSummaries
 
 
 class LinearGaussianConfig(FamilyConfig):
@@ -65,7 +65,7 @@ class LinearGaussianParams(NamedTuple):
     noise: torch.Tensor
 
 
-class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSummaries):
+class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, IdentifiedSummaries):
     """Shared implementation of ``ppca`` and ``fa`` (subclasses set ``Config`` and ``noise``).
 
     Sites: global ``weight`` ``(D, L)`` when ``prior = "normal"``; local ``z`` ``(N, L)``;
@@ -73,8 +73,8 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
 
     #: "isotropic" (one σ for every dimension) or "diagonal" (one ψ_d per dimension)
     noise: ClassVar[Literal["isotropic", "diagonal"]]
-    guides = ("amortized", "exact", "meanfield")
-    objectives = ("elbo", "meanfield", "renyi", "iwae")
+    guides = ("amortized", "exact", "meanfield", "map", "flow")
+    objectives = ("elbo", "meanfield", "renyi", "iwae", "em")
     local_sites = ("z",)
     likelihood = "exact"
     site_dims = {"weight": ["feature", "latent"]}
@@ -162,6 +162,57 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, IdentifiedSumma
         """W is identified only up to a rotation (W R gives the same model); its row Gram
         ``diag(W Wᵀ)`` — the signal variance of each feature — is not: ``(*S, D)``."""
         return {"signal_variance": params["weight"].pow(2).sum(-1)}
+
+    # ------------------------------------------------------------------ EM
+    def em_estimates(self):
+        return ("map", "ml")
+
+    def expected_statistics(self, x, params):
+        """The expected complete-data statistics Σ E[z_n], Σ (x_n − μ) E[z_n]ᵀ, Σ E[z_n z_nᵀ] are
+        linear in the data's moments (E[z_n | x_n] = β (x_n − μ), β = C⁻¹ Wᵀ Ψ⁻¹), so the batch
+        statistics are those moments: ``count``, ``first`` Σ x ``(D,)``, ``second`` Σ x xᵀ
+        ``(D, D)``; :meth:`maximize` takes the posterior expectations from them."""
+        x = values(x)
+        return {"count": x.new_tensor(float(len(x))), "first": x.sum(0), "second": x.T @ x,
+                "log_likelihood": self.log_likelihood(x, params).sum()}
+
+    def maximize(self, stats, params, estimate):
+        """μ = x̄ (the exact maximiser of log p(x | θ) in μ for any W, Ψ), then with S the
+        scatter about it and the E-step at (μ, W, Ψ) — β = C⁻¹ Wᵀ Ψ⁻¹, Σ (x − μ) E[z]ᵀ = S βᵀ,
+        Σ E[z zᵀ] = N C⁻¹ + β S βᵀ — W = S βᵀ (Σ E[z zᵀ] + Ψ/s²)⁻¹ row by row (the ψ_d/s² term
+        only with a normal prior on W under ``"map"``), then ψ_d = (S_dd − 2 w_d·b_d + w_dᵀ A w_d)
+        / N given the new W (averaged over d for PPCA), floored at noise_floor²."""
+        c, L = self.config, self.L
+        w, _, noise = self.parameters_at(params)
+        w, noise = w.detach(), noise.detach()
+        n = stats["count"]
+        loc = stats["first"] / n
+        scatter = stats["second"] - n * torch.outer(loc, loc)
+        psi = noise.pow(2)
+        wt_psi = w.T / psi  # (L, D)
+        eye = torch.eye(L, dtype=w.dtype, device=w.device)
+        capacitance = eye + wt_psi @ w
+        cov_z = torch.linalg.inv(capacitance)  # C⁻¹, (L, L)
+        beta = cov_z @ wt_psi  # (L, D)
+        cross = scatter @ beta.T  # Σ (x − μ) E[z]ᵀ, (D, L)
+        second_z = n * cov_z + beta @ scatter @ beta.T  # Σ E[z zᵀ], (L, L)
+        if c.prior == "normal" and estimate == "map":
+            ridge = (psi / c.weight_scale ** 2)[:, None, None] * eye  # (D, L, L)
+            new_w = torch.linalg.solve(second_z + ridge, cross.unsqueeze(-1)).squeeze(-1)
+        else:
+            new_w = torch.linalg.solve(second_z, cross.T).T
+        resid = (scatter.diagonal() - 2 * (new_w * cross).sum(-1) + ((new_w @ second_z) * new_w).sum(-1)) / n
+        if self.noise == "isotropic":
+            resid = resid.mean().expand(self.dim)
+        floor = c.noise_floor
+        with torch.no_grad():
+            self.loc_unconstrained.copy_(loc)
+            scale = resid.clamp_min(0).sqrt()
+            raw = _softplus_inverse((scale - floor).clamp_min(1e-6 * floor))
+            self.noise_raw_unconstrained.copy_(raw[: self.noise_raw.numel()])
+            if c.prior == "none":
+                self.weight_unconstrained.copy_(new_w)
+        return {"weight": new_w} if c.prior == "normal" else {}
 
     def make_encoder(self) -> torch.nn.Module:
         c = self.config

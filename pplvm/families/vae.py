@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from ..data.base import Batch, as_matrix, values
 from ..decoders import NetworkConfig, image_shape, make_decoder, make_encoder
 from ..errors import CardError, DataError
-from .base import ContinuousLatentModel, FamilyConfig
+from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder
 
 
 class VAEConfig(FamilyConfig, NetworkConfig):
@@ -118,11 +118,11 @@ class _SideEncoder(torch.nn.Module):
         return self.encoder(values(data), self.side(data))
 
 
-class _Autoencoder(ContinuousLatentModel):
+class _Autoencoder(ContinuousLatentModel, LatentDecoder):
     """The shared implementation of :class:`VAE` and :class:`ConditionalVAE` (which differ only
     in their side information). ``self.decoder`` holds θ; the encoder (φ) belongs to the guide."""
 
-    guides = ("amortized",)
+    guides = ("amortized", "flow")
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     likelihood = "estimate"

@@ -30,6 +30,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from .._progress import progress
 from ..data.base import Batch
 from ..errors import CardError, DataError, IncompatibleError
 
@@ -118,10 +119,11 @@ def importance_log_likelihood(
             declared = getattr(model, "max_plate_nesting", None)  # every pplvm family declares it
             max_plate_nesting = declared if isinstance(declared, int) else _plate_nesting(model, guide, data[:1])
         s1, s2 = [], []
-        for start in range(0, n, rows):
-            a, b = _chunk(model, guide, data[start : start + rows], k, particles, plate, max_plate_nesting)
-            s1.append(a)
-            s2.append(b)
+        with progress(n * k, "importance sampling", unit="draw") as bar:
+            for start in range(0, n, rows):
+                a, b = _chunk(model, guide, data[start : start + rows], k, particles, plate, max_plate_nesting, bar)
+                s1.append(a)
+                s2.append(b)
     log_sum_w, log_sum_w2 = torch.cat(s1), torch.cat(s2)
     log_likelihood = log_sum_w - math.log(k)
     log_r = log_sum_w2 - 2 * log_sum_w + math.log(k)  # r = k Σw² / (Σw)² ∈ [1, k]
@@ -151,7 +153,7 @@ def _plate_nesting(model, guide, x) -> int:
     return -min(dims) if dims else 0
 
 
-def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int):
+def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int, bar):
     """Running ``logsumexp`` over all k draws of ``log w`` and ``2 log w`` for the rows of ``x``."""
     log_sum_w = log_sum_w2 = None
     done = 0
@@ -168,6 +170,7 @@ def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int):
         log_sum_w = a if log_sum_w is None else torch.logaddexp(log_sum_w, a)
         log_sum_w2 = b if log_sum_w2 is None else torch.logaddexp(log_sum_w2, b)
         done += size
+        bar.update(size * len(x))
     return log_sum_w, log_sum_w2
 
 

@@ -1,20 +1,24 @@
-"""SVI training with a torch optimiser over a (model, guide) pair.
+"""The training loop, one piece of code for every family and every update rule.
 
-The loop is the plain PyTorch one over Pyro's ``ELBOModule`` (``elbo(model, guide)``), so the
-loss module can be wrapped in ``torch.nn.parallel.DistributedDataParallel`` and each rank fed
-its shard of every minibatch (``rank`` / ``world_size``) without changing the loop. Only rank 0
-writes checkpoints and metrics.
+The loop owns epochs, shuffling, minibatches, the device and precision, held-out evaluation,
+early stopping with the best parameters kept, checkpoints, progress and resume. What happens
+to a batch is an :class:`~pplvm.training.rules.UpdateRule` (an SVI step today; an EM step, a
+GAN's two optimisers or a compiled step implement the same few methods), whose state travels
+in the checkpoint beside the loop's.
 
 Minibatches: the model's data plate has size ``num_data`` and each batch is its subsample, so
 every data term is scaled by ``num_data / batch`` and the loss is an unbiased estimate of the
-full-data loss.
+full-data loss. ``rank`` / ``world_size`` shard every minibatch for data-parallel training;
+only rank 0 writes checkpoints and metrics.
 
-Two optional per-step hooks keep the loop general: ``schedule(progress)`` returns a Pyro
-handler entered around each training step (e.g. KL annealing, :mod:`pplvm.objectives.annealing`)
-with ``progress`` the epochs done so far, and ``augment(batch, generator)`` redraws each
-training batch (e.g. dynamic binarization, :mod:`pplvm.data.images`) from the trainer's own
-generator, which checkpoints carry so a resumed run draws what an uninterrupted one would.
-Held-out evaluation uses neither.
+``augment(batch, generator)`` redraws each training batch (e.g. dynamic binarization,
+:mod:`pplvm.data.images`) from the trainer's own generator, which checkpoints carry so a
+resumed run draws what an uninterrupted one would. Held-out evaluation does not augment.
+
+Cost per epoch is constant: the metric history is appended to ``metrics.jsonl`` (not stored in
+checkpoints), and checkpoints are written every ``checkpoint_every`` epochs, or, when that is
+unset, at most every ``checkpoint_seconds`` — always after the first and the last epoch, and
+when training stops early. A crash leaves the last checkpoint written.
 """
 
 from __future__ import annotations
@@ -23,37 +27,68 @@ import contextlib
 import copy
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import pyro
 import torch
-from pyro.infer import ELBO
-from tqdm import tqdm  # plain text bar: works in terminals, logs and notebooks alike
 
+from .._progress import progress
 from ..config import TrainingConfig
-from ..errors import TrainingError
+from ..errors import RunDirError, TrainingError
 from .checkpoint import load_checkpoint, save_checkpoint
+from .rules import UpdateRule
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 #: ``augment(batch, generator) -> batch``: a fresh random view of a training batch
 Augment = Callable[[Any, torch.Generator], Any]
+#: rows per held-out evaluation chunk (at least one minibatch)
+EVAL_ROWS = 1024
 
 
-class Schedule(Protocol):
-    """A per-step modification of the objective as training progresses."""
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"training.device = {spec!r}: this machine has no CUDA device; use 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainingError(f"training.device = {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
-    def __call__(self, progress: float) -> ContextManager:
-        """The Pyro handler to enter around a step taken at ``progress`` epochs."""
 
-    def values(self, progress: float) -> dict[str, float]:
-        """Numbers to log with each epoch's metrics."""
+def to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """A tensor or :class:`~pplvm.data.Batch` on ``device`` (no copy when already there)."""
+    return data.to(device, non_blocking=non_blocking)
+
+
+def precision_context(precision: str, device: torch.device) -> ContextManager:
+    """The numerics a step runs under: ``fp32``; ``bf16`` (autocast: matrix products in
+    bfloat16, reductions and log-probabilities in float32); ``tf32`` (TensorFloat-32 matrix
+    products on CUDA; plain fp32 elsewhere)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "tf32" and device.type == "cuda":
+        return _tf32()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @dataclass
 class TrainState:
-    """Everything besides parameters that resuming needs."""
+    """Everything besides parameters that resuming needs (the history lives in metrics.jsonl)."""
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
@@ -63,18 +98,32 @@ class TrainState:
     stopped: str = ""  # why training ended early, if it did
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "history"}
+
+
+def read_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+    """The first ``epochs`` per-epoch records of ``run_dir/metrics.jsonl`` (one per epoch)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()[:epochs]
+        history = [json.loads(line) for line in lines]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{str(path)!r} is not readable ({err}); the run's metric history is lost") from None
+    if len(history) < epochs:
+        raise RunDirError(f"{str(path)!r} has {len(history)} epochs of metrics but the checkpoint has {epochs}")
+    return history
+
 
 class Trainer:
-    """Fit ``guide`` (and any parameters of ``model``) by minimising ``objective``.
+    """Fit a model and guide by repeating ``rule.step`` over shuffled minibatches.
 
+    :param rule: the :class:`~pplvm.training.rules.UpdateRule` applied to each batch.
     :param valid_metrics: optional ``f(valid) -> dict`` of extra held-out metrics
         (e.g. an exact log-likelihood), logged beside ``valid_loss``.
     :param extras: tensors saved with every checkpoint (e.g. the data transform).
     :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
         (lower is better) or a ``*log_likelihood`` (higher is better).
-    :param held_out_loss: whether the guide can score held-out data (False for guides with
-        parameters per training datum); else only ``valid_metrics`` are logged.
-    :param schedule: optional per-step handler factory (see :class:`Schedule`).
     :param augment: optional per-batch redraw of the training data (see :data:`Augment`).
     """
 
@@ -82,60 +131,44 @@ class Trainer:
         self,
         model: torch.nn.Module,
         guide: torch.nn.Module,
-        objective: ELBO,
+        rule: UpdateRule,
         config: TrainingConfig,
         *,
         run_dir: str | Path | None = None,
-        valid_metrics: Callable[[torch.Tensor], dict[str, float]] | None = None,
+        valid_metrics: Callable[[Any], dict[str, float]] | None = None,
         extras: dict[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
         monitor: str = "valid_loss",
-        held_out_loss: bool = True,
-        schedule: Schedule | None = None,
         augment: Augment | None = None,
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.model, self.guide, self.config = model, guide, config
-        self.loss_module = objective(model, guide)
+        self.model, self.guide, self.rule, self.config = model, guide, rule, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.valid_metrics = valid_metrics
         self.extras = extras or {}
         self.callbacks = list(callbacks)
-        self.monitor, self.held_out_loss = monitor, held_out_loss
-        self.schedule, self.augment = schedule, augment
+        self.monitor, self.augment = monitor, augment
         self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rank, self.world_size = rank, world_size
+        self.device = resolve_device(config.device)
         self.state = TrainState()
         self.shuffle = torch.Generator().manual_seed(config.seed)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._ready = False
         self._best_params: dict[str, Any] | None = None
+        self._last_save = -math.inf
 
     # ------------------------------------------------------------------ set-up
     @property
     def checkpoint_path(self) -> Path | None:
         return self.run_dir / "checkpoint.pt" if self.run_dir is not None else None
 
-    def setup(self, train: torch.Tensor) -> None:
-        """Create the guide's parameters (autoguides make them on first call) and the optimiser."""
-        if self.optimizer is not None:
-            return
-        with torch.no_grad():
-            self.guide(train[: self._batch_size(len(train))], num_data=len(train))
-        params = [p for p in self.loss_module.parameters() if p.requires_grad]
-        c = self.config
-        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-                   "rmsprop": torch.optim.RMSprop}[c.optimizer]
-        self.optimizer = opt_cls(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.lr_schedule == "exponential":
-            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(
-                self.optimizer, gamma=c.lr_final_ratio ** (1.0 / c.epochs))
-        elif c.lr_schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=c.epochs, eta_min=c.lr * c.lr_final_ratio)
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+    def setup(self, train) -> None:
+        """Create the rule's parameters and optimisers (once)."""
+        if not self._ready:
+            example = to_device(train[: self._batch_size(len(train))], self.device)
+            self.rule.setup(example, len(train))
+            self._ready = True
 
     def _batch_size(self, n: int) -> int:
         return min(self.config.batch_size or n, n)
@@ -143,11 +176,10 @@ class Trainer:
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "trainer": asdict(self.state),
+            "model": _host(self.model.state_dict()),
+            "guide": _host(self.guide.state_dict()),
+            "rule": _host(self.rule.state_dict()),
+            "trainer": self.state.to_checkpoint(),
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                     "augment": self.augment_rng.get_state()},
             "best": self._best_params,
@@ -157,44 +189,53 @@ class Trainer:
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.guide.load_state_dict(ckpt["guide"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.rule.load_state_dict(ckpt["rule"])
         self.state = TrainState(**ckpt["trainer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.shuffle.set_state(ckpt["rng"]["shuffle"])
-        if "augment" in ckpt["rng"]:
-            self.augment_rng.set_state(ckpt["rng"]["augment"])
+        self.augment_rng.set_state(ckpt["rng"]["augment"])
         self._best_params = ckpt.get("best")
 
     def save(self) -> None:
         if self.checkpoint_path is not None and self.rank == 0:
             save_checkpoint(self.checkpoint_path, self.state_dict())
+            self._last_save = time.monotonic()
 
-    def resume(self, train: torch.Tensor) -> None:
-        """Continue from the run directory's last checkpoint."""
+    def resume(self, train) -> None:
+        """Continue from the run directory's last checkpoint; metrics logged after it are dropped."""
         self.setup(train)
         self.load_state_dict(load_checkpoint(self.checkpoint_path))
-        if self.run_dir is not None and self.rank == 0:  # drop metrics logged after that checkpoint
+        self.state.history = read_history(self.run_dir, self.state.epoch)
+        if self.rank == 0:
             path = self.run_dir / "metrics.jsonl"
             path.write_text("".join(json.dumps(m) + "\n" for m in self.state.history))
 
+    def _checkpoint_due(self) -> bool:
+        c, s = self.config, self.state
+        if s.epoch == c.epochs or s.stopped:
+            return True
+        if c.checkpoint_every is not None:
+            return s.epoch % c.checkpoint_every == 0
+        return time.monotonic() - self._last_save >= c.checkpoint_seconds
+
     # ------------------------------------------------------------------ the loop
-    def fit(self, train: torch.Tensor, valid: torch.Tensor | None = None) -> TrainState:
+    def fit(self, train, valid=None) -> TrainState:
         """Train until ``config.epochs`` are done or early stopping fires; return the state."""
         c, n = self.config, len(train)
         if self.state.epoch == 0 and not self.state.history:
             pyro.set_rng_seed(c.seed)
         self.setup(train)
+        if self.device.type == "cuda":  # host batches copy to the GPU without blocking
+            train = train.pin_memory()
         if self.state.epoch == 0 and self.checkpoint_path is not None:
             self.save()  # a good checkpoint exists before the first step
-        bs = self._batch_size(n)
-        steps = math.ceil(n / bs)
-        bar = tqdm(total=c.epochs * steps, initial=self.state.epoch * steps, unit="step",
-                   disable=not c.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+        steps = math.ceil(n / self._batch_size(n))
+        bar = progress(c.epochs * steps, "training", initial=self.state.epoch * steps, unit="steps",
+                       enabled=c.progress and self.rank == 0)
         try:
             first = True
             while self.state.epoch < c.epochs and not self.state.stopped:
-                metrics = self._epoch(train, valid, bs, bar, first)
+                metrics = self._epoch(train, valid, bar, first)
                 first = False
                 for cb in self.callbacks:
                     cb(self, metrics)
@@ -205,67 +246,79 @@ class Trainer:
             self.guide.load_state_dict(self._best_params["guide"])
         return self.state
 
-    def _epoch(self, train, valid, bs, bar, first: bool) -> dict[str, Any]:
+    def _epoch(self, train, valid, bar, first: bool) -> dict[str, Any]:
         c, s, n = self.config, self.state, len(train)
-        perm = torch.randperm(n, generator=self.shuffle)
-        total = torch.zeros(())
+        bs = self._batch_size(n)
         steps = math.ceil(n / bs)
+        perm = torch.randperm(n, generator=self.shuffle)
+        total = torch.zeros((), device=self.device)
+        # one host sync per step on CPU; on a GPU the finiteness of the losses is gathered on
+        # the device and checked once per epoch (the checkpoint is only written after that)
+        check_each_step = self.device.type == "cpu" or first
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for i, idx in enumerate(perm.split(bs)):
             idx = idx[self.rank :: self.world_size]
             batch = train[idx] if self.augment is None else self.augment(train[idx], self.augment_rng)
-            self.optimizer.zero_grad(set_to_none=True)
+            batch = to_device(batch, self.device, non_blocking=True)
             try:
-                with self._scheduled(s.epoch + (i + 1) / steps), self._validation(first=i == 0 and first):
-                    loss = self.loss_module(batch, num_data=n)
-            except ValueError:
-                # Pyro's validation rejects NaN distribution parameters before the loss can be NaN
-                if self._parameters_finite():
+                with self._validation(first=i == 0 and first), precision_context(c.precision, self.device):
+                    loss = self.rule.step(batch, n, s.epoch + (i + 1) / steps)
+            except ValueError as err:
+                # Pyro's validation rejects NaN (or out-of-support) distribution parameters
+                # before the loss can be NaN
+                if not self._parameters_finite():
+                    self._diverged("parameters became non-finite")
+                if not _is_support_error(err):
                     raise
-                self._diverged("parameters became non-finite")
-            if not torch.isfinite(loss):
-                self._diverged(f"loss became {float(loss.detach())}")
-            loss.backward()
-            if c.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], c.clip_norm)
-            self.optimizer.step()
-            total += loss.detach() * len(idx) / n
+                self._diverged(f"parameters left the model's valid range ({_first_line(err)})")
+            if check_each_step:
+                if not torch.isfinite(loss):
+                    self._diverged(f"loss became {float(loss)}")
+            else:
+                finite &= torch.isfinite(loss)
+            total += loss * len(idx) / n
             s.step += 1
             bar.update(1)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        if not bool(finite):
+            self._diverged("loss became non-finite")
+        if not self._parameters_finite():  # a huge step can leave a finite loss and inf parameters
+            self._diverged("parameters became non-finite")
         s.epoch += 1
-        metrics: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "lr": lr, "train_loss": float(total) / n}
-        if self.schedule is not None:
-            metrics.update(self.schedule.values(s.epoch))
+        metrics: dict[str, Any] = {"epoch": s.epoch, "step": s.step, **self.rule.end_epoch(s.epoch),
+                                   "train_loss": float(total) / n}
         if valid is not None and (s.epoch % c.eval_every == 0 or s.epoch == c.epochs):
-            metrics.update(self.evaluate(valid))
+            try:
+                metrics.update(self.evaluate(valid))
+            except ValueError as err:
+                if not _is_support_error(err):
+                    raise
+                self._diverged(f"parameters left the model's valid range ({_first_line(err)})", epoch_done=True)
             value = metrics[self.monitor]
+            if not math.isfinite(value):
+                self._diverged(f"held-out {self.monitor} became {value}", epoch_done=True)
             self._early_stopping(-value if self.monitor.endswith("log_likelihood") else value)
         s.history.append(metrics)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith(("loss", "likelihood"))})
-        if s.epoch % c.checkpoint_every == 0 or s.epoch == c.epochs or s.stopped:
-            self.save()
         if self.run_dir is not None and self.rank == 0:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if self._checkpoint_due():
+            self.save()
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, data: torch.Tensor) -> dict[str, float]:
+    def evaluate(self, data) -> dict[str, float]:
         """Held-out loss (negative objective per datum) and any extra metrics."""
         out = {}
-        if self.held_out_loss:
-            n, bs = len(data), self._batch_size(len(data))
-            chunks = [data[idx] for idx in torch.arange(n).split(max(bs, 1024))]
-            elbo = self.loss_module.elbo
-            loss = sum(elbo.loss(self.model, self.guide, chunk, num_data=n) for chunk in chunks) / len(chunks)
-            out["valid_loss"] = float(loss) / n
+        n = len(data)
+        chunks = torch.arange(n).split(max(self._batch_size(n), EVAL_ROWS))
+        with precision_context(self.config.precision, self.device):
+            losses = [self.rule.held_out_loss(to_device(data[idx], self.device), n) for idx in chunks]
+        if losses and losses[0] is not None:
+            out["valid_loss"] = float(sum(losses) / len(losses)) / n
         if self.valid_metrics is not None:
             out.update(self.valid_metrics(data))
         return out
-
-    def _scheduled(self, progress: float) -> ContextManager:
-        return self.schedule(progress) if self.schedule is not None else contextlib.nullcontext()
 
     def _validation(self, first: bool) -> ContextManager:
         """Pyro's argument and support checks cost ~10% of a small network's step; by default
@@ -279,21 +332,50 @@ class Trainer:
         c, s = self.config, self.state
         if value < s.best - c.min_delta:
             s.best, s.best_epoch, s.bad_epochs = value, s.epoch, 0
-            self._best_params = {"model": copy.deepcopy(self.model.state_dict()),
-                                 "guide": copy.deepcopy(self.guide.state_dict())}
+            self._best_params = {"model": _host(copy.deepcopy(self.model.state_dict())),
+                                 "guide": _host(copy.deepcopy(self.guide.state_dict()))}
         else:
             s.bad_epochs += 1
             if c.patience is not None and s.bad_epochs >= c.patience:
                 s.stopped = f"early stopping: no improvement for {s.bad_epochs} evaluations"
 
     def _parameters_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.loss_module.parameters())
+        params = [p.detach() for p in self.rule.parameters()]
+        return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, what: str, epoch_done: bool = False) -> None:
         s = self.state
-        kept = (f"the last good checkpoint (epoch {s.epoch}) is kept at {self.checkpoint_path}"
+        epoch = s.epoch if epoch_done else s.epoch + 1
+        where = f"epoch {epoch}" if epoch_done else f"epoch {epoch}, step {s.step + 1}"
+        kept = (f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}"
                 if self.checkpoint_path is not None else "no checkpoint was being written")
-        raise TrainingError(
-            f"training stopped: the {what} at epoch {s.epoch + 1}, step {s.step + 1}; "
-            f"{kept}. Try a smaller training.lr or set training.clip_norm."
-        )
+        raise TrainingError(f"training stopped: the {what} at {where}; {kept}. "
+                            "Try a smaller training.lr or set training.clip_norm.")
+
+    def _saved_epoch(self) -> int:
+        try:
+            return int(load_checkpoint(self.checkpoint_path)["trainer"]["epoch"])
+        except RunDirError:
+            return 0
+
+
+def _is_support_error(err: ValueError) -> bool:
+    """Whether ``err`` is torch's / Pyro's refusal of a distribution parameter or value outside
+    its constraint (what a diverged parameter, e.g. a scale that underflowed to 0, causes)."""
+    return str(err).startswith(("Expected parameter", "Expected value argument"))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0].rstrip(":") if text else type(err).__name__
+
+
+def _host(tree: Any) -> Any:
+    """A copy of a state tree with every tensor on the CPU (checkpoints are device-free)."""
+    if torch.is_tensor(tree):
+        return tree.detach().to("cpu")
+    if isinstance(tree, dict):
+        return {k: _host(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_host(v) for v in tree)
+    return tree

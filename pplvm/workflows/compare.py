@@ -22,11 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._progress import progress
 from ..errors import PplvmError, RunDirError
-from ..evaluation.arviz import arviz
-
-COLUMNS = ("rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight", "warning")
-
+from ..evaluation.arviz import COMPARE_COLUMNS as COLUMNS, compare_table, groups, read_inference_data
 
 @dataclass
 class Comparison:
@@ -62,7 +60,7 @@ def load_inference_data(run_dir: str | Path):
     path = Path(run_dir) / "inference_data.nc"
     if not path.is_file():
         raise RunDirError(f"{str(run_dir)!r} has no inference_data.nc; is it a finished pplvm run directory?")
-    return arviz().from_netcdf(str(path))
+    return read_inference_data(path)
 
 
 def check_same_data(idatas: dict[str, Any], *, rtol: float = 1e-5) -> int:
@@ -90,8 +88,11 @@ def check_same_data(idatas: dict[str, Any], *, rtol: float = 1e-5) -> int:
 
 
 def _check_posterior(name: str, idata) -> None:
+    if "log_likelihood" not in idata.groups():
+        raise PplvmError(f"run {name!r} has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot "
+                         "score it; compare samples with pplvm two-sample instead")
     ll = np.asarray(idata.log_likelihood["obs"])
-    if "posterior" not in idata.groups() or np.ptp(ll.reshape(-1, ll.shape[-1]), axis=0).max() == 0:
+    if "posterior" not in groups(idata) or np.ptp(ll.reshape(-1, ll.shape[-1]), axis=0).max() == 0:
         raise PplvmError(
             f"run {name!r} has no posterior spread (its parameters are point estimates: maximum "
             "likelihood or a MAP guide), so leave-one-out has nothing to reweight; fit a Bayesian "
@@ -108,24 +109,23 @@ def compare_runs(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None 
     names = [str(d) for d in run_dirs] if names is None else list(names)
     if len(set(names)) != len(names):
         raise PplvmError(f"compare: run names must be distinct, got {names}")
-    idatas = {name: load_inference_data(d) for name, d in zip(names, run_dirs)}
+    idatas = {}
+    with progress(len(names), "load runs", unit="run") as bar:
+        for name, d in zip(names, run_dirs):
+            idatas[name] = load_inference_data(d)
+            bar.update(1)
     n = check_same_data(idatas)
     for name, idata in idatas.items():
         _check_posterior(name, idata)
-    az = arviz()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = az.compare(idatas, ic="loo", method=method, scale="log")
+        table = compare_table(idatas, method)
     notes = sorted({str(w.message).split("\n")[0] for w in caught if issubclass(w.category, UserWarning)})
     return Comparison(table, n, notes)
 
 
 def comparison_plot(comparison: Comparison) -> Figure:
-    """arviz's comparison plot: elpd_loo ± se per run and its difference to the best."""
-    fig = Figure(figsize=(6.5, 1.2 + 0.5 * len(comparison.table)), layout="constrained")
-    ax = fig.add_subplot()
-    with warnings.catch_warnings():  # arviz 0.23 calls a pandas method with a deprecated keyword
-        warnings.filterwarnings("ignore", message="The inplace keyword")
-        arviz().plot_compare(comparison.table, ax=ax, insample_dev=False, plot_ic_diff=True, legend=True)
-    ax.set_title(f"PSIS-LOO on {comparison.n} observations (higher is better)")
-    return fig
+    """elpd_loo ± se per run and its difference to the best (matplotlib, any arviz version)."""
+    from ..evaluation.plots import compare_plot
+
+    return compare_plot(comparison.table, comparison.n)

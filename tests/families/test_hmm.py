@@ -274,3 +274,29 @@ def test_objective_must_be_enum_and_guides_swap():
                          "training": {"epochs": 2, "progress": False}})
         assert set(run.params()) == {"initial", "transition", "locs", "scales"}
         assert torch.isfinite(run.log_likelihood(run.dataset.transform.inverse(run.dataset.valid))).all()
+
+
+def test_a_matrix_is_refused_not_shuffled(tmp_path, capsys):
+    """A (T, D) matrix given to an HMM would be split row by row and its steps shuffled into
+    a random order (a silent wrong result): it is refused in one line saying what to pass,
+    and the same steps passed as sequences train."""
+    x = np.random.default_rng(0).normal(size=(60, 2))
+    card = {"model": {"family": "hmm", "states": 2}, "objective": {"name": "enum"},
+            "data": {"source": "file", "path": str(tmp_path / "x.npy")}, "training": {"epochs": 1, "progress": False}}
+    for data in (x, torch.as_tensor(x), [x[:30], x[30:]]):
+        with pytest.raises(DataError, match=r"^data: model.family = 'hmm' takes sequences.*as_sequences"):
+            pplvm.Run.from_card(card, data=data)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(DataError, match=r"^data.source = 'file' gives a table of rows.*'sequence_file'"):
+        pplvm.Run.from_card(card)
+    from pplvm.cli import main
+
+    (tmp_path / "card.toml").write_text(
+        f"[model]\nfamily = 'hmm'\nstates = 2\n[objective]\nname = 'enum'\n[data]\nsource = 'file'\npath = '{tmp_path / 'x.npy'}'\n")
+    assert main(["fit", str(tmp_path / "card.toml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "sequence_file" in err and not (tmp_path / "r").exists()
+    run = pplvm.Run.from_card(card, data=pplvm.data.as_sequences([x[:30], x[30:]]))
+    assert run.dataset.train.x.shape[1:] == (30, 2)  # whole sequences, steps in order
+    train = run.dataset.train.x[0]
+    assert any(torch.equal(train, torch.as_tensor(x[i:i + 30], dtype=train.dtype)) for i in (0, 30))

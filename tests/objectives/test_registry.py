@@ -16,6 +16,7 @@ from pplvm.errors import CardError, IncompatibleError
 from pplvm.families import FAMILIES
 from pplvm.guides.amortized import AmortizedNormal
 from pplvm.objectives import IWAE_DReG, TraceSTL_ELBO, check_compatible, make_objective
+from pplvm.training.rules import SVIStep
 from pplvm.training.trainer import Trainer
 
 
@@ -82,7 +83,8 @@ def test_trains_in_the_trainer(name, batch_size):
     guide = AmortizedNormal(model, model.make_encoder())
     before = model.log_likelihood(x).mean().item()
     elbo = make_objective(model, ObjectiveConfig(name=name, num_particles=4 if "iwae" in name else 1))
-    trainer = Trainer(model, guide, elbo, TrainingConfig(epochs=40, lr=0.05, batch_size=batch_size, progress=False, seed=0))
+    config = TrainingConfig(epochs=40, lr=0.05, batch_size=batch_size, progress=False, seed=0)
+    trainer = Trainer(model, guide, SVIStep(model, guide, elbo, config), config)
     state = trainer.fit(x)
     after = model.log_likelihood(x).mean().item()
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in state.history)

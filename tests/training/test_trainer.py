@@ -20,7 +20,8 @@ CARD = {
     "guide": {"kind": "meanfield"},
     "objective": {"name": "enum"},
     "data": {"source": "synthetic_gmm", "n": 200, "dim": 2, "components": 3},
-    "training": {"epochs": 6, "batch_size": 50, "lr": 0.05, "progress": False, "patience": 50},
+    "training": {"epochs": 6, "batch_size": 50, "lr": 0.05, "progress": False, "patience": 50,
+                 "checkpoint_every": 1},
     "evaluation": {"draws": 5, "chains": 2},
 }
 
@@ -79,7 +80,7 @@ def test_minibatch_losses_average_to_the_full_batch_loss():
     equal batches equals the full-data loss exactly (MAP globals: no sampling noise)."""
     run = pplvm.Run.from_card({**CARD, "guide": {"kind": "map"}})
     x, n = run.dataset.train, len(run.dataset.train)
-    elbo = run.objective
+    elbo = pplvm.make_objective(run.model, run.card.objective)
     full = elbo.loss(run.model, run.guide, x, num_data=n)
     parts = [elbo.loss(run.model, run.guide, b, num_data=n) for b in x.split(n // 4)]
     assert len(parts) == 4
@@ -190,3 +191,63 @@ def test_pyro_validation_on_the_first_step_or_every_step(monkeypatch, mode, expe
     run.fit()
     # the model runs once per training step (the held-out pass at the last epoch runs after them)
     assert seen[:4] == expected
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
+def test_a_step_that_leaves_parameters_infinite_stops_with_the_last_good_checkpoint(tmp_path):
+    """A huge learning rate can give a finite loss and then non-finite parameters; the loop
+    checks the parameters after every epoch, before evaluating or checkpointing them."""
+    card = {**CARD, "guide": {"kind": "map"}, "training": {**CARD["training"], "lr": 1e6, "optimizer": "sgd", "batch_size": None}}
+    with pytest.raises(pplvm.TrainingError, match=r"parameters (became non-finite|left the model.s valid range).* at epoch 1\b.*the last good checkpoint \(epoch 0\) is kept"):
+        pplvm.fit(card, tmp_path / "run")
+    kept = pplvm.training.checkpoint.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert kept["trainer"]["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in kept["guide"].values())
+
+
+def test_checkpoints_do_not_grow_with_the_epochs_done(tmp_path):
+    """The metric history lives in metrics.jsonl, so a checkpoint's size (and the time to write
+    it) does not grow with training; resume and load read the history back from the file."""
+    sizes = {}
+    for epochs in (2, 12):
+        card = {**CARD, "training": {**CARD["training"], "epochs": epochs, "patience": None}}
+        run = pplvm.fit(card, tmp_path / str(epochs))
+        ckpt = tmp_path / str(epochs) / "checkpoint.pt"
+        sizes[epochs] = ckpt.stat().st_size
+        assert "history" not in pplvm.training.checkpoint.load_checkpoint(ckpt)["trainer"]
+        assert pplvm.load(tmp_path / str(epochs)).history == run.history
+        assert len(run.history) == epochs
+    assert abs(sizes[12] - sizes[2]) < 64, sizes  # equal up to the pickled integers' widths
+
+
+def test_checkpoints_by_time_write_the_first_and_last_epochs(tmp_path, monkeypatch):
+    from pplvm.training.trainer import Trainer
+
+    saved = []
+    save = Trainer.save
+    monkeypatch.setattr(Trainer, "save", lambda self: (saved.append(self.state.epoch), save(self))[1])
+    card = {**CARD, "training": {**CARD["training"], "checkpoint_every": None, "checkpoint_seconds": 1e9}}
+    pplvm.fit(card, tmp_path / "run")
+    assert saved == [0, 6]  # before the first step, then only the last epoch (the interval never passed)
+    saved.clear()
+    pplvm.fit({**card, "training": {**card["training"], "checkpoint_seconds": 0.0}}, tmp_path / "run2")
+    assert saved == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_metric_history_shorter_than_the_checkpoint(tmp_path):
+    pplvm.fit(CARD, tmp_path / "run")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    with pytest.raises(pplvm.RunDirError, match=r"metrics.jsonl' has 0 epochs of metrics but the checkpoint has 6"):
+        pplvm.Run.resume(tmp_path / "run", epochs=8)
+
+
+def test_a_device_the_machine_lacks_is_refused_by_name():
+    from pplvm.training.trainer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(pplvm.TrainingError, match=r"training.device = 'cuda:0': this machine has no CUDA"):
+            resolve_device("cuda:0")
+    with pytest.raises(pplvm.CardError, match="training.device"):
+        pplvm.card_from_dict({**CARD, "training": {**CARD["training"], "device": "tpu"}})

@@ -1,0 +1,114 @@
+"""Exact expectation–maximisation as an update rule (objective ``em``).
+
+For a family with :class:`~pplvm.families.base.ClosedFormEM` (mixtures, HMMs, PPCA and factor
+analysis), each step is an E-step on the batch — expected sufficient statistics under the
+exact local posterior p(z_n | x_n, θ) — and a closed-form M-step. The point estimate of the
+global latents lives in the ``map`` guide (an AutoDelta), so a run fitted by EM saves, resumes,
+loads, evaluates and samples like any other.
+
+* Full batch (``training.batch_size`` unset or >= N): one EM iteration per epoch; the log
+  posterior (``em_estimate = "map"``) or log-likelihood (``"ml"``) never decreases.
+* Minibatches: stepwise (online) EM (Cappé & Moulines 2009; Liang & Klein 2009): running
+  statistics ``s ← (1 − ρ_k) s + ρ_k (N / B) s_batch`` with ``ρ_k = (k + 1)^-em_step_decay``
+  (k = 0, 1, … minibatches so far; decay in (0.5, 1]), and an M-step after every minibatch.
+
+The loss of a step is ``−[(N / B) Σ_batch log p(x_n | θ) + log p(θ)]`` at the parameters the
+step started from (the E-step computes it anyway; ``log p(θ)`` only under ``"map"``): the
+negative log posterior, on the same scale as the ELBO losses of the other objectives.
+
+Statistics pass through :meth:`EMStep.reduce` before use: a data-parallel wrapper sums each
+worker's there (an all-reduce of sums), and every worker then takes the same M-step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterator
+
+import torch
+from pyro import poutine
+
+from ..errors import IncompatibleError
+from ..families.base import ClosedFormEM, LatentVariableModel
+from ..guides import point_estimate, set_point_estimate
+from ..training.rules import UpdateRule
+
+
+class EMStep(UpdateRule):
+    """One EM iteration (full batch) or one stepwise-EM update (minibatch) per step.
+
+    :param estimate: ``"map"`` or ``"ml"`` (see :meth:`ClosedFormEM.maximize`).
+    :param decay: stepwise EM's step-size exponent.
+    """
+
+    def __init__(self, model: LatentVariableModel, guide: torch.nn.Module, *, estimate: str = "map",
+                 decay: float = 0.6):
+        if not isinstance(model, ClosedFormEM):
+            raise IncompatibleError(f"objective.name = 'em': family {model.config.family!r} has no closed-form EM")
+        self.model, self.guide, self.estimate, self.decay = model, guide, estimate, decay
+        self.stats: dict[str, torch.Tensor] | None = None  # running statistics (stepwise EM)
+        self.updates = 0  # minibatch updates so far (k)
+        self.example = None
+
+    def setup(self, example, num_data: int) -> None:
+        point_estimate(self.guide)  # refuses a guide that is not a point estimate
+        with torch.no_grad():
+            self.guide(example, num_data=num_data)
+        self.example = example[:1]
+
+    @torch.no_grad()
+    def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
+        params = self.params()
+        stats = self.reduce(self.model.expected_statistics(batch, params))
+        scale = num_data / len(batch)
+        loss = -(stats["log_likelihood"] * scale + self.log_prior(params))
+        rho = 1.0 if len(batch) >= num_data else float(self.updates + 1) ** -self.decay
+        scaled = {k: v * scale for k, v in stats.items()}
+        if self.stats is None or rho == 1.0:
+            self.stats = scaled
+        else:
+            self.stats = {k: (1 - rho) * self.stats[k] + rho * v for k, v in scaled.items()}
+        self.updates += 1
+        set_point_estimate(self.guide, self.model.maximize(self.stats, params, self.estimate))
+        return loss.detach()
+
+    def reduce(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Statistics of this process's batch -> those of the whole step's batch (the hook a
+        data-parallel wrapper all-reduces; identity on one process)."""
+        return stats
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        return {"em_step_size": float(self.updates) ** -self.decay if self.updates > 1 else 1.0}
+
+    @torch.no_grad()
+    def held_out_loss(self, data, num_data: int) -> torch.Tensor | None:
+        params = self.params()
+        log_lik = self.model.log_likelihood(data, params).sum() * (num_data / len(data))
+        return -(log_lik + self.log_prior(params))
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The current point estimate of the global sites."""
+        return {k: v.detach() for k, v in self.guide.median().items()}
+
+    def log_prior(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log p(θ)`` of the global sites under ``"map"`` (0 under ``"ml"``), read off the
+        model's own prior by tracing it (on one datum, RNG state restored)."""
+        if self.estimate == "ml" or not params:
+            return torch.zeros(())
+        with poutine.seed(rng_seed=0):
+            trace = poutine.trace(self.model.conditioned(params)).get_trace(self.example)
+        return sum(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"]).sum() for k in params)
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return itertools.chain(self.model.parameters(), self.guide.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": dict(self.stats or {}), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats = dict(state["stats"]) or None
+        self.updates = int(state["updates"])
+
+
+def make_em_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any) -> EMStep:
+    return EMStep(model, guide, estimate=card.objective.em_estimate, decay=card.objective.em_step_decay)

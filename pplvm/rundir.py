@@ -1,0 +1,226 @@
+"""Run directories: never lose a run, never mix two, never let two processes write one.
+
+- :func:`new_run` makes ``out`` ready for a new fit: it refuses a directory that already holds
+  anything unless asked to overwrite, and on overwrite deletes the old run's files first (and
+  refuses to delete files pplvm did not write), so a directory never mixes two runs.
+- :func:`locked` holds an exclusive ``fcntl`` lock on ``<run>/.pplvm.lock`` for as long as a
+  fit or resume writes the directory; a second writer gets a :class:`RunDirError` at once. The
+  operating system drops the lock when the process ends, however it ends.
+- :func:`check_writable` tries a write and checks free space before training starts, so a
+  read-only or full disk is one line up front, not a traceback after an hour of training.
+- :func:`write_atomic` writes any artifact through a temporary file in the same folder and one
+  ``os.replace``; the temporary file is removed on any failure, and ``OSError`` (read-only,
+  disk full) becomes a one-line :class:`StorageError`.
+- :func:`card_fingerprint` / :func:`check_fingerprint`: the card sections that define a
+  checkpoint's tensors, stored in the checkpoint and compared on load, so an edited
+  ``card.toml`` or a checkpoint from another run is named instead of a ``state_dict`` traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pydantic import BaseModel
+
+from .errors import RunDirError, StorageError
+
+LOCK = ".pplvm.lock"
+#: what a run directory holds (see :mod:`pplvm.run`); only these are deleted on overwrite
+RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt", LOCK)
+RUN_PATTERNS = ("*.png", ".*.tmp")
+#: free space a fit needs beyond its checkpoint: the inference data, plots and summary
+MIN_FREE_BYTES = 32 * 2**20
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EFBIG,
+                  errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+
+
+def _what(path: Path, purpose: str) -> str:
+    return f"{purpose} {str(path)!r}"
+
+
+def storage_error(err: OSError, what: str) -> StorageError:
+    """A one-line :class:`StorageError` for an ``OSError`` met while writing ``what``."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
+              errno.ENOTDIR: "a part of the path is a file, not a directory",
+              errno.EEXIST: "a part of the path is a file, not a directory",
+              errno.EISDIR: "it is a directory"}.get(err.errno, err.strerror or str(err))
+    return StorageError(f"{what}: cannot write ({reason})")
+
+
+def run_files(path: Path) -> list[str]:
+    """The names in ``path`` a run directory may hold (the lock file excluded)."""
+    return sorted(p.name for p in path.iterdir() if _is_run_file(p) and p.name != LOCK)
+
+
+def _is_run_file(p: Path) -> bool:
+    return p.is_file() and (p.name in RUN_FILES or any(p.match(pattern) for pattern in RUN_PATTERNS))
+
+
+def _refuse_existing(out: Path, what: str, overwrite: bool) -> list[str]:
+    """The run files to delete in ``out`` (with ``overwrite``), or a RunDirError refusing it."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{what}: is a file; expected a run directory")
+    if not out.exists():
+        return []
+    present = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    foreign = [name for name in present if not _is_run_file(out / name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise RunDirError(f"{what}: holds files that are not a pplvm run's ({shown}); choose an empty or new "
+                          "directory")
+    if present and not overwrite:
+        raise RunDirError(f"{what}: already holds a run ({', '.join(present)}); pass --overwrite "
+                          "(Python: overwrite=True) to replace it, or choose another directory")
+    return present
+
+
+@contextlib.contextmanager
+def new_run(out: str | Path, *, overwrite: bool = False, need_bytes: int = 0,
+            purpose: str = "--out") -> Iterator[Path]:
+    """Make ``out`` an empty, writable, locked directory for a new run while the block runs.
+
+    An existing directory that holds anything is refused unless ``overwrite``; then the old
+    run's files are deleted (under the lock, before anything new is written), so the directory
+    never mixes two runs. A directory holding files pplvm did not write is refused either way:
+    pplvm never deletes what it did not write. Nothing on disk changes when it refuses."""
+    out = Path(out)
+    what = _what(out, purpose)
+    _refuse_existing(out, what, overwrite)  # before creating anything, even the lock file
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(err, what) from None
+    with locked(out, purpose):
+        try:
+            for name in _refuse_existing(out, what, overwrite):  # again: another process may have written it
+                try:
+                    (out / name).unlink()
+                except OSError as err:
+                    raise storage_error(err, _what(out / name, "old run file")) from None
+            check_writable(out, need_bytes, purpose)
+        except BaseException:
+            if created:  # refused before writing anything: leave no empty directory behind
+                with contextlib.suppress(OSError):
+                    (out / LOCK).unlink()
+                    out.rmdir()
+            raise
+        yield out
+
+
+@contextlib.contextmanager
+def storage(what: str) -> Iterator[None]:
+    """Turn an ``OSError`` of the disk (full, read-only, quota, permissions) raised in the block
+    into a one-line :class:`StorageError` naming ``what``."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, StorageError) or err.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(err, what) from None
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path, purpose: str = "run directory") -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (which must exist) while the block runs."""
+    run_dir = Path(run_dir)
+    what = _what(run_dir, purpose)
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise storage_error(err, what) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{what}: another pplvm process is writing this run (it holds {LOCK}); "
+                              "wait for it to finish, or choose another directory") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def check_writable(run_dir: str | Path, need_bytes: int = 0, purpose: str = "run directory") -> None:
+    """Refuse, in one line, a directory that cannot be written or lacks ``need_bytes`` (plus
+    :data:`MIN_FREE_BYTES`) of free space."""
+    run_dir = Path(run_dir)
+    what = _what(run_dir, purpose)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".pplvm-probe.", suffix=".tmp", dir=run_dir)
+        os.close(fd)
+        os.unlink(tmp)
+        free = shutil.disk_usage(run_dir).free
+    except OSError as err:
+        raise storage_error(err, what) from None
+    need = need_bytes + MIN_FREE_BYTES
+    if free < need:
+        raise StorageError(f"{what}: only {free / 2**20:.0f} MiB free on its disk; this run needs about "
+                           f"{need / 2**20:.0f} MiB")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], Any], what: str | None = None) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then replace ``path`` with it.
+
+    On any failure the temporary file is removed and ``path`` is left as it was; an ``OSError``
+    (disk full, read-only) is raised as one-line :class:`StorageError` naming ``what``."""
+    path = Path(path)
+    what = what or str(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise storage_error(err, what) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- fingerprints
+#: the card keys a checkpoint's tensors depend on: the whole model section and the guide kind
+def card_fingerprint(card: BaseModel) -> dict[str, Any]:
+    """Flat ``{"model.components": 3, ..., "guide.kind": "meanfield"}`` of the card values that
+    define a checkpoint's tensors (strings, numbers, booleans: safe for ``weights_only``)."""
+    raw = card.model_dump(mode="json", exclude_none=True)  # as config.card_to_dict writes card.toml
+    flat = {f"model.{k}": v for k, v in _flatten(raw["model"])}
+    flat["guide.kind"] = raw["guide"]["kind"]
+    return flat
+
+
+def _flatten(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def check_fingerprint(stored: dict[str, Any] | None, card: BaseModel, run_dir: Path) -> None:
+    """Refuse a checkpoint whose card values (``stored``) differ from ``card``'s, naming each
+    difference; ``stored`` None (a checkpoint written before fingerprints) passes."""
+    if stored is None:
+        return
+    now = card_fingerprint(card)
+    keys = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+    if not keys:
+        return
+    family = [k for k in keys if k == "model.family"]
+    shown = family or keys  # another family differs in everything: name the family only
+    diffs = "; ".join(f"{k} = {_show(now.get(k))} in card.toml, {_show(stored.get(k))} in the checkpoint"
+                      for k in shown[:6]) + ("; ..." if len(shown) > 6 else "")
+    raise RunDirError(f"{str(run_dir)!r}: card.toml does not match checkpoint.pt ({diffs}); restore the card "
+                      "the run was trained with, or fit a new run")
+
+
+def _show(v: Any) -> str:
+    return "(unset)" if v is None else repr(v)

@@ -1,0 +1,158 @@
+"""Update rules: what the training loop does with one minibatch.
+
+The loop (:class:`~pplvm.training.trainer.Trainer`) owns epochs, shuffling, devices and
+precision, held-out evaluation, early stopping, checkpoints, progress and resume. An update
+rule owns the step itself and the state only it knows (optimisers, schedulers), which it hands
+to checkpoints through ``state_dict`` / ``load_state_dict``:
+
+================ =========================================================================
+:class:`SVIStep`  one optimiser step on a Pyro objective (``objective(model, guide)`` is an
+                  ``ELBOModule``; its value is the loss)
+================ =========================================================================
+
+Other rules (an exact EM step, a GAN's two optimisers, a compiled SVI step) implement the same
+few methods; :func:`pplvm.objectives.make_update_rule` picks the one a card's objective names.
+A rule must be deterministic given the global torch RNG, so a resumed run repeats an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol
+
+import torch
+from pyro.infer import ELBO
+
+from ..config import TrainingConfig
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+
+
+class Schedule(Protocol):
+    """A per-step modification of the objective as training progresses (e.g. KL annealing,
+    :mod:`pplvm.objectives.annealing`)."""
+
+    def __call__(self, progress: float) -> ContextManager:
+        """The Pyro handler to enter around a step taken at ``progress`` epochs."""
+
+    def values(self, progress: float) -> dict[str, float]:
+        """Numbers to log with each epoch's metrics."""
+
+
+class UpdateRule(abc.ABC):
+    """One kind of training step. The loop calls, in order: :meth:`setup` once (parameters and
+    optimisers exist afterwards; a resumed run then calls :meth:`load_state_dict`), then per
+    minibatch :meth:`step`, and per epoch :meth:`end_epoch`."""
+
+    @abc.abstractmethod
+    def setup(self, example: Any, num_data: int) -> None:
+        """Create parameters (autoguides make theirs on a first call) and optimisers.
+        ``example``: a training batch on the run's device; ``num_data``: training-set size."""
+
+    @abc.abstractmethod
+    def step(self, batch: Any, num_data: int, progress: float) -> torch.Tensor:
+        """Update on ``batch`` (on the run's device); return its loss as a detached 0-dim
+        tensor: an unbiased estimate of the full-data loss (data terms scaled by N / B).
+        ``progress``: epochs done so far, fractional within an epoch."""
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Called after each epoch (``epoch`` epochs done); returns numbers to log (e.g. lr)."""
+        return {}
+
+    @abc.abstractmethod
+    def held_out_loss(self, data: Any, num_data: int) -> torch.Tensor | None:
+        """The objective's loss on held-out ``data`` (no update), or None if it has none."""
+
+    @abc.abstractmethod
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """Every tensor the rule updates (checked to stay finite)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser and scheduler state (tensors, numbers, dicts and lists only)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
+def make_optimizer(params: Iterable[torch.Tensor], config: TrainingConfig) -> torch.optim.Optimizer:
+    """The card's optimiser over ``params``."""
+    return OPTIMIZERS[config.optimizer](list(params), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    """The card's learning-rate schedule, stepped once per epoch."""
+    c = config
+    if c.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c.lr_final_ratio ** (1.0 / c.epochs))
+    if c.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs, eta_min=c.lr * c.lr_final_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+class SVIStep(UpdateRule):
+    """Stochastic variational inference: a gradient step of the card's optimiser on
+    ``objective(model, guide)`` (an ``ELBOModule``; also what DDP would wrap).
+
+    :param schedule: optional per-step Pyro handler factory (KL annealing).
+    """
+
+    def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, objective: ELBO,
+                 config: TrainingConfig, *, schedule: Schedule | None = None, held_out: bool = True):
+        self.model, self.guide, self.objective, self.config = model, guide, objective, config
+        self.loss_module = objective(model, guide)
+        self.schedule, self.held_out = schedule, held_out
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+
+    def setup(self, example, num_data: int) -> None:
+        if self.optimizer is not None:
+            return
+        with torch.no_grad():
+            self.guide(example, num_data=num_data)
+        self.optimizer = make_optimizer((p for p in self.loss_module.parameters() if p.requires_grad), self.config)
+        self.scheduler = make_lr_scheduler(self.optimizer, self.config)
+
+    def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._scheduled(progress):
+            loss = self.loss_module(batch, num_data=num_data)
+        loss.backward()
+        if self.config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
+        self.optimizer.step()
+        return loss.detach()
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        out = {"lr": self.optimizer.param_groups[0]["lr"]}
+        self.scheduler.step()
+        if self.schedule is not None:
+            out.update(self.schedule.values(epoch))
+        return out
+
+    @torch.no_grad()
+    def held_out_loss(self, data, num_data: int) -> torch.Tensor | None:
+        if not self.held_out:
+            return None
+        return torch.as_tensor(self.objective.loss(self.model, self.guide, data, num_data=num_data))
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return self.loss_module.parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def _scheduled(self, progress: float) -> ContextManager:
+        return self.schedule(progress) if self.schedule is not None else contextlib.nullcontext()
+
+
+#: ``factory(model, guide, config) -> UpdateRule``
+RuleFactory = Callable[[torch.nn.Module, torch.nn.Module, TrainingConfig], UpdateRule]
