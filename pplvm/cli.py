@@ -251,6 +251,18 @@ def cmd_sbc(args) -> int:
     return 0
 
 
+def cmd_render(args) -> int:
+    from .config import load_card
+    from .evaluation.plots import save_figure
+    from .run import Run
+
+    card = load_card(args.card, args.set)
+    out = Path(args.out)
+    save_figure(Run.from_card(card).model_graph(), out)
+    _emit({"schema": "pplvm.render/1", "card": str(args.card), "plot": str(out)}, args.json, f"wrote {out}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from .data import SOURCES
     from .families import FAMILIES
@@ -344,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a card value (repeatable)")
     sp.add_argument("--plot", help="rank histogram file (default: ./sbc_<card name>.png)")
+
+    sp = add("render", cmd_render, "draw a card's model as a graph: sites, plates, observed vs latent, dependencies")
+    sp.add_argument("card", help="model card (TOML)")
+    sp.add_argument("--out", default="model.png", help="image file (default: ./model.png)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a card value (repeatable)")
 
     add("list", cmd_list, "list families, guides, objectives and datasets")
     return p

@@ -10,7 +10,7 @@ Run directory::
                          card values its tensors depend on (checked against card.toml on load)
     metrics.jsonl        one JSON object per epoch
     inference_data.nc    arviz InferenceData (posterior, posterior_predictive, ...)
-    loss.png, posterior.png, <family plots>.png
+    loss.png, posterior.png, model.png (the model's graph), <family plots>.png
     summary.txt          arviz summary of the global latents and held-out metrics
     .pplvm.lock          held (fcntl) by the one process that fits or resumes the run
 
@@ -41,7 +41,7 @@ from .data.base import split
 from . import rundir
 from ._progress import progress, reporting
 from .errors import ArgumentError, CardError, DataError, IncompatibleError, PplvmError, RunDirError
-from .evaluation import memory, plots
+from .evaluation import graph, memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
@@ -75,10 +75,12 @@ class Run:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None) -> "Run":
+    def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None, *, model: Any = None,
+                  guide: Any = None) -> "Run":
         """Build from a card (validated object, dict or TOML path). ``data``: an optional
         ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
-        card's source, split as the card says."""
+        card's source, split as the card says. ``model`` / ``guide``: your own Pyro model and
+        guide objects for ``model.family = "pyro"`` (instead of ``model.target``)."""
         card = _as_card(card)
         family = FAMILIES[card.model.family]
         if family.sequential and data is not None and not isinstance(data, Batch):
@@ -100,7 +102,8 @@ class Run:
         dataset = _labelled(dataset, card)
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
         # on the run's device before the guide exists: autoguides create their parameters there
-        model = family(card.model, dataset.dim).to(resolve_device(card.training.device))
+        model = family.from_config(card.model, dataset.dim, model=model, guide=guide).to(
+            resolve_device(card.training.device))
         if dataset.augment is None:
             dataset.train = model.validate(dataset.train, "data (training split)")
         else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
@@ -118,11 +121,12 @@ class Run:
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, device: str | None = None) -> "Run":
+    def load(cls, run_dir: str | Path, *, device: str | None = None, model: Any = None, guide: Any = None) -> "Run":
         """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
         ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
         ``training.device``, or the CPU where this machine lacks that device: a run trained on
-        a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``)."""
+        a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``).
+        ``model`` / ``guide``: the objects a run of your own model was fitted with from Python."""
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
@@ -132,7 +136,8 @@ class Run:
         rundir.check_fingerprint(extras.get("card"), card, run_dir)
         with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
             where = _load_device(card.training.device if device is None else device)
-            model = FAMILIES[card.model.family](card.model, int(extras["dim"])).to(where)
+            model = FAMILIES[card.model.family].from_config(card.model, int(extras["dim"]), model=model,
+                                                                guide=guide).to(where)
             proto = _from_state(extras["prototype"])
             guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
                                num_data=extras.get("num_train"), **_flow_options(card))
@@ -192,7 +197,7 @@ class Run:
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, epochs: int | None = None, data: Any = None,
-               callbacks: Sequence[Callback] = ()) -> "Run":
+               callbacks: Sequence[Callback] = (), model: Any = None, guide: Any = None) -> "Run":
         """Continue an interrupted run from its last checkpoint; the result equals an
         uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
         least the epochs done). Everything is checked before anything is written: ``card.toml``
@@ -217,7 +222,7 @@ class Run:
                 if data is None and ckpt["extras"].get("from_python"):
                     raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
                 card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
-                run = cls.from_card(card, data)
+                run = cls.from_card(card, data, model=model, guide=guide)
                 run.run_dir = run_dir
                 if main:
                     rundir.check_writable(run_dir, run._checkpoint_bytes())
@@ -454,6 +459,7 @@ class Run:
             rundir.write_atomic(d / "inference_data.nc", lambda tmp: idata.to_netcdf(str(tmp)),
                                 f"{str(d / 'inference_data.nc')!r}")
             plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
+            plots.save_figure(self.model_graph(), d / "model.png")
             if self.model.global_sites:
                 plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
             for name, fig in self._host_model().plots(self._training_data(), self.params()).items():
@@ -509,6 +515,13 @@ class Run:
             how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
             return f"point estimate of the global latents (EM, {how})"
         return "posterior of the global latents (guide draws)"
+
+    def model_graph(self):
+        """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
+        Pyro's model inspection on a few training rows: a matplotlib Figure."""
+        x = self._training_data()[:PROTOTYPE_ROWS]
+        relations = graph.model_relations(self.model, x)
+        return graph.model_graph(relations, title=f"{self.card.name}: model.family = {self.card.model.family!r}")
 
     def summary_text(self, idata=None, max_size: int | None = None) -> str:
         """Header, held-out metrics and the arviz summary of the global latents; with
@@ -604,14 +617,16 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
 
 
 def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, data: Any = None,
-        overrides: Sequence[str] | dict[str, Any] | None = None, overwrite: bool = False) -> Run:
+        overrides: Sequence[str] | dict[str, Any] | None = None, overwrite: bool = False, model: Any = None,
+        guide: Any = None) -> Run:
     """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``out``
-    must be new or empty unless ``overwrite`` (see :meth:`Run.fit`)."""
-    return Run.from_card(_as_card(card, overrides), data).fit(out, overwrite=overwrite)
+    must be new or empty unless ``overwrite`` (see :meth:`Run.fit`); ``model`` / ``guide``: your
+    own Pyro model (and guide) for ``model.family = "pyro"``."""
+    return Run.from_card(_as_card(card, overrides), data, model=model, guide=guide).fit(out, overwrite=overwrite)
 
 
-def load(run_dir: str | Path) -> Run:
-    return Run.load(run_dir)
+def load(run_dir: str | Path, *, model: Any = None, guide: Any = None) -> Run:
+    return Run.load(run_dir, model=model, guide=guide)
 
 
 def _load_device(spec: str) -> torch.device:

@@ -145,4 +145,50 @@ CASES = [
          "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
         id="fa-bayes-em-map",
     ),
+    # users' own Pyro models (tests/user_models.py), by import path: the same contract, no special case
+    pytest.param(
+        {"name": "user_gmm", "model": {"family": "pyro", "target": "user_models:gmm"},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="user-gmm-enumerated-meanfield-minibatch",
+    ),
+    pytest.param(
+        {"name": "user_ppca", "model": {"family": "pyro", "target": "user_models:BayesianPPCA",
+                                        "options": {"dim": 13, "latent_dim": 2}, "likelihood_samples": 20},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "wine", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+        id="user-ppca-class-amortized-minibatch",
+    ),
+    pytest.param(
+        {"name": "user_normal", "model": {"family": "pyro", "target": "user_models:normal_mean",
+                                          "guide_target": "user_models:NormalMeanGuide", "guide_options": {"dim": 4}},
+         "guide": {"kind": "custom"}, "objective": {"name": "elbo"},
+         "data": {"source": "iris", "standardize": True},
+         "training": FAST_TRAINING, "evaluation": SMALL_EVAL},
+        id="user-normal-custom-guide",
+    ),
+    pytest.param(
+        {"name": "user_mfa", "model": {"family": "pyro", "target": "user_models:MixtureOfFactorAnalysers",
+                                       "options": {"dim": 4, "components": 2}, "likelihood_samples": 16},
+         "guide": {"kind": "amortized"}, "objective": {"name": "enum"},
+         "data": {"source": "iris", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+        id="user-mfa-discrete-and-continuous-locals",
+    ),
+    # a model declared as a graph of nodes (the GMM's twin, tests/families/test_graph.py)
+    pytest.param(
+        {"name": "graph_gmm", "model": {"family": "graph", "nodes": [
+            {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["assignment"]},
+            {"name": "locs", "kind": "global", "scale": 10.0, "shape": ["assignment", "D"], "plate": "components"},
+            {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 2.0, "shape": ["assignment", "D"],
+             "plate": "components"},
+            {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
+            {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "assignment"}]},
+         "guide": {"kind": "lowrank"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
+         "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
+        id="graph-gmm-lowrank-minibatch",
+    ),
 ]

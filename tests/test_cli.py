@@ -224,3 +224,29 @@ def test_gan_refuses_likelihoods_and_is_judged_by_two_sample_tests(tmp_path, cap
     shutil.copytree(out_dir, tmp_path / "copy")
     code, _, err = run_cli(capsys, "compare", out_dir, tmp_path / "copy", "--plot", tmp_path / "c.png")
     assert code == 2 and "no log-likelihood" in err
+USER_MODEL = '''
+import pyro, pyro.distributions as dist, torch
+
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0).expand([x.shape[1]]).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=x)
+'''
+
+
+def test_fit_a_users_model_from_the_current_directory(tmp_path, monkeypatch, capsys):
+    """A card naming ``mymodel:model``, a module beside the card in the working directory, fits
+    with the plain command; a wrong name is one line with exit status 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodel_cli_test.py").write_text(USER_MODEL)
+    (tmp_path / "card.toml").write_text(
+        '[model]\nfamily = "pyro"\ntarget = "mymodel_cli_test:model"\n[guide]\nkind = "map"\n'
+        '[data]\nsource = "iris"\n[training]\nepochs = 3\nprogress = false\n[evaluation]\ndraws = 4\nchains = 2\n')
+    assert main(["fit", "card.toml", "--out", "run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["schema"] == "pplvm.fit/1"
+    assert (tmp_path / "run" / "card.toml").is_file()
+    assert main(["fit", "card.toml", "--out", "run2", "--set", "model.target=mymodel_cli_test:nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("pplvm: error: model.target = 'mymodel_cli_test:nope': module 'mymodel_cli_test' "
+                   "has no attribute 'nope'")

@@ -92,7 +92,7 @@ def test_log_likelihood_shapes_and_batching(run, batch_shape):
         return
     num = max(1, math.prod(batch_shape))
     flat = run.draws(num, seed=1)
-    params = {k: v.reshape(*batch_shape, *v.shape[1:]) for k, v in flat.items()}
+    params = {k: v.reshape((*batch_shape, *v.shape[1:])) for k, v in flat.items()}  # scalar sites too
     with poutine.seed(rng_seed=0):
         ll = run._model_log_likelihood(x, params)
     s = batch_shape if run.model.global_sites else ()
@@ -117,7 +117,8 @@ def test_sample_shapes(run):
 
 def test_fit_save_load_round_trip(run, tmp_path):
     run.fit(tmp_path / "run")
-    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "loss.png", "summary.txt"):
+    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "loss.png", "model.png",
+                 "summary.txt"):
         assert (tmp_path / "run" / name).is_file(), name
     loaded = pplvm.load(tmp_path / "run")
     x = run.transform.inverse(run.dataset.valid if run.dataset.valid is not None else run.dataset.train)
@@ -139,3 +140,21 @@ def test_non_finite_data_is_refused(run):
     x.view(-1)[0] = float("nan")
     with pytest.raises(pplvm.DataError, match="NaN"):
         run.log_likelihood(x if not isinstance(run.dataset.train, pplvm.data.Batch) else run.dataset.train[:5].replace(x=x))
+
+
+def test_model_graph_matches_the_declared_sites(run):
+    """Pyro's model inspection, which ``model.png`` draws, sees what the family declares: its
+    observed site observed and in the data plate, its global sites outside the plate, its
+    local sample sites inside (collapsed latents are no sample sites), and the figure has a node
+    per site."""
+    from pplvm.evaluation.graph import model_relations
+
+    rel = model_relations(run.model, seen(run, 8, training=False))
+    in_plate = set(rel["plate_sample"].get(run.model.plate_name, []))
+    assert rel["observed"] == [run.model.observed_site] and run.model.observed_site in in_plate
+    assert set(run.model.global_sites) <= set(rel["sample_dist"]) - in_plate
+    if not run.model.collapsed:
+        assert set(run.model.local_sites) <= in_plate
+    fig = run.model_graph()
+    labels = {t.get_text() for t in fig.axes[0].texts}
+    assert set(rel["sample_dist"]) <= labels

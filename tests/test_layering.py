@@ -5,9 +5,9 @@ Low to high, as README's "The house" draws it::
 
     errors, _registry, _progress, schema
                                         foundation: errors, the registry type, progress, Section
-    training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots
-                                        atomic files, collectives, the arviz converter, figures
-    distributions, data, decoders, inference
+    training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots, evaluation.graph
+                                        atomic files, collectives, the arviz converter, figures, graphs
+    distributions, data, decoders, inference, guides.forward, evaluation.two_sample
                                         building blocks and the importance-sampling estimator
     families                            the contract and the families
     config                              the card schema, gathered from the registries
@@ -33,8 +33,12 @@ PACKAGE = Path(pplvm.__file__).parent
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
     ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm.schema"],
-    ["pplvm.training.checkpoint", "pplvm.training.distributed", "pplvm.evaluation.arviz", "pplvm.evaluation.plots"],
-    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference"],
+    ["pplvm.training.checkpoint", "pplvm.training.distributed", "pplvm.evaluation.arviz", "pplvm.evaluation.plots",
+     "pplvm.evaluation.graph"],
+    # guides.forward (diffusion's fixed noising chain) and evaluation.two_sample (statistics a
+    # GAN objective monitors) use only data and distributions: building blocks, below their folders
+    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference", "pplvm.guides.forward",
+     "pplvm.evaluation.two_sample"],
     ["pplvm.families"],
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules", "pplvm.training.compiled"],

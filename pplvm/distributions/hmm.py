@@ -265,7 +265,7 @@ def _flatten(initial, transition, emission, mask):
     time, k = emission.shape[-2:]
     batch = torch.broadcast_shapes(initial.shape[:-1], transition.shape[:-2], emission.shape[:-2], mask.shape[:-1])
     b = math.prod(batch)
-    shared = transition.shape[:-2].numel() == 1
+    shared = math.prod(transition.shape[:-2]) == 1  # (a plain tuple under provenance tracking)
     trans = transition.reshape(1, k, k) if shared else transition.expand(batch + (k, k)).reshape(b, k, k)
     return (initial.expand(batch + (k,)).reshape(b, k), trans, emission.expand(batch + (time, k)).reshape(b, time, k),
             mask.expand(batch + (time,)).reshape(b, time), batch)

@@ -10,6 +10,8 @@ from .gan import GANConfig, GenerativeAdversarialNetwork
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
+from .graph import GraphConfig, GraphModel
+from .pyro_model import PyroConfig, PyroModel
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
 
 FAMILIES: Registry[type[LatentVariableModel]] = Registry("model family")
@@ -22,8 +24,10 @@ FAMILIES.register("cvae")(ConditionalVAE)
 FAMILIES.register("diffusion")(Diffusion)
 FAMILIES.register("flow")(NormalizingFlow)
 FAMILIES.register("gan")(GenerativeAdversarialNetwork)
+FAMILIES.register("pyro")(PyroModel)
+FAMILIES.register("graph")(GraphModel)
 
 __all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "Diffusion", "DiffusionConfig", "FAConfig", "FactorAnalysis", "FamilyConfig",
            "FlowConfig", "GANConfig", "GMMConfig", "GenerativeAdversarialNetwork",
-           "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "NormalizingFlow", "PPCA",
-           "PPCAConfig", "VAE", "VAEConfig"]
+           "GaussianMixture", "GraphConfig", "GraphModel", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel",
+           "LinearGaussian", "NormalizingFlow", "PPCA", "PPCAConfig", "PyroConfig", "PyroModel", "VAE", "VAEConfig"]

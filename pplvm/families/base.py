@@ -22,9 +22,10 @@ from pyro.infer import TraceEnum_ELBO, infer_discrete
 from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
-from ..schema import Section
 from ..data.base import Batch, values
 from ..distributions import CollapsedLatents
+from ..errors import CardError
+from ..schema import Section
 
 
 LikelihoodKind = Literal["exact", "estimate", "bound", "none"]
@@ -70,6 +71,9 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: held-out data would cut its time steps apart and shuffle them
     sequential: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
+    #: name and dim of the plate over data (a user's model names its own)
+    plate_name: ClassVar[str] = "data"
+    plate_dim: ClassVar[int] = -1
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
     site_dims: ClassVar[dict[str, list[str]]] = {}
@@ -91,6 +95,16 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def scalar(self, value: float) -> torch.Tensor:
         """``value`` as a 0-dim tensor on the model's device (a prior's constant)."""
         return torch.tensor(value, dtype=self._device_anchor.dtype, device=self.device)
+
+    @classmethod
+    def from_config(cls, config: FamilyConfig, dim: int, model: Any = None, guide: Any = None) -> "LatentVariableModel":
+        """The family for a card's ``[model]`` section and data of ``dim`` columns. ``model`` /
+        ``guide``: a user's model and guide objects passed from Python, for a family built
+        around them (:mod:`pplvm.families.pyro_model`); every other family refuses them."""
+        if model is not None or guide is not None:
+            raise CardError(f"model.family = {config.family!r} takes no model= or guide= object; "
+                            "a model of your own is model.family = 'pyro'")
+        return cls(config, dim)
 
     # ----------------------------------------------------------------- the contract
     @property
@@ -146,11 +160,11 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         if x is None:
             if num_data is None:
                 raise ValueError("give x, or num_data rows to generate")
-            return pyro.plate("data", num_data, dim=-1, device=self.device)
+            return pyro.plate(self.plate_name, num_data, dim=self.plate_dim, device=self.device)
         size = len(x) if num_data is None else num_data
         rows = (x.index if isinstance(x, Batch) and x.index is not None
                 else torch.arange(len(x), device=(x.x if isinstance(x, Batch) else x).device))
-        return pyro.plate("data", size, subsample=rows, dim=-1)
+        return pyro.plate(self.plate_name, size, subsample=rows, dim=self.plate_dim)
 
     def conditioned(self, params: dict[str, torch.Tensor]):
         """The model with its global sites fixed to ``params``."""
@@ -242,6 +256,11 @@ class ContinuousLatentModel(LatentVariableModel):
     def latent_dim(self) -> int:
         """Dimension L of the local latent."""
 
+    @property
+    def latent_site(self) -> str:
+        """Name of the continuous local site ``z_n`` that the local guides serve."""
+        return self.local_sites[0]
+
     @abc.abstractmethod
     def make_encoder(self) -> torch.nn.Module:
         """A module mapping a batch to ``(loc, scale)`` of ``q(z_n | x_n)``, each ``(B, L)``."""
@@ -256,6 +275,16 @@ class ExactLocalPosterior(abc.ABC):
         """``p(z_n | x_n, θ)`` for ``x`` ``(N, D)``: batch shape ``(*S, N)``, event shape ``(L,)``.
         Batch dims of ``params`` broadcast against the data dim from the right, as inside
         Pyro's data plate (a site of shape ``(*S, 1, ...)``)."""
+
+
+class UserGuide(abc.ABC):
+    """Capability of a family that brings its own guide (``guide.kind = "custom"``), e.g. a
+    user's Pyro model with the user's guide."""
+
+    @abc.abstractmethod
+    def user_guide(self) -> torch.nn.Module:
+        """The guide, called as ``guide(x, num_data)``; it has ``median()``: a point estimate of
+        the global latents."""
 
 
 class FixedGuide(abc.ABC):

@@ -19,7 +19,7 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
 from ..errors import IncompatibleError
-from ..families.base import ContinuousLatentModel, ExactLocalPosterior, FixedGuide, LatentVariableModel
+from ..families.base import ContinuousLatentModel, ExactLocalPosterior, FixedGuide, LatentVariableModel, UserGuide
 from .amortized import AmortizedNormal
 from .empty import EmptyGuide
 from .exact import ExactLocalGuide
@@ -38,6 +38,7 @@ GUIDES = {
     "flow": "normalizing flow: an IAF q(z_n | x_n) conditioned on the encoder (continuous local latents), "
             "an IAF over the globals' unconstrained space otherwise (guide.flow_layers, guide.flow_hidden)",
     "none": "no guide: the family has no latent site to infer (flows: exact likelihood; GANs)",
+    "custom": "your own guide (model.guide_target, or guide= from Python) for your own model",
 }
 
 
@@ -57,6 +58,10 @@ def _build_guide(model, kind, x, init_scale, generator, num_data, flow_layers, f
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
             f"expected one of: {', '.join(model.guides)}"
         )
+    if kind == "custom":
+        if not isinstance(model, UserGuide):
+            raise IncompatibleError(f"guide.kind = 'custom': family {model.config.family!r} brings no guide")
+        return model.user_guide()
     if kind == "forward":
         if not isinstance(model, FixedGuide):
             raise IncompatibleError(f"guide.kind = 'forward' needs a family with a fixed guide of its own; "

@@ -29,7 +29,7 @@ class LocalGuide(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def __init__(self, model: ContinuousLatentModel, globals_guide: torch.nn.Module | None = None):
         super().__init__()
         self._model = (model,)  # not a submodule: the model's parameters belong to the model
-        self.site = model.local_sites[0]
+        self.site = model.latent_site
         self.globals_guide = globals_guide
 
     @abc.abstractmethod

@@ -134,7 +134,7 @@ def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int 
         raise PplvmError("model.dim: SBC simulates its data from the model, so the card must set model.dim "
                          "(e.g. --set model.dim=2)")
     family = FAMILIES[card.model.family]
-    model = family(card.model, card.model.dim)
+    model = family.from_config(card.model, card.model.dim)
     if not model.global_sites:
         raise IncompatibleError(
             f"family {card.model.family!r} as configured has no global latent variables — all its parameters "

@@ -1,0 +1,278 @@
+"""Declarative models: a graph of nodes in the card (``model.family = "graph"``).
+
+Each ``[[model.nodes]]`` table is one node::
+
+    kind = "param"        a point-estimated parameter: shape, init, positive
+    kind = "global"       a global latent with a prior: normal (loc, scale), lognormal (loc, scale)
+                          or dirichlet (concentration) over its last dim; shape; optional plate
+                          (the first entry of shape is that plate's size)
+    kind = "categorical"  a discrete local latent (enumerated) with `size` states and `probs`, a
+                          global or param node of shape [size]
+    kind = "gaussian"     a continuous local latent of `dim` entries, Normal(mean, std) where mean
+                          and std name nodes (default 0 and 1); a node whose shape starts with
+                          the categorical `given` is indexed by its state (a prior that depends
+                          on a parent)
+    kind = "observed"     the likelihood of the data row: `distribution` normal or bernoulli, with
+                          its mean from `mean` (a node, indexed by `given`), plus `weight @ input`
+                          (a linear map (D, L) or (K, D, L) of a gaussian node), or a `decoder`
+                          network (MLP widths `hidden`) of `input`; `std` a node or number (normal)
+
+Shapes are lists of integers, ``"D"`` (the data's columns) or a categorical node's name (its
+size). pplvm builds a Pyro model (a PyroModule) from the nodes and traces it like a user's own
+model (:mod:`.pyro_model`): the guides and objectives that fit, the log-likelihood (exact when
+every local latent is enumerated) and everything else follow. A malformed graph — a reference
+to no node, a cycle, two observed nodes, a likelihood that does not match the data — is refused
+in one line naming the node.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pydantic import Field
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+from pyro.ops.indexing import Vindex
+
+from ..decoders import Activation, NetworkConfig, make_decoder
+from ..errors import CardError, DataError
+from ..schema import Section
+from .pyro_model import ContinuousPyroModel, PyroModel, TracedConfig, trace_structure
+
+Shape = list[int | str]
+
+
+class NodeConfig(Section):
+    """One node of a graph model (see the module docstring for what each kind reads)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z_]\w*$")
+    kind: Literal["param", "global", "categorical", "gaussian", "observed"]
+    shape: Shape = Field([], description="param / global: the shape; ints, 'D' or a categorical node's name")
+    init: float = Field(0.0, description="param: initial value of every entry")
+    positive: bool = Field(False, description="param: constrained positive")
+    prior: Literal["normal", "lognormal", "dirichlet"] = "normal"
+    loc: float = 0.0
+    scale: float = Field(1.0, gt=0)
+    concentration: float = Field(1.0, gt=0)
+    plate: str | None = Field(None, description="global: the first entry of shape is this plate's size")
+    size: int | None = Field(None, ge=2, description="categorical: number of states")
+    probs: str | None = Field(None, description="categorical: node holding the state probabilities")
+    dim: int | None = Field(None, ge=1, description="gaussian: number of entries")
+    given: str | None = Field(None, description="gaussian / observed: categorical parent indexing mean, std, weight")
+    mean: str | None = Field(None, description="gaussian / observed: node of the mean")
+    std: str | float | None = Field(None, description="gaussian / observed (normal): node or number")
+    distribution: Literal["normal", "bernoulli"] = "normal"
+    weight: str | None = Field(None, description="observed: linear map node, (D, L) or (K, D, L) with given")
+    input: str | None = Field(None, description="observed: the gaussian node fed to weight or decoder")
+    decoder: bool = Field(False, description="observed: decode input with an MLP (pplvm.decoders)")
+    hidden: list[int] = Field([200, 200], description="observed decoder: hidden widths (reversed, as the VAE's)")
+    activation: Activation = "tanh"
+
+
+class GraphConfig(TracedConfig):
+    family: Literal["graph"] = "graph"
+    nodes: list[NodeConfig] = Field(..., min_length=1, description="the graph's nodes, [[model.nodes]]")
+
+
+REFERENCES = ("probs", "given", "mean", "std", "weight", "input")
+
+
+def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
+    """The nodes in an order where every node comes after those it names; a CardError naming
+    the node for a reference to no node, a reference of the wrong kind, a cycle, or not
+    exactly one observed node."""
+    by_name: dict[str, NodeConfig] = {}
+    for n in nodes:
+        if n.name in by_name:
+            raise CardError(f"model.nodes: two nodes are named {n.name!r}")
+        by_name[n.name] = n
+    observed = [n.name for n in nodes if n.kind == "observed"]
+    if len(observed) != 1:
+        raise CardError(f"model.nodes: expected exactly one node of kind 'observed' (the data), got {len(observed)}")
+    parents: dict[str, list[str]] = {}
+    for n in nodes:
+        refs = [(f, getattr(n, f)) for f in REFERENCES if isinstance(getattr(n, f), str)]
+        refs += [("shape", s) for s in n.shape if isinstance(s, str) and s != "D"]
+        for field, ref in refs:
+            if ref not in by_name:
+                raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} names no node")
+        for field, kinds in (("given", ("categorical",)), ("input", ("gaussian",)),
+                             ("probs", ("global", "param"))):
+            ref = getattr(n, field)
+            if ref is not None and by_name[ref].kind not in kinds:
+                raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} must be a {' or '.join(kinds)} "
+                                f"node, not {by_name[ref].kind!r}")
+        for s in n.shape:
+            if isinstance(s, str) and s != "D" and by_name[s].kind != "categorical":
+                raise CardError(f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D' or a categorical node")
+        _require(n)
+        parents[n.name] = [ref for _, ref in refs if ref in by_name and not (by_name[ref].kind == "categorical"
+                                                                           and _is_size_ref(n, ref))]
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "open":
+            cycle = " -> ".join(path[path.index(name):] + (name,))
+            raise CardError(f"model.nodes: node {name!r} is in a cycle: {cycle}")
+        state[name] = "open"
+        for p in parents[name]:
+            visit(p, path + (name,))
+        state[name] = "done"
+        order.append(name)
+
+    for n in nodes:
+        visit(n.name, ())
+    return [by_name[name] for name in order]
+
+
+def _is_size_ref(node: NodeConfig, ref: str) -> bool:
+    """A categorical named only in ``shape`` lends its size, not a dependency."""
+    return ref in node.shape and ref not in [getattr(node, f) for f in REFERENCES]
+
+
+def _require(n: NodeConfig) -> None:
+    need = {"categorical": ("size", "probs"), "gaussian": ("dim",)}.get(n.kind, ())
+    for field in need:
+        if getattr(n, field) is None:
+            raise CardError(f"model.nodes: node {n.name!r} (kind {n.kind!r}) needs {field}")
+    if n.kind == "observed":
+        if (n.weight is not None or n.decoder) and n.input is None:
+            raise CardError(f"model.nodes: node {n.name!r}: weight or decoder needs input (a gaussian node)")
+        if n.decoder and n.weight is not None:
+            raise CardError(f"model.nodes: node {n.name!r}: give weight or decoder, not both")
+        if n.mean is None and n.weight is None and not n.decoder:
+            raise CardError(f"model.nodes: node {n.name!r}: needs a mean, a weight or a decoder")
+        if n.distribution == "normal" and n.std is None and not n.decoder:
+            raise CardError(f"model.nodes: node {n.name!r}: distribution 'normal' needs std (a node or a number)")
+    if n.kind == "global" and n.plate is not None and not n.shape:
+        raise CardError(f"model.nodes: node {n.name!r}: plate {n.plate!r} needs a shape whose first entry is its size")
+
+
+class GraphModule(PyroModule):
+    """The Pyro model a graph of nodes describes; ``forward(x)`` over a ``(B, D)`` batch."""
+
+    def __init__(self, nodes: list[NodeConfig], dim: int):
+        super().__init__()
+        self.nodes = check_graph(nodes)
+        self.by_name = {n.name: n for n in self.nodes}
+        self.dim = dim
+        self.sizes = {n.name: n.size for n in self.nodes if n.kind == "categorical"}
+        self.decoders = torch.nn.ModuleDict()
+        for n in self.nodes:
+            if n.kind == "param":
+                value = torch.full(self.shape(n), float(n.init))
+                setattr(self, n.name, PyroParam(value, constraint=constraints.positive) if n.positive
+                        else PyroParam(value))
+            if n.kind == "observed" and n.decoder:
+                latent = next(m for m in self.nodes if m.name == n.input)
+                net = NetworkConfig(latent_dim=latent.dim, hidden=n.hidden, activation=n.activation,
+                                    likelihood=n.distribution)
+                self.decoders[n.name] = make_decoder(net, dim)
+
+    def shape(self, n: NodeConfig) -> tuple[int, ...]:
+        return tuple(self.dim if s == "D" else self.sizes[s] if isinstance(s, str) else int(s) for s in n.shape)
+
+    def forward(self, x):
+        values: dict[str, Any] = {}
+        plates: dict[str, pyro.plate] = {}  # one plate per name, entered by each of its nodes
+        for n in self.nodes:
+            if n.kind == "param":
+                values[n.name] = getattr(self, n.name)
+            elif n.kind == "global":
+                if n.plate is not None and n.plate not in plates:
+                    plates[n.plate] = pyro.plate(n.plate, self.shape(n)[0], dim=-1)
+                values[n.name] = self._global(n, plates.get(n.plate))
+        with pyro.plate("data", len(x), dim=-1):
+            for n in self.nodes:
+                if n.kind == "categorical":
+                    values[n.name] = pyro.sample(n.name, dist.Categorical(values[n.probs]))
+                elif n.kind == "gaussian":
+                    mean = self._pick(values, n.mean, n.given) if n.mean else torch.zeros(n.dim)
+                    std = self._std(values, n, torch.ones(n.dim))
+                    values[n.name] = pyro.sample(n.name, dist.Normal(mean, std).to_event(1))
+            n = next(m for m in self.nodes if m.kind == "observed")
+            return pyro.sample(n.name, self._likelihood(values, n), obs=x)
+
+    def _global(self, n: NodeConfig, plate: pyro.plate | None) -> torch.Tensor:
+        """A global latent of shape ``shape``; in ``plate`` (over the first entry) if given."""
+        shape = self.shape(n)
+        if n.prior == "dirichlet":  # over the last dim
+            d = dist.Dirichlet(torch.full(shape, n.concentration))
+        else:
+            base = dist.Normal(n.loc, n.scale) if n.prior == "normal" else dist.LogNormal(n.loc, n.scale)
+            d = base.expand(shape[1:] if n.plate else shape)
+        if n.plate is None:
+            return pyro.sample(n.name, d.to_event(len(d.batch_shape)))
+        if plate.size != shape[0]:
+            raise CardError(f"model.nodes: node {n.name!r}: plate {n.plate!r} has size {plate.size} elsewhere, "
+                            f"{shape[0]} here")
+        with plate:
+            if n.prior == "dirichlet":
+                return pyro.sample(n.name, d.to_event(len(d.batch_shape) - 1))
+            return pyro.sample(n.name, d.to_event(len(d.batch_shape)))
+
+    def _pick(self, values: dict[str, Any], name: str, given: str | None) -> torch.Tensor:
+        """``values[name]``; when its shape starts with the categorical ``given``, indexed by
+        the state of ``given`` (enumerated or sampled), as the GMM family indexes its means."""
+        t = values[name]
+        node = self.by_name[name]
+        if given is None or not node.shape or node.shape[0] != given:
+            return t
+        event = len(node.shape) - 1
+        index = (Ellipsis, values[given]) + (slice(None),) * event
+        return Vindex(t.unsqueeze(-event - 2))[index]
+
+    def _std(self, values, n: NodeConfig, default: torch.Tensor) -> torch.Tensor:
+        if n.std is None:
+            return default
+        if isinstance(n.std, float):
+            return torch.tensor(n.std)
+        return self._pick(values, n.std, n.given)
+
+    def _likelihood(self, values, n: NodeConfig) -> dist.Distribution:
+        if n.decoder:
+            return self.decoders[n.name](values[n.input], None)
+        mean = self._pick(values, n.mean, n.given) if n.mean else torch.zeros(())
+        if n.weight is not None:
+            w = self._pick(values, n.weight, n.given)  # (..., D, L)
+            mean = mean + (w @ values[n.input].unsqueeze(-1)).squeeze(-1)
+        if n.distribution == "bernoulli":
+            return dist.Bernoulli(logits=mean).to_event(1)
+        return dist.Normal(mean, self._std(values, n, torch.ones(()))).to_event(1)
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        n = next(m for m in self.nodes if m.kind == "observed")
+        if n.distribution == "bernoulli" and len(x) and not ((x == 0) | (x == 1)).all():
+            raise DataError(f"{name}: node {n.name!r} has distribution 'bernoulli', which needs 0/1 data; "
+                            "set data.binarize or use distribution = 'normal'")
+
+
+class GraphModel(PyroModel):
+    """A model declared as a graph of nodes in the card (see the module docstring)."""
+
+    Config = GraphConfig
+
+    @classmethod
+    def from_config(cls, config: GraphConfig, dim: int, model: Any = None, guide: Any = None) -> "GraphModel":
+        if model is not None:
+            raise CardError("model.family = 'graph' builds its model from model.nodes; a model object of your "
+                            "own is model.family = 'pyro'")
+        module = GraphModule(config.nodes, dim)
+        structure = trace_structure(module, dim, "model.nodes")
+        kind = ContinuousGraphModel if structure.continuous else GraphModel
+        return kind(config, dim, module, structure, guide, "model.nodes")
+
+    def prepare(self, data, name="data"):
+        x = super().prepare(data, name)
+        self.holder.module.check_data(x, name)
+        return x
+
+
+class ContinuousGraphModel(GraphModel, ContinuousPyroModel):
+    """A graph model with a continuous local latent (the amortized encoder serves it)."""

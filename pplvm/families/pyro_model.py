@@ -1,0 +1,571 @@
+"""Your own Pyro model as a family: ``model.family = "pyro"``, ``model.target = "pkg.module:name"``.
+
+The target is a Pyro model written as a function ``model(x)`` or a ``PyroModule`` (an
+instance, or a class built with ``model.options`` as keyword arguments), where ``x`` is a
+``(B, D)`` batch of rows::
+
+    def model(x):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(3)))            # a global latent
+        with pyro.plate("components", 3):
+            mu = pyro.sample("mu", dist.Normal(0., 5.).expand([x.shape[1]]).to_event(1))
+        with pyro.plate("data", len(x)):                              # the data plate
+            z = pyro.sample("z", dist.Categorical(w))                 # a discrete local
+            pyro.sample("obs", dist.Normal(mu[z], 1.).to_event(1), obs=x)
+
+pplvm traces it once on placeholder batches of two sizes and reads off what the contract
+needs (:class:`Structure`): the *data plate* (the plate around the observed site whose size
+follows the batch), the one *observed site*, the *global* latents (outside the data plate:
+guided by autoguides) and the *local* latents (inside it): discrete ones with a finite support
+are summed out by enumeration, continuous ones with real support and shape ``(B, L)`` get an
+amortized Gaussian encoder (or free per-datum normals). From that it declares the guides and
+objectives that can work and whether ``log p(x_n | θ)`` is exact (every local enumerated, by
+tensor contraction) or an importance-sampled estimate (continuous locals, the guide as
+proposal). Minibatches scale every site in the data plate by ``N / B``.
+
+Rules for the model: ``x`` enters only as the observation (pplvm generates new data by running
+the model on a placeholder batch with its observed site sampled); parameters live in
+``PyroModule``/``PyroParam`` attributes, never in ``pyro.param`` (pplvm keeps parameters in
+modules); one observed site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import math
+import os
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pydantic import Field
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer import config_enumerate
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+
+from ..data.base import as_matrix, values
+from ..decoders import Activation, Encoder, mlp
+from ..errors import CardError, IncompatibleError
+from ..inference.importance import importance_log_likelihood
+from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide
+
+#: placeholder batch sizes the model is traced at; the data plate is the one that follows them
+_PROBE_ROWS = (3, 5)
+_PARTICLES = "_particles"
+#: bound on particles × elements of the data per pass of the mixed-locals estimate
+_MAX_ELEMENTS = 2**22
+_TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class TracedConfig(FamilyConfig):
+    """Fields of every family whose structure is read off a traced model."""
+
+    guide_target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
+        "your guide for guide.kind = 'custom', 'package.module:name': a function guide(x) or a PyroModule "
+        "(class built with guide_options)"))
+    guide_options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class guide_target")
+    hidden: list[int] = Field([64], description="hidden widths of the amortized encoder over continuous locals")
+    activation: Activation = "tanh"
+    min_scale: float = Field(1e-3, gt=0, description="floor of the encoder's softplus scale")
+    likelihood_samples: int = Field(100, ge=1, description="importance samples per datum of the "
+                                    "log-likelihood estimate (continuous local latents)")
+
+
+class PyroConfig(TracedConfig):
+    family: Literal["pyro"] = "pyro"
+    target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
+        "the model, 'package.module:name': a Pyro model function model(x), a PyroModule, or a PyroModule "
+        "class (built with options); unset when passed from Python (pplvm.fit(card, model=...))"))
+    options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class target")
+
+
+# ---------------------------------------------------------------- reading the model
+def resolve(target: str, key: str) -> Any:
+    """The object named by ``'package.module:name'`` (a module in the current directory is
+    found too), or a CardError naming ``key``."""
+    module_name, _, attr = target.partition(":")
+    try:
+        with _cwd_on_path():
+            module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CardError(f"{key} = {target!r}: cannot import module {module_name!r} ({err})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CardError(f"{key} = {target!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+@contextlib.contextmanager
+def _cwd_on_path():
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def instantiate(obj: Any, options: dict[str, Any], key: str, what: str = "model") -> torch.nn.Module | Callable:
+    """A fresh model (or guide) from what a target names: a module class is built with
+    ``options``, a module instance is copied (two runs never share its parameters), a function
+    is used as it is."""
+    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        try:
+            return obj(**options)
+        except TypeError as err:
+            raise CardError(f"{key}: building {obj.__name__}(**options) failed: {_first_line(err)}") from None
+    if options:
+        raise CardError(f"{key}: options are keyword arguments of a module class; "
+                        f"{type(obj).__name__} takes none")
+    if isinstance(obj, torch.nn.Module):
+        return copy.deepcopy(obj)
+    if callable(obj) and not isinstance(obj, type):
+        return obj
+    raise CardError(f"{key}: expected a Pyro {what} function, a PyroModule or a PyroModule class, "
+                    f"got {type(obj).__name__}")
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What tracing the model found.
+
+    :ivar plate: name of the data plate; ``plate_dim`` its dim.
+    :ivar observed: the observed site (inside the data plate).
+    :ivar global_sites: latent sites outside the data plate, with their shapes in ``global_shapes``.
+    :ivar discrete: local latent sites with a finite support (enumerated).
+    :ivar continuous: local latent sites with real support; ``continuous_shapes`` their event shapes.
+    :ivar max_plate_nesting: deepest plate dim of the model.
+    """
+
+    plate: str
+    plate_dim: int
+    observed: str
+    global_sites: tuple[str, ...]
+    global_shapes: dict[str, tuple[int, ...]]
+    discrete: tuple[str, ...]
+    continuous: tuple[str, ...]
+    continuous_shapes: dict[str, tuple[int, ...]]
+    max_plate_nesting: int
+    #: why the amortized encoder cannot serve the continuous locals ('' when it can)
+    not_amortizable: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def trace_structure(model: Callable, dim: int, name: str) -> Structure:
+    """Trace ``model`` on zero batches of two sizes and classify its sites (see :class:`Structure`);
+    a CardError naming ``name`` (the target) for a model pplvm cannot use."""
+    traces = [_probe(model, rows, dim, name) for rows in _PROBE_ROWS]
+    first, second = traces
+    # a module's PyroParams are its own; a function's pyro.param would go to the global store
+    if not isinstance(model, torch.nn.Module) and any(s["type"] == "param" for s in first.nodes.values()):
+        raise CardError(f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
+                        "PyroModule with PyroParam attributes (or give the parameter a prior)")
+    observed = [n for n, s in first.nodes.items() if _is_sample(s) and s["is_observed"]]
+    if not observed:
+        raise CardError(f"model {name}: has no observed site; observe the data with pyro.sample(..., obs=x)")
+    if len(observed) > 1:
+        raise CardError(f"model {name}: has {len(observed)} observed sites ({', '.join(observed)}); "
+                        "pplvm needs the data observed at one site")
+    obs = observed[0]
+    if obs not in second.nodes:
+        raise CardError(f"model {name}: the observed site {obs!r} does not appear in every call")
+    sizes = {f.name: f.size for f in second.nodes[obs]["cond_indep_stack"] if f.vectorized}
+    plates = [f for f in first.nodes[obs]["cond_indep_stack"]
+              if f.vectorized and f.size == _PROBE_ROWS[0] and sizes.get(f.name) == _PROBE_ROWS[1]]
+    if len(plates) != 1:
+        raise CardError(f"model {name}: no data plate: the observed site {obs!r} must sit inside "
+                        "pyro.plate(name, len(x)), a plate whose size is the number of rows of x")
+    plate = plates[0]
+    dims = [f.dim for s in first.nodes.values() if _is_sample(s) for f in s["cond_indep_stack"] if f.vectorized]
+    globals_, shapes, discrete, continuous, cshapes, reasons = [], {}, [], [], {}, []
+    for site_name, site in first.nodes.items():
+        if not _is_sample(site) or site["is_observed"]:
+            continue
+        fn = site["fn"]
+        local = any(f.name == plate.name for f in site["cond_indep_stack"])
+        if not local:
+            if fn.support.is_discrete:
+                raise CardError(f"model {name}: site {site_name!r} is a discrete latent outside the data plate; "
+                                "pplvm's guides over global latents need them continuous")
+            if site_name in second.nodes and second.nodes[site_name]["value"].shape != site["value"].shape:
+                raise CardError(f"model {name}: site {site_name!r} changes shape with the batch but is outside "
+                                f"the data plate {plate.name!r}; put it inside the plate")
+            globals_.append(site_name)
+            shapes[site_name] = tuple(site["value"].shape)
+        elif fn.support.is_discrete:
+            if not fn.has_enumerate_support:
+                raise CardError(f"model {name}: site {site_name!r} is discrete with an unbounded support "
+                                f"({type(fn).__name__}); pplvm can sum out only finite discrete latents")
+            discrete.append(site_name)
+        else:
+            if not fn.has_rsample:
+                raise CardError(f"model {name}: site {site_name!r} is continuous but not reparameterisable "
+                                f"({type(fn).__name__}); pplvm cannot classify it")
+            continuous.append(site_name)
+            cshapes[site_name] = tuple(fn.event_shape)
+            value_shape = tuple(site["value"].shape)
+            if _base_support(fn) is not constraints.real:
+                reasons.append(f"site {site_name!r} has support {_base_support(fn)}, not the real line")
+            elif len(fn.event_shape) != 1 or value_shape != (_PROBE_ROWS[0], *fn.event_shape) or plate.dim != -1:
+                reasons.append(f"site {site_name!r} has shape {value_shape}, not (rows, L) in a data plate at dim -1")
+    if len(continuous) > 1:
+        reasons.append(f"it has {len(continuous)} continuous local sites; the encoder serves one")
+    return Structure(plate=plate.name, plate_dim=plate.dim, observed=obs, global_sites=tuple(globals_),
+                     global_shapes=shapes, discrete=tuple(discrete), continuous=tuple(continuous),
+                     continuous_shapes=cshapes, max_plate_nesting=-min(dims) if dims else 1,
+                     not_amortizable="; ".join(reasons))
+
+
+def _probe(model: Callable, rows: int, dim: int, name: str) -> poutine.Trace:
+    x = torch.zeros(rows, dim)
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
+            return poutine.trace(model).get_trace(x)
+    except NotImplementedError as err:
+        if "pyro.param" in str(err):
+            raise CardError(f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
+                            "PyroModule with PyroParam attributes (or give the parameter a prior)") from None
+        raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: {_first_line(err)}") from None
+    except Exception as err:  # the user's code: report what it raised, in one line
+        raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: "
+                        f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    """An exception's message without the trace shapes Pyro appends to it."""
+    return str(err).strip().split("\n")[0]
+
+
+def _is_sample(site) -> bool:
+    return site["type"] == "sample" and not site_is_subsample(site)
+
+
+def _base_support(fn) -> Any:
+    support = fn.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+class _ScaleDataPlate(Messenger):
+    """Scale every sample site inside the plate ``name`` by ``factor`` (``N / B`` for a minibatch
+    of B out of N rows, as a subsampled plate would)."""
+
+    def __init__(self, name: str, factor: float):
+        super().__init__()
+        self.name, self.factor = name, factor
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and any(f.name == self.name for f in msg["cond_indep_stack"]):
+            msg["scale"] = msg["scale"] * self.factor
+
+
+class _Holder(torch.nn.Module):
+    """Holds the user's module out of sight of PyroModule naming, so that its sites keep the
+    names the user gave them (a PyroModule attribute would prefix them)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+
+# ---------------------------------------------------------------------- the family
+class PyroModel(LatentVariableModel, UserGuide):
+    """A user's Pyro model, traced (see the module docstring). Its guides, objectives, local
+    sites and likelihood kind are read off the model, so they are set per instance; the class
+    values are what some model may admit."""
+
+    Config = PyroConfig
+    guides = ("meanfield", "map", "lowrank", "amortized", "custom")
+    objectives = ("elbo", "meanfield", "enum", "renyi", "iwae")
+    local_sites = ()
+    enumerated = False
+    likelihood = "exact"
+
+    @classmethod
+    def from_config(cls, config: PyroConfig, dim: int, model: Any = None, guide: Any = None) -> "PyroModel":
+        if model is None and config.target is None:
+            raise CardError("model.target: expected 'package.module:name' of your Pyro model "
+                            "(or pass model= from Python)")
+        label = repr(config.target) if model is None else "passed as model="
+        user = instantiate(model if model is not None else resolve(config.target, "model.target"),
+                           config.options, "model.options")
+        structure = trace_structure(user, dim, label)
+        kind = ContinuousPyroModel if structure.continuous else PyroModel
+        return kind(config, dim, user, structure, guide, label)
+
+    def __init__(self, config: TracedConfig, dim: int, user: Any, structure: Structure, guide: Any = None,
+                 label: str = ""):
+        super().__init__(config, dim)
+        self.structure = s = structure
+        if isinstance(user, torch.nn.Module):
+            self.holder = _Holder(user)
+            self._fn: tuple[Callable, ...] = (user,)
+        else:
+            self._fn = (user,)
+        self._user_guide_object = guide
+        self.observed_site = s.observed
+        self.plate_name, self.plate_dim = s.plate, s.plate_dim
+        self.max_plate_nesting = s.max_plate_nesting
+        self.local_sites = s.discrete + s.continuous
+        self.enumerated = bool(s.discrete)
+        self.likelihood = "estimate" if s.continuous else "exact"
+        with_guide = config.guide_target is not None or guide is not None
+        custom = ("custom",) if with_guide else ()
+        if s.continuous:
+            amortized = () if s.not_amortizable else ("amortized", "meanfield")
+            self.guides = amortized + custom
+        else:
+            self.guides = (("meanfield", "map", "lowrank") if s.global_sites else ()) + custom
+        if not self.guides:
+            raise CardError(f"model {label}: pplvm has no guide for it "
+                            f"({s.not_amortizable or 'no latent sites to guide'}); give your own: "
+                            "model.guide_target with guide.kind = 'custom'")
+        if s.discrete:
+            self.objectives = ("enum",)
+        elif s.continuous:
+            self.objectives = ("elbo", "meanfield", "renyi", "iwae")
+        else:
+            self.objectives = ("elbo", "meanfield", "enum", "renyi", "iwae")
+        self.site_dims = {}
+
+    # ----------------------------------------------------------------- the contract
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        return self.structure.global_sites
+
+    def forward(self, x=None, num_data=None):
+        """The user's model on ``x`` ``(B, D)`` (a :class:`~pplvm.data.Batch` is read through
+        :func:`~pplvm.data.values`), with every site in the data plate scaled by ``num_data / B``;
+        ``x = None`` generates ``num_data`` rows (the observed site sampled)."""
+        model = self._enumerated(self._fn[0])
+        if x is None:
+            if num_data is None:
+                raise ValueError("give x, or num_data rows to generate")
+            return poutine.uncondition(model)(torch.zeros(num_data, self.dim))
+        obs = values(x)
+        if num_data is not None and num_data != len(obs):
+            with _ScaleDataPlate(self.plate_name, num_data / len(obs)):
+                return model(obs)
+        return model(obs)
+
+    def _enumerated(self, fn: Callable) -> Callable:
+        """``fn`` with its discrete local sites marked for parallel enumeration."""
+        if not self.structure.discrete:
+            return fn
+        discrete = set(self.structure.discrete)
+        return poutine.infer_config(fn, lambda site: {"enumerate": "parallel"} if site["name"] in discrete else {})
+
+    @torch.no_grad()
+    def log_likelihood(self, x, params, *, proposal: Callable | None = None, num_samples: int | None = None,
+                       seed: int = 0) -> torch.Tensor:
+        """``log p(x_n | θ)``, ``(*S, N)`` for ``params`` batched as ``S`` (``(N,)`` without
+        global latents): exact by contracting the enumerated locals when there are no continuous
+        ones, else an importance-sampled estimate with ``proposal`` (a guide over the continuous
+        local, e.g. the run's amortized guide; default: their prior)."""
+        x = values(x)
+        batch = self._param_batch(params)
+        flat = {k: v.reshape(-1, *self.structure.global_shapes[k]) for k, v in params.items()
+                if k in self.structure.global_shapes}
+        rows = []
+        for i in range(math.prod(batch)):
+            model = self.conditioned({k: v[i] for k, v in flat.items()})
+            if self.structure.continuous:
+                rows.append(self._estimate(model, x, proposal, num_samples, seed))
+            else:
+                rows.append(self._contract(model, x))
+        return torch.stack(rows).reshape(*batch, len(x))
+
+    def _param_batch(self, params: dict[str, torch.Tensor]) -> tuple[int, ...]:
+        for k, shape in self.structure.global_shapes.items():
+            if k in params:
+                v = params[k]
+                return tuple(v.shape[: v.dim() - len(shape)])
+        return ()
+
+    def _contract(self, model: Callable, x: torch.Tensor, particles: int | None = None) -> torch.Tensor:
+        """``log p(x_n | θ)`` ``(N,)``: the data plate's sites with their enumerated locals
+        summed out by tensor contraction (as TraceEnum_ELBO does), the plate kept. With
+        ``particles``, the model runs inside a particle plate left of its own plates (values of
+        conditioned sites carry that dim) and the result is ``(particles, N)``."""
+        first = -1 - self.max_plate_nesting - (particles is not None)
+        plate = pyro.plate(_PARTICLES, particles, dim=-1 - self.max_plate_nesting) if particles else None
+        with plate if plate is not None else contextlib.nullcontext():
+            trace = poutine.trace(poutine.enum(model, first_available_dim=first)).get_trace(x)
+        trace = prune_subsample_sites(trace)
+        trace.compute_log_prob()
+        trace.pack_tensors()
+        factors: OrderedDict = OrderedDict()
+        sum_dims: set = set()
+        plate_symbols = set(trace.plate_to_symbol.values())
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or not any(f.name == self.plate_name for f in site["cond_indep_stack"]):
+                continue
+            ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+            factors.setdefault(ordinal, []).append(site["packed"]["unscaled_log_prob"])
+            if site["infer"].get("_enumerate_dim") is not None:
+                sum_dims |= set(site["packed"]["log_prob"]._pyro_dims) - plate_symbols
+        target = frozenset(trace.plate_to_symbol[p] for p in (self.plate_name, _PARTICLES) if p in trace.plate_to_symbol)
+        out = packed.unpack(contract_to_tensor(factors, sum_dims, target_ordinal=target), trace.symbol_to_dim)
+        if particles:  # (particles, 1.., N at the data plate's dim)
+            return out.reshape(particles, len(x))
+        return out.reshape(len(x))
+
+    def _estimate(self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None,
+                  seed: int) -> torch.Tensor:
+        k = num_samples or self.config.likelihood_samples
+        if self.structure.discrete:
+            return self._estimate_mixed(model, x, proposal, k, seed)
+        if proposal is not None:  # the run's guide: keep its local site, drop its globals' draws
+            plate = self.plate_name
+            guide = poutine.block(proposal, hide_fn=lambda site: not any(
+                f.name == plate for f in site["cond_indep_stack"]))
+        else:
+            guide = poutine.block(model, hide=[self.observed_site])  # the locals' prior
+        est = importance_log_likelihood(model, guide, x, k=k, seed=seed, plate=self.plate_name,
+                                        max_plate_nesting=self.max_plate_nesting)
+        return est.log_likelihood.to(x.dtype)
+
+    def _estimate_mixed(self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int,
+                        seed: int) -> torch.Tensor:
+        """Discrete and continuous locals: ``log (1/k) Σ_i p(x_n, z_i) / q(z_i | x_n)`` with
+        ``z_i ~ q`` and the discrete locals summed out exactly in ``p(x_n, z_i)`` (by contraction,
+        one draw at a time). ``(N,)``."""
+        if proposal is None:
+            raise IncompatibleError("a model with discrete and continuous local latents needs a proposal for "
+                                    "the continuous one (the run's amortized guide) to estimate log p(x)")
+        site, plate = self.structure.continuous[0], self.plate_name
+        guide = poutine.block(proposal, hide_fn=lambda s: not any(f.name == plate for f in s["cond_indep_stack"]))
+        log_w, dim = [], -1 - self.max_plate_nesting
+        chunk = max(1, min(k, _MAX_ELEMENTS // max(1, x.numel())))
+        with poutine.seed(rng_seed=seed):
+            for start in range(0, k, chunk):
+                size = min(chunk, k - start)
+                with pyro.plate(_PARTICLES, size, dim=dim):
+                    q = poutine.trace(guide).get_trace(x).nodes[site]
+                log_q = q["fn"].log_prob(q["value"])  # (size, N)
+                joint = self._contract(poutine.condition(model, data={site: q["value"]}), x, particles=size)
+                log_w.append(joint - log_q)
+        return (torch.cat(log_w).logsumexp(0) - math.log(k)).to(x.dtype)
+
+    def conditioned(self, params):
+        return poutine.condition(self, data=params)
+
+    def init_values(self, x, generator):
+        return {}
+
+    def prepare(self, data, name="data"):
+        return as_matrix(data, name, dim=self.dim)
+
+    def check_data(self, x):
+        """Nothing beyond :meth:`prepare`: the model's own distributions check their values."""
+
+    def plots(self, x, params):
+        return {}
+
+    # ------------------------------------------------------------------ user guide
+    def user_guide(self) -> torch.nn.Module:
+        obj = self._user_guide_object
+        if obj is None:
+            obj = resolve(self.config.guide_target, "model.guide_target")
+        guide = _CustomGuide(self, instantiate(obj, self.config.guide_options, "model.guide_options", "guide"))
+        guide.check()
+        return guide
+
+
+class ContinuousPyroModel(PyroModel, ContinuousLatentModel):
+    """A user's model with one continuous local latent ``(B, L)``: the amortized Gaussian
+    encoder (or free per-datum normals) serves it."""
+
+    @property
+    def latent_dim(self) -> int:
+        return self.structure.continuous_shapes[self.latent_site][0]
+
+    @property
+    def latent_site(self) -> str:
+        return self.structure.continuous[0]
+
+    def local_marginals(self, x, params):
+        if self.structure.discrete:
+            raise IncompatibleError(f"the posterior of {', '.join(self.structure.discrete)} given x also depends "
+                                    f"on the continuous {self.latent_site!r}; pplvm gives no closed form for it")
+        return super().local_marginals(x, params)
+
+    def map_locals(self, x, params):
+        if self.structure.discrete:
+            raise IncompatibleError(f"the most probable {', '.join(self.structure.discrete)} given x also depend "
+                                    f"on the continuous {self.latent_site!r}; pplvm gives no closed form for them")
+        return super().map_locals(x, params)
+
+    def make_encoder(self) -> torch.nn.Module:
+        c = self.config
+        return Encoder(torch.nn.Identity(), mlp(self.dim, c.hidden, 2 * self.latent_dim, c.activation), c.min_scale)
+
+
+class _CustomGuide(pyro.nn.PyroModule):
+    """The user's guide, called as ``guide(x)`` on the values of a batch, scaled like the model
+    in the data plate. Its point estimate of the globals (:meth:`median`) is the elementwise
+    median of 101 draws; called without data it draws the globals only."""
+
+    def __init__(self, model: PyroModel, guide: Any):
+        super().__init__()
+        self._model = (model,)
+        if isinstance(guide, torch.nn.Module):
+            self.holder = _Holder(guide)
+        self._fn = (guide,)
+
+    def forward(self, x=None, num_data=None):
+        model = self._model[0]
+        if x is None:  # posterior draws of the globals need no data
+            with poutine.block(hide_fn=lambda site: site["name"] not in model.global_sites):
+                return self._fn[0](torch.zeros(1, model.dim))
+        obs = values(x)
+        scale = _ScaleDataPlate(model.plate_name, num_data / len(obs)) if num_data not in (None, len(obs)) \
+            else contextlib.nullcontext()
+        with scale:
+            return self._fn[0](obs)
+
+    def check(self) -> None:
+        """Call the guide once on a placeholder batch: a CardError naming ``model.guide_target``
+        if it fails or leaves a global latent of the model unguided."""
+        model, label = self._model[0], "model.guide_target"
+        x = torch.zeros(_PROBE_ROWS[0], model.dim)
+        try:
+            with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
+                trace = poutine.trace(self).get_trace(x)
+        except NotImplementedError as err:
+            if "pyro.param" in str(err):
+                raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
+                                "it as a PyroModule with PyroParam attributes") from None
+            raise CardError(f"{label}: calling the guide on a placeholder batch failed: {_first_line(err)}") from None
+        except Exception as err:  # the user's code: report what it raised, in one line
+            raise CardError(f"{label}: calling the guide on a placeholder batch failed: "
+                            f"{type(err).__name__}: {_first_line(err)}") from None
+        if not isinstance(self._fn[0], torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
+            raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
+                            "it as a PyroModule with PyroParam attributes")
+        missing = [k for k in model.global_sites + model.structure.continuous if k not in trace.nodes]
+        if missing:
+            raise CardError(f"{label}: the guide does not sample the model's latent site(s) {', '.join(missing)}")
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        names = self._model[0].global_sites
+        with poutine.seed(rng_seed=0):
+            draws = [poutine.trace(self).get_trace() for _ in range(101)]
+        return {k: torch.stack([t.nodes[k]["value"] for t in draws]).median(0).values for k in names}
