@@ -27,6 +27,7 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
 def cmd_fit(args) -> int:
     from .config import load_card
     from .run import Run
+    from .training import distributed
 
     card = load_card(args.card, args.set)
     out = Path(args.out) if args.out else Path("runs") / card.name
@@ -39,6 +40,8 @@ def cmd_fit(args) -> int:
         run.fit(out, overwrite=args.overwrite)
     except KeyboardInterrupt as err:
         return _interrupted(err, out)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     last = run.history[-1]
     result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
               "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -68,7 +71,10 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None = None) -> int:
         hint = f"; no checkpoint was written to {run_dir} yet"
     else:
         hint = ""
-    print(f"pplvm: {what}{hint}", file=sys.stderr)
+    from .training import distributed
+
+    if distributed.is_main():  # under torchrun (where the launcher stops the others with SIGTERM), rank 0 reports
+        print(f"pplvm: {what}{hint}", file=sys.stderr)
     return 128 + int(signum)
 
 
@@ -187,11 +193,14 @@ def cmd_summary(args) -> int:
 
 def cmd_resume(args) -> int:
     from .run import Run
+    from .training import distributed
 
     try:
         run = Run.resume(args.run_dir, epochs=args.epochs)
     except KeyboardInterrupt as err:
         return _interrupted(err, Path(args.run_dir))
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     last = run.history[-1]
     _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
            "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -359,12 +368,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _leave_process_group()
 
 
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group fit / resume joined (nothing otherwise)."""
+    from .training import distributed
+
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ class TrainingConfig(Section):
                         description="auto (a GPU when there is one) | cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16", "tf32"] = Field(
         "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)")
+    compile: Literal["auto", "trace", "inductor", "off"] = Field(
+        "auto", description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
+        "on CUDA) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
+        "step); a dynamic structure falls back to off with a log line")
     seed: Seed = 0
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(

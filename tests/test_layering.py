@@ -5,8 +5,8 @@ Low to high, as README's "The house" draws it::
 
     errors, _registry, _progress, schema
                                         foundation: errors, the registry type, progress, Section
-    training.checkpoint, rundir, evaluation.arviz, evaluation.plots
-                                        atomic files, run directories, the arviz converter, figures
+    training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots
+                                        atomic files, collectives, the arviz converter, figures
     distributions, data, decoders, inference
                                         building blocks and the importance-sampling estimator
     families                            the contract and the families
@@ -32,7 +32,7 @@ PACKAGE = Path(pplvm.__file__).parent
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
     ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm.schema"],
-    ["pplvm.training.checkpoint", "pplvm.rundir", "pplvm.evaluation.arviz", "pplvm.evaluation.plots"],
+    ["pplvm.training.checkpoint", "pplvm.training.distributed", "pplvm.evaluation.arviz", "pplvm.evaluation.plots"],
     ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference"],
     ["pplvm.families"],
     ["pplvm.config"],

@@ -80,6 +80,17 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         super().__init__()
         self.config = config
         self.dim = int(dim)
+        # follows .to(device); constants the model creates (priors, plate indices) go there
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters and of the constants it creates."""
+        return self._device_anchor.device
+
+    def scalar(self, value: float) -> torch.Tensor:
+        """``value`` as a 0-dim tensor on the model's device (a prior's constant)."""
+        return torch.tensor(value, dtype=self._device_anchor.dtype, device=self.device)
 
     # ----------------------------------------------------------------- the contract
     @property
@@ -135,9 +146,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         if x is None:
             if num_data is None:
                 raise ValueError("give x, or num_data rows to generate")
-            return pyro.plate("data", num_data, dim=-1)
+            return pyro.plate("data", num_data, dim=-1, device=self.device)
         size = len(x) if num_data is None else num_data
-        rows = x.index if isinstance(x, Batch) and x.index is not None else torch.arange(len(x))
+        rows = (x.index if isinstance(x, Batch) and x.index is not None
+                else torch.arange(len(x), device=(x.x if isinstance(x, Batch) else x).device))
         return pyro.plate("data", size, subsample=rows, dim=-1)
 
     def conditioned(self, params: dict[str, torch.Tensor]):

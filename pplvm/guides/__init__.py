@@ -46,7 +46,12 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
                flow_layers: int = 2, flow_hidden: Sequence[int] = ()) -> torch.nn.Module:
     """Build the guide ``kind`` for ``model``, initialised from the training data ``x``
     (``num_data``: the number of training data, when ``x`` is only a sample of them;
-    ``flow_layers`` / ``flow_hidden``: IAF steps and their widths for ``kind = "flow"``)."""
+    ``flow_layers`` / ``flow_hidden``: IAF steps and their widths for ``kind = "flow"``), on the
+    model's device (place the model first: autoguides create their parameters there)."""
+    return _build_guide(model, kind, x, init_scale, generator, num_data, flow_layers, flow_hidden).to(model.device)
+
+
+def _build_guide(model, kind, x, init_scale, generator, num_data, flow_layers, flow_hidden) -> torch.nn.Module:
     if kind not in model.guides:
         raise IncompatibleError(
             f"guide.kind = {kind!r} is not available for family {model.config.family!r}; "
@@ -60,7 +65,9 @@ def make_guide(model: LatentVariableModel, kind: str, x: torch.Tensor, *, init_s
     if kind == "none":
         return EmptyGuide()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    init = init_to_value(values=model.init_values(x, generator), fallback=init_to_median)
+    # data-driven starts are computed where the data are (the host) and placed with the model
+    start = {k: v.to(model.device) for k, v in model.init_values(x, generator).items()}
+    init = init_to_value(values=start, fallback=init_to_median)
     blocked = poutine.block(model, expose=list(model.global_sites))
     if kind == "flow":
         flow = dict(num_transforms=flow_layers, hidden=flow_hidden)

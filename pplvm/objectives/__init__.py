@@ -37,6 +37,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from ..config import ObjectiveConfig
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
+from ..training.compiled import CompiledSVIStep
 from ..training.rules import SVIStep, UpdateRule
 from ._pathwise import check_reparameterised
 from .adversarial import AdversarialStep, adversarial_rule
@@ -175,8 +176,11 @@ def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: A
     factory = RULES.get(card.objective.name)
     if factory is not None:
         return factory(model, guide, card)
-    return SVIStep(model, guide, make_objective(model, card.objective), card.training,
-                   schedule=make_schedule(model, card.objective), held_out=held_out)
+    objective, schedule = make_objective(model, card.objective), make_schedule(model, card.objective)
+    if card.training.compile == "off":
+        return SVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out)
+    return CompiledSVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out,
+                           mode=card.training.compile)
 
 
 def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedule | None:
