@@ -363,19 +363,20 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     def plots(self, x, params):
         figs = {}
+        device = next(self.parameters()).device  # samples are drawn where the model lives
         if self.dim == 2:
             from ..evaluation.plots import samples_scatter
 
-            g = torch.Generator().manual_seed(0)
-            figs["samples"] = samples_scatter(values(x)[:2000], self.generate(1000, generator=g),
+            g = torch.Generator(device=device).manual_seed(0)
+            figs["samples"] = samples_scatter(values(x)[:2000].cpu(), self.generate(1000, generator=g).cpu(),
                                               title="data and ancestral samples")
         if self.image_shape is not None:
             from ..evaluation.plots import image_grid
 
             c, h, w = self.image_shape
             if c == 1:
-                g = torch.Generator().manual_seed(0)
-                figs["samples"] = image_grid(self.generate(64, generator=g), (h, w), title="ancestral samples")
+                g = torch.Generator(device=device).manual_seed(0)
+                figs["samples"] = image_grid(self.generate(64, generator=g).cpu(), (h, w), title="ancestral samples")
         return figs
 
 
