@@ -1,32 +1,58 @@
 # One entry point for people and CI. Every target sets up what it needs first.
+# `make test` runs the suite twice: on Python 3.11 (arviz 0.23) and on a newer Python found
+# through pyenv (arviz 1.x), each in its own fresh venv.
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.pplvm-installed
+# the newer Python: the highest pyenv 3.12.x (set PY_NEW=/path/to/python3.12 to choose another)
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+PY_NEW  ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python)))
+VENV_NEW ?= .venv-new
+STAMP_NEW := $(VENV_NEW)/.pplvm-installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup setup-new demo test test-311 test-new test-all bench clean
 
 # A fresh venv; the CPU wheel torch==2.13.0 first (so nothing pulls a CUDA build), then pplvm.
 $(STAMP): pyproject.toml
+	$(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make: PY=$(PY) is Python %d.%d; expected 3.11 (set PY=python3.11)" % sys.version_info[:2])'
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
+# The newer Python's venv: torch==2.13.0 from PyPI (the CPU wheel on disk is for 3.11 only;
+# PyPI's build carries CUDA libraries and runs on the CPU as well), then pplvm.
+$(STAMP_NEW): pyproject.toml
+	@test -n "$(PY_NEW)" && test -x "$(PY_NEW)" || { echo "make: no Python 3.12 found (looked for $(PYENV_ROOT)/versions/3.12*/bin/python); install one (pyenv install 3.12) or set PY_NEW=/path/to/python3.12" >&2; exit 1; }
+	$(PY_NEW) -m venv $(VENV_NEW)
+	$(VENV_NEW)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_NEW)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV_NEW)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP_NEW)
+
 setup: $(STAMP)
+setup-new: $(STAMP_NEW)
 
 ## Fit the bundled demo (Bayesian GMM on iris) into runs/gmm_iris and print its summary.
 demo: $(STAMP)
-	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris
+	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris --overwrite
 	$(BIN)/pplvm evaluate runs/gmm_iris
 
-## The test suite CI runs (slow tests excluded).
-test: $(STAMP)
+## The test suite CI runs (slow tests excluded), on Python 3.11 and on the newer Python.
+test: test-311 test-new
+
+test-311: $(STAMP)
+	@$(BIN)/python -c 'import sys, arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)' 2>/dev/null
 	$(BIN)/python -m pytest -m "not slow" -q
 
-## Everything, slow tests included.
+test-new: $(STAMP_NEW)
+	@$(VENV_NEW)/bin/python -c 'import sys, warnings; warnings.simplefilter("ignore"); import arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)'
+	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
+
+## Everything, slow tests included (Python 3.11).
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -35,4 +61,4 @@ bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_NEW) runs .pytest_cache

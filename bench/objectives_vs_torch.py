@@ -258,6 +258,19 @@ def make_steps(part: str):
         with pyro.validation_enabled(False):
             pplvm_step()
 
+    # the trainer's default rule (training.compile = "auto"): Pyro validation on the first step
+    # only, then the traced flat graph of objective and gradient
+    from pplvm.config import TrainingConfig
+    from pplvm.training.compiled import CompiledSVIStep
+
+    compiled = CompiledSVIStep(model, guide, elbo, TrainingConfig(lr=1e-3), mode=os.environ.get("PPLVM_BENCH_COMPILE", "trace"))
+    compiled.setup(x, N)
+
+    def pplvm_compiled():
+        with pyro.validation_enabled(False):
+            if not torch.isfinite(compiled.step(x, N, 0.0)):
+                raise RuntimeError("non-finite loss")
+
     def torch_step():
         opt_t.zero_grad(set_to_none=True)
         loss = torch_loss(enc, dec, x)
@@ -266,7 +279,8 @@ def make_steps(part: str):
         loss.backward()
         opt_t.step()
 
-    return {"pplvm": pplvm_step, "pplvm_novalid": pplvm_step_novalid, "torch": torch_step}, source
+    return {"pplvm": pplvm_step, "pplvm_novalid": pplvm_step_novalid, "pplvm_compiled": pplvm_compiled,
+            "torch": torch_step}, source
 
 
 def alternate(fns: dict, rounds: int, reps: int) -> dict[str, float]:
@@ -392,10 +406,12 @@ def main() -> None:
         else:
             raise SystemExit(f"--only: unknown part {part!r}")
         goal = goals[part]
-        for side in ("pplvm", "pplvm_novalid"):
+        for side in ("pplvm", "pplvm_novalid", "pplvm_compiled"):
+            if side not in t:
+                continue
             ratio = t[side] / t["torch"]
             verdict = "" if goal is None else f"(goal <= {goal})  {'ok' if ratio <= goal else 'MISSED'}"
-            label = f"{part}{'' if side == 'pplvm' else ' (no validation)'}"
+            label = f"{part}{ {'pplvm': '', 'pplvm_novalid': ' (no validation)', 'pplvm_compiled': ' (compiled)'}[side]}"
             print(f"{label:22s} pplvm {t[side] * scale:9.3f}  torch {t['torch'] * scale:9.3f} {unit}  "
                   f"ratio {ratio:.3f}  {verdict}")
 

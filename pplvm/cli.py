@@ -27,6 +27,7 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
 def cmd_fit(args) -> int:
     from .config import load_card
     from .run import Run
+    from .training import distributed
 
     card = load_card(args.card, args.set)
     out = Path(args.out) if args.out else Path("runs") / card.name
@@ -39,6 +40,8 @@ def cmd_fit(args) -> int:
         run.fit(out, overwrite=args.overwrite)
     except KeyboardInterrupt as err:
         return _interrupted(err, out)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     last = run.history[-1]
     result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
               "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -68,7 +71,10 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None = None) -> int:
         hint = f"; no checkpoint was written to {run_dir} yet"
     else:
         hint = ""
-    print(f"pplvm: {what}{hint}", file=sys.stderr)
+    from .training import distributed
+
+    if distributed.is_main():  # under torchrun (where the launcher stops the others with SIGTERM), rank 0 reports
+        print(f"pplvm: {what}{hint}", file=sys.stderr)
     return 128 + int(signum)
 
 
@@ -104,6 +110,15 @@ def cmd_evaluate(args) -> int:
     kind = LIKELIHOOD_WORDS[m["likelihood"]]
     text = (f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
             f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}")
+    if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
+        from .evaluation.plots import likelihood_terms_plot, save_figure, term_rows
+
+        plot = Path(args.plot)
+        save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
+        result["plot"] = str(plot)
+        rows = [f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)]
+        text += (f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
+                 f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}")
     _emit(result, args.json, text)
     return 0
 
@@ -120,8 +135,39 @@ def cmd_sample(args) -> int:
     x = run.sample(args.n, seed=args.seed)
     save_samples(x, args.out)
     shape = " x ".join(map(str, x.shape[1:]))  # (D,) rows or (T, D) sequences
+    text = f"wrote {args.n} samples of shape {shape} to {args.out}"
+    if args.grid:
+        from .evaluation.plots import image_grid, save_figure
+
+        shape_hw = run.model.image_shape
+        if shape_hw is None:
+            raise PplvmError(f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
+                             "(set model.image_shape)")
+        save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), args.grid)
+        text += f"; grid of {min(args.n, 256)} in {args.grid}"
     _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[-1],
-           "shape": list(x.shape)}, args.json, f"wrote {args.n} samples of shape {shape} to {args.out}")
+           "shape": list(x.shape), "grid": args.grid}, args.json, text)
+    return 0
+
+
+def cmd_two_sample(args) -> int:
+    from .evaluation.two_sample import two_sample
+    from .run import Run
+
+    if args.permutations < 1:
+        raise PplvmError(f"--permutations: expected a positive number, got {args.permutations}")
+    if args.n is not None and args.n < 2:
+        raise PplvmError(f"-n: expected at least 2 samples, got {args.n}")
+    run = Run.load(args.run_dir)
+    x, where = _eval_data(run, args)
+    results = two_sample(run, x, n=args.n, permutations=args.permutations, seed=args.seed)
+    result = {"schema": "pplvm.two_sample/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
+              "data": where, **{k: r.to_dict() for k, r in results.items()}}
+    mmd, c2st = results["mmd"], results["classifier"]
+    text = (f"{run.card.name} samples vs {where} ({mmd.n_y} rows, {mmd.n_x} samples):\n"
+            f"  MMD² = {mmd.statistic:.4g} (bandwidth {mmd.detail['bandwidth']:.3g}), permutation p = {mmd.p_value:.3g}\n"
+            f"  classifier two-sample test: held-out accuracy = {c2st.statistic:.3f} (chance 0.5), p = {c2st.p_value:.3g}")
+    _emit(result, args.json, text)
     return 0
 
 
@@ -147,11 +193,14 @@ def cmd_summary(args) -> int:
 
 def cmd_resume(args) -> int:
     from .run import Run
+    from .training import distributed
 
     try:
         run = Run.resume(args.run_dir, epochs=args.epochs)
     except KeyboardInterrupt as err:
         return _interrupted(err, Path(args.run_dir))
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     last = run.history[-1]
     _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
            "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
@@ -252,11 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help=".npy or .csv file (N, D), or an .npz of sequences; "
                     "default: the card's test, else valid split")
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument("--plot", default="likelihood_terms.png",
+                    help="plot of the per-term decomposition, for families that have one (default: "
+                    "./likelihood_terms.png)")
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")
     sp.add_argument("-n", type=int, required=True, help="number of samples")
     sp.add_argument("--out", required=True, help="output file, .npy or .csv")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
+
+    sp = add("two-sample", cmd_two_sample, "two-sample tests (MMD, classifier) of a run's samples against data; "
+             "any family, likelihood or not")
+    sp.add_argument("run_dir")
+    sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
+    sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument("-n", type=int, help="samples to draw (default: as many as data rows)")
+    sp.add_argument("--permutations", type=int, default=500, help="MMD permutations (default 500)")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add("summary", cmd_summary, "print a run's posterior summary")
@@ -306,12 +368,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _leave_process_group()
 
 
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group fit / resume joined (nothing otherwise)."""
+    from .training import distributed
+
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -27,12 +27,16 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "em"]
+ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm",
+                        "gan", "gan_hinge", "wgan_gp", "em"]
 
 
 class GuideConfig(Section):
     kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
     init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
+    flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
+    flow_hidden: list[int] = Field([], description="flow guide: hidden widths of each step's network "
+                                   "(at least the latent dimension; default one layer of twice it)")
 
 
 class ObjectiveConfig(Section):
@@ -46,6 +50,8 @@ class ObjectiveConfig(Section):
                                     "kl_weight over this many epochs, step by step; 0 = off")
     free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
                              "below which the KL is not penalised; needs name = 'meanfield'")
+    weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
+                                                 "steps, or Ho et al.'s L_simple (not a bound)")
     em_estimate: Literal["map", "ml"] = Field(
         "map", description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
                            "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)")
@@ -73,6 +79,10 @@ class TrainingConfig(Section):
                         description="auto (a GPU when there is one) | cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16", "tf32"] = Field(
         "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)")
+    compile: Literal["auto", "trace", "inductor", "off"] = Field(
+        "auto", description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
+        "on CUDA) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
+        "step); a dynamic structure falls back to off with a log line")
     seed: Seed = 0
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(
@@ -83,6 +93,9 @@ class EvaluationConfig(Section):
     draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
+    memory_mb: float = Field(512.0, gt=0, description="bound on the working memory of every evaluation and "
+                             "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
+                             "see pplvm.evaluation.memory")
 
 
 @functools.cache

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import copy
+import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,17 +40,21 @@ from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset,
 from .data.base import split
 from . import rundir
 from ._progress import progress, reporting
-from .errors import ArgumentError, DataError, IncompatibleError, PplvmError, RunDirError
-from .evaluation import plots
+from .errors import ArgumentError, CardError, DataError, IncompatibleError, PplvmError, RunDirError
+from .evaluation import memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
 from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
+from .training import distributed
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
-from .training.trainer import Callback, Trainer, read_history
+from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
 
 PROTOTYPE_ROWS = 256
+#: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
+#: the shipped cards and README commands): ``PPLVM_MAX_EPOCHS=2 pplvm fit ...``
+MAX_EPOCHS_ENV = "PPLVM_MAX_EPOCHS"
 #: how each likelihood kind is named wherever a log-likelihood is shown
 LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate", "bound": "lower bound", "none": "none"}
 
@@ -92,7 +99,8 @@ class Run:
             raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
         dataset = _labelled(dataset, card)
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
-        model = family(card.model, dataset.dim)
+        # on the run's device before the guide exists: autoguides create their parameters there
+        model = family(card.model, dataset.dim).to(resolve_device(card.training.device))
         if dataset.augment is None:
             dataset.train = model.validate(dataset.train, "data (training split)")
         else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
@@ -103,14 +111,18 @@ class Run:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
         check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
         guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
-                           generator=torch.Generator().manual_seed(card.training.seed))
+                           generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
         with torch.no_grad():  # autoguides create their parameters on the first call
-            guide(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], num_data=len(dataset.train))
+            guide(to_device(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], model.device),
+                  num_data=len(dataset.train))
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Run":
-        """Load a run directory written by :meth:`fit` (best parameters if early-stopped)."""
+    def load(cls, run_dir: str | Path, *, device: str | None = None) -> "Run":
+        """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
+        ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
+        ``training.device``, or the CPU where this machine lacks that device: a run trained on
+        a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``)."""
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
@@ -119,12 +131,13 @@ class Run:
         extras = ckpt["extras"]
         rundir.check_fingerprint(extras.get("card"), card, run_dir)
         with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
-            model = FAMILIES[card.model.family](card.model, int(extras["dim"]))
+            where = _load_device(card.training.device if device is None else device)
+            model = FAMILIES[card.model.family](card.model, int(extras["dim"])).to(where)
             proto = _from_state(extras["prototype"])
             guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                               num_data=extras.get("num_train"))
+                               num_data=extras.get("num_train"), **_flow_options(card))
             with torch.no_grad():
-                guide(proto)
+                guide(to_device(proto, where))
             params = ckpt["best"] or ckpt
             model.load_state_dict(params["model"])
             guide.load_state_dict(params["guide"])
@@ -140,16 +153,26 @@ class Run:
 
         ``out`` must be new or empty: a directory holding a run is refused unless
         ``overwrite``, which deletes the old run's files first. The directory is locked
-        while the fit writes it (a second fit into it is refused)."""
+        while the fit writes it (a second fit into it is refused).
+
+        Started by torchrun (several processes), every process trains on its shard of each
+        batch and rank 0 alone prepares, locks and writes the run directory (see
+        :mod:`pplvm.training.distributed`)."""
         if self.dataset is None:
             raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+        self.card = _epoch_cap(self.card, 0)
+        main = distributed.init_from_env(self.card.training.device).is_main
         if out is None:
             return self._fit(callbacks)
-        with rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()) as run_dir:
-            self.run_dir = run_dir
-            with rundir.storage(f"run directory {str(run_dir)!r}"):
-                dump_card(self.card, run_dir / "card.toml")
-                (run_dir / "metrics.jsonl").write_text("")
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("prepare the run directory"):
+                if main:
+                    run_dir = stack.enter_context(
+                        rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()))
+                    with rundir.storage(f"run directory {str(run_dir)!r}"):
+                        dump_card(self.card, run_dir / "card.toml")
+                        (run_dir / "metrics.jsonl").write_text("")
+                self.run_dir = Path(out)
             return self._fit(callbacks)
 
     def _fit(self, callbacks: Sequence[Callback]) -> "Run":
@@ -157,7 +180,7 @@ class Run:
         with rundir.storage(f"run directory {str(self.run_dir)!r}"):
             self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             self.write_artifacts()
         return self
 
@@ -177,30 +200,38 @@ class Run:
         run_dir = Path(run_dir)
         if not (run_dir / "card.toml").is_file():
             raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
-        with rundir.locked(run_dir):
-            card = load_card(run_dir / "card.toml")
-            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-            rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
-            if epochs is not None:
-                done = int(ckpt["trainer"]["epoch"])
-                if check_count(epochs, "epochs") < done:
-                    raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
-                                        f"expected a new total budget of at least {done}")
-                card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
-            if data is None and ckpt["extras"].get("from_python"):
-                raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
-            run = cls.from_card(card, data)
-            run.run_dir = run_dir
-            rundir.check_writable(run_dir, run._checkpoint_bytes())
+        main = distributed.init_from_env(load_card(run_dir / "card.toml").training.device).is_main
+        with contextlib.ExitStack() as stack:
+            with distributed.agreed("lock the run directory"):  # rank 0 locks and writes it; all read it
+                if main:
+                    stack.enter_context(rundir.locked(run_dir))
+                card = load_card(run_dir / "card.toml")
+                ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+                rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+                if epochs is not None:
+                    done = int(ckpt["trainer"]["epoch"])
+                    if check_count(epochs, "epochs") < done:
+                        raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                                            f"expected a new total budget of at least {done}")
+                    card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+                if data is None and ckpt["extras"].get("from_python"):
+                    raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+                card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
+                run = cls.from_card(card, data)
+                run.run_dir = run_dir
+                if main:
+                    rundir.check_writable(run_dir, run._checkpoint_bytes())
             run.trainer = run._trainer(callbacks)
             train = _fit_input(run.guide, run.dataset.train)
             with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
                 run.trainer.resume(train)
             with rundir.storage(f"run directory {str(run_dir)!r}"):
-                dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+                if main:
+                    dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
                 run.trainer.fit(train, run.dataset.valid)
             run.history = run.trainer.state.history
-            run.write_artifacts()
+            if main:
+                run.write_artifacts()
         return run
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
@@ -212,12 +243,20 @@ class Run:
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
+        # a family without a likelihood ("none") is judged by its rule's held-out loss alone
+        valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
+        ctx = distributed.init_from_env(self.card.training.device)
         return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=self._valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       augment=d.augment)
+                       valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
+                       augment=d.augment, rank=ctx.rank, world_size=ctx.world_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model and guide live and every query computes (results come back on the host)."""
+        return self.model.device
 
     def _valid_metrics(self, valid: torch.Tensor) -> dict[str, float]:
-        ll = self._model_log_likelihood(valid, self.params()) + self.transform.log_abs_det_jacobian(valid)
+        ll = self._chunked_log_likelihood(valid, self._params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
 
     def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -232,20 +271,54 @@ class Run:
             return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
 
+    def _chunked_log_likelihood(self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None) -> torch.Tensor:
+        """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
+        (the leading dim of every ``params`` entry), of draws, each pass within
+        ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``,
+        computed on the run's device and returned on the host."""
+        params = {k: v.to(self.device) for k, v in params.items()}
+        n, per_draw = len(xt), bool(params) and num_draws is not None
+        draws, rows = memory.plan(num_draws if per_draw else 1, n, self.model.evaluation_cost(xt),
+                                  self.card.evaluation.memory_mb)
+        blocks = []
+        for ds in memory.spans(num_draws if per_draw else 1, draws):
+            p = {k: v[ds] for k, v in params.items()} if per_draw else params
+            blocks.append(torch.cat([self._model_log_likelihood(to_device(xt[rs], self.device), p).cpu()
+                                     for rs in memory.spans(n, rows)], -1))
+        return torch.cat(blocks, 0) if per_draw else blocks[0]
+
+    def _rows_per_pass(self, xt) -> int:
+        """Data per pass of a point-estimate query (local posteriors, MAP states) within
+        ``evaluation.memory_mb``."""
+        return memory.plan(1, len(xt), self.model.evaluation_cost(xt), self.card.evaluation.memory_mb)[1]
+
+    def _by_rows(self, fn, xt) -> dict[str, torch.Tensor]:
+        """``fn(chunk) -> {name: (n, ...)}`` over chunks of rows of ``xt`` (each moved to the
+        run's device), concatenated on the host."""
+        parts = [_host(fn(to_device(xt[rs], self.device))) for rs in memory.spans(len(xt), self._rows_per_pass(xt))]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
     # ------------------------------------------------------------------ queries
     def _prepare(self, x: Any, name: str = "x"):
         return self.transform(self.model.prepare(x, name))
 
     @torch.no_grad()
     def params(self) -> dict[str, torch.Tensor]:
-        """Point estimate of the global latents: the guide's median."""
+        """Point estimate of the global latents: the guide's median (on the host)."""
+        return _host(self._params())
+
+    def _params(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.guide.median().items()}
 
     @torch.no_grad()
     def draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
-        (empty when the family has no global latents: all its parameters are point estimates)."""
+        (empty when the family has no global latents: all its parameters are point estimates),
+        on the host."""
         num, seed = check_count(num, "num"), check_seed(seed, "seed")
+        return _host(self._draws(num, seed))
+
+    def _draws(self, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
@@ -253,7 +326,7 @@ class Run:
         with pyro.poutine.seed(rng_seed=seed):
             out = Predictive(guide, num_samples=num, parallel=True,
                              return_sites=list(self.model.global_sites))()
-        point = self.params()
+        point = self._params()
         return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
@@ -262,7 +335,7 @@ class Run:
         families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family declares). ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
-        return self._model_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
+        return self._chunked_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
 
     @torch.no_grad()
     def posterior(self, x: Any = None) -> dict[str, torch.Tensor]:
@@ -273,18 +346,20 @@ class Run:
         for the training data only)."""
         if x is None and isinstance(self.guide, MeanFieldLocal):
             q = self.guide.training_posterior()  # needs no data: one q(z_n) per training row
-            return {"loc": q.mean, "scale": q.stddev}
+            return _host({"loc": q.mean, "scale": q.stddev})
         xt = self._prepare(x) if x is not None else self._training_data()
         if self.model.enumerated:
-            return self.model.local_marginals(xt, self.params())
+            params = self._params()
+            return self._by_rows(lambda part: self.model.local_marginals(part, params), xt)
         if not isinstance(self.guide, LocalGuide):
             raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
-        q = self.guide.local_posterior(xt)
-        return {"loc": q.mean, "scale": q.stddev}
+        q = self.guide.local_posterior(to_device(xt, self.device))
+        return _host({"loc": q.mean, "scale": q.stddev})
 
     def map_states(self, x: Any) -> dict[str, torch.Tensor]:
         """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
-        return self.model.map_locals(self._prepare(x), self.params())
+        params = self._params()
+        return self._by_rows(lambda part: self.model.map_locals(part, params), self._prepare(x))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -292,14 +367,26 @@ class Run:
         data's own units."""
         n, seed = check_count(n, "n"), check_seed(seed, "seed")
         with pyro.poutine.seed(rng_seed=seed):
-            return self.transform.inverse(self.model.sample(n, self.params()))
+            return self.transform.inverse(self.model.sample(n, self._params()).cpu())
 
     @torch.no_grad()
     def evaluate(self, x: Any) -> dict[str, Any]:
-        ll = self.log_likelihood(x)
-        return {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
-                "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
-                "exact": self.model.likelihood == "exact"}
+        """Log-likelihood of ``x`` per datum and in total; where the family decomposes it
+        (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
+        mean (nats per datum, ``terms``) and the total in bits per dimension."""
+        xt = self._prepare(x)
+        terms = _host(self.model.likelihood_terms(to_device(xt, self.device), self._params()))
+        if terms is None:
+            ll = self.log_likelihood(x)
+        else:
+            ll = -torch.stack(list(terms.values()), -1).sum(-1) + self.transform.log_abs_det_jacobian(xt)
+        out = {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
+               "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
+               "exact": self.model.likelihood == "exact"}
+        if terms is not None:
+            out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
+            out["bits_per_dim"] = -float(ll.mean()) / (self.model.dim * math.log(2))
+        return out
 
     @torch.no_grad()
     def to_arviz(self, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
@@ -309,20 +396,36 @@ class Run:
         if len(xt) > ev.max_rows:
             xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
         s = ev.draws * ev.chains
-        draws = self.draws(s, seed)
-        ll = self._model_log_likelihood(xt, draws) + self.transform.log_abs_det_jacobian(xt)
-        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
-        ppc = None
-        if posterior_predictive:
-            with pyro.poutine.seed(rng_seed=seed + 1), progress(s, "posterior predictive", unit="draw") as bar:
-                ppc = []
-                for i in range(s):
-                    ppc.append(self.model.replicate(xt, {k: v[i] for k, v in draws.items()}))
-                    bar.update(1)
-                ppc = torch.stack(ppc)
-            ppc = _mask_padding(self.transform.inverse(ppc), xt)
+        draws = self._draws(s, seed)  # on the run's device; exported from the host
+        ll = None  # an implicit density ("none") has no log_likelihood group
+        if self.model.likelihood != "none":
+            ll = self._chunked_log_likelihood(xt, draws, s) + self.transform.log_abs_det_jacobian(xt)
+            ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
+        ppc = self._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
         observed = _mask_padding(values(self.transform.inverse(xt)), xt)
-        return inference_data(draws, ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
+        return inference_data(_host(draws), ll, observed, ppc, chains=ev.chains, dims=self.model.site_dims)
+
+    def _replicates(self, xt, draws: dict[str, torch.Tensor], seed: int) -> torch.Tensor | None:
+        """Posterior-predictive replicates of ``xt`` in the data's units, padding NaN:
+        ``(chains · d, *values(xt).shape)`` for the first ``d`` draws of each chain, ``d`` as
+        many as fit a quarter of ``evaluation.memory_mb`` (all when they fit; None — no
+        posterior_predictive group — when not even one per chain does), each drawn in passes
+        over chunks of rows (:mod:`pplvm.evaluation.memory`)."""
+        ev = self.card.evaluation
+        shape = values(xt).shape
+        per_chain = min(ev.draws, memory.budget_elements(ev.memory_mb) // max(1, ev.chains * shape.numel()))
+        if per_chain < 1:
+            return None
+        out = torch.empty((ev.chains * per_chain, *shape), dtype=values(xt).dtype)
+        rows = self._rows_per_pass(xt)
+        with pyro.poutine.seed(rng_seed=seed), progress(len(out), "posterior predictive", unit="draw") as bar:
+            for j, i in enumerate(c * ev.draws + d for c in range(ev.chains) for d in range(per_chain)):
+                p = {k: v[i] for k, v in draws.items()}
+                for rs in memory.spans(len(xt), rows):
+                    rep = self.model.replicate(to_device(xt[rs], self.device), p).cpu()
+                    out[j, rs] = _mask_padding(self.transform.inverse(rep), xt[rs])
+                bar.update(1)
+        return out
 
     def _training_data(self) -> "torch.Tensor | Batch":
         """The training split as the model sees it (one fixed draw of an augmented split)."""
@@ -348,9 +451,13 @@ class Run:
             plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
             if self.model.global_sites:
                 plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
-            for name, fig in self.model.plots(self._training_data(), self.params()).items():
+            for name, fig in self._host_model().plots(self._training_data(), self.params()).items():
                 plots.save_figure(fig, d / f"{name}.png")
             atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+
+    def _host_model(self) -> LatentVariableModel:
+        """The model with its parameters on the host (plots draw from host tensors)."""
+        return self.model if self.device.type == "cpu" else copy.deepcopy(self.model).to("cpu")
 
     def _posterior_table(self, idata, max_size: int | None):
         """``(table, hidden)``: the arviz summary (a DataFrame, None when no site is small
@@ -424,6 +531,19 @@ class Run:
         return "\n".join(lines) + "\n"
 
 
+def _epoch_cap(card: BaseModel, done: int) -> BaseModel:
+    """The card with ``training.epochs`` at most ``done`` + ``$PPLVM_MAX_EPOCHS`` when that
+    variable is set (unchanged otherwise)."""
+    cap = os.environ.get(MAX_EPOCHS_ENV)
+    if not cap:
+        return card
+    if not cap.strip().isdigit() or int(cap) < 1:
+        raise CardError(f"environment variable {MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
+    if card.training.epochs <= done + int(cap):
+        return card
+    return card_from_dict(card_to_dict(card), {"training.epochs": done + int(cap)})
+
+
 def card_dataset(card: BaseModel) -> Dataset:
     """The card's data, split, as its family takes it."""
     return _labelled(load_dataset(card.data), card)
@@ -489,10 +609,21 @@ def load(run_dir: str | Path) -> Run:
     return Run.load(run_dir)
 
 
+def _load_device(spec: str) -> torch.device:
+    """The device ``spec`` names, or the CPU where this machine has no such device."""
+    if spec != "auto" and spec != "cpu" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return resolve_device(spec)
+
+
 def _fit_input(guide: torch.nn.Module, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
     with parameters per training datum, else as they are."""
     return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _flow_options(card: BaseModel) -> dict[str, Any]:
+    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
 
 
 def _without_index(data):

@@ -191,9 +191,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any], what: str | Non
 def card_fingerprint(card: BaseModel) -> dict[str, Any]:
     """Flat ``{"model.components": 3, ..., "guide.kind": "meanfield"}`` of the card values that
     define a checkpoint's tensors (strings, numbers, booleans: safe for ``weights_only``)."""
-    from .config import card_to_dict
-
-    raw = card_to_dict(card)
+    raw = card.model_dump(mode="json", exclude_none=True)  # as config.card_to_dict writes card.toml
     flat = {f"model.{k}": v for k, v in _flatten(raw["model"])}
     flat["guide.kind"] = raw["guide"]["kind"]
     return flat

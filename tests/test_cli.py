@@ -175,3 +175,52 @@ def test_a_pickle_checkpoint_is_refused_without_suggesting_to_unpickle(card, tmp
         code, out, err = run_cli(capsys, "evaluate", tmp_path / "r")
         assert code == 2 and "is not a readable pplvm checkpoint" in err and "pwned" not in out
         assert "weights_only" not in err and "False" not in err and len(err.strip().splitlines()) == 1
+
+
+GAN_CARD = """
+name = "gan_cli"
+[model]
+family = "gan"
+latent_dim = 4
+hidden = [16]
+discriminator_hidden = [16]
+[objective]
+name = "gan_hinge"
+[guide]
+kind = "none"
+[data]
+source = "digits"
+valid_fraction = 0.1
+test_fraction = 0.1
+[training]
+epochs = 2
+batch_size = 256
+lr = 0.001
+progress = false
+[evaluation]
+draws = 2
+chains = 1
+"""
+
+
+def test_gan_refuses_likelihoods_and_is_judged_by_two_sample_tests(tmp_path, capsys):
+    card = tmp_path / "gan.toml"
+    card.write_text(GAN_CARD)
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "fit", card, "--out", out_dir, "--json")
+    assert code == 0 and json.loads(out)["valid_log_likelihood"] is None
+    code, out, err = run_cli(capsys, "evaluate", out_dir)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "implicit density" in err
+    code, out, _ = run_cli(capsys, "two-sample", out_dir, "--permutations", "50", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["schema"] == "pplvm.two_sample/1"
+    # two epochs of a GAN are far from the digits: both tests reject (MMD p at its floor 1/51)
+    assert result["mmd"]["p_value"] == pytest.approx(1 / 51) and result["classifier"]["p_value"] < 0.01
+    code, out, _ = run_cli(capsys, "sample", out_dir, "-n", "16", "--out", tmp_path / "s.npy", "--grid",
+                           tmp_path / "grid.png")
+    assert code == 0 and (tmp_path / "grid.png").is_file() and np.load(tmp_path / "s.npy").shape == (16, 64)
+    import shutil
+
+    shutil.copytree(out_dir, tmp_path / "copy")
+    code, _, err = run_cli(capsys, "compare", out_dir, tmp_path / "copy", "--plot", tmp_path / "c.png")
+    assert code == 2 and "no log-likelihood" in err

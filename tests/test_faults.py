@@ -356,6 +356,7 @@ def test_a_locked_run_is_refused_to_a_second_writer(card, run_dir, capsys):
     assert code == 0, err
 
 
+@pytest.mark.slow  # two whole fits in subprocesses; the lock itself is tested across processes above
 def test_two_concurrent_fits_into_one_directory(card, tmp_path):
     """Two real `pplvm fit` processes started together: one writes the run, the other is refused
     in one line (the lock, or the run the first has written); metrics are not interleaved."""
@@ -545,7 +546,6 @@ def _raise(err):
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                   (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, word):
-    # a checkpoint every epoch (the default is by time, at most one per 30 s)
     (tmp_path / "card.toml").write_text(CARD.replace("epochs = 4", "epochs = 100000\ncheckpoint_every = 1"))
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pplvm.cli", "fit", str(tmp_path / "card.toml"), "--out", str(out)],

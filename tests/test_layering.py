@@ -5,14 +5,14 @@ Low to high, as README's "The house" draws it::
 
     errors, _registry, _progress, schema
                                         foundation: errors, the registry type, progress, Section
-    training.checkpoint, evaluation.arviz, evaluation.plots
-                                        atomic files, the arviz converter, figures
+    training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots
+                                        atomic files, collectives, the arviz converter, figures
     distributions, data, decoders, inference
                                         building blocks and the importance-sampling estimator
     families                            the contract and the families
     config                              the card schema, gathered from the registries
     guides, objectives, training.rules  inference over a family: guides, objectives, update rules
-    training, evaluation                the SVI loop; latent-space tools
+    training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
     run                                 the facade
     workflows                           over runs: compare, SBC
     cli, pplvm/__init__                 the public surface
@@ -32,12 +32,12 @@ PACKAGE = Path(pplvm.__file__).parent
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
     ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm.schema"],
-    ["pplvm.training.checkpoint", "pplvm.evaluation.arviz", "pplvm.evaluation.plots"],
+    ["pplvm.training.checkpoint", "pplvm.training.distributed", "pplvm.evaluation.arviz", "pplvm.evaluation.plots"],
     ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference"],
     ["pplvm.families"],
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules"],
-    ["pplvm.training", "pplvm.evaluation"],
+    ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
     ["pplvm.run"],
     ["pplvm.workflows"],
     ["pplvm.cli", "pplvm"],

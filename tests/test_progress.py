@@ -74,3 +74,27 @@ def test_library_loops_report_only_inside_reporting():
         with reporting(False):  # e.g. fit --quiet inside the CLI's reporting()
             assert not isinstance(progress(3, "x", stream=out), LineProgress)
     assert not isinstance(progress(3, "x", stream=out), LineProgress)
+
+
+def test_long_commands_report_progress_on_stderr(monkeypatch, capsys, tmp_path):
+    """`pplvm evaluate` of a VAE (importance sampling) and the export after `fit` print
+    progress lines on a non-terminal stderr (every 0 s here instead of 5), and nothing on
+    stdout, so --json stays one object."""
+    import json
+
+    import pplvm
+    from cases import CASES
+    from pplvm.cli import main
+
+    monkeypatch.setattr(_progress, "EVERY", 0.0)
+    card = next(c.values[0] for c in CASES if c.id == "vae-digits-dynamic-mlp")
+    card = {**card, "model": {**card["model"], "likelihood_samples": 8},
+            "training": {**card["training"], "epochs": 1, "progress": True}}
+    pplvm.fit(card, out=tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "posterior predictive: 10/10 draw (100%)" in err  # the export after fit (5 draws x 2 chains)
+    assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    json.loads(out)
+    n = json.loads(out)["n"]
+    assert f"importance sampling: {8 * n}/{8 * n} draw (100%)" in err.splitlines()[-1]

@@ -10,11 +10,15 @@ from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, in
 from .images import (
     Binarize,
     BinarizedMnistConfig,
+    Cifar10Config,
     DigitsConfig,
+    ImageArrayConfig,
     MnistIdxConfig,
     _augment,
     _load_binarized_mnist,
+    _load_cifar10,
     _load_digits,
+    _load_image_npy,
     _load_mnist_idx,
 )
 from .sequences import (
@@ -32,9 +36,11 @@ from .sequences import (
 from .tabular import (
     FileConfig,
     IrisConfig,
+    MoonsConfig,
     SyntheticMixtureConfig,
     WineConfig,
     _load_file,
+    _load_moons,
     _load_synthetic,
     _sklearn_loader,
     read_matrix,
@@ -43,6 +49,7 @@ from .tabular import (
 
 SOURCES: Registry[Source] = Registry("data source")
 SOURCES.register("synthetic_gmm")(Source(SyntheticMixtureConfig, _load_synthetic, "random Gaussian mixture"))
+SOURCES.register("moons")(Source(MoonsConfig, _load_moons, "scikit-learn two moons (2-D toy)"))
 SOURCES.register("iris")(Source(IrisConfig, _sklearn_loader("iris"), "scikit-learn iris, 150 x 4"))
 SOURCES.register("wine")(Source(WineConfig, _sklearn_loader("wine"), "scikit-learn wine, 178 x 13"))
 SOURCES.register("file")(Source(FileConfig, _load_file, "a user .npy or .csv file (N, D)"))
@@ -50,6 +57,10 @@ SOURCES.register("digits")(Source(DigitsConfig, _load_digits, "scikit-learn 8x8 
 SOURCES.register("binarized_mnist")(Source(BinarizedMnistConfig, _load_binarized_mnist,
                                            "binarized MNIST .amat / .npz files (N, 784), own splits"))
 SOURCES.register("mnist_idx")(Source(MnistIdxConfig, _load_mnist_idx, "MNIST IDX files (.gz), labels", _augment))
+SOURCES.register("cifar10")(Source(Cifar10Config, _load_cifar10, "CIFAR-10 binary batches (data_batch_*.bin), "
+                                   "(N, 3072) channel-first in [0, 1], labels", _augment))
+SOURCES.register("image_npy")(Source(ImageArrayConfig, _load_image_npy, "a .npy of uint8 images (N, H, W[, C])",
+                                     _augment))
 SOURCES.register("synthetic_hmm")(Source(SyntheticHMMConfig, _load_synthetic_hmm, "sequences from a random HMM"))
 SOURCES.register("sunspots")(Source(SunspotsConfig, _statsmodels_series("sunspots", "SUNACTIVITY"),
                                     "statsmodels yearly sunspots 1700-2008, cut into sequences"))

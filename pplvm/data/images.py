@@ -1,4 +1,4 @@
-"""Image sources: scikit-learn's bundled 8x8 digits and user MNIST files.
+"""Image sources: scikit-learn's bundled 8x8 digits, user MNIST and CIFAR-10 files, uint8 arrays.
 
 Images are rows of ``H W`` pixels in [0, 1] (row-major). ``binarize`` turns grey pixels into
 binary data for Bernoulli decoders:
@@ -16,7 +16,10 @@ File formats
                values 0/1 separated by spaces (``path`` = train, ``valid_path``, ``test_path``);
     ``.npz``   arrays ``train`` and optionally ``valid``, ``test``, each ``(N, 784)`` of 0/1;
     IDX        LeCun's MNIST files (``train-images-idx3-ubyte[.gz]``, labels ``idx1``), plain or
-               gzipped: images ``(N, H, W)`` uint8 scaled by 1/255, labels ``(N,)``.
+               gzipped: images ``(N, H, W)`` uint8 scaled by 1/255, labels ``(N,)``;
+    CIFAR-10   the binary batches (``data_batch_*.bin``, ``test_batch.bin``): records of one
+               label byte and 3 x 32 x 32 pixel bytes (channel-first), read without pickle;
+    ``.npy``   uint8 images ``(N, H, W)`` or ``(N, H, W, C)``, rows ``(N, C H W)`` channel-first.
 """
 
 from __future__ import annotations
@@ -224,6 +227,75 @@ def _load_mnist_idx(cfg: MnistIdxConfig):
     return parts, labels if y is not None else None, {"image_shape": shape, "path": cfg.images}
 
 
+# ------------------------------------------------------------ CIFAR-10, uint8 arrays
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+class Cifar10Config(ImageConfig):
+    source: Literal["cifar10"] = "cifar10"
+    paths: list[str] = Field(description="CIFAR-10 binary batches (data_batch_*.bin): the training images")
+    test_paths: list[str] = Field([], description="binary batches of test images (test_batch.bin)")
+
+
+def read_cifar10(path: str | Path, field: str = "data.paths") -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 binary batch (records of 1 label byte + 3072 pixel bytes, channel-first
+    32 x 32): ``(images (N, 3, 32, 32) uint8, labels (N,) int64)``. No pickle is involved."""
+    path = _existing(path, field)
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    if len(raw) == 0 or len(raw) % CIFAR_RECORD:
+        raise DataError(f"{field} {str(path)!r}: not a CIFAR-10 binary batch ({len(raw)} bytes is not a "
+                        f"multiple of the {CIFAR_RECORD}-byte record)")
+    rec = raw.reshape(-1, CIFAR_RECORD)
+    if rec[:, 0].max() > 9:
+        raise DataError(f"{field} {str(path)!r}: label byte {int(rec[:, 0].max())} is not a CIFAR-10 class 0..9")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
+
+
+def _load_cifar10(cfg: Cifar10Config):
+    def read(paths, field):
+        if not paths:
+            raise DataError(f"{field}: expected at least one binary batch file")
+        pairs = [read_cifar10(p, field) for p in paths]
+        x = np.concatenate([p[0] for p in pairs])
+        return x.reshape(len(x), -1).astype(np.float64) / 255.0, np.concatenate([p[1] for p in pairs])
+
+    x, y = read(cfg.paths, "data.paths")
+    parts, labels = {"train": binarized(x, cfg.binarize, cfg.binarize_seed)}, {"train": y}
+    if cfg.test_paths:
+        xt, yt = read(cfg.test_paths, "data.test_paths")
+        parts["test"], labels["test"] = binarized(xt, cfg.binarize, cfg.binarize_seed + 1), yt
+    return parts, labels, {"image_shape": [3, 32, 32]}
+
+
+class ImageArrayConfig(ImageConfig):
+    source: Literal["image_npy"] = "image_npy"
+    path: str = Field(description=".npy of uint8 images (N, H, W) or (N, H, W, C)")
+
+
+def read_image_npy(path: str | Path, field: str = "data.path") -> np.ndarray:
+    """Read uint8 images ``(N, H, W[, C])`` from ``.npy`` as rows ``(N, C H W)`` (channel-first,
+    like CIFAR-10's batches) in [0, 1] on 256 levels; returns ``(rows, [C, H, W])``."""
+    path = _existing(path, field)
+    try:
+        a = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"{field} {str(path)!r}: not a plain .npy array ({err})") from None
+    if a.dtype != np.uint8:
+        raise DataError(f"{field} {str(path)!r}: expected uint8 pixels 0..255, got dtype {a.dtype}")
+    if a.ndim not in (3, 4) or len(a) == 0:
+        raise DataError(f"{field} {str(path)!r}: expected images of shape (N, H, W) or (N, H, W, C), got {a.shape}")
+    if a.ndim == 3:
+        a = a[..., None]
+    a = a.transpose(0, 3, 1, 2)
+    return a.reshape(len(a), -1).astype(np.float64) / 255.0, list(a.shape[1:])
+
+
+def _load_image_npy(cfg: ImageArrayConfig):
+    x, shape = read_image_npy(cfg.path)
+    return binarized(x, cfg.binarize, cfg.binarize_seed), None, {"image_shape": shape,
+                                                                  "path": cfg.path}
+
+
 # ---------------------------------------------------------------------------- helpers
 def _existing(path: str | Path, field: str) -> Path:
     path = Path(path)
@@ -241,5 +313,6 @@ def _check_binary(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-__all__ = ["Binarize", "BinarizedMnistConfig", "DigitsConfig", "ImageConfig", "MnistIdxConfig", "binarized",
-           "read_amat", "read_idx", "read_npz", "write_amat", "write_idx"]
+__all__ = ["Binarize", "BinarizedMnistConfig", "Cifar10Config", "DigitsConfig", "ImageArrayConfig", "ImageConfig",
+           "MnistIdxConfig", "binarized", "read_amat", "read_cifar10", "read_idx", "read_image_npy", "read_npz",
+           "write_amat", "write_idx"]

@@ -1,4 +1,4 @@
-"""Tabular sources: a synthetic Gaussian mixture, scikit-learn's bundled sets, user files."""
+"""Tabular sources: a synthetic Gaussian mixture, two moons, scikit-learn's bundled sets, user files."""
 
 from __future__ import annotations
 
@@ -41,6 +41,20 @@ def synthetic_mixture(n: int, dim: int, components: int, separation: float = 4.0
 def _load_synthetic(cfg: SyntheticMixtureConfig):
     x, labels, truth = synthetic_mixture(cfg.n, cfg.dim, cfg.components, cfg.separation, cfg.seed)
     return x, labels, {"truth": truth}
+
+
+class MoonsConfig(DataConfig):
+    source: Literal["moons"] = "moons"
+    n: int = Field(2000, ge=1)
+    noise: float = Field(0.05, ge=0, description="standard deviation of the Gaussian noise added")
+    seed: int = 0
+
+
+def _load_moons(cfg: MoonsConfig):
+    import sklearn.datasets
+
+    x, labels = sklearn.datasets.make_moons(cfg.n, noise=cfg.noise, random_state=cfg.seed)
+    return x, labels, {}
 
 
 class IrisConfig(DataConfig):

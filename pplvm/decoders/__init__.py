@@ -14,7 +14,7 @@ hidden layers of 200 units and a 50-dimensional latent (784-200-200-50 on MNIST)
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import Field
 from torch import nn
@@ -23,6 +23,7 @@ from ..schema import Section
 from ..errors import CardError
 from .base import Decoder, Encoder, Likelihood, floored_softplus
 from .conv import ConvDecoderNet, ConvTrunk
+from .fused import MLP, Backend
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, GaussianScale
 from .mlp import Activation, mlp
 
@@ -41,6 +42,10 @@ class NetworkConfig(Section):
     scale: GaussianScale = Field("learned", description="gaussian: fixed, learned (per pixel) or amortized")
     fixed_scale: float = Field(0.1, gt=0, description="gaussian: σ when fixed, the start σ when learned")
     min_scale: float = Field(1e-3, gt=0, description="floor of every softplus scale")
+    network: str | None = Field(None, description="a decoder network registered by name from Python "
+                                "(pplvm.decoders.register_network, e.g. a CUDA extension) instead of architecture")
+    backend: Backend = Field("auto", description="decoder kernels: auto (Triton on CUDA, else torch) | "
+                             "triton | torch | compile (torch.compile); see pplvm.decoders.fused")
 
 
 def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
@@ -61,16 +66,40 @@ def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
 
 def make_likelihood(cfg: NetworkConfig, dim: int) -> Likelihood:
     if cfg.likelihood == "bernoulli":
-        return BernoulliLikelihood(dim)
-    return GaussianLikelihood(dim, cfg.scale, cfg.fixed_scale, cfg.min_scale)
+        return BernoulliLikelihood(dim, cfg.backend)
+    return GaussianLikelihood(dim, cfg.scale, cfg.fixed_scale, cfg.min_scale, cfg.backend)
+
+
+#: ``factory(in_features, hidden, out_features, activation) -> nn.Module`` mapping
+#: ``(*S, B, in_features)`` to ``(*S, B, out_features)``; see :func:`register_network`
+NETWORKS: dict[str, Callable[[int, list[int], int, str], nn.Module]] = {}
+
+
+def register_network(name: str):
+    """Decorator: make a decoder network factory available to cards as ``model.network = name``
+    (e.g. a module around a user's CUDA extension, ``examples/cuda_decoder``). The factory gets
+    ``(in_features, hidden, out_features, activation)`` with ``hidden`` the decoder's widths."""
+
+    def register(factory):
+        NETWORKS[name] = factory
+        return factory
+
+    return register
 
 
 def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Decoder:
     """``p(x | z, side)``: ``z`` ``(*S, B, L)`` and side ``(B, C)`` to a distribution over ``(D,)``."""
     likelihood = make_likelihood(cfg, dim)
     in_features = cfg.latent_dim + side_dim
-    if cfg.architecture == "mlp":
-        network = mlp(in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation)
+    if cfg.network is not None:
+        if cfg.network not in NETWORKS:
+            known = ", ".join(sorted(NETWORKS)) or "none registered (import the module that registers it first)"
+            raise CardError(f"model.network = {cfg.network!r} is not a registered decoder network; known: {known}")
+        network = NETWORKS[cfg.network](in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim,
+                                        cfg.activation)
+    elif cfg.architecture == "mlp":
+        network = mlp(in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation,
+                      cfg.backend)
     else:
         network = ConvDecoderNet(in_features, image_shape(cfg, dim), likelihood.num_outputs, cfg.channels,
                                  cfg.activation)
@@ -88,7 +117,7 @@ def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Encoder:
 
 
 __all__ = [
-    "BernoulliLikelihood", "ConvDecoderNet", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
+    "Backend", "BernoulliLikelihood", "ConvDecoderNet", "MLP", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
     "Likelihood", "NetworkConfig", "floored_softplus", "image_shape", "make_decoder", "make_encoder",
-    "make_likelihood", "mlp",
+    "make_likelihood", "mlp", "NETWORKS", "register_network",
 ]

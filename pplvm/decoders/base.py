@@ -68,7 +68,7 @@ class Decoder(PyroModule):
     def forward(self, z: torch.Tensor, side: torch.Tensor | None = None) -> Distribution:
         """``z``: ``(*S, B, L)``; ``side``: ``(B, C)`` or None. Returns batch ``(*S, B)``,
         event ``(D,)``."""
-        return self.likelihood(self.network(_with_side(z, side)))
+        return self.likelihood(full_precision(self.network(_with_side(z, side))))
 
 
 class Encoder(PyroModule):
@@ -86,8 +86,14 @@ class Encoder(PyroModule):
         self.min_scale = float(min_scale)
 
     def forward(self, x: torch.Tensor, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw = self.head(_with_side(self.trunk(x), side)).chunk(2, dim=-1)
+        loc, raw = full_precision(self.head(_with_side(self.trunk(x), side))).chunk(2, dim=-1)
         return loc, floored_softplus(raw, self.min_scale)
+
+
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if autocast made it half or bfloat16: distributions, log-probabilities
+    and the objective's reductions stay in full precision (``training.precision = "bf16"``)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _with_side(h: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pyro.nn import PyroParam
 
 from ..errors import DataError
 from .base import Likelihood, floored_softplus
+from .fused import Backend, event
 
 
 class BernoulliLikelihood(Likelihood):
@@ -26,8 +27,12 @@ class BernoulliLikelihood(Likelihood):
 
     num_outputs = 1
 
+    def __init__(self, dim: int, backend: Backend = "torch"):
+        super().__init__(dim)
+        self.backend = backend
+
     def forward(self, raw):
-        return dist.Bernoulli(logits=raw).to_event(1)
+        return event(dist.Bernoulli(logits=raw), self.backend, raw)
 
     def check(self, x, name):
         bad = ((x != 0) & (x != 1)).any(-1).nonzero().flatten()
@@ -51,8 +56,9 @@ class GaussianLikelihood(Likelihood):
     """
 
     def __init__(self, dim: int, scale: GaussianScale = "learned", fixed_scale: float = 1.0,
-                 min_scale: float = 1e-3):
+                 min_scale: float = 1e-3, backend: Backend = "torch"):
         super().__init__(dim)
+        self.backend = backend
         if scale not in ("fixed", "learned", "amortized"):
             raise ValueError(f"scale: expected 'fixed', 'learned' or 'amortized', got {scale!r}")
         self.scale_kind = scale
@@ -71,7 +77,7 @@ class GaussianLikelihood(Likelihood):
             loc, scale = raw, floored_softplus(self.raw_scale, self.min_scale).expand_as(raw)
         else:
             loc, scale = raw, torch.full_like(raw, self.fixed_scale)
-        return dist.Normal(loc, scale).to_event(1)
+        return event(dist.Normal(loc, scale), self.backend, loc)
 
     def check(self, x, name):
         pass  # every finite value is in the support

@@ -29,7 +29,7 @@ def arviz():
 
 def inference_data(
     draws: dict[str, torch.Tensor],
-    log_likelihood: torch.Tensor,
+    log_likelihood: torch.Tensor | None,
     observed: torch.Tensor,
     posterior_predictive: torch.Tensor | None,
     *,
@@ -40,7 +40,8 @@ def inference_data(
     log_likelihood groups.
 
     :param draws: site -> ``(S, *site_shape)`` with ``S`` divisible by ``chains``.
-    :param log_likelihood: ``(S, N)`` per-datum log-likelihood of ``observed`` per draw.
+    :param log_likelihood: ``(S, N)`` per-datum log-likelihood of ``observed`` per draw, or None
+        (no log_likelihood group: a family without a likelihood).
     :param observed: ``(N, D)`` data; ``posterior_predictive``: ``(S, N, D)`` or None.
     """
     az = arviz()
@@ -54,9 +55,10 @@ def inference_data(
     all_dims: dict[str, list[str]] = {"obs": ["obs_id"], **(dims or {})}
     groups: dict[str, Any] = {
         "posterior": {k: chained(v) for k, v in draws.items()},
-        "log_likelihood": {"obs": chained(log_likelihood)},
         "observed_data": {"obs": observed.detach().cpu().numpy()},
     }
+    if log_likelihood is not None:  # None for a family with an implicit density
+        groups["log_likelihood"] = {"obs": chained(log_likelihood)}
     if posterior_predictive is not None:
         groups["posterior_predictive"] = {"obs": chained(posterior_predictive)}
     if int(az.__version__.split(".")[0]) >= 1:  # arviz 1.x: one dict of groups, returns a DataTree

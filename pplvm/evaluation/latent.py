@@ -8,6 +8,7 @@ units, or a ``matplotlib.figure.Figure``::
     loc, scale = encode(run, x)                  # q(z | x): (N, L) each
     x_hat = reconstruct(run, x)                  # decoder mean at the encoder mean, (N, D)
     path = interpolate(run, x[:1], x[1:2], 8)    # (8, D)
+    path = interpolate_latent(run, za, zb, 8)    # (8, D) between latent points (also a GAN's)
     row = traverse(run, x[:1], dim=0, values=torch.linspace(-3, 3, 7))
     fig = latent_map(run, x, labels)
     filled = impute(run, x, observed_mask)       # inpainting of the missing pixels
@@ -27,6 +28,7 @@ from pyro.distributions.kl import kl_divergence
 
 from ..data.base import Batch, values
 from ..errors import IncompatibleError, PplvmError
+from ..families.base import LatentDecoder
 from ..guides.amortized import AmortizedNormal
 
 
@@ -51,10 +53,17 @@ def encode(run, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return q.base_dist.loc, q.base_dist.scale
 
 
+def _decoder(run) -> LatentDecoder:
+    if not isinstance(run.model, LatentDecoder):
+        raise IncompatibleError(f"model.family = {run.card.model.family!r} has no decoder from a latent z")
+    return run.model
+
+
 @torch.no_grad()
 def decode(run, z: torch.Tensor, y: Any = None) -> torch.Tensor:
-    """Decoder means ``E[x | z (, y)]`` for ``z`` ``(N, L)``, in data units, ``(N, D)``."""
-    model, _ = _parts(run)
+    """Decoder means ``E[x | z (, y)]`` for ``z`` ``(N, L)``, in data units, ``(N, D)``. Any
+    family with a decoder (:class:`~pplvm.families.base.LatentDecoder`: VAE, CVAE, GAN)."""
+    model = _decoder(run)
     side = None
     if model.side.kind != "none":
         if y is None:
@@ -97,6 +106,30 @@ def traverse(run, x: Any, dim: int, values: Sequence[float] | torch.Tensor) -> t
     z = encode(run, x)[0].repeat(len(vals), 1)
     z[:, dim] = vals
     return run.transform.inverse(model.decode(z, _repeat(model.side(_data(run, x)), len(vals))).mean)
+
+
+@torch.no_grad()
+def interpolate_latent(run, za: torch.Tensor, zb: torch.Tensor, steps: int = 8, y: Any = None) -> torch.Tensor:
+    """Decoded points on the straight line from latent ``za`` to ``zb`` (each ``(L,)``), ends
+    included: ``(steps, D)``. Needs no encoder (a GAN's latent space; prior draws)."""
+    t = torch.linspace(0, 1, steps)[:, None]
+    return decode(run, (1 - t) * torch.as_tensor(za) + t * torch.as_tensor(zb), _repeat_y(y, steps))
+
+
+@torch.no_grad()
+def traverse_latent(run, z: torch.Tensor, dim: int, values: Sequence[float] | torch.Tensor, y: Any = None) -> torch.Tensor:
+    """Decode latent ``z`` ``(L,)`` with dimension ``dim`` set to each of ``values``: ``(len(values), D)``."""
+    model = _decoder(run)
+    if not 0 <= dim < model.latent_dim:
+        raise PplvmError(f"traverse_latent: dim must lie in 0..{model.latent_dim - 1}, got {dim}")
+    vals = torch.as_tensor(values, dtype=torch.get_default_dtype())
+    zs = torch.as_tensor(z, dtype=torch.get_default_dtype()).repeat(len(vals), 1)
+    zs[:, dim] = vals
+    return decode(run, zs, _repeat_y(y, len(vals)))
+
+
+def _repeat_y(y: Any, n: int) -> Any:
+    return None if y is None else torch.as_tensor(y).reshape(1, -1).expand(n, -1).squeeze(-1)
 
 
 @torch.no_grad()

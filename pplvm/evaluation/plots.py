@@ -176,3 +176,48 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], title: str = ""
         ax.axvline(j * w - 0.5, color="white", lw=1)
     ax.set_title(title)
     return fig
+
+
+def likelihood_terms_plot(terms: dict[str, float], dim: int, title: str = "") -> Figure:
+    """An additive decomposition of ``-log p(x)`` (nats per datum, in order, e.g. a diffusion
+    bound's L_0 .. L_T) in bits per dimension, one point per term, on a log scale."""
+    import math
+
+    names, vals = list(terms), [v / (dim * math.log(2)) for v in terms.values()]
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(len(vals)), [max(v, 1e-12) for v in vals], marker="o" if len(vals) <= 50 else None, ms=3)
+    ax.set_yscale("log")
+    step = max(1, len(names) // 8)
+    ticks = sorted(set(range(0, len(names), step)) | {len(names) - 1})
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=30)
+    ax.set(ylabel="bits / dim", title=title or f"terms of -log p(x): total {sum(vals):.4g} bits/dim")
+    return fig
+
+
+def term_rows(terms: dict[str, float], dim: int, max_rows: int = 12) -> list[tuple[str, float, float]]:
+    """``(name, nats, bits/dim)`` rows of an ordered decomposition; with more than ``max_rows``
+    terms the first and last stay single and the rest are summed in ``max_rows - 2`` runs."""
+    import math
+
+    items = list(terms.items())
+    if len(items) > max_rows:
+        middle = items[1:-1]
+        size = math.ceil(len(middle) / (max_rows - 2))
+        runs = [middle[i : i + size] for i in range(0, len(middle), size)]
+        items = [items[0], *((r[0][0] if len(r) == 1 else f"{r[0][0]}..{r[-1][0]}", sum(v for _, v in r))
+                             for r in runs), items[-1]]
+    return [(name, v, v / (dim * math.log(2))) for name, v in items]
+
+
+def samples_scatter(data: torch.Tensor, samples: torch.Tensor, title: str = "") -> Figure:
+    """2-D data ``(N, 2)`` and model samples ``(M, 2)`` side by side on shared axes."""
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, pts, name, colour in ((axes[0], data, "data", "C0"), (axes[1], samples, "samples", "C1")):
+        pts = pts.detach().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, color=colour)
+        ax.set(title=f"{name} ({len(pts)})", xlabel="x0", ylabel="x1")
+    if title:
+        fig.suptitle(title)
+    return fig

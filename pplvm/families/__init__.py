@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
+from .diffusion import Diffusion, DiffusionConfig
+from .flow import FlowConfig, NormalizingFlow
+from .gan import GANConfig, GenerativeAdversarialNetwork
 from .gmm import GaussianMixture, GMMConfig
 from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
@@ -16,7 +19,11 @@ FAMILIES.register("ppca")(PPCA)
 FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
+FAMILIES.register("diffusion")(Diffusion)
+FAMILIES.register("flow")(NormalizingFlow)
+FAMILIES.register("gan")(GenerativeAdversarialNetwork)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "FAConfig", "FactorAnalysis", "FamilyConfig", "GMMConfig",
-           "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "PPCA",
+__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "Diffusion", "DiffusionConfig", "FAConfig", "FactorAnalysis", "FamilyConfig",
+           "FlowConfig", "GANConfig", "GMMConfig", "GenerativeAdversarialNetwork",
+           "GaussianMixture", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel", "LinearGaussian", "NormalizingFlow", "PPCA",
            "PPCAConfig", "VAE", "VAEConfig"]

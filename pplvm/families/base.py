@@ -23,7 +23,7 @@ from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
 from ..schema import Section
-from ..data.base import Batch
+from ..data.base import Batch, values
 from ..distributions import CollapsedLatents
 
 
@@ -73,11 +73,24 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     max_plate_nesting: ClassVar[int] = 1
     #: arviz dimension names of global sites (unnamed dims get arviz's defaults)
     site_dims: ClassVar[dict[str, list[str]]] = {}
+    #: ``(H, W)`` when the data are images (sample grids); set by a family that knows it
+    image_shape: tuple[int, int] | None = None
 
     def __init__(self, config: FamilyConfig, dim: int):
         super().__init__()
         self.config = config
         self.dim = int(dim)
+        # follows .to(device); constants the model creates (priors, plate indices) go there
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters and of the constants it creates."""
+        return self._device_anchor.device
+
+    def scalar(self, value: float) -> torch.Tensor:
+        """``value`` as a 0-dim tensor on the model's device (a prior's constant)."""
+        return torch.tensor(value, dtype=self._device_anchor.dtype, device=self.device)
 
     # ----------------------------------------------------------------- the contract
     @property
@@ -113,6 +126,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
 
+    def evaluation_cost(self, x: "torch.Tensor | Batch") -> int:
+        """Float elements the largest intermediate tensor of :meth:`log_likelihood`,
+        :meth:`replicate` or :meth:`local_marginals` holds per (parameter draw, datum) of
+        ``x``; memory-bounded evaluation (:mod:`pplvm.evaluation.memory`) divides its budget
+        by it. Default: four times a datum's elements; families with latent states override it."""
+        return 4 * int(values(x)[0].numel())
+
     # ------------------------------------------------------------ shared machinery
     def validate(self, data: Any, name: str = "data") -> "torch.Tensor | Batch":
         """Return ``data`` prepared and checked for training, or raise a clear DataError."""
@@ -126,14 +146,22 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         if x is None:
             if num_data is None:
                 raise ValueError("give x, or num_data rows to generate")
-            return pyro.plate("data", num_data, dim=-1)
+            return pyro.plate("data", num_data, dim=-1, device=self.device)
         size = len(x) if num_data is None else num_data
-        rows = x.index if isinstance(x, Batch) and x.index is not None else torch.arange(len(x))
+        rows = (x.index if isinstance(x, Batch) and x.index is not None
+                else torch.arange(len(x), device=(x.x if isinstance(x, Batch) else x).device))
         return pyro.plate("data", size, subsample=rows, dim=-1)
 
     def conditioned(self, params: dict[str, torch.Tensor]):
         """The model with its global sites fixed to ``params``."""
         return poutine.condition(self, data=params)
+
+    def likelihood_terms(self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor] | None:
+        """An additive decomposition of ``-log_likelihood(x, params)`` into named per-datum terms
+        in nats, each ``(N,)`` (e.g. a diffusion bound's L_0 .. L_T), which ``pplvm evaluate``
+        tabulates and plots; None (the default) where a family has no such decomposition."""
+        return None
 
     @torch.no_grad()
     def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -230,6 +258,16 @@ class ExactLocalPosterior(abc.ABC):
         Pyro's data plate (a site of shape ``(*S, 1, ...)``)."""
 
 
+class FixedGuide(abc.ABC):
+    """Capability of a family whose guide is part of the model's definition and has no
+    parameters (diffusion's forward noising process q(z_1..z_T | x)): it enables the guide
+    kind ``forward``. Such a family has no encoder to train and, here, no global latents."""
+
+    @abc.abstractmethod
+    def make_fixed_guide(self) -> torch.nn.Module:
+        """The guide, a Pyro program ``guide(x, num_data)`` over the family's local sites."""
+
+
 EMEstimate = Literal["map", "ml"]
 
 
@@ -272,3 +310,22 @@ class IdentifiedSummaries(abc.ABC):
     @abc.abstractmethod
     def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Invariant functions of the globals, each ``(*S, m)`` for ``params`` ``(*S, ...)``."""
+
+
+class LatentDecoder(abc.ABC):
+    """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
+    a decoder (VAEs, GANs): latent interpolation and traversal
+    (:mod:`pplvm.evaluation.latent`) need only this."""
+
+    #: how side information ``y`` enters the decoder (:class:`pplvm.families.vae.SideInformation`)
+    side: Any
+
+    @property
+    @abc.abstractmethod
+    def latent_dim(self) -> int:
+        """Dimension L of the latent."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> "torch.distributions.Distribution":
+        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded datum."""
+

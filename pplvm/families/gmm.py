@@ -48,7 +48,7 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
     full covariance, corr_chol (K, D, D); the local site ``assignment`` is enumerated."""
 
     Config = GMMConfig
-    guides = ("meanfield", "map", "lowrank")
+    guides = ("meanfield", "map", "lowrank", "flow")
     objectives = ("enum", "em")
     local_sites = ("assignment",)
     enumerated = True
@@ -78,15 +78,15 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
 
     def forward(self, x=None, num_data=None):
         c, K, D = self.config, self.K, self.dim
-        weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), c.weight_concentration)))
+        weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), c.weight_concentration, device=self.device)))
         params = {"weights": weights}
-        with pyro.plate("components", K, dim=-1):
-            params["locs"] = pyro.sample("locs", dist.Normal(c.loc_mean, c.loc_scale).expand([D]).to_event(1))
+        with pyro.plate("components", K, dim=-1, device=self.device):
+            params["locs"] = pyro.sample("locs", dist.Normal(self.scalar(c.loc_mean), self.scalar(c.loc_scale)).expand([D]).to_event(1))
             params["scales"] = pyro.sample(
-                "scales", dist.LogNormal(c.scale_log_mean, c.scale_log_sd).expand([D]).to_event(1)
+                "scales", dist.LogNormal(self.scalar(c.scale_log_mean), self.scalar(c.scale_log_sd)).expand([D]).to_event(1)
             )
             if c.covariance == "full":
-                params["corr_chol"] = pyro.sample("corr_chol", dist.LKJCholesky(D, c.lkj_concentration))
+                params["corr_chol"] = pyro.sample("corr_chol", dist.LKJCholesky(D, self.scalar(c.lkj_concentration)))
         with self.data_plate(x, num_data):
             z = pyro.sample("assignment", dist.Categorical(weights), infer={"enumerate": "parallel"})
             # The component dim (plate dim -1) is indexed by z; a singleton takes its place so
@@ -98,6 +98,10 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
 
     def log_likelihood(self, x, params):
         return self._joint(x, params).logsumexp(-1)
+
+    def evaluation_cost(self, x):
+        """Per (draw, datum): the ``(K, D)`` whitened residuals and ``(K, D, D)`` factors."""
+        return self.K * self.dim * (self.dim + 2)
 
     def responsibilities(self, x, params) -> torch.Tensor:
         """Closed-form ``p(z_n = k | x_n, θ)``, ``(*S, N, K)``."""
@@ -204,13 +208,13 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         locs = (onehot.T @ x) / counts.clamp_min(1).unsqueeze(-1)
         centred = x.unsqueeze(1) - locs  # (N, K, D)
         cov = torch.einsum("nk,nki,nkj->kij", onehot, centred, centred) / counts.clamp_min(1)[:, None, None]
-        spread = x.var(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(D)
-        cov = torch.where((counts > D)[:, None, None], cov, torch.diag(spread)) + 1e-6 * torch.eye(D)
+        spread = x.var(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(D, device=x.device)
+        cov = torch.where((counts > D)[:, None, None], cov, torch.diag(spread)) + 1e-6 * torch.eye(D, device=x.device)
         scales = cov.diagonal(dim1=-2, dim2=-1).sqrt()
         values = {"weights": weights, "locs": locs, "scales": scales}
         if c.covariance == "full":
             corr = cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2))
-            values["corr_chol"] = torch.linalg.cholesky(corr + 1e-6 * torch.eye(D))
+            values["corr_chol"] = torch.linalg.cholesky(corr + 1e-6 * torch.eye(D, device=x.device))
             values["corr_chol"] = values["corr_chol"] / values["corr_chol"].norm(dim=-1, keepdim=True)
         return values
 

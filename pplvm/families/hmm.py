@@ -73,7 +73,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
     The local latent ``states`` (N, T) is summed out inside the ``obs`` site."""
 
     Config = HMMConfig
-    guides = ("meanfield", "map", "lowrank")
+    guides = ("meanfield", "map", "lowrank", "flow")
     objectives = ("enum", "em")
     local_sites = ("states",)
     enumerated = True
@@ -101,9 +101,9 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         """``x``: a Batch of B padded sequences (or None: generate ``num_data`` sequences of
         ``sample_length`` steps). Returns the observations ``(B, T, D)``."""
         c, K = self.config, self.K
-        params = {"initial": pyro.sample("initial", dist.Dirichlet(torch.full((K,), c.initial_concentration)))}
-        with pyro.plate("per_state", K, dim=-1):
-            rows = c.transition_concentration + c.stickiness * torch.eye(K)
+        params = {"initial": pyro.sample("initial", dist.Dirichlet(torch.full((K,), c.initial_concentration, device=self.device)))}
+        with pyro.plate("per_state", K, dim=-1, device=self.device):
+            rows = c.transition_concentration + c.stickiness * torch.eye(K, device=self.device)
             params["transition"] = pyro.sample("transition", dist.Dirichlet(rows))
             params.update(self._sample_emission_params())
         values, lengths = _unpack(x)
@@ -116,12 +116,12 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         c, D = self.config, self.dim
         if c.emission == "gaussian":
             return {
-                "locs": pyro.sample("locs", dist.Normal(c.loc_mean, c.loc_scale).expand([D]).to_event(1)),
+                "locs": pyro.sample("locs", dist.Normal(self.scalar(c.loc_mean), self.scalar(c.loc_scale)).expand([D]).to_event(1)),
                 "scales": pyro.sample(
-                    "scales", dist.LogNormal(c.scale_log_mean, c.scale_log_sd).expand([D]).to_event(1)),
+                    "scales", dist.LogNormal(self.scalar(c.scale_log_mean), self.scalar(c.scale_log_sd)).expand([D]).to_event(1)),
             }
         if c.emission == "categorical":
-            prior = dist.Dirichlet(torch.full((c.categories,), c.emission_concentration))
+            prior = dist.Dirichlet(torch.full((c.categories,), c.emission_concentration, device=self.device))
         else:
             prior = dist.Beta(c.emission_concentration, c.emission_concentration)
         return {"emission_probs": pyro.sample("emission_probs", prior.expand([D]).to_event(1))}
@@ -153,6 +153,12 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         """``log p(x_n | θ)`` of each sequence, ``(*S, N)``, states summed out exactly."""
         values, lengths = _unpack(x)
         return self.chain(params, lengths, values.shape[-2]).log_prob(values)
+
+    def evaluation_cost(self, x):
+        """Per (draw, sequence): the forward pass's ``(T, K, K)`` step factors and the
+        ``(T, K, D)`` per-feature emission terms (Bernoulli/categorical/Gaussian log-probs)."""
+        values_, _ = _unpack(x)
+        return int(values_.shape[-2]) * self.K * (self.K + self.dim)
 
     # ------------------------------------------------------------------ EM (Baum–Welch)
     def em_estimates(self):
@@ -239,7 +245,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         else:
             centres = features[torch.randperm(len(features), generator=generator)[torch.arange(K) % len(features)]]
             labels = torch.cdist(features, centres).argmin(-1)
-        state = torch.full(mask.shape, -1, dtype=torch.long)
+        state = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
         state[mask] = labels
         follows = mask[:, 1:]
         pairs = state[:, :-1][follows] * K + state[:, 1:][follows]
@@ -249,7 +255,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         onehot = torch.nn.functional.one_hot(labels, K).to(steps.dtype)  # (M, K)
         counts = onehot.sum(0)  # (K,)
         if c.emission == "gaussian":
-            spread = steps.std(0).clamp_min(1e-3) if len(steps) > 1 else torch.ones(self.dim)
+            spread = steps.std(0).clamp_min(1e-3) if len(steps) > 1 else torch.ones(self.dim, device=steps.device)
             n = counts.clamp_min(1)[:, None]
             locs = torch.where(counts[:, None] > 0, onehot.T @ steps / n, centres)
             var = onehot.T @ steps.pow(2) / n - locs.pow(2)

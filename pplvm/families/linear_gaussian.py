@@ -73,7 +73,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
 
     #: "isotropic" (one σ for every dimension) or "diagonal" (one ψ_d per dimension)
     noise: ClassVar[Literal["isotropic", "diagonal"]]
-    guides = ("amortized", "exact", "meanfield", "map")
+    guides = ("amortized", "exact", "meanfield", "map", "flow")
     objectives = ("elbo", "meanfield", "renyi", "iwae", "em")
     local_sites = ("z",)
     likelihood = "exact"
@@ -112,12 +112,12 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
     def forward(self, x=None, num_data=None):
         c, D, L = self.config, self.dim, self.L
         if c.prior == "normal":
-            weight = pyro.sample("weight", dist.Normal(0.0, c.weight_scale).expand([D, L]).to_event(2))
+            weight = pyro.sample("weight", dist.Normal(self.scalar(0.0), self.scalar(c.weight_scale)).expand([D, L]).to_event(2))
         else:
             weight = self.weight
         noise = self.noise_scale()
         with self.data_plate(x, num_data):
-            z = pyro.sample("z", dist.Normal(torch.zeros(L), 1.0).to_event(1))
+            z = pyro.sample("z", dist.Normal(torch.zeros(L, device=self.device), 1.0).to_event(1))
             mean = (weight @ z.unsqueeze(-1)).squeeze(-1) + self.loc  # (*P, B, D)
             return pyro.sample("obs", dist.Normal(mean, noise).to_event(1), obs=values(x) if x is not None else None)
 
@@ -150,7 +150,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
         gives batch shape ``(*S, N)``, a point W ``(D, L)`` gives ``(N,)``."""
         w, loc, noise = self.parameters_at(params)
         wt_psi = w.transpose(-1, -2) * noise.pow(-2).unsqueeze(-2)  # Wᵀ Ψ⁻¹, (*S, L, D)
-        eye = torch.eye(self.L, dtype=w.dtype)
+        eye = torch.eye(self.L, dtype=w.dtype, device=w.device)
         gram = wt_psi @ w
         capacitance = eye * (1 + _jitter(w.dtype)) + 0.5 * (gram + gram.transpose(-1, -2))  # (*S, L, L)
         chol = torch.linalg.cholesky(capacitance)
@@ -288,7 +288,7 @@ def pca_solution(x: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.
     ``W = U_L (Λ_L − σ² I)^{1/2}`` ``(D, L)``, up to a rotation."""
     xc = x - x.mean(0)
     _, s, vt = torch.linalg.svd(xc, full_matrices=False)
-    eig = torch.zeros(x.shape[1], dtype=x.dtype)
+    eig = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     eig[: len(s)] = s.pow(2) / len(x)
     noise_var = eig[latent_dim:].mean().clamp_min(torch.finfo(x.dtype).tiny)
     return vt[:latent_dim].T * (eig[:latent_dim] - noise_var).clamp_min(0).sqrt(), noise_var

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from ..data.base import Batch, as_matrix, values
 from ..decoders import NetworkConfig, image_shape, make_decoder, make_encoder
 from ..errors import CardError, DataError
-from .base import ContinuousLatentModel, FamilyConfig
+from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder
 
 
 class VAEConfig(FamilyConfig, NetworkConfig):
@@ -72,7 +72,9 @@ class SideInformation:
         if self.kind == "none":
             return None
         if self.kind == "labels":
-            return torch.nn.functional.one_hot(y.long(), self.size).to(torch.get_default_dtype())
+            # one-hot by comparison (no data-dependent read of the largest label: traceable)
+            classes = torch.arange(self.size, device=y.device)
+            return (y.long()[..., None] == classes).to(torch.get_default_dtype())
         return y.to(torch.get_default_dtype())
 
     def __call__(self, data: "torch.Tensor | Batch") -> torch.Tensor | None:
@@ -118,11 +120,11 @@ class _SideEncoder(torch.nn.Module):
         return self.encoder(values(data), self.side(data))
 
 
-class _Autoencoder(ContinuousLatentModel):
+class _Autoencoder(ContinuousLatentModel, LatentDecoder):
     """The shared implementation of :class:`VAE` and :class:`ConditionalVAE` (which differ only
     in their side information). ``self.decoder`` holds θ; the encoder (φ) belongs to the guide."""
 
-    guides = ("amortized",)
+    guides = ("amortized", "flow")
     objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     likelihood = "estimate"
@@ -149,7 +151,7 @@ class _Autoencoder(ContinuousLatentModel):
     # ------------------------------------------------------------------ the model
     def prior(self, n: int) -> dist.Distribution:
         """``p(z_n) = Normal(0, I_L)``: batch ``(n,)``, event ``(L,)``."""
-        zeros = torch.zeros(n, self.latent_dim)
+        zeros = torch.zeros(n, self.latent_dim, device=self.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
@@ -163,6 +165,7 @@ class _Autoencoder(ContinuousLatentModel):
         obs = values(x) if x is not None else None
         side = self.side(x) if x is not None else self.side.features(
             self.side.default(num_data) if y is None else y)
+        side = side.to(self.device) if side is not None else None
         with self.data_plate(obs, num_data):
             n = len(obs) if obs is not None else num_data
             z = pyro.sample("z", self.prior(n))
@@ -204,8 +207,10 @@ class _Autoencoder(ContinuousLatentModel):
         y = self.side.default(n) if y is None else self.side.check(y, len(y), "y")
         n = len(y) if y is not None else n
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        p = self.decode(torch.randn((n, self.latent_dim), generator=g), self.side.features(y))
-        return p.mean if mean else p.sample()
+        side = self.side.features(y)
+        z = torch.randn((n, self.latent_dim), generator=g).to(self.device)
+        p = self.decode(z, side.to(self.device) if side is not None else None)
+        return (p.mean if mean else p.sample()).cpu()
 
     # ------------------------------------------------------------- the contract
     def make_encoder(self):

@@ -16,6 +16,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.util import is_validation_enabled
 
 from ..data.base import Batch
 from ..errors import IncompatibleError
@@ -76,7 +77,8 @@ class MeanFieldLocal(LocalGuide):
             raise IncompatibleError(
                 "guide.kind = 'meanfield' holds q(z_n) for the training data only (no encoder): it "
                 "cannot infer the latents of other data; use guide.kind = 'amortized' or 'exact'")
-        if len(x.index) and int(x.index.max()) >= len(self.loc):
+        # a host sync: checked where Pyro validates (the first step of a fit, and queries)
+        if is_validation_enabled() and len(x.index) and int(x.index.max()) >= len(self.loc):
             raise IncompatibleError(f"row {int(x.index.max())} is outside the {len(self.loc)} training data "
                                     "this mean-field guide was built for")
         return x.index

@@ -8,6 +8,11 @@
 ``iwae``       RenyiELBO(alpha=0), the IWAE bound with k = num_particles
 ``iwae_dreg``  the IWAE bound with doubly reparameterised gradients (:mod:`.dreg`)
 ``stl``        the ELBO with the "sticking the landing" gradient (:mod:`.stl`)
+``diffusion``  a diffusion family's bound, time steps subsampled, KLs analytic (:mod:`.diffusion`)
+``vdm``        a diffusion family's continuous-time bound (Kingma et al. 2021, :mod:`.diffusion`)
+``gan``        adversarial, non-saturating loss (an update rule of its own: :mod:`.adversarial`)
+``gan_hinge``  adversarial, hinge loss
+``wgan_gp``    Wasserstein critic with a gradient penalty
 ``em``         exact EM: closed-form E- and M-steps, full batch or stepwise (:mod:`.em`)
 ============= =====================================================================
 
@@ -32,9 +37,12 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from ..config import ObjectiveConfig
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
+from ..training.compiled import CompiledSVIStep
 from ..training.rules import SVIStep, UpdateRule
 from ._pathwise import check_reparameterised
+from .adversarial import AdversarialStep, adversarial_rule
 from .annealing import KLSchedule, ScaleSites
+from .diffusion import DiffusionELBO, VDMLoss
 from .dreg import IWAE_DReG
 from .em import EMStep, make_em_rule
 from .free_bits import FreeBitsELBO
@@ -49,6 +57,11 @@ OBJECTIVES = {
     "iwae": "RenyiELBO(alpha=0): IWAE with k = num_particles",
     "iwae_dreg": "IWAE with doubly reparameterised (DReG) guide gradients",
     "stl": "ELBO with the sticking-the-landing (STL) guide gradient",
+    "diffusion": "diffusion bound over subsampled time steps, analytic KLs (weighting: elbo | simple)",
+    "vdm": "continuous-time diffusion bound (VDM), antithetic time draws",
+    "gan": "adversarial training, non-saturating loss (two optimisers; implicit-density families)",
+    "gan_hinge": "adversarial training, hinge loss",
+    "wgan_gp": "Wasserstein critic with gradient penalty (model.critic_steps, model.gradient_penalty)",
     "em": "exact EM (closed-form E and M steps; guide.kind = 'map' holds the point estimate)",
 }
 
@@ -108,6 +121,11 @@ def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Ca
             f"objective.free_bits needs the analytic per-dimension KL of objective.name = 'meanfield', "
             f"not {cfg.name!r}"
         )
+    if cfg.weighting != "elbo" and cfg.name != "diffusion":
+        raise IncompatibleError(f"objective.weighting = {cfg.weighting!r} applies to objective.name = 'diffusion', "
+                                f"not {cfg.name!r}")
+    if controls and cfg.name in ("diffusion", "vdm"):
+        raise IncompatibleError(f"objective.{controls[0]} does not apply to objective.name = {cfg.name!r}")
     if cfg.name in PATHWISE and guide is not None:
         with torch.no_grad(), poutine.block():
             guide_trace = poutine.trace(guide).get_trace(*args, **(kwargs or {}))
@@ -132,6 +150,10 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
         return TraceEnum_ELBO(strict_enumeration_warning=not model.collapsed, **kw)
     if cfg.name == "stl":
         return TraceSTL_ELBO(**kw)
+    if cfg.name == "diffusion":
+        return DiffusionELBO(cfg.weighting, cfg.num_particles)
+    if cfg.name == "vdm":
+        return VDMLoss(cfg.num_particles)
     if cfg.name == "iwae_dreg":
         return IWAE_DReG(**kw)
     return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
@@ -139,7 +161,10 @@ def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
 
 #: objectives trained by an update rule of their own rather than by an SVI step on an ELBO:
 #: ``name -> factory(model, guide, card) -> UpdateRule`` (e.g. an exact EM step)
-RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {"em": make_em_rule}
+RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {
+    **{name: adversarial_rule(name) for name in ("gan", "gan_hinge", "wgan_gp")},
+    "em": make_em_rule,
+}
 
 
 def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any, *,
@@ -151,8 +176,11 @@ def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: A
     factory = RULES.get(card.objective.name)
     if factory is not None:
         return factory(model, guide, card)
-    return SVIStep(model, guide, make_objective(model, card.objective), card.training,
-                   schedule=make_schedule(model, card.objective), held_out=held_out)
+    objective, schedule = make_objective(model, card.objective), make_schedule(model, card.objective)
+    if card.training.compile == "off":
+        return SVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out)
+    return CompiledSVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out,
+                           mode=card.training.compile)
 
 
 def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedule | None:
@@ -162,5 +190,5 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "PATHWISE", "EMStep", "FreeBitsELBO", "IWAE_DReG", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
+__all__ = ["OBJECTIVES", "AdversarialStep", "PATHWISE", "DiffusionELBO", "EMStep", "FreeBitsELBO", "IWAE_DReG", "VDMLoss", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
            "RULES", "check_compatible", "make_objective", "make_schedule", "make_update_rule"]

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Protocol
 
 import torch
 from pyro.infer import ELBO
 
 from ..config import TrainingConfig
+from ..errors import TrainingError
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
@@ -44,8 +48,9 @@ class Schedule(Protocol):
 
 class UpdateRule(abc.ABC):
     """One kind of training step. The loop calls, in order: :meth:`setup` once (parameters and
-    optimisers exist afterwards; a resumed run then calls :meth:`load_state_dict`), then per
-    minibatch :meth:`step`, and per epoch :meth:`end_epoch`."""
+    optimisers exist afterwards; with several processes, :meth:`distribute`; a resumed run
+    then calls :meth:`load_state_dict`), then per minibatch :meth:`step`, and per epoch
+    :meth:`end_epoch`."""
 
     @abc.abstractmethod
     def setup(self, example: Any, num_data: int) -> None:
@@ -61,6 +66,16 @@ class UpdateRule(abc.ABC):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """Called after each epoch (``epoch`` epochs done); returns numbers to log (e.g. lr)."""
         return {}
+
+    def distribute(self, dp: "DataParallel") -> None:
+        """Train data-parallel with the other processes (called once on every process, after
+        :meth:`setup`, when there are several): each process steps on its shard of every
+        batch and the rule makes its update agree across them — a gradient rule computes its
+        loss through ``dp.wrap(module)`` (DistributedDataParallel), an EM step all-reduces its
+        sufficient statistics (:func:`pplvm.training.distributed.all_reduce_sum`). A rule that
+        does neither cannot run on several processes."""
+        raise TrainingError(f"the {type(self).__name__} update rule has no data-parallel version: "
+                            "train it on one process")
 
     @abc.abstractmethod
     def held_out_loss(self, data: Any, num_data: int) -> torch.Tensor | None:
@@ -96,7 +111,8 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
 
 class SVIStep(UpdateRule):
     """Stochastic variational inference: a gradient step of the card's optimiser on
-    ``objective(model, guide)`` (an ``ELBOModule``; also what DDP would wrap).
+    ``objective(model, guide)`` (an ``ELBOModule``; under several processes, wrapped in
+    DistributedDataParallel by :meth:`distribute`).
 
     :param schedule: optional per-step Pyro handler factory (KL annealing).
     """
@@ -126,6 +142,9 @@ class SVIStep(UpdateRule):
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
         self.optimizer.step()
         return loss.detach()
+
+    def distribute(self, dp: "DataParallel") -> None:
+        self.loss_module = dp.wrap(self.loss_module)
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         out = {"lr": self.optimizer.param_groups[0]["lr"]}

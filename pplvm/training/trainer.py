@@ -8,8 +8,17 @@ in the checkpoint beside the loop's.
 
 Minibatches: the model's data plate has size ``num_data`` and each batch is its subsample, so
 every data term is scaled by ``num_data / batch`` and the loss is an unbiased estimate of the
-full-data loss. ``rank`` / ``world_size`` shard every minibatch for data-parallel training;
-only rank 0 writes checkpoints and metrics.
+full-data loss.
+
+Data-parallel training (:mod:`pplvm.training.distributed`): with ``world_size`` processes, every
+process draws the same shuffle and takes its shard ``idx[rank::world_size]`` of each global
+batch, keeping the global ``num_data`` in the plate; the rule's :meth:`~pplvm.training.rules.
+UpdateRule.distribute` makes the update agree across processes (DDP for gradient rules), so
+parameters stay equal to a single process's on the same global batches. The epoch's loss is
+summed over processes and held-out metrics are rank 0's on every process, so early stopping
+and every other decision of the loop are the same everywhere; only rank 0 writes checkpoints
+and metrics. Each process samples from its own seed (its own particles); checkpoints keep
+every process's RNG state, and a run trained on several processes resumes on any number.
 
 ``augment(batch, generator)`` redraws each training batch (e.g. dynamic binarization,
 :mod:`pplvm.data.images`) from the trainer's own generator, which checkpoints carry so a
@@ -38,7 +47,9 @@ import torch
 from .._progress import progress
 from ..config import TrainingConfig
 from ..errors import RunDirError, TrainingError
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import CollectiveError, DataParallel
 from .rules import UpdateRule
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -125,6 +136,8 @@ class Trainer:
     :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
         (lower is better) or a ``*log_likelihood`` (higher is better).
     :param augment: optional per-batch redraw of the training data (see :data:`Augment`).
+    :param rank: this process's rank among ``world_size`` data-parallel processes (whose
+        process group :func:`~pplvm.training.distributed.init_from_env` has started).
     """
 
     def __init__(
@@ -152,6 +165,10 @@ class Trainer:
         self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rank, self.world_size = rank, world_size
         self.device = resolve_device(config.device)
+        if world_size > 1 and self.device.type == "cuda":  # one GPU per process: LOCAL_RANK's
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self._dp: DataParallel | None = None
+        self._rng_ranks: torch.Tensor | None = None  # every process's RNG state, (world_size, S)
         self.state = TrainState()
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self._ready = False
@@ -166,12 +183,31 @@ class Trainer:
     def setup(self, train) -> None:
         """Create the rule's parameters and optimisers (once)."""
         if not self._ready:
-            example = to_device(train[: self._batch_size(len(train))], self.device)
+            bs = self._batch_size(len(train))
+            if bs < self.world_size:
+                raise TrainingError(f"training.batch_size = {bs} (with {len(train)} training data) is smaller "
+                                    f"than the {self.world_size} processes: each needs a share of every batch")
+            example = to_device(train[:bs], self.device)
             self.rule.setup(example, len(train))
+            if self.world_size > 1:
+                if distributed.world_size() != self.world_size:
+                    raise TrainingError(f"world_size = {self.world_size} but this process is in a process group "
+                                        f"of {distributed.world_size()}: start it with torchrun "
+                                        "(pplvm.training.distributed.init_from_env)")
+                self._dp = DataParallel(self.device)
+                self.rule.distribute(self._dp)
             self._ready = True
 
     def _batch_size(self, n: int) -> int:
         return min(self.config.batch_size or n, n)
+
+    def _batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
+        """One epoch's global batches of ``perm``'s rows; with several processes, a last batch
+        with fewer rows than processes joins the batch before (each process needs a row)."""
+        batches = list(perm.split(self._batch_size(len(perm))))
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -181,7 +217,8 @@ class Trainer:
             "rule": _host(self.rule.state_dict()),
             "trainer": self.state.to_checkpoint(),
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    "augment": self.augment_rng.get_state()},
+                    "augment": self.augment_rng.get_state(),
+                    **({"torch_ranks": self._rng_ranks} if self._rng_ranks is not None else {})},
             "best": self._best_params,
             "extras": self.extras,
         }
@@ -191,7 +228,13 @@ class Trainer:
         self.guide.load_state_dict(ckpt["guide"])
         self.rule.load_state_dict(ckpt["rule"])
         self.state = TrainState(**ckpt["trainer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        ranks = ckpt["rng"].get("torch_ranks")  # written by a run on several processes
+        if ranks is not None and self.rank < len(ranks):
+            torch.set_rng_state(ranks[self.rank].clone())  # a view at an offset crashes torch 2.13
+        elif self.rank == 0:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        else:  # more processes than the run had: a fresh stream of this process's own
+            torch.manual_seed(distributed.rank_seed(self.config.seed + self.state.step, self.rank))
         self.shuffle.set_state(ckpt["rng"]["shuffle"])
         self.augment_rng.set_state(ckpt["rng"]["augment"])
         self._best_params = ckpt.get("best")
@@ -205,8 +248,8 @@ class Trainer:
         """Continue from the run directory's last checkpoint; metrics logged after it are dropped."""
         self.setup(train)
         self.load_state_dict(load_checkpoint(self.checkpoint_path))
-        self.state.history = read_history(self.run_dir, self.state.epoch)
-        if self.rank == 0:
+        if self.rank == 0:  # the writer keeps the history (other processes only train)
+            self.state.history = read_history(self.run_dir, self.state.epoch)
             path = self.run_dir / "metrics.jsonl"
             path.write_text("".join(json.dumps(m) + "\n" for m in self.state.history))
 
@@ -223,19 +266,22 @@ class Trainer:
         """Train until ``config.epochs`` are done or early stopping fires; return the state."""
         c, n = self.config, len(train)
         if self.state.epoch == 0 and not self.state.history:
-            pyro.set_rng_seed(c.seed)
+            pyro.set_rng_seed(distributed.rank_seed(c.seed, self.rank))
         self.setup(train)
         if self.device.type == "cuda":  # host batches copy to the GPU without blocking
             train = train.pin_memory()
         if self.state.epoch == 0 and self.checkpoint_path is not None:
+            with self._collectives():
+                self._sync_rng_states()
             self.save()  # a good checkpoint exists before the first step
-        steps = math.ceil(n / self._batch_size(n))
+        steps = len(self._batches(torch.arange(n)))
         bar = progress(c.epochs * steps, "training", initial=self.state.epoch * steps, unit="steps",
                        enabled=c.progress and self.rank == 0)
         try:
             first = True
             while self.state.epoch < c.epochs and not self.state.stopped:
-                metrics = self._epoch(train, valid, bar, first)
+                with self._collectives():
+                    metrics = self._epoch(train, valid, bar, first)
                 first = False
                 for cb in self.callbacks:
                     cb(self, metrics)
@@ -248,17 +294,22 @@ class Trainer:
 
     def _epoch(self, train, valid, bar, first: bool) -> dict[str, Any]:
         c, s, n = self.config, self.state, len(train)
-        bs = self._batch_size(n)
-        steps = math.ceil(n / bs)
-        perm = torch.randperm(n, generator=self.shuffle)
+        batches = self._batches(torch.randperm(n, generator=self.shuffle))  # the same on every process
+        steps = len(batches)
         total = torch.zeros((), device=self.device)
         # one host sync per step on CPU; on a GPU the finiteness of the losses is gathered on
-        # the device and checked once per epoch (the checkpoint is only written after that)
-        check_each_step = self.device.type == "cpu" or first
+        # the device and checked once per epoch (the checkpoint is only written after that);
+        # several processes check once per epoch together, so they stop together
+        check_each_step = (self.device.type == "cpu" or first) and self.world_size == 1
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        for i, idx in enumerate(perm.split(bs)):
-            idx = idx[self.rank :: self.world_size]
-            batch = train[idx] if self.augment is None else self.augment(train[idx], self.augment_rng)
+        for i, idx in enumerate(batches):
+            shard = idx[self.rank :: self.world_size]
+            if self.augment is None:
+                batch = train[shard]
+            else:  # the global batch's draw, so a datum's view does not depend on the process count
+                batch = self.augment(train[idx], self.augment_rng)[self.rank :: self.world_size]
+            if self._dp is not None:
+                self._dp.weight = len(shard) / len(idx)
             batch = to_device(batch, self.device, non_blocking=True)
             try:
                 with self._validation(first=i == 0 and first), precision_context(c.precision, self.device):
@@ -276,9 +327,12 @@ class Trainer:
                     self._diverged(f"loss became {float(loss)}")
             else:
                 finite &= torch.isfinite(loss)
-            total += loss * len(idx) / n
+            total += loss * len(shard) / n
             s.step += 1
             bar.update(1)
+        if self.world_size > 1:  # the global batches' loss (Σ_r B_r L_r / n), and anyone's non-finite one
+            total, bad = distributed.all_reduce_sum([total, (~finite).to(total.dtype)])
+            finite = bad == 0
         if not bool(finite):
             self._diverged("loss became non-finite")
         if not self._parameters_finite():  # a huge step can leave a finite loss and inf parameters
@@ -288,7 +342,7 @@ class Trainer:
                                    "train_loss": float(total) / n}
         if valid is not None and (s.epoch % c.eval_every == 0 or s.epoch == c.epochs):
             try:
-                metrics.update(self.evaluate(valid))
+                metrics.update(self._agreed(self.evaluate(valid)))
             except ValueError as err:
                 if not _is_support_error(err):
                     raise
@@ -302,7 +356,8 @@ class Trainer:
         if self.run_dir is not None and self.rank == 0:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        if self._checkpoint_due():
+        self._sync_rng_states()
+        if self._checkpoint_due():  # rank 0 alone decides (by the clock) and writes
             self.save()
         return metrics
 
@@ -319,6 +374,39 @@ class Trainer:
         if self.valid_metrics is not None:
             out.update(self.valid_metrics(data))
         return out
+
+    def _agreed(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Rank 0's ``metrics`` on every process (Monte-Carlo estimates differ between
+        processes; the decisions taken on them must not)."""
+        if self.world_size == 1 or not metrics:
+            return metrics
+        keys = list(metrics)  # the same order on every process (the same code made them)
+        values = distributed.broadcast(torch.tensor([metrics[k] for k in keys], dtype=torch.float64))
+        return dict(zip(keys, values.tolist()))
+
+    def _sync_rng_states(self) -> None:
+        """Gather every process's torch RNG state for the next checkpoint (several processes)."""
+        if self.world_size > 1:
+            self._rng_ranks = distributed.all_gather(torch.get_rng_state())
+
+    @contextlib.contextmanager
+    def _collectives(self):
+        """Turn a failed collective (another process died or went silent) into one line that
+        names the last good checkpoint."""
+        try:
+            yield
+        except CollectiveError as err:
+            self._lost_contact(str(err))
+        except RuntimeError as err:
+            if self.world_size == 1 or isinstance(err, TrainingError) or not _is_collective_error(err):
+                raise
+            self._lost_contact(distributed.describe_failure(err))
+
+    def _lost_contact(self, what: str) -> None:
+        kept = (f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}; "
+                f"continue with: pplvm resume {self.run_dir}" if self.checkpoint_path is not None
+                else "no checkpoint was being written")
+        raise TrainingError(f"training stopped in epoch {self.state.epoch + 1}: {what}; {kept}") from None
 
     def _validation(self, first: bool) -> ContextManager:
         """Pyro's argument and support checks cost ~10% of a small network's step; by default
@@ -363,6 +451,15 @@ def _is_support_error(err: ValueError) -> bool:
     """Whether ``err`` is torch's / Pyro's refusal of a distribution parameter or value outside
     its constraint (what a diverged parameter, e.g. a scale that underflowed to 0, causes)."""
     return str(err).startswith(("Expected parameter", "Expected value argument"))
+
+
+def _is_collective_error(err: RuntimeError) -> bool:
+    """Whether ``err`` (raised while several processes train) is a failed collective: a DDP
+    all-reduce that lost its peers, or a timeout."""
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        word in text for word in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
+                                  "timed out", "ProcessGroup"))
 
 
 def _first_line(err: BaseException) -> str:

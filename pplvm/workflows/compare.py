@@ -88,6 +88,9 @@ def check_same_data(idatas: dict[str, Any], *, rtol: float = 1e-5) -> int:
 
 
 def _check_posterior(name: str, idata) -> None:
+    if "log_likelihood" not in idata.groups():
+        raise PplvmError(f"run {name!r} has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot "
+                         "score it; compare samples with pplvm two-sample instead")
     ll = np.asarray(idata.log_likelihood["obs"])
     if "posterior" not in groups(idata) or np.ptp(ll.reshape(-1, ll.shape[-1]), axis=0).max() == 0:
         raise PplvmError(
@@ -123,6 +126,6 @@ def compare_runs(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None 
 
 def comparison_plot(comparison: Comparison) -> Figure:
     """elpd_loo ± se per run and its difference to the best (matplotlib, any arviz version)."""
-    from .plots import compare_plot
+    from ..evaluation.plots import compare_plot
 
     return compare_plot(comparison.table, comparison.n)

@@ -70,3 +70,15 @@ def test_fractions_leaving_no_training_rows_are_refused():
                           "data": {"source": "iris", "valid_fraction": 0.6, "test_fraction": 0.4}}).data
     with pytest.raises(pplvm.DataError, match="leave no training rows"):
         load_dataset(cfg)
+
+
+def test_moons_source_is_scikit_learns_two_moons():
+    """The same points as sklearn.datasets.make_moons with the card's n, noise and seed."""
+    import sklearn.datasets
+
+    cfg = pplvm.config.card_from_dict({"model": {"family": "gmm"}, "data": {
+        "source": "moons", "n": 50, "noise": 0.1, "seed": 3, "valid_fraction": 0.0}}).data
+    d = load_dataset(cfg)
+    x, _ = sklearn.datasets.make_moons(50, noise=0.1, random_state=3)
+    near = torch.cdist(d.train.double(), torch.tensor(x)).min(1).values  # split order is shuffled
+    assert len(d.train) == 50 and near.max() < 1e-6  # float32 storage

@@ -18,7 +18,9 @@ from pplvm.data.images import (
     DigitsConfig,
     MnistIdxConfig,
     read_amat,
+    read_cifar10,
     read_idx,
+    read_image_npy,
     read_npz,
     write_amat,
     write_idx,
@@ -235,3 +237,61 @@ def test_wrong_image_size_for_the_model_is_a_data_error(tmp_path):
     run = pplvm.Run.from_card(card)
     with pytest.raises(DataError, match="x: expected 64 columns .* got 784"):
         run.log_likelihood(binary_images(2))
+
+
+# ------------------------------------------------------------ CIFAR-10 and uint8 arrays
+def _cifar_batch(path, images, labels):
+    """Write CIFAR-10's binary format: per record one label byte, then 3 x 32 x 32 pixel bytes."""
+    rec = np.concatenate([labels[:, None].astype(np.uint8), images.reshape(len(images), -1)], axis=1)
+    path.write_bytes(rec.astype(np.uint8).tobytes())
+
+
+def test_cifar10_binary_batches_round_trip(tmp_path):
+    """Pixels come back channel-first, scaled by 1/255, labels kept; test batches stay the test split."""
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 7)
+    _cifar_batch(tmp_path / "data_batch_1.bin", imgs[:4], labels[:4])
+    _cifar_batch(tmp_path / "data_batch_2.bin", imgs[4:6], labels[4:6])
+    _cifar_batch(tmp_path / "test_batch.bin", imgs[6:], labels[6:])
+    cfg = pplvm.config.card_from_dict({"model": {"family": "gmm"}, "data": {
+        "source": "cifar10", "paths": [str(tmp_path / "data_batch_1.bin"), str(tmp_path / "data_batch_2.bin")],
+        "test_paths": [str(tmp_path / "test_batch.bin")], "valid_fraction": 0.0}}).data
+    d = load_dataset(cfg)
+    assert d.train.shape == (6, 3072) and d.test.shape == (1, 3072)
+    np.testing.assert_allclose(d.test.numpy(), imgs[6:].reshape(1, -1) / 255.0, atol=1e-6)
+    rows = {tuple(np.round(r * 255).astype(int)) for r in d.train.numpy()}
+    assert rows == {tuple(r) for r in imgs[:6].reshape(6, -1).astype(int)}
+    assert sorted(d.labels["train"].tolist()) == sorted(labels[:6].tolist())
+
+
+def test_cifar10_errors_name_the_field(tmp_path):
+    bad = tmp_path / "data_batch_1.bin"
+    bad.write_bytes(b"\0" * 100)
+    with pytest.raises(DataError, match=r"data.paths .*not a CIFAR-10 binary batch \(100 bytes"):
+        read_cifar10(bad)
+    rec = np.zeros(3073, dtype=np.uint8)
+    rec[0] = 12
+    bad.write_bytes(rec.tobytes())
+    with pytest.raises(DataError, match="label byte 12"):
+        read_cifar10(bad)
+
+
+def test_uint8_image_npy_is_read_channel_first(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "rgb.npy", rgb)
+    x, shape = read_image_npy(tmp_path / "rgb.npy")
+    assert shape == [3, 4, 6]
+    np.testing.assert_allclose(x, rgb.transpose(0, 3, 1, 2).reshape(5, -1) / 255.0)
+    grey = rng.integers(0, 256, (5, 4, 6), dtype=np.uint8)
+    np.save(tmp_path / "grey.npy", grey)
+    x, shape = read_image_npy(tmp_path / "grey.npy")
+    assert shape == [1, 4, 6]
+    np.testing.assert_allclose(x, grey.reshape(5, -1) / 255.0)
+    np.save(tmp_path / "float.npy", grey / 255.0)
+    with pytest.raises(DataError, match="expected uint8 pixels"):
+        read_image_npy(tmp_path / "float.npy")
+    np.save(tmp_path / "flat.npy", grey.reshape(5, -1))
+    with pytest.raises(DataError, match=r"expected images of shape \(N, H, W\)"):
+        read_image_npy(tmp_path / "flat.npy")

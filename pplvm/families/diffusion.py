@@ -1,0 +1,381 @@
+"""Denoising diffusion (DDPM) as a hierarchical latent-variable model.
+
+A chain of T latents at rising noise levels, the datum ``x = z_0`` (in the chain's units ``y``,
+see below) at its end (Sohl-Dickstein et al. 2015; Ho et al. 2020)::
+
+    z_T             ~ N(0, I)                                        the prior
+    z_{t-1} | z_t   ~ p_θ(z_{t-1} | z_t) = N(μ_θ(z_t, t), σ_t² I)     t = T .. 2
+    x       | z_1   ~ p_θ(x | z_1)                                    the decoder
+
+    μ_θ(z_t, t) = (z_t - β_t / √(1 - ᾱ_t) · ε̂_θ(z_t, t)) / √α_t     (ε-prediction)
+
+The guide is the fixed forward chain ``q(z_1..z_T | x) = Π_t N(z_t; √α_t z_{t-1}, β_t I)``
+(:mod:`pplvm.distributions.diffusion`), so the ELBO decomposes into per-step terms::
+
+    -ELBO = L_0 + Σ_{t=2..T} L_{t-1} + L_T
+    L_0     = -E_q log p_θ(x | z_1)
+    L_{t-1} =  E_q KL(q(z_{t-1} | z_t, x) || p_θ(z_{t-1} | z_t))     (Gaussians: closed form)
+    L_T     =  KL(q(z_T | x) || N(0, I))
+
+Each ``L_{t-1}`` needs only ``z_t ~ q(z_t | x)``, drawn in closed form; the ``diffusion``
+objective (:mod:`pplvm.objectives.diffusion`) estimates the sum without bias from a few steps
+drawn per datum. :meth:`Diffusion.log_likelihood` sums all T terms (one draw of ``z_t`` per
+step and datum): a lower bound of ``log p(x)`` (``likelihood = "bound"``).
+
+The reverse variance σ_t² is β_t (``beta``), the posterior's β̃_t (``posterior``), or learned
+as ``exp(v log β_t + (1 - v) log β̃_t)`` (``learned``; Nichol & Dhariwal 2021). Data enter the
+chain as ``y = x`` (``decoder = "gaussian"``, continuous data) or ``y = 2x - 1`` for data on K
+levels ``k / (K - 1)`` of [0, 1] (``decoder = "discretized"``), whose decoder integrates
+N(μ_θ, σ_1²) over each level's bin, so the bound is one of a probability (bits/dim).
+
+Pyro sites: ``z_T .. z_1`` (local, in the ``data`` plate, event dim 1) and ``obs``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pydantic import Field
+
+from ..data.base import Batch, as_matrix, values
+from ..decoders.denoisers import MLPDenoiser, UNetDenoiser
+from ..distributions.diffusion import (
+    DiscretizedNormal,
+    Schedule,
+    cosine_betas,
+    gather,
+    linear_betas,
+    normal_kl,
+    q_marginal,
+    q_posterior,
+    q_prior_kl,
+    q_step,
+)
+from ..errors import CardError, DataError
+from .base import FamilyConfig, FixedGuide, LatentVariableModel
+
+
+class DiffusionConfig(FamilyConfig):
+    family: Literal["diffusion"] = "diffusion"
+    steps: int = Field(1000, ge=1, description="T, the number of diffusion steps")
+    schedule: Literal["linear", "cosine"] = Field("linear", description="noise schedule of β_t")
+    beta_start: float = Field(1e-4, description="linear: β_1")
+    beta_end: float = Field(0.02, description="linear: β_T")
+    variance: Literal["beta", "posterior", "learned"] = Field(
+        "beta", description="reverse variance σ_t²: β_t, the posterior's β̃_t, or learned between them")
+    decoder: Literal["gaussian", "discretized"] = Field(
+        "gaussian", description="p(x | z_1): gaussian (continuous data) or discretized over model.levels")
+    levels: int = Field(256, ge=2, description="discretized: number K of levels k/(K-1) of the data in [0, 1]")
+    denoiser: Literal["mlp", "unet"] = Field("mlp", description="ε-prediction network")
+    hidden: list[int] = Field([128, 128, 128], description="mlp: hidden widths")
+    embed_dim: int = Field(64, ge=2, description="width of the sinusoidal time embedding")
+    channels: int = Field(32, ge=1, description="unet: base channels")
+    channel_mult: list[int] = Field([1, 2], description="unet: channel multiplier per resolution level")
+    attention: bool = Field(False, description="unet: self-attention at the lowest resolution")
+    image_shape: list[int] | None = Field(None, description="unet: [C, H, W] or [H, W]; default square, 1 channel")
+    likelihood_batch: int = Field(2**20, ge=1, description="log_likelihood: values (rows x steps x D) per chunk")
+
+
+def _chw(cfg: DiffusionConfig, dim: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images, checked against ``dim`` and the U-Net's depth."""
+    shape = list(cfg.image_shape) if cfg.image_shape is not None else [math.isqrt(dim)] * 2
+    if len(shape) == 2:
+        shape = [1, *shape]
+    if len(shape) != 3 or min(shape) < 1:
+        raise CardError(f"model.image_shape: expected [C, H, W] or [H, W] of positive sizes, got {cfg.image_shape}")
+    if math.prod(shape) != dim:
+        raise CardError(f"model.image_shape: the data have {dim} columns, which is not {' x '.join(map(str, shape))}"
+                        + ("" if cfg.image_shape is not None else "; set model.image_shape"))
+    f = 2 ** (len(cfg.channel_mult) - 1)
+    if shape[1] % f or shape[2] % f:
+        raise CardError(f"model.image_shape: a U-Net with {len(cfg.channel_mult)} levels needs H and W divisible "
+                        f"by {f}, got {shape[1]} x {shape[2]}")
+    return tuple(shape)
+
+
+class Diffusion(LatentVariableModel, FixedGuide):
+    """Denoising diffusion model (DDPM): reverse chain p_θ, fixed forward-process guide."""
+
+    Config = DiffusionConfig
+    guides = ("forward",)
+    objectives = ("diffusion", "vdm", "elbo")
+    enumerated = False
+    likelihood = "bound"
+
+    def __init__(self, config: DiffusionConfig, dim: int):
+        super().__init__(config, dim)
+        c = config
+        betas = linear_betas(c.steps, c.beta_start, c.beta_end) if c.schedule == "linear" else cosine_betas(c.steps)
+        self.schedule = Schedule.from_betas(betas)  # float64; cast where used
+        self._cast: dict[tuple, Schedule] = {}
+        outputs = 2 if c.variance == "learned" else 1
+        if c.denoiser == "mlp":
+            if not c.hidden or min(c.hidden) < 1:
+                raise CardError(f"model.hidden: expected positive widths, got {c.hidden}")
+            self.denoiser = MLPDenoiser(dim, c.hidden, c.embed_dim, outputs)
+            self.image_shape = None
+        else:
+            self.image_shape = _chw(c, dim)
+            self.denoiser = UNetDenoiser(self.image_shape, c.channels, c.channel_mult, c.attention, c.embed_dim,
+                                         outputs)
+        if c.denoiser == "mlp" and c.image_shape is not None:
+            self.image_shape = _chw(c, dim)
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def steps(self) -> int:
+        return self.config.steps
+
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def local_sites(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(f"z_{t}" for t in range(self.steps, 0, -1))
+
+    def tables(self, like: torch.Tensor) -> Schedule:
+        """The schedule cast to ``like``'s dtype and device (cached)."""
+        key = (like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = self.schedule.to(like)
+        return self._cast[key]
+
+    def to_chain(self, x: torch.Tensor) -> torch.Tensor:
+        """Data ``x`` ``(..., D)`` in the chain's units ``y``: ``2x - 1`` (discretized), else ``x``."""
+        return 2 * x - 1 if self.config.decoder == "discretized" else x
+
+    def from_chain(self, y: torch.Tensor) -> torch.Tensor:
+        return (y + 1) / 2 if self.config.decoder == "discretized" else y
+
+    def time(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The denoiser's time input ``s = (t - 1) / (T - 1)`` in [0, 1] for steps ``t``."""
+        return (t.to(like.dtype) - 1) / max(self.steps - 1, 1)
+
+    # ------------------------------------------------------------------ the model
+    def predict(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``ε̂_θ(z_t, t)`` ``(B, D)`` and the raw variance weight ``(B, D)`` (None unless learned)
+        for ``z`` ``(B, D)`` and steps ``t`` ``(B,)``."""
+        return self._split(self.denoiser(z, self.time(t, z)))
+
+    def epsilon(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``ε̂_θ(z, s)`` ``(B, D)`` at continuous times ``s`` ``(B,)`` in [0, 1] (step t at
+        ``s = (t - 1) / (T - 1)``), for the continuous-time objective."""
+        return self._split(self.denoiser(z, s))[0]
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.config.variance == "learned":
+            eps, raw = out.chunk(2, dim=-1)
+            return eps, raw
+        return out, None
+
+    def reverse_params(self, z: torch.Tensor, t: torch.Tensor, *, eps: torch.Tensor | None = None,
+                       raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of ``p_θ(z_{t-1} | z_t)`` (for ``t = 1``: of the decoder, in
+        chain units), each ``(B, D)``, for ``z`` ``(B, D)``, ``t`` ``(B,)``. Pass ``eps`` / ``raw``
+        to reuse a prediction."""
+        if eps is None:
+            eps, raw = self.predict(z, t)
+        s, n = self.tables(z), z.dim()
+        beta, alpha, abar = (gather(v, t, n) for v in (s.betas, s.alphas, s.alphas_bar))
+        mean = (z - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()
+        if self.config.variance == "beta":
+            logvar = beta.log().expand_as(z)
+        elif self.config.variance == "posterior":
+            logvar = gather(s.posterior_log_variance, t, n).expand_as(z)
+        else:
+            v = (raw + 1) / 2
+            logvar = v * beta.log() + (1 - v) * gather(s.posterior_log_variance, t, n)
+        return mean, logvar
+
+    def prior(self, n: int, like: torch.Tensor | None = None) -> dist.Distribution:
+        """``p(z_T) = N(0, I)``: batch ``(n,)``, event ``(D,)``."""
+        zeros = torch.zeros(n, self.dim) if like is None else like.new_zeros(n, self.dim)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def reverse(self, z: torch.Tensor, t: int) -> dist.Distribution:
+        """``p_θ(z_{t-1} | z_t)`` for ``t ≥ 2``: batch ``(B,)``, event ``(D,)``."""
+        mean, logvar = self.reverse_params(z, torch.full((len(z),), t, device=z.device))
+        return dist.Normal(mean, (0.5 * logvar).exp()).to_event(1)
+
+    def decoder_dist(self, mean: torch.Tensor, logvar: torch.Tensor) -> dist.Distribution:
+        """``p_θ(x | z_1)`` over data units from the chain-unit mean and log-variance ``(B, D)``."""
+        scale = (0.5 * logvar).exp()
+        if self.config.decoder == "discretized":
+            return DiscretizedNormal((mean + 1) / 2, scale / 2, self.config.levels).to_event(1)
+        return dist.Normal(mean, scale).to_event(1)
+
+    def decode(self, z1: torch.Tensor) -> dist.Distribution:
+        """``p_θ(x | z_1)``: batch ``(B,)``, event ``(D,)``."""
+        return self.decoder_dist(*self.reverse_params(z1, torch.ones(len(z1), dtype=torch.long, device=z1.device)))
+
+    def forward(self, x=None, num_data=None):
+        """The reverse chain. ``x``: ``(B, D)`` data or None to generate ``num_data`` rows."""
+        obs = values(x) if x is not None else None
+        with self.data_plate(obs, num_data):
+            n = len(obs) if obs is not None else num_data
+            z = pyro.sample(f"z_{self.steps}", self.prior(n, obs))
+            for t in range(self.steps, 1, -1):
+                z = pyro.sample(f"z_{t - 1}", self.reverse(z, t))
+            return pyro.sample("obs", self.decode(z), obs=obs)
+
+    # ------------------------------------------------------------ the ELBO's terms
+    def step_terms(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *, detach_mean: bool = False,
+                   bound: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``L_{t-1}`` per row, ``(B,)``, for data ``x`` ``(B, D)`` (data units), steps ``t`` ``(B,)``
+        in 1..T and the noise ``ε`` ``(B, D)`` drawing ``z_t = √ᾱ_t y + √(1 - ᾱ_t) ε ~ q(z_t | x)``:
+        ``-log p_θ(x | z_1)`` where ``t = 1``, else ``KL(q(z_{t-1} | z_t, x) || p_θ(z_{t-1} | z_t))``
+        in closed form. Also returns ``‖ε - ε̂‖²`` per row (Ho et al.'s L_simple); with ``bound =
+        False`` only that (the first value is None). With ``detach_mean`` the terms train only a
+        learned variance (the hybrid objective).
+
+        Both kinds of term are computed for every row and the right one selected (no
+        data-dependent branching, so no device sync): rows with ``t > 1`` score the decoder at
+        a harmless mean (the datum itself), rows with ``t = 1`` the KL at the clipped β̃."""
+        y, s = self.to_chain(x), self.tables(x)
+        mean_q, std_q = q_marginal(s, y, t)
+        z = mean_q + std_q * noise
+        eps, raw = self.predict(z, t)
+        simple = ((noise - eps) ** 2).sum(-1)
+        if not bound:
+            return None, simple
+        mean_p, logvar_p = self.reverse_params(z, t, eps=eps.detach() if detach_mean else eps, raw=raw)
+        first = t == 1
+        decoder = -self.decoder_dist(torch.where(first[:, None], mean_p, y), logvar_p).log_prob(x)
+        mean_t, logvar_t = q_posterior(s, y, z, t)
+        kl = normal_kl(mean_t, logvar_t, mean_p, logvar_p).sum(-1)
+        return torch.where(first, decoder, kl), simple
+
+    def prior_term(self, x: torch.Tensor) -> torch.Tensor:
+        """``L_T = KL(q(z_T | x) || N(0, I))`` per row, ``(B,)`` (no parameters)."""
+        return q_prior_kl(self.tables(x), self.to_chain(x))
+
+    @torch.no_grad()
+    def likelihood_terms(self, x, params, *, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Every term ``L_0 .. L_T`` of the bound per datum, in nats: ``{"L_0": (N,), ...,
+        "L_T": (N,)}``, with ``-Σ terms`` = :meth:`log_likelihood`. One draw of ``z_t`` per step
+        and datum from a generator seeded by ``seed`` (on ``x``'s device); computed in chunks of
+        ``model.likelihood_batch`` values."""
+        x = values(x)
+        n, T, d = len(x), self.steps, self.dim
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        noise_all = None
+        terms = torch.empty(n, T + 1, dtype=x.dtype, device=x.device)
+        per_chunk = max(1, self.config.likelihood_batch // max(d, 1))
+        pairs = torch.cartesian_prod(torch.arange(n, device=x.device), torch.arange(1, T + 1, device=x.device))
+        for chunk in pairs.split(per_chunk):
+            rows, t = chunk[:, 0], chunk[:, 1]
+            noise_all = torch.randn(len(chunk), d, generator=g, dtype=x.dtype, device=x.device)
+            value, _ = self.step_terms(x[rows], t, noise_all)
+            terms[rows, t - 1] = value
+        terms[:, T] = self.prior_term(x)
+        names = [f"L_{t}" for t in range(T + 1)]
+        return dict(zip(names, terms.unbind(-1)))
+
+    @torch.no_grad()
+    def log_likelihood(self, x, params, *, seed: int = 0) -> torch.Tensor:
+        """The ELBO per datum, ``(N,)``: a lower bound of ``log p(x_n)`` summing all T + 1 terms
+        (see :meth:`likelihood_terms`); ``params`` is empty (no global latents)."""
+        return -torch.stack(list(self.likelihood_terms(x, params, seed=seed).values()), -1).sum(-1)
+
+    # ------------------------------------------------------------------ samplers
+    @torch.no_grad()
+    def generate(self, n: int, *, sampler: Literal["ancestral", "ddim"] = "ancestral", steps: int | None = None,
+                 generator: torch.Generator | None = None, z: torch.Tensor | None = None,
+                 mean: bool = True) -> torch.Tensor:
+        """``n`` new data ``(n, D)`` in data units, starting from ``z`` ``(n, D)`` (default: drawn
+        from the prior). ``ancestral``: the reverse chain step by step, then the decoder's mean
+        (``mean``) or a draw. ``ddim``: the deterministic DDIM sampler (Song et al. 2021, η = 0) on
+        ``steps`` of the T steps (evenly spaced), ending at the predicted ``x̂_0``."""
+        like = z if z is not None else next(self.parameters())
+        g = generator if generator is not None else torch.Generator(device=like.device).manual_seed(0)
+        if z is None:
+            z = torch.randn(n, self.dim, generator=g, dtype=like.dtype, device=like.device)
+        if sampler == "ddim":
+            return self.from_chain(self._ddim(z, self._ddim_steps(steps), inverse=False)).clamp(
+                *(0, 1) if self.config.decoder == "discretized" else (-math.inf, math.inf))
+        for t in range(self.steps, 1, -1):
+            m, logvar = self.reverse_params(z, torch.full((n,), t, device=z.device))
+            z = m + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, dtype=z.dtype, device=z.device)
+        p = self.decode(z)
+        if mean:
+            return p.mean
+        return self.decoder_dist(*self.reverse_params(z, torch.ones(n, dtype=torch.long, device=z.device))).sample()
+
+    def _ddim_steps(self, steps: int | None) -> list[int]:
+        k = self.steps if steps is None else steps
+        if not 1 <= k <= self.steps:
+            raise ValueError(f"steps: expected 1..{self.steps} DDIM steps, got {k}")
+        return sorted({int(round(v)) for v in torch.linspace(1, self.steps, k).tolist()})
+
+    def _ddim(self, z: torch.Tensor, ts: list[int], inverse: bool) -> torch.Tensor:
+        """Deterministic DDIM moves (η = 0) along the steps ``ts`` (ascending, 0 = the datum):
+        down from ``z_T`` to ``x̂_0`` or, with ``inverse``, up from ``y`` to ``z_T``. Each move
+        from step a to step b predicts ``ε̂`` at ``a`` (at ``ts[0]`` when a = 0) and sets
+        ``z_b = √ᾱ_b x̂_0 + √(1 - ᾱ_b) ε̂`` with ``x̂_0 = (z_a - √(1 - ᾱ_a) ε̂) / √ᾱ_a``."""
+        s = self.tables(z)
+        path = [0, *ts] if inverse else [*ts[::-1], 0]
+        for a, b in zip(path[:-1], path[1:]):
+            eps, _ = self.predict(z, torch.full((len(z),), max(a, ts[0]), device=z.device))
+            x0 = (z - (1 - s.alphas_bar[a]).sqrt() * eps) / s.alphas_bar[a].sqrt()
+            z = s.alphas_bar[b].sqrt() * x0 + (1 - s.alphas_bar[b]).sqrt() * eps
+        return z
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:
+        """DDIM inversion: the ``z_T`` ``(N, D)`` that the DDIM sampler maps back to ``x``
+        (approximately; exact as the step size shrinks)."""
+        return self._ddim(self.to_chain(values(x)), self._ddim_steps(steps), inverse=True)
+
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, num: int = 8, *, steps: int | None = None) -> torch.Tensor:
+        """Spherical interpolation between the DDIM latents of two data ``(D,)``, decoded by
+        DDIM: ``(num, D)``."""
+        za, zb = self.encode(torch.stack([x_a, x_b]), steps=steps)
+        omega = torch.arccos((za @ zb / (za.norm() * zb.norm())).clamp(-1, 1))
+        w = torch.linspace(0, 1, num, dtype=za.dtype, device=za.device)[:, None]
+        z = (torch.sin((1 - w) * omega) * za + torch.sin(w * omega) * zb) / torch.sin(omega).clamp_min(1e-8)
+        return self.generate(num, sampler="ddim", steps=steps, z=z)
+
+    # ------------------------------------------------------------- the contract
+    def make_fixed_guide(self) -> torch.nn.Module:
+        from ..guides.forward import ForwardProcess
+
+        return ForwardProcess(self)
+
+    def init_values(self, x, generator):
+        return {}
+
+    def prepare(self, data, name="data"):
+        x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
+        if self.config.decoder == "discretized":
+            k = self.config.levels - 1
+            off = ((x < 0) | (x > 1) | ((x * k - (x * k).round()).abs() > 1e-4)).any(-1).nonzero().flatten()
+            if len(off):
+                raise DataError(f"{name}: model.decoder = 'discretized' needs values on the {k + 1} levels k/{k} "
+                                f"of [0, 1] (model.levels = {k + 1}); row {int(off[0])} has others")
+        return x
+
+    def check_data(self, x):
+        pass
+
+    def plots(self, x, params):
+        figs = {}
+        if self.dim == 2:
+            from ..evaluation.plots import samples_scatter
+
+            g = torch.Generator().manual_seed(0)
+            figs["samples"] = samples_scatter(values(x)[:2000], self.generate(1000, generator=g),
+                                              title="data and ancestral samples")
+        if self.image_shape is not None:
+            from ..evaluation.plots import image_grid
+
+            c, h, w = self.image_shape
+            if c == 1:
+                g = torch.Generator().manual_seed(0)
+                figs["samples"] = image_grid(self.generate(64, generator=g), (h, w), title="ancestral samples")
+        return figs

@@ -1,0 +1,146 @@
+"""Generative adversarial networks: an implicit decoder, trained by a discriminator.
+
+Generative model (L latent dimensions, D observed)::
+
+    z_n ~ Normal(0, I_L)          x_n = G_θ(z_n)          (a point mass: no density p(x))
+
+``G_θ`` is the same decoder :class:`~pyro.nn.PyroModule` a VAE uses (:mod:`pplvm.decoders`,
+``mlp`` or ``conv``), read through its mean: ``likelihood = "bernoulli"`` gives outputs in
+(0, 1) (images), ``"gaussian"`` unbounded outputs (tables). A discriminator ``D_ψ`` (an MLP, or
+the conv encoder's trunk and a linear head) scores data against generated samples, and the two
+are trained by alternating steps with two optimisers (:mod:`pplvm.objectives.adversarial`):
+``objective.name = "gan"`` (the non-saturating loss, Goodfellow et al. 2014), ``"gan_hinge"``
+(Lim & Ye 2017; Miyato et al. 2018) or ``"wgan_gp"`` (Gulrajani et al. 2017).
+
+The density is implicit, so ``likelihood = "none"``: every log-likelihood (``log_likelihood``,
+``pplvm evaluate``, the arviz ``log_likelihood`` group, LOO) is refused or left out, and the
+fit is judged by two-sample tests against held-out data (:mod:`pplvm.evaluation.two_sample`;
+the held-out loss the trainer logs is the MMD² between held-out data and generated samples).
+Sampling, latent interpolation and traversal work as for a VAE.
+
+Pyro sites: ``z`` (local, in the ``data`` plate) and ``obs`` (a ``Delta`` at ``G_θ(z)``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..data.base import Batch, as_matrix, values
+from ..decoders import NetworkConfig, image_shape, make_decoder
+from ..decoders.conv import ConvTrunk
+from ..decoders.mlp import Activation, mlp
+from ..errors import CardError, DataError, IncompatibleError
+from .base import FamilyConfig, LatentDecoder, LatentVariableModel
+from .vae import SideInformation
+
+
+class GANConfig(FamilyConfig, NetworkConfig):
+    family: Literal["gan"] = "gan"
+    discriminator_hidden: list[int] = Field([200, 200], description="hidden widths of the discriminator")
+    discriminator_activation: Activation = "relu"
+    critic_steps: int = Field(1, ge=1, description="discriminator steps per generator step (5 is usual for wgan_gp)")
+    gradient_penalty: float = Field(10.0, ge=0, description="wgan_gp: weight λ of (|∇D| - 1)²")
+    mmd_samples: int = Field(512, ge=2, description="held-out rows (and generated samples) in the MMD² the "
+                             "trainer logs as valid_loss")
+
+
+class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
+    """GAN: ``x = G(z)``, ``z ~ N(0, I)``, trained against a discriminator; no likelihood."""
+
+    Config = GANConfig
+    guides = ("none",)
+    objectives = ("gan", "gan_hinge", "wgan_gp")
+    local_sites = ("z",)
+    enumerated = False
+    likelihood = "none"
+
+    def __init__(self, config: GANConfig, dim: int):
+        super().__init__(config, dim)
+        self.side = SideInformation()
+        self.decoder = make_decoder(config, dim)
+        try:
+            self.image_shape: tuple[int, int] | None = image_shape(config, dim)
+        except CardError:
+            if config.architecture == "conv" or config.image_shape is not None:
+                raise
+            self.image_shape = None
+        if config.architecture == "conv":
+            trunk = ConvTrunk(self.image_shape, config.channels, config.discriminator_activation)
+            self.discriminator = nn.Sequential(trunk, mlp(trunk.out_features, config.discriminator_hidden[-1:], 1,
+                                                          config.discriminator_activation))
+        else:
+            self.discriminator = mlp(dim, config.discriminator_hidden, 1, config.discriminator_activation)
+        self.register_buffer("_origin", torch.zeros(config.latent_dim))
+
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    # ------------------------------------------------------------------ the model
+    def prior(self, n: int) -> dist.Distribution:
+        """``p(z) = Normal(0, I_L)``: batch ``(n,)``, event ``(L,)``."""
+        loc = self._origin.expand(n, -1)
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    def generator(self, z: torch.Tensor) -> torch.Tensor:
+        """``G_θ(z)``: ``(*S, B, L) -> (*S, B, D)``, the decoder's mean."""
+        return self.decoder(z).mean
+
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
+        """The point mass at ``G(z)``: batch ``(*S, B)``, event ``(D,)``; ``.mean`` is ``G(z)``."""
+        return dist.Delta(self.generator(z), event_dim=1)
+
+    def critic(self, x: torch.Tensor) -> torch.Tensor:
+        """Discriminator scores (logits) ``D_ψ(x)``: ``(B, D) -> (B,)``."""
+        return self.discriminator(x).squeeze(-1)
+
+    def forward(self, x=None, num_data=None):
+        """``x``: ``(B, D)`` or None to generate ``num_data`` rows. With ``x`` the ``obs`` site is
+        observed but has no density (a ``Delta``): the GAN is trained by its own update rule."""
+        obs = values(x) if x is not None else None
+        with self.data_plate(obs, num_data):
+            z = pyro.sample("z", self.prior(len(obs) if obs is not None else num_data))
+            return pyro.sample("obs", self.decode(z), obs=obs)
+
+    def log_likelihood(self, x, params) -> torch.Tensor:
+        raise IncompatibleError("model.family = 'gan' has an implicit density (x = G(z) has no p(x)): it has no "
+                                "log-likelihood; compare samples with two-sample tests (pplvm two-sample)")
+
+    @torch.no_grad()
+    def generate(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` new data ``(n, D)`` from prior draws made with ``generator``."""
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        return self.generator(torch.randn((n, self.latent_dim), generator=g).to(self._origin.device))
+
+    # ------------------------------------------------------------- the contract
+    def init_values(self, x, generator):
+        return {}
+
+    def prepare(self, data, name="data"):
+        x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
+        if self.config.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+            raise DataError(f"{name}: the generator's outputs lie in [0, 1] (model.likelihood = 'bernoulli'), "
+                            f"but the data range over [{float(x.min()):.4g}, {float(x.max()):.4g}]; use "
+                            "model.likelihood = 'gaussian' or data scaled to [0, 1]")
+        return x
+
+    def check_data(self, x):
+        if len(values(x)) < 2:
+            raise DataError("data: a GAN's discriminator needs at least 2 training rows")
+
+    def plots(self, x, params):
+        if self.image_shape is None:
+            return {}
+        from ..evaluation.plots import image_grid
+
+        return {"samples": image_grid(self.generate(64).cpu(), self.image_shape, title="generator samples")}

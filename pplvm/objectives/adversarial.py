@@ -1,0 +1,146 @@
+"""Adversarial training: the update rule of families with an implicit density (GANs).
+
+Each step on a minibatch of B real rows ``x`` makes ``critic_steps`` discriminator updates and
+one generator update, each with its own optimiser (the card's ``[training]`` optimiser, lr,
+schedule and clipping, built twice). With logits ``D(x)`` and ``x̃ = G(z)``, ``z ~ N(0, I)``:
+
+============ ============================================ ===============================
+name         discriminator loss                           generator loss
+============ ============================================ ===============================
+``gan``      ``softplus(-D(x)) + softplus(D(x̃))``         ``softplus(-D(x̃))`` (non-saturating)
+``gan_hinge`` ``relu(1 - D(x)) + relu(1 + D(x̃))``         ``-D(x̃)``
+``wgan_gp``  ``D(x̃) - D(x) + λ (|∇D(x̂)| - 1)²``,          ``-D(x̃)``
+             ``x̂ = ε x + (1 - ε) x̃``, ε ~ U(0, 1)
+============ ============================================ ===============================
+
+(means over the batch). The step's loss is the discriminator's, scaled to the data set (× N);
+each epoch logs the mean ``discriminator_loss`` and ``generator_loss`` per datum. The held-out
+loss is the unbiased MMD² (:func:`pplvm.evaluation.two_sample.mmd2_unbiased`, Gaussian kernel
+at the median distance) between up to ``model.mmd_samples`` held-out rows and as many samples
+from fixed latent draws, so "best parameters" and early stopping follow sample quality rather
+than the adversarial losses, which do not measure it. Randomness comes from the global torch
+RNG, which the loop checkpoints, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..data.base import values
+from ..training.rules import UpdateRule, make_lr_scheduler, make_optimizer
+
+AdversarialLoss = Literal["gan", "gan_hinge", "wgan_gp"]
+
+
+class AdversarialStep(UpdateRule):
+    """Alternating discriminator / generator steps of a GAN family (see the module docstring).
+
+    :param model: a family with ``prior(n)``, ``generator(z)``, ``critic(x)``, a ``decoder``
+        (the generator's parameters) and a ``discriminator`` module, and ``config`` fields
+        ``critic_steps``, ``gradient_penalty`` and ``mmd_samples``.
+    """
+
+    def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, card: Any, loss: AdversarialLoss):
+        self.model, self.guide, self.loss, self.config = model, guide, loss, card.training
+        c = model.config
+        self.critic_steps, self.penalty, self.mmd_rows = c.critic_steps, c.gradient_penalty, c.mmd_samples
+        self.g_opt = self.d_opt = self.g_sched = self.d_sched = None
+        self._sums: torch.Tensor | None = None  # (discriminator, generator) loss sums and batches, on the device
+
+    def setup(self, example, num_data: int) -> None:
+        if self.g_opt is not None:
+            return
+        self.g_opt = make_optimizer(self.model.decoder.parameters(), self.config)
+        self.d_opt = make_optimizer(self.model.discriminator.parameters(), self.config)
+        self.g_sched = make_lr_scheduler(self.g_opt, self.config)
+        self.d_sched = make_lr_scheduler(self.d_opt, self.config)
+
+    # ------------------------------------------------------------------ losses
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss on ``real`` and (detached) ``fake`` rows ``(B, D)``: a scalar."""
+        d_real, d_fake = self.model.critic(real), self.model.critic(fake)
+        if self.loss == "gan":
+            return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        if self.loss == "gan_hinge":
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        eps = torch.rand(len(real), 1, device=real.device, dtype=real.dtype)
+        mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.model.critic(mixed).sum(), mixed, create_graph=True)
+        return d_fake.mean() - d_real.mean() + self.penalty * (grad.norm(dim=-1) - 1).square().mean()
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """The generator's loss on generated rows ``(B, D)`` (with gradients to G): a scalar."""
+        d_fake = self.model.critic(fake)
+        return F.softplus(-d_fake).mean() if self.loss == "gan" else -d_fake.mean()
+
+    # ------------------------------------------------------------------- steps
+    def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
+        real = values(batch)
+        b, model = len(real), self.model
+        for _ in range(self.critic_steps):
+            with torch.no_grad():
+                fake = model.generator(model.prior(b).sample())
+            d_loss = self.discriminator_loss(real, fake)
+            self._update(self.d_opt, d_loss)
+        g_loss = self.generator_loss(model.generator(model.prior(b).rsample()))
+        self._update(self.g_opt, g_loss)
+        step = torch.stack([d_loss.detach(), g_loss.detach(), torch.ones((), device=real.device)])
+        self._sums = step if self._sums is None else self._sums + step
+        return d_loss.detach() * num_data
+
+    def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.config.clip_norm)
+        optimizer.step()
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        out = {"lr": self.g_opt.param_groups[0]["lr"]}
+        if self._sums is not None:
+            d, g, n = self._sums.tolist()
+            out.update(discriminator_loss=d / n, generator_loss=g / n)
+            self._sums = None
+        self.g_sched.step()
+        self.d_sched.step()
+        return out
+
+    @torch.no_grad()
+    def held_out_loss(self, data, num_data: int) -> torch.Tensor:
+        """``num_data ×`` MMD² between (up to ``mmd_samples`` of) ``data`` and as many samples
+        from fixed latent draws (a generator seeded 0: no global randomness is used)."""
+        from ..evaluation.two_sample import median_bandwidth, mmd2_unbiased
+
+        real = values(data)[: self.mmd_rows]
+        g = torch.Generator(device=real.device).manual_seed(0)
+        z = torch.randn(len(real), self.model.latent_dim, generator=g, device=real.device, dtype=real.dtype)
+        fake = self.model.generator(z).to(real.dtype)
+        pooled = torch.cat([real, fake])
+        h = median_bandwidth(pooled)
+        kernel = torch.exp(-torch.cdist(pooled, pooled).square() / (2 * h * h))
+        return mmd2_unbiased(kernel, len(real)) * num_data
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return self.model.parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.g_opt.state_dict(), "discriminator": self.d_opt.state_dict(),
+                "generator_schedule": self.g_sched.state_dict(), "discriminator_schedule": self.d_sched.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g_opt.load_state_dict(state["generator"])
+        self.d_opt.load_state_dict(state["discriminator"])
+        self.g_sched.load_state_dict(state["generator_schedule"])
+        self.d_sched.load_state_dict(state["discriminator_schedule"])
+
+
+def adversarial_rule(loss: AdversarialLoss):
+    """``factory(model, guide, card) -> AdversarialStep`` for :data:`pplvm.objectives.RULES`."""
+
+    def factory(model, guide, card) -> AdversarialStep:
+        return AdversarialStep(model, guide, card, loss)
+
+    return factory
