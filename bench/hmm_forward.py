@@ -7,6 +7,11 @@ plus its gradient (what SVI and EM's E-step need: the posterior marginals), for 
 (``chain_score``) and the chunked algorithm (``log_partition``), best of ``--repeats``, float32,
 and the largest difference of the two log p(x) in float64. Prints ratios tree / chunked
 (above 1: the chunked pass is faster).
+
+Measured 2026-11-26 on branch i13 (1 thread, shared 2-core machine at load ~15, best of 2):
+log p(x) / with gradient, tree ÷ chunked: K=8 T=1e4 1.4x / 1.2x; K=8 T=1e5 2.4x / 2.1x;
+K=32 T=1e4 2.3x / 6.3x; K=32 T=1e5 3.4x / 9.9x; 1000 x 100 steps K=8 0.9x / 3.3x; float64
+differences <= 3e-11.
 """
 
 from __future__ import annotations
