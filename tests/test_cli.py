@@ -86,7 +86,7 @@ def test_list_json_is_stable(capsys):
     listing = json.loads(out)
     assert code == 0 and listing["schema"] == "pplvm.list/1"
     assert set(listing) == {"schema", "families", "guides", "objectives", "datasets"}
-    assert listing["families"]["gmm"]["objectives"] == ["enum"]
+    assert listing["families"]["gmm"]["objectives"] == ["enum", "em"]
     assert {"elbo", "meanfield", "enum", "renyi", "iwae"} <= set(listing["objectives"])
 
 

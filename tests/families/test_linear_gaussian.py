@@ -263,7 +263,7 @@ def test_cli_lists_the_families(capsys):
     import json
 
     families = json.loads(capsys.readouterr().out)["families"]
-    assert families["ppca"]["guides"] == ["amortized", "exact", "meanfield", "map"] and "fa" in families
+    assert families["ppca"]["guides"] == ["amortized", "exact", "meanfield", "map", "flow"] and "fa" in families
 
 
 # ------------------------------------------------------------------ mean-field local guide
