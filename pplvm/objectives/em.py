@@ -16,8 +16,8 @@ The loss of a step is ``−[(N / B) Σ_batch log p(x_n | θ) + log p(θ)]`` at t
 step started from (the E-step computes it anyway; ``log p(θ)`` only under ``"map"``): the
 negative log posterior, on the same scale as the ELBO losses of the other objectives.
 
-Statistics pass through :meth:`EMStep.reduce` before use: a data-parallel wrapper sums each
-worker's there (an all-reduce of sums), and every worker then takes the same M-step.
+Data-parallel (torchrun): each process takes the statistics of its shard, :meth:`EMStep.reduce`
+sums them over processes (one all-reduce), and every process takes the same M-step.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pyro import poutine
 from ..errors import IncompatibleError
 from ..families.base import ClosedFormEM, LatentVariableModel
 from ..guides import point_estimate, set_point_estimate
+from ..training.distributed import all_reduce_sum
 from ..training.rules import UpdateRule
 
 
@@ -49,6 +50,7 @@ class EMStep(UpdateRule):
         self.stats: dict[str, torch.Tensor] | None = None  # running statistics (stepwise EM)
         self.updates = 0  # minibatch updates so far (k)
         self.example = None
+        self.distributed = False
 
     def setup(self, example, num_data: int) -> None:
         point_estimate(self.guide)  # refuses a guide that is not a point estimate
@@ -59,10 +61,13 @@ class EMStep(UpdateRule):
     @torch.no_grad()
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         params = self.params()
-        stats = self.reduce(self.model.expected_statistics(batch, params))
-        scale = num_data / len(batch)
-        loss = -(stats["log_likelihood"] * scale + self.log_prior(params, stats["log_likelihood"]))
-        rho = 1.0 if len(batch) >= num_data else float(self.updates + 1) ** -self.decay
+        local = self.model.expected_statistics(batch, params)
+        # this process's estimate of the full-data loss (the trainer adds the processes' up)
+        loss = -(local["log_likelihood"] * (num_data / len(batch)) + self.log_prior(params, local["log_likelihood"]))
+        stats = self.reduce({**local, "rows": local["log_likelihood"].new_tensor(float(len(batch)))})
+        rows = float(stats.pop("rows"))  # the whole step's batch, over all processes
+        scale = num_data / rows
+        rho = 1.0 if rows >= num_data else float(self.updates + 1) ** -self.decay
         scaled = {k: v * scale for k, v in stats.items()}
         if self.stats is None or rho == 1.0:
             self.stats = scaled
@@ -72,9 +77,16 @@ class EMStep(UpdateRule):
         set_point_estimate(self.guide, self.model.maximize(self.stats, params, self.estimate))
         return loss.detach()
 
+    def distribute(self, dp) -> None:
+        """Data-parallel EM: every process computes its shard's statistics, :meth:`reduce`
+        sums them over processes, and all take the same M-step."""
+        self.distributed = True
+
     def reduce(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Statistics of this process's batch -> those of the whole step's batch (the hook a
-        data-parallel wrapper all-reduces; identity on one process)."""
+        """Statistics of this process's shard -> those of the whole step's batch (sums over
+        processes, :func:`~pplvm.training.distributed.all_reduce_sum`; identity on one process)."""
+        if self.distributed:
+            all_reduce_sum(list(stats.values()))
         return stats
 
     def end_epoch(self, epoch: int) -> dict[str, float]:

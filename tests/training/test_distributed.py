@@ -145,7 +145,8 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
 
 def test_every_family_trains_on_two_processes(tmp_path):
     """Every contract case trains on 2 processes with its replicas equal (DDP keeps them in
-    step); the deterministic cases (MAP globals, enumerated locals) equal a single process;
+    step); the deterministic cases (MAP globals by SVI with enumerated locals, or by EM with
+    its sufficient statistics all-reduced) equal a single process;
     all_reduce_sum adds up across processes."""
     results = launch([str(WORKER), "families", str(tmp_path)])
     for r in results:
@@ -160,7 +161,7 @@ def test_every_family_trains_on_two_processes(tmp_path):
             assert torch.equal(a["params"][k], b["params"][k]), (name, k)
             assert torch.isfinite(a["params"][k]).all(), (name, k)
         assert torch.equal(a["train_loss"], b["train_loss"]), name
-        if card["guide"]["kind"] == "map" and card["objective"]["name"] == "enum":
+        if card["guide"]["kind"] == "map" and card["objective"]["name"] in ("enum", "em"):
             one = pplvm.fit(card, overrides=["training.epochs=2"])
             ref = {**one.model.state_dict(), **one.guide.state_dict()}
             assert_params_close(a["params"], ref)
