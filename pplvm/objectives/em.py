@@ -16,9 +16,8 @@ The loss of a step is ``−[(N / B) Σ_batch log p(x_n | θ) + log p(θ)]`` at t
 step started from (the E-step computes it anyway; ``log p(θ)`` only under ``"map"``): the
 negative log posterior, on the same scale as the ELBO losses of the other objectives.
 
-Statistics pass through :meth:`EMStep.reduce` before use: with several processes (torchrun),
-each process's statistics of its shard are summed there (an all-reduce), and every process
-then takes the same M-step on the statistics of the whole global batch.
+Data-parallel (torchrun): each process takes the statistics of its shard, :meth:`EMStep.reduce`
+sums them over processes (one all-reduce), and every process takes the same M-step.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from pyro import poutine
 from ..errors import IncompatibleError
 from ..families.base import ClosedFormEM, LatentVariableModel
 from ..guides import point_estimate, set_point_estimate
-from ..training.distributed import DataParallel, all_reduce_sum
+from ..training.distributed import all_reduce_sum
 from ..training.rules import UpdateRule
 
 
@@ -51,7 +50,7 @@ class EMStep(UpdateRule):
         self.stats: dict[str, torch.Tensor] | None = None  # running statistics (stepwise EM)
         self.updates = 0  # minibatch updates so far (k)
         self.example = None
-        self._dp: DataParallel | None = None  # several processes: statistics are all-reduced
+        self.distributed = False
 
     def setup(self, example, num_data: int) -> None:
         point_estimate(self.guide)  # refuses a guide that is not a point estimate
@@ -62,10 +61,12 @@ class EMStep(UpdateRule):
     @torch.no_grad()
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         params = self.params()
-        stats = self.reduce(self.model.expected_statistics(batch, params))
-        rows = self._dp.global_rows if self._dp is not None else len(batch)  # the step's whole batch
+        local = self.model.expected_statistics(batch, params)
+        # this process's estimate of the full-data loss (the trainer adds the processes' up)
+        loss = -(local["log_likelihood"] * (num_data / len(batch)) + self.log_prior(params, local["log_likelihood"]))
+        stats = self.reduce({**local, "rows": local["log_likelihood"].new_tensor(float(len(batch)))})
+        rows = float(stats.pop("rows"))  # the whole step's batch, over all processes
         scale = num_data / rows
-        loss = -(stats["log_likelihood"] * scale + self.log_prior(params, stats["log_likelihood"]))
         rho = 1.0 if rows >= num_data else float(self.updates + 1) ** -self.decay
         scaled = {k: v * scale for k, v in stats.items()}
         if self.stats is None or rho == 1.0:
@@ -76,15 +77,17 @@ class EMStep(UpdateRule):
         set_point_estimate(self.guide, self.model.maximize(self.stats, params, self.estimate))
         return loss.detach()
 
+    def distribute(self, dp) -> None:
+        """Data-parallel EM: every process computes its shard's statistics, :meth:`reduce`
+        sums them over processes, and all take the same M-step."""
+        self.distributed = True
+
     def reduce(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Statistics of this process's batch -> those of the whole step's batch: summed over
-        processes (an all-reduce) when several train together; identity on one process."""
-        if self._dp is not None:
+        """Statistics of this process's shard -> those of the whole step's batch (sums over
+        processes, :func:`~pplvm.training.distributed.all_reduce_sum`; identity on one process)."""
+        if self.distributed:
             all_reduce_sum(list(stats.values()))
         return stats
-
-    def distribute(self, dp: DataParallel) -> None:
-        self._dp = dp
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {"em_step_size": float(self.updates) ** -self.decay if self.updates > 1 else 1.0}
