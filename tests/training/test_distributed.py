@@ -148,8 +148,8 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
 
 def test_every_family_trains_on_two_processes(tmp_path):
     """Every contract case trains on 2 processes with its replicas equal (DDP keeps them in
-    step: DDP, EM's all-reduced statistics, a GAN's all-reduced gradients); the deterministic
-    cases (MAP globals with enumerated locals, EM, a flow under the compiled step) equal a
+    step: DDP, EM's all-reduced statistics, a GAN's and the compiled step's all-reduced
+    gradients); the deterministic cases (MAP globals with enumerated locals, EM) equal a
     single process;
     all_reduce_sum adds up across processes."""
     results = launch([str(WORKER), "families", str(tmp_path)])
@@ -158,8 +158,8 @@ def test_every_family_trains_on_two_processes(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["all_reduce_sum"] == [3.0, 0.0, 2.0, 4.0]  # [1 + 2], 2 · arange(3)
     cases = {p.values[0]["name"]: p.values[0] for p in CASES}
-    flow = cases["flow_iris"]  # traced gradients (a flow traces; enumeration does not), all-reduced by the rule
-    cases["flow_iris_traced"] = {**flow, "training": {**flow["training"], "compile": "trace"}}
+    ppca = cases["ppca_ml"]  # traced gradients (linear-Gaussian models trace), all-reduced by the rule
+    cases["ppca_traced"] = {**ppca, "training": {**ppca["training"], "compile": "trace"}}
     assert set(ranks[0]) - {"all_reduce_sum"} == set(cases)
     for name, card in cases.items():
         a, b = ranks[0][name], ranks[1][name]
@@ -168,7 +168,7 @@ def test_every_family_trains_on_two_processes(tmp_path):
             assert torch.isfinite(a["params"][k]).all(), (name, k)
         assert torch.equal(a["train_loss"], b["train_loss"]), name
         deterministic = card["guide"]["kind"] == "map" and card["objective"]["name"] in ("enum", "em")
-        if deterministic or name == "flow_iris_traced":  # a flow's likelihood is exact: no draws
+        if deterministic:
             one = pplvm.fit(card, overrides=["training.epochs=2"])
             ref = {**dict(one.model.named_parameters()), **dict(one.guide.named_parameters())}
             # EM's M-step takes variances as differences of sums (E[x²] - E[x]²), which multiplies
