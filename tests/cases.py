@@ -177,6 +177,17 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
         id="user-mfa-discrete-and-continuous-locals",
     ),
+    # a user's networks by import path (tests/user_networks.py): a Bayesian decoder (latent
+    # weights, global sites of the vae family) and an encoder of the user's own
+    pytest.param(
+        {"name": "user_bayes_decoder", "model": {"family": "vae", "latent_dim": 2, "likelihood": "gaussian",
+                                                 "decoder_target": "user_networks:BayesLinearDecoder",
+                                                 "encoder_target": "user_networks:MLPEncoder", "likelihood_samples": 20},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "wine", "standardize": True},
+         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+        id="vae-user-bayes-decoder-and-encoder-minibatch",
+    ),
     # a model declared as a graph of nodes (the GMM's twin, tests/families/test_graph.py)
     pytest.param(
         {"name": "graph_gmm", "model": {"family": "graph", "nodes": [

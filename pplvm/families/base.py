@@ -12,7 +12,8 @@ value of its site shape, optionally with leading batch dims (posterior draws) ``
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Literal
+import math
+from typing import Any, Callable, ClassVar, Literal
 
 import pyro
 import torch
@@ -229,6 +230,20 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
             raise TypeError(f"{type(self).__name__}.collapsed is set but its {self.observed_site!r} site's "
                             f"distribution {type(site['fn']).__name__} is not a CollapsedLatents")
         return site["fn"], site["value"]
+
+
+def over_draws(params: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+               fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """``fn(θ)`` ``(N,)`` for each draw of ``params`` (site -> ``(*S, *shapes[site])``), one draw
+    at a time, stacked to ``(*S, N)``; without global sites ``fn({})`` itself."""
+    params = {k: v for k, v in params.items() if k in shapes}
+    if not params:
+        return fn({})
+    name = next(iter(params))
+    batch = tuple(params[name].shape[: params[name].dim() - len(shapes[name])])
+    flat = {k: v.reshape(-1, *shapes[k]) for k, v in params.items()}
+    rows = [fn({k: v[i] for k, v in flat.items()}) for i in range(math.prod(batch))]
+    return torch.stack(rows).reshape(*batch, -1)
 
 
 def _empty_guide(*args, **kwargs) -> None:
