@@ -202,4 +202,24 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
         id="graph-gmm-lowrank-minibatch",
     ),
+    # a chain node over time: an HMM with Gaussian-mixture emissions, from nodes (test_graph.py)
+    pytest.param(
+        {"name": "graph_hmm_gmm", "model": {"family": "graph", "nodes": [
+            {"name": "initial", "kind": "global", "prior": "dirichlet", "shape": ["state"]},
+            {"name": "transition", "kind": "global", "prior": "dirichlet", "shape": ["state", "state"],
+             "plate": "per_state"},
+            {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["state", "component"],
+             "plate": "per_state"},
+            {"name": "locs", "kind": "global", "scale": 5.0, "shape": ["state", "component", "D"], "plate": "per_state"},
+            {"name": "scales", "kind": "global", "prior": "lognormal", "shape": ["state", "component", "D"],
+             "plate": "per_state"},
+            {"name": "state", "kind": "chain", "size": 2, "initial": "initial", "transition": "transition", "length": 8},
+            {"name": "component", "kind": "categorical", "size": 2, "probs": "weights"},
+            {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "state",
+             "mixture": "component"}]},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_hmm", "n": 12, "min_length": 5, "max_length": 12, "states": 2, "dim": 2},
+         "training": {**FAST_TRAINING, "batch_size": 4}, "evaluation": SMALL_EVAL},
+        id="graph-hmm-gmm-emissions-meanfield-minibatch",
+    ),
 ]

@@ -111,10 +111,11 @@ class Structure:
     notes: list[str] = field(default_factory=list)
 
 
-def trace_structure(model: Callable, dim: int, name: str) -> Structure:
+def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int], Any] | None = None) -> Structure:
     """Trace ``model`` on zero batches of two sizes and classify its sites (see :class:`Structure`);
-    a CardError naming ``name`` (the target) for a model pplvm cannot use."""
-    traces = [_probe(model, rows, dim, name) for rows in _PROBE_ROWS]
+    a CardError naming ``name`` (the target) for a model pplvm cannot use. ``example(rows)``
+    makes the placeholder batch (default: ``(rows, dim)`` zeros)."""
+    traces = [_probe(model, rows, dim, name, example) for rows in _PROBE_ROWS]
     first, second = traces
     # a module's PyroParams are its own; a function's pyro.param would go to the global store
     if not isinstance(model, torch.nn.Module) and any(s["type"] == "param" for s in first.nodes.values()):
@@ -176,8 +177,9 @@ def trace_structure(model: Callable, dim: int, name: str) -> Structure:
                      not_amortizable="; ".join(reasons))
 
 
-def _probe(model: Callable, rows: int, dim: int, name: str) -> poutine.Trace:
-    x = torch.zeros(rows, dim)
+def _probe(model: Callable, rows: int, dim: int, name: str, example: Callable[[int], Any] | None = None
+           ) -> poutine.Trace:
+    x = example(rows) if example is not None else torch.zeros(rows, dim)
     try:
         with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
             return poutine.trace(model).get_trace(x)
