@@ -370,6 +370,9 @@ class LatentDecoder(abc.ABC):
         """Dimension L of the latent."""
 
     @abc.abstractmethod
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> "torch.distributions.Distribution":
-        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded datum."""
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None,
+               params: dict[str, torch.Tensor] | None = None) -> "torch.distributions.Distribution":
+        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded
+        datum. ``params``: the global latents the decoder depends on (a Bayesian decoder's
+        weights, e.g. ``run.params()``), ignored by a decoder without any."""
 

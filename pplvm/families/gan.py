@@ -113,7 +113,7 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
             return self.decoder(z).mean
         return self.decoder.likelihood(self._network[0](z)).mean
 
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None, params=None) -> dist.Distribution:
         """The point mass at ``G(z)``: batch ``(*S, B)``, event ``(D,)``; ``.mean`` is ``G(z)``."""
         return dist.Delta(self.generator(z), event_dim=1)
 

@@ -159,6 +159,13 @@ def test_a_bayesian_decoder_vae_fits_from_a_card(tmp_path):
     with pytest.raises(pplvm.IncompatibleError, match="pass params=run.params"):
         run.model.generate(3)
     assert run.model.generate(3, params=run.params()).shape == (3, 3)
+    # the latent tools decode at the weights' point estimate: z W + μ
+    from pplvm.evaluation.latent import decode, reconstruct
+
+    z = torch.randn(5, L, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decode(run, z), z @ w + mu)
+    loc = run.guide.local_posterior(rows).base_dist.loc
+    torch.testing.assert_close(reconstruct(run, rows.numpy()), loc @ w + mu)
 
 
 def test_a_gan_generator_from_a_user_decoder_is_its_mean():
