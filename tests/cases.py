@@ -184,8 +184,8 @@ CASES = [
                                                  "decoder_target": "user_networks:BayesLinearDecoder",
                                                  "encoder_target": "user_networks:MLPEncoder", "likelihood_samples": 20},
          "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
-         "data": {"source": "wine", "standardize": True},
-         "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
+         "data": {"source": "digits", "binarize": "static"},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
         id="vae-user-bayes-decoder-and-encoder-minibatch",
     ),
     # a model declared as a graph of nodes (the GMM's twin, tests/families/test_graph.py)
