@@ -316,13 +316,17 @@ class GraphModule(PyroModule):
         ``(*S, B)``, event ``(T, D)``. Globals may carry draw dims ``S`` in front (vectorised
         particles); each is flattened to one leading dim so that they line up."""
         c = self.chain
-        own = lambda name: self.shape(self.by_name[name])  # noqa: E731
+
+        def own(name: str) -> tuple[int, ...]:
+            return self.shape(self.by_name[name])
+
         draws = values[c.transition].numel() // (c.size * c.size)
         lead = (draws,) if draws > 1 else ()
+        device = values[c.transition].device
 
         def aligned(t: torch.Tensor, shape: tuple[int, ...], slots: int) -> torch.Tensor:
             """``t`` ``(*S, *shape)`` as ``(*lead, 1 × slots, *shape)``."""
-            t = torch.as_tensor(t, device=values[c.transition].device)
+            t = torch.as_tensor(t, device=device)
             if t.numel() == math.prod(shape):
                 return t.reshape((1,) * (len(lead) + slots) + shape)
             return t.reshape(lead + (1,) * slots + shape)
@@ -330,11 +334,12 @@ class GraphModule(PyroModule):
         tiny = torch.finfo(values[c.transition].dtype).tiny
         initial = aligned(values[c.initial], own(c.initial), 1).clamp_min(tiny).log()        # (*S, 1, K)
         transition = aligned(values[c.transition], own(c.transition), 1).clamp_min(tiny).log()  # (*S, 1, K, K)
-        mean = aligned(values[n.mean], own(n.mean), 2) if n.mean else torch.zeros(())
+        mean = aligned(values[n.mean], own(n.mean), 2) if n.mean else torch.zeros((), device=device)
         if n.distribution == "bernoulli":
             step = dist.Bernoulli(logits=mean).to_event(1)
         else:
-            std = (torch.tensor(n.std) if isinstance(n.std, float) else aligned(values[n.std], own(n.std), 2))
+            std = (torch.tensor(n.std, device=device) if isinstance(n.std, float)
+                   else aligned(values[n.std], own(n.std), 2))
             step = dist.Normal(mean, std).to_event(1)
         if n.mixture is not None:  # (*S, 1, 1, K, M) components, weights (*S, 1, 1, K, M)
             weights = aligned(values[self.by_name[n.mixture].probs], own(self.by_name[n.mixture].probs), 2)
