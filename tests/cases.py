@@ -177,6 +177,17 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 50}, "evaluation": SMALL_EVAL},
         id="user-mfa-discrete-and-continuous-locals",
     ),
+    # a user's networks by import path (tests/user_networks.py): a Bayesian decoder (latent
+    # weights, global sites of the vae family) and an encoder of the user's own
+    pytest.param(
+        {"name": "user_bayes_decoder", "model": {"family": "vae", "latent_dim": 2, "likelihood": "gaussian",
+                                                 "decoder_target": "user_networks:BayesLinearDecoder",
+                                                 "encoder_target": "user_networks:MLPEncoder", "likelihood_samples": 20},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "digits", "binarize": "static"},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
+        id="vae-user-bayes-decoder-and-encoder-minibatch",
+    ),
     # a model declared as a graph of nodes (the GMM's twin, tests/families/test_graph.py)
     pytest.param(
         {"name": "graph_gmm", "model": {"family": "graph", "nodes": [
@@ -190,5 +201,25 @@ CASES = [
          "data": {"source": "synthetic_gmm", "n": 120, "dim": 2, "components": 3},
          "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
         id="graph-gmm-lowrank-minibatch",
+    ),
+    # a chain node over time: an HMM with Gaussian-mixture emissions, from nodes (test_graph.py)
+    pytest.param(
+        {"name": "graph_hmm_gmm", "model": {"family": "graph", "nodes": [
+            {"name": "initial", "kind": "global", "prior": "dirichlet", "shape": ["state"]},
+            {"name": "transition", "kind": "global", "prior": "dirichlet", "shape": ["state", "state"],
+             "plate": "per_state"},
+            {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["state", "component"],
+             "plate": "per_state"},
+            {"name": "locs", "kind": "global", "scale": 5.0, "shape": ["state", "component", "D"], "plate": "per_state"},
+            {"name": "scales", "kind": "global", "prior": "lognormal", "shape": ["state", "component", "D"],
+             "plate": "per_state"},
+            {"name": "state", "kind": "chain", "size": 2, "initial": "initial", "transition": "transition", "length": 8},
+            {"name": "component", "kind": "categorical", "size": 2, "probs": "weights"},
+            {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "state",
+             "mixture": "component"}]},
+         "guide": {"kind": "meanfield"}, "objective": {"name": "enum"},
+         "data": {"source": "synthetic_hmm", "n": 12, "min_length": 5, "max_length": 12, "states": 2, "dim": 2},
+         "training": {**FAST_TRAINING, "batch_size": 4}, "evaluation": SMALL_EVAL},
+        id="graph-hmm-gmm-emissions-meanfield-minibatch",
     ),
 ]

@@ -7,6 +7,10 @@ A network (``architecture``: ``mlp`` or ``conv``) and a likelihood head (``likel
     decoder = make_decoder(cfg, dim=64)              # z (*S, B, L) -> p(x|z), event (64,)
     encoder = make_encoder(cfg, dim=64)              # x (B, 64) -> (loc, scale), each (B, L)
 
+A user's own decoder or encoder replaces the built-in one by import path
+(``model.decoder_target`` / ``model.encoder_target``; the contract is in :mod:`pplvm.decoders.user`),
+including a Bayesian decoder whose weights are latent (``PyroSample``).
+
 The default network is the IWAE paper's (Burda et al. 2016, one stochastic layer): two tanh
 hidden layers of 200 units and a 50-dimensional latent (784-200-200-50 on MNIST).
 """
@@ -14,17 +18,19 @@ hidden layers of 200 units and a 50-dimensional latent (784-200-200-50 on MNIST)
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
+from .._targets import TARGET_PATTERN
 from ..schema import Section
 from ..errors import CardError
 from .base import Decoder, Encoder, Likelihood, floored_softplus
 from .conv import ConvDecoderNet, ConvTrunk
 from .fused import MLP, Backend
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, GaussianScale
+from . import user
 from .mlp import Activation, mlp
 
 
@@ -46,6 +52,21 @@ class NetworkConfig(Section):
                                 "(pplvm.decoders.register_network, e.g. a CUDA extension) instead of architecture")
     backend: Backend = Field("auto", description="decoder kernels: auto (Triton on CUDA, else torch) | "
                              "triton | torch | compile (torch.compile); see pplvm.decoders.fused")
+    decoder_target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
+        "your decoder, 'package.module:name': z (*S, B, L) [, side (B, C)] -> a Distribution with batch (*S, B) "
+        "and event (D,); a module class is built with latent_dim, dim [, side_dim] and decoder_options "
+        "(pplvm.decoders.user); PyroSample weights are global latents"))
+    decoder_options: dict[str, Any] = Field({}, description="keyword arguments of a module class decoder_target")
+    encoder_target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
+        "your encoder, 'package.module:name': x (B, D) [, side (B, C)] -> (loc, scale), each (B, L); a module class "
+        "is built with latent_dim, dim [, side_dim] and encoder_options"))
+    encoder_options: dict[str, Any] = Field({}, description="keyword arguments of a module class encoder_target")
+
+    @model_validator(mode="after")
+    def _one_decoder(self):
+        if self.decoder_target is not None and self.network is not None:
+            raise ValueError("set one of model.network (a registered network) or model.decoder_target (your decoder)")
+        return self
 
 
 def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
@@ -87,8 +108,12 @@ def register_network(name: str):
     return register
 
 
-def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Decoder:
-    """``p(x | z, side)``: ``z`` ``(*S, B, L)`` and side ``(B, C)`` to a distribution over ``(D,)``."""
+def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
+    """``p(x | z, side)``: ``z`` ``(*S, B, L)`` and side ``(B, C)`` to a distribution over ``(D,)``:
+    a :class:`Decoder`, or the user's ``model.decoder_target`` (see :mod:`pplvm.decoders.user`)."""
+    if cfg.decoder_target is not None:
+        return user.build(cfg.decoder_target, cfg.decoder_options, "model.decoder_target", "decoder",
+                          latent_dim=cfg.latent_dim, dim=dim, side_dim=side_dim)
     likelihood = make_likelihood(cfg, dim)
     in_features = cfg.latent_dim + side_dim
     if cfg.network is not None:
@@ -106,8 +131,12 @@ def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Decoder:
     return Decoder(network, likelihood)
 
 
-def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> Encoder:
-    """``q(z | x, side)``: ``x`` ``(B, D)`` and side ``(B, C)`` to ``(loc, scale)``, each ``(B, L)``."""
+def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
+    """``q(z | x, side)``: ``x`` ``(B, D)`` and side ``(B, C)`` to ``(loc, scale)``, each ``(B, L)``:
+    an :class:`Encoder`, or the user's ``model.encoder_target`` (see :mod:`pplvm.decoders.user`)."""
+    if cfg.encoder_target is not None:
+        return user.build(cfg.encoder_target, cfg.encoder_options, "model.encoder_target", "encoder",
+                          latent_dim=cfg.latent_dim, dim=dim, side_dim=side_dim)
     if cfg.architecture == "mlp":
         trunk, features, hidden = nn.Identity(), dim, cfg.hidden
     else:

@@ -73,6 +73,12 @@ def encode(run, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return q.base_dist.loc, q.base_dist.scale
 
 
+def _decode(run, z: torch.Tensor, side: torch.Tensor | None):
+    """``p(x | z, side)`` at the run's point estimate of the global latents (a Bayesian
+    decoder's weights; none for most decoders)."""
+    return _decoder(run).decode(z, side, run._params())
+
+
 def _decoder(run) -> LatentDecoder:
     if not isinstance(run.model, LatentDecoder):
         raise IncompatibleError(f"model.family = {run.card.model.family!r} has no decoder from a latent z")
@@ -90,7 +96,7 @@ def decode(run, z: torch.Tensor, y: Any = None) -> torch.Tensor:
         if y is None:
             raise PplvmError("decode: this model conditions on y; pass y (labels or covariates)")
         side = model.side.features(model.side.check(y, len(z), "y"))
-    return run.transform.inverse(model.decode(z, side).mean)
+    return run.transform.inverse(_decode(run, z, side).mean)
 
 
 @torch.no_grad()
@@ -102,7 +108,7 @@ def reconstruct(run, x: Any, *, sample: bool = False, generator: torch.Generator
     q = guide.local_posterior(data)
     loc, scale = q.base_dist.loc, q.base_dist.scale
     z = loc + scale * torch.randn(loc.shape, generator=_gen(generator)) if sample else loc
-    return run.transform.inverse(model.decode(z, model.side(data)).mean)
+    return run.transform.inverse(_decode(run, z, model.side(data)).mean)
 
 
 @torch.no_grad()
@@ -115,7 +121,7 @@ def interpolate(run, a: Any, b: Any, steps: int = 8) -> torch.Tensor:
     za, zb = encode(run, a)[0], encode(run, b)[0]
     t = torch.linspace(0, 1, steps)[:, None]
     side = _repeat(model.side(_data(run, a)), steps)
-    return run.transform.inverse(model.decode((1 - t) * za + t * zb, side).mean)
+    return run.transform.inverse(_decode(run, (1 - t) * za + t * zb, side).mean)
 
 
 @torch.no_grad()
@@ -129,7 +135,7 @@ def traverse(run, x: Any, dim: int, values: Sequence[float] | torch.Tensor) -> t
     vals = torch.as_tensor(values, dtype=torch.get_default_dtype())
     z = encode(run, x)[0].repeat(len(vals), 1)
     z[:, dim] = vals
-    return run.transform.inverse(model.decode(z, _repeat(model.side(_data(run, x)), len(vals))).mean)
+    return run.transform.inverse(_decode(run, z, _repeat(model.side(_data(run, x)), len(vals))).mean)
 
 
 @torch.no_grad()
@@ -165,7 +171,7 @@ def arithmetic(run, a: Any, b: Any, c: Any) -> torch.Tensor:
     ``(1, D)``; a conditional model decodes with ``c``'s side information."""
     model, _ = _parts(run)
     z = encode(run, a)[0] - encode(run, b)[0] + encode(run, c)[0]
-    return run.transform.inverse(model.decode(z, model.side(_data(run, c))).mean)
+    return run.transform.inverse(_decode(run, z, model.side(_data(run, c))).mean)
 
 
 @torch.no_grad()
@@ -194,24 +200,24 @@ def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "m
     # start: the column mean of the observed entries; where a column has none, the decoder mean at z = 0
     count = obs.sum(0)
     col_mean = values(run.transform(seen.sum(0) / count.clamp_min(1)))
-    prior_mean = model.decode(torch.zeros(len(raw), model.latent_dim), side).mean
+    prior_mean = _decode(run, torch.zeros(len(raw), model.latent_dim), side).mean
     keep = torch.where(obs, values(data), torch.where(count > 0, col_mean, prior_mean))
     if method == "iterate":
         current = keep
         for _ in range(iterations):
             z = guide.local_posterior(_with_values(data, current)).base_dist.loc
-            current = torch.where(obs, keep, model.decode(z, side).mean)
+            current = torch.where(obs, keep, _decode(run, z, side).mean)
     elif method == "map":
         z = guide.local_posterior(_with_values(data, keep)).base_dist.loc.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
         with torch.enable_grad():
             for _ in range(iterations):
                 opt.zero_grad()
-                per_entry = model.decode(z, side).base_dist.log_prob(values(data))  # gaps hold 0: masked out
+                per_entry = _decode(run, z, side).base_dist.log_prob(values(data))  # gaps hold 0: masked out
                 loss = -(model.prior(len(z)).log_prob(z) + (per_entry * obs).sum(-1)).sum()
                 loss.backward()
                 opt.step()
-        current = torch.where(obs, keep, model.decode(z.detach(), side).mean)
+        current = torch.where(obs, keep, _decode(run, z.detach(), side).mean)
     else:
         raise PplvmError(f"impute: method must be 'iterate' or 'map', got {method!r}")
     return run.transform.inverse(current)
@@ -235,7 +241,7 @@ def anomaly_score(run, x: Any, *, kind: Literal["elbo", "nll"] = "elbo", num_sam
     q = guide.local_posterior(data)
     loc, scale = q.base_dist.loc, q.base_dist.scale
     z = loc + scale * torch.randn((num_samples, *loc.shape), generator=_gen(generator))
-    recon = model.decode(z, model.side(data)).log_prob(values(data)).mean(0)
+    recon = _decode(run, z, model.side(data)).log_prob(values(data)).mean(0)
     kl = kl_divergence(q, model.prior(len(loc)))
     return -(recon - kl) - run.transform.log_abs_det_jacobian(data)
 

@@ -12,7 +12,8 @@ value of its site shape, optionally with leading batch dims (posterior draws) ``
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Literal
+import math
+from typing import Any, Callable, ClassVar, Literal
 
 import pyro
 import torch
@@ -231,6 +232,20 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         return site["fn"], site["value"]
 
 
+def over_draws(params: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+               fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """``fn(θ)`` ``(N,)`` for each draw of ``params`` (site -> ``(*S, *shapes[site])``), one draw
+    at a time, stacked to ``(*S, N)``; without global sites ``fn({})`` itself."""
+    params = {k: v for k, v in params.items() if k in shapes}
+    if not params:
+        return fn({})
+    name = next(iter(params))
+    batch = tuple(params[name].shape[: params[name].dim() - len(shapes[name])])
+    flat = {k: v.reshape(-1, *shapes[k]) for k, v in params.items()}
+    rows = [fn({k: v[i] for k, v in flat.items()}) for i in range(math.prod(batch))]
+    return torch.stack(rows).reshape(*batch, -1)
+
+
 def _empty_guide(*args, **kwargs) -> None:
     """A guide with no sites: every latent is conditioned or enumerated in the model."""
 
@@ -355,6 +370,9 @@ class LatentDecoder(abc.ABC):
         """Dimension L of the latent."""
 
     @abc.abstractmethod
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> "torch.distributions.Distribution":
-        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded datum."""
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None,
+               params: dict[str, torch.Tensor] | None = None) -> "torch.distributions.Distribution":
+        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded
+        datum. ``params``: the global latents the decoder depends on (a Bayesian decoder's
+        weights, e.g. ``run.params()``), ignored by a decoder without any."""
 

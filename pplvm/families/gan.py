@@ -32,7 +32,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data.base import Batch, as_matrix, values
-from ..decoders import NetworkConfig, image_shape, make_decoder
+from ..decoders import Decoder, NetworkConfig, image_shape, make_decoder, user
 from ..decoders.conv import ConvTrunk
 from ..decoders.mlp import Activation, mlp
 from ..errors import CardError, DataError, IncompatibleError
@@ -80,7 +80,17 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
         # a plain reference to the same module: called through it, the discriminator skips the
         # PyroModule attribute machinery (one param message per parameter per call)
         self._critic = (self.discriminator,)
-        self._network = (self.decoder.network,)
+        if config.encoder_target is not None:
+            raise CardError("model.encoder_target: the gan family has no encoder (its generator is the decoder)")
+        if isinstance(self.decoder, Decoder):
+            self._network: tuple | None = (self.decoder.network,)
+        else:  # the user's decoder (model.decoder_target), read through its mean
+            self._network = None
+            z = torch.zeros(1, config.latent_dim)
+            weights, _ = user.latent_weights(self, lambda: self.decoder(z))
+            if weights:
+                raise CardError(f"model.decoder_target: the gan family has no guide for latent decoder weights "
+                                f"({', '.join(weights)}); give the generator PyroParam or plain weights")
 
     @property
     def global_sites(self) -> tuple[str, ...]:
@@ -98,10 +108,12 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
 
     def generator(self, z: torch.Tensor) -> torch.Tensor:
         """``G_θ(z)``: ``(*S, B, L) -> (*S, B, D)``, the decoder's mean (its network through a
-        plain reference, then the likelihood head)."""
+        plain reference, then the likelihood head; a user's decoder's mean)."""
+        if self._network is None:
+            return self.decoder(z).mean
         return self.decoder.likelihood(self._network[0](z)).mean
 
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None, params=None) -> dist.Distribution:
         """The point mass at ``G(z)``: batch ``(*S, B)``, event ``(D,)``; ``.mean`` is ``G(z)``."""
         return dist.Delta(self.generator(z), event_dim=1)
 
@@ -133,7 +145,7 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
 
     def prepare(self, data, name="data"):
         x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
-        if self.config.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+        if self._network is not None and self.config.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
             raise DataError(f"{name}: the generator's outputs lie in [0, 1] (model.likelihood = 'bernoulli'), "
                             f"but the data range over [{float(x.min()):.4g}, {float(x.max()):.4g}]; use "
                             "model.likelihood = 'gaussian' or data scaled to [0, 1]")

@@ -16,6 +16,14 @@ Each ``[[model.nodes]]`` table is one node::
                           its mean from `mean` (a node, indexed by `given`), plus `weight @ input`
                           (a linear map (D, L) or (K, D, L) of a gaussian node), or a `decoder`
                           network (MLP widths `hidden`) of `input`; `std` a node or number (normal)
+    kind = "chain"        a Markov chain of `size` states over the time steps of each sequence:
+                          z_0 ~ Categorical(`initial`), z_t | z_{t-1} ~ Categorical(`transition`
+                          row z_{t-1}), nodes of shape [size] and [size, size]; the observed node
+                          then emits each step given the chain (`given` = the chain), optionally
+                          through a `mixture`: a categorical node (probs of shape [chain, size])
+                          drawn afresh at each step. The states (and mixture components) are summed
+                          out exactly inside the observed site (the forward algorithm,
+                          :class:`~pplvm.distributions.HiddenMarkovChain`); the data are sequences.
 
 Shapes are lists of integers, ``"D"`` (the data's columns) or a categorical node's name (its
 size). pplvm builds a Pyro model (a PyroModule) from the nodes and traces it like a user's own
@@ -27,20 +35,26 @@ in one line naming the node.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pydantic import Field
+from pyro import poutine
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from pyro.ops.indexing import Vindex
 
+from ..data.base import Batch
+from ..data.sequences import as_sequences
 from ..decoders import Activation, NetworkConfig, make_decoder
+from ..distributions import HiddenMarkovChain
 from ..errors import CardError, DataError
 from ..schema import Section
-from .pyro_model import ContinuousPyroModel, PyroModel, TracedConfig, trace_structure
+from .base import over_draws
+from .pyro_model import ContinuousPyroModel, PyroModel, TracedConfig, _ScaleDataPlate, trace_structure
 
 Shape = list[int | str]
 
@@ -49,7 +63,7 @@ class NodeConfig(Section):
     """One node of a graph model (see the module docstring for what each kind reads)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z_]\w*$")
-    kind: Literal["param", "global", "categorical", "gaussian", "observed"]
+    kind: Literal["param", "global", "categorical", "gaussian", "observed", "chain"]
     shape: Shape = Field([], description="param / global: the shape; ints, 'D' or a categorical node's name")
     init: float = Field(0.0, description="param: initial value of every entry")
     positive: bool = Field(False, description="param: constrained positive")
@@ -58,7 +72,7 @@ class NodeConfig(Section):
     scale: float = Field(1.0, gt=0)
     concentration: float = Field(1.0, gt=0)
     plate: str | None = Field(None, description="global: the first entry of shape is this plate's size")
-    size: int | None = Field(None, ge=2, description="categorical: number of states")
+    size: int | None = Field(None, ge=2, description="categorical / chain: number of states")
     probs: str | None = Field(None, description="categorical: node holding the state probabilities")
     dim: int | None = Field(None, ge=1, description="gaussian: number of entries")
     given: str | None = Field(None, description="gaussian / observed: categorical parent indexing mean, std, weight")
@@ -70,6 +84,13 @@ class NodeConfig(Section):
     decoder: bool = Field(False, description="observed: decode input with an MLP (pplvm.decoders)")
     hidden: list[int] = Field([200, 200], description="observed decoder: hidden widths (reversed, as the VAE's)")
     activation: Activation = "tanh"
+    initial: str | None = Field(None, description="chain: node of the initial-state probabilities, shape [size]")
+    transition: str | None = Field(None, description="chain: node of the transition probabilities, shape "
+                                   "[size, size], rows indexed by the previous state")
+    length: int = Field(100, ge=1, description="chain: time steps of the sequences sample() draws")
+    mixture: str | None = Field(None, description="observed, in a chain graph: a categorical node drawn at each "
+                                "step given the chain (probs of shape [chain, size]); mean and std then have "
+                                "shape [chain, mixture, ...]")
 
 
 class GraphConfig(TracedConfig):
@@ -77,7 +98,7 @@ class GraphConfig(TracedConfig):
     nodes: list[NodeConfig] = Field(..., min_length=1, description="the graph's nodes, [[model.nodes]]")
 
 
-REFERENCES = ("probs", "given", "mean", "std", "weight", "input")
+REFERENCES = ("probs", "given", "mean", "std", "weight", "input", "initial", "transition", "mixture")
 
 
 def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
@@ -99,18 +120,21 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
         for field, ref in refs:
             if ref not in by_name:
                 raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} names no node")
-        for field, kinds in (("given", ("categorical",)), ("input", ("gaussian",)),
-                             ("probs", ("global", "param"))):
+        for field, kinds in (("given", ("categorical", "chain")), ("input", ("gaussian",)),
+                             ("probs", ("global", "param")), ("initial", ("global", "param")),
+                             ("transition", ("global", "param")), ("mixture", ("categorical",))):
             ref = getattr(n, field)
             if ref is not None and by_name[ref].kind not in kinds:
                 raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} must be a {' or '.join(kinds)} "
                                 f"node, not {by_name[ref].kind!r}")
         for s in n.shape:
-            if isinstance(s, str) and s != "D" and by_name[s].kind != "categorical":
-                raise CardError(f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D' or a categorical node")
+            if isinstance(s, str) and s != "D" and by_name[s].kind not in ("categorical", "chain"):
+                raise CardError(f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D', a categorical "
+                                "or a chain node")
         _require(n)
-        parents[n.name] = [ref for _, ref in refs if ref in by_name and not (by_name[ref].kind == "categorical"
-                                                                           and _is_size_ref(n, ref))]
+        parents[n.name] = [ref for _, ref in refs if ref in by_name and not (
+            by_name[ref].kind in ("categorical", "chain") and _is_size_ref(n, ref))]
+    _check_chain(nodes, by_name)
     order: list[str] = []
     state: dict[str, str] = {}
 
@@ -131,13 +155,47 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
     return [by_name[name] for name in order]
 
 
+def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> None:
+    """A graph with a chain node: one chain, the observed node emits given it, and its other
+    local nodes are the emission's mixture components; a CardError naming the node otherwise."""
+    chains = [n for n in nodes if n.kind == "chain"]
+    observed = next(n for n in nodes if n.kind == "observed")
+    if not chains:
+        if observed.mixture is not None:
+            raise CardError(f"model.nodes: node {observed.name!r}: mixture needs a chain node (a mixture per "
+                            "time step); without one, give the observed node a categorical parent with given")
+        return
+    if len(chains) > 1:
+        raise CardError(f"model.nodes: expected at most one node of kind 'chain', got {len(chains)}")
+    chain = chains[0]
+    if observed.given != chain.name:
+        raise CardError(f"model.nodes: node {observed.name!r}: in a graph with the chain {chain.name!r}, the "
+                        f"observed node emits given it (given = {chain.name!r})")
+    if observed.weight is not None or observed.decoder:
+        raise CardError(f"model.nodes: node {observed.name!r}: a chain's emission takes mean and std "
+                        "(weight and decoder need a gaussian input, which a chain graph has not)")
+    for n in nodes:
+        if n.kind == "gaussian":
+            raise CardError(f"model.nodes: node {n.name!r}: a chain graph sums its local latents out exactly; a "
+                            "gaussian local node is not supported there")
+        if n.kind == "categorical" and n.name != observed.mixture:
+            raise CardError(f"model.nodes: node {n.name!r}: in a chain graph a categorical node is the observed "
+                            f"node's mixture (mixture = {n.name!r})")
+    if observed.mixture is not None:
+        probs = by_name[by_name[observed.mixture].probs]
+        if probs.shape != [chain.name, observed.mixture]:
+            raise CardError(f"model.nodes: node {probs.name!r}: the mixture's probs need shape "
+                            f"[{chain.name!r}, {observed.mixture!r}] (one row per chain state), got {probs.shape}")
+
+
 def _is_size_ref(node: NodeConfig, ref: str) -> bool:
     """A categorical named only in ``shape`` lends its size, not a dependency."""
     return ref in node.shape and ref not in [getattr(node, f) for f in REFERENCES]
 
 
 def _require(n: NodeConfig) -> None:
-    need = {"categorical": ("size", "probs"), "gaussian": ("dim",)}.get(n.kind, ())
+    need = {"categorical": ("size", "probs"), "gaussian": ("dim",),
+            "chain": ("size", "initial", "transition")}.get(n.kind, ())
     for field in need:
         if getattr(n, field) is None:
             raise CardError(f"model.nodes: node {n.name!r} (kind {n.kind!r}) needs {field}")
@@ -162,7 +220,8 @@ class GraphModule(PyroModule):
         self.nodes = check_graph(nodes)
         self.by_name = {n.name: n for n in self.nodes}
         self.dim = dim
-        self.sizes = {n.name: n.size for n in self.nodes if n.kind == "categorical"}
+        self.sizes = {n.name: n.size for n in self.nodes if n.kind in ("categorical", "chain")}
+        self.chain = next((n for n in self.nodes if n.kind == "chain"), None)
         self.decoders = torch.nn.ModuleDict()
         for n in self.nodes:
             if n.kind == "param":
@@ -179,6 +238,8 @@ class GraphModule(PyroModule):
         return tuple(self.dim if s == "D" else self.sizes[s] if isinstance(s, str) else int(s) for s in n.shape)
 
     def forward(self, x):
+        """``x``: ``(B, D)`` rows, or for a chain graph a :class:`~pplvm.data.Batch` of padded
+        sequences ``(B, T, D)`` with ``lengths``."""
         values: dict[str, Any] = {}
         plates: dict[str, pyro.plate] = {}  # one plate per name, entered by each of its nodes
         for n in self.nodes:
@@ -188,6 +249,10 @@ class GraphModule(PyroModule):
                 if n.plate is not None and n.plate not in plates:
                     plates[n.plate] = pyro.plate(n.plate, self.shape(n)[0], dim=-1)
                 values[n.name] = self._global(n, plates.get(n.plate))
+        if self.chain is not None:
+            with pyro.plate("data", len(x), dim=-1):
+                n = next(m for m in self.nodes if m.kind == "observed")
+                return pyro.sample(n.name, self._chain(values, n, x), obs=x.x)
         with pyro.plate("data", len(x), dim=-1):
             for n in self.nodes:
                 if n.kind == "categorical":
@@ -246,8 +311,45 @@ class GraphModule(PyroModule):
             return dist.Bernoulli(logits=mean).to_event(1)
         return dist.Normal(mean, self._std(values, n, torch.ones(()))).to_event(1)
 
+    def _chain(self, values: dict[str, Any], n: NodeConfig, x: Batch) -> HiddenMarkovChain:
+        """The observed sequences with the chain (and any per-step mixture) summed out: batch
+        ``(*S, B)``, event ``(T, D)``. Globals may carry draw dims ``S`` in front (vectorised
+        particles); each is flattened to one leading dim so that they line up."""
+        c = self.chain
+
+        def own(name: str) -> tuple[int, ...]:
+            return self.shape(self.by_name[name])
+
+        draws = values[c.transition].numel() // (c.size * c.size)
+        lead = (draws,) if draws > 1 else ()
+        device = values[c.transition].device
+
+        def aligned(t: torch.Tensor, shape: tuple[int, ...], slots: int) -> torch.Tensor:
+            """``t`` ``(*S, *shape)`` as ``(*lead, 1 × slots, *shape)``."""
+            t = torch.as_tensor(t, device=device)
+            if t.numel() == math.prod(shape):
+                return t.reshape((1,) * (len(lead) + slots) + shape)
+            return t.reshape(lead + (1,) * slots + shape)
+
+        tiny = torch.finfo(values[c.transition].dtype).tiny
+        initial = aligned(values[c.initial], own(c.initial), 1).clamp_min(tiny).log()        # (*S, 1, K)
+        transition = aligned(values[c.transition], own(c.transition), 1).clamp_min(tiny).log()  # (*S, 1, K, K)
+        mean = aligned(values[n.mean], own(n.mean), 2) if n.mean else torch.zeros((), device=device)
+        if n.distribution == "bernoulli":
+            step = dist.Bernoulli(logits=mean).to_event(1)
+        else:
+            std = (torch.tensor(n.std, device=device) if isinstance(n.std, float)
+                   else aligned(values[n.std], own(n.std), 2))
+            step = dist.Normal(mean, std).to_event(1)
+        if n.mixture is not None:  # (*S, 1, 1, K, M) components, weights (*S, 1, 1, K, M)
+            weights = aligned(values[self.by_name[n.mixture].probs], own(self.by_name[n.mixture].probs), 2)
+            step = dist.MixtureSameFamily(dist.Categorical(probs=weights), step)
+        step = step.expand(lead + (1, 1, c.size))
+        return HiddenMarkovChain(initial, transition, step, x.x.shape[-2], x.lengths, latent=c.name)
+
     def check_data(self, x: torch.Tensor, name: str) -> None:
         n = next(m for m in self.nodes if m.kind == "observed")
+        x = x.x if isinstance(x, Batch) else x
         if n.distribution == "bernoulli" and len(x) and not ((x == 0) | (x == 1)).all():
             raise DataError(f"{name}: node {n.name!r} has distribution 'bernoulli', which needs 0/1 data; "
                             "set data.binarize or use distribution = 'normal'")
@@ -264,6 +366,10 @@ class GraphModel(PyroModel):
             raise CardError("model.family = 'graph' builds its model from model.nodes; a model object of your "
                             "own is model.family = 'pyro'")
         module = GraphModule(config.nodes, dim)
+        if module.chain is not None:  # traced on placeholder sequences of two steps
+            structure = trace_structure(module, dim, "model.nodes", example=lambda rows: Batch(
+                torch.zeros(rows, 2, dim), lengths=torch.full((rows,), 2)))
+            return ChainGraphModel(config, dim, module, structure, guide, "model.nodes")
         structure = trace_structure(module, dim, "model.nodes")
         kind = ContinuousGraphModel if structure.continuous else GraphModel
         return kind(config, dim, module, structure, guide, "model.nodes")
@@ -276,3 +382,59 @@ class GraphModel(PyroModel):
 
 class ContinuousGraphModel(GraphModel, ContinuousPyroModel):
     """A graph model with a continuous local latent (the amortized encoder serves it)."""
+
+
+class ChainGraphModel(GraphModel):
+    """A graph model with a chain node: a hidden Markov model over sequences (a
+    :class:`~pplvm.data.Batch` of padded ``(B, T, D)`` with ``lengths``), its states summed out
+    inside the observed site (``collapsed``), so the log-likelihood is exact and the state
+    marginals and Viterbi path come from the chain's distribution, as for the ``hmm`` family."""
+
+    sequential = True
+    collapsed = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        chain = self.holder.module.chain
+        self.local_sites = (chain.name,)
+        self.enumerated = True
+        self.length = chain.length
+
+    def forward(self, x=None, num_data=None):
+        """``x``: a Batch of B padded sequences (or None: generate ``num_data`` sequences of the
+        chain's ``length`` steps); with ``num_data`` the data plate is scaled by ``num_data / B``."""
+        model = self._fn[0]
+        if x is None:
+            if num_data is None:
+                raise ValueError("give x, or num_data sequences to generate")
+            steps = torch.zeros(num_data, self.length, self.dim, device=self.device)
+            return poutine.uncondition(model)(Batch(steps, lengths=torch.full((num_data,), self.length,
+                                                                                 device=self.device)))
+        if num_data is not None and num_data != len(x):
+            with _ScaleDataPlate(self.plate_name, num_data / len(x)):
+                return model(x)
+        return model(x)
+
+    @torch.no_grad()
+    def log_likelihood(self, x, params, **kwargs) -> torch.Tensor:
+        """``log p(x_n | θ)`` of each sequence, ``(*S, N)``, the chain summed out exactly."""
+
+        def one(theta):
+            site = poutine.trace(self.conditioned(theta)).get_trace(x).nodes[self.observed_site]
+            return site["fn"].log_prob(site["value"])
+
+        return over_draws(params, self.structure.global_shapes, one)
+
+    def evaluation_cost(self, x):
+        """Per (draw, sequence): the forward pass's ``(T, K, K)`` factors and ``(T, K, D)`` emission terms."""
+        k = self.holder.module.chain.size
+        return int(x.x.shape[-2]) * k * (k + self.dim * 4)
+
+    def prepare(self, data, name="data"):
+        if not isinstance(data, Batch):
+            raise DataError(f"{name}: node {self.holder.module.chain.name!r} is a chain over time, so the data are "
+                            "sequences: a sequence source (synthetic_hmm, sequence_file, ...) or "
+                            "pplvm.data.as_sequences([seq1, seq2, ...])")
+        batch = as_sequences(data, name, dim=self.dim)
+        self.holder.module.check_data(batch, name)
+        return batch

@@ -31,11 +31,7 @@ modules); one observed site.
 from __future__ import annotations
 
 import contextlib
-import copy
-import importlib
 import math
-import os
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -52,24 +48,24 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
+from .._targets import TARGET_PATTERN, first_line, instantiate, resolve
 from ..data.base import as_matrix, values
 from ..decoders import Activation, Encoder, mlp
 from ..errors import CardError, IncompatibleError
 from ..inference.importance import importance_log_likelihood
-from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide
+from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide, over_draws
 
 #: placeholder batch sizes the model is traced at; the data plate is the one that follows them
 _PROBE_ROWS = (3, 5)
 _PARTICLES = "_particles"
 #: bound on particles × elements of the data per pass of the mixed-locals estimate
 _MAX_ELEMENTS = 2**22
-_TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 class TracedConfig(FamilyConfig):
     """Fields of every family whose structure is read off a traced model."""
 
-    guide_target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
+    guide_target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
         "your guide for guide.kind = 'custom', 'package.module:name': a function guide(x) or a PyroModule "
         "(class built with guide_options)"))
     guide_options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class guide_target")
@@ -82,64 +78,13 @@ class TracedConfig(FamilyConfig):
 
 class PyroConfig(TracedConfig):
     family: Literal["pyro"] = "pyro"
-    target: str | None = Field(None, pattern=_TARGET_PATTERN, description=(
+    target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
         "the model, 'package.module:name': a Pyro model function model(x), a PyroModule, or a PyroModule "
         "class (built with options); unset when passed from Python (pplvm.fit(card, model=...))"))
     options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class target")
 
 
 # ---------------------------------------------------------------- reading the model
-def resolve(target: str, key: str) -> Any:
-    """The object named by ``'package.module:name'`` (a module in the current directory is
-    found too), or a CardError naming ``key``."""
-    module_name, _, attr = target.partition(":")
-    try:
-        with _cwd_on_path():
-            module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise CardError(f"{key} = {target!r}: cannot import module {module_name!r} ({err})") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CardError(f"{key} = {target!r}: module {module_name!r} has no attribute {attr!r}") from None
-    return obj
-
-
-@contextlib.contextmanager
-def _cwd_on_path():
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.append(cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-
-
-def instantiate(obj: Any, options: dict[str, Any], key: str, what: str = "model") -> torch.nn.Module | Callable:
-    """A fresh model (or guide) from what a target names: a module class is built with
-    ``options``, a module instance is copied (two runs never share its parameters), a function
-    is used as it is."""
-    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
-        try:
-            return obj(**options)
-        except TypeError as err:
-            raise CardError(f"{key}: building {obj.__name__}(**options) failed: {_first_line(err)}") from None
-    if options:
-        raise CardError(f"{key}: options are keyword arguments of a module class; "
-                        f"{type(obj).__name__} takes none")
-    if isinstance(obj, torch.nn.Module):
-        return copy.deepcopy(obj)
-    if callable(obj) and not isinstance(obj, type):
-        return obj
-    raise CardError(f"{key}: expected a Pyro {what} function, a PyroModule or a PyroModule class, "
-                    f"got {type(obj).__name__}")
-
-
 @dataclass(frozen=True)
 class Structure:
     """What tracing the model found.
@@ -166,10 +111,11 @@ class Structure:
     notes: list[str] = field(default_factory=list)
 
 
-def trace_structure(model: Callable, dim: int, name: str) -> Structure:
+def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int], Any] | None = None) -> Structure:
     """Trace ``model`` on zero batches of two sizes and classify its sites (see :class:`Structure`);
-    a CardError naming ``name`` (the target) for a model pplvm cannot use."""
-    traces = [_probe(model, rows, dim, name) for rows in _PROBE_ROWS]
+    a CardError naming ``name`` (the target) for a model pplvm cannot use. ``example(rows)``
+    makes the placeholder batch (default: ``(rows, dim)`` zeros)."""
+    traces = [_probe(model, rows, dim, name, example) for rows in _PROBE_ROWS]
     first, second = traces
     # a module's PyroParams are its own; a function's pyro.param would go to the global store
     if not isinstance(model, torch.nn.Module) and any(s["type"] == "param" for s in first.nodes.values()):
@@ -231,8 +177,9 @@ def trace_structure(model: Callable, dim: int, name: str) -> Structure:
                      not_amortizable="; ".join(reasons))
 
 
-def _probe(model: Callable, rows: int, dim: int, name: str) -> poutine.Trace:
-    x = torch.zeros(rows, dim)
+def _probe(model: Callable, rows: int, dim: int, name: str, example: Callable[[int], Any] | None = None
+           ) -> poutine.Trace:
+    x = example(rows) if example is not None else torch.zeros(rows, dim)
     try:
         with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
             return poutine.trace(model).get_trace(x)
@@ -240,15 +187,10 @@ def _probe(model: Callable, rows: int, dim: int, name: str) -> poutine.Trace:
         if "pyro.param" in str(err):
             raise CardError(f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
                             "PyroModule with PyroParam attributes (or give the parameter a prior)") from None
-        raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: {_first_line(err)}") from None
+        raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: {first_line(err)}") from None
     except Exception as err:  # the user's code: report what it raised, in one line
         raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: "
-                        f"{type(err).__name__}: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    """An exception's message without the trace shapes Pyro appends to it."""
-    return str(err).strip().split("\n")[0]
+                        f"{type(err).__name__}: {first_line(err)}") from None
 
 
 def _is_sample(site) -> bool:
@@ -379,24 +321,14 @@ class PyroModel(LatentVariableModel, UserGuide):
         ones, else an importance-sampled estimate with ``proposal`` (a guide over the continuous
         local, e.g. the run's amortized guide; default: their prior)."""
         x = values(x)
-        batch = self._param_batch(params)
-        flat = {k: v.reshape(-1, *self.structure.global_shapes[k]) for k, v in params.items()
-                if k in self.structure.global_shapes}
-        rows = []
-        for i in range(math.prod(batch)):
-            model = self.conditioned({k: v[i] for k, v in flat.items()})
-            if self.structure.continuous:
-                rows.append(self._estimate(model, x, proposal, num_samples, seed))
-            else:
-                rows.append(self._contract(model, x))
-        return torch.stack(rows).reshape(*batch, len(x))
 
-    def _param_batch(self, params: dict[str, torch.Tensor]) -> tuple[int, ...]:
-        for k, shape in self.structure.global_shapes.items():
-            if k in params:
-                v = params[k]
-                return tuple(v.shape[: v.dim() - len(shape)])
-        return ()
+        def one(theta: dict[str, torch.Tensor]) -> torch.Tensor:
+            model = self.conditioned(theta)
+            if self.structure.continuous:
+                return self._estimate(model, x, proposal, num_samples, seed)
+            return self._contract(model, x)
+
+        return over_draws(params, self.structure.global_shapes, one)
 
     def _contract(self, model: Callable, x: torch.Tensor, particles: int | None = None) -> torch.Tensor:
         """``log p(x_n | θ)`` ``(N,)``: the data plate's sites with their enumerated locals
@@ -552,10 +484,10 @@ class _CustomGuide(pyro.nn.PyroModule):
             if "pyro.param" in str(err):
                 raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
                                 "it as a PyroModule with PyroParam attributes") from None
-            raise CardError(f"{label}: calling the guide on a placeholder batch failed: {_first_line(err)}") from None
+            raise CardError(f"{label}: calling the guide on a placeholder batch failed: {first_line(err)}") from None
         except Exception as err:  # the user's code: report what it raised, in one line
             raise CardError(f"{label}: calling the guide on a placeholder batch failed: "
-                            f"{type(err).__name__}: {_first_line(err)}") from None
+                            f"{type(err).__name__}: {first_line(err)}") from None
         if not isinstance(self._fn[0], torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
             raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
                             "it as a PyroModule with PyroParam attributes")

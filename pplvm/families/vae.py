@@ -7,7 +7,10 @@ Generative model (L latent dimensions, D observed, optional side information y_n
 
 with the amortized guide ``q_φ(z_n | x_n [, y_n]) = Normal(μ_φ, diag σ_φ²)`` (an encoder
 network, :class:`pplvm.guides.amortized.AmortizedNormal`). θ and φ are point-estimated network
-weights, so there are no global latent sites. ``log p(x_n) = log ∫ p(x_n | z) p(z) dz`` has no
+weights, so there are no global latent sites — unless the decoder is the user's own
+(``model.decoder_target``, :mod:`pplvm.decoders.user`) with ``PyroSample`` weights: those are
+then the family's global latents θ ~ p(θ), drawn once per call outside the data plate and
+guided by a mean-field normal beside the encoder. ``log p(x_n) = log ∫ p(x_n | z) p(z) dz`` has no
 closed form; :meth:`VAE.log_likelihood` estimates it by importance sampling.
 
 ``vae`` is the unconditional model (Kingma & Welling 2014; the IWAE paper's networks by
@@ -28,11 +31,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pydantic import Field, model_validator
+from pyro import poutine
 
 from ..data.base import Batch, as_matrix, values
-from ..decoders import NetworkConfig, image_shape, make_decoder, make_encoder
-from ..errors import CardError, DataError
-from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder
+from ..decoders import Decoder, NetworkConfig, image_shape, make_decoder, make_encoder, user
+from ..errors import CardError, DataError, IncompatibleError
+from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder, over_draws
 
 
 class VAEConfig(FamilyConfig, NetworkConfig):
@@ -117,7 +121,7 @@ class _SideEncoder(torch.nn.Module):
         self.encoder, self.side = encoder, side
 
     def forward(self, data):
-        return self.encoder(values(data), self.side(data))
+        return user.call(self.encoder, values(data), self.side(data))
 
 
 class _Autoencoder(ContinuousLatentModel, LatentDecoder):
@@ -133,6 +137,14 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         super().__init__(config, dim)
         self.side = side
         self.decoder = make_decoder(config, dim, side.size)
+        #: global latent sites of a user's Bayesian decoder (name -> shape); the support of
+        #: its distribution checks the data (a built-in decoder's likelihood head does otherwise)
+        self.weights: dict[str, tuple[int, ...]] = {}
+        self._support = None
+        if not isinstance(self.decoder, Decoder):
+            z = torch.zeros(1, config.latent_dim)
+            probe_side = torch.zeros(1, side.size) if side.size else None
+            self.weights, self._support = user.latent_weights(self, lambda: user.call(self.decoder, z, probe_side))
         try:
             self.image_shape: tuple[int, int] | None = image_shape(config, dim)
         except CardError:
@@ -142,7 +154,7 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
 
     @property
     def global_sites(self) -> tuple[str, ...]:
-        return ()
+        return tuple(self.weights)
 
     @property
     def latent_dim(self) -> int:
@@ -154,10 +166,20 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         zeros = torch.zeros(n, self.latent_dim, device=self.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None) -> dist.Distribution:
+    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None,
+               params: dict[str, torch.Tensor] | None = None) -> dist.Distribution:
         """``p_θ(x | z, y)``: ``z`` ``(*S, N, L)``, ``side`` features ``(N, C)``; batch ``(*S, N)``,
-        event ``(D,)``. Its ``.mean`` is the decoded image."""
-        return self.decoder(z, side)
+        event ``(D,)``. Its ``.mean`` is the decoded image. A Bayesian decoder's weights are
+        those of the model call it runs in, else ``params`` (one value per global site, e.g.
+        ``run.params()``)."""
+        if not self.weights or self._pyro_context.active:
+            return user.call(self.decoder, z, side)
+        if params is None:
+            raise IncompatibleError(f"the decoder's weights are latent ({', '.join(self.weights)}): "
+                                    "pass params=run.params() (or posterior draws) to decode")
+        with poutine.condition(data=params), self._pyro_context:
+            user.draw(self, self.global_sites)
+            return user.call(self.decoder, z, side)
 
     def forward(self, x=None, num_data=None, *, y=None):
         """``x``: ``(B, D)`` (``Batch(x, y)`` for a conditional model) or None to generate
@@ -166,6 +188,7 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         side = self.side(x) if x is not None else self.side.features(
             self.side.default(num_data) if y is None else y)
         side = side.to(self.device) if side is not None else None
+        user.draw(self, self.global_sites)  # a Bayesian decoder's weights: once, outside the data plate
         with self.data_plate(obs, num_data):
             n = len(obs) if obs is not None else num_data
             z = pyro.sample("z", self.prior(n))
@@ -187,13 +210,21 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         tightens as S grows), by :func:`~pplvm.inference.importance.importance_log_likelihood`.
         ``proposal`` is a guide called as ``proposal(x)`` that samples ``z`` inside the data
         plate (the amortized guide); without one the prior is used, which is valid but loose.
-        ``params`` is empty (no global latents). Memory is bounded by ``max_elements``."""
+        ``params`` is empty, or for a Bayesian decoder holds its weights, each ``(*S, *shape)``:
+        the estimate is then ``(*S, N)``, one per draw. Memory is bounded by ``max_elements``."""
         from ..inference.importance import importance_log_likelihood
 
-        est = importance_log_likelihood(self, proposal if proposal is not None else self._prior_proposal, x,
-                                        k=num_samples or self.config.likelihood_samples, seed=seed,
-                                        max_elements=max_elements)
-        return est.log_likelihood.to(values(x).dtype)
+        guide = proposal if proposal is not None else self._prior_proposal
+        if self.weights:  # the proposal's draws of the weights give way to the conditioned ones
+            plate = self.plate_name
+            guide = poutine.block(guide, hide_fn=lambda site: not any(f.name == plate for f in site["cond_indep_stack"]))
+
+        def estimate(model) -> torch.Tensor:
+            est = importance_log_likelihood(model, guide, x, k=num_samples or self.config.likelihood_samples,
+                                            seed=seed, max_elements=max_elements)
+            return est.log_likelihood.to(values(x).dtype)
+
+        return over_draws(params, self.weights, lambda p: estimate(self.conditioned(p) if p else self))
 
     def _prior_proposal(self, x, num_data=None) -> None:
         """A guide proposing ``z`` from the prior ``p(z)``."""
@@ -202,14 +233,15 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
 
     @torch.no_grad()
     def generate(self, n: int | None = None, *, y: Any = None, generator: torch.Generator | None = None,
-                 mean: bool = True) -> torch.Tensor:
-        """``n`` new data ``(n, D)`` (or one per entry of ``y``): decoder means (``mean``) or draws."""
+                 mean: bool = True, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``n`` new data ``(n, D)`` (or one per entry of ``y``): decoder means (``mean``) or draws
+        (a Bayesian decoder's weights from ``params``, see :meth:`decode`)."""
         y = self.side.default(n) if y is None else self.side.check(y, len(y), "y")
         n = len(y) if y is not None else n
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         side = self.side.features(y)
         z = torch.randn((n, self.latent_dim), generator=g).to(self.device)
-        p = self.decode(z, side.to(self.device) if side is not None else None)
+        p = self.decode(z, side.to(self.device) if side is not None else None, params)
         return (p.mean if mean else p.sample()).cpu()
 
     # ------------------------------------------------------------- the contract
@@ -219,17 +251,23 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
     def init_values(self, x, generator):
         return {}
 
+    def _check_support(self, x: torch.Tensor, name: str) -> None:
+        if self._support is not None:
+            user.check_support(self._support, x, name)
+        else:
+            self.decoder.likelihood.check(x, name)
+
     def prepare(self, data, name="data"):
         if self.side.kind == "none":
             x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
-            self.decoder.likelihood.check(x, name)
+            self._check_support(x, name)
             return x
         if isinstance(data, tuple) and len(data) == 2:
             data = Batch(torch.as_tensor(data[0]), y=torch.as_tensor(data[1]))
         if not isinstance(data, Batch):
             raise DataError(f"{name}: family {self.config.family!r} conditions on y; pass Batch(x, y) or (x, y)")
         x = as_matrix(data.x, name, dim=self.dim)
-        self.decoder.likelihood.check(x, name)
+        self._check_support(x, name)
         return Batch(x, y=self.side.check(data.y, len(x), name))
 
     def check_data(self, x):
@@ -244,12 +282,12 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         if self.side.kind == "labels":
             per_class = 8
             y = torch.arange(self.side.size).repeat_interleave(per_class)
-            images = self.generate(y=y, generator=g).reshape(self.side.size, per_class, -1)
+            images = self.generate(y=y, generator=g, params=params).reshape(self.side.size, per_class, -1)
             return {"samples": image_grid(images, self.image_shape, title="decoder means by class",
                                           row_labels=[str(k) for k in range(self.side.size)])}
         if self.side.kind == "covariates":
             return {}
-        return {"samples": image_grid(self.generate(64, generator=g), self.image_shape,
+        return {"samples": image_grid(self.generate(64, generator=g, params=params), self.image_shape,
                                       title="decoder means of prior draws")}
 
 

@@ -1,7 +1,8 @@
 """Declarative node graphs (``model.family = "graph"``): the built-in GMM, PPCA and VAE written
 as graphs give the built-in families' ELBO (same guide, same parameters, same seed), a mixture
-of factor analysers from nodes alone has its closed-form marginal, and malformed graphs are
-refused naming the node."""
+of factor analysers from nodes alone has its closed-form marginal, the shipped Gaussian-mixture
+VAE's enumerated ELBO and log-likelihood estimate equal brute-force sums over its components,
+and malformed graphs are refused naming the node."""
 
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ def _without(nodes, name):
     (_without(GMM_NODES, "weights"), "node 'assignment': probs = 'weights' names no node"),
     ([*GMM_NODES[:3], {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
       {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "locs"}],
-     "node 'obs': given = 'locs' must be a categorical node"),
+     "node 'obs': given = 'locs' must be a categorical or chain node"),
     ([{"name": "a", "kind": "gaussian", "dim": 1, "mean": "b"}, {"name": "b", "kind": "gaussian", "dim": 1, "mean": "a"},
       {"name": "obs", "kind": "observed", "mean": "a", "std": 1.0}], "node 'a' is in a cycle: a -> b -> a"),
     ([*GMM_NODES, {"name": "obs2", "kind": "observed", "mean": "locs", "std": 1.0}],
@@ -190,3 +191,187 @@ def test_shipped_graph_cards_fit(name, tmp_path):
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
     assert math.isfinite(run.history[-1]["valid_log_likelihood"])
     assert (tmp_path / name / "model.png").is_file()
+
+
+# ------------------------------------------------- the shipped Gaussian-mixture VAE (gmvae)
+def _gmvae():
+    """The model of models/gmvae_digits.toml (10 components over a 4-d z, MLP decoder) with its
+    amortized guide, on 6 binary rows; the guide's autoguide set up by one call."""
+    from pathlib import Path
+
+    card = pplvm.load_card(Path(__file__).parents[2] / "models" / "gmvae_digits.toml")
+    model = GraphModel.from_config(card.model, 64)
+    x = (torch.rand(6, 64, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    guide = make_guide(model, "amortized", x)
+    with poutine.block():
+        guide(x)
+    return model, guide, x
+
+
+def _gmvae_joint(model, theta, z, x) -> torch.Tensor:
+    """``log Σ_c π_c N(z_n | centres_c, I) + log p(x_n | z_n)`` per datum, c summed by hand:
+    ``(*S, N)`` for ``z`` ``(*S, N, 4)``."""
+    log_mix = (theta["pi"].log() + dist.Normal(theta["centres"], 1.0).to_event(1).log_prob(z.unsqueeze(-2))
+               ).logsumexp(-1)
+    return log_mix + model.holder.module.decoders["obs"](z, None).log_prob(x)
+
+
+def test_gmvae_card_enumerated_elbo_is_the_brute_force_sum_over_components():
+    """TraceEnum_ELBO sums c out of the model inside each draw of (π, centres, z) from the guide;
+    by hand, under the same seed (the same guide draws): log Σ_c p(c | π) p(z | c) p(x | z) per
+    datum plus the globals' priors, minus the guide's log-density. Equal to float rounding."""
+    model, guide, x = _gmvae()
+    pyro.set_rng_seed(5)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, x)
+    pyro.set_rng_seed(5)
+    g = poutine.trace(guide).get_trace(x)
+    theta = {k: g.nodes[k]["value"] for k in ("pi", "centres")}
+    priors = (dist.Dirichlet(torch.full((10,), 10.0)).log_prob(theta["pi"])
+              + dist.Normal(0.0, 2.0).log_prob(theta["centres"]).sum())
+    elbo = _gmvae_joint(model, theta, g.nodes["z"]["value"], x).sum() + priors - g.log_prob_sum()
+    assert -loss == pytest.approx(float(elbo.detach()), rel=1e-5)
+
+
+def test_gmvae_card_log_likelihood_is_the_brute_force_importance_sum():
+    """The graph family's estimate (c contracted inside each importance draw of z) against
+    ``log (1/k) Σ_i Σ_c p(x, c, z_i) / q(z_i | x)`` by hand with the same draws of z."""
+    model, guide, x = _gmvae()
+    theta = {k: v.detach() for k, v in guide.median().items()}
+    est = model.log_likelihood(x, theta, proposal=guide, num_samples=7, seed=3)
+    with poutine.seed(rng_seed=3), pyro.plate("_particles", 7, dim=-2):  # the draws the family makes
+        q = poutine.trace(poutine.block(guide, expose=["z"])).get_trace(x).nodes["z"]
+    z = q["value"]  # (7, N, 4)
+    brute = (_gmvae_joint(model, theta, z, x) - q["fn"].log_prob(z)).logsumexp(0) - math.log(7)
+    torch.testing.assert_close(est, brute, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------- chains over time
+HMM_NODES = [
+    {"name": "initial", "kind": "global", "prior": "dirichlet", "shape": ["states"]},
+    {"name": "transition", "kind": "global", "prior": "dirichlet", "shape": ["states", "states"], "plate": "per_state"},
+    {"name": "locs", "kind": "global", "prior": "normal", "scale": 10.0, "shape": ["states", "D"], "plate": "per_state"},
+    {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 2.0, "shape": ["states", "D"],
+     "plate": "per_state"},
+    {"name": "states", "kind": "chain", "size": 3, "initial": "initial", "transition": "transition"},
+    {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "states"},
+]
+#: an HMM whose each state emits from a mixture of M = 2 Gaussians, the component drawn afresh per step
+GMM_HMM_NODES = [
+    {"name": "initial", "kind": "global", "prior": "dirichlet", "shape": ["states"]},
+    {"name": "transition", "kind": "global", "prior": "dirichlet", "shape": ["states", "states"], "plate": "per_state"},
+    {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["states", "component"], "plate": "per_state"},
+    {"name": "locs", "kind": "global", "prior": "normal", "scale": 3.0, "shape": ["states", "component", "D"],
+     "plate": "per_state"},
+    {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 0.5, "shape": ["states", "component", "D"],
+     "plate": "per_state"},
+    {"name": "states", "kind": "chain", "size": 2, "initial": "initial", "transition": "transition"},
+    {"name": "component", "kind": "categorical", "size": 2, "probs": "weights"},
+    {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "states", "mixture": "component"},
+]
+
+
+def _sequences(n: int, steps: int, dim: int, seed: int):
+    """``n`` padded sequences of 2..``steps`` steps (lengths cycle), Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = 2 + torch.arange(n) % (steps - 1)
+    x = torch.randn(n, steps, dim, generator=g) * (torch.arange(steps) < lengths[:, None])[..., None]
+    return pplvm.data.Batch(x, lengths=lengths)
+
+
+def test_hmm_graph_has_the_hmm_family_likelihood_and_joint():
+    """The same parameters (three prior draws at once) give the built-in hmm family's exact
+    log p(x_n | θ) per sequence; one draw's log joint (priors + marginal, minibatch-scaled), and
+    so the ELBO under any guide, is the family's too. Float32 rounding only."""
+    from pplvm.families import HiddenMarkovModel, HMMConfig
+
+    builtin = HiddenMarkovModel(HMMConfig(states=3), 2)
+    twin = GraphModel.from_config(pplvm.card_from_dict(
+        {"model": {"family": "graph", "nodes": HMM_NODES}, "data": {"source": "synthetic_hmm"}}).model, 2)
+    assert twin.sequential and twin.collapsed and twin.likelihood == "exact" and twin.local_sites == ("states",)
+    x = twin.prepare(_sequences(6, 5, 2, 0))
+    pyro.set_rng_seed(0)
+    with pyro.plate("draws", 3, dim=-3):
+        prior = poutine.trace(builtin).get_trace(x)
+    params = {k: prior.nodes[k]["value"].reshape(3, *prior.nodes[k]["value"].shape[-2 if k != "initial" else -1:])
+              for k in builtin.global_sites}
+    expected = builtin.log_likelihood(x, params)
+    got = twin.log_likelihood(x, params)
+    assert got.shape == (3, 6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    one = {k: v[0] for k, v in params.items()}
+    joints = [poutine.trace(m.conditioned(one)).get_trace(x, num_data=20).log_prob_sum() for m in (builtin, twin)]
+    torch.testing.assert_close(joints[1], joints[0], rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(twin.local_marginals(x, one)["states"], builtin.local_marginals(x, one)["states"])
+    torch.testing.assert_close(twin.map_locals(x, one)["states"], builtin.map_locals(x, one)["states"])
+
+
+def test_gmm_emission_hmm_graph_is_exact_against_brute_force():
+    """The states and the per-step mixture components summed out inside the chain: log p(x_n | θ)
+    against the sum over all (K·M)^T paths of states and components, for sequences of 1..3 steps."""
+    import itertools
+
+    twin = GraphModel.from_config(pplvm.card_from_dict(
+        {"model": {"family": "graph", "nodes": GMM_HMM_NODES}, "data": {"source": "synthetic_hmm"}}).model, 2)
+    g = torch.Generator().manual_seed(4)
+    pi = torch.softmax(torch.randn(2, generator=g), -1)
+    A = torch.softmax(torch.randn(2, 2, generator=g), -1)
+    w = torch.softmax(torch.randn(2, 2, generator=g), -1)
+    mu = 2 * torch.randn(2, 2, 2, generator=g)
+    sd = 0.5 + torch.rand(2, 2, 2, generator=g)
+    theta = {"initial": pi, "transition": A, "weights": w, "locs": mu, "scales": sd}
+    lengths = torch.tensor([1, 2, 3, 3])
+    x = torch.randn(4, 3, 2, generator=g) * (torch.arange(3) < lengths[:, None])[..., None]
+    got = twin.log_likelihood(pplvm.data.Batch(x, lengths=lengths), theta)
+    for n, length in enumerate(lengths.tolist()):
+        paths = []
+        for states in itertools.product(range(2), repeat=length):
+            for comps in itertools.product(range(2), repeat=length):
+                lp = pi[states[0]].log()
+                for t in range(length):
+                    if t:
+                        lp = lp + A[states[t - 1], states[t]].log()
+                    k, m = states[t], comps[t]
+                    lp = lp + w[k, m].log() + dist.Normal(mu[k, m], sd[k, m]).log_prob(x[n, t]).sum()
+                paths.append(lp)
+        torch.testing.assert_close(got[n], torch.stack(paths).logsumexp(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nodes, message", [
+    ([*HMM_NODES[:5], {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales"}],
+     "node 'obs': in a graph with the chain 'states', the observed node emits given it"),
+    ([*HMM_NODES, {"name": "z", "kind": "gaussian", "dim": 1}], "node 'z': a chain graph sums its local latents"),
+    ([n for n in HMM_NODES if n["name"] != "transition"], "node 'states': transition = 'transition' names no node"),
+    ([*GMM_HMM_NODES[:2], {**GMM_HMM_NODES[2], "shape": ["component"], "plate": None}, *GMM_HMM_NODES[3:]],
+     "node 'weights': the mixture's probs need shape \\['states', 'component'\\]"),
+])
+def test_malformed_chain_graphs_are_refused_naming_the_node(nodes, message):
+    with pytest.raises(pplvm.CardError, match=message):
+        pplvm.Run.from_card({"model": {"family": "graph", "nodes": nodes}, "objective": {"name": "enum"},
+                             "data": {"source": "synthetic_hmm"}})
+
+
+def test_a_chain_graph_refuses_a_table_of_rows():
+    with pytest.raises(pplvm.DataError, match="node 'states' is a chain over time, so the data are sequences"):
+        pplvm.Run.from_card({"model": {"family": "graph", "nodes": HMM_NODES}, "objective": {"name": "enum"},
+                             "data": {"source": "iris"}})
+
+
+def test_shipped_hmm_gmm_card_fits_and_answers(tmp_path):
+    """models/hmm_gmm_synthetic.toml from the card alone (two epochs): the loss is finite, the
+    held-out log-likelihood is the chain's exact one at the point estimate, state marginals sum
+    to one over the states and the Viterbi path and new sequences have the shapes a user expects."""
+    from pathlib import Path
+
+    card = pplvm.load_card(Path(__file__).parents[2] / "models" / "hmm_gmm_synthetic.toml",
+                           ["training.epochs=2", "training.progress=false", "evaluation.draws=2",
+                            "evaluation.chains=2", "data.n=20"])
+    run = pplvm.fit(card, out=tmp_path / "hmm_gmm")
+    assert run.model.likelihood == "exact" and all(math.isfinite(h["train_loss"]) for h in run.history)
+    x = run.transform.inverse(run.dataset.valid)
+    theta = run.params()
+    torch.testing.assert_close(run.log_likelihood(x), run.model.log_likelihood(x, theta))
+    marginals = run.posterior(x)["state"]
+    assert marginals.shape == (*x.x.shape[:2], 3)
+    torch.testing.assert_close(marginals[0, : int(x.lengths[0])].sum(-1), torch.ones(int(x.lengths[0])))
+    assert run.map_states(x)["state"].shape == x.x.shape[:2]
+    assert run.sample(4).shape == (4, 100, 2)
