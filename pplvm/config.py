@@ -65,7 +65,13 @@ class TrainingConfig(Section):
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.9, 0.999], min_length=2, max_length=2, description="adam / adamw: the moment decay rates [β1, β2], each in [0, 1)")
+    eps: float = Field(1e-8, gt=0, description="adam / adamw / rmsprop: ε of the update's denominator, relative "
+                       "to the gradient of the loss per datum (the IWAE paper's Adam: 1e-4)")
+    lr_schedule: Literal["constant", "exponential", "cosine", "iwae"] = Field(
+        "constant", description="constant | exponential | cosine (to lr * lr_final_ratio over the epochs) | iwae "
+        "(Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280 epochs in all; then the last)")
     lr_final_ratio: float = Field(0.1, gt=0, le=1, description="final lr / lr for decaying schedules")
     clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")

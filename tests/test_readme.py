@@ -2,7 +2,7 @@
 written — through a shell, as a user types it, no ``--quiet`` — in a fresh directory, with
 exit status 0 and no traceback. ``PPLVM_MAX_EPOCHS`` (honoured by every fit and resume) keeps
 the epochs short; files a command names as placeholders (``my.npy``) or a card needs from the
-user (the MNIST IDX files) are generated first, at the paths written."""
+user (the MNIST IDX files, a binarized MNIST .npz) are generated first, at the paths written."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def mnist_idx_files(where: Path) -> None:
         write_idx(where / "data" / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
 
 
+def binarized_mnist_file(where: Path) -> None:
+    """A small stand-in for the binarized MNIST .npz that models/*_binarized_mnist.toml name:
+    60 training and 20 validation images of random strokes."""
+    rng = np.random.default_rng(0)
+    (where / "data" / "binarized_mnist").mkdir(parents=True, exist_ok=True)
+    np.savez(where / "data" / "binarized_mnist" / "train_valid.npz",
+             train=(rng.random((60, 784)) < 0.15).astype(np.uint8), valid=(rng.random((20, 784)) < 0.15).astype(np.uint8))
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A fresh directory holding models/ (as a user's checkout does), the placeholder files,
@@ -49,6 +58,7 @@ def workdir(tmp_path_factory):
     shutil.copytree(ROOT / "models", where / "models")
     np.save(where / "my.npy", np.random.default_rng(1).normal(size=(12, 4)) + 5.0)  # 4 iris-like columns
     mnist_idx_files(where)
+    binarized_mnist_file(where)
     bin_dir = where / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "pplvm"

@@ -29,6 +29,7 @@ from ..errors import CardError
 from .base import Decoder, Encoder, Likelihood, floored_softplus
 from .conv import ConvDecoderNet, ConvTrunk
 from .fused import MLP, Backend
+from .init import Init, OutputBias, initialize, output_layer
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, GaussianScale
 from . import user
 from .mlp import Activation, mlp
@@ -48,6 +49,14 @@ class NetworkConfig(Section):
     scale: GaussianScale = Field("learned", description="gaussian: fixed, learned (per pixel) or amortized")
     fixed_scale: float = Field(0.1, gt=0, description="gaussian: σ when fixed, the start σ when learned")
     min_scale: float = Field(1e-3, gt=0, description="floor of every softplus scale")
+    init: Init = Field("glorot", description="weights of encoder and decoder: glorot (Glorot & Bengio's uniform, "
+                       "zero biases: the IWAE paper's) | kaiming (He normal, for relu) | torch (PyTorch's defaults)")
+    output_bias: OutputBias = Field("data_mean", description="start of the decoder's output bias: data_mean (the "
+                                    "training data's mean pixel: its logit for bernoulli, itself for gaussian; mlp "
+                                    "decoders) | zero")
+    encoder_scale: Literal["softplus", "exp"] = Field("softplus", description="the encoder's scale from its raw "
+                                                      "output: min_scale + softplus (stable) or min_scale + exp "
+                                                      "(the IWAE paper's)")
     network: str | None = Field(None, description="a decoder network registered by name from Python "
                                 "(pplvm.decoders.register_network, e.g. a CUDA extension) instead of architecture")
     backend: Backend = Field("auto", description="decoder kernels: auto (Triton on CUDA, else torch) | "
@@ -128,6 +137,8 @@ def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
     else:
         network = ConvDecoderNet(in_features, image_shape(cfg, dim), likelihood.num_outputs, cfg.channels,
                                  cfg.activation)
+    if cfg.network is None:  # a registered network starts as its factory made it
+        initialize(network, cfg.init)
     return Decoder(network, likelihood)
 
 
@@ -142,11 +153,12 @@ def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
     else:
         trunk = ConvTrunk(image_shape(cfg, dim), cfg.channels, cfg.activation)
         features, hidden = trunk.out_features, cfg.hidden[-1:]  # conv features, then one hidden layer
-    return Encoder(trunk, mlp(features + side_dim, hidden, 2 * cfg.latent_dim, cfg.activation), cfg.min_scale)
+    head = mlp(features + side_dim, hidden, 2 * cfg.latent_dim, cfg.activation)
+    return Encoder(initialize(trunk, cfg.init), initialize(head, cfg.init), cfg.min_scale, cfg.encoder_scale)
 
 
 __all__ = [
     "Backend", "BernoulliLikelihood", "ConvDecoderNet", "MLP", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
-    "Likelihood", "NetworkConfig", "floored_softplus", "image_shape", "make_decoder", "make_encoder",
+    "Init", "Likelihood", "OutputBias", "initialize", "output_layer", "NetworkConfig", "floored_softplus", "image_shape", "make_decoder", "make_encoder",
     "make_likelihood", "mlp", "NETWORKS", "register_network",
 ]

@@ -20,6 +20,8 @@ from pyro.distributions import Distribution
 from pyro.nn import PyroModule
 from pyro.nn.module import _PyroModuleMeta
 
+from .init import output_layer
+
 
 
 class _AbstractPyroModuleMeta(_PyroModuleMeta, abc.ABCMeta):
@@ -48,6 +50,11 @@ class Likelihood(PyroModule, metaclass=_AbstractPyroModuleMeta):
         """The distribution of ``x`` given raw outputs ``(..., P * D)``."""
 
     @abc.abstractmethod
+    def raw_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``(P * D,)`` under which the head's mean is the mean of ``x`` ``(N, D)``
+        (what ``output_bias = "data_mean"`` starts the decoder's output bias at)."""
+
+    @abc.abstractmethod
     def check(self, x: torch.Tensor, name: str) -> None:
         """Raise DataError naming ``name`` if ``x`` ``(N, D)`` (finite, checked by the caller) is
         outside the support."""
@@ -70,23 +77,41 @@ class Decoder(PyroModule):
         event ``(D,)``."""
         return self.likelihood(full_precision(self.network(_with_side(z, side))))
 
+    @torch.no_grad()
+    def start_at_mean(self, x: torch.Tensor) -> bool:
+        """Set the output bias so that the decoded mean starts at the mean of ``x`` ``(N, D)``
+        (:mod:`pplvm.decoders.init`); False where the network has no per-pixel output bias."""
+        layer = output_layer(self.network)
+        if layer is None or layer.bias is None or layer.bias.shape != (self.likelihood.num_outputs * x.shape[-1],):
+            return False
+        layer.bias.copy_(self.likelihood.raw_mean(x).to(layer.bias))
+        return True
+
 
 class Encoder(PyroModule):
     """``x -> (loc, scale)`` of ``q_φ(z | x) = Normal(loc, scale)``, each ``(B, L)``.
 
     :param trunk: maps ``(B, D)`` to features ``(B, F)`` (identity for an MLP encoder).
     :param head: maps ``(B, F + C)`` to ``(B, 2 L)``: location, then raw scale.
-    :param min_scale: floor of the softplus scale.
+    :param min_scale: floor of the scale.
+    :param scale: ``softplus``: ``min_scale + softplus(raw)``; ``exp``: ``min_scale + exp(raw)``
+        (the IWAE paper's log-scale output).
     """
 
-    def __init__(self, trunk: torch.nn.Module, head: torch.nn.Module, min_scale: float = 1e-3):
+    def __init__(self, trunk: torch.nn.Module, head: torch.nn.Module, min_scale: float = 1e-3,
+                 scale: str = "softplus"):
         super().__init__()
         self.trunk = trunk
         self.head = head
         self.min_scale = float(min_scale)
+        if scale not in ("softplus", "exp"):
+            raise ValueError(f"scale: expected 'softplus' or 'exp', got {scale!r}")
+        self.scale = scale
 
     def forward(self, x: torch.Tensor, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = full_precision(self.head(_with_side(self.trunk(x), side))).chunk(2, dim=-1)
+        if self.scale == "exp":
+            return loc, self.min_scale + raw.exp()
         return loc, floored_softplus(raw, self.min_scale)
 
 

@@ -20,6 +20,7 @@ from pyro.nn import PyroParam
 from ..errors import DataError
 from .base import Likelihood, floored_softplus
 from .fused import Backend, event
+from .init import smoothed_mean
 
 
 class BernoulliLikelihood(Likelihood):
@@ -33,6 +34,9 @@ class BernoulliLikelihood(Likelihood):
 
     def forward(self, raw):
         return event(dist.Bernoulli(logits=raw), self.backend, raw)
+
+    def raw_mean(self, x):
+        return smoothed_mean(x).logit()
 
     def check(self, x, name):
         bad = ((x != 0) & (x != 1)).any(-1).nonzero().flatten()
@@ -78,6 +82,13 @@ class GaussianLikelihood(Likelihood):
         else:
             loc, scale = raw, torch.full_like(raw, self.fixed_scale)
         return event(dist.Normal(loc, scale), self.backend, loc)
+
+    def raw_mean(self, x):
+        mean = x.mean(0)
+        if self.scale_kind != "amortized":
+            return mean
+        # the scale outputs start where a zero bias puts them: min_scale + softplus(0)
+        return torch.cat([mean, torch.zeros_like(mean)])
 
     def check(self, x, name):
         pass  # every finite value is in the support

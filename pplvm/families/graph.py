@@ -379,6 +379,12 @@ class GraphModel(PyroModel):
         self.holder.module.check_data(x, name)
         return x
 
+    def init_values(self, x, generator):
+        # a decoder node starts at the mean row, as the vae family's decoder does (model.output_bias)
+        for decoder in self.holder.module.decoders.values():
+            decoder.start_at_mean(x)
+        return super().init_values(x, generator)
+
 
 class ContinuousGraphModel(GraphModel, ContinuousPyroModel):
     """A graph model with a continuous local latent (the amortized encoder serves it)."""

@@ -249,6 +249,8 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         return _SideEncoder(make_encoder(self.config, self.dim, self.side.size), self.side)
 
     def init_values(self, x, generator):
+        if self.config.output_bias == "data_mean":  # the decoder starts at the mean image
+            self.decoder.start_at_mean(values(x))
         return {}
 
     def _check_support(self, x: torch.Tensor, name: str) -> None:

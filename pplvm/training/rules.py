@@ -94,9 +94,34 @@ class UpdateRule(abc.ABC):
         ...
 
 
-def make_optimizer(params: Iterable[torch.Tensor], config: TrainingConfig) -> torch.optim.Optimizer:
-    """The card's optimiser over ``params``."""
-    return OPTIMIZERS[config.optimizer](list(params), lr=config.lr, weight_decay=config.weight_decay)
+def make_optimizer(params: Iterable[torch.Tensor], config: TrainingConfig, *,
+                   loss_scale: float = 1.0) -> torch.optim.Optimizer:
+    """The card's optimiser over ``params``. ``loss_scale``: how many times larger the rule's
+    loss is than a loss per datum (a Pyro objective's full-data estimate: N). Adam's and
+    RMSprop's ε is multiplied by it, which makes the updates exactly those of the same
+    optimiser on the per-datum loss (Adam's step ``m / (sqrt(v) + ε)`` is otherwise invariant
+    to the loss's scale), so a card's ``eps`` means what it means in the papers."""
+    c = config
+    kw: dict[str, Any] = {"lr": c.lr, "weight_decay": c.weight_decay}
+    if c.optimizer in ("adam", "adamw"):
+        kw.update(betas=tuple(c.betas), eps=c.eps * loss_scale)
+    elif c.optimizer == "rmsprop":
+        kw.update(eps=c.eps * loss_scale)
+    return OPTIMIZERS[c.optimizer](list(params), **kw)
+
+
+#: the IWAE paper's schedule (Burda et al. 2016, section 5): stage i lasts 3^i epochs
+IWAE_STAGES = 8
+
+
+def iwae_lr_factor(epoch: int) -> float:
+    """``10^(-i/7)`` where stage ``i`` (``3^i`` epochs long, i = 0..7) holds ``epoch`` (0-based);
+    after the 3280 epochs of the schedule, the last stage's factor."""
+    i, end = 0, 1
+    while epoch >= end and i < IWAE_STAGES - 1:
+        i += 1
+        end += 3**i
+    return 10.0 ** (-i / 7)
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
@@ -106,6 +131,8 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c.lr_final_ratio ** (1.0 / c.epochs))
     if c.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs, eta_min=c.lr * c.lr_final_ratio)
+    if c.lr_schedule == "iwae":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, iwae_lr_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
@@ -130,7 +157,8 @@ class SVIStep(UpdateRule):
             return
         with torch.no_grad():
             self.guide(example, num_data=num_data)
-        self.optimizer = make_optimizer((p for p in self.loss_module.parameters() if p.requires_grad), self.config)
+        self.optimizer = make_optimizer((p for p in self.loss_module.parameters() if p.requires_grad), self.config,
+                                        loss_scale=num_data)
         self.scheduler = make_lr_scheduler(self.optimizer, self.config)
 
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
