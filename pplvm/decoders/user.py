@@ -11,7 +11,10 @@ The contract (``model.decoder_target`` / ``model.encoder_target``, ``'package.mo
 class (a ``PyroModule`` for Pyro features), built as ``Target(latent_dim=L, dim=D[, side_dim=C],
 **options)`` with ``options`` from ``model.decoder_options`` / ``model.encoder_options``; a
 module instance (copied) or a parameter-free function works too. Its parameters are trained
-with the family's.
+with the family's. pplvm's recipes (``model.init``, ``model.output_bias``,
+``model.encoder_scale``) are pplvm's networks'; a user's module starts as it builds itself (a
+decoder that defines ``start_at_mean(x)``, ``x`` the ``(N, D)`` training data, is called with it
+when ``output_bias = "data_mean"``).
 
 A *Bayesian* decoder gives some weights priors as ``PyroSample`` attributes
 (``self.weight = PyroSample(dist.Normal(0, 1).expand([L, D]).to_event(2))``): they are global

@@ -249,8 +249,11 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         return _SideEncoder(make_encoder(self.config, self.dim, self.side.size), self.side)
 
     def init_values(self, x, generator):
-        if self.config.output_bias == "data_mean":  # the decoder starts at the mean image
-            self.decoder.start_at_mean(values(x))
+        # the decoder starts at the mean image; a user's decoder (model.decoder_target) starts as
+        # it was built, unless it defines start_at_mean(x) too
+        start = getattr(self.decoder, "start_at_mean", None)
+        if self.config.output_bias == "data_mean" and callable(start):
+            start(values(x))
         return {}
 
     def _check_support(self, x: torch.Tensor, name: str) -> None:
