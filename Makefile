@@ -11,6 +11,8 @@ PY_NEW  ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python)
 VENV_NEW ?= .venv-new
 STAMP_NEW := $(VENV_NEW)/.pplvm-installed
 export OMP_WAIT_POLICY ?= PASSIVE
+# pytest worker processes (pytest-xdist; each holds torch to one thread): 2 for the 2-core CI box
+TEST_WORKERS ?= 2
 
 .PHONY: setup setup-new demo test test-311 test-new test-all bench clean
 
@@ -46,15 +48,15 @@ test: test-311 test-new
 
 test-311: $(STAMP)
 	@$(BIN)/python -c 'import sys, arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)' 2>/dev/null
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 test-new: $(STAMP_NEW)
 	@$(VENV_NEW)/bin/python -c 'import sys, warnings; warnings.simplefilter("ignore"); import arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)'
-	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
+	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) -p no:cacheprovider
 
 ## Everything, slow tests included (Python 3.11).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 ## Every benchmark in bench/, one after the other (each prints its pplvm / peer ratio).
 bench: $(STAMP)
