@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, _signals
 from ._progress import progress, reporting
 from .errors import PplvmError
 
@@ -48,17 +48,6 @@ def cmd_fit(args) -> int:
               "valid_log_likelihood": last.get("valid_log_likelihood")}
     _emit(result, args.json, run.summary_text(max_size=32) if not args.quiet else f"wrote {out}")
     return 0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (temporary files removed,
-    the run directory's lock released, the last checkpoint kept)."""
-
-    signum = signal.SIGTERM
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
 
 
 def _interrupted(err: KeyboardInterrupt, run_dir: Path | None = None) -> int:
@@ -370,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        with reporting(not getattr(args, "quiet", False)):  # progress of long commands on stderr
+        # Ctrl-C and SIGTERM stop the command with one line (see pplvm._signals)
+        with _signals.handling(), reporting(not getattr(args, "quiet", False)):  # progress on stderr
             return args.fn(args)
     except PplvmError as err:  # one line, whatever the message holds
         print(f"pplvm: error: {'; '.join(l.strip() for l in str(err).splitlines() if l.strip())}", file=sys.stderr)
@@ -384,15 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         return _interrupted(err)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         _leave_process_group()
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _leave_process_group() -> None:

@@ -543,6 +543,30 @@ def _raise(err):
 
 
 # --------------------------------------------------------------------- signals
+def test_an_interrupt_something_swallowed_still_stops_the_fit_at_the_next_step(tmp_path):
+    """Python drops an exception raised inside a ``__del__`` or a weakref callback, which is where
+    a Ctrl-C can land; under the command line's handlers the loop raises it again at its next
+    step, so the fit stops (with the usual clean-up) instead of running on."""
+    from pplvm import _signals
+
+    (tmp_path / "card.toml").write_text(CARD.replace("epochs = 4", "epochs = 1000\ncheckpoint_every = 1"))
+    run = pplvm.Run.from_card(tmp_path / "card.toml")
+
+    def swallow(trainer, metrics):
+        if trainer.state.epoch == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler raises in here
+            except KeyboardInterrupt:
+                pass  # as a __del__ (or a careless `except BaseException`) would
+
+    with _signals.handling(), pytest.raises(KeyboardInterrupt):
+        run.fit(tmp_path / "run", callbacks=[swallow])
+    assert run.trainer.state.epoch == 2  # stopped within the third epoch's first step
+    assert pplvm.load(tmp_path / "run").history[-1]["epoch"] == 2  # the last checkpoint is whole
+    _signals.check()  # leaving handling() forgets the signal: nothing is raised later
+
+
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                   (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, word):

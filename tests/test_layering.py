@@ -3,7 +3,7 @@ function, relative or absolute) points at its own layer or a lower one.
 
 Low to high, as README's "The house" draws it::
 
-    errors, _registry, _progress, _targets, schema
+    errors, _registry, _progress, _signals, _targets, schema
                                         foundation: errors, the registry type, progress, import paths, Section
     training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots, evaluation.graph
                                         atomic files, collectives, the arviz converter, figures, graphs
@@ -32,7 +32,7 @@ PACKAGE = Path(pplvm.__file__).parent
 
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
-    ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm._targets", "pplvm.schema"],
+    ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm._signals", "pplvm._targets", "pplvm.schema"],
     ["pplvm.training.checkpoint", "pplvm.training.distributed", "pplvm.evaluation.arviz", "pplvm.evaluation.plots",
      "pplvm.evaluation.graph"],
     # guides.forward (diffusion's fixed noising chain) and evaluation.two_sample (statistics a

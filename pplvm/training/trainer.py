@@ -44,6 +44,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import pyro
 import torch
 
+from .. import _signals
 from .._progress import progress
 from ..config import TrainingConfig
 from ..errors import RunDirError, TrainingError
@@ -303,6 +304,7 @@ class Trainer:
         check_each_step = (self.device.type == "cpu" or first) and self.world_size == 1
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         for i, idx in enumerate(batches):
+            _signals.check()  # a Ctrl-C that something swallowed stops the loop here
             shard = idx[self.rank :: self.world_size]
             if self.augment is None:
                 batch = train[shard]
