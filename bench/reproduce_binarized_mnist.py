@@ -225,23 +225,35 @@ def run_row(row, args, x_train, x_eval, log):
             return (clock["pplvm"] if side == "pplvm" else hand.seconds) >= budget
         return (run.trainer.state.epoch if side == "pplvm" else hand.epochs) >= args.row_epochs
 
+    def curve_point(side):
+        ep, sec = (run.trainer.state.epoch, clock["pplvm"]) if side == "pplvm" else (hand.epochs, hand.seconds)
+        if ep % args.curve_every == 0 and not any(p["epoch"] == ep for p in curve[side]):
+            score(side, ep, sec, 500, args.rows_eval)
+
+    def hand_catches_up():
+        """Hand-written epochs until it has done as many epochs (or, under a time budget, as
+        many training seconds) as pplvm, so that the two sides alternate."""
+        behind = ((lambda: hand.seconds < clock["pplvm"]) if args.budget_minutes
+                  else (lambda: hand.epochs < run.trainer.state.epoch))
+        while not done("hand") and behind():
+            hand.epoch()
+            curve_point("hand")
+
     def after_epoch(trainer, metrics):
         clock["pplvm"] += time.perf_counter() - clock["last"]
-        e = trainer.state.epoch
-        if not done("hand"):
-            hand.epoch()
-        for side, ep, sec in (("pplvm", e, clock["pplvm"]), ("hand", hand.epochs, hand.seconds)):
-            if ep % args.curve_every == 0 and not any(p["epoch"] == ep for p in curve[side]):
-                score(side, ep, sec, 500, args.rows_eval)
-        log(f"  {row} epoch {e}: pplvm {clock['pplvm']:.0f} s, hand-written {hand.epochs} epochs {hand.seconds:.0f} s; "
-            + ", ".join(f"{s} {curve[s][-1]['nll']:.2f}" for s in curve if curve[s]))
+        curve_point("pplvm")
+        hand_catches_up()
+        log(f"  {row} epoch {trainer.state.epoch}: pplvm {clock['pplvm']:.0f} s, hand-written {hand.epochs} epochs "
+            f"{hand.seconds:.0f} s; " + ", ".join(f"{s} {curve[s][-1]['nll']:.2f}" for s in curve if curve[s]))
         if done("pplvm"):
             trainer.state.stopped = True
         clock["last"] = time.perf_counter()
 
     run.fit(callbacks=[after_epoch])
-    while not done("hand"):  # a budget the hand-written loop has not used up yet
-        hand.epoch()
+    pplvm_seconds = clock["pplvm"]
+    clock["pplvm"] = math.inf  # the rest of the hand-written side's epochs or budget
+    hand_catches_up()
+    clock["pplvm"] = pplvm_seconds
     final = {side: score(side, e, s, args.final_k, args.rows_eval) for side, e, s in (
         ("pplvm", run.trainer.state.epoch, clock["pplvm"]), ("hand", hand.epochs, hand.seconds))}
     diff = final["pplvm"] - final["hand"]
