@@ -44,13 +44,15 @@ def check() -> None:
 
 @contextlib.contextmanager
 def handling() -> Iterator[None]:
-    """Within: SIGINT and SIGTERM raise (and are remembered for :func:`check`). Main thread
-    only (elsewhere Python cannot install handlers: nothing changes)."""
+    """Within: SIGINT and SIGTERM raise (and are remembered for :func:`check`). A SIGINT the
+    process was started ignoring (a background job of a script) stays ignored, as Python itself
+    has it. Main thread only (elsewhere Python cannot install handlers: nothing changes)."""
     global _pending
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, _on_signal) for s in wanted}
     try:
         yield
     finally:

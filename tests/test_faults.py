@@ -554,8 +554,8 @@ def test_an_interrupt_something_swallowed_still_stops_the_fit_at_the_next_step(t
 
     def swallow(trainer, metrics):
         if trainer.state.epoch == 2:
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
+            try:  # (SIGTERM: a test run in the background inherits SIGINT ignored)
+                os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)  # the handler raises in here
             except KeyboardInterrupt:
                 pass  # as a __del__ (or a careless `except BaseException`) would
@@ -572,14 +572,20 @@ def test_an_interrupt_something_swallowed_still_stops_the_fit_at_the_next_step(t
 def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, word):
     (tmp_path / "card.toml").write_text(CARD.replace("epochs = 4", "epochs = 100000\ncheckpoint_every = 1"))
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pplvm.cli", "fit", str(tmp_path / "card.toml"), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV, text=True)
-    deadline = time.monotonic() + 240
-    while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    # SIGINT at its default in the child, however this test was started (a background job or a
+    # test worker inherits it ignored, and a process started ignoring it keeps ignoring it)
+    with subprocess.Popen([sys.executable, "-m", "pplvm.cli", "fit", str(tmp_path / "card.toml"), "--out", str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
+        try:
+            deadline = time.monotonic() + 240
+            while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.2)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()  # (a no-op once it has exited)
     assert proc.returncode == status, err
     assert err.strip().splitlines() == [f"pplvm: {word}; the last checkpoint is kept in {out} — "
                                         f"continue with: pplvm resume {out}"]
