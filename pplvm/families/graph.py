@@ -301,9 +301,9 @@ class GraphModule(PyroModule):
             for n in self.nodes:
                 if n.kind == "categorical":
                     values[n.name] = pyro.sample(n.name, dist.Categorical(values[n.probs]))
-                elif n.kind == "gaussian":
-                    mean = self._pick(values, n.mean, n.given) if n.mean else torch.zeros(n.dim)
-                    std = self._std(values, n, torch.ones(n.dim))
+                elif n.kind == "gaussian":  # a default prior on the data's device
+                    mean = self._pick(values, n.mean, n.given) if n.mean else x.new_zeros(n.dim)
+                    std = self._std(values, n, x.new_ones(n.dim))
                     values[n.name] = pyro.sample(n.name, dist.Normal(mean, std).to_event(1))
             n = next(m for m in self.nodes if m.kind == "observed")
             return pyro.sample(n.name, self._likelihood(values, n), obs=x)

@@ -1,8 +1,8 @@
-"""Declarative node graphs (``model.family = "graph"``): the built-in GMM, PPCA and VAE written
-as graphs give the built-in families' ELBO (same guide, same parameters, same seed), a mixture
-of factor analysers from nodes alone has its closed-form marginal, the shipped Gaussian-mixture
-VAE's enumerated ELBO and log-likelihood estimate equal brute-force sums over its components,
-and malformed graphs are refused naming the node."""
+"""Declarative node graphs (``model.family = "graph"``): the built-in GMM, PPCA, VAE and CVAE
+written as graphs give the built-in families' ELBO (same guide, same parameters, same seed), a
+mixture of factor analysers from nodes alone has its closed-form marginal, the shipped
+Gaussian-mixture VAE's enumerated ELBO and log-likelihood estimate equal brute-force sums over
+its components, and malformed graphs are refused naming the node."""
 
 from __future__ import annotations
 
@@ -115,13 +115,21 @@ def test_vae_graph_has_the_vae_family_elbo():
     assert b == pytest.approx(a, rel=1e-6)
 
 
-def test_cvae_graph_has_the_cvae_family_elbo():
-    """A CVAE's graph (labels as a side node) with the CVAE's decoder weights: the same ELBO
-    under one encoder guide, which sees the labels too; the twin's own encoder takes [x, y]."""
+@pytest.mark.parametrize("side", ["labels", "covariates"])
+def test_cvae_graph_has_the_cvae_family_elbo(side):
+    """A CVAE's graph (labels, or two covariates, as a side node) with the CVAE's decoder
+    weights: the same ELBO under one encoder guide, which sees y too; the twin's own encoder
+    takes [x, y]."""
     g = torch.Generator().manual_seed(0)
-    x = pplvm.data.Batch((torch.rand(25, 64, generator=g) > 0.5).float(), y=torch.randint(0, 3, (25,), generator=g))
-    builtin = ConditionalVAE(CVAEConfig(family="cvae", latent_dim=4, hidden=[16, 32], classes=3), 64)
-    twin = graph(CVAE_NODES, 64)
+    rows = (torch.rand(25, 64, generator=g) > 0.5).float()
+    if side == "labels":
+        x = pplvm.data.Batch(rows, y=torch.randint(0, 3, (25,), generator=g))
+        builtin = ConditionalVAE(CVAEConfig(family="cvae", latent_dim=4, hidden=[16, 32], classes=3), 64)
+        twin = graph(CVAE_NODES, 64)
+    else:
+        x = pplvm.data.Batch(rows, y=torch.randn(25, 2, generator=g))
+        builtin = ConditionalVAE(CVAEConfig(family="cvae", latent_dim=4, hidden=[16, 32], side_dim=2), 64)
+        twin = graph([{"name": "label", "kind": "side", "dim": 2}, *CVAE_NODES[1:]], 64)
     assert twin.uses_labels and twin.local_sites == ("z",) and twin.likelihood == "estimate"
     guide = make_guide(builtin, "amortized", x)  # (the decoder's output bias starts at the data here)
     twin.holder.module.decoders["obs"].load_state_dict(builtin.decoder.state_dict())
@@ -133,7 +141,8 @@ def test_cvae_graph_has_the_cvae_family_elbo():
 
 def test_a_graph_with_labels_fits_from_the_card(tmp_path):
     """The CVAE graph trains on the digits' labels from the card alone (two epochs): the loss is
-    finite, the held-out estimate too, and new digits come class by class."""
+    finite, the held-out estimate too, the run reloads to the same estimate on labelled rows,
+    and new digits come class by class."""
     nodes = [{**CVAE_NODES[0], "classes": 10}, CVAE_NODES[1], {**CVAE_NODES[2], "hidden": [32]}]
     card = {"model": {"family": "graph", "nodes": nodes, "likelihood_samples": 8}, "guide": {"kind": "amortized"},
             "objective": {"name": "elbo"}, "data": {"source": "digits", "binarize": "static"},
@@ -143,6 +152,10 @@ def test_a_graph_with_labels_fits_from_the_card(tmp_path):
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
     assert math.isfinite(run.history[-1]["valid_log_likelihood"])
     assert run.sample(4).shape == (4, 64)
+    x = run.transform.inverse(run.dataset.valid)[:20]
+    assert x.y is not None
+    torch.testing.assert_close(pplvm.load(tmp_path / "run").log_likelihood(x), run.log_likelihood(x))
+    assert (tmp_path / "run" / "model.png").is_file()
 
 
 def test_mixture_of_factor_analysers_from_nodes_has_its_closed_form_marginal():
