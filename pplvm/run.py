@@ -569,9 +569,8 @@ def card_dataset(card: BaseModel) -> Dataset:
 
 def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
     """The dataset as the card's family takes it: splits as ``Batch(x, y)`` if it uses labels."""
-    if FAMILIES[card.model.family].uses_labels:
-        return dataset.with_labels(f"model.family = {card.model.family!r}")
-    return dataset
+    who = FAMILIES[card.model.family].needs_labels(card.model)
+    return dataset if who is None else dataset.with_labels(who)
 
 
 def _nbytes(idata) -> int:

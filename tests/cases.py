@@ -202,6 +202,18 @@ CASES = [
          "training": {**FAST_TRAINING, "batch_size": 40}, "evaluation": SMALL_EVAL},
         id="graph-gmm-lowrank-minibatch",
     ),
+    # a side node: the CVAE's twin, the digits' labels fed to decoder and encoder (test_graph.py)
+    pytest.param(
+        {"name": "graph_cvae", "model": {"family": "graph", "likelihood_samples": 20, "hidden": [32], "nodes": [
+            {"name": "label", "kind": "side", "classes": 10},
+            {"name": "z", "kind": "gaussian", "dim": 4},
+            {"name": "obs", "kind": "observed", "distribution": "bernoulli", "decoder": True, "input": "z",
+             "side": "label", "hidden": [32]}]},
+         "guide": {"kind": "amortized"}, "objective": {"name": "elbo"},
+         "data": {"source": "digits", "binarize": "static"},
+         "training": {**FAST_TRAINING, "lr": 0.01, "batch_size": 256}, "evaluation": SMALL_EVAL},
+        id="graph-cvae-labels-amortized-minibatch",
+    ),
     # a chain node over time: an HMM with Gaussian-mixture emissions, from nodes (test_graph.py)
     pytest.param(
         {"name": "graph_hmm_gmm", "model": {"family": "graph", "nodes": [

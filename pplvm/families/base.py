@@ -98,6 +98,13 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         return torch.tensor(value, dtype=self._device_anchor.dtype, device=self.device)
 
     @classmethod
+    def needs_labels(cls, config: FamilyConfig) -> str | None:
+        """What in a card's ``[model]`` section makes its model take labels (:attr:`uses_labels`),
+        named in the error where the data source gives none; None when it takes none. A family
+        whose card decides it (a graph with a ``side`` node) says so here."""
+        return f"model.family = {config.family!r}" if cls.uses_labels else None
+
+    @classmethod
     def from_config(cls, config: FamilyConfig, dim: int, model: Any = None, guide: Any = None) -> "LatentVariableModel":
         """The family for a card's ``[model]`` section and data of ``dim`` columns. ``model`` /
         ``guide``: a user's model and guide objects passed from Python, for a family built
@@ -361,7 +368,7 @@ class LatentDecoder(abc.ABC):
     a decoder (VAEs, GANs): latent interpolation and traversal
     (:mod:`pplvm.evaluation.latent`) need only this."""
 
-    #: how side information ``y`` enters the decoder (:class:`pplvm.families.vae.SideInformation`)
+    #: how side information ``y`` enters the decoder (:class:`pplvm.decoders.side.SideInformation`)
     side: Any
 
     @property

@@ -35,9 +35,9 @@ from ..data.base import Batch, as_matrix, values
 from ..decoders import Decoder, NetworkConfig, image_shape, make_decoder, user
 from ..decoders.conv import ConvTrunk
 from ..decoders.mlp import Activation, mlp
+from ..decoders.side import SideInformation
 from ..errors import CardError, DataError, IncompatibleError
 from .base import FamilyConfig, LatentDecoder, LatentVariableModel
-from .vae import SideInformation
 
 
 class GANConfig(FamilyConfig, NetworkConfig):

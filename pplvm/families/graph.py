@@ -12,10 +12,15 @@ Each ``[[model.nodes]]`` table is one node::
                           and std name nodes (default 0 and 1); a node whose shape starts with
                           the categorical `given` is indexed by its state (a prior that depends
                           on a parent)
+    kind = "side"         side information y given with each row (data as ``Batch(x, y)``, as for
+                          the cvae family): class labels 0..`classes`-1 (entered one-hot) or
+                          covariates of `dim` entries; an observed node's decoder takes it
+                          (`side`), and so does the amortized encoder
     kind = "observed"     the likelihood of the data row: `distribution` normal or bernoulli, with
                           its mean from `mean` (a node, indexed by `given`), plus `weight @ input`
                           (a linear map (D, L) or (K, D, L) of a gaussian node), or a `decoder`
-                          network (MLP widths `hidden`) of `input`; `std` a node or number (normal)
+                          network (MLP widths `hidden`) of `input` (and of the side node `side`:
+                          input [z, y]); `std` a node or number (normal)
     kind = "chain"        a Markov chain of `size` states over the time steps of each sequence:
                           z_0 ~ Categorical(`initial`), z_t | z_{t-1} ~ Categorical(`transition`
                           row z_{t-1}), nodes of shape [size] and [size, size]; the observed node
@@ -49,7 +54,8 @@ from pyro.ops.indexing import Vindex
 
 from ..data.base import Batch
 from ..data.sequences import as_sequences
-from ..decoders import Activation, NetworkConfig, make_decoder
+from ..decoders import Activation, Encoder, NetworkConfig, make_decoder, mlp
+from ..decoders.side import SideEncoder, SideInformation
 from ..distributions import HiddenMarkovChain
 from ..errors import CardError, DataError
 from ..schema import Section
@@ -63,7 +69,7 @@ class NodeConfig(Section):
     """One node of a graph model (see the module docstring for what each kind reads)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z_]\w*$")
-    kind: Literal["param", "global", "categorical", "gaussian", "observed", "chain"]
+    kind: Literal["param", "global", "categorical", "gaussian", "side", "observed", "chain"]
     shape: Shape = Field([], description="param / global: the shape; ints, 'D' or a categorical node's name")
     init: float = Field(0.0, description="param: initial value of every entry")
     positive: bool = Field(False, description="param: constrained positive")
@@ -74,7 +80,8 @@ class NodeConfig(Section):
     plate: str | None = Field(None, description="global: the first entry of shape is this plate's size")
     size: int | None = Field(None, ge=2, description="categorical / chain: number of states")
     probs: str | None = Field(None, description="categorical: node holding the state probabilities")
-    dim: int | None = Field(None, ge=1, description="gaussian: number of entries")
+    dim: int | None = Field(None, ge=1, description="gaussian: number of entries; side: width of covariates y")
+    classes: int | None = Field(None, ge=2, description="side: y holds class labels 0..classes-1 (one-hot inputs)")
     given: str | None = Field(None, description="gaussian / observed: categorical parent indexing mean, std, weight")
     mean: str | None = Field(None, description="gaussian / observed: node of the mean")
     std: str | float | None = Field(None, description="gaussian / observed (normal): node or number")
@@ -82,6 +89,7 @@ class NodeConfig(Section):
     weight: str | None = Field(None, description="observed: linear map node, (D, L) or (K, D, L) with given")
     input: str | None = Field(None, description="observed: the gaussian node fed to weight or decoder")
     decoder: bool = Field(False, description="observed: decode input with an MLP (pplvm.decoders)")
+    side: str | None = Field(None, description="observed decoder: a side node, decoded with input ([z, y])")
     hidden: list[int] = Field([200, 200], description="observed decoder: hidden widths (reversed, as the VAE's)")
     activation: Activation = "tanh"
     initial: str | None = Field(None, description="chain: node of the initial-state probabilities, shape [size]")
@@ -98,7 +106,7 @@ class GraphConfig(TracedConfig):
     nodes: list[NodeConfig] = Field(..., min_length=1, description="the graph's nodes, [[model.nodes]]")
 
 
-REFERENCES = ("probs", "given", "mean", "std", "weight", "input", "initial", "transition", "mixture")
+REFERENCES = ("probs", "given", "mean", "std", "weight", "input", "initial", "transition", "mixture", "side")
 
 
 def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
@@ -122,7 +130,8 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
                 raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} names no node")
         for field, kinds in (("given", ("categorical", "chain")), ("input", ("gaussian",)),
                              ("probs", ("global", "param")), ("initial", ("global", "param")),
-                             ("transition", ("global", "param")), ("mixture", ("categorical",))):
+                             ("transition", ("global", "param")), ("mixture", ("categorical",)),
+                             ("side", ("side",))):
             ref = getattr(n, field)
             if ref is not None and by_name[ref].kind not in kinds:
                 raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} must be a {' or '.join(kinds)} "
@@ -131,9 +140,14 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
             if isinstance(s, str) and s != "D" and by_name[s].kind not in ("categorical", "chain"):
                 raise CardError(f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D', a categorical "
                                 "or a chain node")
+        for field, ref in refs:
+            if by_name[ref].kind == "side" and field != "side":
+                raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} is a side node, which only an "
+                                f"observed node's decoder takes (side = {ref!r})")
         _require(n)
         parents[n.name] = [ref for _, ref in refs if ref in by_name and not (
             by_name[ref].kind in ("categorical", "chain") and _is_size_ref(n, ref))]
+    _check_side(nodes)
     _check_chain(nodes, by_name)
     order: list[str] = []
     state: dict[str, str] = {}
@@ -153,6 +167,25 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
     for n in nodes:
         visit(n.name, ())
     return [by_name[name] for name in order]
+
+
+def _check_side(nodes: list[NodeConfig]) -> None:
+    """At most one side node, labels (classes) or covariates (dim), taken by the observed node's
+    decoder; a CardError naming the node otherwise."""
+    sides = [n for n in nodes if n.kind == "side"]
+    observed = next(n for n in nodes if n.kind == "observed")
+    if len(sides) > 1:
+        raise CardError(f"model.nodes: expected at most one node of kind 'side' (the data's y), got {len(sides)}")
+    for n in sides:
+        if (n.classes is None) == (n.dim is None):
+            raise CardError(f"model.nodes: node {n.name!r} (kind 'side') needs classes (labels) or dim "
+                            "(covariates), exactly one of them")
+        if observed.side != n.name:
+            raise CardError(f"model.nodes: node {n.name!r}: no decoder takes this side node; set side = "
+                            f"{n.name!r} on the observed node (with decoder = true)")
+    if observed.side is not None and not observed.decoder:
+        raise CardError(f"model.nodes: node {observed.name!r}: side = {observed.side!r} needs decoder = true "
+                        "(the decoder takes [input, side])")
 
 
 def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> None:
@@ -213,7 +246,8 @@ def _require(n: NodeConfig) -> None:
 
 
 class GraphModule(PyroModule):
-    """The Pyro model a graph of nodes describes; ``forward(x)`` over a ``(B, D)`` batch."""
+    """The Pyro model a graph of nodes describes; ``forward(x)`` over a ``(B, D)`` batch (a
+    ``Batch(x, y)`` with a side node)."""
 
     def __init__(self, nodes: list[NodeConfig], dim: int):
         super().__init__()
@@ -222,6 +256,9 @@ class GraphModule(PyroModule):
         self.dim = dim
         self.sizes = {n.name: n.size for n in self.nodes if n.kind in ("categorical", "chain")}
         self.chain = next((n for n in self.nodes if n.kind == "chain"), None)
+        #: the side node (None without one) and how its y enters the decoder and the encoder
+        self.side_node = next((n for n in self.nodes if n.kind == "side"), None)
+        self.side = side_of(self.side_node)
         self.decoders = torch.nn.ModuleDict()
         for n in self.nodes:
             if n.kind == "param":
@@ -232,15 +269,22 @@ class GraphModule(PyroModule):
                 latent = next(m for m in self.nodes if m.name == n.input)
                 net = NetworkConfig(latent_dim=latent.dim, hidden=n.hidden, activation=n.activation,
                                     likelihood=n.distribution)
-                self.decoders[n.name] = make_decoder(net, dim)
+                self.decoders[n.name] = make_decoder(net, dim, self.side.size if n.side else 0)
 
     def shape(self, n: NodeConfig) -> tuple[int, ...]:
         return tuple(self.dim if s == "D" else self.sizes[s] if isinstance(s, str) else int(s) for s in n.shape)
 
     def forward(self, x):
-        """``x``: ``(B, D)`` rows, or for a chain graph a :class:`~pplvm.data.Batch` of padded
-        sequences ``(B, T, D)`` with ``lengths``."""
+        """``x``: ``(B, D)`` rows, with a side node a :class:`~pplvm.data.Batch` ``(x, y)`` (y:
+        ``(B,)`` labels or ``(B, C)`` covariates), or for a chain graph a Batch of padded sequences
+        ``(B, T, D)`` with ``lengths``."""
         values: dict[str, Any] = {}
+        if self.side_node is not None:  # (B, C) features, one-hot for labels
+            if not isinstance(x, Batch) or x.y is None:
+                raise DataError(f"data: node {self.side_node.name!r} is side information y; pass "
+                                "pplvm.data.Batch(x, y)")
+            values[self.side_node.name] = self.side(x)
+            x = x.x
         plates: dict[str, pyro.plate] = {}  # one plate per name, entered by each of its nodes
         for n in self.nodes:
             if n.kind == "param":
@@ -257,9 +301,9 @@ class GraphModule(PyroModule):
             for n in self.nodes:
                 if n.kind == "categorical":
                     values[n.name] = pyro.sample(n.name, dist.Categorical(values[n.probs]))
-                elif n.kind == "gaussian":
-                    mean = self._pick(values, n.mean, n.given) if n.mean else torch.zeros(n.dim)
-                    std = self._std(values, n, torch.ones(n.dim))
+                elif n.kind == "gaussian":  # a default prior on the data's device
+                    mean = self._pick(values, n.mean, n.given) if n.mean else x.new_zeros(n.dim)
+                    std = self._std(values, n, x.new_ones(n.dim))
                     values[n.name] = pyro.sample(n.name, dist.Normal(mean, std).to_event(1))
             n = next(m for m in self.nodes if m.kind == "observed")
             return pyro.sample(n.name, self._likelihood(values, n), obs=x)
@@ -302,7 +346,7 @@ class GraphModule(PyroModule):
 
     def _likelihood(self, values, n: NodeConfig) -> dist.Distribution:
         if n.decoder:
-            return self.decoders[n.name](values[n.input], None)
+            return self.decoders[n.name](values[n.input], values[n.side] if n.side else None)
         mean = self._pick(values, n.mean, n.given) if n.mean else torch.zeros(())
         if n.weight is not None:
             w = self._pick(values, n.weight, n.given)  # (..., D, L)
@@ -355,6 +399,15 @@ class GraphModule(PyroModule):
                             "set data.binarize or use distribution = 'normal'")
 
 
+def side_of(node: NodeConfig | None) -> SideInformation:
+    """How the side node's y enters the networks (nothing without a side node)."""
+    if node is None:
+        return SideInformation()
+    if node.classes is not None:
+        return SideInformation("labels", node.classes, f"node {node.name!r}: classes")
+    return SideInformation("covariates", node.dim, f"node {node.name!r}: dim")
+
+
 class GraphModel(PyroModel):
     """A model declared as a graph of nodes in the card (see the module docstring)."""
 
@@ -370,24 +423,63 @@ class GraphModel(PyroModel):
             structure = trace_structure(module, dim, "model.nodes", example=lambda rows: Batch(
                 torch.zeros(rows, 2, dim), lengths=torch.full((rows,), 2)))
             return ChainGraphModel(config, dim, module, structure, guide, "model.nodes")
-        structure = trace_structure(module, dim, "model.nodes")
+        side = module.side
+        example = None if side.kind == "none" else (lambda rows: Batch(torch.zeros(rows, dim), y=(
+            torch.zeros(rows, dtype=torch.long) if side.kind == "labels" else torch.zeros(rows, side.size))))
+        structure = trace_structure(module, dim, "model.nodes", example=example)
         kind = ContinuousGraphModel if structure.continuous else GraphModel
         return kind(config, dim, module, structure, guide, "model.nodes")
 
+    @classmethod
+    def needs_labels(cls, config: GraphConfig) -> str | None:
+        """A graph with a side node takes the data source's labels as y (``Batch(x, y)``)."""
+        side = next((n.name for n in config.nodes if n.kind == "side"), None)
+        return None if side is None else f"model.nodes: node {side!r} (kind 'side')"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.side = self.holder.module.side
+        self.uses_labels = self.side.kind != "none"
+
+    def model_input(self, x):
+        """The values of ``x``; with a side node, ``Batch(x, y)``."""
+        if self.side.kind == "none":
+            return super().model_input(x)
+        return Batch(x.x, y=x.y) if isinstance(x, Batch) else x  # (a plain tensor is refused by the model)
+
+    def placeholder(self, n: int):
+        """``n`` zero rows; with a side node, given :meth:`SideInformation.default` as y (the
+        classes in turn)."""
+        rows = super().placeholder(n)
+        if self.side.kind == "none":
+            return rows
+        return Batch(rows, y=self.side.default(n).to(self.device))
+
     def prepare(self, data, name="data"):
-        x = super().prepare(data, name)
+        if self.side.kind == "none":
+            x = super().prepare(data, name)
+        else:
+            x = self.side.batch(data, self.dim, name, f"node {self.holder.module.side_node.name!r}")
         self.holder.module.check_data(x, name)
         return x
 
     def init_values(self, x, generator):
         # a decoder node starts at the mean row, as the vae family's decoder does (model.output_bias)
         for decoder in self.holder.module.decoders.values():
-            decoder.start_at_mean(x)
+            decoder.start_at_mean(x.x if isinstance(x, Batch) else x)
         return super().init_values(x, generator)
 
 
 class ContinuousGraphModel(GraphModel, ContinuousPyroModel):
-    """A graph model with a continuous local latent (the amortized encoder serves it)."""
+    """A graph model with a continuous local latent (the amortized encoder serves it, given the
+    side node's y beside x where there is one)."""
+
+    def make_encoder(self) -> torch.nn.Module:
+        if self.side.kind == "none":
+            return super().make_encoder()
+        c = self.config
+        head = mlp(self.dim + self.side.size, c.hidden, 2 * self.latent_dim, c.activation)
+        return SideEncoder(Encoder(torch.nn.Identity(), head, c.min_scale), self.side)
 
 
 class ChainGraphModel(GraphModel):

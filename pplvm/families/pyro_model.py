@@ -299,12 +299,20 @@ class PyroModel(LatentVariableModel, UserGuide):
         if x is None:
             if num_data is None:
                 raise ValueError("give x, or num_data rows to generate")
-            return poutine.uncondition(model)(torch.zeros(num_data, self.dim))
-        obs = values(x)
+            return poutine.uncondition(model)(self.placeholder(num_data))
+        obs = self.model_input(x)
         if num_data is not None and num_data != len(obs):
             with _ScaleDataPlate(self.plate_name, num_data / len(obs)):
                 return model(obs)
         return model(obs)
+
+    def model_input(self, x):
+        """What the model is called on for a batch ``x``: its values ``(B, D)``."""
+        return values(x)
+
+    def placeholder(self, n: int):
+        """What the model is called on to generate ``n`` rows (its observed site sampled)."""
+        return torch.zeros(n, self.dim, device=self.device)
 
     def _enumerated(self, fn: Callable) -> Callable:
         """``fn`` with its discrete local sites marked for parallel enumeration."""
@@ -320,7 +328,7 @@ class PyroModel(LatentVariableModel, UserGuide):
         global latents): exact by contracting the enumerated locals when there are no continuous
         ones, else an importance-sampled estimate with ``proposal`` (a guide over the continuous
         local, e.g. the run's amortized guide; default: their prior)."""
-        x = values(x)
+        x = self.model_input(x)
 
         def one(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             model = self.conditioned(theta)
@@ -371,7 +379,7 @@ class PyroModel(LatentVariableModel, UserGuide):
             guide = poutine.block(model, hide=[self.observed_site])  # the locals' prior
         est = importance_log_likelihood(model, guide, x, k=k, seed=seed, plate=self.plate_name,
                                         max_plate_nesting=self.max_plate_nesting)
-        return est.log_likelihood.to(x.dtype)
+        return est.log_likelihood.to(values(x).dtype)
 
     def _estimate_mixed(self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int,
                         seed: int) -> torch.Tensor:
@@ -384,7 +392,7 @@ class PyroModel(LatentVariableModel, UserGuide):
         site, plate = self.structure.continuous[0], self.plate_name
         guide = poutine.block(proposal, hide_fn=lambda s: not any(f.name == plate for f in s["cond_indep_stack"]))
         log_w, dim = [], -1 - self.max_plate_nesting
-        chunk = max(1, min(k, _MAX_ELEMENTS // max(1, x.numel())))
+        chunk = max(1, min(k, _MAX_ELEMENTS // max(1, values(x).numel())))
         with poutine.seed(rng_seed=seed):
             for start in range(0, k, chunk):
                 size = min(chunk, k - start)
@@ -393,7 +401,7 @@ class PyroModel(LatentVariableModel, UserGuide):
                 log_q = q["fn"].log_prob(q["value"])  # (size, N)
                 joint = self._contract(poutine.condition(model, data={site: q["value"]}), x, particles=size)
                 log_w.append(joint - log_q)
-        return (torch.cat(log_w).logsumexp(0) - math.log(k)).to(x.dtype)
+        return (torch.cat(log_w).logsumexp(0) - math.log(k)).to(values(x).dtype)
 
     def conditioned(self, params):
         return poutine.condition(self, data=params)

@@ -24,7 +24,6 @@ log-likelihood) applies as it would to any Pyro model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import pyro
@@ -35,7 +34,8 @@ from pyro import poutine
 
 from ..data.base import Batch, as_matrix, values
 from ..decoders import Decoder, NetworkConfig, image_shape, make_decoder, make_encoder, user
-from ..errors import CardError, DataError, IncompatibleError
+from ..decoders.side import SideEncoder, SideInformation
+from ..errors import CardError, IncompatibleError
 from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder, over_draws
 
 
@@ -57,71 +57,13 @@ class CVAEConfig(VAEConfig):
         return self
 
 
-@dataclass(frozen=True)
-class SideInformation:
-    """How ``y`` enters encoder and decoder: ``labels`` become one-hot vectors of ``size``
-    classes, ``covariates`` ``(N, size)`` enter as they are, ``none`` adds nothing."""
-
-    kind: Literal["none", "labels", "covariates"] = "none"
-    size: int = 0
-
-    @classmethod
-    def of(cls, config: VAEConfig) -> "SideInformation":
-        if not isinstance(config, CVAEConfig):
-            return cls()
-        return cls("labels", config.classes) if config.classes is not None else cls("covariates", config.side_dim)
-
-    def features(self, y: torch.Tensor | None) -> torch.Tensor | None:
-        """``(N, size)`` inputs for the networks, or None."""
-        if self.kind == "none":
-            return None
-        if self.kind == "labels":
-            # one-hot by comparison (no data-dependent read of the largest label: traceable)
-            classes = torch.arange(self.size, device=y.device)
-            return (y.long()[..., None] == classes).to(torch.get_default_dtype())
-        return y.to(torch.get_default_dtype())
-
-    def __call__(self, data: "torch.Tensor | Batch") -> torch.Tensor | None:
-        return self.features(data.y) if isinstance(data, Batch) else None
-
-    def check(self, y: Any, n: int, name: str) -> torch.Tensor:
-        """``y`` as a tensor for ``n`` data, or a DataError naming ``name``."""
-        if y is None:
-            raise DataError(f"{name}: this model needs side information y; pass pplvm.data.Batch(x, y)")
-        if self.kind == "labels":
-            y = torch.as_tensor(y)
-            if y.dtype.is_floating_point and not torch.equal(y, y.round()):
-                raise DataError(f"{name}.y: expected integer class labels, got fractional values")
-            y = y.long()
-            if y.shape != (n,):
-                raise DataError(f"{name}.y: expected {n} labels (one per row), got shape {tuple(y.shape)}")
-            if len(y) and (y.min() < 0 or y.max() >= self.size):
-                raise DataError(f"{name}.y: labels must lie in 0..{self.size - 1} (model.classes = {self.size}), "
-                                f"got {int(y.min())}..{int(y.max())}")
-            return y
-        y = as_matrix(y, f"{name}.y", dim=self.size)
-        if len(y) != n:
-            raise DataError(f"{name}.y: expected {n} rows of covariates (one per row of x), got {len(y)}")
-        return y
-
-    def default(self, n: int) -> torch.Tensor | None:
-        """Side information for generating ``n`` data without being told: the classes in turn."""
-        if self.kind == "none":
-            return None
-        if self.kind == "labels":
-            return torch.arange(n) % self.size
-        raise ValueError("a covariate-conditioned model cannot generate without y; use generate(y=...)")
-
-
-class _SideEncoder(torch.nn.Module):
-    """The encoder as the guide calls it: on a batch (tensor or ``Batch(x, y)``)."""
-
-    def __init__(self, encoder: torch.nn.Module, side: SideInformation):
-        super().__init__()
-        self.encoder, self.side = encoder, side
-
-    def forward(self, data):
-        return user.call(self.encoder, values(data), self.side(data))
+def side_information(config: VAEConfig) -> SideInformation:
+    """How ``y`` enters the networks of a ``cvae`` card (none for a ``vae``)."""
+    if not isinstance(config, CVAEConfig):
+        return SideInformation()
+    if config.classes is not None:
+        return SideInformation("labels", config.classes, "model.classes")
+    return SideInformation("covariates", config.side_dim, "model.side_dim")
 
 
 class _Autoencoder(ContinuousLatentModel, LatentDecoder):
@@ -246,7 +188,7 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
 
     # ------------------------------------------------------------- the contract
     def make_encoder(self):
-        return _SideEncoder(make_encoder(self.config, self.dim, self.side.size), self.side)
+        return SideEncoder(make_encoder(self.config, self.dim, self.side.size), self.side)
 
     def init_values(self, x, generator):
         # the decoder starts at the mean image; a user's decoder (model.decoder_target) starts as
@@ -267,13 +209,9 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
             x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
             self._check_support(x, name)
             return x
-        if isinstance(data, tuple) and len(data) == 2:
-            data = Batch(torch.as_tensor(data[0]), y=torch.as_tensor(data[1]))
-        if not isinstance(data, Batch):
-            raise DataError(f"{name}: family {self.config.family!r} conditions on y; pass Batch(x, y) or (x, y)")
-        x = as_matrix(data.x, name, dim=self.dim)
-        self._check_support(x, name)
-        return Batch(x, y=self.side.check(data.y, len(x), name))
+        batch = self.side.batch(data, self.dim, name, f"family {self.config.family!r}")
+        self._check_support(batch.x, name)
+        return batch
 
     def check_data(self, x):
         pass  # every non-empty batch of valid rows can train a VAE
@@ -312,4 +250,4 @@ class ConditionalVAE(_Autoencoder):
     uses_labels = True
 
     def __init__(self, config: CVAEConfig, dim: int):
-        super().__init__(config, dim, SideInformation.of(config))
+        super().__init__(config, dim, side_information(config))

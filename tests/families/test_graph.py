@@ -1,8 +1,8 @@
-"""Declarative node graphs (``model.family = "graph"``): the built-in GMM, PPCA and VAE written
-as graphs give the built-in families' ELBO (same guide, same parameters, same seed), a mixture
-of factor analysers from nodes alone has its closed-form marginal, the shipped Gaussian-mixture
-VAE's enumerated ELBO and log-likelihood estimate equal brute-force sums over its components,
-and malformed graphs are refused naming the node."""
+"""Declarative node graphs (``model.family = "graph"``): the built-in GMM, PPCA, VAE and CVAE
+written as graphs give the built-in families' ELBO (same guide, same parameters, same seed), a
+mixture of factor analysers from nodes alone has its closed-form marginal, the shipped
+Gaussian-mixture VAE's enumerated ELBO and log-likelihood estimate equal brute-force sums over
+its components, and malformed graphs are refused naming the node."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pplvm
-from pplvm.families import VAE, GaussianMixture, GMMConfig, GraphModel, PPCA, PPCAConfig, VAEConfig
+from pplvm.families import VAE, CVAEConfig, ConditionalVAE, GaussianMixture, GMMConfig, GraphModel, PPCA, PPCAConfig, \
+    VAEConfig
 from pplvm.guides import make_guide
 
 GMM_NODES = [
@@ -39,6 +40,13 @@ PPCA_NODES = [
 VAE_NODES = [
     {"name": "z", "kind": "gaussian", "dim": 4},
     {"name": "obs", "kind": "observed", "distribution": "bernoulli", "decoder": True, "input": "z",
+     "hidden": [16, 32]},
+]
+#: a conditional VAE: class labels y (a side node, one-hot) feed the decoder ([z, y]) and the encoder
+CVAE_NODES = [
+    {"name": "label", "kind": "side", "classes": 3},
+    {"name": "z", "kind": "gaussian", "dim": 4},
+    {"name": "obs", "kind": "observed", "distribution": "bernoulli", "decoder": True, "input": "z", "side": "label",
      "hidden": [16, 32]},
 ]
 MFA_NODES = [
@@ -107,6 +115,49 @@ def test_vae_graph_has_the_vae_family_elbo():
     assert b == pytest.approx(a, rel=1e-6)
 
 
+@pytest.mark.parametrize("side", ["labels", "covariates"])
+def test_cvae_graph_has_the_cvae_family_elbo(side):
+    """A CVAE's graph (labels, or two covariates, as a side node) with the CVAE's decoder
+    weights: the same ELBO under one encoder guide, which sees y too; the twin's own encoder
+    takes [x, y]."""
+    g = torch.Generator().manual_seed(0)
+    rows = (torch.rand(25, 64, generator=g) > 0.5).float()
+    if side == "labels":
+        x = pplvm.data.Batch(rows, y=torch.randint(0, 3, (25,), generator=g))
+        builtin = ConditionalVAE(CVAEConfig(family="cvae", latent_dim=4, hidden=[16, 32], classes=3), 64)
+        twin = graph(CVAE_NODES, 64)
+    else:
+        x = pplvm.data.Batch(rows, y=torch.randn(25, 2, generator=g))
+        builtin = ConditionalVAE(CVAEConfig(family="cvae", latent_dim=4, hidden=[16, 32], side_dim=2), 64)
+        twin = graph([{"name": "label", "kind": "side", "dim": 2}, *CVAE_NODES[1:]], 64)
+    assert twin.uses_labels and twin.local_sites == ("z",) and twin.likelihood == "estimate"
+    guide = make_guide(builtin, "amortized", x)  # (the decoder's output bias starts at the data here)
+    twin.holder.module.decoders["obs"].load_state_dict(builtin.decoder.state_dict())
+    a, b = scored([builtin, twin], guide, x, Trace_ELBO(max_plate_nesting=1))
+    assert math.isfinite(a)
+    assert b == pytest.approx(a, rel=1e-6)  # float32, the same network on the same inputs
+    assert make_guide(twin, "amortized", x).encoder(x)[0].shape == (25, 4)
+
+
+def test_a_graph_with_labels_fits_from_the_card(tmp_path):
+    """The CVAE graph trains on the digits' labels from the card alone (two epochs): the loss is
+    finite, the held-out estimate too, the run reloads to the same estimate on labelled rows,
+    and new digits come class by class."""
+    nodes = [{**CVAE_NODES[0], "classes": 10}, CVAE_NODES[1], {**CVAE_NODES[2], "hidden": [32]}]
+    card = {"model": {"family": "graph", "nodes": nodes, "likelihood_samples": 8}, "guide": {"kind": "amortized"},
+            "objective": {"name": "elbo"}, "data": {"source": "digits", "binarize": "static"},
+            "training": {"epochs": 2, "lr": 0.01, "batch_size": 256, "progress": False},
+            "evaluation": {"draws": 2, "chains": 2, "max_rows": 50}}
+    run = pplvm.fit(card, out=tmp_path / "run")
+    assert all(math.isfinite(h["train_loss"]) for h in run.history)
+    assert math.isfinite(run.history[-1]["valid_log_likelihood"])
+    assert run.sample(4).shape == (4, 64)
+    x = run.transform.inverse(run.dataset.valid)[:20]
+    assert x.y is not None
+    torch.testing.assert_close(pplvm.load(tmp_path / "run").log_likelihood(x), run.log_likelihood(x))
+    assert (tmp_path / "run" / "model.png").is_file()
+
+
 def test_mixture_of_factor_analysers_from_nodes_has_its_closed_form_marginal():
     """Component c enumerated, factor z importance-sampled (prior proposal, k = 3000, L = 1):
     the estimate equals Σ_c π_c N(x | μ_c, W_c W_cᵀ + diag ψ²) within 0.02 nats per row on
@@ -163,6 +214,33 @@ def test_malformed_graphs_are_refused_naming_the_node(nodes, message):
     with pytest.raises(pplvm.CardError, match=message):
         pplvm.Run.from_card({"model": {"family": "graph", "nodes": nodes}, "objective": {"name": "enum"},
                              "data": {"source": "iris"}})
+
+
+@pytest.mark.parametrize("nodes, message", [
+    (CVAE_NODES[1:2] + [{**CVAE_NODES[2], "side": "label"}], "node 'obs': side = 'label' names no node"),
+    (CVAE_NODES[:2] + [{**CVAE_NODES[2], "side": None}], "node 'label': no decoder takes this side node"),
+    ([{**CVAE_NODES[0], "dim": 2}, *CVAE_NODES[1:]], "node 'label' \\(kind 'side'\\) needs classes \\(labels\\) or dim"),
+    ([*CVAE_NODES[:2], {**CVAE_NODES[2], "decoder": False, "mean": "label"}],
+     "node 'obs': mean = 'label' is a side node, which only an observed node's decoder takes"),
+])
+def test_malformed_side_nodes_are_refused_naming_the_node(nodes, message):
+    with pytest.raises(pplvm.CardError, match=message):
+        pplvm.Run.from_card({"model": {"family": "graph", "nodes": nodes}, "guide": {"kind": "amortized"},
+                             "data": {"source": "digits", "binarize": "static"}})
+
+
+@pytest.mark.parametrize("unlabelled, message", [
+    (True, "model.nodes: node 'label' \\(kind 'side'\\) needs labels"),
+    (False, "labels must lie in 0..2 \\(node 'label': classes = 3\\)"),
+])
+def test_side_information_that_does_not_fit_the_node_is_refused(unlabelled, message):
+    """No labels with the data (an array passed from Python), or labels the side node does not
+    have (the digits have 10 classes)."""
+    card = {"model": {"family": "graph", "nodes": CVAE_NODES}, "guide": {"kind": "amortized"},
+            "data": {"source": "digits", "binarize": "static"}}
+    data = (torch.rand(30, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float() if unlabelled else None
+    with pytest.raises(pplvm.DataError, match=message):
+        pplvm.Run.from_card(card, data=data)
 
 
 def test_a_discrete_node_under_a_pathwise_objective_is_refused():
