@@ -21,10 +21,9 @@ from pplvm.training.trainer import precision_context, to_device
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-#: the written-out families. A user's model (family "pyro") creates its constants where its
-#: author wrote them; the node-graph family builds such a traced program too, and does not yet
-#: place its constants on the model's device (known gap: graph models run on the CPU only)
-BUILT_IN = [c for c in CASES if c.values[0]["model"]["family"] not in ("pyro", "graph")]
+#: pplvm's own families, the node graphs included. A user's model (family "pyro") creates its
+#: constants where its author wrote them
+BUILT_IN = [c for c in CASES if c.values[0]["model"]["family"] != "pyro"]
 
 
 @pytest.mark.parametrize("card", BUILT_IN)

@@ -251,6 +251,8 @@ class GraphModule(PyroModule):
 
     def __init__(self, nodes: list[NodeConfig], dim: int):
         super().__init__()
+        # follows .to(device): the priors' and likelihoods' constants are made on it
+        self.register_buffer("_origin", torch.zeros(()), persistent=False)
         self.nodes = check_graph(nodes)
         self.by_name = {n.name: n for n in self.nodes}
         self.dim = dim
@@ -312,9 +314,10 @@ class GraphModule(PyroModule):
         """A global latent of shape ``shape``; in ``plate`` (over the first entry) if given."""
         shape = self.shape(n)
         if n.prior == "dirichlet":  # over the last dim
-            d = dist.Dirichlet(torch.full(shape, n.concentration))
+            d = dist.Dirichlet(self._origin.new_full(shape, n.concentration))
         else:
-            base = dist.Normal(n.loc, n.scale) if n.prior == "normal" else dist.LogNormal(n.loc, n.scale)
+            loc, scale = self._origin.new_tensor(n.loc), self._origin.new_tensor(n.scale)
+            base = dist.Normal(loc, scale) if n.prior == "normal" else dist.LogNormal(loc, scale)
             d = base.expand(shape[1:] if n.plate else shape)
         if n.plate is None:
             return pyro.sample(n.name, d.to_event(len(d.batch_shape)))
@@ -341,19 +344,19 @@ class GraphModule(PyroModule):
         if n.std is None:
             return default
         if isinstance(n.std, float):
-            return torch.tensor(n.std)
+            return self._origin.new_tensor(n.std)
         return self._pick(values, n.std, n.given)
 
     def _likelihood(self, values, n: NodeConfig) -> dist.Distribution:
         if n.decoder:
             return self.decoders[n.name](values[n.input], values[n.side] if n.side else None)
-        mean = self._pick(values, n.mean, n.given) if n.mean else torch.zeros(())
+        mean = self._pick(values, n.mean, n.given) if n.mean else self._origin.new_zeros(())
         if n.weight is not None:
             w = self._pick(values, n.weight, n.given)  # (..., D, L)
             mean = mean + (w @ values[n.input].unsqueeze(-1)).squeeze(-1)
         if n.distribution == "bernoulli":
             return dist.Bernoulli(logits=mean).to_event(1)
-        return dist.Normal(mean, self._std(values, n, torch.ones(()))).to_event(1)
+        return dist.Normal(mean, self._std(values, n, self._origin.new_ones(()))).to_event(1)
 
     def _chain(self, values: dict[str, Any], n: NodeConfig, x: Batch) -> HiddenMarkovChain:
         """The observed sequences with the chain (and any per-step mixture) summed out: batch
