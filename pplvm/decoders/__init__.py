@@ -158,7 +158,7 @@ def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
 
 
 __all__ = [
-    "Backend", "BernoulliLikelihood", "ConvDecoderNet", "MLP", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
-    "Init", "Likelihood", "OutputBias", "initialize", "output_layer", "NetworkConfig", "floored_softplus", "image_shape", "make_decoder", "make_encoder",
-    "make_likelihood", "mlp", "NETWORKS", "register_network",
+    "Backend", "BernoulliLikelihood", "ConvDecoderNet", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
+    "Init", "Likelihood", "MLP", "NETWORKS", "NetworkConfig", "OutputBias", "floored_softplus", "image_shape",
+    "initialize", "make_decoder", "make_encoder", "make_likelihood", "mlp", "output_layer", "register_network",
 ]
