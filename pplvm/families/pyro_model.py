@@ -180,17 +180,24 @@ def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int
 def _probe(model: Callable, rows: int, dim: int, name: str, example: Callable[[int], Any] | None = None
            ) -> poutine.Trace:
     x = example(rows) if example is not None else torch.zeros(rows, dim)
+    return _trace_once(model, x, uses_param=f"model {name}: uses pyro.param; pplvm keeps parameters in modules: "
+                       "write a PyroModule with PyroParam attributes (or give the parameter a prior)",
+                       failed=f"model {name}: calling it on a ({rows}, {dim}) batch failed")
+
+
+def _trace_once(fn: Callable, x: Any, *, uses_param: str, failed: str) -> poutine.Trace:
+    """One trace of the user's ``fn(x)`` (no gradients, no validation, seeded, hidden from any
+    outer handler); whatever it raises becomes one CardError: ``uses_param`` where Pyro refuses a
+    ``pyro.param`` inside a module, else ``failed`` and the error's first line."""
     try:
         with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
-            return poutine.trace(model).get_trace(x)
+            return poutine.trace(fn).get_trace(x)
     except NotImplementedError as err:
         if "pyro.param" in str(err):
-            raise CardError(f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
-                            "PyroModule with PyroParam attributes (or give the parameter a prior)") from None
-        raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: {first_line(err)}") from None
+            raise CardError(uses_param) from None
+        raise CardError(f"{failed}: {first_line(err)}") from None
     except Exception as err:  # the user's code: report what it raised, in one line
-        raise CardError(f"model {name}: calling it on a ({rows}, {dim}) batch failed: "
-                        f"{type(err).__name__}: {first_line(err)}") from None
+        raise CardError(f"{failed}: {type(err).__name__}: {first_line(err)}") from None
 
 
 def _is_sample(site) -> bool:
@@ -485,17 +492,9 @@ class _CustomGuide(pyro.nn.PyroModule):
         if it fails or leaves a global latent of the model unguided."""
         model, label = self._model[0], "model.guide_target"
         x = torch.zeros(_PROBE_ROWS[0], model.dim)
-        try:
-            with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
-                trace = poutine.trace(self).get_trace(x)
-        except NotImplementedError as err:
-            if "pyro.param" in str(err):
-                raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
-                                "it as a PyroModule with PyroParam attributes") from None
-            raise CardError(f"{label}: calling the guide on a placeholder batch failed: {first_line(err)}") from None
-        except Exception as err:  # the user's code: report what it raised, in one line
-            raise CardError(f"{label}: calling the guide on a placeholder batch failed: "
-                            f"{type(err).__name__}: {first_line(err)}") from None
+        trace = _trace_once(self, x, uses_param=f"{label}: the guide uses pyro.param; pplvm keeps parameters in "
+                            "modules: write it as a PyroModule with PyroParam attributes",
+                            failed=f"{label}: calling the guide on a placeholder batch failed")
         if not isinstance(self._fn[0], torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
             raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
                             "it as a PyroModule with PyroParam attributes")
