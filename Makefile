@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # pytest worker processes (pytest-xdist; each holds torch to one thread): 2 for the 2-core CI box
 TEST_WORKERS ?= 2
 
-.PHONY: setup setup-new demo test test-311 test-new test-all bench clean
+.PHONY: setup setup-new demo lint test test-311 test-new test-all bench clean
 
 # A fresh venv; the CPU wheel torch==2.13.0 first (so nothing pulls a CUDA build), then pplvm.
 $(STAMP): pyproject.toml
@@ -43,8 +43,13 @@ demo: $(STAMP)
 	$(BIN)/pplvm fit models/gmm_iris.toml --out runs/gmm_iris --overwrite
 	$(BIN)/pplvm evaluate runs/gmm_iris
 
+## ruff: the linter and the formatter's check (line length 120, pyproject.toml [tool.ruff]).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 ## The test suite CI runs (slow tests excluded), on Python 3.11 and on the newer Python.
-test: test-311 test-new
+test: lint test-311 test-new
 
 test-311: $(STAMP)
 	@$(BIN)/python -c 'import sys, arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)' 2>/dev/null

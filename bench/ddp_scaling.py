@@ -47,19 +47,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def card(model: str, epochs: int, device: str) -> dict:
-    training = {"epochs": epochs, "progress": False, "eval_every": 10 ** 6, "device": device,
-                "checkpoint_every": 10 ** 6, "seed": 0}
+    training = {
+        "epochs": epochs,
+        "progress": False,
+        "eval_every": 10**6,
+        "device": device,
+        "checkpoint_every": 10**6,
+        "seed": 0,
+    }
     no_held_out = {"valid_fraction": 0.0, "test_fraction": 0.0}
     if model == "vae":
-        return {"name": "bench_vae",
-                "model": {"family": "vae", "latent_dim": 50, "hidden": [1024, 1024], "activation": "tanh"},
-                "guide": {"kind": "amortized"}, "objective": {"name": "meanfield"},
-                "data": {"source": "digits", "binarize": "dynamic", **no_held_out},
-                "training": {**training, "batch_size": 256, "lr": 0.001}}
-    return {"name": "bench_gmm", "model": {"family": "gmm", "components": 4, "covariance": "diag"},
-            "guide": {"kind": "map"}, "objective": {"name": "enum"},
-            "data": {"source": "synthetic_gmm", "n": 40000, "dim": 10, "components": 4, **no_held_out},
-            "training": {**training, "batch_size": 4000, "lr": 0.05}}
+        return {
+            "name": "bench_vae",
+            "model": {"family": "vae", "latent_dim": 50, "hidden": [1024, 1024], "activation": "tanh"},
+            "guide": {"kind": "amortized"},
+            "objective": {"name": "meanfield"},
+            "data": {"source": "digits", "binarize": "dynamic", **no_held_out},
+            "training": {**training, "batch_size": 256, "lr": 0.001},
+        }
+    return {
+        "name": "bench_gmm",
+        "model": {"family": "gmm", "components": 4, "covariance": "diag"},
+        "guide": {"kind": "map"},
+        "objective": {"name": "enum"},
+        "data": {"source": "synthetic_gmm", "n": 40000, "dim": 10, "components": 4, **no_held_out},
+        "training": {**training, "batch_size": 4000, "lr": 0.05},
+    }
 
 
 def worker(args) -> None:
@@ -76,18 +89,43 @@ def worker(args) -> None:
     distributed.all_reduce_sum([cpu])  # CPU seconds of all processes together
     if distributed.is_main():
         rows = len(run.dataset.train) * (len(stamps) - 1)
-        print(json.dumps({"rows_per_s": rows / (stamps[-1][0] - stamps[0][0]), "cpu_s_per_krow": 1000 * float(cpu) / rows,
-                          "rows": len(run.dataset.train), "world": distributed.world_size(),
-                          "device": str(run.trainer.device)}))
+        print(
+            json.dumps(
+                {
+                    "rows_per_s": rows / (stamps[-1][0] - stamps[0][0]),
+                    "cpu_s_per_krow": 1000 * float(cpu) / rows,
+                    "rows": len(run.dataset.train),
+                    "world": distributed.world_size(),
+                    "device": str(run.trainer.device),
+                }
+            )
+        )
     distributed.shutdown()
 
 
 def measure(procs: int, args) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-           __file__, "--worker", "--model", args.model, "--epochs", str(args.epochs),
-           "--threads", str(args.threads), "--device", args.device]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        __file__,
+        "--worker",
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{procs} process(es) failed:\n{done.stderr[-3000:]}")
@@ -118,16 +156,24 @@ def main() -> None:
             info = out
     med = {n: statistics.median(v) for n, v in seen.items()}
     med_cpu = {n: statistics.median(v) for n, v in cpu.items()}
-    print(f"{args.model}: {info['rows']} training rows, {args.epochs} epochs, {args.threads} thread(s) per process, "
-          f"device {args.device}")
+    print(
+        f"{args.model}: {info['rows']} training rows, {args.epochs} epochs, {args.threads} thread(s) per process, "
+        f"device {args.device}"
+    )
     for n in counts:
-        print(f"  {n} process(es): {med[n]:10.0f} rows/s  (rounds: {', '.join(f'{v:.0f}' for v in seen[n])}), "
-              f"{med_cpu[n]:.4g} CPU s per 1000 rows, all processes together")
+        print(
+            f"  {n} process(es): {med[n]:10.0f} rows/s  (rounds: {', '.join(f'{v:.0f}' for v in seen[n])}), "
+            f"{med_cpu[n]:.4g} CPU s per 1000 rows, all processes together"
+        )
     if args.procs > 1:
-        print(f"throughput ratio {args.procs} / 1 processes: {med[args.procs] / med[1]:.2f} (ideal {args.procs}; "
-              f"needs {args.procs}x the cores free)")
-        print(f"CPU-time ratio 1 / {args.procs} processes: {med_cpu[1] / med_cpu[args.procs]:.2f} (ideal 1: the "
-              "work the extra processes add: all-reduces, duplicated steps, waiting)")
+        print(
+            f"throughput ratio {args.procs} / 1 processes: {med[args.procs] / med[1]:.2f} (ideal {args.procs}; "
+            f"needs {args.procs}x the cores free)"
+        )
+        print(
+            f"CPU-time ratio 1 / {args.procs} processes: {med_cpu[1] / med_cpu[args.procs]:.2f} (ideal 1: the "
+            "work the extra processes add: all-reduces, duplicated steps, waiting)"
+        )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,12 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--image", choices=["digits", "cifar"], default="digits")
-    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
-                   help="linear: Ho et al.'s 1e-4 .. 0.02 over T = 1000")
+    p.add_argument(
+        "--schedule",
+        choices=["linear", "cosine"],
+        default="linear",
+        help="linear: Ho et al.'s 1e-4 .. 0.02 over T = 1000",
+    )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
@@ -80,9 +84,16 @@ def main():
     shape = [1, 8, 8] if args.image == "digits" else [3, 32, 32]
     dim = math.prod(shape)
     T = 1000
-    cfg = DiffusionConfig(steps=T, schedule=args.schedule, decoder="discretized", levels=17 if args.image == "digits" else 256,
-                          denoiser="unet", channels=32 if args.image == "cifar" else 16, channel_mult=[1, 2],
-                          image_shape=shape)
+    cfg = DiffusionConfig(
+        steps=T,
+        schedule=args.schedule,
+        decoder="discretized",
+        levels=17 if args.image == "digits" else 256,
+        denoiser="unet",
+        channels=32 if args.image == "cifar" else 16,
+        channel_mult=[1, 2],
+        image_shape=shape,
+    )
     if args.image == "digits":
         import sklearn.datasets
 
@@ -126,8 +137,10 @@ def main():
         times["torch"].append(timed(torch_steps))
         times["step_elbo"].append(timed(lambda: pplvm_steps("step_elbo")))
     tt = statistics.median(times["torch"]) / args.steps
-    print(f"device {device}, threads {torch.get_num_threads()}, image {shape}, batch {args.batch}, T {T}, "
-          f"{args.schedule} schedule")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, image {shape}, batch {args.batch}, T {T}, "
+        f"{args.schedule} schedule"
+    )
     print(f"torch step        {1e3 * tt:8.2f} ms")
     for k in ("step", "step_elbo"):
         tp = statistics.median(times[k]) / args.steps
@@ -144,10 +157,13 @@ def main():
         st["pplvm"].append(timed(lambda: (sm.generate(args.sample_n), sync(device))))
         st["torch"].append(timed(lambda: (torch_sample(sm.denoiser, s, args.sample_n, dim, Ts, device), sync(device))))
     sp, stt = statistics.median(st["pplvm"]), statistics.median(st["torch"])
-    print(f"sampling {args.sample_n} images, T = {Ts}: pplvm {args.sample_n / sp:8.1f} img/s, torch "
-          f"{args.sample_n / stt:8.1f} img/s   ratio (time) pplvm/torch {sp / stt:.3f}")
+    print(
+        f"sampling {args.sample_n} images, T = {Ts}: pplvm {args.sample_n / sp:8.1f} img/s, torch "
+        f"{args.sample_n / stt:8.1f} img/s   ratio (time) pplvm/torch {sp / stt:.3f}"
+    )
 
     if args.seconds > 0 and args.image == "digits":
+
         def train(step_fn):
             g = torch.Generator().manual_seed(0)
             t0, k = time.perf_counter(), 0
@@ -165,6 +181,7 @@ def main():
                 opt_p.zero_grad(set_to_none=True)
                 losses[kind](b, num_data=n).backward()
                 opt_p.step()
+
             return step
 
         def t_step(b):
@@ -180,7 +197,11 @@ def main():
             return -float(model.log_likelihood(held, {}).mean()) / (dim * math.log(2))
 
         results = {}
-        for name, fn in (("torch L_simple", t_step), ("pplvm L_simple", p_step("step")), ("pplvm ELBO", p_step("step_elbo"))):
+        for name, fn in (
+            ("torch L_simple", t_step),
+            ("pplvm L_simple", p_step("step")),
+            ("pplvm ELBO", p_step("step_elbo")),
+        ):
             model.denoiser.load_state_dict(start)
             net.load_state_dict(start)
             for o in (opt_p, opt_t):  # fresh optimisers, lr 2e-3
@@ -189,8 +210,11 @@ def main():
                     gr["lr"] = 2e-3
             k = train(fn)
             results[name] = (bpd(net.state_dict() if name.startswith("torch") else model.denoiser.state_dict()), k)
-        print(f"bits/dim of the bound (T = {T}, 200 held-out digits) after {args.seconds:g} s of training each: "
-              + ", ".join(f"{k} {v:.4f} ({s} steps)" for k, (v, s) in results.items()))
+        print(
+            f"bits/dim of the bound (T = {T}, 200 held-out digits) after {args.seconds:g} s of training each: "
+            + ", ".join(f"{k} {v:.4f} ({s} steps)" for k, (v, s) in results.items())
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -34,11 +34,14 @@ VARIANTS = {"coupling": (["actnorm", "affine_coupling", "permute"], 4), "maf": (
 
 def build(variant: str, data: torch.Tensor):
     transforms, repeat = VARIANTS[variant]
-    card = {"name": "bench", "model": {"family": "flow", "transforms": transforms, "repeat": repeat,
-                                       "hidden": [128, 128]},
-            "guide": {"kind": "none"}, "objective": {"name": "elbo"},
-            "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"batch_size": B, "lr": 1e-3, "progress": False}}
+    card = {
+        "name": "bench",
+        "model": {"family": "flow", "transforms": transforms, "repeat": repeat, "hidden": [128, 128]},
+        "guide": {"kind": "none"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"batch_size": B, "lr": 1e-3, "progress": False},
+    }
     run = pplvm.Run.from_card(card, data=data.numpy())
     rule = make_update_rule(run.model, run.guide, run.card)
     rule.setup(data[:B], N)
@@ -90,7 +93,7 @@ def main() -> None:
         times = {"pplvm": [], "pplvm_novalidation": [], "torch": []}
         for r in range(args.rounds):
             sides = ["pplvm", "pplvm_novalidation", "torch"]
-            for side in (sides if r % 2 == 0 else sides[::-1]):
+            for side in sides if r % 2 == 0 else sides[::-1]:
                 if side == "torch":
                     times[side].append(timed(hand, batches))
                 elif side == "pplvm":
@@ -99,9 +102,11 @@ def main() -> None:
                     with pyro.validation_enabled(False):
                         times[side].append(timed(mine["default"], batches))
         med = {k: statistics.median(v) / args.steps * 1e3 for k, v in times.items()}
-        print(f"{variant:9s} ms/step: pplvm {med['pplvm']:.2f} (no validation {med['pplvm_novalidation']:.2f}), "
-              f"torch {med['torch']:.2f}; ratio {med['pplvm'] / med['torch']:.3f} "
-              f"({med['pplvm_novalidation'] / med['torch']:.3f} no validation), goal <= 1.05")
+        print(
+            f"{variant:9s} ms/step: pplvm {med['pplvm']:.2f} (no validation {med['pplvm_novalidation']:.2f}), "
+            f"torch {med['torch']:.2f}; ratio {med['pplvm'] / med['torch']:.3f} "
+            f"({med['pplvm_novalidation'] / med['torch']:.3f} no validation), goal <= 1.05"
+        )
 
 
 if __name__ == "__main__":

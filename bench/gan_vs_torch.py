@@ -32,11 +32,21 @@ D, L, B, N = 784, 64, 128, 60000
 
 
 def build(loss: str, data: torch.Tensor):
-    card = {"name": "bench", "model": {"family": "gan", "latent_dim": L, "hidden": [256, 256], "activation": "relu",
-                                       "discriminator_hidden": [256, 256], "image_shape": [28, 28]},
-            "guide": {"kind": "none"}, "objective": {"name": loss},
-            "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"batch_size": B, "lr": 2e-4, "progress": False}}
+    card = {
+        "name": "bench",
+        "model": {
+            "family": "gan",
+            "latent_dim": L,
+            "hidden": [256, 256],
+            "activation": "relu",
+            "discriminator_hidden": [256, 256],
+            "image_shape": [28, 28],
+        },
+        "guide": {"kind": "none"},
+        "objective": {"name": loss},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"batch_size": B, "lr": 2e-4, "progress": False},
+    }
     run = pplvm.Run.from_card(card, data=data[:512].numpy())
     rule = make_update_rule(run.model, run.guide, run.card)
     rule.setup(data[:B], N)
@@ -96,16 +106,18 @@ def main() -> None:
         times = {"pplvm": [], "pplvm_novalidation": [], "torch": []}
         sides = list(times)
         for r in range(args.rounds):
-            for side in (sides if r % 2 == 0 else sides[::-1]):
+            for side in sides if r % 2 == 0 else sides[::-1]:
                 if side == "torch":
                     times[side].append(timed(hand, batches))
                     continue
                 with pyro.validation_enabled(side == "pplvm"):  # the trainer validates the first step only
                     times[side].append(timed(lambda x: rule.step(x, N, 0.0), batches))
         med = {k: statistics.median(v) / args.steps * 1e3 for k, v in times.items()}
-        print(f"{loss:9s} ms/step: pplvm {med['pplvm']:.2f} (no validation {med['pplvm_novalidation']:.2f}), "
-              f"torch {med['torch']:.2f}; ratio {med['pplvm'] / med['torch']:.3f} "
-              f"({med['pplvm_novalidation'] / med['torch']:.3f} no validation), goal <= 1.05")
+        print(
+            f"{loss:9s} ms/step: pplvm {med['pplvm']:.2f} (no validation {med['pplvm_novalidation']:.2f}), "
+            f"torch {med['torch']:.2f}; ratio {med['pplvm'] / med['torch']:.3f} "
+            f"({med['pplvm_novalidation'] / med['torch']:.3f} no validation), goal <= 1.05"
+        )
 
 
 if __name__ == "__main__":

@@ -55,10 +55,9 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
-    from threadpoolctl import threadpool_limits
-    import numpy as np
     import torch
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     import pplvm
     from pplvm.data import synthetic_mixture
@@ -71,19 +70,25 @@ def main() -> None:
     x_valid = torch.as_tensor(valid, dtype=torch.float32)
 
     def card(objective: dict, training: dict) -> dict:
-        return {"model": {"family": "gmm", "components": args.k, "covariance": "full"},
-                "guide": {"kind": "map"}, "objective": objective,
-                "data": {"source": "file", "path": "<bench>", "valid_fraction": 0.0, "standardize": False},
-                "training": {"epochs": args.max_epochs, "progress": False, "seed": 0, **training}}
+        return {
+            "model": {"family": "gmm", "components": args.k, "covariance": "full"},
+            "guide": {"kind": "map"},
+            "objective": objective,
+            "data": {"source": "file", "path": "<bench>", "valid_fraction": 0.0, "standardize": False},
+            "training": {"epochs": args.max_epochs, "progress": False, "seed": 0, **training},
+        }
 
     em_card = card({"name": "em", "em_estimate": "ml"}, {})
     svi_card = card({"name": "enum"}, {"batch_size": args.svi_batch, "lr": args.svi_lr})
 
     t0 = time.perf_counter()
     own = GaussianMixture(args.k, covariance_type="full", random_state=0).fit(train)
-    print(f"N={args.n} D={args.dim} K={args.k} separation={args.separation} threads={args.threads}: "
-          f"scikit-learn from its own k-means init: {own.n_iter_} EM iterations, {time.perf_counter() - t0:.1f} s, "
-          f"held-out ll {own.score(valid):.5f}", flush=True)
+    print(
+        f"N={args.n} D={args.dim} K={args.k} separation={args.separation} threads={args.threads}: "
+        f"scikit-learn from its own k-means init: {own.n_iter_} EM iterations, {time.perf_counter() - t0:.1f} s, "
+        f"held-out ll {own.score(valid):.5f}",
+        flush=True,
+    )
 
     start = pplvm.Run.from_card(em_card, data=train).params()
     w, mu = start["weights"].double().numpy(), start["locs"].double().numpy()
@@ -92,8 +97,15 @@ def main() -> None:
     precisions = torch.cholesky_inverse(chol).numpy()
 
     def sklearn_side():
-        sk = GaussianMixture(args.k, covariance_type="full", reg_covar=0.0, weights_init=w, means_init=mu,
-                             precisions_init=precisions, max_iter=1000)
+        sk = GaussianMixture(
+            args.k,
+            covariance_type="full",
+            reg_covar=0.0,
+            weights_init=w,
+            means_init=mu,
+            precisions_init=precisions,
+            max_iter=1000,
+        )
         t = time.perf_counter()
         sk.fit(train)
         return time.perf_counter() - t, float(sk.score(valid)), int(sk.n_iter_)
@@ -124,23 +136,29 @@ def main() -> None:
     rows = []
     for r in range(args.repeats):
         t_sk, ll_sk, iters = sklearn_side()
-        print(f"[{r}] scikit-learn (shared start): {t_sk:7.2f} s, {iters} EM iterations, held-out ll {ll_sk:.5f}",
-              flush=True)
+        print(
+            f"[{r}] scikit-learn (shared start): {t_sk:7.2f} s, {iters} EM iterations, held-out ll {ll_sk:.5f}",
+            flush=True,
+        )
         row = {"sklearn": t_sk}
         for name, c in (("EM", em_card), ("SVI", svi_card)):
             if name == "SVI" and args.no_svi:
                 continue
             t_pp, ll_pp, epochs, reached = pplvm_side(c, ll_sk)
             row[name] = t_pp
-            print(f"[{r}] pplvm {name:3s}: {t_pp:7.2f} s, {epochs} epochs, held-out ll {ll_pp:.5f} "
-                  f"({'reached' if reached else 'did NOT reach'} the target within {args.slack} nats per datum)",
-                  flush=True)
+            print(
+                f"[{r}] pplvm {name:3s}: {t_pp:7.2f} s, {epochs} epochs, held-out ll {ll_pp:.5f} "
+                f"({'reached' if reached else 'did NOT reach'} the target within {args.slack} nats per datum)",
+                flush=True,
+            )
         rows.append(row)
     sk = statistics.median(r["sklearn"] for r in rows)
     for name in ("EM", "SVI"):
         if name in rows[0]:
-            print(f"ratio pplvm {name} / scikit-learn (median time to scikit-learn's held-out log-likelihood): "
-                  f"{statistics.median(r[name] for r in rows) / sk:.2f}x")
+            print(
+                f"ratio pplvm {name} / scikit-learn (median time to scikit-learn's held-out log-likelihood): "
+                f"{statistics.median(r[name] for r in rows) / sk:.2f}x"
+            )
 
 
 if __name__ == "__main__":

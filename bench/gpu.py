@@ -80,15 +80,16 @@ class Enc(nn.Module):
 
 
 def dec_net(hidden=H, latent=L):
-    return nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                         nn.Linear(hidden, D))
+    return nn.Sequential(
+        nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, D)
+    )
 
 
 def hand_loss(enc, dec, x):
     loc, scale = enc(x)
     z = loc + scale * torch.randn_like(loc)
     log_px = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").sum(-1)
-    log_pz = -0.5 * (z ** 2).sum(-1)
+    log_pz = -0.5 * (z**2).sum(-1)
     log_qz = (-0.5 * ((z - loc) / scale) ** 2 - scale.log()).sum(-1)
     return -(log_px + log_pz - log_qz).sum() * (N / len(x))
 
@@ -96,7 +97,6 @@ def hand_loss(enc, dec, x):
 def part_step(args) -> None:
     import pyro
 
-    import pplvm
     from pplvm.config import ObjectiveConfig, TrainingConfig
     from pplvm.families import FAMILIES
     from pplvm.guides.amortized import AmortizedNormal
@@ -110,21 +110,28 @@ def part_step(args) -> None:
         for precision in ("fp32", "bf16"):
             x = torch.bernoulli(torch.full((batch, D), 0.3, device=dev))
             fns = {}
-            for label, backend, rule_kind in (("pplvm", "auto", "auto"), ("pplvm_torch_decoder", "torch", "auto"),
-                                              ("pplvm_plain", "auto", "off")):
+            for label, backend, rule_kind in (
+                ("pplvm", "auto", "auto"),
+                ("pplvm_torch_decoder", "torch", "auto"),
+                ("pplvm_plain", "auto", "off"),
+            ):
                 pyro.set_rng_seed(0)
                 cls = FAMILIES["vae"]
                 model = cls(cls.Config(backend=backend), D).to(dev)
                 guide = AmortizedNormal(model, model.make_encoder()).to(dev)
                 elbo = make_objective(model, ObjectiveConfig(name="elbo"))
                 cfg = TrainingConfig(lr=1e-3, precision=precision)
-                rule = (CompiledSVIStep(model, guide, elbo, cfg, mode="auto") if rule_kind == "auto"
-                        else SVIStep(model, guide, elbo, cfg))
+                rule = (
+                    CompiledSVIStep(model, guide, elbo, cfg, mode="auto")
+                    if rule_kind == "auto"
+                    else SVIStep(model, guide, elbo, cfg)
+                )
                 rule.setup(x, N)
 
                 def step(rule=rule):
                     with pyro.validation_enabled(False), precision_context(precision, dev):
                         rule.step(x, N, 0.0)
+
                 if rule_kind == "auto":
                     for _ in range(AUTO_AFTER_STEPS + 2):  # past the plain warm-up, into the CUDA graph
                         step()
@@ -139,15 +146,24 @@ def part_step(args) -> None:
                     loss = loss_fn(enc, dec, x)
                 loss.backward()
                 opt.step()
+
             fns["torch_eager"] = eager
             fns["torch_compile"] = lambda: eager(compiled_loss)
             for _ in range(3):
                 fns["torch_compile"]()
             t = timed(fns, args.rounds, args.reps)
             for side in ("pplvm", "pplvm_torch_decoder", "pplvm_plain"):
-                emit(part="step", batch=batch, precision=precision, side=side, ms=t[side] * 1e3,
-                     eager_ms=t["torch_eager"] * 1e3, compile_ms=t["torch_compile"] * 1e3,
-                     vs_eager=t[side] / t["torch_eager"], vs_compile=t[side] / t["torch_compile"])
+                emit(
+                    part="step",
+                    batch=batch,
+                    precision=precision,
+                    side=side,
+                    ms=t[side] * 1e3,
+                    eager_ms=t["torch_eager"] * 1e3,
+                    compile_ms=t["torch_compile"] * 1e3,
+                    vs_eager=t[side] / t["torch_eager"],
+                    vs_compile=t[side] / t["torch_compile"],
+                )
 
 
 def part_decoder(args) -> None:
@@ -173,25 +189,37 @@ def part_decoder(args) -> None:
                 def go():
                     out = fn()
                     torch.autograd.backward(out, g)
+
                 return go
-            fns = {"triton": run(lambda: bernoulli_log_prob(fused(z), x)),
-                   "eager": run(lambda: eager_ll(z, x)),
-                   "compile": run(lambda: compiled_ll(z, x))}
+
+            fns = {
+                "triton": run(lambda: bernoulli_log_prob(fused(z), x)),
+                "eager": run(lambda: eager_ll(z, x)),
+                "compile": run(lambda: compiled_ll(z, x)),
+            }
             # correctness on the GPU: fused equals eager (fp32; TF32 off)
             a, b = bernoulli_log_prob(fused(z), x), eager_ll(z, x)
             err = float((a - b).abs().max() / b.abs().max())
             t = timed(fns, args.rounds, max(1, args.reps // (1 + batch // 4096)))
-            emit(part="decoder", batch=batch, hidden=hidden, triton_ms=t["triton"] * 1e3, eager_ms=t["eager"] * 1e3,
-                 compile_ms=t["compile"] * 1e3, speedup_vs_eager=t["eager"] / t["triton"],
-                 speedup_vs_compile=t["compile"] / t["triton"], max_rel_err=err)
+            emit(
+                part="decoder",
+                batch=batch,
+                hidden=hidden,
+                triton_ms=t["triton"] * 1e3,
+                eager_ms=t["eager"] * 1e3,
+                compile_ms=t["compile"] * 1e3,
+                speedup_vs_eager=t["eager"] / t["triton"],
+                speedup_vs_compile=t["compile"] / t["triton"],
+                max_rel_err=err,
+            )
 
 
 def part_ll(args) -> None:
     import pyro
 
-    from pplvm.inference.importance import importance_log_likelihood
     from pplvm.families import FAMILIES
     from pplvm.guides.amortized import AmortizedNormal
+    from pplvm.inference.importance import importance_log_likelihood
 
     dev = DEVICE
     cls = FAMILIES["vae"]
@@ -212,15 +240,19 @@ def part_ll(args) -> None:
         particles = min(k, max_elements // (rows * D))
         out = []
         for start in range(0, len(x), rows):
-            xb = x[start:start + rows]
+            xb = x[start : start + rows]
             loc, scale = enc_net(xb)
             acc, done = None, 0
             while done < k:
                 size = min(particles, k - done)
                 z = loc + scale * torch.randn(size, *loc.shape, device=dev)
                 logits = dec.network(z)
-                log_w = (-F.binary_cross_entropy_with_logits(logits, xb.expand(size, -1, -1), reduction="none").sum(-1)
-                         - 0.5 * (z ** 2).sum(-1) + 0.5 * (((z - loc) / scale) ** 2).sum(-1) + scale.log().sum(-1))
+                log_w = (
+                    -F.binary_cross_entropy_with_logits(logits, xb.expand(size, -1, -1), reduction="none").sum(-1)
+                    - 0.5 * (z**2).sum(-1)
+                    + 0.5 * (((z - loc) / scale) ** 2).sum(-1)
+                    + scale.log().sum(-1)
+                )
                 s = log_w.double().logsumexp(0)
                 acc = s if acc is None else torch.logaddexp(acc, s)
                 done += size
@@ -228,8 +260,15 @@ def part_ll(args) -> None:
         return torch.cat(out)
 
     t = timed({"pplvm": pplvm_side, "torch": torch_side}, rounds=args.ll_rounds, reps=1)
-    emit(part="ll", rows=args.ll_rows, k=k, max_elements=max_elements, pplvm_s=t["pplvm"], torch_s=t["torch"],
-         ratio=t["pplvm"] / t["torch"])
+    emit(
+        part="ll",
+        rows=args.ll_rows,
+        k=k,
+        max_elements=max_elements,
+        pplvm_s=t["pplvm"],
+        torch_s=t["torch"],
+        ratio=t["pplvm"] / t["torch"],
+    )
 
 
 def main() -> None:
@@ -249,8 +288,12 @@ def main() -> None:
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs a CUDA device")
     os.makedirs(args.out, exist_ok=True)
-    emit(part="env", device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", torch=torch.__version__,
-         tf32=torch.backends.cuda.matmul.allow_tf32)
+    emit(
+        part="env",
+        device=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        tf32=torch.backends.cuda.matmul.allow_tf32,
+    )
     for part in args.only.split(","):
         start = time.perf_counter()
         try:

@@ -61,12 +61,21 @@ def main() -> None:
         with torch.no_grad():
             tree = best(lambda: chain_score(initial, transition, emission, mask))
             chunked = best(lambda: log_partition(initial, transition, emission, mask))
-            error = (chain_score(initial.double(), transition.double(), emission.double(), mask)
-                     - log_partition(initial.double(), transition.double(), emission.double(), mask)).abs().max()
+            error = (
+                (
+                    chain_score(initial.double(), transition.double(), emission.double(), mask)
+                    - log_partition(initial.double(), transition.double(), emission.double(), mask)
+                )
+                .abs()
+                .max()
+            )
         tree_g, chunked_g = best(lambda: grad(chain_score)), best(lambda: grad(log_partition))
-        print(f"B={b:5d} T={steps:6d} K={k:3d}: log p(x) tree {tree * 1e3:8.1f} ms, chunked {chunked * 1e3:8.1f} ms "
-              f"({tree / chunked:4.1f}x) | with gradient tree {tree_g * 1e3:8.1f} ms, chunked {chunked_g * 1e3:8.1f} ms "
-              f"({tree_g / chunked_g:4.1f}x) | float64 difference {float(error):.1e}", flush=True)
+        print(
+            f"B={b:5d} T={steps:6d} K={k:3d}: log p(x) tree {tree * 1e3:8.1f} ms, chunked {chunked * 1e3:8.1f} ms "
+            f"({tree / chunked:4.1f}x) | with gradient tree {tree_g * 1e3:8.1f} ms, chunked {chunked_g * 1e3:8.1f} ms "
+            f"({tree_g / chunked_g:4.1f}x) | float64 difference {float(error):.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -72,18 +72,31 @@ def main() -> None:
     n, T, K = args.sequences, args.steps, args.states
     both, _, _ = synthetic_hmm(2 * n, T, T, K, args.dim, seed=args.seed)
     train, valid = both[:n], both[n:]
-    flat = lambda b: b.x.reshape(-1, args.dim).double().numpy()
+
+    def flat(b):
+        return b.x.reshape(-1, args.dim).double().numpy()
+
     lengths = np.full(n, T)
 
     model = HiddenMarkovModel(HMMConfig(states=K), args.dim)
     t0 = time.perf_counter()
     start = model.init_values(train, torch.Generator().manual_seed(args.seed))
-    print(f"K={K} sequences={n} T={T} D={args.dim} threads={args.threads}; shared k-means start "
-          f"{time.perf_counter() - t0:.1f} s (not timed)", flush=True)
+    print(
+        f"K={K} sequences={n} T={T} D={args.dim} threads={args.threads}; shared k-means start "
+        f"{time.perf_counter() - t0:.1f} s (not timed)",
+        flush=True,
+    )
 
     def fit_hmmlearn():
-        m = GaussianHMM(n_components=K, covariance_type="diag", n_iter=1000, tol=1e-2, init_params="",
-                        covars_prior=0.0, min_covar=0.0)
+        m = GaussianHMM(
+            n_components=K,
+            covariance_type="diag",
+            n_iter=1000,
+            tol=1e-2,
+            init_params="",
+            covars_prior=0.0,
+            min_covar=0.0,
+        )
         m.startprob_ = start["initial"].double().numpy()
         m.transmat_ = start["transition"].double().numpy()
         m.means_ = start["locs"].double().numpy()
@@ -94,8 +107,9 @@ def main() -> None:
 
     def fit_pplvm(kind, target):
         pyro.set_rng_seed(args.seed)
-        guide = AutoDelta(poutine.block(model, expose=list(model.global_sites)),
-                          init_loc_fn=init_to_value(values=start))
+        guide = AutoDelta(
+            poutine.block(model, expose=list(model.global_sites)), init_loc_fn=init_to_value(values=start)
+        )
         with torch.no_grad():
             guide(train[:1])
         config = TrainingConfig(epochs=args.max_epochs, lr=args.lr, progress=False, seed=args.seed)
@@ -133,15 +147,20 @@ def main() -> None:
                 continue
             p_time, p_ll, epochs = fit_pplvm(kind, h_ll)
             row[kind] = p_time
-            print(f"[{r}] pplvm {kind:3s}: {p_time:7.2f} s, {epochs} {'EM iterations' if kind == 'EM' else 'Adam steps'}, "
-                  f"held-out log-lik {p_ll:.2f} ({'reached' if p_ll >= h_ll - args.slack else 'NOT reached'})",
-                  flush=True)
+            print(
+                f"[{r}] pplvm {kind:3s}: {p_time:7.2f} s, "
+                f"{epochs} {'EM iterations' if kind == 'EM' else 'Adam steps'}, "
+                f"held-out log-lik {p_ll:.2f} ({'reached' if p_ll >= h_ll - args.slack else 'NOT reached'})",
+                flush=True,
+            )
         rows.append(row)
     h = statistics.median(r["hmmlearn"] for r in rows)
     for kind in ("EM", "SVI"):
         if kind in rows[0]:
-            print(f"ratio pplvm {kind} / hmmlearn (K={K}, {n} x T={T}): "
-                  f"{statistics.median(r[kind] for r in rows) / h:.2f}x")
+            print(
+                f"ratio pplvm {kind} / hmmlearn (K={K}, {n} x T={T}): "
+                f"{statistics.median(r[kind] for r in rows) / h:.2f}x"
+            )
 
 
 if __name__ == "__main__":

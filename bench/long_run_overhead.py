@@ -33,10 +33,14 @@ def main() -> None:
     short = rng.normal([2.0, 55.0], [0.3, 6.0], size=(97, 2))
     long = rng.normal([4.3, 80.0], [0.4, 6.0], size=(175, 2))
     x = np.concatenate([short, long])
-    card = {"name": "faithful", "model": {"family": "gmm", "components": 2, "covariance": "full"},
-            "objective": {"name": "enum"}, "data": {"source": "file", "path": "unused.npy", "standardize": True},
-            "training": {"epochs": args.epochs, "lr": 0.01, "progress": False},
-            "evaluation": {"draws": 10, "chains": 2}}
+    card = {
+        "name": "faithful",
+        "model": {"family": "gmm", "components": 2, "covariance": "full"},
+        "objective": {"name": "enum"},
+        "data": {"source": "file", "path": "unused.npy", "standardize": True},
+        "training": {"epochs": args.epochs, "lr": 0.01, "progress": False},
+        "evaluation": {"draws": 10, "chains": 2},
+    }
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         run = pplvm.Run.from_card(card, data=x)
@@ -44,8 +48,10 @@ def main() -> None:
     w = args.window
     start = w / (stamps[w] - stamps[0])
     end = w / (stamps[-1] - stamps[-1 - w])
-    print(f"{args.epochs} epochs (1 step each): {start:.1f} steps/s over epochs 1-{w}, "
-          f"{end:.1f} steps/s over the last {w}; end / start = {end / start:.2f}")
+    print(
+        f"{args.epochs} epochs (1 step each): {start:.1f} steps/s over epochs 1-{w}, "
+        f"{end:.1f} steps/s over the last {w}; end / start = {end / start:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -217,8 +217,12 @@ def torch_log_likelihood(enc, dec, x, k, max_elements):
             while done < k:
                 size = min(particles, k - done)
                 z = loc + scale * torch.randn(size, *loc.shape)
-                log_w = (-F.binary_cross_entropy_with_logits(dec(z), xb.expand(size, -1, -1), reduction="none").sum(-1)
-                         - 0.5 * (z**2).sum(-1) + 0.5 * (((z - loc) / scale) ** 2).sum(-1) + scale.log().sum(-1))
+                log_w = (
+                    -F.binary_cross_entropy_with_logits(dec(z), xb.expand(size, -1, -1), reduction="none").sum(-1)
+                    - 0.5 * (z**2).sum(-1)
+                    + 0.5 * (((z - loc) / scale) ** 2).sum(-1)
+                    + scale.log().sum(-1)
+                )
                 s = log_w.double().logsumexp(0)
                 acc = s if acc is None else torch.logaddexp(acc, s)
                 done += size
@@ -272,7 +276,9 @@ def make_steps(part: str):
     from pplvm.config import TrainingConfig
     from pplvm.training.compiled import CompiledSVIStep
 
-    compiled = CompiledSVIStep(model, guide, elbo, TrainingConfig(lr=1e-3), mode=os.environ.get("PPLVM_BENCH_COMPILE", "trace"))
+    compiled = CompiledSVIStep(
+        model, guide, elbo, TrainingConfig(lr=1e-3), mode=os.environ.get("PPLVM_BENCH_COMPILE", "trace")
+    )
     compiled.setup(x, N)
 
     def pplvm_compiled():
@@ -288,8 +294,12 @@ def make_steps(part: str):
         loss.backward()
         opt_t.step()
 
-    return {"pplvm": pplvm_step, "pplvm_novalid": pplvm_step_novalid, "pplvm_compiled": pplvm_compiled,
-            "torch": torch_step}, source
+    return {
+        "pplvm": pplvm_step,
+        "pplvm_novalid": pplvm_step_novalid,
+        "pplvm_compiled": pplvm_compiled,
+        "torch": torch_step,
+    }, source
 
 
 def alternate(fns: dict, rounds: int, reps: int) -> dict[str, float]:
@@ -331,8 +341,9 @@ def part_ll(args) -> dict[str, float]:
         return torch_log_likelihood(enc, dec, x, k, max_elements)
 
     pyro.set_rng_seed(0)
-    return alternate({"pplvm": pplvm_side, "pplvm_novalid": pplvm_novalid, "torch": torch_side},
-                     rounds=args.ll_rounds, reps=1)
+    return alternate(
+        {"pplvm": pplvm_side, "pplvm_novalid": pplvm_novalid, "torch": torch_side}, rounds=args.ll_rounds, reps=1
+    )
 
 
 # --------------------------------------------------------------------------------- memory
@@ -362,8 +373,12 @@ def _status_kib(key: str) -> int:
 def part_memory(args, part: str) -> tuple[float, float]:
     out = {}
     for side in ("pplvm", "torch", "pplvm", "torch"):  # alternate; keep each side's smaller run
-        res = subprocess.run([sys.executable, __file__, "--memory-child", side, part, str(args.memory_steps),
-                              str(args.threads)], capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--memory-child", side, part, str(args.memory_steps), str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         growth = json.loads(res.stdout.strip().splitlines()[-1])["growth_kib"]
         out[side] = min(out.get(side, math.inf), growth)
     return out["pplvm"], out["torch"]
@@ -393,8 +408,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     parts = args.only.split(",")
     goals = {"vae": 1.05, "iwae": 1.10, "dreg": None, "memory": 1.20, "ll": 1.10}
-    print(f"threads={args.threads}  batch={B}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  "
-          f"torch {torch.__version__}")
+    print(
+        f"threads={args.threads}  batch={B}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}"
+    )
     for part in parts:
         if part in ("vae", "iwae", "dreg"):
             fns, source = make_steps(part)
@@ -406,8 +422,10 @@ def main() -> None:
             for sub in ("vae", "iwae"):
                 mp, mt = part_memory(args, sub)
                 ratio = mp / mt
-                print(f"memory/{sub:5s}  pplvm {mp / 1024:8.1f}  torch {mt / 1024:8.1f} MiB peak RSS growth  "
-                      f"ratio {ratio:.3f}  (goal <= {goals['memory']})  {'ok' if ratio <= goals['memory'] else 'MISSED'}")
+                print(
+                    f"memory/{sub:5s}  pplvm {mp / 1024:8.1f}  torch {mt / 1024:8.1f} MiB peak RSS growth  "
+                    f"ratio {ratio:.3f}  (goal <= {goals['memory']})  {'ok' if ratio <= goals['memory'] else 'MISSED'}"
+                )
             continue
         elif part == "ll":
             t = part_ll(args)
@@ -420,9 +438,13 @@ def main() -> None:
                 continue
             ratio = t[side] / t["torch"]
             verdict = "" if goal is None else f"(goal <= {goal})  {'ok' if ratio <= goal else 'MISSED'}"
-            label = f"{part}{ {'pplvm': '', 'pplvm_novalid': ' (no validation)', 'pplvm_compiled': ' (compiled)'}[side]}"
-            print(f"{label:22s} pplvm {t[side] * scale:9.3f}  torch {t['torch'] * scale:9.3f} {unit}  "
-                  f"ratio {ratio:.3f}  {verdict}")
+            label = (
+                f"{part}{ {'pplvm': '', 'pplvm_novalid': ' (no validation)', 'pplvm_compiled': ' (compiled)'}[side] }"
+            )
+            print(
+                f"{label:22s} pplvm {t[side] * scale:9.3f}  torch {t['torch'] * scale:9.3f} {unit}  "
+                f"ratio {ratio:.3f}  {verdict}"
+            )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,14 @@ import pplvm  # noqa: E402
 from pplvm.decoders.init import initialize, smoothed_mean  # noqa: E402
 
 # ../shared/data beside the checkout (or beside any folder above it)
-DATA = next((p / "shared" / "data" / "binarized_mnist" / "train_valid.npz" for p in ROOT.parents
-             if (p / "shared" / "data" / "binarized_mnist" / "train_valid.npz").is_file()),
-            ROOT.parent / "shared" / "data" / "binarized_mnist" / "train_valid.npz")
+DATA = next(
+    (
+        p / "shared" / "data" / "binarized_mnist" / "train_valid.npz"
+        for p in ROOT.parents
+        if (p / "shared" / "data" / "binarized_mnist" / "train_valid.npz").is_file()
+    ),
+    ROOT.parent / "shared" / "data" / "binarized_mnist" / "train_valid.npz",
+)
 ROWS = {  # name: (objective, k)
     "vae": ("meanfield", 1),
     "iwae5": ("iwae", 5),
@@ -75,10 +80,12 @@ class HandVAE(nn.Module):
     def __init__(self, x_train: torch.Tensor, latent: int = 50, hidden: int = 200):
         super().__init__()
         d = x_train.shape[1]
-        self.enc = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 2 * latent))
-        self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, d))
+        self.enc = nn.Sequential(
+            nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent)
+        )
+        self.dec = nn.Sequential(
+            nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, d)
+        )
         initialize(self, "glorot")
         with torch.no_grad():
             self.dec[-1].bias.copy_(smoothed_mean(x_train).logit())
@@ -183,13 +190,13 @@ def held_out_nll(encode, decode, x: torch.Tensor, k: int, seed: int = 0, chunk: 
 # ------------------------------------------------------------------ the pplvm side
 def pplvm_card(row: str, epochs: int, data: Path, recipe: str, overrides=()) -> dict:
     objective, k = ROWS[row]
-    card = pplvm.config.load_card(ROOT / "models" / ("vae_binarized_mnist.toml" if k == 1 else
-                                                     "iwae_binarized_mnist.toml"))
+    card = pplvm.config.load_card(
+        ROOT / "models" / ("vae_binarized_mnist.toml" if k == 1 else "iwae_binarized_mnist.toml")
+    )
     raw = pplvm.config.card_to_dict(card)
     raw["objective"].update(name=objective, num_particles=k)
     raw["data"]["path"] = str(data)
-    raw["training"].update(epochs=epochs, progress=False, eval_every=10**6, checkpoint_seconds=10**6,
-                           patience=None)
+    raw["training"].update(epochs=epochs, progress=False, eval_every=10**6, checkpoint_seconds=10**6, patience=None)
     raw["training"].pop("patience", None)
     if recipe == "torch":
         raw["model"].update(init="torch", output_bias="zero")
@@ -203,8 +210,16 @@ def run_row(row, args, x_train, x_eval, log):
     # trainer's own final held-out pass (the shared estimator scores both sides)
     raw = pplvm_card(row, 10**6, args.data, args.recipe, args.set)
     t = raw["training"]
-    hand = HandLoop(x_train, objective, k, t["batch_size"], t["lr"], t["eps"] if args.recipe == "paper" else 1e-4,
-                    t["seed"], t["lr_schedule"])
+    hand = HandLoop(
+        x_train,
+        objective,
+        k,
+        t["batch_size"],
+        t["lr"],
+        t["eps"] if args.recipe == "paper" else 1e-4,
+        t["seed"],
+        t["lr_schedule"],
+    )
     run = pplvm.Run.from_card(raw)
     curve = {"pplvm": [], "hand": []}
     clock = {"pplvm": 0.0, "last": time.perf_counter()}
@@ -233,8 +248,11 @@ def run_row(row, args, x_train, x_eval, log):
     def hand_catches_up():
         """Hand-written epochs until it has done as many epochs (or, under a time budget, as
         many training seconds) as pplvm, so that the two sides alternate."""
-        behind = ((lambda: hand.seconds < clock["pplvm"]) if args.budget_minutes
-                  else (lambda: hand.epochs < run.trainer.state.epoch))
+        behind = (
+            (lambda: hand.seconds < clock["pplvm"])
+            if args.budget_minutes
+            else (lambda: hand.epochs < run.trainer.state.epoch)
+        )
         while not done("hand") and behind():
             hand.epoch()
             curve_point("hand")
@@ -243,8 +261,10 @@ def run_row(row, args, x_train, x_eval, log):
         clock["pplvm"] += time.perf_counter() - clock["last"]
         curve_point("pplvm")
         hand_catches_up()
-        log(f"  {row} epoch {trainer.state.epoch}: pplvm {clock['pplvm']:.0f} s, hand-written {hand.epochs} epochs "
-            f"{hand.seconds:.0f} s; " + ", ".join(f"{s} {curve[s][-1]['nll']:.2f}" for s in curve if curve[s]))
+        log(
+            f"  {row} epoch {trainer.state.epoch}: pplvm {clock['pplvm']:.0f} s, hand-written {hand.epochs} epochs "
+            f"{hand.seconds:.0f} s; " + ", ".join(f"{s} {curve[s][-1]['nll']:.2f}" for s in curve if curve[s])
+        )
         if done("pplvm"):
             trainer.state.stopped = True
         clock["last"] = time.perf_counter()
@@ -254,14 +274,20 @@ def run_row(row, args, x_train, x_eval, log):
     clock["pplvm"] = math.inf  # the rest of the hand-written side's epochs or budget
     hand_catches_up()
     clock["pplvm"] = pplvm_seconds
-    final = {side: score(side, e, s, args.final_k, args.rows_eval) for side, e, s in (
-        ("pplvm", run.trainer.state.epoch, clock["pplvm"]), ("hand", hand.epochs, hand.seconds))}
+    final = {
+        side: score(side, e, s, args.final_k, args.rows_eval)
+        for side, e, s in (("pplvm", run.trainer.state.epoch, clock["pplvm"]), ("hand", hand.epochs, hand.seconds))
+    }
     diff = final["pplvm"] - final["hand"]
     return {
-        "row": row, "objective": ROWS[row][0], "k": ROWS[row][1], "hand_row": args.against or row,
+        "row": row,
+        "objective": ROWS[row][0],
+        "k": ROWS[row][1],
+        "hand_row": args.against or row,
         "pplvm": {"epochs": run.trainer.state.epoch, "seconds": clock["pplvm"], "nll": float(final["pplvm"].mean())},
         "hand": {"epochs": hand.epochs, "seconds": hand.seconds, "nll": float(final["hand"].mean())},
-        "difference": float(diff.mean()), "difference_se": float(diff.std() / math.sqrt(len(diff))),
+        "difference": float(diff.mean()),
+        "difference_se": float(diff.std() / math.sqrt(len(diff))),
         "curve": curve,
     }
 
@@ -291,17 +317,27 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--rows", default="vae,iwae5,iwae5_dreg,iwae50,iwae50_dreg")
-    p.add_argument("--epochs", default="20", help="epochs of every row, or per row: vae=20,iwae50=3 (rows not "
-                   "named: 20)")
+    p.add_argument(
+        "--epochs", default="20", help="epochs of every row, or per row: vae=20,iwae50=3 (rows not named: 20)"
+    )
     p.add_argument("--budget-minutes", type=float, default=None)
     p.add_argument("--curve-every", type=int, default=5)
     p.add_argument("--final-k", type=int, default=5000)
     p.add_argument("--rows-eval", type=int, default=1000, help="held-out images scored (the first of valid)")
-    p.add_argument("--against", choices=tuple(ROWS), default=None,
-                   help="the hand-written side of every row (default: the row's own objective and k)")
+    p.add_argument(
+        "--against",
+        choices=tuple(ROWS),
+        default=None,
+        help="the hand-written side of every row (default: the row's own objective and k)",
+    )
     p.add_argument("--recipe", choices=("paper", "torch"), default="paper")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override of pplvm's card (e.g. training.compile=off), for ablations")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of pplvm's card (e.g. training.compile=off), for ablations",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "binarized_mnist")
     args = p.parse_args(argv)
@@ -330,25 +366,37 @@ def main(argv=None):
     for row in args.rows.split(","):
         args.row_epochs = epochs[row]
         results.append(run_row(row, args, x_train, x_eval, log))
-        args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                             "results": results}, indent=1))
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
+        )
         plot(results, args.out.with_suffix(".png"))
-    print(f"\nheld-out NLL (nats), first {args.rows_eval} images of valid, IS k = {args.final_k}; "
-          f"recipe {args.recipe}; {args.threads} CPU thread(s)"
-          + (f"; hand-written side: {args.against}" if args.against else "")
-          + (f"; {args.budget_minutes} training minutes a side" if args.budget_minutes else ""))
-    print(f"{'row':12} {'epochs':>7} {'pplvm':>8} {'s':>6} {'hand':>8} {'s':>6} {'pplvm-hand':>11} {'± se':>6} "
-          f"{'paper':>6} {'pythae':>6}")
+    print(
+        f"\nheld-out NLL (nats), first {args.rows_eval} images of valid, IS k = {args.final_k}; "
+        f"recipe {args.recipe}; {args.threads} CPU thread(s)"
+        + (f"; hand-written side: {args.against}" if args.against else "")
+        + (f"; {args.budget_minutes} training minutes a side" if args.budget_minutes else "")
+    )
+    print(
+        f"{'row':12} {'epochs':>7} {'pplvm':>8} {'s':>6} {'hand':>8} {'s':>6} {'pplvm-hand':>11} {'± se':>6} "
+        f"{'paper':>6} {'pythae':>6}"
+    )
     for r in results:
         base = r["row"].split("_")[0]
-        print(f"{r['row']:12} {r['pplvm']['epochs']:>4}/{r['hand']['epochs']:<3} {r['pplvm']['nll']:8.2f} "
-              f"{r['pplvm']['seconds']:6.0f} {r['hand']['nll']:8.2f} {r['hand']['seconds']:6.0f} "
-              f"{r['difference']:11.2f} {r['difference_se']:6.2f} {PAPER.get(base, float('nan')):6.2f} "
-              f"{PYTHAE.get(base, float('nan')):6.2f}")
+        print(
+            f"{r['row']:12} {r['pplvm']['epochs']:>4}/{r['hand']['epochs']:<3} {r['pplvm']['nll']:8.2f} "
+            f"{r['pplvm']['seconds']:6.0f} {r['hand']['nll']:8.2f} {r['hand']['seconds']:6.0f} "
+            f"{r['difference']:11.2f} {r['difference_se']:6.2f} {PAPER.get(base, float('nan')):6.2f} "
+            f"{PYTHAE.get(base, float('nan')):6.2f}"
+        )
     print("paper and pythae: the test split after 3280 epochs (Burda et al. 2016; pythae's table)")
-    print(f"time ratio pplvm / hand-written per epoch: " + ", ".join(
-        f"{r['row']} {r['pplvm']['seconds'] / r['pplvm']['epochs'] / (r['hand']['seconds'] / r['hand']['epochs']):.2f}"
-        for r in results))
+    print(
+        "time ratio pplvm / hand-written per epoch: "
+        + ", ".join(
+            f"{r['row']} "
+            f"{r['pplvm']['seconds'] / r['pplvm']['epochs'] / (r['hand']['seconds'] / r['hand']['epochs']):.2f}"
+            for r in results
+        )
+    )
 
 
 if __name__ == "__main__":

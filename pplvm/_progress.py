@@ -46,8 +46,16 @@ def reporting(on: bool = True) -> Iterator[None]:
         _REPORTING.reset(token)
 
 
-def progress(total: int | None, desc: str, enabled: bool | None = None, *, initial: int = 0, unit: str = "it",
-             every: float | None = None, stream: TextIO | None = None):
+def progress(
+    total: int | None,
+    desc: str,
+    enabled: bool | None = None,
+    *,
+    initial: int = 0,
+    unit: str = "it",
+    every: float | None = None,
+    stream: TextIO | None = None,
+):
     """A progress reporter with ``update(n)``, ``set_postfix(dict)``, ``close()`` and the
     context-manager protocol: a ``tqdm`` bar on a terminal, :class:`LineProgress` elsewhere,
     :class:`NoProgress` when ``enabled`` is false (``None``: as :func:`reporting` says)."""
@@ -60,8 +68,7 @@ def progress(total: int | None, desc: str, enabled: bool | None = None, *, initi
     if isatty is not None and isatty():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, initial=initial, unit=unit, file=stream, leave=False,
-                    dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, initial=initial, unit=unit, file=stream, leave=False, dynamic_ncols=True)
     return LineProgress(total, desc, initial=initial, unit=unit, every=EVERY if every is None else every, stream=stream)
 
 
@@ -91,8 +98,16 @@ class LineProgress(NoProgress):
     last line on :meth:`close` if anything was reported since the previous one (nothing at all
     for a task that ends before the first ``every`` seconds)."""
 
-    def __init__(self, total: int | None, desc: str, *, initial: int = 0, unit: str = "it",
-                 every: float = EVERY, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        *,
+        initial: int = 0,
+        unit: str = "it",
+        every: float = EVERY,
+        stream: TextIO | None = None,
+    ):
         self.total, self.desc, self.n, self.unit, self.every = total, desc, initial, unit, every
         self.stream = sys.stderr if stream is None else stream
         self.start = self.last = time.monotonic()

@@ -50,8 +50,9 @@ def _cwd_on_path():
             sys.path.remove(cwd)
 
 
-def instantiate(obj: Any, options: dict[str, Any], key: str, what: str = "model",
-                supplied: dict[str, Any] | None = None) -> torch.nn.Module | Callable:
+def instantiate(
+    obj: Any, options: dict[str, Any], key: str, what: str = "model", supplied: dict[str, Any] | None = None
+) -> torch.nn.Module | Callable:
     """A fresh model (guide, decoder, ...) from what a target names: a module class is built
     with ``supplied`` (what pplvm knows, e.g. the latent and data dimensions) and ``options``
     as keyword arguments, a module instance is copied (two runs never share its parameters), a
@@ -60,21 +61,23 @@ def instantiate(obj: Any, options: dict[str, Any], key: str, what: str = "model"
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
         clash = sorted(set(supplied) & set(options))
         if clash:
-            raise CardError(f"{key}: {', '.join(clash)} is passed by pplvm ({what} contract); remove it from the options")
+            raise CardError(
+                f"{key}: {', '.join(clash)} is passed by pplvm ({what} contract); remove it from the options"
+            )
         args = ", ".join([*(f"{k}={v!r}" for k, v in supplied.items()), *(["**options"] if options else [])])
         try:
             return obj(**supplied, **options)
         except TypeError as err:
             raise CardError(f"{key}: building {obj.__name__}({args}) failed: {first_line(err)}") from None
     if options:
-        raise CardError(f"{key}: options are keyword arguments of a module class; "
-                        f"{type(obj).__name__} takes none")
+        raise CardError(f"{key}: options are keyword arguments of a module class; {type(obj).__name__} takes none")
     if isinstance(obj, torch.nn.Module):
         return copy.deepcopy(obj)
     if callable(obj) and not isinstance(obj, type):
         return obj
-    raise CardError(f"{key}: expected a Pyro {what} function, a PyroModule or a PyroModule class, "
-                    f"got {type(obj).__name__}")
+    raise CardError(
+        f"{key}: expected a Pyro {what} function, a PyroModule or a PyroModule class, got {type(obj).__name__}"
+    )
 
 
 def first_line(err: BaseException) -> str:

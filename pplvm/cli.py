@@ -43,9 +43,14 @@ def cmd_fit(args) -> int:
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return 0
     last = run.history[-1]
-    result = {"schema": "pplvm.fit/1", "run_dir": str(out), "epochs": last["epoch"],
-              "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
-              "valid_log_likelihood": last.get("valid_log_likelihood")}
+    result = {
+        "schema": "pplvm.fit/1",
+        "run_dir": str(out),
+        "epochs": last["epoch"],
+        "train_loss": last["train_loss"],
+        "stopped": run.trainer.state.stopped or None,
+        "valid_log_likelihood": last.get("valid_log_likelihood"),
+    }
     _emit(result, args.json, run.summary_text(max_size=32) if not args.quiet else f"wrote {out}")
     return 0
 
@@ -81,7 +86,7 @@ def _eval_data(run, args):
         x, _ = read_matrix(args.data, name="--data")
         return x, args.data
     dataset = card_dataset(run.card)
-    for split in ([args.split] if args.split else ["test", "valid", "train"]):
+    for split in [args.split] if args.split else ["test", "valid", "train"]:
         x = getattr(dataset, split)
         if x is not None:
             return dataset.transform.inverse(x), split
@@ -94,28 +99,38 @@ def cmd_evaluate(args) -> int:
     run = Run.load(args.run_dir)
     x, where = _eval_data(run, args)
     m = run.evaluate(x)
-    result = {"schema": "pplvm.evaluate/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
-              "data": where, **m}
+    result = {
+        "schema": "pplvm.evaluate/1",
+        "run_dir": str(args.run_dir),
+        "family": run.card.model.family,
+        "data": where,
+        **m,
+    }
     kind = LIKELIHOOD_WORDS[m["likelihood"]]
-    text = (f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
-            f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}")
+    text = (
+        f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
+        f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}"
+    )
     if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
         from .evaluation.plots import likelihood_terms_plot, save_figure, term_rows
 
         plot = Path(args.plot)
         save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
         result["plot"] = str(plot)
-        rows = [f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)]
-        text += (f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
-                 f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}")
+        rows = [
+            f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)
+        ]
+        text += (
+            f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
+            f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}"
+        )
     _emit(result, args.json, text)
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .run import Run, save_samples
-
     from .config import check_seed
+    from .run import Run, save_samples
 
     if args.n < 1:
         raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
@@ -130,12 +145,24 @@ def cmd_sample(args) -> int:
 
         shape_hw = run.model.image_shape
         if shape_hw is None:
-            raise PplvmError(f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
-                             "(set model.image_shape)")
+            raise PplvmError(
+                f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
+                "(set model.image_shape)"
+            )
         save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), args.grid)
         text += f"; grid of {min(args.n, 256)} in {args.grid}"
-    _emit({"schema": "pplvm.sample/1", "out": str(args.out), "n": args.n, "dim": x.shape[-1],
-           "shape": list(x.shape), "grid": args.grid}, args.json, text)
+    _emit(
+        {
+            "schema": "pplvm.sample/1",
+            "out": str(args.out),
+            "n": args.n,
+            "dim": x.shape[-1],
+            "shape": list(x.shape),
+            "grid": args.grid,
+        },
+        args.json,
+        text,
+    )
     return 0
 
 
@@ -150,12 +177,19 @@ def cmd_two_sample(args) -> int:
     run = Run.load(args.run_dir)
     x, where = _eval_data(run, args)
     results = two_sample(run, x, n=args.n, permutations=args.permutations, seed=args.seed)
-    result = {"schema": "pplvm.two_sample/1", "run_dir": str(args.run_dir), "family": run.card.model.family,
-              "data": where, **{k: r.to_dict() for k, r in results.items()}}
+    result = {
+        "schema": "pplvm.two_sample/1",
+        "run_dir": str(args.run_dir),
+        "family": run.card.model.family,
+        "data": where,
+        **{k: r.to_dict() for k, r in results.items()},
+    }
     mmd, c2st = results["mmd"], results["classifier"]
-    text = (f"{run.card.name} samples vs {where} ({mmd.n_y} rows, {mmd.n_x} samples):\n"
-            f"  MMD² = {mmd.statistic:.4g} (bandwidth {mmd.detail['bandwidth']:.3g}), permutation p = {mmd.p_value:.3g}\n"
-            f"  classifier two-sample test: held-out accuracy = {c2st.statistic:.3f} (chance 0.5), p = {c2st.p_value:.3g}")
+    text = (
+        f"{run.card.name} samples vs {where} ({mmd.n_y} rows, {mmd.n_x} samples):\n"
+        f"  MMD² = {mmd.statistic:.4g} (bandwidth {mmd.detail['bandwidth']:.3g}), permutation p = {mmd.p_value:.3g}\n"
+        f"  classifier two-sample test: held-out accuracy = {c2st.statistic:.3f} (chance 0.5), p = {c2st.p_value:.3g}"
+    )
     _emit(result, args.json, text)
     return 0
 
@@ -191,21 +225,36 @@ def cmd_resume(args) -> int:
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return 0
     last = run.history[-1]
-    _emit({"schema": "pplvm.fit/1", "run_dir": str(args.run_dir), "epochs": last["epoch"],
-           "train_loss": last["train_loss"], "stopped": run.trainer.state.stopped or None,
-           "valid_log_likelihood": last.get("valid_log_likelihood")}, args.json, run.summary_text(max_size=32))
+    _emit(
+        {
+            "schema": "pplvm.fit/1",
+            "run_dir": str(args.run_dir),
+            "epochs": last["epoch"],
+            "train_loss": last["train_loss"],
+            "stopped": run.trainer.state.stopped or None,
+            "valid_log_likelihood": last.get("valid_log_likelihood"),
+        },
+        args.json,
+        run.summary_text(max_size=32),
+    )
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .workflows.compare import compare_runs, comparison_plot
     from .evaluation.plots import save_figure
+    from .workflows.compare import compare_runs, comparison_plot
 
     comparison = compare_runs(args.runs)
     plot = Path(args.plot)
     save_figure(comparison_plot(comparison), plot)
-    result = {"schema": "pplvm.compare/1", "criterion": "psis-loo", "n": comparison.n,
-              "runs": comparison.rows(), "warnings": comparison.warnings, "plot": str(plot)}
+    result = {
+        "schema": "pplvm.compare/1",
+        "criterion": "psis-loo",
+        "n": comparison.n,
+        "runs": comparison.rows(),
+        "warnings": comparison.warnings,
+        "plot": str(plot),
+    }
     _emit(result, args.json, comparison.text() + f"\nwrote {plot}")
     return 0
 
@@ -220,22 +269,43 @@ def cmd_sbc(args) -> int:
     names = args.statistic or None
 
     with progress(args.sims, "sbc", unit="simulation") as bar:
-        result = run_sbc(card, args.sims, rows=args.rows, num_draws=args.draws, seed=args.seed,
-                         callback=lambda done, total: bar.update(1))
+        result = run_sbc(
+            card,
+            args.sims,
+            rows=args.rows,
+            num_draws=args.draws,
+            seed=args.seed,
+            callback=lambda done, total: bar.update(1),
+        )
     test = result.uniformity(names, bins=args.bins, seed=args.seed)
     plot = Path(args.plot) if args.plot else Path(f"sbc_{card.name}.png")
     save_figure(rank_histogram_plot(result, names, bins=test["bins"]), plot)
-    out = {"schema": "pplvm.sbc/1", "family": result.family, "sims": args.sims, "rows": args.rows,
-           "draws": result.num_draws, "statistics": result.statistics, "bins": test["bins"],
-           "p_value": test["p_value"], "tests": test["tests"], "plot": str(plot)}
-    lines = [f"SBC of {card.name} ({result.family}, guide {card.guide.kind}): {args.sims} simulations of "
-             f"{args.rows} rows, {result.num_draws} posterior draws each; ranks of the {result.statistics} statistics",
-             f"{'statistic':<24} {'chi2 p':>8} {'KS p':>8}"]
-    lines += [f"{t['statistic'] + '[' + str(t['index']) + ']':<24} {t['chi2_p']:>8.3f} {t['ks_p']:>8.3f}"
-              for t in test["tests"]]
+    out = {
+        "schema": "pplvm.sbc/1",
+        "family": result.family,
+        "sims": args.sims,
+        "rows": args.rows,
+        "draws": result.num_draws,
+        "statistics": result.statistics,
+        "bins": test["bins"],
+        "p_value": test["p_value"],
+        "tests": test["tests"],
+        "plot": str(plot),
+    }
+    lines = [
+        f"SBC of {card.name} ({result.family}, guide {card.guide.kind}): {args.sims} simulations of "
+        f"{args.rows} rows, {result.num_draws} posterior draws each; ranks of the {result.statistics} statistics",
+        f"{'statistic':<24} {'chi2 p':>8} {'KS p':>8}",
+    ]
+    lines += [
+        f"{t['statistic'] + '[' + str(t['index']) + ']':<24} {t['chi2_p']:>8.3f} {t['ks_p']:>8.3f}"
+        for t in test["tests"]
+    ]
     verdict = "no evidence of miscalibration" if test["p_value"] > 0.01 else "MISCALIBRATED"
-    lines += [f"uniformity p-value (Bonferroni over {2 * len(test['tests'])} tests): {test['p_value']:.3g} — {verdict}",
-              f"wrote {plot}"]
+    lines += [
+        f"uniformity p-value (Bonferroni over {2 * len(test['tests'])} tests): {test['p_value']:.3g} — {verdict}",
+        f"wrote {plot}",
+    ]
     _emit(out, args.json, "\n".join(lines))
     return 0
 
@@ -258,18 +328,31 @@ def cmd_list(args) -> int:
     from .guides import GUIDES
     from .objectives import OBJECTIVES
 
-    families = {name: {"guides": list(cls.guides), "objectives": list(cls.objectives),
-                       "likelihood": cls.likelihood, "doc": (cls.__doc__ or "").strip().split("\n")[0]}
-                for name, cls in FAMILIES.items()}
-    out = {"schema": "pplvm.list/1", "families": families, "guides": GUIDES, "objectives": OBJECTIVES,
-           "datasets": {name: src.doc for name, src in SOURCES.items()}}
+    families = {
+        name: {
+            "guides": list(cls.guides),
+            "objectives": list(cls.objectives),
+            "likelihood": cls.likelihood,
+            "doc": (cls.__doc__ or "").strip().split("\n")[0],
+        }
+        for name, cls in FAMILIES.items()
+    }
+    out = {
+        "schema": "pplvm.list/1",
+        "families": families,
+        "guides": GUIDES,
+        "objectives": OBJECTIVES,
+        "datasets": {name: src.doc for name, src in SOURCES.items()},
+    }
     if args.json:
         print(json.dumps(out, sort_keys=True))
         return 0
     w = max(len(n) for section in ("families", "guides", "objectives", "datasets") for n in out[section]) + 2
     lines = ["families:"]
-    lines += [f"  {n:{w}s}guides: {', '.join(f['guides'])}; objectives: {', '.join(f['objectives'])}"
-              for n, f in families.items()]
+    lines += [
+        f"  {n:{w}s}guides: {', '.join(f['guides'])}; objectives: {', '.join(f['objectives'])}"
+        for n, f in families.items()
+    ]
     for section in ("guides", "objectives", "datasets"):
         lines.append(f"{section}:")
         lines += [f"  {n:{w}s}{d}" for n, d in out[section].items()]
@@ -290,21 +373,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("fit", cmd_fit, "fit a model card and write a run directory")
     sp.add_argument("card", help="model card (TOML)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                    help="override a card value, e.g. --set training.lr=0.01 (repeatable)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a card value, e.g. --set training.lr=0.01 (repeatable)",
+    )
     sp.add_argument("--out", help="run directory (default: runs/<card name>)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    sp.add_argument("--overwrite", action="store_true",
-                    help="replace the run already in --out (its files are deleted first)")
+    sp.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (its files are deleted first)"
+    )
 
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
     sp.add_argument("run_dir")
-    sp.add_argument("--data", help=".npy or .csv file (N, D), or an .npz of sequences; "
-                    "default: the card's test, else valid split")
+    sp.add_argument(
+        "--data", help=".npy or .csv file (N, D), or an .npz of sequences; default: the card's test, else valid split"
+    )
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
-    sp.add_argument("--plot", default="likelihood_terms.png",
-                    help="plot of the per-term decomposition, for families that have one (default: "
-                    "./likelihood_terms.png)")
+    sp.add_argument(
+        "--plot",
+        default="likelihood_terms.png",
+        help="plot of the per-term decomposition, for families that have one (default: ./likelihood_terms.png)",
+    )
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")
@@ -313,8 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
 
-    sp = add("two-sample", cmd_two_sample, "two-sample tests (MMD, classifier) of a run's samples against data; "
-             "any family, likelihood or not")
+    sp = add(
+        "two-sample",
+        cmd_two_sample,
+        "two-sample tests (MMD, classifier) of a run's samples against data; any family, likelihood or not",
+    )
     sp.add_argument("run_dir")
     sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
@@ -340,17 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--draws", type=int, default=99, help="posterior draws per fit (ranks are 0..draws)")
     sp.add_argument("--bins", type=int, help="rank bins of the chi-square test (default: >= 5 sims per bin)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--statistic", action="append", metavar="NAME",
-                    help="test only this statistic (repeatable), e.g. locs; default: all")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                    help="override a card value (repeatable)")
+    sp.add_argument(
+        "--statistic",
+        action="append",
+        metavar="NAME",
+        help="test only this statistic (repeatable), e.g. locs; default: all",
+    )
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a card value (repeatable)"
+    )
     sp.add_argument("--plot", help="rank histogram file (default: ./sbc_<card name>.png)")
 
     sp = add("render", cmd_render, "draw a card's model as a graph: sites, plates, observed vs latent, dependencies")
     sp.add_argument("card", help="model card (TOML)")
     sp.add_argument("--out", default="model.png", help="image file (default: ./model.png)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                    help="override a card value (repeatable)")
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a card value (repeatable)"
+    )
 
     add("list", cmd_list, "list families, guides, objectives and datasets")
     return p
@@ -364,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _signals.handling(), reporting(not getattr(args, "quiet", False)):  # progress on stderr
             return args.fn(args)
     except PplvmError as err:  # one line, whatever the message holds
-        print(f"pplvm: error: {'; '.join(l.strip() for l in str(err).splitlines() if l.strip())}", file=sys.stderr)
+        print(f"pplvm: error: {'; '.join(s.strip() for s in str(err).splitlines() if s.strip())}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:  # a disk or file fault no check caught: still one line
         where = f"{err.filename}: " if err.filename else ""

@@ -27,16 +27,32 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
 
-ObjectiveName = Literal["elbo", "meanfield", "enum", "renyi", "iwae", "iwae_dreg", "stl", "diffusion", "vdm",
-                        "gan", "gan_hinge", "wgan_gp", "em"]
+ObjectiveName = Literal[
+    "elbo",
+    "meanfield",
+    "enum",
+    "renyi",
+    "iwae",
+    "iwae_dreg",
+    "stl",
+    "diffusion",
+    "vdm",
+    "gan",
+    "gan_hinge",
+    "wgan_gp",
+    "em",
+]
 
 
 class GuideConfig(Section):
     kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
     init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
     flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
-    flow_hidden: list[int] = Field([], description="flow guide: hidden widths of each step's network "
-                                   "(at least the latent dimension; default one layer of twice it)")
+    flow_hidden: list[int] = Field(
+        [],
+        description="flow guide: hidden widths of each step's network "
+        "(at least the latent dimension; default one layer of twice it)",
+    )
 
 
 class ObjectiveConfig(Section):
@@ -44,19 +60,34 @@ class ObjectiveConfig(Section):
     num_particles: int = Field(1, ge=1, description="Monte Carlo particles (k for iwae)")
     alpha: float = Field(0.5, description="Renyi alpha (renyi only)")
     vectorize_particles: bool = True
-    kl_weight: float = Field(1.0, gt=0, description="weight β of the local latents' log p(z) - log q(z|x) "
-                             "(their KL); 1 is the ELBO")
-    kl_warmup_epochs: float = Field(0.0, ge=0, description="KL warm-up: β rises linearly from 0 to "
-                                    "kl_weight over this many epochs, step by step; 0 = off")
-    free_bits: float = Field(0.0, ge=0, description="free bits: nats per latent dimension (minibatch mean) "
-                             "below which the KL is not penalised; needs name = 'meanfield'")
-    weighting: Literal["elbo", "simple"] = Field("elbo", description="diffusion: the ELBO's weights of the "
-                                                 "steps, or Ho et al.'s L_simple (not a bound)")
+    kl_weight: float = Field(
+        1.0, gt=0, description="weight β of the local latents' log p(z) - log q(z|x) (their KL); 1 is the ELBO"
+    )
+    kl_warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="KL warm-up: β rises linearly from 0 to kl_weight over this many epochs, step by step; 0 = off",
+    )
+    free_bits: float = Field(
+        0.0,
+        ge=0,
+        description="free bits: nats per latent dimension (minibatch mean) "
+        "below which the KL is not penalised; needs name = 'meanfield'",
+    )
+    weighting: Literal["elbo", "simple"] = Field(
+        "elbo", description="diffusion: the ELBO's weights of the steps, or Ho et al.'s L_simple (not a bound)"
+    )
     em_estimate: Literal["map", "ml"] = Field(
-        "map", description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
-                           "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)")
-    em_step_decay: float = Field(0.6, gt=0.5, le=1, description="em with minibatches (stepwise EM): "
-                                 "step size (k + 1)^-decay for the k-th minibatch's statistics")
+        "map",
+        description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
+        "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)",
+    )
+    em_step_decay: float = Field(
+        0.6,
+        gt=0.5,
+        le=1,
+        description="em with minibatches (stepwise EM): step size (k + 1)^-decay for the k-th minibatch's statistics",
+    )
 
 
 class TrainingConfig(Section):
@@ -66,42 +97,66 @@ class TrainingConfig(Section):
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
-        [0.9, 0.999], min_length=2, max_length=2, description="adam / adamw: the moment decay rates [β1, β2], each in [0, 1)")
-    eps: float = Field(1e-8, gt=0, description="adam / adamw / rmsprop: ε of the update's denominator, relative "
-                       "to the gradient of the loss per datum (the IWAE paper's Adam: 1e-4)")
+        [0.9, 0.999],
+        min_length=2,
+        max_length=2,
+        description="adam / adamw: the moment decay rates [β1, β2], each in [0, 1)",
+    )
+    eps: float = Field(
+        1e-8,
+        gt=0,
+        description="adam / adamw / rmsprop: ε of the update's denominator, relative "
+        "to the gradient of the loss per datum (the IWAE paper's Adam: 1e-4)",
+    )
     lr_schedule: Literal["constant", "exponential", "cosine", "iwae"] = Field(
-        "constant", description="constant | exponential | cosine (to lr * lr_final_ratio over the epochs) | iwae "
-        "(Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280 epochs in all; then the last)")
+        "constant",
+        description="constant | exponential | cosine (to lr * lr_final_ratio over the epochs) | iwae "
+        "(Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280 epochs in all; then the last)",
+    )
     lr_final_ratio: float = Field(0.1, gt=0, le=1, description="final lr / lr for decaying schedules")
     clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
     eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
-    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every this many epochs; "
-                                         "none = by time (checkpoint_seconds)")
-    checkpoint_seconds: float = Field(30.0, ge=0, description="without checkpoint_every: at most one "
-                                      "checkpoint per this many seconds (the first and last epochs always)")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="checkpoint every this many epochs; none = by time (checkpoint_seconds)"
+    )
+    checkpoint_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="without checkpoint_every: at most one "
+        "checkpoint per this many seconds (the first and last epochs always)",
+    )
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (a GPU when there is one) | cpu | cuda | cuda:N"
+    )
     precision: Literal["fp32", "bf16", "tf32"] = Field(
-        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)")
+        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)"
+    )
     compile: Literal["auto", "trace", "inductor", "off"] = Field(
-        "auto", description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
+        "auto",
+        description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
         "on CUDA) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
-        "step); a dynamic structure falls back to off with a log line")
+        "step); a dynamic structure falls back to off with a log line",
+    )
     seed: Seed = 0
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(
-        "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step")
+        "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step"
+    )
 
 
 class EvaluationConfig(Section):
     draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
-    memory_mb: float = Field(512.0, gt=0, description="bound on the working memory of every evaluation and "
-                             "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
-                             "see pplvm.evaluation.memory")
+    memory_mb: float = Field(
+        512.0,
+        gt=0,
+        description="bound on the working memory of every evaluation and "
+        "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
+        "see pplvm.evaluation.memory",
+    )
 
 
 @functools.cache
@@ -208,10 +263,14 @@ def parse_value(text: str) -> Any:
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
     """Return a copy of ``raw`` with ``key.path=value`` overrides applied."""
     if isinstance(overrides, (str, bytes)):
-        raise CardError(f"overrides: expected a list of 'key.path=value' strings or a dict, got the string "
-                        f"{overrides!r} (write [{overrides!r}])")
+        raise CardError(
+            f"overrides: expected a list of 'key.path=value' strings or a dict, got the string "
+            f"{overrides!r} (write [{overrides!r}])"
+        )
     if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
-        raise CardError(f"overrides: expected a list of 'key.path=value' strings or a dict, got {type(overrides).__name__}")
+        raise CardError(
+            f"overrides: expected a list of 'key.path=value' strings or a dict, got {type(overrides).__name__}"
+        )
     out = _deepcopy(raw)
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
     for path, value in items:
@@ -265,8 +324,9 @@ def load_card(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | N
     try:
         raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise CardError(f"card {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
-                        f"position {err.start})") from None
+        raise CardError(
+            f"card {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at position {err.start})"
+        ) from None
     except OSError as err:
         raise CardError(f"card {str(path)!r}: cannot be read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:

@@ -21,8 +21,8 @@ A new fit refuses a directory that holds a run unless asked to overwrite it (see
 from __future__ import annotations
 
 import contextlib
-import io
 import copy
+import io
 import math
 import os
 import warnings
@@ -35,11 +35,11 @@ import torch
 from pydantic import BaseModel
 from pyro.infer import Predictive
 
-from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_card, load_card
-from .data import Batch, Dataset, indexed, Standardize, as_matrix, load_dataset, values
-from .data.base import split
 from . import rundir
 from ._progress import progress, reporting
+from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_card, load_card
+from .data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset, values
+from .data.base import split
 from .errors import ArgumentError, CardError, DataError, IncompatibleError, PplvmError, RunDirError
 from .evaluation import graph, memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
@@ -62,8 +62,15 @@ LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate",
 class Run:
     """A fitted (or about to be fitted) model. Build with :meth:`from_card` or :meth:`load`."""
 
-    def __init__(self, card: BaseModel, model: LatentVariableModel, guide: torch.nn.Module,
-                 transform: Standardize, dataset: Dataset | None = None, run_dir: Path | None = None):
+    def __init__(
+        self,
+        card: BaseModel,
+        model: LatentVariableModel,
+        guide: torch.nn.Module,
+        transform: Standardize,
+        dataset: Dataset | None = None,
+        run_dir: Path | None = None,
+    ):
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
         #: what training does with each minibatch (the objective's update rule)
         self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
@@ -75,8 +82,9 @@ class Run:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_card(cls, card: BaseModel | dict | str | Path, data: Any = None, *, model: Any = None,
-                  guide: Any = None) -> "Run":
+    def from_card(
+        cls, card: BaseModel | dict | str | Path, data: Any = None, *, model: Any = None, guide: Any = None
+    ) -> "Run":
         """Build from a card (validated object, dict or TOML path). ``data``: an optional
         ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
         card's source, split as the card says. ``model`` / ``guide``: your own Pyro model and
@@ -84,16 +92,20 @@ class Run:
         card = _as_card(card)
         family = FAMILIES[card.model.family]
         if family.sequential and data is not None and not isinstance(data, Batch):
-            raise DataError(f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
-                            "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
-                            "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))")
+            raise DataError(
+                f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
+                "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
+                "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))"
+            )
         if data is None:
             dataset = load_dataset(card.data)
             if family.sequential and not isinstance(dataset.train, Batch):
-                raise DataError(f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
-                                f"{card.model.family!r} takes sequences, and its time steps would be split row by "
-                                "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
-                                "train_lengths; one sequence: train_lengths = [T])")
+                raise DataError(
+                    f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
+                    f"{card.model.family!r} takes sequences, and its time steps would be split row by "
+                    "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
+                    "train_lengths; one sequence: train_lengths = [T])"
+                )
         else:
             dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
             dataset.info["from_python"] = True
@@ -103,7 +115,8 @@ class Run:
         pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
         # on the run's device before the guide exists: autoguides create their parameters there
         model = family.from_config(card.model, dataset.dim, model=model, guide=guide).to(
-            resolve_device(card.training.device))
+            resolve_device(card.training.device)
+        )
         if dataset.augment is None:
             dataset.train = model.validate(dataset.train, "data (training split)")
         else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
@@ -113,11 +126,18 @@ class Run:
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
         check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
-        guide = make_guide(model, card.guide.kind, dataset.train, init_scale=card.guide.init_scale,
-                           generator=torch.Generator().manual_seed(card.training.seed), **_flow_options(card))
+        guide = make_guide(
+            model,
+            card.guide.kind,
+            dataset.train,
+            init_scale=card.guide.init_scale,
+            generator=torch.Generator().manual_seed(card.training.seed),
+            **_flow_options(card),
+        )
         with torch.no_grad():  # autoguides create their parameters on the first call
-            guide(to_device(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], model.device),
-                  num_data=len(dataset.train))
+            guide(
+                to_device(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], model.device), num_data=len(dataset.train)
+            )
         return cls(card, model, guide, dataset.transform, dataset)
 
     @classmethod
@@ -136,11 +156,20 @@ class Run:
         rundir.check_fingerprint(extras.get("card"), card, run_dir)
         with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
             where = _load_device(card.training.device if device is None else device)
-            model = FAMILIES[card.model.family].from_config(card.model, int(extras["dim"]), model=model,
-                                                                guide=guide).to(where)
+            model = (
+                FAMILIES[card.model.family]
+                .from_config(card.model, int(extras["dim"]), model=model, guide=guide)
+                .to(where)
+            )
             proto = _from_state(extras["prototype"])
-            guide = make_guide(model, card.guide.kind, _without_index(proto), init_scale=card.guide.init_scale,
-                               num_data=extras.get("num_train"), **_flow_options(card))
+            guide = make_guide(
+                model,
+                card.guide.kind,
+                _without_index(proto),
+                init_scale=card.guide.init_scale,
+                num_data=extras.get("num_train"),
+                **_flow_options(card),
+            )
             with torch.no_grad():
                 guide(to_device(proto, where))
             params = ckpt["best"] or ckpt
@@ -152,8 +181,9 @@ class Run:
         return run
 
     # ----------------------------------------------------------------- training
-    def fit(self, out: str | Path | None = None, *, overwrite: bool = False,
-            callbacks: Sequence[Callback] = ()) -> "Run":
+    def fit(
+        self, out: str | Path | None = None, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()
+    ) -> "Run":
         """Train as the card's ``[training]`` says; with ``out``, write a run directory.
 
         ``out`` must be new or empty: a directory holding a run is refused unless
@@ -173,7 +203,8 @@ class Run:
             with distributed.agreed("prepare the run directory"):
                 if main:
                     run_dir = stack.enter_context(
-                        rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes()))
+                        rundir.new_run(out, overwrite=overwrite, need_bytes=self._checkpoint_bytes())
+                    )
                     with rundir.storage(f"run directory {str(run_dir)!r}"):
                         dump_card(self.card, run_dir / "card.toml")
                         (run_dir / "metrics.jsonl").write_text("")
@@ -196,8 +227,16 @@ class Run:
         return 6 * params + 2**20
 
     @classmethod
-    def resume(cls, run_dir: str | Path, *, epochs: int | None = None, data: Any = None,
-               callbacks: Sequence[Callback] = (), model: Any = None, guide: Any = None) -> "Run":
+    def resume(
+        cls,
+        run_dir: str | Path,
+        *,
+        epochs: int | None = None,
+        data: Any = None,
+        callbacks: Sequence[Callback] = (),
+        model: Any = None,
+        guide: Any = None,
+    ) -> "Run":
         """Continue an interrupted run from its last checkpoint; the result equals an
         uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
         least the epochs done). Everything is checked before anything is written: ``card.toml``
@@ -216,8 +255,10 @@ class Run:
                 if epochs is not None:
                     done = int(ckpt["trainer"]["epoch"])
                     if check_count(epochs, "epochs") < done:
-                        raise ArgumentError(f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
-                                            f"expected a new total budget of at least {done}")
+                        raise ArgumentError(
+                            f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                            f"expected a new total budget of at least {done}"
+                        )
                     card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
                 if data is None and ckpt["extras"].get("from_python"):
                     raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
@@ -241,19 +282,34 @@ class Run:
 
     def _trainer(self, callbacks: Sequence[Callback]) -> Trainer:
         d = self.dataset
-        extras = {"dim": self.model.dim, "transform": self.transform.state_dict(),
-                  "prototype": _to_state(_fit_input(self.guide, d.train)[:PROTOTYPE_ROWS]),
-                  "num_train": len(d.train), "from_python": bool(d.info.get("from_python")),
-                  "card": rundir.card_fingerprint(self.card)}  # what load and resume check card.toml against
+        extras = {
+            "dim": self.model.dim,
+            "transform": self.transform.state_dict(),
+            "prototype": _to_state(_fit_input(self.guide, d.train)[:PROTOTYPE_ROWS]),
+            "num_train": len(d.train),
+            "from_python": bool(d.info.get("from_python")),
+            "card": rundir.card_fingerprint(self.card),
+        }  # what load and resume check card.toml against
         # early stopping follows the exact held-out log-likelihood where the family has one,
         # else the held-out loss (a noisier Monte-Carlo estimate)
         monitor = "valid_log_likelihood" if self.model.likelihood == "exact" else "valid_loss"
         # a family without a likelihood ("none") is judged by its rule's held-out loss alone
         valid_metrics = self._valid_metrics if self.model.likelihood != "none" else None
         ctx = distributed.init_from_env(self.card.training.device)
-        return Trainer(self.model, self.guide, self.rule, self.card.training, run_dir=self.run_dir,
-                       valid_metrics=valid_metrics, extras=extras, callbacks=callbacks, monitor=monitor,
-                       augment=d.augment, rank=ctx.rank, world_size=ctx.world_size)
+        return Trainer(
+            self.model,
+            self.guide,
+            self.rule,
+            self.card.training,
+            run_dir=self.run_dir,
+            valid_metrics=valid_metrics,
+            extras=extras,
+            callbacks=callbacks,
+            monitor=monitor,
+            augment=d.augment,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -270,21 +326,26 @@ class Run:
         proposal (see :class:`~pplvm.families.base.ContinuousLatentModel`)."""
         kind = self.model.likelihood
         if kind == "none":
-            raise IncompatibleError(f"model.family = {self.card.model.family!r} has an implicit density: "
-                                    "it has no log-likelihood (compare samples instead)")
+            raise IncompatibleError(
+                f"model.family = {self.card.model.family!r} has an implicit density: "
+                "it has no log-likelihood (compare samples instead)"
+            )
         if kind == "estimate" and isinstance(self.guide, LocalGuide):
             return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
 
-    def _chunked_log_likelihood(self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None) -> torch.Tensor:
+    def _chunked_log_likelihood(
+        self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None
+    ) -> torch.Tensor:
         """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
         (the leading dim of every ``params`` entry), of draws, each pass within
         ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``,
         computed on the run's device and returned on the host."""
         params = {k: v.to(self.device) for k, v in params.items()}
         n, per_draw = len(xt), bool(params) and num_draws is not None
-        draws, rows = memory.plan(num_draws if per_draw else 1, n, self.model.evaluation_cost(xt),
-                                  self.card.evaluation.memory_mb)
+        draws, rows = memory.plan(
+            num_draws if per_draw else 1, n, self.model.evaluation_cost(xt), self.card.evaluation.memory_mb
+        )
         blocks = []
         draw_spans, row_spans = list(memory.spans(num_draws if per_draw else 1, draws)), list(memory.spans(n, rows))
         with progress(len(draw_spans) * len(row_spans), "log-likelihood", unit="pass") as bar:
@@ -334,15 +395,15 @@ class Run:
         # a local guide's globals are drawn from its globals' guide, which needs no data
         guide = self.guide.globals_guide if isinstance(self.guide, LocalGuide) else self.guide
         with pyro.poutine.seed(rng_seed=seed):
-            out = Predictive(guide, num_samples=num, parallel=True,
-                             return_sites=list(self.model.global_sites))()
+            out = Predictive(guide, num_samples=num, parallel=True, return_sites=list(self.model.global_sites))()
         point = self._params()
         return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
     def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
-        families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family declares). ``params`` defaults to :meth:`params`."""
+        families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family
+        declares). ``params`` defaults to :meth:`params`."""
         xt = self._prepare(x)
         p = self.params() if params is None else params
         return self._chunked_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
@@ -390,9 +451,13 @@ class Run:
             ll = self.log_likelihood(x)
         else:
             ll = -torch.stack(list(terms.values()), -1).sum(-1) + self.transform.log_abs_det_jacobian(xt)
-        out = {"n": int(ll.numel()), "log_likelihood_mean": float(ll.mean()),
-               "log_likelihood_sum": float(ll.sum()), "likelihood": self.model.likelihood,
-               "exact": self.model.likelihood == "exact"}
+        out = {
+            "n": int(ll.numel()),
+            "log_likelihood_mean": float(ll.mean()),
+            "log_likelihood_sum": float(ll.sum()),
+            "likelihood": self.model.likelihood,
+            "exact": self.model.likelihood == "exact",
+        }
         if terms is not None:
             out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
             out["bits_per_dim"] = -float(ll.mean()) / (self.model.dim * math.log(2))
@@ -441,8 +506,10 @@ class Run:
         """The training split as the model sees it (one fixed draw of an augmented split)."""
         if self.dataset is None:
             if self.from_python:
-                raise RunDirError("this run was fitted on data passed from Python, which its run directory "
-                                  "does not keep: pass the data explicitly")
+                raise RunDirError(
+                    "this run was fitted on data passed from Python, which its run directory "
+                    "does not keep: pass the data explicitly"
+                )
             self.dataset = card_dataset(self.card)
         d, seed = self.dataset, self.card.training.seed
         return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
@@ -456,8 +523,9 @@ class Run:
         # the netCDF library can crash (not raise) on a full disk: check the space first
         rundir.check_writable(d, 2 * _nbytes(idata))
         with rundir.storage(f"run directory {str(d)!r}"):
-            rundir.write_atomic(d / "inference_data.nc", lambda tmp: idata.to_netcdf(str(tmp)),
-                                f"{str(d / 'inference_data.nc')!r}")
+            rundir.write_atomic(
+                d / "inference_data.nc", lambda tmp: idata.to_netcdf(str(tmp)), f"{str(d / 'inference_data.nc')!r}"
+            )
             plots.save_figure(plots.loss_plot(self.history), d / "loss.png")
             plots.save_figure(self.model_graph(), d / "model.png")
             if self.model.global_sites:
@@ -493,10 +561,19 @@ class Run:
         epoch, the best held-out log-likelihood and, per global-latent entry, arviz's summary
         statistics (``posterior``: ``{"locs[0, 1]": {"mean": ..., "sd": ..., ...}}``; NaN as null)."""
         c, last = self.card, (self.history[-1] if self.history else {})
-        out: dict[str, Any] = {"run": c.name, "family": c.model.family, "guide": c.guide.kind,
-                               "objective": c.objective.name, "likelihood": self.model.likelihood,
-                               "epochs": last.get("epoch", 0), "train_loss": last.get("train_loss"),
-                               "valid_log_likelihood": None, "valid_epoch": None, "posterior": {}, "not_shown": []}
+        out: dict[str, Any] = {
+            "run": c.name,
+            "family": c.model.family,
+            "guide": c.guide.kind,
+            "objective": c.objective.name,
+            "likelihood": self.model.likelihood,
+            "epochs": last.get("epoch", 0),
+            "train_loss": last.get("train_loss"),
+            "valid_log_likelihood": None,
+            "valid_epoch": None,
+            "posterior": {},
+            "not_shown": [],
+        }
         scored = [h for h in self.history if "valid_log_likelihood" in h]
         if scored:
             best = max(scored, key=lambda h: h["valid_log_likelihood"])
@@ -504,8 +581,10 @@ class Run:
         if self.model.global_sites:
             table, out["not_shown"] = self._posterior_table(self._summary_idata(idata), max_size)
             if table is not None:
-                out["posterior"] = {str(name): {str(k): (None if v != v else float(v)) for k, v in row.items()}
-                                    for name, row in table.iterrows()}
+                out["posterior"] = {
+                    str(name): {str(k): (None if v != v else float(v)) for k, v in row.items()}
+                    for name, row in table.iterrows()
+                }
         return out
 
     def globals_label(self) -> str:
@@ -542,9 +621,13 @@ class Run:
             f"epochs: {last.get('epoch', 0)}, final train loss per datum: {last.get('train_loss', float('nan')):.6g}",
         ]
         if "valid_log_likelihood" in last:
-            best = max((h for h in self.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"])
-            lines.append(f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
-                         f"(epoch {best['epoch']}, {LIKELIHOOD_WORDS[self.model.likelihood]})")
+            best = max(
+                (h for h in self.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"]
+            )
+            lines.append(
+                f"held-out log-likelihood per datum: {best['valid_log_likelihood']:.6g} "
+                f"(epoch {best['epoch']}, {LIKELIHOOD_WORDS[self.model.likelihood]})"
+            )
         lines += ["", *posterior]
         return "\n".join(lines) + "\n"
 
@@ -603,8 +686,10 @@ def _matching(run_dir: Path):
         raise
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunDirError(f"{str(run_dir)!r}: checkpoint.pt does not fit the model card.toml describes "
-                          f"({first}); restore the card the run was trained with, or fit a new run") from None
+        raise RunDirError(
+            f"{str(run_dir)!r}: checkpoint.pt does not fit the model card.toml describes "
+            f"({first}); restore the card the run was trained with, or fit a new run"
+        ) from None
 
 
 def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
@@ -615,9 +700,16 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
     return card_from_dict(card, overrides)
 
 
-def fit(card: BaseModel | dict | str | Path, out: str | Path | None = None, *, data: Any = None,
-        overrides: Sequence[str] | dict[str, Any] | None = None, overwrite: bool = False, model: Any = None,
-        guide: Any = None) -> Run:
+def fit(
+    card: BaseModel | dict | str | Path,
+    out: str | Path | None = None,
+    *,
+    data: Any = None,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    overwrite: bool = False,
+    model: Any = None,
+    guide: Any = None,
+) -> Run:
     """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``out``
     must be new or empty unless ``overwrite`` (see :meth:`Run.fit`); ``model`` / ``guide``: your
     own Pyro model (and guide) for ``model.family = "pyro"``."""

@@ -38,8 +38,17 @@ RUN_PATTERNS = ("*.png", ".*.tmp")
 #: free space a fit needs beyond its checkpoint: the inference data, plots and summary
 MIN_FREE_BYTES = 32 * 2**20
 #: errors of the disk or the path (not of pplvm), reported as one line by :func:`storage`
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EFBIG,
-                  errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+STORAGE_ERRNOS = (
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EDQUOT,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+)
 
 
 def _what(path: Path, purpose: str) -> str:
@@ -48,11 +57,15 @@ def _what(path: Path, purpose: str) -> str:
 
 def storage_error(err: OSError, what: str) -> StorageError:
     """A one-line :class:`StorageError` for an ``OSError`` met while writing ``what``."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
-              errno.ENOTDIR: "a part of the path is a file, not a directory",
-              errno.EEXIST: "a part of the path is a file, not a directory",
-              errno.EISDIR: "it is a directory"}.get(err.errno, err.strerror or str(err))
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EEXIST: "a part of the path is a file, not a directory",
+        errno.EISDIR: "it is a directory",
+    }.get(err.errno, err.strerror or str(err))
     return StorageError(f"{what}: cannot write ({reason})")
 
 
@@ -70,17 +83,17 @@ def _refuse_existing(out: Path, what: str, overwrite: bool) -> list[str]:
     foreign = [name for name in present if not _is_run_file(out / name)]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise RunDirError(f"{what}: holds files that are not a pplvm run's ({shown}); choose an empty or new "
-                          "directory")
+        raise RunDirError(f"{what}: holds files that are not a pplvm run's ({shown}); choose an empty or new directory")
     if present and not overwrite:
-        raise RunDirError(f"{what}: already holds a run ({', '.join(present)}); pass --overwrite "
-                          "(Python: overwrite=True) to replace it, or choose another directory")
+        raise RunDirError(
+            f"{what}: already holds a run ({', '.join(present)}); pass --overwrite "
+            "(Python: overwrite=True) to replace it, or choose another directory"
+        )
     return present
 
 
 @contextlib.contextmanager
-def new_run(out: str | Path, *, overwrite: bool = False, need_bytes: int = 0,
-            purpose: str = "--out") -> Iterator[Path]:
+def new_run(out: str | Path, *, overwrite: bool = False, need_bytes: int = 0, purpose: str = "--out") -> Iterator[Path]:
     """Make ``out`` an empty, writable, locked directory for a new run while the block runs.
 
     An existing directory that holds anything is refused unless ``overwrite``; then the old
@@ -137,8 +150,10 @@ def locked(run_dir: str | Path, purpose: str = "run directory") -> Iterator[None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirError(f"{what}: another pplvm process is writing this run (it holds {LOCK}); "
-                              "wait for it to finish, or choose another directory") from None
+            raise RunDirError(
+                f"{what}: another pplvm process is writing this run (it holds {LOCK}); "
+                "wait for it to finish, or choose another directory"
+            ) from None
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -158,8 +173,9 @@ def check_writable(run_dir: str | Path, need_bytes: int = 0, purpose: str = "run
         raise storage_error(err, what) from None
     need = need_bytes + MIN_FREE_BYTES
     if free < need:
-        raise StorageError(f"{what}: only {free / 2**20:.0f} MiB free on its disk; this run needs about "
-                           f"{need / 2**20:.0f} MiB")
+        raise StorageError(
+            f"{what}: only {free / 2**20:.0f} MiB free on its disk; this run needs about {need / 2**20:.0f} MiB"
+        )
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], Any], what: str | None = None) -> None:
@@ -210,10 +226,13 @@ def check_fingerprint(stored: dict[str, Any] | None, card: BaseModel, run_dir: P
         return
     family = [k for k in keys if k == "model.family"]
     shown = family or keys  # another family differs in everything: name the family only
-    diffs = "; ".join(f"{k} = {_show(now.get(k))} in card.toml, {_show(stored.get(k))} in the checkpoint"
-                      for k in shown[:6]) + ("; ..." if len(shown) > 6 else "")
-    raise RunDirError(f"{str(run_dir)!r}: card.toml does not match checkpoint.pt ({diffs}); restore the card "
-                      "the run was trained with, or fit a new run")
+    diffs = "; ".join(
+        f"{k} = {_show(now.get(k))} in card.toml, {_show(stored.get(k))} in the checkpoint" for k in shown[:6]
+    ) + ("; ..." if len(shown) > 6 else "")
+    raise RunDirError(
+        f"{str(run_dir)!r}: card.toml does not match checkpoint.pt ({diffs}); restore the card "
+        "the run was trained with, or fit a new run"
+    )
 
 
 def _show(v: Any) -> str:

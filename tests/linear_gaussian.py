@@ -146,8 +146,7 @@ def analytic_elbo(model: LinearGaussian, x, loc, scale) -> torch.Tensor:
     return lik + prior + entropy
 
 
-def make_model(D: int = 4, L: int = 2, sigma: float = 0.7, seed: int = 0,
-               dtype=torch.float64) -> LinearGaussian:
+def make_model(D: int = 4, L: int = 2, sigma: float = 0.7, seed: int = 0, dtype=torch.float64) -> LinearGaussian:
     """W with orthogonal columns (norms 1.5, 0.8, ...), so the posterior is diagonal."""
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(D, L, generator=g, dtype=dtype))

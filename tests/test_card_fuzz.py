@@ -30,12 +30,63 @@ BASE = {
     "training": {"epochs": 2, "progress": False},
 }
 SECTIONS = ["model", "guide", "objective", "data", "training", "evaluation"]
-KEYS = ["family", "components", "covariance", "states", "latent_dim", "hidden", "kind", "init_scale", "name",
-        "num_particles", "alpha", "kl_weight", "source", "n", "dim", "path", "valid_fraction", "split_seed",
-        "standardize", "epochs", "batch_size", "lr", "optimizer", "seed", "clip_norm", "patience", "progress",
-        "draws", "chains", "max_rows", "emission", "categories", "prior", "likelihood_samples"]
-NAMES = ["gmm", "hmm", "ppca", "fa", "vae", "cvae", "iris", "synthetic_gmm", "file", "meanfield", "map", "enum",
-         "elbo", "adam", "full", "diag", "", "é", "\x00"]
+KEYS = [
+    "family",
+    "components",
+    "covariance",
+    "states",
+    "latent_dim",
+    "hidden",
+    "kind",
+    "init_scale",
+    "name",
+    "num_particles",
+    "alpha",
+    "kl_weight",
+    "source",
+    "n",
+    "dim",
+    "path",
+    "valid_fraction",
+    "split_seed",
+    "standardize",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "seed",
+    "clip_norm",
+    "patience",
+    "progress",
+    "draws",
+    "chains",
+    "max_rows",
+    "emission",
+    "categories",
+    "prior",
+    "likelihood_samples",
+]
+NAMES = [
+    "gmm",
+    "hmm",
+    "ppca",
+    "fa",
+    "vae",
+    "cvae",
+    "iris",
+    "synthetic_gmm",
+    "file",
+    "meanfield",
+    "map",
+    "enum",
+    "elbo",
+    "adam",
+    "full",
+    "diag",
+    "",
+    "é",
+    "\x00",
+]
 
 scalars = st.one_of(
     st.booleans(),
@@ -46,12 +97,17 @@ scalars = st.one_of(
     st.dates(),
     st.datetimes(),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5),
-                                                                       inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 paths = st.one_of(
-    st.tuples(st.sampled_from(SECTIONS + ["name", "bogus", ""]), st.sampled_from(KEYS) | st.text(max_size=6))
-    .map(".".join),
+    st.tuples(st.sampled_from(SECTIONS + ["name", "bogus", ""]), st.sampled_from(KEYS) | st.text(max_size=6)).map(
+        ".".join
+    ),
     st.text(max_size=12),
 )
 
@@ -78,8 +134,7 @@ def _toml_literal(value) -> str:
 
 
 override_strings = st.one_of(
-    st.tuples(paths, st.one_of(values.map(_toml_literal), st.text(max_size=10)))
-    .map(lambda kv: f"{kv[0]}={kv[1]}"),
+    st.tuples(paths, st.one_of(values.map(_toml_literal), st.text(max_size=10))).map(lambda kv: f"{kv[0]}={kv[1]}"),
     st.text(max_size=20),
 )
 
@@ -108,8 +163,13 @@ def _check_file(text: bytes) -> None:
 
 
 def _fuzz(max_examples: int):
-    return settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 @st.composite

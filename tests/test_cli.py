@@ -52,8 +52,16 @@ def test_fit_evaluate_sample_summary_resume(card, tmp_path, capsys):
     assert code == 0
     fit = json.loads(out)
     assert fit["schema"] == "pplvm.fit/1" and fit["epochs"] == 4 and fit["run_dir"] == str(out_dir)
-    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "loss.png",
-                 "posterior.png", "clusters.png", "summary.txt"):
+    for name in (
+        "card.toml",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "inference_data.nc",
+        "loss.png",
+        "posterior.png",
+        "clusters.png",
+        "summary.txt",
+    ):
         assert (out_dir / name).is_file(), name
     assert pplvm.load_card(out_dir / "card.toml").model.covariance == "full"  # override recorded
 
@@ -134,9 +142,12 @@ def test_summary_json_is_one_json_object(card, tmp_path, capsys):
     # the posterior table is arviz's summary of the draws the run wrote
     idata = pplvm.evaluation.arviz.read_inference_data(tmp_path / "r" / "inference_data.nc")
     locs = idata.posterior["locs"].values  # (chain, draw, K, D)
-    assert summary["posterior"]["locs[1, 0]"]["mean"] == pytest.approx(locs[..., 1, 0].mean(), abs=1e-4)  # rounded to 4 places
+    assert summary["posterior"]["locs[1, 0]"]["mean"] == pytest.approx(
+        locs[..., 1, 0].mean(), abs=1e-4
+    )  # rounded to 4 places
     assert summary["valid_log_likelihood"] == pytest.approx(
-        max(h["valid_log_likelihood"] for h in pplvm.load(tmp_path / "r").history))
+        max(h["valid_log_likelihood"] for h in pplvm.load(tmp_path / "r").history)
+    )
 
 
 def test_evaluate_names_the_data_option(card, tmp_path, capsys):
@@ -149,7 +160,9 @@ def test_evaluate_names_the_data_option(card, tmp_path, capsys):
 
 def test_card_errors_are_one_line_however_many(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[model]\nfamily = 'gmm'\ncomponents = 'three'\ncovariance = 'odd'\nextra = 1\n[data]\nsource='iris'\n")
+    bad.write_text(
+        "[model]\nfamily = 'gmm'\ncomponents = 'three'\ncovariance = 'odd'\nextra = 1\n[data]\nsource='iris'\n"
+    )
     code, _, err = run_cli(capsys, "fit", bad)
     assert code == 2 and len(err.strip().splitlines()) == 1
     for key in ("model.components", "model.covariance", "model.extra"):
@@ -216,22 +229,25 @@ def test_gan_refuses_likelihoods_and_is_judged_by_two_sample_tests(tmp_path, cap
     assert code == 0 and result["schema"] == "pplvm.two_sample/1"
     # two epochs of a GAN are far from the digits: both tests reject (MMD p at its floor 1/51)
     assert result["mmd"]["p_value"] == pytest.approx(1 / 51) and result["classifier"]["p_value"] < 0.01
-    code, out, _ = run_cli(capsys, "sample", out_dir, "-n", "16", "--out", tmp_path / "s.npy", "--grid",
-                           tmp_path / "grid.png")
+    code, out, _ = run_cli(
+        capsys, "sample", out_dir, "-n", "16", "--out", tmp_path / "s.npy", "--grid", tmp_path / "grid.png"
+    )
     assert code == 0 and (tmp_path / "grid.png").is_file() and np.load(tmp_path / "s.npy").shape == (16, 64)
     import shutil
 
     shutil.copytree(out_dir, tmp_path / "copy")
     code, _, err = run_cli(capsys, "compare", out_dir, tmp_path / "copy", "--plot", tmp_path / "c.png")
     assert code == 2 and "no log-likelihood" in err
-USER_MODEL = '''
+
+
+USER_MODEL = """
 import pyro, pyro.distributions as dist, torch
 
 def model(x):
     mu = pyro.sample("mu", dist.Normal(0.0, 10.0).expand([x.shape[1]]).to_event(1))
     with pyro.plate("data", len(x)):
         pyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=x)
-'''
+"""
 
 
 def test_fit_a_users_model_from_the_current_directory(tmp_path, monkeypatch, capsys):
@@ -241,12 +257,14 @@ def test_fit_a_users_model_from_the_current_directory(tmp_path, monkeypatch, cap
     (tmp_path / "mymodel_cli_test.py").write_text(USER_MODEL)
     (tmp_path / "card.toml").write_text(
         '[model]\nfamily = "pyro"\ntarget = "mymodel_cli_test:model"\n[guide]\nkind = "map"\n'
-        '[data]\nsource = "iris"\n[training]\nepochs = 3\nprogress = false\n[evaluation]\ndraws = 4\nchains = 2\n')
+        '[data]\nsource = "iris"\n[training]\nepochs = 3\nprogress = false\n[evaluation]\ndraws = 4\nchains = 2\n'
+    )
     assert main(["fit", "card.toml", "--out", "run", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["schema"] == "pplvm.fit/1"
     assert (tmp_path / "run" / "card.toml").is_file()
     assert main(["fit", "card.toml", "--out", "run2", "--set", "model.target=mymodel_cli_test:nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("pplvm: error: model.target = 'mymodel_cli_test:nope': module 'mymodel_cli_test' "
-                   "has no attribute 'nope'")
+    assert err == (
+        "pplvm: error: model.target = 'mymodel_cli_test:nope': module 'mymodel_cli_test' has no attribute 'nope'"
+    )

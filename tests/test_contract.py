@@ -62,8 +62,12 @@ def test_model_and_guide_agree_and_are_finite(run):
 
 
 def _latent(site) -> bool:
-    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and not site["infer"].get("is_auxiliary"))
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary")
+    )
 
 
 def test_update_rule_step_is_finite_and_moves_the_parameters(run):
@@ -117,8 +121,15 @@ def test_sample_shapes(run):
 
 def test_fit_save_load_round_trip(run, tmp_path):
     run.fit(tmp_path / "run")
-    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "loss.png", "model.png",
-                 "summary.txt"):
+    for name in (
+        "card.toml",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "inference_data.nc",
+        "loss.png",
+        "model.png",
+        "summary.txt",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
     loaded = pplvm.load(tmp_path / "run")
     x = run.transform.inverse(run.dataset.valid if run.dataset.valid is not None else run.dataset.train)
@@ -139,7 +150,9 @@ def test_non_finite_data_is_refused(run):
     x = values(run.transform.inverse(run.dataset.train[:5])).clone()
     x.view(-1)[0] = float("nan")
     with pytest.raises(pplvm.DataError, match="NaN"):
-        run.log_likelihood(x if not isinstance(run.dataset.train, pplvm.data.Batch) else run.dataset.train[:5].replace(x=x))
+        run.log_likelihood(
+            x if not isinstance(run.dataset.train, pplvm.data.Batch) else run.dataset.train[:5].replace(x=x)
+        )
 
 
 def test_model_graph_matches_the_declared_sites(run):

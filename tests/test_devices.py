@@ -10,11 +10,11 @@ import math
 import pyro
 import pytest
 import torch
+from cases import CASES, FAST_TRAINING, SMALL_EVAL
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 import pplvm
-from cases import CASES, FAST_TRAINING, SMALL_EVAL
 from pplvm.run import _fit_input
 from pplvm.training.trainer import precision_context, to_device
 
@@ -57,9 +57,14 @@ def test_every_family_computes_where_its_model_is(card):
 
 
 def _vae_card(**training):
-    return {"name": "v", "model": {"family": "vae", "latent_dim": 3, "hidden": [16]},
-            "guide": {"kind": "amortized"}, "data": {"source": "digits", "binarize": "static"},
-            "training": {**FAST_TRAINING, "epochs": 1, "batch_size": 256, **training}, "evaluation": SMALL_EVAL}
+    return {
+        "name": "v",
+        "model": {"family": "vae", "latent_dim": 3, "hidden": [16]},
+        "guide": {"kind": "amortized"},
+        "data": {"source": "digits", "binarize": "static"},
+        "training": {**FAST_TRAINING, "epochs": 1, "batch_size": 256, **training},
+        "evaluation": SMALL_EVAL,
+    }
 
 
 def test_a_run_whose_card_names_a_missing_gpu_loads_on_this_machine(tmp_path):

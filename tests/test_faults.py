@@ -50,18 +50,25 @@ draws = 10
 chains = 2
 """
 FILE_CARD = CARD.replace('source = "synthetic_gmm"\nn = 150\ncomponents = 2', 'source = "file"\npath = "x.npy"')
-HMM_CARD = {"name": "hmm", "model": {"family": "hmm", "states": 2, "sample_length": 8},
-            "objective": {"name": "enum"},
-            "data": {"source": "synthetic_hmm", "n": 8, "min_length": 5, "max_length": 8, "states": 2, "dim": 2},
-            "training": {"epochs": 2, "progress": False}, "evaluation": {"draws": 5, "chains": 2, "max_rows": 50}}
+HMM_CARD = {
+    "name": "hmm",
+    "model": {"family": "hmm", "states": 2, "sample_length": 8},
+    "objective": {"name": "enum"},
+    "data": {"source": "synthetic_hmm", "n": 8, "min_length": 5, "max_length": 8, "states": 2, "dim": 2},
+    "training": {"epochs": 2, "progress": False},
+    "evaluation": {"draws": 5, "chains": 2, "max_rows": 50},
+}
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def tree(path: Path) -> dict[str, str]:
     """Every file under ``path`` (hidden ones too) -> sha256 of its bytes."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -122,16 +129,19 @@ def rows(n=60, d=2):
     return np.random.default_rng(0).normal(size=(n, d))
 
 
-@pytest.mark.parametrize("name, make, needle", [
-    ("empty.npy", lambda p: p.write_bytes(b""), "not a plain numeric .npy array"),
-    ("truncated.npy", lambda p: p.write_bytes(_npy_bytes(rows())[:100]), "not a plain numeric .npy array"),
-    ("complex.npy", lambda p: np.save(p, rows() + 1j), "expected real numbers, got complex"),
-    ("big.npy", lambda p: np.save(p, _with(rows(), 3, 1e30)), "magnitude above 1e+15"),
-    ("huge.csv", lambda p: np.savetxt(p, _with(rows(), 5, -1e300), delimiter=","), "magnitude above 1e+15"),
-    ("nan.csv", lambda p: np.savetxt(p, _with(rows(), 7, np.nan), delimiter=","), "NaN or inf (rows 7)"),
-    ("latin1.csv", lambda p: p.write_bytes(b"caf\xe9,1\n1,2\n"), "not a UTF-8 text CSV"),
-    ("ragged.csv", lambda p: p.write_text("1,2\n3\n"), "could not parse as numeric CSV"),
-])
+@pytest.mark.parametrize(
+    "name, make, needle",
+    [
+        ("empty.npy", lambda p: p.write_bytes(b""), "not a plain numeric .npy array"),
+        ("truncated.npy", lambda p: p.write_bytes(_npy_bytes(rows())[:100]), "not a plain numeric .npy array"),
+        ("complex.npy", lambda p: np.save(p, rows() + 1j), "expected real numbers, got complex"),
+        ("big.npy", lambda p: np.save(p, _with(rows(), 3, 1e30)), "magnitude above 1e+15"),
+        ("huge.csv", lambda p: np.savetxt(p, _with(rows(), 5, -1e300), delimiter=","), "magnitude above 1e+15"),
+        ("nan.csv", lambda p: np.savetxt(p, _with(rows(), 7, np.nan), delimiter=","), "NaN or inf (rows 7)"),
+        ("latin1.csv", lambda p: p.write_bytes(b"caf\xe9,1\n1,2\n"), "not a UTF-8 text CSV"),
+        ("ragged.csv", lambda p: p.write_text("1,2\n3\n"), "could not parse as numeric CSV"),
+    ],
+)
 def test_bad_data_files_are_one_line(tmp_path, capsys, name, make, needle):
     make(tmp_path / name)
     code, _, err = cli(capsys, "fit", file_card(tmp_path, name), "--out", tmp_path / "run", "--quiet")
@@ -160,11 +170,14 @@ def test_huge_value_is_not_called_nan(tmp_path, capsys):
     assert "NaN" not in err
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"", "not a readable .npz archive"),
-    (b"PK\x03\x04garbage", "not a readable .npz archive"),
-    (_npy_bytes(rows()), "single .npy array"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"", "not a readable .npz archive"),
+        (b"PK\x03\x04garbage", "not a readable .npz archive"),
+        (_npy_bytes(rows()), "single .npy array"),
+    ],
+)
 def test_bad_sequence_archives(tmp_path, capsys, run_dir, content, needle):
     (tmp_path / "bad.npz").write_bytes(content)
     before = tree(run_dir)
@@ -185,14 +198,17 @@ def test_evaluate_bad_npy(tmp_path, capsys, run_dir):
     assert tree(run_dir) == before
 
 
-@pytest.mark.parametrize("bad, needle", [
-    (np.array([[1 + 1j, 2.0]] * 10), "complex"),
-    (torch.ones(10, 2, dtype=torch.complex64), "complex"),
-    ([[1.0, 2.0], [3.0]], "numeric array"),
-    (np.array([["a", "b"]] * 10), "numeric array"),
-    (_with(rows(), 2, 1e30), "magnitude above"),
-    (torch.tensor(_with(rows(), 2, 1e20)), "magnitude above"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (np.array([[1 + 1j, 2.0]] * 10), "complex"),
+        (torch.ones(10, 2, dtype=torch.complex64), "complex"),
+        ([[1.0, 2.0], [3.0]], "numeric array"),
+        (np.array([["a", "b"]] * 10), "numeric array"),
+        (_with(rows(), 2, 1e30), "magnitude above"),
+        (torch.tensor(_with(rows(), 2, 1e20)), "magnitude above"),
+    ],
+)
 def test_bad_arrays_from_python(card, bad, needle):
     with pytest.raises(PplvmError) as info:
         pplvm.Run.from_card(pplvm.load_card(card), data=bad)
@@ -228,13 +244,16 @@ def test_seeds_outside_the_range_are_named(run_dir, seed):
         run.draws(3, seed=seed)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["sample", "{run}", "-n", "3", "--out", "{tmp}/s.npy", "--seed", "-1"], "--seed"),
-    (["sample", "{run}", "-n", "3", "--out", "{tmp}/s.npy", "--seed", str(2**32)], "--seed"),
-    (["fit", "{card}", "--out", "{tmp}/new", "--set", "training.seed=-1"], "training.seed"),
-    (["fit", "{card}", "--out", "{tmp}/new", "--set", f"data.split_seed={2**32}"], "data.split_seed"),
-    (["sbc", "{card}", "--sims", "2", "--seed", "-4"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sample", "{run}", "-n", "3", "--out", "{tmp}/s.npy", "--seed", "-1"], "--seed"),
+        (["sample", "{run}", "-n", "3", "--out", "{tmp}/s.npy", "--seed", str(2**32)], "--seed"),
+        (["fit", "{card}", "--out", "{tmp}/new", "--set", "training.seed=-1"], "training.seed"),
+        (["fit", "{card}", "--out", "{tmp}/new", "--set", f"data.split_seed={2**32}"], "data.split_seed"),
+        (["sbc", "{card}", "--sims", "2", "--seed", "-4"], "--seed"),
+    ],
+)
 def test_cli_seeds(capsys, tmp_path, card, run_dir, args, needle):
     before = tree(run_dir)
     args = [a.format(run=run_dir, tmp=tmp_path, card=card) for a in args]
@@ -263,9 +282,20 @@ def test_overrides_must_be_a_list_or_dict(card, overrides):
     one_line(info.value, "overrides", "expected a list")
 
 
-@pytest.mark.parametrize("key", ["training.lr", "training.min_delta", "training.weight_decay", "guide.init_scale",
-                                 "objective.alpha", "objective.kl_weight", "data.valid_fraction",
-                                 "data.separation", "training.clip_norm"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "training.lr",
+        "training.min_delta",
+        "training.weight_decay",
+        "guide.init_scale",
+        "objective.alpha",
+        "objective.kl_weight",
+        "data.valid_fraction",
+        "data.separation",
+        "training.clip_norm",
+    ],
+)
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_inf_and_nan_are_refused_in_every_float_field(card, key, value):
     with pytest.raises(CardError) as info:
@@ -293,8 +323,19 @@ def test_fit_onto_an_existing_run_is_refused(card, run_dir, capsys):
 def test_overwrite_replaces_the_whole_run(card, run_dir, capsys):
     (run_dir / "reconstructions.png").write_bytes(b"a plot of the old run")
     (run_dir / ".checkpoint.pt.123.tmp").write_bytes(b"a temporary file of a crashed write")
-    code, _, err = cli(capsys, "fit", card, "--out", run_dir, "--overwrite", "--quiet",
-                       "--set", "model.components=3", "--set", "training.epochs=2")
+    code, _, err = cli(
+        capsys,
+        "fit",
+        card,
+        "--out",
+        run_dir,
+        "--overwrite",
+        "--quiet",
+        "--set",
+        "model.components=3",
+        "--set",
+        "training.epochs=2",
+    )
     assert code == 0, err
     names = {p.name for p in run_dir.iterdir()}
     assert "reconstructions.png" not in names and ".checkpoint.pt.123.tmp" not in names  # nothing mixed in
@@ -332,11 +373,14 @@ def test_out_that_cannot_be_a_directory(card, tmp_path, capsys, where):
 
 def _hold_lock(path: Path) -> subprocess.Popen:
     """Another process that holds ``path``'s run lock until its stdin closes."""
-    code = ("import sys; from pplvm import rundir\n"
-            f"with rundir.locked({str(path)!r}):\n"
-            "    print('locked', flush=True); sys.stdin.read()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env=SUBPROCESS_ENV, text=True)
+    code = (
+        "import sys; from pplvm import rundir\n"
+        f"with rundir.locked({str(path)!r}):\n"
+        "    print('locked', flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=SUBPROCESS_ENV, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -362,8 +406,10 @@ def test_two_concurrent_fits_into_one_directory(card, tmp_path):
     in one line (the lock, or the run the first has written); metrics are not interleaved."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pplvm.cli", "fit", str(card), "--out", str(out), "--quiet"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
@@ -375,18 +421,25 @@ def test_two_concurrent_fits_into_one_directory(card, tmp_path):
 
 
 # ---------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize("old, new, key", [
-    ("components = 2", "components = 3", "model.components"),
-    ('covariance = "diag"', 'covariance = "full"', "model.covariance"),
-    ('kind = "meanfield"', 'kind = "map"', "guide.kind"),
-])
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("components = 2", "components = 3", "model.components"),
+        ('covariance = "diag"', 'covariance = "full"', "model.covariance"),
+        ('kind = "meanfield"', 'kind = "map"', "guide.kind"),
+    ],
+)
 def test_card_edited_after_training(run_dir, capsys, old, new, key):
     path = run_dir / "card.toml"
     assert old in path.read_text()
     path.write_text(path.read_text().replace(old, new, 1))
     before = tree(run_dir)
-    for args in (["evaluate", run_dir], ["summary", run_dir], ["resume", run_dir, "--epochs", 6],
-                 ["sample", run_dir, "-n", 2, "--out", run_dir.parent / "s.npy"]):
+    for args in (
+        ["evaluate", run_dir],
+        ["summary", run_dir],
+        ["resume", run_dir, "--epochs", 6],
+        ["sample", run_dir, "-n", 2, "--out", run_dir.parent / "s.npy"],
+    ):
         if args[0] == "summary":
             (run_dir / "summary.txt").unlink()  # else summary prints the stored text
             before = tree(run_dir)
@@ -433,8 +486,9 @@ def test_truncated_checkpoint(run_dir, capsys):
     assert tree(run_dir) == before
 
 
-@pytest.mark.parametrize("epochs, needle", [(2, "fewer than the 4 epochs"), (0, "positive integer"),
-                                            (-1, "positive integer")])
+@pytest.mark.parametrize(
+    "epochs, needle", [(2, "fewer than the 4 epochs"), (0, "positive integer"), (-1, "positive integer")]
+)
 def test_resume_validates_epochs_before_writing(run_dir, capsys, epochs, needle):
     before = tree(run_dir)
     code, _, err = cli(capsys, "resume", run_dir, "--epochs", epochs)
@@ -567,16 +621,22 @@ def test_an_interrupt_something_swallowed_still_stops_the_fit_at_the_next_step(t
     _signals.check()  # leaving handling() forgets the signal: nothing is raised later
 
 
-@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
-                                                  (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    "signum, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, word):
     (tmp_path / "card.toml").write_text(CARD.replace("epochs = 4", "epochs = 100000\ncheckpoint_every = 1"))
     out = tmp_path / "run"
     # SIGINT at its default in the child, however this test was started (a background job or a
     # test worker inherits it ignored, and a process started ignoring it keeps ignoring it)
-    with subprocess.Popen([sys.executable, "-m", "pplvm.cli", "fit", str(tmp_path / "card.toml"), "--out", str(out)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "pplvm.cli", "fit", str(tmp_path / "card.toml"), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=SUBPROCESS_ENV,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:
         try:
             deadline = time.monotonic() + 240
             while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
@@ -587,8 +647,9 @@ def test_signal_during_fit_keeps_the_last_checkpoint(tmp_path, signum, status, w
         finally:
             proc.kill()  # (a no-op once it has exited)
     assert proc.returncode == status, err
-    assert err.strip().splitlines() == [f"pplvm: {word}; the last checkpoint is kept in {out} — "
-                                        f"continue with: pplvm resume {out}"]
+    assert err.strip().splitlines() == [
+        f"pplvm: {word}; the last checkpoint is kept in {out} — continue with: pplvm resume {out}"
+    ]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     run = pplvm.load(out)  # the checkpoint is whole
     # three metric lines were seen, so epoch 2's checkpoint was complete (epoch 3's may not be)

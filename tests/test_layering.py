@@ -33,12 +33,23 @@ PACKAGE = Path(pplvm.__file__).parent
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
     ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm._signals", "pplvm._targets", "pplvm.schema"],
-    ["pplvm.training.checkpoint", "pplvm.training.distributed", "pplvm.evaluation.arviz", "pplvm.evaluation.plots",
-     "pplvm.evaluation.graph"],
+    [
+        "pplvm.training.checkpoint",
+        "pplvm.training.distributed",
+        "pplvm.evaluation.arviz",
+        "pplvm.evaluation.plots",
+        "pplvm.evaluation.graph",
+    ],
     # guides.forward (diffusion's fixed noising chain) and evaluation.two_sample (statistics a
     # GAN objective monitors) use only data and distributions: building blocks, below their folders
-    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference", "pplvm.guides.forward",
-     "pplvm.evaluation.two_sample"],
+    [
+        "pplvm.distributions",
+        "pplvm.data",
+        "pplvm.decoders",
+        "pplvm.inference",
+        "pplvm.guides.forward",
+        "pplvm.evaluation.two_sample",
+    ],
     ["pplvm.families"],
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules", "pplvm.training.compiled"],
@@ -97,8 +108,10 @@ def violations(root: Path = PACKAGE) -> list[str]:
         own = layer_of(module)
         for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py", root):
             if layer_of(target) > own:
-                found.append(f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports "
-                             f"{target} (layer {layer_of(target)})")
+                found.append(
+                    f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports "
+                    f"{target} (layer {layer_of(target)})"
+                )
     return found
 
 
@@ -123,7 +136,8 @@ def test_the_check_catches_an_upward_import(tmp_path):
         "from ..schema import Section\n"
         "from . import base\n"
         "def f():\n    from ..run import Run\n"
-        "from pplvm.config import card_schema\n")
+        "from pplvm.config import card_schema\n"
+    )
     (pkg / "families" / "base.py").write_text("from pplvm import schema\n")
     found = violations(pkg)
     assert len(found) == 2
@@ -131,7 +145,14 @@ def test_the_check_catches_an_upward_import(tmp_path):
     assert "mine.py:5:" in found[1] and "imports pplvm.config (layer 4)" in found[1]
 
 
-@pytest.mark.parametrize("module, layer", [("pplvm.evaluation.latent", 6), ("pplvm.evaluation.plots", 1),
-                                           ("pplvm.workflows.sbc", 8), ("pplvm.inference.importance", 2)])
+@pytest.mark.parametrize(
+    "module, layer",
+    [
+        ("pplvm.evaluation.latent", 6),
+        ("pplvm.evaluation.plots", 1),
+        ("pplvm.workflows.sbc", 8),
+        ("pplvm.inference.importance", 2),
+    ],
+)
 def test_longest_prefix_decides(module, layer):
     assert layer_of(module) == layer

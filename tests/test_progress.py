@@ -82,14 +82,18 @@ def test_long_commands_report_progress_on_stderr(monkeypatch, capsys, tmp_path):
     stdout, so --json stays one object."""
     import json
 
-    import pplvm
     from cases import CASES
+
+    import pplvm
     from pplvm.cli import main
 
     monkeypatch.setattr(_progress, "EVERY", 0.0)
     card = next(c.values[0] for c in CASES if c.id == "vae-digits-dynamic-mlp")
-    card = {**card, "model": {**card["model"], "likelihood_samples": 8},
-            "training": {**card["training"], "epochs": 1, "progress": True}}
+    card = {
+        **card,
+        "model": {**card["model"], "likelihood_samples": 8},
+        "training": {**card["training"], "epochs": 1, "progress": True},
+    }
     pplvm.fit(card, out=tmp_path / "run")
     err = capsys.readouterr().err
     assert "posterior predictive: 10/10 draw (100%)" in err  # the export after fit (5 draws x 2 chains)

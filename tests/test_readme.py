@@ -46,8 +46,11 @@ def binarized_mnist_file(where: Path) -> None:
     60 training and 20 validation images of random strokes."""
     rng = np.random.default_rng(0)
     (where / "data" / "binarized_mnist").mkdir(parents=True, exist_ok=True)
-    np.savez(where / "data" / "binarized_mnist" / "train_valid.npz",
-             train=(rng.random((60, 784)) < 0.15).astype(np.uint8), valid=(rng.random((20, 784)) < 0.15).astype(np.uint8))
+    np.savez(
+        where / "data" / "binarized_mnist" / "train_valid.npz",
+        train=(rng.random((60, 784)) < 0.15).astype(np.uint8),
+        valid=(rng.random((20, 784)) < 0.15).astype(np.uint8),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +71,13 @@ def workdir(tmp_path_factory):
 
 
 def run_as_user(command: str, where: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{where / 'bin'}{os.pathsep}{os.environ['PATH']}", "PPLVM_MAX_EPOCHS": EPOCHS,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "PYTHONWARNINGS": "error::RuntimeWarning"}
+    env = {
+        **os.environ,
+        "PATH": f"{where / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PPLVM_MAX_EPOCHS": EPOCHS,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONWARNINGS": "error::RuntimeWarning",
+    }
     return subprocess.run(["bash", "-c", command], cwd=where, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -118,9 +125,13 @@ def test_every_shipped_card_fits_as_written(card, workdir):
 def test_max_epochs_caps_each_fit_and_resume(tmp_path, monkeypatch):
     import pplvm
 
-    card = {"model": {"family": "gmm", "components": 2}, "objective": {"name": "enum"},
-            "data": {"source": "synthetic_gmm", "n": 60, "components": 2},
-            "training": {"epochs": 10, "progress": False}, "evaluation": {"draws": 5, "chains": 2}}
+    card = {
+        "model": {"family": "gmm", "components": 2},
+        "objective": {"name": "enum"},
+        "data": {"source": "synthetic_gmm", "n": 60, "components": 2},
+        "training": {"epochs": 10, "progress": False},
+        "evaluation": {"draws": 5, "chains": 2},
+    }
     monkeypatch.setenv("PPLVM_MAX_EPOCHS", "3")
     run = pplvm.fit(card, tmp_path / "r")
     assert len(run.history) == 3 and pplvm.load_card(tmp_path / "r" / "card.toml").training.epochs == 3

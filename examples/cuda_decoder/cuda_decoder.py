@@ -13,7 +13,6 @@ head, the guide, objectives, training, evaluation and export are pplvm's as for 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
@@ -72,8 +71,13 @@ def extension():
     if _EXTENSION is None:
         from torch.utils.cpp_extension import load_inline
 
-        _EXTENSION = load_inline(name="pplvm_bias_tanh", cpp_sources=CPP, cuda_sources=CUDA,
-                                 functions=["bias_tanh_forward", "bias_tanh_backward"], extra_cuda_cflags=["-O2"])
+        _EXTENSION = load_inline(
+            name="pplvm_bias_tanh",
+            cpp_sources=CPP,
+            cuda_sources=CUDA,
+            functions=["bias_tanh_forward", "bias_tanh_backward"],
+            extra_cuda_cflags=["-O2"],
+        )
     return _EXTENSION
 
 

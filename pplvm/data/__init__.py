@@ -54,20 +54,35 @@ SOURCES.register("iris")(Source(IrisConfig, _sklearn_loader("iris"), "scikit-lea
 SOURCES.register("wine")(Source(WineConfig, _sklearn_loader("wine"), "scikit-learn wine, 178 x 13"))
 SOURCES.register("file")(Source(FileConfig, _load_file, "a user .npy or .csv file (N, D)"))
 SOURCES.register("digits")(Source(DigitsConfig, _load_digits, "scikit-learn 8x8 digits, 1797 x 64 in [0, 1]", _augment))
-SOURCES.register("binarized_mnist")(Source(BinarizedMnistConfig, _load_binarized_mnist,
-                                           "binarized MNIST .amat / .npz files (N, 784), own splits"))
+SOURCES.register("binarized_mnist")(
+    Source(BinarizedMnistConfig, _load_binarized_mnist, "binarized MNIST .amat / .npz files (N, 784), own splits")
+)
 SOURCES.register("mnist_idx")(Source(MnistIdxConfig, _load_mnist_idx, "MNIST IDX files (.gz), labels", _augment))
-SOURCES.register("cifar10")(Source(Cifar10Config, _load_cifar10, "CIFAR-10 binary batches (data_batch_*.bin), "
-                                   "(N, 3072) channel-first in [0, 1], labels", _augment))
-SOURCES.register("image_npy")(Source(ImageArrayConfig, _load_image_npy, "a .npy of uint8 images (N, H, W[, C])",
-                                     _augment))
+SOURCES.register("cifar10")(
+    Source(
+        Cifar10Config,
+        _load_cifar10,
+        "CIFAR-10 binary batches (data_batch_*.bin), (N, 3072) channel-first in [0, 1], labels",
+        _augment,
+    )
+)
+SOURCES.register("image_npy")(
+    Source(ImageArrayConfig, _load_image_npy, "a .npy of uint8 images (N, H, W[, C])", _augment)
+)
 SOURCES.register("synthetic_hmm")(Source(SyntheticHMMConfig, _load_synthetic_hmm, "sequences from a random HMM"))
-SOURCES.register("sunspots")(Source(SunspotsConfig, _statsmodels_series("sunspots", "SUNACTIVITY"),
-                                    "statsmodels yearly sunspots 1700-2008, cut into sequences"))
-SOURCES.register("nile")(Source(NileConfig, _statsmodels_series("nile", "volume"),
-                                "statsmodels Nile flow 1871-1970, cut into sequences"))
-SOURCES.register("sequence_file")(Source(SequenceFileConfig, _load_sequence_file,
-                                         "a user .npz of sequences (train, train_lengths, valid, ...)"))
+SOURCES.register("sunspots")(
+    Source(
+        SunspotsConfig,
+        _statsmodels_series("sunspots", "SUNACTIVITY"),
+        "statsmodels yearly sunspots 1700-2008, cut into sequences",
+    )
+)
+SOURCES.register("nile")(
+    Source(NileConfig, _statsmodels_series("nile", "volume"), "statsmodels Nile flow 1871-1970, cut into sequences")
+)
+SOURCES.register("sequence_file")(
+    Source(SequenceFileConfig, _load_sequence_file, "a user .npz of sequences (train, train_lengths, valid, ...)")
+)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -80,8 +95,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     source = SOURCES[cfg.source]
     augment = source.augment(cfg) if source.augment is not None else None
     if augment is not None and cfg.standardize:
-        raise DataError("data.standardize = true cannot be combined with a per-batch augmentation "
-                        f"({type(augment).__name__}), which draws from the raw values")
+        raise DataError(
+            "data.standardize = true cannot be combined with a per-batch augmentation "
+            f"({type(augment).__name__}), which draws from the raw values"
+        )
     x, labels, info = source.load(cfg)
 
     def check(x, name):  # sources of sequences or labelled data return a checked Batch
@@ -92,8 +109,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     dataset.augment = augment
     if augment is not None:
         fixed = torch.Generator().manual_seed(cfg.split_seed)
-        dataset.valid, dataset.test = (dataset.augment(v, fixed) if v is not None else None
-                                       for v in (dataset.valid, dataset.test))
+        dataset.valid, dataset.test = (
+            dataset.augment(v, fixed) if v is not None else None for v in (dataset.valid, dataset.test)
+        )
     return dataset
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..schema import Seed, Section
 from ..errors import DataError
+from ..schema import Section, Seed
 
 
 class DataConfig(Section):
@@ -61,8 +61,10 @@ def check_magnitude(t: torch.Tensor, name: str) -> None:
         where = big.nonzero()[0].tolist()
         value = float(t[tuple(where)])
         at = f"row {where[0]}" if len(where) <= 2 else f"index {tuple(where)}"
-        raise DataError(f"{name}: {int(big.sum())} value(s) of magnitude above {MAX_ABS:.0e} (first: {value:.3g} at {at}); "
-                        "pplvm computes in float32, where their squares overflow: rescale the data (e.g. its units)")
+        raise DataError(
+            f"{name}: {int(big.sum())} value(s) of magnitude above {MAX_ABS:.0e} (first: {value:.3g} at {at}); "
+            "pplvm computes in float32, where their squares overflow: rescale the data (e.g. its units)"
+        )
 
 
 def as_matrix(x: Any, name: str = "data", dim: int | None = None) -> torch.Tensor:
@@ -118,8 +120,12 @@ class Batch:
         return Batch(**{**self.fields(), **changes})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(**{k: (v.to(device, non_blocking=non_blocking) if v is not None else None)
-                        for k, v in self.fields().items()})
+        return Batch(
+            **{
+                k: (v.to(device, non_blocking=non_blocking) if v is not None else None)
+                for k, v in self.fields().items()
+            }
+        )
 
     def pin_memory(self) -> "Batch":
         return Batch(**{k: (v.pin_memory() if v is not None else None) for k, v in self.fields().items()})
@@ -202,10 +208,14 @@ class Dataset:
         if isinstance(self.train, Batch) and self.train.y is not None:
             return self
         if self.labels.get("train") is None:
-            raise DataError(f"{who} needs labels (Batch.y) but the data source gives none; use a labelled "
-                            "source (e.g. digits, mnist_idx with labels, file with data.label_column)")
-        parts = {k: (Batch(values(x), y=self.labels[k]) if x is not None else None)
-                 for k, x in (("train", self.train), ("valid", self.valid), ("test", self.test))}
+            raise DataError(
+                f"{who} needs labels (Batch.y) but the data source gives none; use a labelled "
+                "source (e.g. digits, mnist_idx with labels, file with data.label_column)"
+            )
+        parts = {
+            k: (Batch(values(x), y=self.labels[k]) if x is not None else None)
+            for k, x in (("train", self.train), ("valid", self.valid), ("test", self.test))
+        }
         return replace(self, **parts)
 
 
@@ -244,8 +254,9 @@ def split(x: "torch.Tensor | Batch", labels, cfg: DataConfig) -> Dataset:
 SPLITS = ("train", "valid", "test")
 
 
-def split_given(parts: dict[str, Any], labels: dict[str, Any] | None, cfg: DataConfig,
-                check: Callable[[Any, str], torch.Tensor]) -> Dataset:
+def split_given(
+    parts: dict[str, Any], labels: dict[str, Any] | None, cfg: DataConfig, check: Callable[[Any, str], torch.Tensor]
+) -> Dataset:
     """Splits a source provides itself (``parts``: ``train`` and any of ``valid``, ``test``).
 
     Given splits are used as they are; a missing one is carved out of ``train`` by its

@@ -25,7 +25,6 @@ File formats
 from __future__ import annotations
 
 import gzip
-
 import struct
 import zipfile
 import zlib
@@ -109,8 +108,9 @@ def read_amat(path: str | Path, field: str = "data.path", pixels: int = MNIST_PI
         except ValueError as err:
             raise DataError(f"{field} {str(path)!r} line {i}: not numbers ({err})") from None
         if len(row) != pixels:
-            raise DataError(f"{field} {str(path)!r} line {i}: expected {pixels} values (a 28 x 28 image), "
-                            f"got {len(row)}")
+            raise DataError(
+                f"{field} {str(path)!r} line {i}: expected {pixels} values (a 28 x 28 image), got {len(row)}"
+            )
         rows.append(row)
     if not rows:
         raise DataError(f"{field} {str(path)!r}: no images in the file")
@@ -133,12 +133,16 @@ def read_npz(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIX
         # AttributeError: a single .npy array (no .files) given the .npz name
         raise DataError(f"{field} {str(path)!r}: not a readable .npz of plain arrays ({err})") from None
     if "train" not in arrays:
-        raise DataError(f"{field} {str(path)!r}: expected an array named 'train' (and optionally 'valid', "
-                        f"'test'); the file holds {names}")
+        raise DataError(
+            f"{field} {str(path)!r}: expected an array named 'train' (and optionally 'valid', "
+            f"'test'); the file holds {names}"
+        )
     for k, a in arrays.items():
         if a.ndim != 2 or a.shape[1] != pixels:
-            raise DataError(f"{field} {str(path)!r}: array {k!r} has shape {a.shape}; expected (N, {pixels}), "
-                            "one 28 x 28 image per row")
+            raise DataError(
+                f"{field} {str(path)!r}: array {k!r} has shape {a.shape}; expected (N, {pixels}), "
+                "one 28 x 28 image per row"
+            )
         _check_binary(a, f"{field} {str(path)!r} array {k!r}")
     return arrays
 
@@ -165,8 +169,14 @@ class MnistIdxConfig(ImageConfig):
     test_labels: str | None = Field(None, description="IDX test labels (t10k-labels-idx1-ubyte.gz)")
 
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path, field: str = "data.images") -> np.ndarray:
@@ -187,8 +197,9 @@ def read_idx(path: str | Path, field: str = "data.images") -> np.ndarray:
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(shape)) * dtype.itemsize:
-        raise DataError(f"{field} {str(path)!r}: header says shape {shape} but the file holds "
-                        f"{len(body)} bytes of data")
+        raise DataError(
+            f"{field} {str(path)!r}: header says shape {shape} but the file holds {len(body)} bytes of data"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
@@ -207,8 +218,9 @@ def _idx_split(images: str, labels: str | None, which: str):
     if labels is not None:
         y = read_idx(labels, f"data.{which}labels")
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"data.{which}labels {labels!r}: expected {len(x)} labels (one per image), "
-                            f"got shape {y.shape}")
+            raise DataError(
+                f"data.{which}labels {labels!r}: expected {len(x)} labels (one per image), got shape {y.shape}"
+            )
         y = y.astype(np.int64)
     return x.reshape(len(x), -1).astype(np.float64) / 255.0, y, list(x.shape[1:])
 
@@ -221,8 +233,10 @@ def _load_mnist_idx(cfg: MnistIdxConfig):
     if cfg.test_images is not None:
         xt, yt, test_shape = _idx_split(cfg.test_images, cfg.test_labels, "test_")
         if test_shape != shape:
-            raise DataError(f"data.test_images: images are {test_shape[0]} x {test_shape[1]} but the training "
-                            f"images are {shape[0]} x {shape[1]}")
+            raise DataError(
+                f"data.test_images: images are {test_shape[0]} x {test_shape[1]} but the training "
+                f"images are {shape[0]} x {shape[1]}"
+            )
         parts["test"], labels["test"] = binarized(xt, cfg.binarize, cfg.binarize_seed + 1), yt
     return parts, labels if y is not None else None, {"image_shape": shape, "path": cfg.images}
 
@@ -243,8 +257,10 @@ def read_cifar10(path: str | Path, field: str = "data.paths") -> tuple[np.ndarra
     path = _existing(path, field)
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if len(raw) == 0 or len(raw) % CIFAR_RECORD:
-        raise DataError(f"{field} {str(path)!r}: not a CIFAR-10 binary batch ({len(raw)} bytes is not a "
-                        f"multiple of the {CIFAR_RECORD}-byte record)")
+        raise DataError(
+            f"{field} {str(path)!r}: not a CIFAR-10 binary batch ({len(raw)} bytes is not a "
+            f"multiple of the {CIFAR_RECORD}-byte record)"
+        )
     rec = raw.reshape(-1, CIFAR_RECORD)
     if rec[:, 0].max() > 9:
         raise DataError(f"{field} {str(path)!r}: label byte {int(rec[:, 0].max())} is not a CIFAR-10 class 0..9")
@@ -292,8 +308,7 @@ def read_image_npy(path: str | Path, field: str = "data.path") -> np.ndarray:
 
 def _load_image_npy(cfg: ImageArrayConfig):
     x, shape = read_image_npy(cfg.path)
-    return binarized(x, cfg.binarize, cfg.binarize_seed), None, {"image_shape": shape,
-                                                                  "path": cfg.path}
+    return binarized(x, cfg.binarize, cfg.binarize_seed), None, {"image_shape": shape, "path": cfg.path}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -308,11 +323,26 @@ def _check_binary(x: np.ndarray, where: str) -> np.ndarray:
     bad = ~np.isin(x, (0, 1))
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise DataError(f"{where}: binarized MNIST must hold only 0 and 1, but row {row} holds "
-                        f"{float(x[row][bad[row]][0]):g}")
+        raise DataError(
+            f"{where}: binarized MNIST must hold only 0 and 1, but row {row} holds {float(x[row][bad[row]][0]):g}"
+        )
     return x
 
 
-__all__ = ["Binarize", "BinarizedMnistConfig", "Cifar10Config", "DigitsConfig", "ImageArrayConfig", "ImageConfig",
-           "MnistIdxConfig", "binarized", "read_amat", "read_cifar10", "read_idx", "read_image_npy", "read_npz",
-           "write_amat", "write_idx"]
+__all__ = [
+    "Binarize",
+    "BinarizedMnistConfig",
+    "Cifar10Config",
+    "DigitsConfig",
+    "ImageArrayConfig",
+    "ImageConfig",
+    "MnistIdxConfig",
+    "binarized",
+    "read_amat",
+    "read_cifar10",
+    "read_idx",
+    "read_image_npy",
+    "read_npz",
+    "write_amat",
+    "write_idx",
+]

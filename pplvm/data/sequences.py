@@ -44,15 +44,18 @@ def _numeric(x: Any, name: str) -> torch.Tensor:
     except ValueError:  # numpy >= 1.24 refuses inhomogeneous nested lists outright
         ragged = True
     if ragged:
-        raise DataError(f"{name}: ragged sequences given as one array; pass a list of (T_i, D) arrays, "
-                        "or the steps stacked along time with per-sequence lengths")
+        raise DataError(
+            f"{name}: ragged sequences given as one array; pass a list of (T_i, D) arrays, "
+            "or the steps stacked along time with per-sequence lengths"
+        )
     t = numeric(x, name)
     check_magnitude(t, name)
     return t.to(torch.get_default_dtype())
 
 
-def _check_lengths(lengths: Any, name: str, n: int | None = None, longest: int | None = None,
-                   total: int | None = None) -> torch.Tensor:
+def _check_lengths(
+    lengths: Any, name: str, n: int | None = None, longest: int | None = None, total: int | None = None
+) -> torch.Tensor:
     arr = np.asarray(lengths.cpu() if torch.is_tensor(lengths) else lengths)
     if arr.ndim != 1 or (n is not None and len(arr) != n) or len(arr) == 0:
         expected = f"({n},)" if n is not None else "(N,), N >= 1"
@@ -63,8 +66,10 @@ def _check_lengths(lengths: Any, name: str, n: int | None = None, longest: int |
     if np.any(arr < 1):
         raise DataError(f"{name}: every length must be at least 1; sequence {int(np.argmin(arr))} has {arr.min()}")
     if longest is not None and arr.max() > longest:
-        raise DataError(f"{name}: sequence {int(np.argmax(arr))} has length {arr.max()} but the padded data "
-                        f"has only {longest} steps")
+        raise DataError(
+            f"{name}: sequence {int(np.argmax(arr))} has length {arr.max()} but the padded data "
+            f"has only {longest} steps"
+        )
     if total is not None and arr.sum() != total:
         raise DataError(f"{name}: the lengths sum to {arr.sum()} but the data has {total} steps")
     return torch.as_tensor(arr)
@@ -91,8 +96,9 @@ def _pad(seqs: list[torch.Tensor], name: str) -> Batch:
     dims = {s.shape[1] for s in seqs}
     if len(dims) > 1:
         first = next(i for i, s in enumerate(seqs) if s.shape[1] != seqs[0].shape[1])
-        raise DataError(f"{name}: sequence {first} has {seqs[first].shape[1]} features but sequence 0 has "
-                        f"{seqs[0].shape[1]}")
+        raise DataError(
+            f"{name}: sequence {first} has {seqs[first].shape[1]} features but sequence 0 has {seqs[0].shape[1]}"
+        )
     lengths = torch.tensor([len(s) for s in seqs])
     x = torch.zeros(len(seqs), int(lengths.max()), seqs[0].shape[1], dtype=seqs[0].dtype)
     for i, s in enumerate(seqs):
@@ -108,8 +114,11 @@ def as_sequences(data: Any, name: str = "data", dim: int | None = None) -> Batch
         x = _numeric(data.x, name)
         if x.dim() != 3:
             raise DataError(f"{name}: expected padded sequences of shape (N, T, D), got {tuple(x.shape)}")
-        lengths = (torch.full((len(x),), x.shape[1]) if data.lengths is None
-                   else _check_lengths(data.lengths, f"{name} lengths", len(x), longest=x.shape[1]))
+        lengths = (
+            torch.full((len(x),), x.shape[1])
+            if data.lengths is None
+            else _check_lengths(data.lengths, f"{name} lengths", len(x), longest=x.shape[1])
+        )
         batch = data.replace(x=x, lengths=lengths)
     elif isinstance(data, (list, tuple)):
         if not data:
@@ -148,9 +157,18 @@ class SyntheticHMMConfig(DataConfig):
     seed: Seed = 0
 
 
-def synthetic_hmm(n: int, min_length: int, max_length: int, states: int, dim: int,
-                  emission: str = "gaussian", categories: int = 4, self_transition: float = 0.8,
-                  separation: float = 3.0, seed: int = 0):
+def synthetic_hmm(
+    n: int,
+    min_length: int,
+    max_length: int,
+    states: int,
+    dim: int,
+    emission: str = "gaussian",
+    categories: int = 4,
+    self_transition: float = 0.8,
+    separation: float = 3.0,
+    seed: int = 0,
+):
     """Draw ``n`` sequences from a random HMM.
 
     Returns ``(Batch, paths (N, T) padded with -1, truth)``, truth holding ``initial``,
@@ -182,14 +200,25 @@ def synthetic_hmm(n: int, min_length: int, max_length: int, states: int, dim: in
         x = (rng.random((n, T, dim)) < truth["emission_probs"][z]).astype(np.float64)
     mask = np.arange(T) < lengths[:, None]
     paths = np.where(mask, z, -1)
-    batch = Batch(x=torch.as_tensor(x * mask[..., None], dtype=torch.get_default_dtype()),
-                  lengths=torch.as_tensor(lengths))
+    batch = Batch(
+        x=torch.as_tensor(x * mask[..., None], dtype=torch.get_default_dtype()), lengths=torch.as_tensor(lengths)
+    )
     return batch, paths, truth
 
 
 def _load_synthetic_hmm(cfg: SyntheticHMMConfig):
-    batch, paths, truth = synthetic_hmm(cfg.n, cfg.min_length, cfg.max_length, cfg.states, cfg.dim,
-                                        cfg.emission, cfg.categories, cfg.self_transition, cfg.separation, cfg.seed)
+    batch, paths, truth = synthetic_hmm(
+        cfg.n,
+        cfg.min_length,
+        cfg.max_length,
+        cfg.states,
+        cfg.dim,
+        cfg.emission,
+        cfg.categories,
+        cfg.self_transition,
+        cfg.separation,
+        cfg.seed,
+    )
     return batch, paths, {"truth": truth}
 
 
@@ -213,8 +242,11 @@ def _statsmodels_series(name: str, column: str):
 
         series = getattr(sm.datasets, name).load_pandas().data[column].to_numpy(np.float64)
         pieces = [series[i : i + cfg.length] for i in range(0, len(series), cfg.length)]
-        return _pad([torch.tensor(p[:, None], dtype=torch.get_default_dtype()) for p in pieces], name), None, {
-            "series": name, "column": column, "steps": len(series)}
+        return (
+            _pad([torch.tensor(p[:, None], dtype=torch.get_default_dtype()) for p in pieces], name),
+            None,
+            {"series": name, "column": column, "steps": len(series)},
+        )
 
     return load
 
@@ -263,14 +295,18 @@ def read_sequences(path: str | Path, name: str = "data.path") -> dict[str, Batch
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
                 raise DataError(f"{field}: the archive is damaged ({err})") from None
             except ValueError as err:  # object (ragged) arrays cannot be read without pickle
-                raise DataError(f"{field}: ragged or object array ({err}); store the steps stacked along time "
-                                f"with per-sequence lengths in {lengths_key!r}") from None
+                raise DataError(
+                    f"{field}: ragged or object array ({err}); store the steps stacked along time "
+                    f"with per-sequence lengths in {lengths_key!r}"
+                ) from None
             if steps.ndim == 3:
                 full = Batch(x=torch.as_tensor(steps), lengths=None if lengths is None else torch.as_tensor(lengths))
                 out[split] = as_sequences(full, field)
             elif lengths is None:
-                raise DataError(f"{field}: steps of shape {steps.shape} stacked along time need per-sequence "
-                                f"lengths in {lengths_key!r} (for one sequence: [{len(steps)}])")
+                raise DataError(
+                    f"{field}: steps of shape {steps.shape} stacked along time need per-sequence "
+                    f"lengths in {lengths_key!r} (for one sequence: [{len(steps)}])"
+                )
             else:
                 out[split] = as_sequences(from_stacked(steps, lengths, field, f"{where} key {lengths_key!r}"), field)
         return out

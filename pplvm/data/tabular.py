@@ -97,7 +97,9 @@ def read_matrix(path: str | Path, label_column: int | None = None, name: str = "
         try:
             first = path.read_text().splitlines()[:1]
         except UnicodeDecodeError as err:
-            raise DataError(f"data.path {str(path)!r}: not a UTF-8 text CSV file ({err.reason} at byte {err.start})") from None
+            raise DataError(
+                f"data.path {str(path)!r}: not a UTF-8 text CSV file ({err.reason} at byte {err.start})"
+            ) from None
         try:
             [float(v) for v in first[0].split(",")] if first else None
             skip = 0

@@ -24,14 +24,14 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .._targets import TARGET_PATTERN
-from ..schema import Section
 from ..errors import CardError
+from ..schema import Section
+from . import user
 from .base import Decoder, Encoder, Likelihood, floored_softplus
 from .conv import ConvDecoderNet, ConvTrunk
 from .fused import MLP, Backend
 from .init import Init, OutputBias, initialize, output_layer
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, GaussianScale
-from . import user
 from .mlp import Activation, mlp
 
 
@@ -40,8 +40,9 @@ class NetworkConfig(Section):
 
     latent_dim: int = Field(50, ge=1, description="dimension L of the latent z")
     architecture: Literal["mlp", "conv"] = "mlp"
-    hidden: list[int] = Field([200, 200], description="hidden widths of the MLP layers (encoder; "
-                              "the decoder mirrors them)")
+    hidden: list[int] = Field(
+        [200, 200], description="hidden widths of the MLP layers (encoder; the decoder mirrors them)"
+    )
     activation: Activation = "tanh"
     channels: int = Field(16, ge=1, description="conv: channels of the first convolution")
     image_shape: list[int] | None = Field(None, description="conv: [H, W] of the images; default square")
@@ -49,26 +50,52 @@ class NetworkConfig(Section):
     scale: GaussianScale = Field("learned", description="gaussian: fixed, learned (per pixel) or amortized")
     fixed_scale: float = Field(0.1, gt=0, description="gaussian: σ when fixed, the start σ when learned")
     min_scale: float = Field(1e-3, gt=0, description="floor of every softplus scale")
-    init: Init = Field("glorot", description="weights of encoder and decoder: glorot (Glorot & Bengio's uniform, "
-                       "zero biases: the IWAE paper's) | kaiming (He normal, for relu) | torch (PyTorch's defaults)")
-    output_bias: OutputBias = Field("data_mean", description="start of the decoder's output bias: data_mean (the "
-                                    "training data's mean pixel: its logit for bernoulli, itself for gaussian; mlp "
-                                    "decoders) | zero")
-    encoder_scale: Literal["softplus", "exp"] = Field("softplus", description="the encoder's scale from its raw "
-                                                      "output: min_scale + softplus (stable) or min_scale + exp "
-                                                      "(the IWAE paper's)")
-    network: str | None = Field(None, description="a decoder network registered by name from Python "
-                                "(pplvm.decoders.register_network, e.g. a CUDA extension) instead of architecture")
-    backend: Backend = Field("auto", description="decoder kernels: auto (Triton on CUDA, else torch) | "
-                             "triton | torch | compile (torch.compile); see pplvm.decoders.fused")
-    decoder_target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
-        "your decoder, 'package.module:name': z (*S, B, L) [, side (B, C)] -> a Distribution with batch (*S, B) "
-        "and event (D,); a module class is built with latent_dim, dim [, side_dim] and decoder_options "
-        "(pplvm.decoders.user); PyroSample weights are global latents"))
+    init: Init = Field(
+        "glorot",
+        description="weights of encoder and decoder: glorot (Glorot & Bengio's uniform, "
+        "zero biases: the IWAE paper's) | kaiming (He normal, for relu) | torch (PyTorch's defaults)",
+    )
+    output_bias: OutputBias = Field(
+        "data_mean",
+        description="start of the decoder's output bias: data_mean (the "
+        "training data's mean pixel: its logit for bernoulli, itself for gaussian; mlp "
+        "decoders) | zero",
+    )
+    encoder_scale: Literal["softplus", "exp"] = Field(
+        "softplus",
+        description="the encoder's scale from its raw "
+        "output: min_scale + softplus (stable) or min_scale + exp "
+        "(the IWAE paper's)",
+    )
+    network: str | None = Field(
+        None,
+        description="a decoder network registered by name from Python "
+        "(pplvm.decoders.register_network, e.g. a CUDA extension) instead of architecture",
+    )
+    backend: Backend = Field(
+        "auto",
+        description="decoder kernels: auto (Triton on CUDA, else torch) | "
+        "triton | torch | compile (torch.compile); see pplvm.decoders.fused",
+    )
+    decoder_target: str | None = Field(
+        None,
+        pattern=TARGET_PATTERN,
+        description=(
+            "your decoder, 'package.module:name': z (*S, B, L) [, side (B, C)] -> a Distribution with batch (*S, B) "
+            "and event (D,); a module class is built with latent_dim, dim [, side_dim] and decoder_options "
+            "(pplvm.decoders.user); PyroSample weights are global latents"
+        ),
+    )
     decoder_options: dict[str, Any] = Field({}, description="keyword arguments of a module class decoder_target")
-    encoder_target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
-        "your encoder, 'package.module:name': x (B, D) [, side (B, C)] -> (loc, scale), each (B, L); a module class "
-        "is built with latent_dim, dim [, side_dim] and encoder_options"))
+    encoder_target: str | None = Field(
+        None,
+        pattern=TARGET_PATTERN,
+        description=(
+            "your encoder, 'package.module:name': x (B, D) [, side (B, C)] -> (loc, scale), each (B, L); "
+            "a module class "
+            "is built with latent_dim, dim [, side_dim] and encoder_options"
+        ),
+    )
     encoder_options: dict[str, Any] = Field({}, description="keyword arguments of a module class encoder_target")
 
     @model_validator(mode="after")
@@ -87,8 +114,10 @@ def image_shape(cfg: NetworkConfig, dim: int) -> tuple[int, int]:
     else:
         h = w = math.isqrt(dim)
     if h * w != dim:
-        raise CardError(f"model.image_shape: the data has {dim} columns, which is not "
-                        f"{'a square image' if cfg.image_shape is None else f'{h} x {w}'}; set model.image_shape")
+        raise CardError(
+            f"model.image_shape: the data has {dim} columns, which is not "
+            f"{'a square image' if cfg.image_shape is None else f'{h} x {w}'}; set model.image_shape"
+        )
     if cfg.architecture == "conv" and (h % 4 or w % 4):
         raise CardError(f"model.image_shape: the conv architecture needs H and W divisible by 4, got {h} x {w}")
     return h, w
@@ -121,22 +150,32 @@ def make_decoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
     """``p(x | z, side)``: ``z`` ``(*S, B, L)`` and side ``(B, C)`` to a distribution over ``(D,)``:
     a :class:`Decoder`, or the user's ``model.decoder_target`` (see :mod:`pplvm.decoders.user`)."""
     if cfg.decoder_target is not None:
-        return user.build(cfg.decoder_target, cfg.decoder_options, "model.decoder_target", "decoder",
-                          latent_dim=cfg.latent_dim, dim=dim, side_dim=side_dim)
+        return user.build(
+            cfg.decoder_target,
+            cfg.decoder_options,
+            "model.decoder_target",
+            "decoder",
+            latent_dim=cfg.latent_dim,
+            dim=dim,
+            side_dim=side_dim,
+        )
     likelihood = make_likelihood(cfg, dim)
     in_features = cfg.latent_dim + side_dim
     if cfg.network is not None:
         if cfg.network not in NETWORKS:
             known = ", ".join(sorted(NETWORKS)) or "none registered (import the module that registers it first)"
             raise CardError(f"model.network = {cfg.network!r} is not a registered decoder network; known: {known}")
-        network = NETWORKS[cfg.network](in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim,
-                                        cfg.activation)
+        network = NETWORKS[cfg.network](
+            in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation
+        )
     elif cfg.architecture == "mlp":
-        network = mlp(in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation,
-                      cfg.backend)
+        network = mlp(
+            in_features, list(reversed(cfg.hidden)), likelihood.num_outputs * dim, cfg.activation, cfg.backend
+        )
     else:
-        network = ConvDecoderNet(in_features, image_shape(cfg, dim), likelihood.num_outputs, cfg.channels,
-                                 cfg.activation)
+        network = ConvDecoderNet(
+            in_features, image_shape(cfg, dim), likelihood.num_outputs, cfg.channels, cfg.activation
+        )
     if cfg.network is None:  # a registered network starts as its factory made it
         initialize(network, cfg.init)
     return Decoder(network, likelihood)
@@ -146,8 +185,15 @@ def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
     """``q(z | x, side)``: ``x`` ``(B, D)`` and side ``(B, C)`` to ``(loc, scale)``, each ``(B, L)``:
     an :class:`Encoder`, or the user's ``model.encoder_target`` (see :mod:`pplvm.decoders.user`)."""
     if cfg.encoder_target is not None:
-        return user.build(cfg.encoder_target, cfg.encoder_options, "model.encoder_target", "encoder",
-                          latent_dim=cfg.latent_dim, dim=dim, side_dim=side_dim)
+        return user.build(
+            cfg.encoder_target,
+            cfg.encoder_options,
+            "model.encoder_target",
+            "encoder",
+            latent_dim=cfg.latent_dim,
+            dim=dim,
+            side_dim=side_dim,
+        )
     if cfg.architecture == "mlp":
         trunk, features, hidden = nn.Identity(), dim, cfg.hidden
     else:
@@ -158,7 +204,26 @@ def make_encoder(cfg: NetworkConfig, dim: int, side_dim: int = 0) -> nn.Module:
 
 
 __all__ = [
-    "Backend", "BernoulliLikelihood", "ConvDecoderNet", "ConvTrunk", "Decoder", "Encoder", "GaussianLikelihood",
-    "Init", "Likelihood", "MLP", "NETWORKS", "NetworkConfig", "OutputBias", "floored_softplus", "image_shape",
-    "initialize", "make_decoder", "make_encoder", "make_likelihood", "mlp", "output_layer", "register_network",
+    "Backend",
+    "BernoulliLikelihood",
+    "ConvDecoderNet",
+    "ConvTrunk",
+    "Decoder",
+    "Encoder",
+    "GaussianLikelihood",
+    "Init",
+    "Likelihood",
+    "MLP",
+    "NETWORKS",
+    "NetworkConfig",
+    "OutputBias",
+    "floored_softplus",
+    "image_shape",
+    "initialize",
+    "make_decoder",
+    "make_encoder",
+    "make_likelihood",
+    "mlp",
+    "output_layer",
+    "register_network",
 ]

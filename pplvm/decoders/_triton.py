@@ -44,10 +44,26 @@ def _activate(acc, ACT: tl.constexpr):
 
 
 @triton.jit
-def _linear_act(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K,
-                sxm, sxk, swn, swk, sym, syn,
-                ACT: tl.constexpr, IEEE: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _linear_act(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    sxm,
+    sxk,
+    swn,
+    swk,
+    sym,
+    syn,
+    ACT: tl.constexpr,
+    IEEE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -56,18 +72,23 @@ def _linear_act(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K,
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         kk = k0 + rk
-        a = tl.load(x_ptr + rm[:, None] * sxm + kk[None, :] * sxk,
-                    mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + rn[None, :] * swn + kk[:, None] * swk,
-                    mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)
+        a = tl.load(
+            x_ptr + rm[:, None] * sxm + kk[None, :] * sxk, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0
+        )
+        w = tl.load(
+            w_ptr + rn[None, :] * swn + kk[:, None] * swk, mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0
+        )
         if IEEE:
             acc += tl.dot(a, w, input_precision="ieee")
         else:
             acc += tl.dot(a, w)
     bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
     acc = _activate(acc + bias[None, :], ACT)
-    tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, acc.to(y_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(
+        y_ptr + rm[:, None] * sym + rn[None, :] * syn,
+        acc.to(y_ptr.dtype.element_ty),
+        mask=(rm[:, None] < M) & (rn[None, :] < N),
+    )
 
 
 @triton.jit
@@ -114,13 +135,27 @@ def _bernoulli_ll_grad(l_ptr, x_ptr, g_ptr, dl_ptr, M, D, B, BM: tl.constexpr, B
         mask = (rm[:, None] < M) & (rd[None, :] < D)
         lg = tl.load(l_ptr + rm[:, None] * D + rd[None, :], mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + xr[:, None] * D + rd[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(dl_ptr + rm[:, None] * D + rd[None, :], ((x - tl.sigmoid(lg)) * g[:, None]).to(dl_ptr.dtype.element_ty),
-                 mask=mask)
+        tl.store(
+            dl_ptr + rm[:, None] * D + rd[None, :],
+            ((x - tl.sigmoid(lg)) * g[:, None]).to(dl_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
 
 @triton.jit
-def _gaussian_ll(mu_ptr, s_ptr, x_ptr, out_ptr, M, D, B, HALF_LOG_2PI_C: tl.constexpr, S_PER_COLUMN: tl.constexpr,
-                 BM: tl.constexpr, BD: tl.constexpr):
+def _gaussian_ll(
+    mu_ptr,
+    s_ptr,
+    x_ptr,
+    out_ptr,
+    M,
+    D,
+    B,
+    HALF_LOG_2PI_C: tl.constexpr,
+    S_PER_COLUMN: tl.constexpr,
+    BM: tl.constexpr,
+    BD: tl.constexpr,
+):
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     xr = rm % B
     acc = tl.zeros((BM,), dtype=tl.float32)
@@ -139,8 +174,20 @@ def _gaussian_ll(mu_ptr, s_ptr, x_ptr, out_ptr, M, D, B, HALF_LOG_2PI_C: tl.cons
 
 
 @triton.jit
-def _gaussian_ll_grad(mu_ptr, s_ptr, x_ptr, g_ptr, dmu_ptr, ds_ptr, M, D, B, S_PER_COLUMN: tl.constexpr,
-                      BM: tl.constexpr, BD: tl.constexpr):
+def _gaussian_ll_grad(
+    mu_ptr,
+    s_ptr,
+    x_ptr,
+    g_ptr,
+    dmu_ptr,
+    ds_ptr,
+    M,
+    D,
+    B,
+    S_PER_COLUMN: tl.constexpr,
+    BM: tl.constexpr,
+    BD: tl.constexpr,
+):
     """``dμ = g (x − μ)/σ²`` and ``dσ = g ((x − μ)²/σ³ − 1/σ)`` per element (a per-column σ's
     gradient is summed over rows by the caller)."""
     rm = tl.program_id(0) * BM + tl.arange(0, BM)

@@ -23,7 +23,6 @@ from pyro.nn.module import _PyroModuleMeta
 from .init import output_layer
 
 
-
 class _AbstractPyroModuleMeta(_PyroModuleMeta, abc.ABCMeta):
     pass
 
@@ -98,8 +97,7 @@ class Encoder(PyroModule):
         (the IWAE paper's log-scale output).
     """
 
-    def __init__(self, trunk: torch.nn.Module, head: torch.nn.Module, min_scale: float = 1e-3,
-                 scale: str = "softplus"):
+    def __init__(self, trunk: torch.nn.Module, head: torch.nn.Module, min_scale: float = 1e-3, scale: str = "softplus"):
         super().__init__()
         self.trunk = trunk
         self.head = head

@@ -22,8 +22,10 @@ class ConvTrunk(nn.Module):
         self.image_shape = tuple(image_shape)
         act = ACTIVATIONS[activation]
         self.net = nn.Sequential(
-            nn.Conv2d(1, channels, 3, stride=2, padding=1), act(),
-            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), act(),
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            act(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            act(),
         )
         h, w = self.image_shape
         self.out_features = 2 * channels * (h // 4) * (w // 4)
@@ -37,15 +39,22 @@ class ConvTrunk(nn.Module):
 class ConvDecoderNet(nn.Module):
     """``(*S, B, F) -> (*S, B, P H W)`` raw outputs, channel-first."""
 
-    def __init__(self, in_features: int, image_shape: tuple[int, int], outputs: int = 1, channels: int = 16,
-                 activation: Activation = "relu"):
+    def __init__(
+        self,
+        in_features: int,
+        image_shape: tuple[int, int],
+        outputs: int = 1,
+        channels: int = 16,
+        activation: Activation = "relu",
+    ):
         super().__init__()
         h, w = image_shape
         self.map_shape = (2 * channels, h // 4, w // 4)
         act = ACTIVATIONS[activation]
         self.linear = nn.Sequential(nn.Linear(in_features, 2 * channels * (h // 4) * (w // 4)), act())
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), act(),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),
+            act(),
             nn.ConvTranspose2d(channels, outputs, 4, stride=2, padding=1),
         )
         self.out_features = outputs * h * w

@@ -114,8 +114,15 @@ class UNetDenoiser(PyroModule):
     :param attention: self-attention at the lowest resolution.  :param outputs: as MLPDenoiser.
     """
 
-    def __init__(self, image_shape: Sequence[int], channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 attention: bool = False, embed_dim: int = 64, outputs: int = 1):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: int = 32,
+        channel_mult: Sequence[int] = (1, 2),
+        attention: bool = False,
+        embed_dim: int = 64,
+        outputs: int = 1,
+    ):
         super().__init__()
         self.image_shape = tuple(int(v) for v in image_shape)
         c_in, temb = self.image_shape[0], 4 * channels
@@ -134,7 +141,9 @@ class UNetDenoiser(PyroModule):
         for w in reversed(widths):
             self.up.append(ResBlock(prev + w, w, temb))
             prev = w
-        self.head = nn.Sequential(nn.GroupNorm(_groups(prev), prev), nn.SiLU(), nn.Conv2d(prev, outputs * c_in, 3, padding=1))
+        self.head = nn.Sequential(
+            nn.GroupNorm(_groups(prev), prev), nn.SiLU(), nn.Conv2d(prev, outputs * c_in, 3, padding=1)
+        )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 

@@ -61,8 +61,10 @@ def uses_triton(backend: Backend, x: torch.Tensor, width: int = 0) -> bool:
     if not triton_installed():
         raise IncompatibleError("model.backend = 'triton' needs Triton: pip install 'pplvm[cuda]'")
     if not (x.is_cuda or _interpreted()):
-        raise IncompatibleError(f"model.backend = 'triton' runs on a CUDA device (or under TRITON_INTERPRET=1); "
-                                f"this decoder runs on {x.device.type!r}: use 'auto' or 'torch'")
+        raise IncompatibleError(
+            f"model.backend = 'triton' runs on a CUDA device (or under TRITON_INTERPRET=1); "
+            f"this decoder runs on {x.device.type!r}: use 'auto' or 'torch'"
+        )
     return True
 
 
@@ -85,8 +87,26 @@ def _linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: int) -> 
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ieee = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     grid = (triton_cdiv(m, _BM), triton_cdiv(n, _BN))
-    k._linear_act[grid](x, w, b, y, m, n, x.shape[1], x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-                        y.stride(0), y.stride(1), ACT=act, IEEE=ieee, BM=_BM, BN=_BN, BK=_BK)
+    k._linear_act[grid](
+        x,
+        w,
+        b,
+        y,
+        m,
+        n,
+        x.shape[1],
+        x.stride(0),
+        x.stride(1),
+        w.stride(0),
+        w.stride(1),
+        y.stride(0),
+        y.stride(1),
+        ACT=act,
+        IEEE=ieee,
+        BM=_BM,
+        BN=_BN,
+        BK=_BK,
+    )
     return y
 
 
@@ -185,8 +205,9 @@ class _BernoulliLogProb(torch.autograd.Function):
         logits, x = ctx.saved_tensors
         m, d = logits.shape
         dl = torch.empty_like(logits)
-        _kernels()._bernoulli_ll_grad[(triton_cdiv(m, _ROWS),)](logits, x, g.contiguous(), dl, m, d, x.shape[0],
-                                                                 BM=_ROWS, BD=_COLS)
+        _kernels()._bernoulli_ll_grad[(triton_cdiv(m, _ROWS),)](
+            logits, x, g.contiguous(), dl, m, d, x.shape[0], BM=_ROWS, BD=_COLS
+        )
         dx = (logits * g[:, None]).reshape(-1, *x.shape).sum(0) if ctx.needs_input_grad[1] else None
         return dl, dx
 
@@ -198,8 +219,19 @@ class _GaussianLogProb(torch.autograd.Function):
         per_column = scale.dim() == 1
         out = torch.empty(m, dtype=torch.float32, device=loc.device)
         k = _kernels()
-        k._gaussian_ll[(triton_cdiv(m, _ROWS),)](loc, scale, x, out, m, d, x.shape[0], HALF_LOG_2PI_C=k.HALF_LOG_2PI,
-                                                  S_PER_COLUMN=per_column, BM=_ROWS, BD=_COLS)
+        k._gaussian_ll[(triton_cdiv(m, _ROWS),)](
+            loc,
+            scale,
+            x,
+            out,
+            m,
+            d,
+            x.shape[0],
+            HALF_LOG_2PI_C=k.HALF_LOG_2PI,
+            S_PER_COLUMN=per_column,
+            BM=_ROWS,
+            BD=_COLS,
+        )
         ctx.save_for_backward(loc, scale, x)
         return out
 
@@ -209,8 +241,9 @@ class _GaussianLogProb(torch.autograd.Function):
         m, d = loc.shape
         per_column = scale.dim() == 1
         dmu, ds = torch.empty_like(loc), torch.empty_like(loc)
-        _kernels()._gaussian_ll_grad[(triton_cdiv(m, _ROWS),)](loc, scale, x, g.contiguous(), dmu, ds, m, d,
-                                                                x.shape[0], S_PER_COLUMN=per_column, BM=_ROWS, BD=_COLS)
+        _kernels()._gaussian_ll_grad[(triton_cdiv(m, _ROWS),)](
+            loc, scale, x, g.contiguous(), dmu, ds, m, d, x.shape[0], S_PER_COLUMN=per_column, BM=_ROWS, BD=_COLS
+        )
         dx = (-dmu).reshape(-1, *x.shape).sum(0) if ctx.needs_input_grad[2] else None
         return dmu, (ds.sum(0) if per_column else ds), dx
 
@@ -266,5 +299,14 @@ def event(base: dist.TorchDistribution, backend: Backend, raw: torch.Tensor) -> 
     return base.to_event(1)
 
 
-__all__ = ["Backend", "FusedEvent", "MAX_FUSED_WIDTH", "MLP", "bernoulli_log_prob", "event", "gaussian_log_prob",
-           "triton_installed", "uses_triton"]
+__all__ = [
+    "Backend",
+    "FusedEvent",
+    "MAX_FUSED_WIDTH",
+    "MLP",
+    "bernoulli_log_prob",
+    "event",
+    "gaussian_log_prob",
+    "triton_installed",
+    "uses_triton",
+]

@@ -59,8 +59,14 @@ class GaussianLikelihood(Likelihood):
         parameter per pixel; ``amortized`` σ_d = floor + softplus(r'_d), a second raw output.
     """
 
-    def __init__(self, dim: int, scale: GaussianScale = "learned", fixed_scale: float = 1.0,
-                 min_scale: float = 1e-3, backend: Backend = "torch"):
+    def __init__(
+        self,
+        dim: int,
+        scale: GaussianScale = "learned",
+        fixed_scale: float = 1.0,
+        min_scale: float = 1e-3,
+        backend: Backend = "torch",
+    ):
         super().__init__(dim)
         self.backend = backend
         if scale not in ("fixed", "learned", "amortized"):

@@ -13,8 +13,13 @@ Activation = Literal["tanh", "relu", "elu", "softplus"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: Activation = "tanh",
-        backend: Backend = "torch") -> MLP:
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    activation: Activation = "tanh",
+    backend: Backend = "torch",
+) -> MLP:
     """``Linear -> act`` for each hidden width, then a final ``Linear`` (no activation).
     Acts on the last dim, so any leading (batch, particle) dims pass through. ``backend``:
     see :mod:`pplvm.decoders.fused`."""
@@ -24,4 +29,3 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
         layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(widths[-1], out_features))
     return MLP(*layers, activation=activation, backend=backend)
-

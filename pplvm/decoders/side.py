@@ -44,8 +44,7 @@ class SideInformation:
     def check(self, y: Any, n: int, name: str) -> torch.Tensor:
         """``y`` as a tensor for ``n`` data, or a DataError naming ``name``."""
         if y is None:
-            raise DataError(f"{name}: this model needs side information y ({self.field}); pass "
-                            "pplvm.data.Batch(x, y)")
+            raise DataError(f"{name}: this model needs side information y ({self.field}); pass pplvm.data.Batch(x, y)")
         if self.kind == "labels":
             y = torch.as_tensor(y)
             if y.dtype.is_floating_point and not torch.equal(y, y.round()):
@@ -54,8 +53,10 @@ class SideInformation:
             if y.shape != (n,):
                 raise DataError(f"{name}.y: expected {n} labels (one per row), got shape {tuple(y.shape)}")
             if len(y) and (y.min() < 0 or y.max() >= self.size):
-                raise DataError(f"{name}.y: labels must lie in 0..{self.size - 1} ({self.field} = {self.size}), "
-                                f"got {int(y.min())}..{int(y.max())}")
+                raise DataError(
+                    f"{name}.y: labels must lie in 0..{self.size - 1} ({self.field} = {self.size}), "
+                    f"got {int(y.min())}..{int(y.max())}"
+                )
             return y
         y = as_matrix(y, f"{name}.y", dim=self.size)
         if len(y) != n:

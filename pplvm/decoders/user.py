@@ -41,8 +41,9 @@ from ..errors import CardError, DataError
 _PROBE = (2, 3)  # (*S, B) of the placeholder latent a decoder is checked on
 
 
-def build(target: str, options: dict[str, Any], key: str, what: str, *, latent_dim: int, dim: int,
-          side_dim: int = 0) -> torch.nn.Module:
+def build(
+    target: str, options: dict[str, Any], key: str, what: str, *, latent_dim: int, dim: int, side_dim: int = 0
+) -> torch.nn.Module:
     """The user's decoder or encoder (``what``) named by ``target``, built per the contract
     and checked on placeholder inputs; a CardError naming ``key`` otherwise."""
     supplied = {"latent_dim": latent_dim, "dim": dim, **({"side_dim": side_dim} if side_dim else {})}
@@ -63,8 +64,9 @@ def _probe(key: str, fn, *args):
         with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
             return fn(*args)
     except Exception as err:  # the user's code: report what it raised, in one line
-        raise CardError(f"{key}: calling it on placeholder inputs failed: {type(err).__name__}: "
-                        f"{first_line(err)}") from None
+        raise CardError(
+            f"{key}: calling it on placeholder inputs failed: {type(err).__name__}: {first_line(err)}"
+        ) from None
 
 
 def check_decoder(net, key: str, latent_dim: int, dim: int, side_dim: int = 0) -> torch.distributions.Support:
@@ -76,9 +78,11 @@ def check_decoder(net, key: str, latent_dim: int, dim: int, side_dim: int = 0) -
     if not isinstance(out, torch.distributions.Distribution):
         raise CardError(f"{key}: expected the decoder to return a torch/Pyro Distribution, got {type(out).__name__}")
     if tuple(out.batch_shape) != _PROBE or tuple(out.event_shape) != (dim,):
-        raise CardError(f"{key}: for z of shape {tuple(z.shape)} expected a distribution with batch shape {_PROBE} "
-                        f"and event shape ({dim},), got batch {tuple(out.batch_shape)} and event "
-                        f"{tuple(out.event_shape)} (use .to_event(1) over the data's columns)")
+        raise CardError(
+            f"{key}: for z of shape {tuple(z.shape)} expected a distribution with batch shape {_PROBE} "
+            f"and event shape ({dim},), got batch {tuple(out.batch_shape)} and event "
+            f"{tuple(out.event_shape)} (use .to_event(1) over the data's columns)"
+        )
     return out.support
 
 
@@ -91,8 +95,10 @@ def check_encoder(net, key: str, latent_dim: int, dim: int, side_dim: int = 0) -
         raise CardError(f"{key}: expected the encoder to return (loc, scale), two tensors, got {type(out).__name__}")
     shapes = [tuple(t.shape) for t in out]
     if any(s != (rows, latent_dim) for s in shapes):
-        raise CardError(f"{key}: for x of shape ({rows}, {dim}) expected loc and scale of shape ({rows}, {latent_dim}) "
-                        f"each, got {shapes[0]} and {shapes[1]}")
+        raise CardError(
+            f"{key}: for x of shape ({rows}, {dim}) expected loc and scale of shape ({rows}, {latent_dim}) "
+            f"each, got {shapes[0]} and {shapes[1]}"
+        )
 
 
 def latent_weights(owner: torch.nn.Module, decoder_call) -> tuple[dict[str, tuple[int, ...]], Any]:
@@ -102,13 +108,18 @@ def latent_weights(owner: torch.nn.Module, decoder_call) -> tuple[dict[str, tupl
     distribution it returns."""
     trace = _probe("model.decoder_target", lambda: poutine.trace(decoder_call).get_trace())
     support = trace.nodes["_RETURN"]["value"].support
-    sites = {name: tuple(s["value"].shape) for name, s in trace.nodes.items()
-             if s["type"] == "sample" and not s["is_observed"]}
+    sites = {
+        name: tuple(s["value"].shape)
+        for name, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"]
+    }
     for name in sites:
         if not _is_pyro_sample(owner, name):
-            raise CardError(f"model.decoder_target: the decoder draws site {name!r} by pyro.sample in its forward; "
-                            "give latent weights as PyroSample attributes (pplvm draws those once per call, "
-                            "outside the data plate)")
+            raise CardError(
+                f"model.decoder_target: the decoder draws site {name!r} by pyro.sample in its forward; "
+                "give latent weights as PyroSample attributes (pplvm draws those once per call, "
+                "outside the data plate)"
+            )
     return sites, support
 
 
@@ -139,6 +150,8 @@ def check_support(support, x: torch.Tensor, name: str) -> None:
         ok = ok.all(-1)
     bad = (~ok).nonzero().flatten()
     if len(bad):
-        raise DataError(f"{name}: {len(bad)} row(s) (first: row {int(bad[0])}) lie outside the support of the "
-                        f"distribution model.decoder_target returns ({support}); transform the data (e.g. "
-                        "data.binarize) or change the decoder")
+        raise DataError(
+            f"{name}: {len(bad)} row(s) (first: row {int(bad[0])}) lie outside the support of the "
+            f"distribution model.decoder_target returns ({support}); transform the data (e.g. "
+            "data.binarize) or change the decoder"
+        )

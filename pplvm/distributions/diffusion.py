@@ -58,8 +58,10 @@ class Schedule:
         if betas.dim() != 1 or len(betas) < 1:
             raise CardError(f"model.steps: expected at least one diffusion step, got {len(betas)}")
         if not bool(((betas > 0) & (betas < 1)).all()):
-            raise CardError(f"model.beta_start / model.beta_end: every β_t must lie in (0, 1); "
-                            f"this schedule spans {float(betas.min()):.4g} .. {float(betas.max()):.4g}")
+            raise CardError(
+                f"model.beta_start / model.beta_end: every β_t must lie in (0, 1); "
+                f"this schedule spans {float(betas.min()):.4g} .. {float(betas.max()):.4g}"
+            )
         b = torch.cat([betas[:1], betas])  # index by t
         a = 1 - b
         abar = torch.cumprod(a[1:], 0)
@@ -93,11 +95,13 @@ def gather(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(*v.shape, *([1] * (ndim - v.dim())))
 
 
-def normal_kl(mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor,
-              logvar_p: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor
+) -> torch.Tensor:
     """``KL(N(mean_q, e^logvar_q) || N(mean_p, e^logvar_p))`` elementwise (broadcasting)."""
-    return 0.5 * (logvar_p - logvar_q + torch.exp(logvar_q - logvar_p)
-                  + (mean_q - mean_p) ** 2 * torch.exp(-logvar_p) - 1.0)
+    return 0.5 * (
+        logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + (mean_q - mean_p) ** 2 * torch.exp(-logvar_p) - 1.0
+    )
 
 
 def _log1mexp(d: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,9 @@ class DiscretizedNormal(TorchDistribution):
         return _Grid(self.levels)
 
     def expand(self, batch_shape, _instance=None):
-        return DiscretizedNormal(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.levels,
-                                 validate_args=False)
+        return DiscretizedNormal(
+            self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.levels, validate_args=False
+        )
 
     @property
     def mean(self) -> torch.Tensor:
@@ -164,8 +169,9 @@ class DiscretizedNormal(TorchDistribution):
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
-            draw = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, dtype=self.loc.dtype,
-                                                                                  device=self.loc.device)
+            draw = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(
+                shape, dtype=self.loc.dtype, device=self.loc.device
+            )
             return (draw.clamp(0, 1) * (self.levels - 1)).round() / (self.levels - 1)
 
 
@@ -173,6 +179,7 @@ class DiscretizedNormal(TorchDistribution):
 # The methods below are the fixed "encoder" of a diffusion model. ``y`` is a datum in the
 # chain's units ``(*B, D)``; ``t`` an integer tensor of steps broadcasting against ``y``'s
 # leading dims ``(*B,)``; every table is first cast with :meth:`Schedule.to`.
+
 
 def q_step(s: Schedule, z_prev: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``q(z_t | z_{t-1}) = N(√α_t z_{t-1}, β_t I)``: (mean, std), each like ``z_prev``."""

@@ -83,8 +83,13 @@ def _scaled_product(factors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return factors.squeeze(-3), log_scale
 
 
-def chain_score(initial: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor,
-                mask: torch.Tensor, semiring: Semiring = "sum") -> torch.Tensor:
+def chain_score(
+    initial: torch.Tensor,
+    transition: torch.Tensor,
+    emission: torch.Tensor,
+    mask: torch.Tensor,
+    semiring: Semiring = "sum",
+) -> torch.Tensor:
     """Log partition (``"sum"``) or Viterbi score (``"max"``) of hidden Markov chains.
 
     :param initial: ``(*b, K)`` log p(z_0).
@@ -138,16 +143,26 @@ class HiddenMarkovChain(TorchDistribution, CollapsedLatents):
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, initial_logits: torch.Tensor, transition_logits: torch.Tensor,
-                 observation_dist: dist.TorchDistribution, duration: int,
-                 lengths: torch.Tensor | None = None, latent: str = "states", validate_args=None):
+    def __init__(
+        self,
+        initial_logits: torch.Tensor,
+        transition_logits: torch.Tensor,
+        observation_dist: dist.TorchDistribution,
+        duration: int,
+        lengths: torch.Tensor | None = None,
+        latent: str = "states",
+        validate_args=None,
+    ):
         self.initial_logits = initial_logits - initial_logits.logsumexp(-1, keepdim=True)
         self.transition_logits = transition_logits - transition_logits.logsumexp(-1, keepdim=True)
         self.observation_dist = observation_dist
         self.duration, self.lengths, self.latent = int(duration), lengths, latent
         batch_shape = torch.broadcast_shapes(
-            initial_logits.shape[:-1], transition_logits.shape[:-2], observation_dist.batch_shape[:-2],
-            lengths.shape if lengths is not None else ())
+            initial_logits.shape[:-1],
+            transition_logits.shape[:-2],
+            observation_dist.batch_shape[:-2],
+            lengths.shape if lengths is not None else (),
+        )
         super().__init__(batch_shape, (self.duration,) + observation_dist.event_shape, validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=None)
@@ -267,8 +282,13 @@ def _flatten(initial, transition, emission, mask):
     b = math.prod(batch)
     shared = math.prod(transition.shape[:-2]) == 1  # (a plain tuple under provenance tracking)
     trans = transition.reshape(1, k, k) if shared else transition.expand(batch + (k, k)).reshape(b, k, k)
-    return (initial.expand(batch + (k,)).reshape(b, k), trans, emission.expand(batch + (time, k)).reshape(b, time, k),
-            mask.expand(batch + (time,)).reshape(b, time), batch)
+    return (
+        initial.expand(batch + (k,)).reshape(b, k),
+        trans,
+        emission.expand(batch + (time, k)).reshape(b, time, k),
+        mask.expand(batch + (time,)).reshape(b, time),
+        batch,
+    )
 
 
 def _times(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -309,11 +329,11 @@ def _scan(p: torch.Tensor, log: torch.Tensor | None, reverse: bool = False):
             scale = new.flatten(-2).amax(-1)
             new = new / scale[..., None, None]
             new_log = log[:, :-d] + log[:, d:] + scale.log()
-            log = torch.cat([new_log, log[:, chunks - d:]] if reverse else [log[:, :d], new_log], 1)
+            log = torch.cat([new_log, log[:, chunks - d :]] if reverse else [log[:, :d], new_log], 1)
         else:
             new = (p[:, :-d].unsqueeze(-1) + p[:, d:].unsqueeze(-3)).amax(-2)
             new = new - new.flatten(-2).amax(-1)[..., None, None]
-        p = torch.cat([new, p[:, chunks - d:]] if reverse else [p[:, :d], new], 1)
+        p = torch.cat([new, p[:, chunks - d :]] if reverse else [p[:, :d], new], 1)
         d *= 2
     return p, log
 
@@ -341,7 +361,7 @@ class _SumPass:
         else:  # log p(x) only: the chunk products multiplied as a tree
             total, log_c = _scaled_product(self.products)
             end = (self.a0.unsqueeze(-2) @ total).sum((-2, -1))
-            self.log_partition = (self.log_c0 + end.log() + log_c + self.log_products.sum(-1) + self.log_scale)
+            self.log_partition = self.log_c0 + end.log() + log_c + self.log_products.sum(-1) + self.log_scale
 
     def _products(self) -> None:
         """``P_c = Π_{t in chunk c} A diag(l_t)`` ``(B, C, K, K)``, each partial product
@@ -415,8 +435,9 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, initial, transition, emission, mask, chunk):
-        state = _SumPass(initial.detach(), transition.detach(), emission.detach(), mask, chunk,
-                         messages=any(ctx.needs_input_grad))
+        state = _SumPass(
+            initial.detach(), transition.detach(), emission.detach(), mask, chunk, messages=any(ctx.needs_input_grad)
+        )
         ctx.state, ctx.time = state, emission.size(1)
         ctx.shared = transition.size(0)
         return state.log_partition
@@ -433,8 +454,13 @@ class _LogPartition(torch.autograd.Function):
         return gamma0 * g, counts, states * g.unsqueeze(-1), None, None
 
 
-def log_partition(initial: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor, mask: torch.Tensor,
-                  chunk: int | None = None) -> torch.Tensor:
+def log_partition(
+    initial: torch.Tensor,
+    transition: torch.Tensor,
+    emission: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """``log p(x)`` of hidden Markov chains by the chunked forward algorithm (see above).
 
     :param initial: ``(*b, K)`` log p(z_0); :param transition: ``(*b, K, K)`` log p(z_t | z_{t-1});
@@ -448,8 +474,13 @@ def log_partition(initial: torch.Tensor, transition: torch.Tensor, emission: tor
 
 
 @torch.no_grad()
-def chain_posterior(initial: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor, mask: torch.Tensor,
-                    chunk: int | None = None) -> dict[str, torch.Tensor]:
+def chain_posterior(
+    initial: torch.Tensor,
+    transition: torch.Tensor,
+    emission: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Exact posterior of hidden Markov chains by chunked forward–backward (arguments as
     :func:`log_partition`): ``log_prob`` ``(*b)``, ``initial`` = p(z_0 | x) ``(*b, K)``,
     ``states`` = p(z_t | x) ``(*b, T, K)`` (zero on padding) and ``transitions`` =
@@ -459,8 +490,12 @@ def chain_posterior(initial: torch.Tensor, transition: torch.Tensor, emission: t
     gamma0, gamma, counts = state.backward()
     time, k = em.shape[1:]
     states = torch.cat([gamma0.unsqueeze(1), gamma.flatten(1, 2)[:, : time - 1]], 1)
-    return {"log_prob": state.log_partition.reshape(batch), "initial": gamma0.reshape(batch + (k,)),
-            "states": states.reshape(batch + (time, k)), "transitions": counts.reshape(batch + (k, k))}
+    return {
+        "log_prob": state.log_partition.reshape(batch),
+        "initial": gamma0.reshape(batch + (k,)),
+        "states": states.reshape(batch + (time, k)),
+        "transitions": counts.reshape(batch + (k, k)),
+    }
 
 
 def _maxplus(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -470,8 +505,13 @@ def _maxplus(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def viterbi(initial: torch.Tensor, transition: torch.Tensor, emission: torch.Tensor, mask: torch.Tensor,
-            chunk: int | None = None) -> torch.Tensor:
+def viterbi(
+    initial: torch.Tensor,
+    transition: torch.Tensor,
+    emission: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """The Viterbi path of hidden Markov chains (arguments as :func:`log_partition`),
     ``(*b, T)`` long, by chunked max-product in log space: the argmax of the max-marginals
     ``δ_t(k) + ψ_t(k)`` (best score of a path through state k at t). Values beyond a

@@ -117,4 +117,9 @@ def loo_estimates(idata) -> dict[str, float | bool]:
     loo = arviz().loo(idata)
     if arviz_major() >= 1:
         return {"elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p), "warning": bool(loo.warning)}
-    return {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo), "warning": bool(loo.warning)}
+    return {
+        "elpd_loo": float(loo.elpd_loo),
+        "se": float(loo.se),
+        "p_loo": float(loo.p_loo),
+        "warning": bool(loo.warning),
+    }

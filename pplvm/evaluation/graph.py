@@ -74,23 +74,56 @@ def model_graph(relations: dict[str, Any], title: str = "") -> Figure:
         px = [pos[s][0] for s in sites if s in pos]
         py = [pos[s][1] for s in sites if s in pos]
         x0, y0 = min(px) - pad, min(py) - pad - 0.15
-        ax.add_patch(FancyBboxPatch((x0, y0), max(px) - min(px) + 2 * pad, max(py) - min(py) + 2 * pad + 0.15,
-                                    boxstyle="round,pad=0.02,rounding_size=0.1", fill=False, lw=1, ec="0.35"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x0, y0),
+                max(px) - min(px) + 2 * pad,
+                max(py) - min(py) + 2 * pad + 0.15,
+                boxstyle="round,pad=0.02,rounding_size=0.1",
+                fill=False,
+                lw=1,
+                ec="0.35",
+            )
+        )
         ax.text(max(px) + pad - 0.05, y0 + 0.05, plate, ha="right", va="bottom", fontsize=8, color="0.25")
     for child, ups in parents.items():
         for parent in ups:
-            ax.add_patch(FancyArrowPatch(pos[parent], pos[child], arrowstyle="-|>", mutation_scale=10,
-                                         shrinkA=_shrink(parent in params), shrinkB=_shrink(child in params),
-                                         color="0.2", lw=0.9))
+            ax.add_patch(
+                FancyArrowPatch(
+                    pos[parent],
+                    pos[child],
+                    arrowstyle="-|>",
+                    mutation_scale=10,
+                    shrinkA=_shrink(parent in params),
+                    shrinkB=_shrink(child in params),
+                    color="0.2",
+                    lw=0.9,
+                )
+            )
     for name, (x, y) in pos.items():
         if name in params:
-            ax.text(x, y, name, ha="center", va="center", fontsize=8, family="monospace",
-                    bbox={"boxstyle": "square,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.8})
+            ax.text(
+                x,
+                y,
+                name,
+                ha="center",
+                va="center",
+                fontsize=8,
+                family="monospace",
+                bbox={"boxstyle": "square,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.8},
+            )
             continue
         ax.add_patch(Circle((x, y), radius, fc="0.8" if name in observed else "white", ec="black", lw=1.1))
         ax.text(x, y, name, ha="center", va="center", fontsize=8)
-        ax.text(x, y - radius - 0.08, relations["sample_dist"].get(name, ""), ha="center", va="top",
-                fontsize=6.5, color="0.35")
+        ax.text(
+            x,
+            y - radius - 0.08,
+            relations["sample_dist"].get(name, ""),
+            ha="center",
+            va="top",
+            fontsize=6.5,
+            color="0.35",
+        )
     ax.set_xlim(min(xs) - 1.1, max(xs) + 1.1)
     ax.set_ylim(min(ys) - 1.1, max(ys) + 0.8)
     ax.set_title(title or "model", fontsize=10)

@@ -149,7 +149,9 @@ def interpolate_latent(run, za: torch.Tensor, zb: torch.Tensor, steps: int = 8, 
 
 @torch.no_grad()
 @_on_host
-def traverse_latent(run, z: torch.Tensor, dim: int, values: Sequence[float] | torch.Tensor, y: Any = None) -> torch.Tensor:
+def traverse_latent(
+    run, z: torch.Tensor, dim: int, values: Sequence[float] | torch.Tensor, y: Any = None
+) -> torch.Tensor:
     """Decode latent ``z`` ``(L,)`` with dimension ``dim`` set to each of ``values``: ``(len(values), D)``."""
     model = _decoder(run)
     if not 0 <= dim < model.latent_dim:
@@ -176,8 +178,9 @@ def arithmetic(run, a: Any, b: Any, c: Any) -> torch.Tensor:
 
 @torch.no_grad()
 @_on_host
-def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "map",
-           iterations: int = 50, lr: float = 0.05) -> torch.Tensor:
+def impute(
+    run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "map", iterations: int = 50, lr: float = 0.05
+) -> torch.Tensor:
     """Inpaint the missing entries of ``x`` (``observed``: ``(N, D)`` bool, True = seen; missing
     entries of ``x`` may hold anything, NaN included). Observed entries come back unchanged,
     ``(N, D)``. The gaps start at the column means of the observed entries (mean imputation), or
@@ -189,8 +192,9 @@ def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "m
     ``log p(z) + Σ_{d observed} log p(x_d | z)`` over z by Adam (``iterations`` steps of ``lr``),
     then decode."""
     model, guide = _parts(run)
-    raw = torch.as_tensor(values(x) if isinstance(x, Batch) else (x[0] if isinstance(x, tuple) else x),
-                          dtype=torch.get_default_dtype())
+    raw = torch.as_tensor(
+        values(x) if isinstance(x, Batch) else (x[0] if isinstance(x, tuple) else x), dtype=torch.get_default_dtype()
+    )
     obs = torch.as_tensor(observed, dtype=torch.bool)
     if obs.shape != raw.shape:
         raise PplvmError(f"impute: observed has shape {tuple(obs.shape)} but x has {tuple(raw.shape)}")
@@ -225,8 +229,14 @@ def impute(run, x: Any, observed: Any, *, method: Literal["iterate", "map"] = "m
 
 @torch.no_grad()
 @_on_host
-def anomaly_score(run, x: Any, *, kind: Literal["elbo", "nll"] = "elbo", num_samples: int = 16,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def anomaly_score(
+    run,
+    x: Any,
+    *,
+    kind: Literal["elbo", "nll"] = "elbo",
+    num_samples: int = 16,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Per-datum anomaly score, ``(N,)``, higher = less likely under the model.
 
     ``elbo``: ``-ELBO(x) = -E_q[log p(x | z)] + KL(q(z | x) || p(z))`` with the KL in closed form
@@ -257,7 +267,7 @@ def latent_map(run, x: Any, labels: Any = None, *, title: str = "") -> Figure:
     if loc.shape[1] == 1:
         loc = torch.cat([loc, torch.zeros_like(loc)], 1)
     (xy,), (lx, ly) = _project(loc)
-    lx, ly = (("z 1", "z 2") if loc.shape[1] == 2 else (f"latent {lx}", f"latent {ly}"))
+    lx, ly = ("z 1", "z 2") if loc.shape[1] == 2 else (f"latent {lx}", f"latent {ly}")
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     if labels is None:
@@ -286,5 +296,14 @@ def _with_values(data: Any, x: torch.Tensor) -> Any:
     return x
 
 
-__all__ = ["anomaly_score", "arithmetic", "decode", "encode", "impute", "interpolate", "latent_map",
-           "reconstruct", "traverse"]
+__all__ = [
+    "anomaly_score",
+    "arithmetic",
+    "decode",
+    "encode",
+    "impute",
+    "interpolate",
+    "latent_map",
+    "reconstruct",
+    "traverse",
+]

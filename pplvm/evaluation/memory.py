@@ -12,8 +12,8 @@ an HMM ``T · K · (K + D)`` and a few copies of it), and a pass takes as many p
 What the export keeps is bounded too: the posterior-predictive group holds the first draws of
 each chain, as many as fit in a quarter of the budget (``evaluation.max_rows`` data at most;
 the group is left out when not even one replicate per chain fits: raise ``memory_mb``), and
-the log-likelihood group is ``draws × N`` numbers. Chunks combine exactly: a log-likelihood computed in chunks equals the
-one computed in one pass (the tests check it).
+the log-likelihood group is ``draws × N`` numbers. Chunks combine exactly: a log-likelihood
+computed in chunks equals the one computed in one pass (the tests check it).
 """
 
 from __future__ import annotations

@@ -132,8 +132,15 @@ def compare_plot(table, n: int) -> Figure:
     ax.errorbar(elpd, y, xerr=se, fmt="o", mfc="white", color="black", capsize=3, label="elpd_loo ± se")
     later = np.arange(len(names)) > 0
     if later.any():
-        ax.errorbar((elpd[0] - diff)[later], y[later] - 0.3, xerr=dse[later], fmt="^", color="grey",
-                    capsize=3, label="difference to the best ± dse")
+        ax.errorbar(
+            (elpd[0] - diff)[later],
+            y[later] - 0.3,
+            xerr=dse[later],
+            fmt="^",
+            color="grey",
+            capsize=3,
+            label="difference to the best ± dse",
+        )
     ax.axvline(elpd[0], color="grey", ls="--", lw=0.8)
     ax.set_yticks(y, names)
     ax.set(xlabel="elpd_loo (log)", title=f"PSIS-LOO on {n} observations (higher is better)")
@@ -142,16 +149,18 @@ def compare_plot(table, n: int) -> Figure:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    from ..training.checkpoint import atomic_write_bytes
     import io
+
+    from ..training.checkpoint import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def image_grid(images: torch.Tensor, image_shape: Sequence[int], title: str = "",
-               row_labels: Sequence[str] | None = None) -> Figure:
+def image_grid(
+    images: torch.Tensor, image_shape: Sequence[int], title: str = "", row_labels: Sequence[str] | None = None
+) -> Figure:
     """Images as a grid: ``images`` ``(N, H W)`` (laid out ⌈√N⌉ wide) or ``(R, C, H W)``
     (R rows of C); values in [0, 1], dark = 1."""
     images = images.detach().cpu()
@@ -205,8 +214,11 @@ def term_rows(terms: dict[str, float], dim: int, max_rows: int = 12) -> list[tup
         middle = items[1:-1]
         size = math.ceil(len(middle) / (max_rows - 2))
         runs = [middle[i : i + size] for i in range(0, len(middle), size)]
-        items = [items[0], *((r[0][0] if len(r) == 1 else f"{r[0][0]}..{r[-1][0]}", sum(v for _, v in r))
-                             for r in runs), items[-1]]
+        items = [
+            items[0],
+            *((r[0][0] if len(r) == 1 else f"{r[0][0]}..{r[-1][0]}", sum(v for _, v in r)) for r in runs),
+            items[-1],
+        ]
     return [(name, v, v / (dim * math.log(2))) for name, v in items]
 
 

@@ -88,8 +88,14 @@ def mmd_test(x, y, *, bandwidth: float | None = None, permutations: int = 500, s
     for chunk in torch.arange(permutations).split(64):  # 64 relabellings at a time, as 0/1 rows
         first = torch.stack([torch.randperm(len(pooled), generator=g) < n for _ in chunk]).to(kernel.dtype)
         exceed += int((_mmd2_relabelled(kernel, first) >= observed).sum())
-    return TwoSampleResult("mmd", float(observed), (1 + exceed) / (1 + permutations), n, len(y),
-                           {"bandwidth": h, "permutations": permutations, "kernel": "gaussian"})
+    return TwoSampleResult(
+        "mmd",
+        float(observed),
+        (1 + exceed) / (1 + permutations),
+        n,
+        len(y),
+        {"bandwidth": h, "permutations": permutations, "kernel": "gaussian"},
+    )
 
 
 def classifier_test(x, y, *, classifier: Literal["knn", "logistic"] = "knn", seed: int = 0) -> TwoSampleResult:
@@ -124,8 +130,15 @@ def classifier_test(x, y, *, classifier: Literal["knn", "logistic"] = "knn", see
     return TwoSampleResult("classifier", correct / m, p, len(x), len(y), {"classifier": classifier, "test_size": m})
 
 
-def two_sample(run, data, *, n: int | None = None, permutations: int = 500, seed: int = 0,
-               tests: tuple[str, ...] = ("mmd", "classifier")) -> dict[str, TwoSampleResult]:
+def two_sample(
+    run,
+    data,
+    *,
+    n: int | None = None,
+    permutations: int = 500,
+    seed: int = 0,
+    tests: tuple[str, ...] = ("mmd", "classifier"),
+) -> dict[str, TwoSampleResult]:
     """The tests between ``n`` samples of a fitted run (default: as many as ``data`` rows) and
     ``data`` ``(N, D)`` in the data's own units. Works for every family: it needs only
     ``run.sample``."""

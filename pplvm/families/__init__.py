@@ -8,9 +8,9 @@ from .diffusion import Diffusion, DiffusionConfig
 from .flow import FlowConfig, NormalizingFlow
 from .gan import GANConfig, GenerativeAdversarialNetwork
 from .gmm import GaussianMixture, GMMConfig
-from .hmm import HiddenMarkovModel, HMMConfig
-from .linear_gaussian import FactorAnalysis, FAConfig, LinearGaussian, PPCA, PPCAConfig
 from .graph import GraphConfig, GraphModel
+from .hmm import HiddenMarkovModel, HMMConfig
+from .linear_gaussian import PPCA, FAConfig, FactorAnalysis, LinearGaussian, PPCAConfig
 from .pyro_model import PyroConfig, PyroModel
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
 
@@ -27,7 +27,31 @@ FAMILIES.register("gan")(GenerativeAdversarialNetwork)
 FAMILIES.register("pyro")(PyroModel)
 FAMILIES.register("graph")(GraphModel)
 
-__all__ = ["FAMILIES", "CVAEConfig", "ConditionalVAE", "Diffusion", "DiffusionConfig", "FAConfig", "FactorAnalysis", "FamilyConfig",
-           "FlowConfig", "GANConfig", "GMMConfig", "GenerativeAdversarialNetwork",
-           "GaussianMixture", "GraphConfig", "GraphModel", "HMMConfig", "HiddenMarkovModel", "LatentVariableModel",
-           "LinearGaussian", "NormalizingFlow", "PPCA", "PPCAConfig", "PyroConfig", "PyroModel", "VAE", "VAEConfig"]
+__all__ = [
+    "FAMILIES",
+    "CVAEConfig",
+    "ConditionalVAE",
+    "Diffusion",
+    "DiffusionConfig",
+    "FAConfig",
+    "FactorAnalysis",
+    "FamilyConfig",
+    "FlowConfig",
+    "GANConfig",
+    "GMMConfig",
+    "GenerativeAdversarialNetwork",
+    "GaussianMixture",
+    "GraphConfig",
+    "GraphModel",
+    "HMMConfig",
+    "HiddenMarkovModel",
+    "LatentVariableModel",
+    "LinearGaussian",
+    "NormalizingFlow",
+    "PPCA",
+    "PPCAConfig",
+    "PyroConfig",
+    "PyroModel",
+    "VAE",
+    "VAEConfig",
+]

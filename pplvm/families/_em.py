@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def dirichlet_mode(counts: torch.Tensor, concentration: torch.Tensor | float, estimate: str,
-                   old: torch.Tensor) -> torch.Tensor:
+def dirichlet_mode(
+    counts: torch.Tensor, concentration: torch.Tensor | float, estimate: str, old: torch.Tensor
+) -> torch.Tensor:
     """Maximiser over the simplex (last dim) of ``Σ_k counts_k log p_k + log Dirichlet(p | α)``:
     ``(counts + α - 1)_+`` normalised (``"ml"``: α = 1). With α < 1 the mode is on the
     boundary; the zero entries are floored at the dtype's tiny (a log of them stays finite)."""
@@ -23,9 +24,19 @@ def dirichlet_mode(counts: torch.Tensor, concentration: torch.Tensor | float, es
     return new / new.sum(-1, keepdim=True)
 
 
-def gaussian_diag_step(count: torch.Tensor, first: torch.Tensor, second: torch.Tensor, old_loc: torch.Tensor,
-                       old_scale: torch.Tensor, estimate: str, *, loc_mean: float, loc_scale: float,
-                       scale_log_mean: float, scale_log_sd: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_diag_step(
+    count: torch.Tensor,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    old_loc: torch.Tensor,
+    old_scale: torch.Tensor,
+    estimate: str,
+    *,
+    loc_mean: float,
+    loc_scale: float,
+    scale_log_mean: float,
+    scale_log_sd: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension normal emissions ``N(μ_kd, σ_kd²)`` with priors ``μ ~ Normal(m, s)`` and
     ``σ ~ LogNormal(a, b)``, from ``count`` ``(K,)``, ``first`` = Σ r x ``(K, D)`` and
     ``second`` = Σ r x² ``(K, D)``.
@@ -46,10 +57,10 @@ def gaussian_diag_step(count: torch.Tensor, first: torch.Tensor, second: torch.T
         var = var.clamp_min(torch.finfo(var.dtype).eps * second.div(safe_n).clamp_min(1.0))
         return loc, torch.where(has, var.sqrt(), old_scale)
     prec = 1.0 / old_scale.pow(2)
-    prior_prec = 1.0 / loc_scale ** 2
+    prior_prec = 1.0 / loc_scale**2
     loc = (first * prec + loc_mean * prior_prec) / (n * prec + prior_prec)
     spread = (second - 2 * loc * first + n * loc.pow(2)).clamp_min(0.0).double()  # Σ r (x − μ)²
-    nd, a, b2 = n.double().expand_as(spread), scale_log_mean, scale_log_sd ** 2
+    nd, a, b2 = n.double().expand_as(spread), scale_log_mean, scale_log_sd**2
     s = 0.5 * (spread.clamp_min(1e-300) / (nd + 1)).log()
     for _ in range(60):
         e = spread * torch.exp(-2 * s)

@@ -28,7 +28,6 @@ from ..distributions import CollapsedLatents
 from ..errors import CardError
 from ..schema import Section
 
-
 LikelihoodKind = Literal["exact", "estimate", "bound", "none"]
 
 
@@ -110,8 +109,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         ``guide``: a user's model and guide objects passed from Python, for a family built
         around them (:mod:`pplvm.families.pyro_model`); every other family refuses them."""
         if model is not None or guide is not None:
-            raise CardError(f"model.family = {config.family!r} takes no model= or guide= object; "
-                            "a model of your own is model.family = 'pyro'")
+            raise CardError(
+                f"model.family = {config.family!r} takes no model= or guide= object; "
+                "a model of your own is model.family = 'pyro'"
+            )
         return cls(config, dim)
 
     # ----------------------------------------------------------------- the contract
@@ -170,16 +171,20 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
                 raise ValueError("give x, or num_data rows to generate")
             return pyro.plate(self.plate_name, num_data, dim=self.plate_dim, device=self.device)
         size = len(x) if num_data is None else num_data
-        rows = (x.index if isinstance(x, Batch) and x.index is not None
-                else torch.arange(len(x), device=(x.x if isinstance(x, Batch) else x).device))
+        rows = (
+            x.index
+            if isinstance(x, Batch) and x.index is not None
+            else torch.arange(len(x), device=(x.x if isinstance(x, Batch) else x).device)
+        )
         return pyro.plate(self.plate_name, size, subsample=rows, dim=self.plate_dim)
 
     def conditioned(self, params: dict[str, torch.Tensor]):
         """The model with its global sites fixed to ``params``."""
         return poutine.condition(self, data=params)
 
-    def likelihood_terms(self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]
-                         ) -> dict[str, torch.Tensor] | None:
+    def likelihood_terms(
+        self, x: "torch.Tensor | Batch", params: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor] | None:
         """An additive decomposition of ``-log_likelihood(x, params)`` into named per-datum terms
         in nats, each ``(N,)`` (e.g. a diffusion bound's L_0 .. L_T), which ``pplvm evaluate``
         tabulates and plots; None (the default) where a family has no such decomposition."""
@@ -229,18 +234,22 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         trace = poutine.trace(decoder).get_trace(x)
         return {name: trace.nodes[name]["value"] for name in self.local_sites}
 
-
     def _collapsed_site(self, x, params) -> tuple[CollapsedLatents, torch.Tensor]:
         """The observed site's distribution and value, for families with ``collapsed`` latents."""
         site = poutine.trace(self.conditioned(params)).get_trace(x).nodes[self.observed_site]
         if not isinstance(site["fn"], CollapsedLatents):
-            raise TypeError(f"{type(self).__name__}.collapsed is set but its {self.observed_site!r} site's "
-                            f"distribution {type(site['fn']).__name__} is not a CollapsedLatents")
+            raise TypeError(
+                f"{type(self).__name__}.collapsed is set but its {self.observed_site!r} site's "
+                f"distribution {type(site['fn']).__name__} is not a CollapsedLatents"
+            )
         return site["fn"], site["value"]
 
 
-def over_draws(params: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
-               fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+def over_draws(
+    params: dict[str, torch.Tensor],
+    shapes: dict[str, tuple[int, ...]],
+    fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+) -> torch.Tensor:
     """``fn(θ)`` ``(N,)`` for each draw of ``params`` (site -> ``(*S, *shapes[site])``), one draw
     at a time, stacked to ``(*S, N)``; without global sites ``fn({})`` itself."""
     params = {k: v for k, v in params.items() if k in shapes}
@@ -344,8 +353,9 @@ class ClosedFormEM(abc.ABC):
         ``"log_likelihood"``, ``Σ_n log p(x_n | θ)`` (0-dim)."""
 
     @abc.abstractmethod
-    def maximize(self, stats: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
-                 estimate: EMEstimate) -> dict[str, torch.Tensor]:
+    def maximize(
+        self, stats: dict[str, torch.Tensor], params: dict[str, torch.Tensor], estimate: EMEstimate
+    ) -> dict[str, torch.Tensor]:
         """M-step from statistics of the whole data set (what :meth:`expected_statistics`
         returns, summed over all N data) and the current globals ``params``: the new values of
         the global sites (the family's own parameters are updated in place). Each update
@@ -377,9 +387,9 @@ class LatentDecoder(abc.ABC):
         """Dimension L of the latent."""
 
     @abc.abstractmethod
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None,
-               params: dict[str, torch.Tensor] | None = None) -> "torch.distributions.Distribution":
+    def decode(
+        self, z: torch.Tensor, side: torch.Tensor | None = None, params: dict[str, torch.Tensor] | None = None
+    ) -> "torch.distributions.Distribution":
         """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded
         datum. ``params``: the global latents the decoder depends on (a Bayesian decoder's
         weights, e.g. ``run.params()``), ignored by a decoder without any."""
-

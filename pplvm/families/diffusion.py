@@ -67,9 +67,11 @@ class DiffusionConfig(FamilyConfig):
     beta_start: float = Field(1e-4, description="linear: β_1")
     beta_end: float = Field(0.02, description="linear: β_T")
     variance: Literal["beta", "posterior", "learned"] = Field(
-        "beta", description="reverse variance σ_t²: β_t, the posterior's β̃_t, or learned between them")
+        "beta", description="reverse variance σ_t²: β_t, the posterior's β̃_t, or learned between them"
+    )
     decoder: Literal["gaussian", "discretized"] = Field(
-        "gaussian", description="p(x | z_1): gaussian (continuous data) or discretized over model.levels")
+        "gaussian", description="p(x | z_1): gaussian (continuous data) or discretized over model.levels"
+    )
     levels: int = Field(256, ge=2, description="discretized: number K of levels k/(K-1) of the data in [0, 1]")
     denoiser: Literal["mlp", "unet"] = Field("mlp", description="ε-prediction network")
     hidden: list[int] = Field([128, 128, 128], description="mlp: hidden widths")
@@ -89,12 +91,16 @@ def _chw(cfg: DiffusionConfig, dim: int) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise CardError(f"model.image_shape: expected [C, H, W] or [H, W] of positive sizes, got {cfg.image_shape}")
     if math.prod(shape) != dim:
-        raise CardError(f"model.image_shape: the data have {dim} columns, which is not {' x '.join(map(str, shape))}"
-                        + ("" if cfg.image_shape is not None else "; set model.image_shape"))
+        raise CardError(
+            f"model.image_shape: the data have {dim} columns, which is not {' x '.join(map(str, shape))}"
+            + ("" if cfg.image_shape is not None else "; set model.image_shape")
+        )
     f = 2 ** (len(cfg.channel_mult) - 1)
     if shape[1] % f or shape[2] % f:
-        raise CardError(f"model.image_shape: a U-Net with {len(cfg.channel_mult)} levels needs H and W divisible "
-                        f"by {f}, got {shape[1]} x {shape[2]}")
+        raise CardError(
+            f"model.image_shape: a U-Net with {len(cfg.channel_mult)} levels needs H and W divisible "
+            f"by {f}, got {shape[1]} x {shape[2]}"
+        )
     return tuple(shape)
 
 
@@ -121,8 +127,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
             self.image_shape = None
         else:
             self.image_shape = _chw(c, dim)
-            self.denoiser = UNetDenoiser(self.image_shape, c.channels, c.channel_mult, c.attention, c.embed_dim,
-                                         outputs)
+            self.denoiser = UNetDenoiser(
+                self.image_shape, c.channels, c.channel_mult, c.attention, c.embed_dim, outputs
+            )
         if c.denoiser == "mlp" and c.image_shape is not None:
             self.image_shape = _chw(c, dim)
 
@@ -174,8 +181,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
             return eps, raw
         return out, None
 
-    def reverse_params(self, z: torch.Tensor, t: torch.Tensor, *, eps: torch.Tensor | None = None,
-                       raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def reverse_params(
+        self, z: torch.Tensor, t: torch.Tensor, *, eps: torch.Tensor | None = None, raw: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of ``p_θ(z_{t-1} | z_t)`` (for ``t = 1``: of the decoder, in
         chain units), each ``(B, D)``, for ``z`` ``(B, D)``, ``t`` ``(B,)``. Pass ``eps`` / ``raw``
         to reuse a prediction."""
@@ -225,8 +233,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
             return pyro.sample("obs", self.decode(z), obs=obs)
 
     # ------------------------------------------------------------ the ELBO's terms
-    def step_terms(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *, detach_mean: bool = False,
-                   bound: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def step_terms(
+        self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *, detach_mean: bool = False, bound: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``L_{t-1}`` per row, ``(B,)``, for data ``x`` ``(B, D)`` (data units), steps ``t`` ``(B,)``
         in 1..T and the noise ``ε`` ``(B, D)`` drawing ``z_t = √ᾱ_t y + √(1 - ᾱ_t) ε ~ q(z_t | x)``:
         ``-log p_θ(x | z_1)`` where ``t = 1``, else ``KL(q(z_{t-1} | z_t, x) || p_θ(z_{t-1} | z_t))``
@@ -284,9 +293,16 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     # ------------------------------------------------------------------ samplers
     @torch.no_grad()
-    def generate(self, n: int, *, sampler: Literal["ancestral", "ddim"] = "ancestral", steps: int | None = None,
-                 generator: torch.Generator | None = None, z: torch.Tensor | None = None,
-                 mean: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        n: int,
+        *,
+        sampler: Literal["ancestral", "ddim"] = "ancestral",
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        z: torch.Tensor | None = None,
+        mean: bool = True,
+    ) -> torch.Tensor:
         """``n`` new data ``(n, D)`` in data units, starting from ``z`` ``(n, D)`` (default: drawn
         from the prior). ``ancestral``: the reverse chain step by step, then the decoder's mean
         (``mean``) or a draw. ``ddim``: the deterministic DDIM sampler (Song et al. 2021, η = 0) on
@@ -297,7 +313,8 @@ class Diffusion(LatentVariableModel, FixedGuide):
             z = torch.randn(n, self.dim, generator=g, dtype=like.dtype, device=like.device)
         if sampler == "ddim":
             return self.from_chain(self._ddim(z, self._ddim_steps(steps), inverse=False)).clamp(
-                *(0, 1) if self.config.decoder == "discretized" else (-math.inf, math.inf))
+                *(0, 1) if self.config.decoder == "discretized" else (-math.inf, math.inf)
+            )
         for t in range(self.steps, 1, -1):
             m, logvar = self.reverse_params(z, torch.full((n,), t, device=z.device))
             z = m + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, dtype=z.dtype, device=z.device)
@@ -332,7 +349,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
         return self._ddim(self.to_chain(values(x)), self._ddim_steps(steps), inverse=True)
 
     @torch.no_grad()
-    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, num: int = 8, *, steps: int | None = None) -> torch.Tensor:
+    def interpolate(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, num: int = 8, *, steps: int | None = None
+    ) -> torch.Tensor:
         """Spherical interpolation between the DDIM latents of two data ``(D,)``, decoded by
         DDIM: ``(num, D)``."""
         za, zb = self.encode(torch.stack([x_a, x_b]), steps=steps)
@@ -354,8 +373,10 @@ class Diffusion(LatentVariableModel, FixedGuide):
             k = self.config.levels - 1
             off = ((x < 0) | (x > 1) | ((x * k - (x * k).round()).abs() > 1e-4)).any(-1).nonzero().flatten()
             if len(off):
-                raise DataError(f"{name}: model.decoder = 'discretized' needs values on the {k + 1} levels k/{k} "
-                                f"of [0, 1] (model.levels = {k + 1}); row {int(off[0])} has others")
+                raise DataError(
+                    f"{name}: model.decoder = 'discretized' needs values on the {k + 1} levels k/{k} "
+                    f"of [0, 1] (model.levels = {k + 1}); row {int(off[0])} has others"
+                )
         return x
 
     def check_data(self, x):
@@ -368,8 +389,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
             from ..evaluation.plots import samples_scatter
 
             g = torch.Generator(device=device).manual_seed(0)
-            figs["samples"] = samples_scatter(values(x)[:2000].cpu(), self.generate(1000, generator=g).cpu(),
-                                              title="data and ancestral samples")
+            figs["samples"] = samples_scatter(
+                values(x)[:2000].cpu(), self.generate(1000, generator=g).cpu(), title="data and ancestral samples"
+            )
         if self.image_shape is not None:
             from ..evaluation.plots import image_grid
 

@@ -74,14 +74,18 @@ MAX_LEVELS = 256
 class FlowConfig(FamilyConfig):
     family: Literal["flow"] = "flow"
     transforms: list[TransformName] = Field(
-        ["affine_coupling", "permute"], description="one block of transforms, in generative order z -> x")
+        ["affine_coupling", "permute"], description="one block of transforms, in generative order z -> x"
+    )
     repeat: int = Field(4, ge=1, description="the block is repeated this many times")
-    hidden: list[int] = Field([64, 64], description="hidden widths of each transform's network "
-                              "(autoregressive ones: at least the data dimension)")
+    hidden: list[int] = Field(
+        [64, 64],
+        description="hidden widths of each transform's network (autoregressive ones: at least the data dimension)",
+    )
     count_bins: int = Field(8, ge=2, description="spline_coupling: bins of each spline")
     bound: float = Field(5.0, gt=0, description="spline_coupling: splines act on [-bound, bound]")
     dequantize: Literal["none", "uniform", "variational"] = Field(
-        "none", description="discrete data: none (refused) | uniform | variational (a conditional flow)")
+        "none", description="discrete data: none (refused) | uniform | variational (a conditional flow)"
+    )
     levels: int | None = Field(None, ge=2, description="discrete values per dimension, x = j / (levels - 1)")
     dequantizer_transforms: int = Field(2, ge=1, description="variational: conditional IAF layers of q(u | x)")
     likelihood_samples: int = Field(64, ge=1, description="dequantised: draws of u per datum in log_likelihood")
@@ -90,8 +94,10 @@ class FlowConfig(FamilyConfig):
     @model_validator(mode="after")
     def _levels_with_dequantize(self):
         if (self.dequantize == "none") != (self.levels is None):
-            raise ValueError("model.levels (discrete values per dimension) is set exactly when "
-                             "model.dequantize is 'uniform' or 'variational'")
+            raise ValueError(
+                "model.levels (discrete values per dimension) is set exactly when "
+                "model.dequantize is 'uniform' or 'variational'"
+            )
         if not self.transforms:
             raise ValueError("model.transforms: expected at least one transform")
         return self
@@ -142,8 +148,10 @@ def build_transform(name: str, dim: int, cfg: FlowConfig, position: int) -> nn.M
     """One of Pyro's transforms (a module; see the module docstring) for ``dim`` dimensions."""
     hidden = list(cfg.hidden)
     if name in COUPLINGS and dim < 2:
-        raise CardError(f"model.transforms: {name!r} splits the dimensions in two and needs data with at "
-                        f"least 2 columns (got {dim}); use 'maf' or 'iaf'")
+        raise CardError(
+            f"model.transforms: {name!r} splits the dimensions in two and needs data with at "
+            f"least 2 columns (got {dim}); use 'maf' or 'iaf'"
+        )
     if name == "affine_coupling":
         return T.affine_coupling(dim, hidden_dims=hidden)
     if name == "spline_coupling":
@@ -184,8 +192,9 @@ class Dequantized(dist.TorchDistribution):
         k = self.levels
         return (self.flow.sample(sample_shape) * k).floor().clamp(0, k - 1) / (k - 1)
 
-    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 defensive: bool = False) -> torch.Tensor:
+    def log_prob(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, defensive: bool = False
+    ) -> torch.Tensor:
         """One draw of the bound per datum, ``(N,)``. ``defensive``: draw u from
         ``½ q(u | x) + ½ U(0, 1)^D`` instead of ``q`` (for importance-sampled estimates: a
         sigmoid-of-normal q vanishes at the cell's edges faster than p, so its weights have
@@ -280,8 +289,9 @@ class NormalizingFlow(LatentVariableModel):
             return pyro.sample("obs", self.distribution(len(obs) if obs is not None else num_data), obs=obs)
 
     @torch.no_grad()
-    def log_likelihood(self, x, params, *, num_samples: int | None = None, seed: int = 0,
-                       max_elements: int = 2**24) -> torch.Tensor:
+    def log_likelihood(
+        self, x, params, *, num_samples: int | None = None, seed: int = 0, max_elements: int = 2**24
+    ) -> torch.Tensor:
         """``log p(x_n)``, ``(N,)`` (no global latents: ``params`` is empty). Exact for
         continuous data; for dequantised data the importance-weighted bound
         ``log (1/S) Σ_s exp(bound_s)`` over S draws of u (``num_samples``, default
@@ -297,7 +307,8 @@ class NormalizingFlow(LatentVariableModel):
             rep = chunk.expand(s, *chunk.shape).reshape(-1, self.dim)
             with pyro.poutine.block():
                 bounds = Dequantized(self.flow(len(rep)), self.levels, self.dequantizer).log_prob(
-                    rep, generator=g, defensive=True)
+                    rep, generator=g, defensive=True
+                )
             out.append(bounds.reshape(s, len(chunk)).logsumexp(0) - math.log(s))
         return torch.cat(out)
 
@@ -322,9 +333,11 @@ class NormalizingFlow(LatentVariableModel):
             k = self.levels
             j = x * (k - 1)
             if x.min() < 0 or x.max() > 1 or not torch.allclose(j, j.round(), atol=1e-4):
-                raise DataError(f"{name}: model.dequantize = {self.config.dequantize!r} expects values on the grid "
-                                f"j / {k - 1}, j = 0..{k - 1} in [0, 1] (model.levels = {k}); "
-                                "check model.levels and set data.standardize = false")
+                raise DataError(
+                    f"{name}: model.dequantize = {self.config.dequantize!r} expects values on the grid "
+                    f"j / {k - 1}, j = 0..{k - 1} in [0, 1] (model.levels = {k}); "
+                    "check model.levels and set data.standardize = false"
+                )
         return x
 
     def check_data(self, x):
@@ -336,7 +349,8 @@ class NormalizingFlow(LatentVariableModel):
             raise DataError(
                 f"data: every column takes at most {distinct} distinct values over {len(x)} rows: the data look "
                 "discrete, and a flow's density on discrete values grows without bound; set model.dequantize = "
-                "'uniform' or 'variational' with model.levels (values per dimension)")
+                "'uniform' or 'variational' with model.levels (values per dimension)"
+            )
 
     def plots(self, x, params):
         from ..evaluation.plots import image_grid
@@ -354,12 +368,15 @@ class _VariationalDequantizer(nn.Module):
     def __init__(self, dim: int, cfg: FlowConfig):
         super().__init__()
         hidden = autoregressive_widths(list(cfg.hidden), dim)
-        self.layers = nn.ModuleList([T.conditional_affine_autoregressive(dim, dim, hidden_dims=hidden)
-                                     for _ in range(cfg.dequantizer_transforms)])
+        self.layers = nn.ModuleList(
+            [
+                T.conditional_affine_autoregressive(dim, dim, hidden_dims=hidden)
+                for _ in range(cfg.dequantizer_transforms)
+            ]
+        )
         self.register_buffer("_origin", torch.zeros(dim))
 
     def condition(self, context: torch.Tensor) -> dist.TransformedDistribution:
         base = dist.Normal(self._origin, torch.ones_like(self._origin)).to_event(1).expand(context.shape[:-1])
         transforms = [layer.condition(context) for layer in self.layers] + [T.SigmoidTransform()]
         return dist.TransformedDistribution(base, transforms)
-

@@ -46,8 +46,9 @@ class GANConfig(FamilyConfig, NetworkConfig):
     discriminator_activation: Activation = "relu"
     critic_steps: int = Field(1, ge=1, description="discriminator steps per generator step (5 is usual for wgan_gp)")
     gradient_penalty: float = Field(10.0, ge=0, description="wgan_gp: weight λ of (|∇D| - 1)²")
-    mmd_samples: int = Field(512, ge=2, description="held-out rows (and generated samples) in the MMD² the "
-                             "trainer logs as valid_loss")
+    mmd_samples: int = Field(
+        512, ge=2, description="held-out rows (and generated samples) in the MMD² the trainer logs as valid_loss"
+    )
 
 
 class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
@@ -72,8 +73,9 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
             self.image_shape = None
         if config.architecture == "conv":
             trunk = ConvTrunk(self.image_shape, config.channels, config.discriminator_activation)
-            self.discriminator = nn.Sequential(trunk, mlp(trunk.out_features, config.discriminator_hidden[-1:], 1,
-                                                          config.discriminator_activation))
+            self.discriminator = nn.Sequential(
+                trunk, mlp(trunk.out_features, config.discriminator_hidden[-1:], 1, config.discriminator_activation)
+            )
         else:
             self.discriminator = mlp(dim, config.discriminator_hidden, 1, config.discriminator_activation)
         self.register_buffer("_origin", torch.zeros(config.latent_dim))
@@ -89,8 +91,10 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
             z = torch.zeros(1, config.latent_dim)
             weights, _ = user.latent_weights(self, lambda: self.decoder(z))
             if weights:
-                raise CardError(f"model.decoder_target: the gan family has no guide for latent decoder weights "
-                                f"({', '.join(weights)}); give the generator PyroParam or plain weights")
+                raise CardError(
+                    f"model.decoder_target: the gan family has no guide for latent decoder weights "
+                    f"({', '.join(weights)}); give the generator PyroParam or plain weights"
+                )
 
     @property
     def global_sites(self) -> tuple[str, ...]:
@@ -130,8 +134,10 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
             return pyro.sample("obs", self.decode(z), obs=obs)
 
     def log_likelihood(self, x, params) -> torch.Tensor:
-        raise IncompatibleError("model.family = 'gan' has an implicit density (x = G(z) has no p(x)): it has no "
-                                "log-likelihood; compare samples with two-sample tests (pplvm two-sample)")
+        raise IncompatibleError(
+            "model.family = 'gan' has an implicit density (x = G(z) has no p(x)): it has no "
+            "log-likelihood; compare samples with two-sample tests (pplvm two-sample)"
+        )
 
     @torch.no_grad()
     def generate(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -146,9 +152,11 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
     def prepare(self, data, name="data"):
         x = as_matrix(values(data) if isinstance(data, Batch) else data, name, dim=self.dim)
         if self._network is not None and self.config.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
-            raise DataError(f"{name}: the generator's outputs lie in [0, 1] (model.likelihood = 'bernoulli'), "
-                            f"but the data range over [{float(x.min()):.4g}, {float(x.max()):.4g}]; use "
-                            "model.likelihood = 'gaussian' or data scaled to [0, 1]")
+            raise DataError(
+                f"{name}: the generator's outputs lie in [0, 1] (model.likelihood = 'bernoulli'), "
+                f"but the data range over [{float(x.min()):.4g}, {float(x.max()):.4g}]; use "
+                "model.likelihood = 'gaussian' or data scaled to [0, 1]"
+            )
         return x
 
     def check_data(self, x):

@@ -81,9 +81,12 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         weights = pyro.sample("weights", dist.Dirichlet(torch.full((K,), c.weight_concentration, device=self.device)))
         params = {"weights": weights}
         with pyro.plate("components", K, dim=-1, device=self.device):
-            params["locs"] = pyro.sample("locs", dist.Normal(self.scalar(c.loc_mean), self.scalar(c.loc_scale)).expand([D]).to_event(1))
+            params["locs"] = pyro.sample(
+                "locs", dist.Normal(self.scalar(c.loc_mean), self.scalar(c.loc_scale)).expand([D]).to_event(1)
+            )
             params["scales"] = pyro.sample(
-                "scales", dist.LogNormal(self.scalar(c.scale_log_mean), self.scalar(c.scale_log_sd)).expand([D]).to_event(1)
+                "scales",
+                dist.LogNormal(self.scalar(c.scale_log_mean), self.scalar(c.scale_log_sd)).expand([D]).to_event(1),
             )
             if c.covariance == "full":
                 params["corr_chol"] = pyro.sample("corr_chol", dist.LKJCholesky(D, self.scalar(c.lkj_concentration)))
@@ -143,8 +146,7 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         joint = self._joint(x, params)
         log_lik = joint.logsumexp(-1)
         r = (joint - log_lik.unsqueeze(-1)).exp()
-        second = (r.T @ x.pow(2) if self.config.covariance == "diag"
-                  else torch.einsum("nk,ni,nj->kij", r, x, x))
+        second = r.T @ x.pow(2) if self.config.covariance == "diag" else torch.einsum("nk,ni,nj->kij", r, x, x)
         return {"count": r.sum(0), "first": r.T @ x, "second": second, "log_likelihood": log_lik.sum()}
 
     def maximize(self, stats, params, estimate):
@@ -152,9 +154,17 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         new = {"weights": dirichlet_mode(stats["count"], c.weight_concentration, estimate, params["weights"])}
         if c.covariance == "diag":
             new["locs"], new["scales"] = gaussian_diag_step(
-                stats["count"], stats["first"], stats["second"], params["locs"], params["scales"], estimate,
-                loc_mean=c.loc_mean, loc_scale=c.loc_scale, scale_log_mean=c.scale_log_mean,
-                scale_log_sd=c.scale_log_sd)
+                stats["count"],
+                stats["first"],
+                stats["second"],
+                params["locs"],
+                params["scales"],
+                estimate,
+                loc_mean=c.loc_mean,
+                loc_scale=c.loc_scale,
+                scale_log_mean=c.scale_log_mean,
+                scale_log_sd=c.scale_log_sd,
+            )
             return new
         # full covariance, maximum likelihood: Σ_k = Σ r x xᵀ / n_k − μ_k μ_kᵀ, as scale and
         # correlation Cholesky factor (rounding-level jitter keeps the factor defined)
@@ -180,9 +190,11 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         ``locs`` ``(*S, K·D)``, ``weights`` ``(*S, K)``, ``scales`` ``(*S, K·D)`` in that order."""
         order = params["locs"][..., 0].argsort(-1)  # (*S, K)
         by_row = order.unsqueeze(-1).expand(params["locs"].shape)
-        return {"locs": params["locs"].gather(-2, by_row).flatten(-2),
-                "weights": params["weights"].gather(-1, order),
-                "scales": params["scales"].gather(-2, by_row).flatten(-2)}
+        return {
+            "locs": params["locs"].gather(-2, by_row).flatten(-2),
+            "weights": params["weights"].gather(-1, order),
+            "scales": params["scales"].gather(-2, by_row).flatten(-2),
+        }
 
     def prepare(self, data, name="data"):
         return as_matrix(data, name, dim=self.dim)
@@ -225,8 +237,9 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         return {"clusters": cluster_plot(x, labels, params["locs"], title=f"GMM, K={self.K}")}
 
 
-def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, *, restarts: int = 3, iters: int = 100,
-           max_rows: int = 20000) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor, k: int, generator: torch.Generator, *, restarts: int = 3, iters: int = 100, max_rows: int = 20000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, with 2 + log k local trials as
     scikit-learn does) plus Lloyd iterations, best of ``restarts`` by inertia.
 

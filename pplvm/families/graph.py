@@ -93,12 +93,18 @@ class NodeConfig(Section):
     hidden: list[int] = Field([200, 200], description="observed decoder: hidden widths (reversed, as the VAE's)")
     activation: Activation = "tanh"
     initial: str | None = Field(None, description="chain: node of the initial-state probabilities, shape [size]")
-    transition: str | None = Field(None, description="chain: node of the transition probabilities, shape "
-                                   "[size, size], rows indexed by the previous state")
+    transition: str | None = Field(
+        None,
+        description="chain: node of the transition probabilities, shape "
+        "[size, size], rows indexed by the previous state",
+    )
     length: int = Field(100, ge=1, description="chain: time steps of the sequences sample() draws")
-    mixture: str | None = Field(None, description="observed, in a chain graph: a categorical node drawn at each "
-                                "step given the chain (probs of shape [chain, size]); mean and std then have "
-                                "shape [chain, mixture, ...]")
+    mixture: str | None = Field(
+        None,
+        description="observed, in a chain graph: a categorical node drawn at each "
+        "step given the chain (probs of shape [chain, size]); mean and std then have "
+        "shape [chain, mixture, ...]",
+    )
 
 
 class GraphConfig(TracedConfig):
@@ -128,25 +134,38 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
         for field, ref in refs:
             if ref not in by_name:
                 raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} names no node")
-        for field, kinds in (("given", ("categorical", "chain")), ("input", ("gaussian",)),
-                             ("probs", ("global", "param")), ("initial", ("global", "param")),
-                             ("transition", ("global", "param")), ("mixture", ("categorical",)),
-                             ("side", ("side",))):
+        for field, kinds in (
+            ("given", ("categorical", "chain")),
+            ("input", ("gaussian",)),
+            ("probs", ("global", "param")),
+            ("initial", ("global", "param")),
+            ("transition", ("global", "param")),
+            ("mixture", ("categorical",)),
+            ("side", ("side",)),
+        ):
             ref = getattr(n, field)
             if ref is not None and by_name[ref].kind not in kinds:
-                raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} must be a {' or '.join(kinds)} "
-                                f"node, not {by_name[ref].kind!r}")
+                raise CardError(
+                    f"model.nodes: node {n.name!r}: {field} = {ref!r} must be a {' or '.join(kinds)} "
+                    f"node, not {by_name[ref].kind!r}"
+                )
         for s in n.shape:
             if isinstance(s, str) and s != "D" and by_name[s].kind not in ("categorical", "chain"):
-                raise CardError(f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D', a categorical "
-                                "or a chain node")
+                raise CardError(
+                    f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D', a categorical or a chain node"
+                )
         for field, ref in refs:
             if by_name[ref].kind == "side" and field != "side":
-                raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} is a side node, which only an "
-                                f"observed node's decoder takes (side = {ref!r})")
+                raise CardError(
+                    f"model.nodes: node {n.name!r}: {field} = {ref!r} is a side node, which only an "
+                    f"observed node's decoder takes (side = {ref!r})"
+                )
         _require(n)
-        parents[n.name] = [ref for _, ref in refs if ref in by_name and not (
-            by_name[ref].kind in ("categorical", "chain") and _is_size_ref(n, ref))]
+        parents[n.name] = [
+            ref
+            for _, ref in refs
+            if ref in by_name and not (by_name[ref].kind in ("categorical", "chain") and _is_size_ref(n, ref))
+        ]
     _check_side(nodes)
     _check_chain(nodes, by_name)
     order: list[str] = []
@@ -156,7 +175,7 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
         if state.get(name) == "done":
             return
         if state.get(name) == "open":
-            cycle = " -> ".join(path[path.index(name):] + (name,))
+            cycle = " -> ".join(path[path.index(name) :] + (name,))
             raise CardError(f"model.nodes: node {name!r} is in a cycle: {cycle}")
         state[name] = "open"
         for p in parents[name]:
@@ -178,14 +197,20 @@ def _check_side(nodes: list[NodeConfig]) -> None:
         raise CardError(f"model.nodes: expected at most one node of kind 'side' (the data's y), got {len(sides)}")
     for n in sides:
         if (n.classes is None) == (n.dim is None):
-            raise CardError(f"model.nodes: node {n.name!r} (kind 'side') needs classes (labels) or dim "
-                            "(covariates), exactly one of them")
+            raise CardError(
+                f"model.nodes: node {n.name!r} (kind 'side') needs classes (labels) or dim "
+                "(covariates), exactly one of them"
+            )
         if observed.side != n.name:
-            raise CardError(f"model.nodes: node {n.name!r}: no decoder takes this side node; set side = "
-                            f"{n.name!r} on the observed node (with decoder = true)")
+            raise CardError(
+                f"model.nodes: node {n.name!r}: no decoder takes this side node; set side = "
+                f"{n.name!r} on the observed node (with decoder = true)"
+            )
     if observed.side is not None and not observed.decoder:
-        raise CardError(f"model.nodes: node {observed.name!r}: side = {observed.side!r} needs decoder = true "
-                        "(the decoder takes [input, side])")
+        raise CardError(
+            f"model.nodes: node {observed.name!r}: side = {observed.side!r} needs decoder = true "
+            "(the decoder takes [input, side])"
+        )
 
 
 def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> None:
@@ -195,30 +220,42 @@ def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> Non
     observed = next(n for n in nodes if n.kind == "observed")
     if not chains:
         if observed.mixture is not None:
-            raise CardError(f"model.nodes: node {observed.name!r}: mixture needs a chain node (a mixture per "
-                            "time step); without one, give the observed node a categorical parent with given")
+            raise CardError(
+                f"model.nodes: node {observed.name!r}: mixture needs a chain node (a mixture per "
+                "time step); without one, give the observed node a categorical parent with given"
+            )
         return
     if len(chains) > 1:
         raise CardError(f"model.nodes: expected at most one node of kind 'chain', got {len(chains)}")
     chain = chains[0]
     if observed.given != chain.name:
-        raise CardError(f"model.nodes: node {observed.name!r}: in a graph with the chain {chain.name!r}, the "
-                        f"observed node emits given it (given = {chain.name!r})")
+        raise CardError(
+            f"model.nodes: node {observed.name!r}: in a graph with the chain {chain.name!r}, the "
+            f"observed node emits given it (given = {chain.name!r})"
+        )
     if observed.weight is not None or observed.decoder:
-        raise CardError(f"model.nodes: node {observed.name!r}: a chain's emission takes mean and std "
-                        "(weight and decoder need a gaussian input, which a chain graph has not)")
+        raise CardError(
+            f"model.nodes: node {observed.name!r}: a chain's emission takes mean and std "
+            "(weight and decoder need a gaussian input, which a chain graph has not)"
+        )
     for n in nodes:
         if n.kind == "gaussian":
-            raise CardError(f"model.nodes: node {n.name!r}: a chain graph sums its local latents out exactly; a "
-                            "gaussian local node is not supported there")
+            raise CardError(
+                f"model.nodes: node {n.name!r}: a chain graph sums its local latents out exactly; a "
+                "gaussian local node is not supported there"
+            )
         if n.kind == "categorical" and n.name != observed.mixture:
-            raise CardError(f"model.nodes: node {n.name!r}: in a chain graph a categorical node is the observed "
-                            f"node's mixture (mixture = {n.name!r})")
+            raise CardError(
+                f"model.nodes: node {n.name!r}: in a chain graph a categorical node is the observed "
+                f"node's mixture (mixture = {n.name!r})"
+            )
     if observed.mixture is not None:
         probs = by_name[by_name[observed.mixture].probs]
         if probs.shape != [chain.name, observed.mixture]:
-            raise CardError(f"model.nodes: node {probs.name!r}: the mixture's probs need shape "
-                            f"[{chain.name!r}, {observed.mixture!r}] (one row per chain state), got {probs.shape}")
+            raise CardError(
+                f"model.nodes: node {probs.name!r}: the mixture's probs need shape "
+                f"[{chain.name!r}, {observed.mixture!r}] (one row per chain state), got {probs.shape}"
+            )
 
 
 def _is_size_ref(node: NodeConfig, ref: str) -> bool:
@@ -227,8 +264,9 @@ def _is_size_ref(node: NodeConfig, ref: str) -> bool:
 
 
 def _require(n: NodeConfig) -> None:
-    need = {"categorical": ("size", "probs"), "gaussian": ("dim",),
-            "chain": ("size", "initial", "transition")}.get(n.kind, ())
+    need = {"categorical": ("size", "probs"), "gaussian": ("dim",), "chain": ("size", "initial", "transition")}.get(
+        n.kind, ()
+    )
     for field in need:
         if getattr(n, field) is None:
             raise CardError(f"model.nodes: node {n.name!r} (kind {n.kind!r}) needs {field}")
@@ -265,12 +303,14 @@ class GraphModule(PyroModule):
         for n in self.nodes:
             if n.kind == "param":
                 value = torch.full(self.shape(n), float(n.init))
-                setattr(self, n.name, PyroParam(value, constraint=constraints.positive) if n.positive
-                        else PyroParam(value))
+                setattr(
+                    self, n.name, PyroParam(value, constraint=constraints.positive) if n.positive else PyroParam(value)
+                )
             if n.kind == "observed" and n.decoder:
                 latent = next(m for m in self.nodes if m.name == n.input)
-                net = NetworkConfig(latent_dim=latent.dim, hidden=n.hidden, activation=n.activation,
-                                    likelihood=n.distribution)
+                net = NetworkConfig(
+                    latent_dim=latent.dim, hidden=n.hidden, activation=n.activation, likelihood=n.distribution
+                )
                 self.decoders[n.name] = make_decoder(net, dim, self.side.size if n.side else 0)
 
     def shape(self, n: NodeConfig) -> tuple[int, ...]:
@@ -283,8 +323,9 @@ class GraphModule(PyroModule):
         values: dict[str, Any] = {}
         if self.side_node is not None:  # (B, C) features, one-hot for labels
             if not isinstance(x, Batch) or x.y is None:
-                raise DataError(f"data: node {self.side_node.name!r} is side information y; pass "
-                                "pplvm.data.Batch(x, y)")
+                raise DataError(
+                    f"data: node {self.side_node.name!r} is side information y; pass pplvm.data.Batch(x, y)"
+                )
             values[self.side_node.name] = self.side(x)
             x = x.x
         plates: dict[str, pyro.plate] = {}  # one plate per name, entered by each of its nodes
@@ -322,8 +363,9 @@ class GraphModule(PyroModule):
         if n.plate is None:
             return pyro.sample(n.name, d.to_event(len(d.batch_shape)))
         if plate.size != shape[0]:
-            raise CardError(f"model.nodes: node {n.name!r}: plate {n.plate!r} has size {plate.size} elsewhere, "
-                            f"{shape[0]} here")
+            raise CardError(
+                f"model.nodes: node {n.name!r}: plate {n.plate!r} has size {plate.size} elsewhere, {shape[0]} here"
+            )
         with plate:
             if n.prior == "dirichlet":
                 return pyro.sample(n.name, d.to_event(len(d.batch_shape) - 1))
@@ -379,14 +421,17 @@ class GraphModule(PyroModule):
             return t.reshape(lead + (1,) * slots + shape)
 
         tiny = torch.finfo(values[c.transition].dtype).tiny
-        initial = aligned(values[c.initial], own(c.initial), 1).clamp_min(tiny).log()        # (*S, 1, K)
+        initial = aligned(values[c.initial], own(c.initial), 1).clamp_min(tiny).log()  # (*S, 1, K)
         transition = aligned(values[c.transition], own(c.transition), 1).clamp_min(tiny).log()  # (*S, 1, K, K)
         mean = aligned(values[n.mean], own(n.mean), 2) if n.mean else torch.zeros((), device=device)
         if n.distribution == "bernoulli":
             step = dist.Bernoulli(logits=mean).to_event(1)
         else:
-            std = (torch.tensor(n.std, device=device) if isinstance(n.std, float)
-                   else aligned(values[n.std], own(n.std), 2))
+            std = (
+                torch.tensor(n.std, device=device)
+                if isinstance(n.std, float)
+                else aligned(values[n.std], own(n.std), 2)
+            )
             step = dist.Normal(mean, std).to_event(1)
         if n.mixture is not None:  # (*S, 1, 1, K, M) components, weights (*S, 1, 1, K, M)
             weights = aligned(values[self.by_name[n.mixture].probs], own(self.by_name[n.mixture].probs), 2)
@@ -398,8 +443,10 @@ class GraphModule(PyroModule):
         n = next(m for m in self.nodes if m.kind == "observed")
         x = x.x if isinstance(x, Batch) else x
         if n.distribution == "bernoulli" and len(x) and not ((x == 0) | (x == 1)).all():
-            raise DataError(f"{name}: node {n.name!r} has distribution 'bernoulli', which needs 0/1 data; "
-                            "set data.binarize or use distribution = 'normal'")
+            raise DataError(
+                f"{name}: node {n.name!r} has distribution 'bernoulli', which needs 0/1 data; "
+                "set data.binarize or use distribution = 'normal'"
+            )
 
 
 def side_of(node: NodeConfig | None) -> SideInformation:
@@ -419,16 +466,30 @@ class GraphModel(PyroModel):
     @classmethod
     def from_config(cls, config: GraphConfig, dim: int, model: Any = None, guide: Any = None) -> "GraphModel":
         if model is not None:
-            raise CardError("model.family = 'graph' builds its model from model.nodes; a model object of your "
-                            "own is model.family = 'pyro'")
+            raise CardError(
+                "model.family = 'graph' builds its model from model.nodes; a model object of your "
+                "own is model.family = 'pyro'"
+            )
         module = GraphModule(config.nodes, dim)
         if module.chain is not None:  # traced on placeholder sequences of two steps
-            structure = trace_structure(module, dim, "model.nodes", example=lambda rows: Batch(
-                torch.zeros(rows, 2, dim), lengths=torch.full((rows,), 2)))
+            structure = trace_structure(
+                module,
+                dim,
+                "model.nodes",
+                example=lambda rows: Batch(torch.zeros(rows, 2, dim), lengths=torch.full((rows,), 2)),
+            )
             return ChainGraphModel(config, dim, module, structure, guide, "model.nodes")
         side = module.side
-        example = None if side.kind == "none" else (lambda rows: Batch(torch.zeros(rows, dim), y=(
-            torch.zeros(rows, dtype=torch.long) if side.kind == "labels" else torch.zeros(rows, side.size))))
+        example = (
+            None
+            if side.kind == "none"
+            else (
+                lambda rows: Batch(
+                    torch.zeros(rows, dim),
+                    y=(torch.zeros(rows, dtype=torch.long) if side.kind == "labels" else torch.zeros(rows, side.size)),
+                )
+            )
+        )
         structure = trace_structure(module, dim, "model.nodes", example=example)
         kind = ContinuousGraphModel if structure.continuous else GraphModel
         return kind(config, dim, module, structure, guide, "model.nodes")
@@ -509,8 +570,9 @@ class ChainGraphModel(GraphModel):
             if num_data is None:
                 raise ValueError("give x, or num_data sequences to generate")
             steps = torch.zeros(num_data, self.length, self.dim, device=self.device)
-            return poutine.uncondition(model)(Batch(steps, lengths=torch.full((num_data,), self.length,
-                                                                                 device=self.device)))
+            return poutine.uncondition(model)(
+                Batch(steps, lengths=torch.full((num_data,), self.length, device=self.device))
+            )
         if num_data is not None and num_data != len(x):
             with _ScaleDataPlate(self.plate_name, num_data / len(x)):
                 return model(x)
@@ -533,9 +595,11 @@ class ChainGraphModel(GraphModel):
 
     def prepare(self, data, name="data"):
         if not isinstance(data, Batch):
-            raise DataError(f"{name}: node {self.holder.module.chain.name!r} is a chain over time, so the data are "
-                            "sequences: a sequence source (synthetic_hmm, sequence_file, ...) or "
-                            "pplvm.data.as_sequences([seq1, seq2, ...])")
+            raise DataError(
+                f"{name}: node {self.holder.module.chain.name!r} is a chain over time, so the data are "
+                "sequences: a sequence source (synthetic_hmm, sequence_file, ...) or "
+                "pplvm.data.as_sequences([seq1, seq2, ...])"
+            )
         batch = as_sequences(data, name, dim=self.dim)
         self.holder.module.check_data(batch, name)
         return batch

@@ -63,8 +63,7 @@ class HMMConfig(FamilyConfig):
         return self
 
 
-_EMISSION_SITES = {"gaussian": ("locs", "scales"), "categorical": ("emission_probs",),
-                   "bernoulli": ("emission_probs",)}
+_EMISSION_SITES = {"gaussian": ("locs", "scales"), "categorical": ("emission_probs",), "bernoulli": ("emission_probs",)}
 
 
 class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
@@ -101,7 +100,11 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         """``x``: a Batch of B padded sequences (or None: generate ``num_data`` sequences of
         ``sample_length`` steps). Returns the observations ``(B, T, D)``."""
         c, K = self.config, self.K
-        params = {"initial": pyro.sample("initial", dist.Dirichlet(torch.full((K,), c.initial_concentration, device=self.device)))}
+        params = {
+            "initial": pyro.sample(
+                "initial", dist.Dirichlet(torch.full((K,), c.initial_concentration, device=self.device))
+            )
+        }
         with pyro.plate("per_state", K, dim=-1, device=self.device):
             rows = c.transition_concentration + c.stickiness * torch.eye(K, device=self.device)
             params["transition"] = pyro.sample("transition", dist.Dirichlet(rows))
@@ -116,9 +119,13 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         c, D = self.config, self.dim
         if c.emission == "gaussian":
             return {
-                "locs": pyro.sample("locs", dist.Normal(self.scalar(c.loc_mean), self.scalar(c.loc_scale)).expand([D]).to_event(1)),
+                "locs": pyro.sample(
+                    "locs", dist.Normal(self.scalar(c.loc_mean), self.scalar(c.loc_scale)).expand([D]).to_event(1)
+                ),
                 "scales": pyro.sample(
-                    "scales", dist.LogNormal(self.scalar(c.scale_log_mean), self.scalar(c.scale_log_sd)).expand([D]).to_event(1)),
+                    "scales",
+                    dist.LogNormal(self.scalar(c.scale_log_mean), self.scalar(c.scale_log_sd)).expand([D]).to_event(1),
+                ),
             }
         if c.emission == "categorical":
             prior = dist.Dirichlet(torch.full((c.categories,), c.emission_concentration, device=self.device))
@@ -135,8 +142,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
             return dist.Categorical(probs=params["emission_probs"]).to_event(1)
         return dist.Bernoulli(probs=params["emission_probs"]).to_event(1)
 
-    def chain(self, params: dict[str, torch.Tensor], lengths: torch.Tensor | None,
-              duration: int) -> HiddenMarkovChain:
+    def chain(self, params: dict[str, torch.Tensor], lengths: torch.Tensor | None, duration: int) -> HiddenMarkovChain:
         """The collapsed chain for globals with leading dims ``S`` (those of ``transition``,
         ``(*S, K, K)``) and sequences ``(N,)``: batch shape ``(*S, N)``, event ``(T, D)``.
         The emission gets batch ``(*S, 1, 1, K)``: slots for the sequence and the step."""
@@ -144,10 +150,20 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         tiny = torch.finfo(params["transition"].dtype).tiny
         initial = params["initial"].reshape(S + (1, self.K))  # (*S, 1, K), aligned with the data dim
         transition = params["transition"].unsqueeze(-3)  # (*S, 1, K, K)
-        emission = self.emission({k: params[k].reshape(S + (1, 1) + params[k].shape[len(S):])
-                                  for k in _EMISSION_SITES[self.config.emission]})
-        return HiddenMarkovChain(initial.clamp_min(tiny).log(), transition.clamp_min(tiny).log(), emission,
-                                 duration, lengths, latent="states")
+        emission = self.emission(
+            {
+                k: params[k].reshape(S + (1, 1) + params[k].shape[len(S) :])
+                for k in _EMISSION_SITES[self.config.emission]
+            }
+        )
+        return HiddenMarkovChain(
+            initial.clamp_min(tiny).log(),
+            transition.clamp_min(tiny).log(),
+            emission,
+            duration,
+            lengths,
+            latent="states",
+        )
 
     def log_likelihood(self, x, params):
         """``log p(x_n | θ)`` of each sequence, ``(*S, N)``, states summed out exactly."""
@@ -172,8 +188,12 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         values, lengths = _unpack(x)
         post = self.chain(params, lengths, values.shape[-2]).posterior(values)
         gamma = post["states"]  # (N, T, K)
-        stats = {"initial": post["initial"].sum(0), "transitions": post["transitions"].sum(0),
-                 "count": gamma.sum((0, 1)), "log_likelihood": post["log_prob"].sum()}
+        stats = {
+            "initial": post["initial"].sum(0),
+            "transitions": post["transitions"].sum(0),
+            "count": gamma.sum((0, 1)),
+            "log_likelihood": post["log_prob"].sum(),
+        }
         if self.config.emission == "categorical":
             onehot = torch.nn.functional.one_hot(values.long(), self.config.categories).to(gamma.dtype)
             stats["symbols"] = torch.einsum("ntk,ntdc->kdc", gamma, onehot)
@@ -187,16 +207,27 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         c, K = self.config, self.K
         counts = stats["transitions"]
         rows = c.transition_concentration + c.stickiness * torch.eye(K, dtype=counts.dtype, device=counts.device)
-        new = {"initial": dirichlet_mode(stats["initial"], c.initial_concentration, estimate, params["initial"]),
-               "transition": dirichlet_mode(stats["transitions"], rows, estimate, params["transition"])}
+        new = {
+            "initial": dirichlet_mode(stats["initial"], c.initial_concentration, estimate, params["initial"]),
+            "transition": dirichlet_mode(stats["transitions"], rows, estimate, params["transition"]),
+        }
         if c.emission == "gaussian":
             new["locs"], new["scales"] = gaussian_diag_step(
-                stats["count"], stats["first"], stats["second"], params["locs"], params["scales"], estimate,
-                loc_mean=c.loc_mean, loc_scale=c.loc_scale, scale_log_mean=c.scale_log_mean,
-                scale_log_sd=c.scale_log_sd)
+                stats["count"],
+                stats["first"],
+                stats["second"],
+                params["locs"],
+                params["scales"],
+                estimate,
+                loc_mean=c.loc_mean,
+                loc_scale=c.loc_scale,
+                scale_log_mean=c.scale_log_mean,
+                scale_log_sd=c.scale_log_sd,
+            )
         elif c.emission == "categorical":
-            new["emission_probs"] = dirichlet_mode(stats["symbols"], c.emission_concentration, estimate,
-                                                   params["emission_probs"])
+            new["emission_probs"] = dirichlet_mode(
+                stats["symbols"], c.emission_concentration, estimate, params["emission_probs"]
+            )
         else:  # Beta(β, β) mode of each p_kd: (Σ γ x + β − 1) / (Σ γ + 2β − 2), clipped into (0, 1)
             beta = c.emission_concentration if estimate == "map" else 1.0
             ones = (stats["first"] + beta - 1).clamp_min(0)
@@ -223,15 +254,18 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
             seq, step, col = _locate(batch, bad)
             value = batch.x[seq, step, col].item()
             hint = "; data.standardize must be false for discrete emissions" if value != round(value) else ""
-            raise DataError(f"{name}: value {value:g} at sequence {seq}, step {step}, feature {col} is not "
-                            f"among the {what}{hint}")
+            raise DataError(
+                f"{name}: value {value:g} at sequence {seq}, step {step}, feature {col} is not among the {what}{hint}"
+            )
         return batch
 
     def check_data(self, x):
         steps = int(x.lengths.sum())
         if steps < self.K:
-            raise DataError(f"data: {steps} observed steps but model.states = {self.K}; an HMM needs at least "
-                            "as many observed steps as states")
+            raise DataError(
+                f"data: {steps} observed steps but model.states = {self.K}; an HMM needs at least "
+                "as many observed steps as states"
+            )
 
     def init_values(self, x, generator):
         """k-means (or random centres) on the observed steps gives each step a state; the
@@ -281,8 +315,11 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         marginals = self.local_marginals(first, params)["states"][0]
         path = self.map_locals(first, params)["states"][0]
         length = int(first.lengths[0])
-        return {"states": state_plot(first.x[0, :length], marginals[:length], path[:length],
-                                     title=f"HMM, K={self.K}: first sequence")}
+        return {
+            "states": state_plot(
+                first.x[0, :length], marginals[:length], path[:length], title=f"HMM, K={self.K}: first sequence"
+            )
+        }
 
 
 def _unpack(x) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -37,15 +37,18 @@ from .base import ClosedFormEM, ContinuousLatentModel, ExactLocalPosterior, Fami
 class LinearGaussianConfig(FamilyConfig):
     latent_dim: int = Field(2, ge=1, description="latent dimension L (< data dimension D)")
     prior: Literal["none", "normal"] = Field(
-        "none", description="'none': W is a maximum-likelihood parameter; 'normal': W ~ Normal(0, weight_scale)")
+        "none", description="'none': W is a maximum-likelihood parameter; 'normal': W ~ Normal(0, weight_scale)"
+    )
     weight_scale: float = Field(1.0, gt=0, description="prior scale of the entries of W (prior = 'normal')")
     noise_init: float = Field(1.0, gt=0, description="initial noise scale (σ, or every ψ_d)")
     noise_floor: float = Field(1e-3, gt=0, description="smallest noise scale: scale = floor + softplus(raw)")
     encoder: Literal["linear", "mlp"] = Field("linear", description="amortized guide: encoder network")
     hidden: int = Field(32, ge=1, description="hidden width of the mlp encoder")
     init: Literal["pca", "random"] = Field(
-        "pca", description="'pca': start μ, W, noise at the PCA solution of the training data; "
-                           "'random': μ = 0, small random W, noise = noise_init")
+        "pca",
+        description="'pca': start μ, W, noise at the PCA solution of the training data; "
+        "'random': μ = 0, small random W, noise = noise_init",
+    )
 
 
 class PPCAConfig(LinearGaussianConfig):
@@ -112,7 +115,9 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
     def forward(self, x=None, num_data=None):
         c, D, L = self.config, self.dim, self.L
         if c.prior == "normal":
-            weight = pyro.sample("weight", dist.Normal(self.scalar(0.0), self.scalar(c.weight_scale)).expand([D, L]).to_event(2))
+            weight = pyro.sample(
+                "weight", dist.Normal(self.scalar(0.0), self.scalar(c.weight_scale)).expand([D, L]).to_event(2)
+            )
         else:
             weight = self.weight
         noise = self.noise_scale()
@@ -173,8 +178,12 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
         statistics are those moments: ``count``, ``first`` Σ x ``(D,)``, ``second`` Σ x xᵀ
         ``(D, D)``; :meth:`maximize` takes the posterior expectations from them."""
         x = values(x)
-        return {"count": x.new_tensor(float(len(x))), "first": x.sum(0), "second": x.T @ x,
-                "log_likelihood": self.log_likelihood(x, params).sum()}
+        return {
+            "count": x.new_tensor(float(len(x))),
+            "first": x.sum(0),
+            "second": x.T @ x,
+            "log_likelihood": self.log_likelihood(x, params).sum(),
+        }
 
     def maximize(self, stats, params, estimate):
         """μ = x̄ (the exact maximiser of log p(x | θ) in μ for any W, Ψ), then with S the
@@ -197,7 +206,7 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
         cross = scatter @ beta.T  # Σ (x − μ) E[z]ᵀ, (D, L)
         second_z = n * cov_z + beta @ scatter @ beta.T  # Σ E[z zᵀ], (L, L)
         if c.prior == "normal" and estimate == "map":
-            ridge = (psi / c.weight_scale ** 2)[:, None, None] * eye  # (D, L, L)
+            ridge = (psi / c.weight_scale**2)[:, None, None] * eye  # (D, L, L)
             new_w = torch.linalg.solve(second_z + ridge, cross.unsqueeze(-1)).squeeze(-1)
         else:
             new_w = torch.linalg.solve(second_z, cross.T).T
@@ -232,7 +241,8 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
         with torch.no_grad():
             self.loc_unconstrained.copy_(x.mean(0))
             self.noise_raw_unconstrained.copy_(
-                _softplus_inverse((noise_var.sqrt() - floor).clamp_min(1e-6)).expand_as(self.noise_raw))
+                _softplus_inverse((noise_var.sqrt() - floor).clamp_min(1e-6)).expand_as(self.noise_raw)
+            )
             if self.config.prior == "none":
                 self.weight_unconstrained.copy_(weight)
         return {"weight": weight} if self.config.prior == "normal" else {}
@@ -242,8 +252,9 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
 
     def check_data(self, x):
         if len(x) <= self.L:
-            raise DataError(f"data: {len(x)} row(s) but model.latent_dim = {self.L}; fitting L factors "
-                            "needs more rows than factors")
+            raise DataError(
+                f"data: {len(x)} row(s) but model.latent_dim = {self.L}; fitting L factors needs more rows than factors"
+            )
 
     def plots(self, x, params):
         from ..evaluation.plots import latent_scatter_plot
@@ -273,8 +284,11 @@ class GaussianEncoder(torch.nn.Module):
     def __init__(self, dim: int, latent_dim: int, hidden: int | None = None, floor: float = 1e-3):
         super().__init__()
         out = 2 * latent_dim
-        self.net = (torch.nn.Linear(dim, out) if hidden is None else
-                    torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, out)))
+        self.net = (
+            torch.nn.Linear(dim, out)
+            if hidden is None
+            else torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, out))
+        )
         self.floor = floor
 
     def forward(self, x):

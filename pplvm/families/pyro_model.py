@@ -37,12 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pydantic import Field
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer import config_enumerate
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.messenger import Messenger
@@ -65,22 +63,33 @@ _MAX_ELEMENTS = 2**22
 class TracedConfig(FamilyConfig):
     """Fields of every family whose structure is read off a traced model."""
 
-    guide_target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
-        "your guide for guide.kind = 'custom', 'package.module:name': a function guide(x) or a PyroModule "
-        "(class built with guide_options)"))
+    guide_target: str | None = Field(
+        None,
+        pattern=TARGET_PATTERN,
+        description=(
+            "your guide for guide.kind = 'custom', 'package.module:name': a function guide(x) or a PyroModule "
+            "(class built with guide_options)"
+        ),
+    )
     guide_options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class guide_target")
     hidden: list[int] = Field([64], description="hidden widths of the amortized encoder over continuous locals")
     activation: Activation = "tanh"
     min_scale: float = Field(1e-3, gt=0, description="floor of the encoder's softplus scale")
-    likelihood_samples: int = Field(100, ge=1, description="importance samples per datum of the "
-                                    "log-likelihood estimate (continuous local latents)")
+    likelihood_samples: int = Field(
+        100, ge=1, description="importance samples per datum of the log-likelihood estimate (continuous local latents)"
+    )
 
 
 class PyroConfig(TracedConfig):
     family: Literal["pyro"] = "pyro"
-    target: str | None = Field(None, pattern=TARGET_PATTERN, description=(
-        "the model, 'package.module:name': a Pyro model function model(x), a PyroModule, or a PyroModule "
-        "class (built with options); unset when passed from Python (pplvm.fit(card, model=...))"))
+    target: str | None = Field(
+        None,
+        pattern=TARGET_PATTERN,
+        description=(
+            "the model, 'package.module:name': a Pyro model function model(x), a PyroModule, or a PyroModule "
+            "class (built with options); unset when passed from Python (pplvm.fit(card, model=...))"
+        ),
+    )
     options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class target")
 
 
@@ -119,23 +128,32 @@ def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int
     first, second = traces
     # a module's PyroParams are its own; a function's pyro.param would go to the global store
     if not isinstance(model, torch.nn.Module) and any(s["type"] == "param" for s in first.nodes.values()):
-        raise CardError(f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
-                        "PyroModule with PyroParam attributes (or give the parameter a prior)")
+        raise CardError(
+            f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
+            "PyroModule with PyroParam attributes (or give the parameter a prior)"
+        )
     observed = [n for n, s in first.nodes.items() if _is_sample(s) and s["is_observed"]]
     if not observed:
         raise CardError(f"model {name}: has no observed site; observe the data with pyro.sample(..., obs=x)")
     if len(observed) > 1:
-        raise CardError(f"model {name}: has {len(observed)} observed sites ({', '.join(observed)}); "
-                        "pplvm needs the data observed at one site")
+        raise CardError(
+            f"model {name}: has {len(observed)} observed sites ({', '.join(observed)}); "
+            "pplvm needs the data observed at one site"
+        )
     obs = observed[0]
     if obs not in second.nodes:
         raise CardError(f"model {name}: the observed site {obs!r} does not appear in every call")
     sizes = {f.name: f.size for f in second.nodes[obs]["cond_indep_stack"] if f.vectorized}
-    plates = [f for f in first.nodes[obs]["cond_indep_stack"]
-              if f.vectorized and f.size == _PROBE_ROWS[0] and sizes.get(f.name) == _PROBE_ROWS[1]]
+    plates = [
+        f
+        for f in first.nodes[obs]["cond_indep_stack"]
+        if f.vectorized and f.size == _PROBE_ROWS[0] and sizes.get(f.name) == _PROBE_ROWS[1]
+    ]
     if len(plates) != 1:
-        raise CardError(f"model {name}: no data plate: the observed site {obs!r} must sit inside "
-                        "pyro.plate(name, len(x)), a plate whose size is the number of rows of x")
+        raise CardError(
+            f"model {name}: no data plate: the observed site {obs!r} must sit inside "
+            "pyro.plate(name, len(x)), a plate whose size is the number of rows of x"
+        )
     plate = plates[0]
     dims = [f.dim for s in first.nodes.values() if _is_sample(s) for f in s["cond_indep_stack"] if f.vectorized]
     globals_, shapes, discrete, continuous, cshapes, reasons = [], {}, [], [], {}, []
@@ -146,22 +164,30 @@ def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int
         local = any(f.name == plate.name for f in site["cond_indep_stack"])
         if not local:
             if fn.support.is_discrete:
-                raise CardError(f"model {name}: site {site_name!r} is a discrete latent outside the data plate; "
-                                "pplvm's guides over global latents need them continuous")
+                raise CardError(
+                    f"model {name}: site {site_name!r} is a discrete latent outside the data plate; "
+                    "pplvm's guides over global latents need them continuous"
+                )
             if site_name in second.nodes and second.nodes[site_name]["value"].shape != site["value"].shape:
-                raise CardError(f"model {name}: site {site_name!r} changes shape with the batch but is outside "
-                                f"the data plate {plate.name!r}; put it inside the plate")
+                raise CardError(
+                    f"model {name}: site {site_name!r} changes shape with the batch but is outside "
+                    f"the data plate {plate.name!r}; put it inside the plate"
+                )
             globals_.append(site_name)
             shapes[site_name] = tuple(site["value"].shape)
         elif fn.support.is_discrete:
             if not fn.has_enumerate_support:
-                raise CardError(f"model {name}: site {site_name!r} is discrete with an unbounded support "
-                                f"({type(fn).__name__}); pplvm can sum out only finite discrete latents")
+                raise CardError(
+                    f"model {name}: site {site_name!r} is discrete with an unbounded support "
+                    f"({type(fn).__name__}); pplvm can sum out only finite discrete latents"
+                )
             discrete.append(site_name)
         else:
             if not fn.has_rsample:
-                raise CardError(f"model {name}: site {site_name!r} is continuous but not reparameterisable "
-                                f"({type(fn).__name__}); pplvm cannot classify it")
+                raise CardError(
+                    f"model {name}: site {site_name!r} is continuous but not reparameterisable "
+                    f"({type(fn).__name__}); pplvm cannot classify it"
+                )
             continuous.append(site_name)
             cshapes[site_name] = tuple(fn.event_shape)
             value_shape = tuple(site["value"].shape)
@@ -171,18 +197,31 @@ def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int
                 reasons.append(f"site {site_name!r} has shape {value_shape}, not (rows, L) in a data plate at dim -1")
     if len(continuous) > 1:
         reasons.append(f"it has {len(continuous)} continuous local sites; the encoder serves one")
-    return Structure(plate=plate.name, plate_dim=plate.dim, observed=obs, global_sites=tuple(globals_),
-                     global_shapes=shapes, discrete=tuple(discrete), continuous=tuple(continuous),
-                     continuous_shapes=cshapes, max_plate_nesting=-min(dims) if dims else 1,
-                     not_amortizable="; ".join(reasons))
+    return Structure(
+        plate=plate.name,
+        plate_dim=plate.dim,
+        observed=obs,
+        global_sites=tuple(globals_),
+        global_shapes=shapes,
+        discrete=tuple(discrete),
+        continuous=tuple(continuous),
+        continuous_shapes=cshapes,
+        max_plate_nesting=-min(dims) if dims else 1,
+        not_amortizable="; ".join(reasons),
+    )
 
 
-def _probe(model: Callable, rows: int, dim: int, name: str, example: Callable[[int], Any] | None = None
-           ) -> poutine.Trace:
+def _probe(
+    model: Callable, rows: int, dim: int, name: str, example: Callable[[int], Any] | None = None
+) -> poutine.Trace:
     x = example(rows) if example is not None else torch.zeros(rows, dim)
-    return _trace_once(model, x, uses_param=f"model {name}: uses pyro.param; pplvm keeps parameters in modules: "
-                       "write a PyroModule with PyroParam attributes (or give the parameter a prior)",
-                       failed=f"model {name}: calling it on a ({rows}, {dim}) batch failed")
+    return _trace_once(
+        model,
+        x,
+        uses_param=f"model {name}: uses pyro.param; pplvm keeps parameters in modules: "
+        "write a PyroModule with PyroParam attributes (or give the parameter a prior)",
+        failed=f"model {name}: calling it on a ({rows}, {dim}) batch failed",
+    )
 
 
 def _trace_once(fn: Callable, x: Any, *, uses_param: str, failed: str) -> poutine.Trace:
@@ -249,17 +288,20 @@ class PyroModel(LatentVariableModel, UserGuide):
     @classmethod
     def from_config(cls, config: PyroConfig, dim: int, model: Any = None, guide: Any = None) -> "PyroModel":
         if model is None and config.target is None:
-            raise CardError("model.target: expected 'package.module:name' of your Pyro model "
-                            "(or pass model= from Python)")
+            raise CardError(
+                "model.target: expected 'package.module:name' of your Pyro model (or pass model= from Python)"
+            )
         label = repr(config.target) if model is None else "passed as model="
-        user = instantiate(model if model is not None else resolve(config.target, "model.target"),
-                           config.options, "model.options")
+        user = instantiate(
+            model if model is not None else resolve(config.target, "model.target"), config.options, "model.options"
+        )
         structure = trace_structure(user, dim, label)
         kind = ContinuousPyroModel if structure.continuous else PyroModel
         return kind(config, dim, user, structure, guide, label)
 
-    def __init__(self, config: TracedConfig, dim: int, user: Any, structure: Structure, guide: Any = None,
-                 label: str = ""):
+    def __init__(
+        self, config: TracedConfig, dim: int, user: Any, structure: Structure, guide: Any = None, label: str = ""
+    ):
         super().__init__(config, dim)
         self.structure = s = structure
         if isinstance(user, torch.nn.Module):
@@ -282,9 +324,11 @@ class PyroModel(LatentVariableModel, UserGuide):
         else:
             self.guides = (("meanfield", "map", "lowrank") if s.global_sites else ()) + custom
         if not self.guides:
-            raise CardError(f"model {label}: pplvm has no guide for it "
-                            f"({s.not_amortizable or 'no latent sites to guide'}); give your own: "
-                            "model.guide_target with guide.kind = 'custom'")
+            raise CardError(
+                f"model {label}: pplvm has no guide for it "
+                f"({s.not_amortizable or 'no latent sites to guide'}); give your own: "
+                "model.guide_target with guide.kind = 'custom'"
+            )
         if s.discrete:
             self.objectives = ("enum",)
         elif s.continuous:
@@ -329,8 +373,9 @@ class PyroModel(LatentVariableModel, UserGuide):
         return poutine.infer_config(fn, lambda site: {"enumerate": "parallel"} if site["name"] in discrete else {})
 
     @torch.no_grad()
-    def log_likelihood(self, x, params, *, proposal: Callable | None = None, num_samples: int | None = None,
-                       seed: int = 0) -> torch.Tensor:
+    def log_likelihood(
+        self, x, params, *, proposal: Callable | None = None, num_samples: int | None = None, seed: int = 0
+    ) -> torch.Tensor:
         """``log p(x_n | θ)``, ``(*S, N)`` for ``params`` batched as ``S`` (``(N,)`` without
         global latents): exact by contracting the enumerated locals when there are no continuous
         ones, else an importance-sampled estimate with ``proposal`` (a guide over the continuous
@@ -367,35 +412,43 @@ class PyroModel(LatentVariableModel, UserGuide):
             factors.setdefault(ordinal, []).append(site["packed"]["unscaled_log_prob"])
             if site["infer"].get("_enumerate_dim") is not None:
                 sum_dims |= set(site["packed"]["log_prob"]._pyro_dims) - plate_symbols
-        target = frozenset(trace.plate_to_symbol[p] for p in (self.plate_name, _PARTICLES) if p in trace.plate_to_symbol)
+        target = frozenset(
+            trace.plate_to_symbol[p] for p in (self.plate_name, _PARTICLES) if p in trace.plate_to_symbol
+        )
         out = packed.unpack(contract_to_tensor(factors, sum_dims, target_ordinal=target), trace.symbol_to_dim)
         if particles:  # (particles, 1.., N at the data plate's dim)
             return out.reshape(particles, len(x))
         return out.reshape(len(x))
 
-    def _estimate(self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None,
-                  seed: int) -> torch.Tensor:
+    def _estimate(
+        self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None, seed: int
+    ) -> torch.Tensor:
         k = num_samples or self.config.likelihood_samples
         if self.structure.discrete:
             return self._estimate_mixed(model, x, proposal, k, seed)
         if proposal is not None:  # the run's guide: keep its local site, drop its globals' draws
             plate = self.plate_name
-            guide = poutine.block(proposal, hide_fn=lambda site: not any(
-                f.name == plate for f in site["cond_indep_stack"]))
+            guide = poutine.block(
+                proposal, hide_fn=lambda site: not any(f.name == plate for f in site["cond_indep_stack"])
+            )
         else:
             guide = poutine.block(model, hide=[self.observed_site])  # the locals' prior
-        est = importance_log_likelihood(model, guide, x, k=k, seed=seed, plate=self.plate_name,
-                                        max_plate_nesting=self.max_plate_nesting)
+        est = importance_log_likelihood(
+            model, guide, x, k=k, seed=seed, plate=self.plate_name, max_plate_nesting=self.max_plate_nesting
+        )
         return est.log_likelihood.to(values(x).dtype)
 
-    def _estimate_mixed(self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int,
-                        seed: int) -> torch.Tensor:
+    def _estimate_mixed(
+        self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int, seed: int
+    ) -> torch.Tensor:
         """Discrete and continuous locals: ``log (1/k) Σ_i p(x_n, z_i) / q(z_i | x_n)`` with
         ``z_i ~ q`` and the discrete locals summed out exactly in ``p(x_n, z_i)`` (by contraction,
         one draw at a time). ``(N,)``."""
         if proposal is None:
-            raise IncompatibleError("a model with discrete and continuous local latents needs a proposal for "
-                                    "the continuous one (the run's amortized guide) to estimate log p(x)")
+            raise IncompatibleError(
+                "a model with discrete and continuous local latents needs a proposal for "
+                "the continuous one (the run's amortized guide) to estimate log p(x)"
+            )
         site, plate = self.structure.continuous[0], self.plate_name
         guide = poutine.block(proposal, hide_fn=lambda s: not any(f.name == plate for f in s["cond_indep_stack"]))
         log_w, dim = [], -1 - self.max_plate_nesting
@@ -449,14 +502,18 @@ class ContinuousPyroModel(PyroModel, ContinuousLatentModel):
 
     def local_marginals(self, x, params):
         if self.structure.discrete:
-            raise IncompatibleError(f"the posterior of {', '.join(self.structure.discrete)} given x also depends "
-                                    f"on the continuous {self.latent_site!r}; pplvm gives no closed form for it")
+            raise IncompatibleError(
+                f"the posterior of {', '.join(self.structure.discrete)} given x also depends "
+                f"on the continuous {self.latent_site!r}; pplvm gives no closed form for it"
+            )
         return super().local_marginals(x, params)
 
     def map_locals(self, x, params):
         if self.structure.discrete:
-            raise IncompatibleError(f"the most probable {', '.join(self.structure.discrete)} given x also depend "
-                                    f"on the continuous {self.latent_site!r}; pplvm gives no closed form for them")
+            raise IncompatibleError(
+                f"the most probable {', '.join(self.structure.discrete)} given x also depend "
+                f"on the continuous {self.latent_site!r}; pplvm gives no closed form for them"
+            )
         return super().map_locals(x, params)
 
     def make_encoder(self) -> torch.nn.Module:
@@ -482,8 +539,11 @@ class _CustomGuide(pyro.nn.PyroModule):
             with poutine.block(hide_fn=lambda site: site["name"] not in model.global_sites):
                 return self._fn[0](torch.zeros(1, model.dim))
         obs = values(x)
-        scale = _ScaleDataPlate(model.plate_name, num_data / len(obs)) if num_data not in (None, len(obs)) \
+        scale = (
+            _ScaleDataPlate(model.plate_name, num_data / len(obs))
+            if num_data not in (None, len(obs))
             else contextlib.nullcontext()
+        )
         with scale:
             return self._fn[0](obs)
 
@@ -492,12 +552,18 @@ class _CustomGuide(pyro.nn.PyroModule):
         if it fails or leaves a global latent of the model unguided."""
         model, label = self._model[0], "model.guide_target"
         x = torch.zeros(_PROBE_ROWS[0], model.dim)
-        trace = _trace_once(self, x, uses_param=f"{label}: the guide uses pyro.param; pplvm keeps parameters in "
-                            "modules: write it as a PyroModule with PyroParam attributes",
-                            failed=f"{label}: calling the guide on a placeholder batch failed")
+        trace = _trace_once(
+            self,
+            x,
+            uses_param=f"{label}: the guide uses pyro.param; pplvm keeps parameters in "
+            "modules: write it as a PyroModule with PyroParam attributes",
+            failed=f"{label}: calling the guide on a placeholder batch failed",
+        )
         if not isinstance(self._fn[0], torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
-            raise CardError(f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
-                            "it as a PyroModule with PyroParam attributes")
+            raise CardError(
+                f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
+                "it as a PyroModule with PyroParam attributes"
+            )
         missing = [k for k in model.global_sites + model.structure.continuous if k not in trace.nodes]
         if missing:
             raise CardError(f"{label}: the guide does not sample the model's latent site(s) {', '.join(missing)}")

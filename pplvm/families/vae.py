@@ -41,8 +41,9 @@ from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder, over_draws
 
 class VAEConfig(FamilyConfig, NetworkConfig):
     family: Literal["vae"] = "vae"
-    likelihood_samples: int = Field(100, ge=1, description="importance samples per datum of the "
-                                    "log-likelihood estimate")
+    likelihood_samples: int = Field(
+        100, ge=1, description="importance samples per datum of the log-likelihood estimate"
+    )
 
 
 class CVAEConfig(VAEConfig):
@@ -108,8 +109,9 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         zeros = torch.zeros(n, self.latent_dim, device=self.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
-    def decode(self, z: torch.Tensor, side: torch.Tensor | None = None,
-               params: dict[str, torch.Tensor] | None = None) -> dist.Distribution:
+    def decode(
+        self, z: torch.Tensor, side: torch.Tensor | None = None, params: dict[str, torch.Tensor] | None = None
+    ) -> dist.Distribution:
         """``p_θ(x | z, y)``: ``z`` ``(*S, N, L)``, ``side`` features ``(N, C)``; batch ``(*S, N)``,
         event ``(D,)``. Its ``.mean`` is the decoded image. A Bayesian decoder's weights are
         those of the model call it runs in, else ``params`` (one value per global site, e.g.
@@ -117,8 +119,10 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         if not self.weights or self._pyro_context.active:
             return user.call(self.decoder, z, side)
         if params is None:
-            raise IncompatibleError(f"the decoder's weights are latent ({', '.join(self.weights)}): "
-                                    "pass params=run.params() (or posterior draws) to decode")
+            raise IncompatibleError(
+                f"the decoder's weights are latent ({', '.join(self.weights)}): "
+                "pass params=run.params() (or posterior draws) to decode"
+            )
         with poutine.condition(data=params), self._pyro_context:
             user.draw(self, self.global_sites)
             return user.call(self.decoder, z, side)
@@ -127,8 +131,7 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         """``x``: ``(B, D)`` (``Batch(x, y)`` for a conditional model) or None to generate
         ``num_data`` rows (given ``y``, else :meth:`SideInformation.default`)."""
         obs = values(x) if x is not None else None
-        side = self.side(x) if x is not None else self.side.features(
-            self.side.default(num_data) if y is None else y)
+        side = self.side(x) if x is not None else self.side.features(self.side.default(num_data) if y is None else y)
         side = side.to(self.device) if side is not None else None
         user.draw(self, self.global_sites)  # a Bayesian decoder's weights: once, outside the data plate
         with self.data_plate(obs, num_data):
@@ -142,8 +145,16 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         return self.prior(len(x)).log_prob(z) + self.decode(z, self.side(data)).log_prob(x)
 
     @torch.no_grad()
-    def log_likelihood(self, x, params, *, proposal: Callable | None = None, num_samples: int | None = None,
-                       seed: int = 0, max_elements: int = 2**24) -> torch.Tensor:
+    def log_likelihood(
+        self,
+        x,
+        params,
+        *,
+        proposal: Callable | None = None,
+        num_samples: int | None = None,
+        seed: int = 0,
+        max_elements: int = 2**24,
+    ) -> torch.Tensor:
         """Importance-sampling estimate of ``log p(x_n)``, ``(N,)``::
 
             log (1/S) Σ_s p(x_n, z_s) / q(z_s | x_n),      z_s ~ q(· | x_n)
@@ -159,11 +170,14 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
         guide = proposal if proposal is not None else self._prior_proposal
         if self.weights:  # the proposal's draws of the weights give way to the conditioned ones
             plate = self.plate_name
-            guide = poutine.block(guide, hide_fn=lambda site: not any(f.name == plate for f in site["cond_indep_stack"]))
+            guide = poutine.block(
+                guide, hide_fn=lambda site: not any(f.name == plate for f in site["cond_indep_stack"])
+            )
 
         def estimate(model) -> torch.Tensor:
-            est = importance_log_likelihood(model, guide, x, k=num_samples or self.config.likelihood_samples,
-                                            seed=seed, max_elements=max_elements)
+            est = importance_log_likelihood(
+                model, guide, x, k=num_samples or self.config.likelihood_samples, seed=seed, max_elements=max_elements
+            )
             return est.log_likelihood.to(values(x).dtype)
 
         return over_draws(params, self.weights, lambda p: estimate(self.conditioned(p) if p else self))
@@ -174,8 +188,15 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
             pyro.sample("z", self.prior(len(x)))
 
     @torch.no_grad()
-    def generate(self, n: int | None = None, *, y: Any = None, generator: torch.Generator | None = None,
-                 mean: bool = True, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        n: int | None = None,
+        *,
+        y: Any = None,
+        generator: torch.Generator | None = None,
+        mean: bool = True,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """``n`` new data ``(n, D)`` (or one per entry of ``y``): decoder means (``mean``) or draws
         (a Bayesian decoder's weights from ``params``, see :meth:`decode`)."""
         y = self.side.default(n) if y is None else self.side.check(y, len(y), "y")
@@ -226,12 +247,21 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
             per_class = 8
             y = torch.arange(self.side.size).repeat_interleave(per_class)
             images = self.generate(y=y, generator=g, params=params).reshape(self.side.size, per_class, -1)
-            return {"samples": image_grid(images, self.image_shape, title="decoder means by class",
-                                          row_labels=[str(k) for k in range(self.side.size)])}
+            return {
+                "samples": image_grid(
+                    images,
+                    self.image_shape,
+                    title="decoder means by class",
+                    row_labels=[str(k) for k in range(self.side.size)],
+                )
+            }
         if self.side.kind == "covariates":
             return {}
-        return {"samples": image_grid(self.generate(64, generator=g, params=params), self.image_shape,
-                                      title="decoder means of prior draws")}
+        return {
+            "samples": image_grid(
+                self.generate(64, generator=g, params=params), self.image_shape, title="decoder means of prior draws"
+            )
+        }
 
 
 class VAE(_Autoencoder):

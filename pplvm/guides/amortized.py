@@ -18,8 +18,9 @@ from .local import LocalGuide
 class AmortizedNormal(LocalGuide):
     """``q(z_n | x_n) = Normal(loc, scale)`` from ``encoder(x) -> (loc (B, L), scale (B, L))``."""
 
-    def __init__(self, model: ContinuousLatentModel, encoder: torch.nn.Module,
-                 globals_guide: torch.nn.Module | None = None):
+    def __init__(
+        self, model: ContinuousLatentModel, encoder: torch.nn.Module, globals_guide: torch.nn.Module | None = None
+    ):
         super().__init__(model, globals_guide)
         self.encoder = encoder
 

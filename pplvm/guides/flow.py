@@ -109,9 +109,15 @@ class AmortizedFlow(LocalGuide):
     """``q(z_n | x_n)``: an encoder's diagonal normal pushed through ``num_transforms``
     conditional IAF steps with context ``[μ, log σ]`` (see the module docstring)."""
 
-    def __init__(self, model: ContinuousLatentModel, encoder: torch.nn.Module,
-                 globals_guide: torch.nn.Module | None = None, *, num_transforms: int = 2,
-                 hidden: Sequence[int] = ()):
+    def __init__(
+        self,
+        model: ContinuousLatentModel,
+        encoder: torch.nn.Module,
+        globals_guide: torch.nn.Module | None = None,
+        *,
+        num_transforms: int = 2,
+        hidden: Sequence[int] = (),
+    ):
         super().__init__(model, globals_guide)
         self.encoder = encoder
         dim = model.latent_dim
@@ -137,8 +143,9 @@ class AutoFlowNormal(AutoContinuous):
     docstring); :meth:`median` is the flow's image of ``loc`` (the base's centre), mapped to
     each site's support."""
 
-    def __init__(self, model, init_loc_fn, init_scale: float = 0.1, num_transforms: int = 2,
-                 hidden: Sequence[int] = ()):
+    def __init__(
+        self, model, init_loc_fn, init_scale: float = 0.1, num_transforms: int = 2, hidden: Sequence[int] = ()
+    ):
         self._init_scale, self._num_transforms, self._hidden = float(init_scale), int(num_transforms), list(hidden)
         super().__init__(model, init_loc_fn=init_loc_fn)
 
@@ -162,5 +169,7 @@ class AutoFlowNormal(AutoContinuous):
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         centre = self.get_transform()(torch.zeros_like(self.loc))
-        return {site["name"]: torch.distributions.biject_to(site["fn"].support)(value)
-                for site, value in self._unpack_latent(centre)}
+        return {
+            site["name"]: torch.distributions.biject_to(site["fn"].support)(value)
+            for site, value in self._unpack_latent(centre)
+        }

@@ -50,8 +50,13 @@ class MeanFieldLocal(LocalGuide):
     ``amortized`` or ``exact`` guide.
     """
 
-    def __init__(self, model: ContinuousLatentModel, num_data: int, globals_guide: torch.nn.Module | None = None,
-                 init_scale: float = 0.1):
+    def __init__(
+        self,
+        model: ContinuousLatentModel,
+        num_data: int,
+        globals_guide: torch.nn.Module | None = None,
+        init_scale: float = 0.1,
+    ):
         super().__init__(model, globals_guide)
         shape = (int(num_data), model.latent_dim)
         self.loc = PyroParam(torch.zeros(shape))
@@ -76,9 +81,12 @@ class MeanFieldLocal(LocalGuide):
         if not isinstance(x, Batch) or x.index is None:
             raise IncompatibleError(
                 "guide.kind = 'meanfield' holds q(z_n) for the training data only (no encoder): it "
-                "cannot infer the latents of other data; use guide.kind = 'amortized' or 'exact'")
+                "cannot infer the latents of other data; use guide.kind = 'amortized' or 'exact'"
+            )
         # a host sync: checked where Pyro validates (the first step of a fit, and queries)
         if is_validation_enabled() and len(x.index) and int(x.index.max()) >= len(self.loc):
-            raise IncompatibleError(f"row {int(x.index.max())} is outside the {len(self.loc)} training data "
-                                    "this mean-field guide was built for")
+            raise IncompatibleError(
+                f"row {int(x.index.max())} is outside the {len(self.loc)} training data "
+                "this mean-field guide was built for"
+            )
         return x.index

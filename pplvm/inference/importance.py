@@ -109,8 +109,9 @@ def importance_log_likelihood(
     x = data.x if isinstance(data, Batch) else data
     per_datum = x[0].numel()
     if per_datum > max_elements:
-        raise CardError(f"max_elements = {max_elements}: one draw for one datum already needs "
-                        f"{per_datum} elements; raise it")
+        raise CardError(
+            f"max_elements = {max_elements}: one draw for one datum already needs {per_datum} elements; raise it"
+        )
     rows = min(n, batch_size or n, max_elements // per_datum)
     particles = min(k, max_elements // (rows * per_datum))
 
@@ -148,8 +149,14 @@ def _plate_nesting(model, guide, x) -> int:
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    dims = [f.dim for t in (guide_trace, model_trace) for site in t.nodes.values()
-            if site["type"] == "sample" for f in site["cond_indep_stack"] if f.vectorized]
+    dims = [
+        f.dim
+        for t in (guide_trace, model_trace)
+        for site in t.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
     return -min(dims) if dims else 0
 
 
@@ -161,8 +168,10 @@ def _chunk(model, guide, x, k: int, particles: int, plate: str, nesting: int, ba
         size = min(particles, k - done)
         # Pyro's validation (if on) checks the first pass over these rows; later passes only
         # redraw z with the same shapes, so they skip it (~5% of the time of a pass).
-        with (pyro.validation_enabled(False) if done else nullcontext()), \
-                pyro.plate("_importance_particles", size, dim=-(nesting + 1)):
+        with (
+            pyro.validation_enabled(False) if done else nullcontext(),
+            pyro.plate("_importance_particles", size, dim=-(nesting + 1)),
+        ):
             guide_trace = poutine.trace(guide).get_trace(x)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
         log_w = _log_weights(model_trace, guide_trace, plate, nesting).double()  # (size, rows)

@@ -21,8 +21,11 @@ def mmd2_unbiased(kernel: torch.Tensor, n: int) -> torch.Tensor:
     sample x: ``mean_{i≠j} k(x_i,x_j) + mean_{i≠j} k(y_i,y_j) - 2 mean k(x_i, y_j)``."""
     m = len(kernel) - n
     kxx, kyy, kxy = kernel[:n, :n], kernel[n:, n:], kernel[:n, n:]
-    return ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-            + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    return (
+        (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+        + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        - 2 * kxy.mean()
+    )
 
 
 def gaussian_gram(z: torch.Tensor, bandwidth: float) -> torch.Tensor:

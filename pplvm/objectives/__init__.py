@@ -69,8 +69,15 @@ OBJECTIVES = {
 PATHWISE = {"iwae_dreg": "iwae", "stl": "elbo"}
 
 
-def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Callable | None = None,
-                     args: tuple = (), kwargs: dict[str, Any] | None = None, *, guide_kind: str | None = None) -> None:
+def check_compatible(
+    model: LatentVariableModel,
+    cfg: ObjectiveConfig,
+    guide: Callable | None = None,
+    args: tuple = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    guide_kind: str | None = None,
+) -> None:
     """Refuse, before any training, a model / objective pair that cannot work.
 
     For ``iwae_dreg`` and ``stl``, pass the ``guide`` and example ``args`` (a batch) to also
@@ -98,10 +105,13 @@ def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Ca
             raise IncompatibleError(
                 f"objective.em_estimate = {cfg.em_estimate!r}: family {family!r} with this configuration has a "
                 f"closed-form M-step only for {' | '.join(repr(e) for e in model.em_estimates())} (a full covariance's "
-                "LogNormal scales and LKJ correlations have no closed-form mode; use model.covariance = 'diag')")
+                "LogNormal scales and LKJ correlations have no closed-form mode; use model.covariance = 'diag')"
+            )
         if guide_kind is not None and guide_kind != "map":
-            raise IncompatibleError(f"objective.name = 'em' fits a point estimate of the globals: it needs "
-                                    f"guide.kind = 'map' (got {guide_kind!r})")
+            raise IncompatibleError(
+                f"objective.name = 'em' fits a point estimate of the globals: it needs "
+                f"guide.kind = 'map' (got {guide_kind!r})"
+            )
     if cfg.name in ("iwae", "iwae_dreg") and cfg.num_particles < 2:
         hint = "" if cfg.name == "iwae" else " (with k = 1 use 'stl')"
         raise IncompatibleError(f"objective.num_particles: {cfg.name} needs k >= 2 particles{hint}")
@@ -109,8 +119,9 @@ def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Ca
         raise IncompatibleError("objective.alpha = 1 is the ELBO; use objective.name = 'elbo'")
     if cfg.name == "em" and cfg.num_particles != 1:
         raise IncompatibleError("objective.num_particles: em takes exact expectations (no particles); leave it at 1")
-    controls = [k for k, off in (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0), ("free_bits", 0.0))
-                if getattr(cfg, k) != off]
+    controls = [
+        k for k, off in (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0), ("free_bits", 0.0)) if getattr(cfg, k) != off
+    ]
     if controls and model.enumerated:
         raise IncompatibleError(
             f"objective.{controls[0]} weights the KL of continuous local latents; family {family!r} sums "
@@ -118,12 +129,12 @@ def check_compatible(model: LatentVariableModel, cfg: ObjectiveConfig, guide: Ca
         )
     if cfg.free_bits > 0 and cfg.name != "meanfield":
         raise IncompatibleError(
-            f"objective.free_bits needs the analytic per-dimension KL of objective.name = 'meanfield', "
-            f"not {cfg.name!r}"
+            f"objective.free_bits needs the analytic per-dimension KL of objective.name = 'meanfield', not {cfg.name!r}"
         )
     if cfg.weighting != "elbo" and cfg.name != "diffusion":
-        raise IncompatibleError(f"objective.weighting = {cfg.weighting!r} applies to objective.name = 'diffusion', "
-                                f"not {cfg.name!r}")
+        raise IncompatibleError(
+            f"objective.weighting = {cfg.weighting!r} applies to objective.name = 'diffusion', not {cfg.name!r}"
+        )
     if controls and cfg.name in ("diffusion", "vdm"):
         raise IncompatibleError(f"objective.{controls[0]} does not apply to objective.name = {cfg.name!r}")
     if cfg.name in PATHWISE and guide is not None:
@@ -167,8 +178,9 @@ RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRul
 }
 
 
-def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any, *,
-                     held_out: bool = True) -> UpdateRule:
+def make_update_rule(
+    model: LatentVariableModel, guide: torch.nn.Module, card: Any, *, held_out: bool = True
+) -> UpdateRule:
     """What the trainer does with each minibatch under the card's objective: that objective's
     own rule where it has one (:data:`RULES`), else an SVI step on :func:`make_objective`.
     ``held_out``: whether the guide can score held-out data (not for per-datum guides)."""
@@ -179,8 +191,9 @@ def make_update_rule(model: LatentVariableModel, guide: torch.nn.Module, card: A
     objective, schedule = make_objective(model, card.objective), make_schedule(model, card.objective)
     if card.training.compile == "off":
         return SVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out)
-    return CompiledSVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out,
-                           mode=card.training.compile)
+    return CompiledSVIStep(
+        model, guide, objective, card.training, schedule=schedule, held_out=held_out, mode=card.training.compile
+    )
 
 
 def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedule | None:
@@ -190,5 +203,22 @@ def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedul
     return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
 
 
-__all__ = ["OBJECTIVES", "AdversarialStep", "PATHWISE", "DiffusionELBO", "EMStep", "FreeBitsELBO", "IWAE_DReG", "VDMLoss", "KLSchedule", "RenyiBound", "ScaleSites", "TraceSTL_ELBO",
-           "RULES", "check_compatible", "make_objective", "make_schedule", "make_update_rule"]
+__all__ = [
+    "OBJECTIVES",
+    "AdversarialStep",
+    "PATHWISE",
+    "DiffusionELBO",
+    "EMStep",
+    "FreeBitsELBO",
+    "IWAE_DReG",
+    "VDMLoss",
+    "KLSchedule",
+    "RenyiBound",
+    "ScaleSites",
+    "TraceSTL_ELBO",
+    "RULES",
+    "check_compatible",
+    "make_objective",
+    "make_schedule",
+    "make_update_rule",
+]

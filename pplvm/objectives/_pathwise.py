@@ -61,8 +61,7 @@ def check_reparameterised(guide_trace, model_trace, estimator: str) -> None:
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample" and site["infer"].get("enumerate") and name not in guide_trace.nodes:
             raise IncompatibleError(
-                f"{estimator} cannot sum out the enumerated discrete latent {name!r}; "
-                "use objective.name = 'enum'"
+                f"{estimator} cannot sum out the enumerated discrete latent {name!r}; use objective.name = 'enum'"
             )
 
 

@@ -135,8 +135,12 @@ class AdversarialStep(UpdateRule):
         return self.model.parameters()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.g_opt.state_dict(), "discriminator": self.d_opt.state_dict(),
-                "generator_schedule": self.g_sched.state_dict(), "discriminator_schedule": self.d_sched.state_dict()}
+        return {
+            "generator": self.g_opt.state_dict(),
+            "discriminator": self.d_opt.state_dict(),
+            "generator_schedule": self.g_sched.state_dict(),
+            "discriminator_schedule": self.d_sched.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g_opt.load_state_dict(state["generator"])

@@ -81,8 +81,10 @@ class VDMLoss(DiffusionELBO):
         if T < 2:
             raise IncompatibleError("objective.name = 'vdm' needs model.steps >= 2 (a schedule to interpolate)")
         if model.config.variance == "learned":
-            raise IncompatibleError("objective.name = 'vdm' trains ε̂ only, so model.variance = 'learned' would "
-                                    "stay untrained; use model.variance = 'beta' or 'posterior'")
+            raise IncompatibleError(
+                "objective.name = 'vdm' trains ε̂ only, so model.variance = 'learned' would "
+                "stay untrained; use model.variance = 'beta' or 'posterior'"
+            )
         b, k = len(x), self.num_particles
         y = model.to_chain(x)
         lam = model.tables(x).log_snr()  # (T,) at s_t = (t - 1) / (T - 1), decreasing
@@ -97,8 +99,7 @@ class VDMLoss(DiffusionELBO):
         z = abar.sqrt() * y.repeat(k, 1) + (1 - abar).sqrt() * noise
         eps = model.epsilon(z, s)
         diffusion = 0.5 * (-slope) * ((noise - eps) ** 2).sum(-1)
-        recon, _ = model.step_terms(x, torch.ones(b, dtype=torch.long, device=x.device),
-                                    torch.randn_like(x))
+        recon, _ = model.step_terms(x, torch.ones(b, dtype=torch.long, device=x.device), torch.randn_like(x))
         return diffusion.view(k, b).mean(0) + recon + model.prior_term(x)
 
 

@@ -44,13 +44,22 @@ class IWAE_DReG(RenyiELBO):
     sharpens the weights). Without subsampling the value is RenyiELBO's exactly.
     """
 
-    def __init__(self, num_particles: int = 2, max_plate_nesting: float = float("inf"),
-                 vectorize_particles: bool = False, strict_enumeration_warning: bool = True):
+    def __init__(
+        self,
+        num_particles: int = 2,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+    ):
         if int(num_particles) < 1:
             raise CardError(f"num_particles = {num_particles}: expected an integer >= 1")
-        super().__init__(alpha=0.0, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=vectorize_particles,
-                         strict_enumeration_warning=strict_enumeration_warning)
+        super().__init__(
+            alpha=0.0,
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+        )
 
     @torch.no_grad()
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -65,10 +74,16 @@ class IWAE_DReG(RenyiELBO):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
             ndim = max(s["log_prob"].dim() for s in sites)
             factor = subsample_factor(sites)
-            log_p = sum(sum_to_plates(s["log_prob"], sum_dims, ndim)
-                        for s in model_trace.nodes.values() if s["type"] == "sample")
-            log_q = sum(sum_to_plates(s["log_prob"], sum_dims, ndim)
-                        for s in stopped_trace.nodes.values() if s["type"] == "sample")
+            log_p = sum(
+                sum_to_plates(s["log_prob"], sum_dims, ndim)
+                for s in model_trace.nodes.values()
+                if s["type"] == "sample"
+            )
+            log_q = sum(
+                sum_to_plates(s["log_prob"], sum_dims, ndim)
+                for s in stopped_trace.nodes.values()
+                if s["type"] == "sample"
+            )
             log_w.append((log_p - log_q) / factor)
             views.append(values)
         vectorized = self.vectorize_particles and self.num_particles > 1

@@ -42,8 +42,9 @@ class EMStep(UpdateRule):
     :param decay: stepwise EM's step-size exponent.
     """
 
-    def __init__(self, model: LatentVariableModel, guide: torch.nn.Module, *, estimate: str = "map",
-                 decay: float = 0.6):
+    def __init__(
+        self, model: LatentVariableModel, guide: torch.nn.Module, *, estimate: str = "map", decay: float = 0.6
+    ):
         if not isinstance(model, ClosedFormEM):
             raise IncompatibleError(f"objective.name = 'em': family {model.config.family!r} has no closed-form EM")
         self.model, self.guide, self.estimate, self.decay = model, guide, estimate, decay

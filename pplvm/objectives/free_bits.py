@@ -46,7 +46,10 @@ class FreeBitsELBO(TraceMeanField_ELBO):
 def per_dimension_kl(q, p) -> torch.Tensor:
     """``KL(q_j || p_j)`` per latent dimension of two distributions with one event dim (e.g.
     ``Normal(...).to_event(1)``): shape ``batch_shape + (L,)``."""
-    if not (isinstance(q, Independent) and isinstance(p, Independent)
-            and q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims == 1):
+    if not (
+        isinstance(q, Independent)
+        and isinstance(p, Independent)
+        and q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims == 1
+    ):
         raise TypeError("free bits need a latent site with one event dim, e.g. Normal(loc, scale).to_event(1)")
     return kl_divergence(q.base_dist, p.base_dist)

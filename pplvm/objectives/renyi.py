@@ -66,7 +66,8 @@ def _log_weight(model_trace, guide_trace) -> tuple[torch.Tensor, float]:
             if site["type"] != "sample":
                 continue
             if sign < 0 and not is_identically_zero(site["score_parts"].score_function):
-                raise IncompatibleError(f"objective renyi / iwae needs a reparameterised guide; site "
-                                        f"{site['name']!r} is not")
+                raise IncompatibleError(
+                    f"objective renyi / iwae needs a reparameterised guide; site {site['name']!r} is not"
+                )
             total = total + sign * torch_sum(site["log_prob"], sum_dims) / factor
     return total, factor

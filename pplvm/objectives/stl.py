@@ -29,13 +29,21 @@ class TraceSTL_ELBO(Trace_ELBO):
     ordinary gradient. Needs a fully reparameterised guide (checked on every call).
     """
 
-    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
-                 vectorize_particles: bool = False, strict_enumeration_warning: bool = True):
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+    ):
         if int(num_particles) < 1:
             raise CardError(f"num_particles = {num_particles}: expected an integer >= 1")
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=vectorize_particles,
-                         strict_enumeration_warning=strict_enumeration_warning)
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+        )
 
     def _get_traces(self, model, guide, args, kwargs):
         for model_trace, stopped_trace, _ in pathwise_traces(self, model, guide, args, kwargs):

@@ -62,8 +62,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say so, never unpickle it
         # torch's message suggests weights_only=False, i.e. running the file's code: never pass that on
-        why = ("it holds Python objects other than tensors, numbers and strings, which pplvm never unpickles"
-               if "weights_only" in str(err) else str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        why = (
+            "it holds Python objects other than tensors, numbers and strings, which pplvm never unpickles"
+            if "weights_only" in str(err)
+            else str(err).strip().splitlines()[0]
+            if str(err).strip()
+            else type(err).__name__
+        )
         raise RunDirError(f"{str(path)!r} is not a readable pplvm checkpoint ({why})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunDirError(f"{str(path)!r} is not a pplvm checkpoint (format {FORMAT})")

@@ -90,8 +90,9 @@ class CompiledSVIStep(SVIStep):
         super().__init__(*args, **kwargs)
         self.mode = mode
         self._graphs: dict[tuple, Callable | None] = {}
-        self.fallback: str | None = "a per-step schedule (KL annealing) changes the objective" \
-            if self.schedule is not None else None
+        self.fallback: str | None = (
+            "a per-step schedule (KL annealing) changes the objective" if self.schedule is not None else None
+        )
         self._names: list[str] = []
         self._steps = 0
         self._dp: DataParallel | None = None  # several processes: traced gradients are all-reduced
@@ -159,8 +160,10 @@ class CompiledSVIStep(SVIStep):
             self._fall_back(f"the objective's structure depends on the data's values ({_first_line(err)})")
             return None
         if not self._agrees(graph, batch, num_data):
-            self._fall_back("the traced step's gradients differ from Pyro's on the same draws (the model reads "
-                            "a parameter outside the traced inputs, e.g. a cached transform)")
+            self._fall_back(
+                "the traced step's gradients differ from Pyro's on the same draws (the model reads "
+                "a parameter outside the traced inputs, e.g. a cached transform)"
+            )
             return None
         if self.mode == "inductor":
             import torch._inductor.config as inductor_config
@@ -170,8 +173,11 @@ class CompiledSVIStep(SVIStep):
         if self.mode == "auto" and graph is not None and _first_tensor(batch).is_cuda:
             graph = _CudaGraph(graph, self._params, _fields(batch)[1])
         self._graphs[key] = graph
-        log.info("training.compile: traced the step in %.1f s (%d operations)", time.perf_counter() - start,
-                 graph.size if hasattr(graph, "size") else 0)
+        log.info(
+            "training.compile: traced the step in %.1f s (%d operations)",
+            time.perf_counter() - start,
+            graph.size if hasattr(graph, "size") else 0,
+        )
         return graph
 
     def _trace(self, batch, num_data: int) -> Callable:
@@ -182,8 +188,9 @@ class CompiledSVIStep(SVIStep):
 
         def loss_and_grads(params, tensors):
             with torch.enable_grad():
-                loss = torch.func.functional_call(loss_module, dict(zip(param_names, params)),
-                                                  (_rebuild(names, tensors),), {"num_data": num_data})
+                loss = torch.func.functional_call(
+                    loss_module, dict(zip(param_names, params)), (_rebuild(names, tensors),), {"num_data": num_data}
+                )
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             return [loss.detach(), *(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))]
 
@@ -210,15 +217,20 @@ class CompiledSVIStep(SVIStep):
             torch.set_rng_state(state[0])
             if state[1] is not None:
                 torch.cuda.set_rng_state(state[1])
+
         with torch.no_grad():
             loss, *grads = graph(self._params, _fields(batch)[1])
         rewind()
         ref = self.loss_module(batch, num_data=num_data)
         ref_grads = torch.autograd.grad(ref, self._params, allow_unused=True)
         rewind()
-        pairs = [(loss, ref.detach())] + [(g, torch.zeros_like(g) if r is None else r) for g, r in zip(grads, ref_grads)]
-        return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max()) if b.numel() else 1))
-                   for a, b in pairs)
+        pairs = [(loss, ref.detach())] + [
+            (g, torch.zeros_like(g) if r is None else r) for g, r in zip(grads, ref_grads)
+        ]
+        return all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max()) if b.numel() else 1))
+            for a, b in pairs
+        )
 
     def _fall_back(self, why: str) -> None:
         self.fallback = why

@@ -123,21 +123,26 @@ def init_from_env(device: str = "auto") -> Context:
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if gpu:
         if device.startswith("cuda:"):
-            raise TrainingError(f"training.device = {device!r}: with several processes each uses the GPU "
-                                "its LOCAL_RANK names; set training.device = 'cuda' (or 'auto')")
+            raise TrainingError(
+                f"training.device = {device!r}: with several processes each uses the GPU "
+                "its LOCAL_RANK names; set training.device = 'cuda' (or 'auto')"
+            )
         if not torch.cuda.is_available():
             raise TrainingError(f"training.device = {device!r}: this machine has no CUDA device; use 'auto' or 'cpu'")
         if local_rank >= torch.cuda.device_count():
-            raise TrainingError(f"LOCAL_RANK = {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
-                                "start at most one process per GPU (torchrun --nproc_per_node)")
+            raise TrainingError(
+                f"LOCAL_RANK = {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                "start at most one process per GPU (torchrun --nproc_per_node)"
+            )
         torch.cuda.set_device(local_rank)
     backend = "nccl" if gpu else "gloo"
     try:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout())
     except (RuntimeError, ValueError) as err:
-        raise TrainingError(f"could not join the process group of {world} processes as rank {rank} "
-                            f"({_first_line(err)}): check MASTER_ADDR / MASTER_PORT or torchrun's --rdzv_endpoint"
-                            ) from None
+        raise TrainingError(
+            f"could not join the process group of {world} processes as rank {rank} "
+            f"({_first_line(err)}): check MASTER_ADDR / MASTER_PORT or torchrun's --rdzv_endpoint"
+        ) from None
     return context()
 
 
@@ -192,7 +197,7 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         _collective(dist.all_reduce, flat)
         offset = 0
         for t in group:
-            t.copy_(flat[offset: offset + t.numel()].view_as(t))
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
     return tensors
 
@@ -230,8 +235,9 @@ def agreed(what: str) -> Iterator[None]:
     if failed is not None:
         raise failed
     if not main_ok:
-        raise TrainingError(f"process {rank()} of {world_size()} stops: process 0 could not {what} "
-                            "(its message says why)")
+        raise TrainingError(
+            f"process {rank()} of {world_size()} stops: process 0 could not {what} (its message says why)"
+        )
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -254,9 +260,11 @@ def _collective(fn, *args) -> None:
 def describe_failure(err: BaseException) -> str:
     """One line for a failed collective: which process saw it and why."""
     ctx = context()
-    return (f"process {ctx.rank} of {ctx.world_size} lost contact with the others ({_reason(err)}): "
-            "another process died or stayed silent longer than "
-            f"{TIMEOUT_ENV} = {timeout().total_seconds():g} s")
+    return (
+        f"process {ctx.rank} of {ctx.world_size} lost contact with the others ({_reason(err)}): "
+        "another process died or stayed silent longer than "
+        f"{TIMEOUT_ENV} = {timeout().total_seconds():g} s"
+    )
 
 
 class DataParallel:

@@ -31,8 +31,12 @@ from ..errors import TrainingError
 if TYPE_CHECKING:
     from .distributed import DataParallel
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "rmsprop": torch.optim.RMSprop}
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
 
 
 class Schedule(Protocol):
@@ -74,8 +78,9 @@ class UpdateRule(abc.ABC):
         loss through ``dp.wrap(module)`` (DistributedDataParallel), an EM step all-reduces its
         sufficient statistics (:func:`pplvm.training.distributed.all_reduce_sum`). A rule that
         does neither cannot run on several processes."""
-        raise TrainingError(f"the {type(self).__name__} update rule has no data-parallel version: "
-                            "train it on one process")
+        raise TrainingError(
+            f"the {type(self).__name__} update rule has no data-parallel version: train it on one process"
+        )
 
     @abc.abstractmethod
     def held_out_loss(self, data: Any, num_data: int) -> torch.Tensor | None:
@@ -90,12 +95,12 @@ class UpdateRule(abc.ABC):
         """Optimiser and scheduler state (tensors, numbers, dicts and lists only)."""
 
     @abc.abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def make_optimizer(params: Iterable[torch.Tensor], config: TrainingConfig, *,
-                   loss_scale: float = 1.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[torch.Tensor], config: TrainingConfig, *, loss_scale: float = 1.0
+) -> torch.optim.Optimizer:
     """The card's optimiser over ``params``. ``loss_scale``: how many times larger the rule's
     loss is than a loss per datum (a Pyro objective's full-data estimate: N). Adam's and
     RMSprop's ε is multiplied by it, which makes the updates exactly those of the same
@@ -144,8 +149,16 @@ class SVIStep(UpdateRule):
     :param schedule: optional per-step Pyro handler factory (KL annealing).
     """
 
-    def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, objective: ELBO,
-                 config: TrainingConfig, *, schedule: Schedule | None = None, held_out: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        guide: torch.nn.Module,
+        objective: ELBO,
+        config: TrainingConfig,
+        *,
+        schedule: Schedule | None = None,
+        held_out: bool = True,
+    ):
         self.model, self.guide, self.objective, self.config = model, guide, objective, config
         self.loss_module = objective(model, guide)
         self.schedule, self.held_out = schedule, held_out
@@ -157,8 +170,9 @@ class SVIStep(UpdateRule):
             return
         with torch.no_grad():
             self.guide(example, num_data=num_data)
-        self.optimizer = make_optimizer((p for p in self.loss_module.parameters() if p.requires_grad), self.config,
-                                        loss_scale=num_data)
+        self.optimizer = make_optimizer(
+            (p for p in self.loss_module.parameters() if p.requires_grad), self.config, loss_scale=num_data
+        )
         self.scheduler = make_lr_scheduler(self.optimizer, self.config)
 
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:

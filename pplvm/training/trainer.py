@@ -186,15 +186,19 @@ class Trainer:
         if not self._ready:
             bs = self._batch_size(len(train))
             if bs < self.world_size:
-                raise TrainingError(f"training.batch_size = {bs} (with {len(train)} training data) is smaller "
-                                    f"than the {self.world_size} processes: each needs a share of every batch")
+                raise TrainingError(
+                    f"training.batch_size = {bs} (with {len(train)} training data) is smaller "
+                    f"than the {self.world_size} processes: each needs a share of every batch"
+                )
             example = to_device(train[:bs], self.device)
             self.rule.setup(example, len(train))
             if self.world_size > 1:
                 if distributed.world_size() != self.world_size:
-                    raise TrainingError(f"world_size = {self.world_size} but this process is in a process group "
-                                        f"of {distributed.world_size()}: start it with torchrun "
-                                        "(pplvm.training.distributed.init_from_env)")
+                    raise TrainingError(
+                        f"world_size = {self.world_size} but this process is in a process group "
+                        f"of {distributed.world_size()}: start it with torchrun "
+                        "(pplvm.training.distributed.init_from_env)"
+                    )
                 self._dp = DataParallel(self.device)
                 self.rule.distribute(self._dp)
             self._ready = True
@@ -217,9 +221,12 @@ class Trainer:
             "guide": _host(self.guide.state_dict()),
             "rule": _host(self.rule.state_dict()),
             "trainer": self.state.to_checkpoint(),
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    "augment": self.augment_rng.get_state(),
-                    **({"torch_ranks": self._rng_ranks} if self._rng_ranks is not None else {})},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "shuffle": self.shuffle.get_state(),
+                "augment": self.augment_rng.get_state(),
+                **({"torch_ranks": self._rng_ranks} if self._rng_ranks is not None else {}),
+            },
             "best": self._best_params,
             "extras": self.extras,
         }
@@ -276,8 +283,13 @@ class Trainer:
                 self._sync_rng_states()
             self.save()  # a good checkpoint exists before the first step
         steps = len(self._batches(torch.arange(n)))
-        bar = progress(c.epochs * steps, "training", initial=self.state.epoch * steps, unit="steps",
-                       enabled=c.progress and self.rank == 0)
+        bar = progress(
+            c.epochs * steps,
+            "training",
+            initial=self.state.epoch * steps,
+            unit="steps",
+            enabled=c.progress and self.rank == 0,
+        )
         try:
             first = True
             while self.state.epoch < c.epochs and not self.state.stopped:
@@ -340,8 +352,12 @@ class Trainer:
         if not self._parameters_finite():  # a huge step can leave a finite loss and inf parameters
             self._diverged("parameters became non-finite")
         s.epoch += 1
-        metrics: dict[str, Any] = {"epoch": s.epoch, "step": s.step, **self.rule.end_epoch(s.epoch),
-                                   "train_loss": float(total) / n}
+        metrics: dict[str, Any] = {
+            "epoch": s.epoch,
+            "step": s.step,
+            **self.rule.end_epoch(s.epoch),
+            "train_loss": float(total) / n,
+        }
         if valid is not None and (s.epoch % c.eval_every == 0 or s.epoch == c.epochs):
             try:
                 metrics.update(self._agreed(self.evaluate(valid)))
@@ -405,9 +421,12 @@ class Trainer:
             self._lost_contact(distributed.describe_failure(err))
 
     def _lost_contact(self, what: str) -> None:
-        kept = (f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}; "
-                f"continue with: pplvm resume {self.run_dir}" if self.checkpoint_path is not None
-                else "no checkpoint was being written")
+        kept = (
+            f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}; "
+            f"continue with: pplvm resume {self.run_dir}"
+            if self.checkpoint_path is not None
+            else "no checkpoint was being written"
+        )
         raise TrainingError(f"training stopped in epoch {self.state.epoch + 1}: {what}; {kept}") from None
 
     def _validation(self, first: bool) -> ContextManager:
@@ -422,8 +441,10 @@ class Trainer:
         c, s = self.config, self.state
         if value < s.best - c.min_delta:
             s.best, s.best_epoch, s.bad_epochs = value, s.epoch, 0
-            self._best_params = {"model": _host(copy.deepcopy(self.model.state_dict())),
-                                 "guide": _host(copy.deepcopy(self.guide.state_dict()))}
+            self._best_params = {
+                "model": _host(copy.deepcopy(self.model.state_dict())),
+                "guide": _host(copy.deepcopy(self.guide.state_dict())),
+            }
         else:
             s.bad_epochs += 1
             if c.patience is not None and s.bad_epochs >= c.patience:
@@ -437,10 +458,14 @@ class Trainer:
         s = self.state
         epoch = s.epoch if epoch_done else s.epoch + 1
         where = f"epoch {epoch}" if epoch_done else f"epoch {epoch}, step {s.step + 1}"
-        kept = (f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}"
-                if self.checkpoint_path is not None else "no checkpoint was being written")
-        raise TrainingError(f"training stopped: the {what} at {where}; {kept}. "
-                            "Try a smaller training.lr or set training.clip_norm.")
+        kept = (
+            f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}"
+            if self.checkpoint_path is not None
+            else "no checkpoint was being written"
+        )
+        raise TrainingError(
+            f"training stopped: the {what} at {where}; {kept}. Try a smaller training.lr or set training.clip_norm."
+        )
 
     def _saved_epoch(self) -> int:
         try:
@@ -460,8 +485,18 @@ def _is_collective_error(err: RuntimeError) -> bool:
     all-reduce that lost its peers, or a timeout."""
     text = str(err)
     return isinstance(err, torch.distributed.DistError) or any(
-        word in text for word in ("Gloo", "gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
-                                  "timed out", "ProcessGroup"))
+        word in text
+        for word in (
+            "Gloo",
+            "gloo",
+            "NCCL",
+            "Connection closed",
+            "Connection reset",
+            "Timed out",
+            "timed out",
+            "ProcessGroup",
+        )
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 
 from .._progress import progress
 from ..errors import PplvmError, RunDirError
-from ..evaluation.arviz import COMPARE_COLUMNS as COLUMNS, compare_table, groups, read_inference_data
+from ..evaluation.arviz import COMPARE_COLUMNS as COLUMNS
+from ..evaluation.arviz import compare_table, groups, read_inference_data
+
 
 @dataclass
 class Comparison:
@@ -46,12 +48,17 @@ class Comparison:
         return out
 
     def text(self) -> str:
-        head = f"{'rank':>4}  {'run':<30} {'elpd_loo':>11} {'se':>8} {'elpd_diff':>10} {'dse':>8} {'p_loo':>8} {'weight':>7}"
+        head = (
+            f"{'rank':>4}  {'run':<30} {'elpd_loo':>11} {'se':>8} {'elpd_diff':>10} {'dse':>8} {'p_loo':>8} "
+            f"{'weight':>7}"
+        )
         lines = [f"PSIS-LOO comparison on the same {self.n} observations (higher elpd_loo is better)", head]
         for r in self.rows():
             flag = "  (pareto k > 0.7)" if r["warning"] else ""
-            lines.append(f"{r['rank']:>4}  {r['run']:<30} {r['elpd_loo']:>11.2f} {r['se']:>8.2f} {r['elpd_diff']:>10.2f} "
-                         f"{r['dse']:>8.2f} {r['p_loo']:>8.2f} {r['weight']:>7.3f}{flag}")
+            lines.append(
+                f"{r['rank']:>4}  {r['run']:<30} {r['elpd_loo']:>11.2f} {r['se']:>8.2f} {r['elpd_diff']:>10.2f} "
+                f"{r['dse']:>8.2f} {r['p_loo']:>8.2f} {r['weight']:>7.3f}{flag}"
+            )
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
@@ -89,8 +96,10 @@ def check_same_data(idatas: dict[str, Any], *, rtol: float = 1e-5) -> int:
 
 def _check_posterior(name: str, idata) -> None:
     if "log_likelihood" not in groups(idata):
-        raise PplvmError(f"run {name!r} has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot "
-                         "score it; compare samples with pplvm two-sample instead")
+        raise PplvmError(
+            f"run {name!r} has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot "
+            "score it; compare samples with pplvm two-sample instead"
+        )
     ll = np.asarray(idata.log_likelihood["obs"])
     if "posterior" not in groups(idata) or np.ptp(ll.reshape(-1, ll.shape[-1]), axis=0).max() == 0:
         raise PplvmError(
@@ -100,8 +109,9 @@ def _check_posterior(name: str, idata) -> None:
         )
 
 
-def compare_runs(run_dirs: Sequence[str | Path], *, names: Sequence[str] | None = None,
-                 method: str = "stacking") -> Comparison:
+def compare_runs(
+    run_dirs: Sequence[str | Path], *, names: Sequence[str] | None = None, method: str = "stacking"
+) -> Comparison:
     """Rank fitted runs by PSIS-LOO ``elpd`` (best first); raise PplvmError if they were not
     scored on the same data or have no posterior draws."""
     if len(run_dirs) < 2:

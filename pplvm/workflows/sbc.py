@@ -61,13 +61,14 @@ class SBCResult:
         """The same simulations with every posterior moved by ``shift`` posterior standard
         deviations and its spread multiplied by ``scale`` (< 1: overconfident) — a guide that
         SBC must reject; used to check that the test has power."""
+
         def bend(d):
             mean, sd = d.mean(1, keepdims=True), d.std(1, keepdims=True)
             return mean + scale * (d - mean) + shift * sd
+
         return replace(self, draws={k: bend(v) for k, v in self.draws.items()})
 
-    def uniformity(self, names: Sequence[str] | None = None, bins: int | None = None,
-                   seed: int = 0) -> dict[str, Any]:
+    def uniformity(self, names: Sequence[str] | None = None, bins: int | None = None, seed: int = 0) -> dict[str, Any]:
         """Chi-square and KS tests of uniform ranks for each scalar statistic.
 
         Returns ``{"tests": [{"statistic", "index", "chi2_p", "ks_p"}], "bins", "p_value"}``
@@ -83,8 +84,14 @@ class SBCResult:
             for j in range(r.shape[1]):
                 counts = np.bincount(r[:, j] * bins // (L + 1), minlength=bins)
                 pit = (r[:, j] + rng.uniform(size=S)) / (L + 1)
-                tests.append({"statistic": name, "index": j, "chi2_p": float(stats.chisquare(counts).pvalue),
-                              "ks_p": float(stats.kstest(pit, "uniform").pvalue)})
+                tests.append(
+                    {
+                        "statistic": name,
+                        "index": j,
+                        "chi2_p": float(stats.chisquare(counts).pvalue),
+                        "ks_p": float(stats.kstest(pit, "uniform").pvalue),
+                    }
+                )
         smallest = min(min(t["chi2_p"], t["ks_p"]) for t in tests)
         return {"tests": tests, "bins": bins, "p_value": min(1.0, smallest * 2 * len(tests))}
 
@@ -103,7 +110,9 @@ def default_bins(num_draws: int, sims: int) -> int:
     return max(fits) if fits else 2
 
 
-def statistics_of(model: LatentVariableModel, params: dict[str, torch.Tensor], batch_dims: int) -> dict[str, torch.Tensor]:
+def statistics_of(
+    model: LatentVariableModel, params: dict[str, torch.Tensor], batch_dims: int
+) -> dict[str, torch.Tensor]:
     """The SBC statistics of ``params`` (``batch_dims`` leading draw dims ``S``), each
     ``(*S, m)``: the family's identified ones, else each global site flattened."""
     if isinstance(model, IdentifiedSummaries):
@@ -118,8 +127,15 @@ def simulate(model: LatentVariableModel, rows: int, seed: int) -> tuple[dict[str
     return {k: trace.nodes[k]["value"] for k in model.global_sites}, trace.nodes[model.observed_site]["value"]
 
 
-def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int = 0,
-            callback: Callable[[int, int], None] | None = None) -> SBCResult:
+def run_sbc(
+    card,
+    sims: int,
+    *,
+    rows: int = 100,
+    num_draws: int = 99,
+    seed: int = 0,
+    callback: Callable[[int, int], None] | None = None,
+) -> SBCResult:
     """Simulate ``sims`` data sets of ``rows`` rows from the card's model prior, fit the
     card to each (all rows, no standardisation, ``training.seed = seed + s``) and collect
     ``num_draws`` posterior draws of the statistics. ``model.dim`` must be set in the card."""
@@ -131,8 +147,9 @@ def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int 
     if num_draws < 1:
         raise PplvmError(f"--draws: expected at least one posterior draw, got {num_draws}")
     if card.model.dim is None:
-        raise PplvmError("model.dim: SBC simulates its data from the model, so the card must set model.dim "
-                         "(e.g. --set model.dim=2)")
+        raise PplvmError(
+            "model.dim: SBC simulates its data from the model, so the card must set model.dim (e.g. --set model.dim=2)"
+        )
     family = FAMILIES[card.model.family]
     model = family.from_config(card.model, card.model.dim)
     if not model.global_sites:
@@ -145,15 +162,24 @@ def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int 
     truth, draws = {}, {}
     for s in range(sims):
         theta, x = simulate(model, rows, seed + s)
-        fit_card = card_from_dict(raw, {"data.valid_fraction": 0.0, "data.test_fraction": 0.0,
-                                        "data.standardize": False, "training.seed": seed + s,
-                                        "training.progress": False})
+        fit_card = card_from_dict(
+            raw,
+            {
+                "data.valid_fraction": 0.0,
+                "data.test_fraction": 0.0,
+                "data.standardize": False,
+                "training.seed": seed + s,
+                "training.progress": False,
+            },
+        )
         run = Run.from_card(fit_card, data=x.numpy()).fit()
         post = run.draws(num_draws, seed=seed + s)
         spread = max(float(v.std(0).max()) for v in post.values())
         if spread == 0:
-            raise IncompatibleError(f"guide.kind = {card.guide.kind!r} gives point estimates (no posterior "
-                                    "spread); SBC needs a guide with a posterior, e.g. meanfield")
+            raise IncompatibleError(
+                f"guide.kind = {card.guide.kind!r} gives point estimates (no posterior "
+                "spread); SBC needs a guide with a posterior, e.g. meanfield"
+            )
         for k, v in statistics_of(run.model, post, 1).items():
             draws.setdefault(k, []).append(v.double().numpy())
         for k, v in statistics_of(model, theta, 0).items():
@@ -161,12 +187,19 @@ def run_sbc(card, sims: int, *, rows: int = 100, num_draws: int = 99, seed: int 
         if callback is not None:
             callback(s + 1, sims)
     kind = "identified" if isinstance(model, IdentifiedSummaries) else "globals"
-    return SBCResult({k: np.stack(v) for k, v in truth.items()}, {k: np.stack(v) for k, v in draws.items()},
-                     card.model.family, rows, kind, {"seed": seed, "guide": card.guide.kind})
+    return SBCResult(
+        {k: np.stack(v) for k, v in truth.items()},
+        {k: np.stack(v) for k, v in draws.items()},
+        card.model.family,
+        rows,
+        kind,
+        {"seed": seed, "guide": card.guide.kind},
+    )
 
 
-def rank_histogram_plot(result: SBCResult, names: Sequence[str] | None = None, bins: int | None = None,
-                        max_panels: int = 12) -> Figure:
+def rank_histogram_plot(
+    result: SBCResult, names: Sequence[str] | None = None, bins: int | None = None, max_panels: int = 12
+) -> Figure:
     """One rank histogram per scalar statistic (up to ``max_panels``) with the expected count
     and its central 99% binomial band under uniformity."""
     ranks = result.ranks(names)

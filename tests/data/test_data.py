@@ -53,8 +53,13 @@ def test_file_errors(tmp_path):
 
 
 def test_splits_are_deterministic_disjoint_and_complete():
-    cfg = card_from_dict({"model": {"family": "gmm"}, "objective": {"name": "enum"},
-                          "data": {"source": "wine", "valid_fraction": 0.2, "test_fraction": 0.1}}).data
+    cfg = card_from_dict(
+        {
+            "model": {"family": "gmm"},
+            "objective": {"name": "enum"},
+            "data": {"source": "wine", "valid_fraction": 0.2, "test_fraction": 0.1},
+        }
+    ).data
     a, b = load_dataset(cfg), load_dataset(cfg)
     torch.testing.assert_close(a.train, b.train)
     assert (len(a.train), len(a.valid), len(a.test)) == (124, 36, 18)
@@ -64,10 +69,20 @@ def test_splits_are_deterministic_disjoint_and_complete():
 
 def test_fractions_leaving_no_training_rows_are_refused():
     with pytest.raises(pplvm.CardError, match="data.valid_fraction"):
-        card_from_dict({"model": {"family": "gmm"}, "objective": {"name": "enum"},
-                        "data": {"source": "iris", "valid_fraction": 1.0}})
-    cfg = card_from_dict({"model": {"family": "gmm"}, "objective": {"name": "enum"},
-                          "data": {"source": "iris", "valid_fraction": 0.6, "test_fraction": 0.4}}).data
+        card_from_dict(
+            {
+                "model": {"family": "gmm"},
+                "objective": {"name": "enum"},
+                "data": {"source": "iris", "valid_fraction": 1.0},
+            }
+        )
+    cfg = card_from_dict(
+        {
+            "model": {"family": "gmm"},
+            "objective": {"name": "enum"},
+            "data": {"source": "iris", "valid_fraction": 0.6, "test_fraction": 0.4},
+        }
+    ).data
     with pytest.raises(pplvm.DataError, match="leave no training rows"):
         load_dataset(cfg)
 
@@ -76,8 +91,12 @@ def test_moons_source_is_scikit_learns_two_moons():
     """The same points as sklearn.datasets.make_moons with the card's n, noise and seed."""
     import sklearn.datasets
 
-    cfg = pplvm.config.card_from_dict({"model": {"family": "gmm"}, "data": {
-        "source": "moons", "n": 50, "noise": 0.1, "seed": 3, "valid_fraction": 0.0}}).data
+    cfg = pplvm.config.card_from_dict(
+        {
+            "model": {"family": "gmm"},
+            "data": {"source": "moons", "n": 50, "noise": 0.1, "seed": 3, "valid_fraction": 0.0},
+        }
+    ).data
     d = load_dataset(cfg)
     x, _ = sklearn.datasets.make_moons(50, noise=0.1, random_state=3)
     near = torch.cdist(d.train.double(), torch.tensor(x)).min(1).values  # split order is shuffled

@@ -124,8 +124,12 @@ def test_amat_round_trip_and_explicit_splits(tmp_path):
     for name, a in (("train", train), ("valid", valid), ("test", test)):
         write_amat(tmp_path / f"{name}.amat", a)
     np.testing.assert_array_equal(read_amat(tmp_path / "train.amat"), train)
-    cfg = BinarizedMnistConfig(path=str(tmp_path / "train.amat"), valid_path=str(tmp_path / "valid.amat"),
-                               test_path=str(tmp_path / "test.amat"), valid_fraction=0.5)
+    cfg = BinarizedMnistConfig(
+        path=str(tmp_path / "train.amat"),
+        valid_path=str(tmp_path / "valid.amat"),
+        test_path=str(tmp_path / "test.amat"),
+        valid_fraction=0.5,
+    )
     d = load_dataset(cfg)
     # given splits are used as they are: no rows move between files, valid_fraction is unused
     assert len(d.train) == 7 and torch.equal(d.valid, torch.as_tensor(valid, dtype=torch.float32))
@@ -198,9 +202,14 @@ def test_mnist_idx_source_scales_pixels_and_keeps_the_test_file_as_test(tmp_path
     files = {"tr-img.gz": tr, "tr-lab.gz": np.arange(10), "te-img.gz": te, "te-lab.gz": np.arange(4)}
     for name, a in files.items():
         write_idx(tmp_path / name, a)
-    cfg = MnistIdxConfig(images=str(tmp_path / "tr-img.gz"), labels=str(tmp_path / "tr-lab.gz"),
-                         test_images=str(tmp_path / "te-img.gz"), test_labels=str(tmp_path / "te-lab.gz"),
-                         valid_fraction=0.2, test_fraction=0.5)
+    cfg = MnistIdxConfig(
+        images=str(tmp_path / "tr-img.gz"),
+        labels=str(tmp_path / "tr-lab.gz"),
+        test_images=str(tmp_path / "te-img.gz"),
+        test_labels=str(tmp_path / "te-lab.gz"),
+        valid_fraction=0.2,
+        test_fraction=0.5,
+    )
     d = load_dataset(cfg)
     assert (len(d.train), len(d.valid), len(d.test)) == (8, 2, 4)  # test_fraction unused: the file is the test set
     torch.testing.assert_close(d.test, torch.as_tensor(te.reshape(4, -1) / 255.0, dtype=torch.float32))
@@ -232,8 +241,12 @@ def test_idx_errors_name_the_field(tmp_path):
 
 def test_wrong_image_size_for_the_model_is_a_data_error(tmp_path):
     """A card fitted on 8x8 digits refuses 28x28 MNIST images, naming the argument."""
-    card = {"model": {"family": "vae", "latent_dim": 2, "hidden": [8]}, "guide": {"kind": "amortized"},
-            "data": {"source": "digits", "binarize": "threshold"}, "training": {"epochs": 1, "progress": False}}
+    card = {
+        "model": {"family": "vae", "latent_dim": 2, "hidden": [8]},
+        "guide": {"kind": "amortized"},
+        "data": {"source": "digits", "binarize": "threshold"},
+        "training": {"epochs": 1, "progress": False},
+    }
     run = pplvm.Run.from_card(card)
     with pytest.raises(DataError, match="x: expected 64 columns .* got 784"):
         run.log_likelihood(binary_images(2))
@@ -254,9 +267,17 @@ def test_cifar10_binary_batches_round_trip(tmp_path):
     _cifar_batch(tmp_path / "data_batch_1.bin", imgs[:4], labels[:4])
     _cifar_batch(tmp_path / "data_batch_2.bin", imgs[4:6], labels[4:6])
     _cifar_batch(tmp_path / "test_batch.bin", imgs[6:], labels[6:])
-    cfg = pplvm.config.card_from_dict({"model": {"family": "gmm"}, "data": {
-        "source": "cifar10", "paths": [str(tmp_path / "data_batch_1.bin"), str(tmp_path / "data_batch_2.bin")],
-        "test_paths": [str(tmp_path / "test_batch.bin")], "valid_fraction": 0.0}}).data
+    cfg = pplvm.config.card_from_dict(
+        {
+            "model": {"family": "gmm"},
+            "data": {
+                "source": "cifar10",
+                "paths": [str(tmp_path / "data_batch_1.bin"), str(tmp_path / "data_batch_2.bin")],
+                "test_paths": [str(tmp_path / "test_batch.bin")],
+                "valid_fraction": 0.0,
+            },
+        }
+    ).data
     d = load_dataset(cfg)
     assert d.train.shape == (6, 3072) and d.test.shape == (1, 3072)
     np.testing.assert_allclose(d.test.numpy(), imgs[6:].reshape(1, -1) / 255.0, atol=1e-6)

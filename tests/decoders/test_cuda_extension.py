@@ -34,8 +34,9 @@ def test_the_extension_equals_torch_and_its_card_trains(tmp_path):
     torch.testing.assert_close(y, ref)  # tanhf vs torch's tanh: float32 rounding
     g = torch.randn_like(y)
     torch.testing.assert_close(torch.autograd.grad(y, [x, b], g), torch.autograd.grad(ref, [x, b], g))
-    run = pplvm.fit(EXAMPLE / "vae_cuda.toml", tmp_path / "r",
-                    overrides={"training.epochs": 3, "training.progress": False})
+    run = pplvm.fit(
+        EXAMPLE / "vae_cuda.toml", tmp_path / "r", overrides={"training.epochs": 3, "training.progress": False}
+    )
     assert isinstance(run.model.decoder.network, cuda_decoder.CudaTanhMLP)
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     on_cpu = pplvm.Run.load(tmp_path / "r", device="cpu")  # the host path of the same network

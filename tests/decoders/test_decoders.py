@@ -70,12 +70,21 @@ def test_bernoulli_head_rejects_non_binary_and_nan_data_naming_the_field():
         head.check(torch.tensor([[0.0, float("nan"), 1.0]]), "x")
 
 
-@pytest.mark.parametrize("arch,dim,shape", [("mlp", 64, None), ("conv", 64, None), ("conv", 784, None),
-                                            ("mlp", 12, [3, 4]), ("conv", 128, [8, 16])])
+@pytest.mark.parametrize(
+    "arch,dim,shape",
+    [("mlp", 64, None), ("conv", 64, None), ("conv", 784, None), ("mlp", 12, [3, 4]), ("conv", 128, [8, 16])],
+)
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_decoder_and_encoder_shapes(arch, dim, shape, likelihood):
-    cfg = NetworkConfig(latent_dim=3, architecture=arch, hidden=[16, 8], image_shape=shape, channels=4,
-                        likelihood=likelihood, scale="amortized")
+    cfg = NetworkConfig(
+        latent_dim=3,
+        architecture=arch,
+        hidden=[16, 8],
+        image_shape=shape,
+        channels=4,
+        likelihood=likelihood,
+        scale="amortized",
+    )
     dec, enc = make_decoder(cfg, dim, side_dim=2), make_encoder(cfg, dim, side_dim=2)
     side = torch.randn(5, 2)
     for lead in [(), (7,)]:  # particles in front

@@ -79,9 +79,13 @@ def test_the_output_bias_starts_the_decoded_mean_at_the_data_mean():
 def test_a_fit_starts_from_the_training_splits_mean_unless_told_zero():
     rng = np.random.default_rng(0)
     data = (rng.random((120, 16)) < np.linspace(0.05, 0.95, 16)).astype(np.float32)
-    card = {"model": {"family": "vae", "latent_dim": 2, "hidden": [8]}, "guide": {"kind": "amortized"},
-            "objective": {"name": "meanfield"}, "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.25},
-            "training": {"epochs": 1, "progress": False}}
+    card = {
+        "model": {"family": "vae", "latent_dim": 2, "hidden": [8]},
+        "guide": {"kind": "amortized"},
+        "objective": {"name": "meanfield"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.25},
+        "training": {"epochs": 1, "progress": False},
+    }
     run = Run.from_card(card, data=data)
     train = run.dataset.train
     assert len(train) == 90  # the held-out quarter does not enter the start
@@ -142,13 +146,16 @@ def test_the_iwae_schedule_is_3_to_the_i_epochs_at_lr_times_10_to_the_minus_i_ov
     assert seen[3280:] == [seen[3279]] * 10  # past the schedule: its last rate
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("training.betas", [0.9], "training.betas: List should have at least 2 items"),
-    ("training.betas", [0.9, 1.0], "training.betas.1: expected less than 1"),
-    ("training.eps", 0, "training.eps: expected greater than 0"),
-    ("model.init", "xavier", "model.init: expected 'glorot', 'kaiming' or 'torch'"),
-    ("model.output_bias", "mean", "model.output_bias: expected 'data_mean' or 'zero'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("training.betas", [0.9], "training.betas: List should have at least 2 items"),
+        ("training.betas", [0.9, 1.0], "training.betas.1: expected less than 1"),
+        ("training.eps", 0, "training.eps: expected greater than 0"),
+        ("model.init", "xavier", "model.init: expected 'glorot', 'kaiming' or 'torch'"),
+        ("model.output_bias", "mean", "model.output_bias: expected 'data_mean' or 'zero'"),
+    ],
+)
 def test_recipe_fields_are_checked_by_name(key, value, message):
     card = {"model": {"family": "vae"}, "data": {"source": "digits"}}
     with pytest.raises(CardError, match=message.replace("(", r"\(").replace(")", r"\)")):

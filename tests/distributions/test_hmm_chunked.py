@@ -37,15 +37,27 @@ def tree_posterior(initial, transition, emission, mask):
     return score.detach(), gi, gt if gt is not None else torch.zeros_like(t), ge
 
 
-@pytest.mark.parametrize("batch, time, k, shared", [
-    ((), 1, 3, True), ((3,), 2, 4, True), ((5,), 37, 3, False), ((2, 3), 200, 5, True),
-    ((2,), 1000, 8, False), ((1,), 5_000, 4, True),
-])
+@pytest.mark.parametrize(
+    "batch, time, k, shared",
+    [
+        ((), 1, 3, True),
+        ((3,), 2, 4, True),
+        ((5,), 37, 3, False),
+        ((2, 3), 200, 5, True),
+        ((2,), 1000, 8, False),
+        ((1,), 5_000, 4, True),
+    ],
+)
 @pytest.mark.parametrize("chunk", [1, 3, 32, 10_000])
 def test_chunked_equals_tree(batch, time, k, shared, chunk):
     initial, transition, emission, mask = chains(batch, time, k, seed=time + k, shared=shared)
     score, g_initial, g_transition, g_emission = tree_posterior(initial, transition, emission, mask)
-    assert torch.allclose(log_partition(initial, transition, emission, mask, chunk), score, rtol=0, atol=TOL * score.abs().max().clamp_min(1))
+    assert torch.allclose(
+        log_partition(initial, transition, emission, mask, chunk),
+        score,
+        rtol=0,
+        atol=TOL * score.abs().max().clamp_min(1),
+    )
     post = chain_posterior(initial, transition, emission, mask, chunk)
     assert torch.allclose(post["states"], g_emission, rtol=0, atol=TOL)
     assert torch.allclose(post["initial"], g_initial, rtol=0, atol=TOL)
@@ -55,8 +67,9 @@ def test_chunked_equals_tree(batch, time, k, shared, chunk):
     e = emission.clone().requires_grad_()
     ge, gt = torch.autograd.grad(log_partition(initial, t, e, mask, chunk).sum(), (e, t))
     assert torch.allclose(ge, g_emission, rtol=0, atol=TOL)
-    assert torch.allclose(gt, g_transition if not shared else g_transition.sum(tuple(range(len(batch)))),
-                          rtol=0, atol=TOL * time)
+    assert torch.allclose(
+        gt, g_transition if not shared else g_transition.sum(tuple(range(len(batch)))), rtol=0, atol=TOL * time
+    )
     # Viterbi: the tree's max-product gradient is the one-hot path
     with torch.enable_grad():
         ee = emission.clone().requires_grad_()
@@ -85,7 +98,9 @@ def test_chunked_equals_brute_force():
             marg = torch.zeros(time, k, dtype=torch.float64)
             for p, z in zip(probs, joint):
                 marg[torch.arange(time), torch.tensor(z)] += p
-            assert torch.allclose(chain_posterior(initial, transition, emission, mask, chunk)["states"][b], marg, atol=1e-12)
+            assert torch.allclose(
+                chain_posterior(initial, transition, emission, mask, chunk)["states"][b], marg, atol=1e-12
+            )
 
 
 def test_float32_long_chain_stays_finite():

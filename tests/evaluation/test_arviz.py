@@ -15,11 +15,15 @@ az = arviz()
 
 @pytest.fixture(scope="module")
 def fitted():
-    run = pplvm.Run.from_card({
-        "model": {"family": "gmm", "components": 2}, "objective": {"name": "enum"},
-        "data": {"source": "synthetic_gmm", "n": 1000, "components": 2, "separation": 6.0, "valid_fraction": 0.5},
-        "training": {"epochs": 30, "lr": 0.05, "progress": False},
-        "evaluation": {"draws": 50, "chains": 4}})
+    run = pplvm.Run.from_card(
+        {
+            "model": {"family": "gmm", "components": 2},
+            "objective": {"name": "enum"},
+            "data": {"source": "synthetic_gmm", "n": 1000, "components": 2, "separation": 6.0, "valid_fraction": 0.5},
+            "training": {"epochs": 30, "lr": 0.05, "progress": False},
+            "evaluation": {"draws": 50, "chains": 4},
+        }
+    )
     return run.fit()
 
 
@@ -33,7 +37,9 @@ def test_groups_shapes_and_values(fitted):
     assert idata.log_likelihood["obs"].shape == (4, 50, n)
     assert idata.posterior_predictive["obs"].shape == (4, 50, n, 2)
     observed = torch.as_tensor(idata.observed_data["obs"].values, dtype=torch.float32)
-    assert (torch.cdist(observed, fitted.dataset.train, compute_mode="donot_use_mm_for_euclid_dist").min(-1).values == 0).all()
+    assert (
+        torch.cdist(observed, fitted.dataset.train, compute_mode="donot_use_mm_for_euclid_dist").min(-1).values == 0
+    ).all()
     # the stored log-likelihood of draw (c, d) is log p(x | θ_cd) computed directly
     post = idata.posterior
     for c, d in [(0, 0), (3, 49)]:

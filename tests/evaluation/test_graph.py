@@ -48,8 +48,7 @@ def test_figure_has_a_node_per_site_and_a_box_per_plate():
 
 def test_render_command(tmp_path, capsys):
     card = tmp_path / "card.toml"
-    card.write_text('[model]\nfamily = "gmm"\ncomponents = 2\n[objective]\nname = "enum"\n'
-                    '[data]\nsource = "iris"\n')
+    card.write_text('[model]\nfamily = "gmm"\ncomponents = 2\n[objective]\nname = "enum"\n[data]\nsource = "iris"\n')
     out = tmp_path / "model.png"
     assert main(["render", str(card), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

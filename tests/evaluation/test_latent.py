@@ -11,12 +11,15 @@ from matplotlib.figure import Figure
 import pplvm
 from pplvm.evaluation import latent
 
-PROTOTYPES = torch.tensor([
-    [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0],
-    [0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1],
-    [1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0],
-    [0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1],
-], dtype=torch.float32)
+PROTOTYPES = torch.tensor(
+    [
+        [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1],
+        [1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0],
+        [0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1],
+    ],
+    dtype=torch.float32,
+)
 
 
 def toy(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +33,13 @@ def toy(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def run():
     pyro.set_rng_seed(0)
     x, _ = toy(400, 0)
-    card = {"model": {"family": "vae", "latent_dim": 2, "hidden": [32]}, "guide": {"kind": "amortized"},
-            "objective": {"name": "meanfield"}, "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"epochs": 250, "lr": 0.02, "progress": False, "seed": 0}}
+    card = {
+        "model": {"family": "vae", "latent_dim": 2, "hidden": [32]},
+        "guide": {"kind": "amortized"},
+        "objective": {"name": "meanfield"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"epochs": 250, "lr": 0.02, "progress": False, "seed": 0},
+    }
     return pplvm.fit(card, data=x)
 
 
@@ -83,7 +90,8 @@ def test_anomaly_scores(run):
     elbo_score = latent.anomaly_score(run, x, num_samples=64)
     pyro.set_rng_seed(0)
     loss = pyro.infer.TraceMeanField_ELBO(num_particles=64, vectorize_particles=True, max_plate_nesting=1).loss(
-        run.model, run.guide, x)
+        run.model, run.guide, x
+    )
     assert float(elbo_score.mean()) == pytest.approx(loss / len(x), abs=0.05)
     nll = latent.anomaly_score(run, x, kind="nll")
     assert float(nll.mean()) < float(elbo_score.mean())
@@ -107,9 +115,12 @@ def test_conditional_model_tools_take_batches():
     from pplvm.data import Batch
 
     x, labels = toy(120, 7)
-    card = {"model": {"family": "cvae", "classes": 4, "latent_dim": 2, "hidden": [16]}, "guide": {"kind": "amortized"},
-            "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"epochs": 2, "progress": False}}
+    card = {
+        "model": {"family": "cvae", "classes": 4, "latent_dim": 2, "hidden": [16]},
+        "guide": {"kind": "amortized"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"epochs": 2, "progress": False},
+    }
     run = pplvm.fit(card, data=Batch(x, y=labels))
     b = Batch(x[:4], y=labels[:4])
     assert latent.reconstruct(run, b).shape == (4, 16)

@@ -18,6 +18,7 @@ import pplvm
 from pplvm.evaluation import memory
 from pplvm.evaluation.arviz import groups
 
+
 def with_memory(run, mb):
     run.card = pplvm.card_from_dict(pplvm.card_to_dict(run.card), {"evaluation.memory_mb": mb})
     return run
@@ -33,18 +34,33 @@ def test_plan_fits_the_budget():
 
 @pytest.fixture(scope="module")
 def hmm_run():
-    card = {"model": {"family": "hmm", "states": 3, "emission": "bernoulli"}, "objective": {"name": "enum"},
-            "data": {"source": "synthetic_hmm", "n": 12, "min_length": 5, "max_length": 20, "states": 3, "dim": 4,
-                     "emission": "bernoulli"},
-            "training": {"epochs": 3, "progress": False}, "evaluation": {"draws": 6, "chains": 2}}
+    card = {
+        "model": {"family": "hmm", "states": 3, "emission": "bernoulli"},
+        "objective": {"name": "enum"},
+        "data": {
+            "source": "synthetic_hmm",
+            "n": 12,
+            "min_length": 5,
+            "max_length": 20,
+            "states": 3,
+            "dim": 4,
+            "emission": "bernoulli",
+        },
+        "training": {"epochs": 3, "progress": False},
+        "evaluation": {"draws": 6, "chains": 2},
+    }
     return pplvm.fit(card)
 
 
 @pytest.fixture(scope="module")
 def gmm_run():
-    card = {"model": {"family": "gmm", "components": 3, "covariance": "full"}, "objective": {"name": "enum"},
-            "data": {"source": "synthetic_gmm", "n": 60, "dim": 2, "components": 3},
-            "training": {"epochs": 3, "progress": False}, "evaluation": {"draws": 5, "chains": 2}}
+    card = {
+        "model": {"family": "gmm", "components": 3, "covariance": "full"},
+        "objective": {"name": "enum"},
+        "data": {"source": "synthetic_gmm", "n": 60, "dim": 2, "components": 3},
+        "training": {"epochs": 3, "progress": False},
+        "evaluation": {"draws": 5, "chains": 2},
+    }
     return pplvm.fit(card)
 
 
@@ -61,8 +77,12 @@ def test_chunked_equals_one_pass(name, request):
     assert memory.plan(10, len(x), cost, mb) == (3, 1) and small._rows_per_pass(run.dataset.train) == 3
     # the same arithmetic per (draw, datum), only grouped differently: equal to float32 rounding
     torch.testing.assert_close(small.log_likelihood(x), ll, rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(small.to_arviz(posterior_predictive=False).log_likelihood["obs"].values,
-                               idata.log_likelihood["obs"].values, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(
+        small.to_arviz(posterior_predictive=False).log_likelihood["obs"].values,
+        idata.log_likelihood["obs"].values,
+        rtol=1e-6,
+        atol=1e-4,
+    )
     for k, v in small.posterior(x).items():
         torch.testing.assert_close(v, post[k], rtol=1e-5, atol=1e-6)
     for k, v in small.map_states(x).items():
@@ -111,7 +131,8 @@ EXPORT = textwrap.dedent("""
     idata.to_netcdf(sys.argv[2])
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))  # KiB
     print(json.dumps({"before_mb": before / 1024, "peak_mb": peak / 1024,
-                      "pp": list(idata.posterior_predictive["obs"].shape), "ll": list(idata.log_likelihood["obs"].shape)}))
+                      "pp": list(idata.posterior_predictive["obs"].shape),
+                      "ll": list(idata.log_likelihood["obs"].shape)}))
 """)
 
 
@@ -121,8 +142,9 @@ def test_export_of_a_polyphonic_sized_set_stays_within_the_bound(tmp_path):
     log-likelihood pass alone would build (10 draws, 229, 159, 16, 16) float32 step factors:
     2.4 GB, and the replicates 10 × 229 × 160 × 51 values (in several copies)."""
     mb = 128  # two replicates per chain (4 × 229 × 160 × 51 float32: 30 MB) fit a quarter of it
-    proc = subprocess.run([sys.executable, "-c", EXPORT, str(mb), str(tmp_path / "idata.nc")],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", EXPORT, str(mb), str(tmp_path / "idata.nc")], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ll"] == [2, 5, 229] and out["pp"] == [2, 2, 229, 160, 51]

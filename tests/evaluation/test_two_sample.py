@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pplvm.errors import DataError
-from pplvm.evaluation.two_sample import (_mmd2_relabelled, classifier_test, mmd2_unbiased, mmd_test)
+from pplvm.evaluation.two_sample import _mmd2_relabelled, classifier_test, mmd2_unbiased, mmd_test
 
 
 def _gram(z, h):
@@ -25,9 +25,11 @@ def test_mmd2_equals_the_double_sum_and_its_relabelled_form():
     x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64) + 1
     k = lambda a, b: math.exp(-float((a - b).square().sum()) / 2)  # noqa: E731  (h = 1)
     n, m = len(x), len(y)
-    brute = (sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-             + sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-             - 2 * sum(k(a, b) for a in x for b in y) / (n * m))
+    brute = (
+        sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+        + sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        - 2 * sum(k(a, b) for a in x for b in y) / (n * m)
+    )
     kernel = _gram(torch.cat([x, y]), 1.0)
     assert float(mmd2_unbiased(kernel, n)) == pytest.approx(brute, rel=1e-12)
     perm = torch.randperm(n + m, generator=g)
@@ -79,8 +81,11 @@ def test_calibrated_under_the_null_and_powerful_under_a_shift(test):
     """Same distribution: over 100 repetitions the rejection rate at level 0.1 is at most 0.2
     (expected 0.1, binomial sd 0.03). A shift of one standard deviation in 2-D with 200 points
     each is rejected at p <= 0.01."""
-    run = (lambda a, b, s: mmd_test(a, b, permutations=99, seed=s)) if test == "mmd" else \
-        (lambda a, b, s: classifier_test(a, b, seed=s))
+    run = (
+        (lambda a, b, s: mmd_test(a, b, permutations=99, seed=s))
+        if test == "mmd"
+        else (lambda a, b, s: classifier_test(a, b, seed=s))
+    )
     g = torch.Generator().manual_seed(3)
     rejections = 0
     for rep in range(100):

@@ -115,10 +115,16 @@ def test_pyro_trace_elbo_over_the_chain_equals_the_decomposition():
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
         model_tr.compute_log_prob()
         guide_tr.compute_log_prob()
-        elbo = sum(s["log_prob"] for s in model_tr.nodes.values() if s["type"] == "sample" and "log_prob" in s
-                   and s["name"] != "data")
-        elbo = elbo - sum(s["log_prob"] for s in guide_tr.nodes.values() if s["type"] == "sample"
-                          and "log_prob" in s and s["name"] != "data")
+        elbo = sum(
+            s["log_prob"]
+            for s in model_tr.nodes.values()
+            if s["type"] == "sample" and "log_prob" in s and s["name"] != "data"
+        )
+        elbo = elbo - sum(
+            s["log_prob"]
+            for s in guide_tr.nodes.values()
+            if s["type"] == "sample" and "log_prob" in s and s["name"] != "data"
+        )
         bound = model.log_likelihood(x, {}, seed=4)
     (a, sa), (b, sb) = _mean_se(elbo), _mean_se(bound)
     assert abs(a - b) < 5 * math.hypot(sa, sb), (a, b, sa, sb)
@@ -235,11 +241,20 @@ def test_a_trained_bound_on_gaussian_data_approaches_the_optimal_one():
     mu, cov = np.array([0.5, -1.0]), np.array([[1.0, 0.6], [0.6, 0.5]])
     x = np.random.default_rng(0).multivariate_normal(mu, cov, size=4000)
     T, b0, b1 = 10, 0.01, 0.6
-    card = {"model": {"family": "diffusion", "steps": T, "beta_start": b0, "beta_end": b1, "hidden": [32, 32],
-                      "embed_dim": 8},
-            "guide": {"kind": "forward"}, "objective": {"name": "diffusion", "num_particles": 4},
-            "data": {"source": "file", "path": "unused", "valid_fraction": 0.25},
-            "training": {"epochs": 20, "batch_size": 200, "lr": 3e-3, "progress": False, "eval_every": 1000}}
+    card = {
+        "model": {
+            "family": "diffusion",
+            "steps": T,
+            "beta_start": b0,
+            "beta_end": b1,
+            "hidden": [32, 32],
+            "embed_dim": 8,
+        },
+        "guide": {"kind": "forward"},
+        "objective": {"name": "diffusion", "num_particles": 4},
+        "data": {"source": "file", "path": "unused", "valid_fraction": 0.25},
+        "training": {"epochs": 20, "batch_size": 200, "lr": 3e-3, "progress": False, "eval_every": 1000},
+    }
     run = pplvm.fit(card, data=x)
     learned, se = _mean_se(-run.log_likelihood(run.dataset.valid).double())
     optimal = _gaussian_bound(np.linspace(b0, b1, T), mu, cov)
@@ -269,12 +284,22 @@ def test_samples_from_a_model_trained_on_a_2d_mixture_pass_a_two_sample_test():
     """Train on a 3-component 2-D mixture; 600 ancestral samples vs 600 held-out data: the
     energy-distance permutation test (200 permutations) does not reject at the 1% level, while
     it does reject the same samples against data shifted by 0.5 (its power on this size)."""
-    card = {"name": "mix", "model": {"family": "diffusion", "steps": 50, "schedule": "cosine",
-                                     "hidden": [64, 64], "embed_dim": 16},
-            "guide": {"kind": "forward"}, "objective": {"name": "diffusion", "weighting": "simple"},
-            "data": {"source": "synthetic_gmm", "n": 3000, "dim": 2, "components": 3, "separation": 2.0,
-                     "standardize": True, "valid_fraction": 0.2},
-            "training": {"epochs": 60, "batch_size": 256, "lr": 3e-3, "progress": False, "eval_every": 60}}
+    card = {
+        "name": "mix",
+        "model": {"family": "diffusion", "steps": 50, "schedule": "cosine", "hidden": [64, 64], "embed_dim": 16},
+        "guide": {"kind": "forward"},
+        "objective": {"name": "diffusion", "weighting": "simple"},
+        "data": {
+            "source": "synthetic_gmm",
+            "n": 3000,
+            "dim": 2,
+            "components": 3,
+            "separation": 2.0,
+            "standardize": True,
+            "valid_fraction": 0.2,
+        },
+        "training": {"epochs": 60, "batch_size": 256, "lr": 3e-3, "progress": False, "eval_every": 60},
+    }
     run = pplvm.fit(card)
     data = run.transform.inverse(run.dataset.valid)
     new = run.sample(600, seed=1)
@@ -290,23 +315,34 @@ def test_samples_from_a_model_trained_on_a_2d_mixture_pass_a_two_sample_test():
 
 
 # ---------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("model, message", [
-    ({"beta_end": 1.5}, "every β_t must lie in \\(0, 1\\)"),
-    ({"beta_start": 0.0}, "every β_t must lie in \\(0, 1\\)"),
-    ({"steps": 0}, "model.steps"),
-    ({"denoiser": "unet", "image_shape": [1, 6, 6]}, "model.image_shape: the data have 64 columns"),
-    ({"denoiser": "unet", "channel_mult": [1, 2, 2, 2, 2]}, "divisible by 16"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"beta_end": 1.5}, "every β_t must lie in \\(0, 1\\)"),
+        ({"beta_start": 0.0}, "every β_t must lie in \\(0, 1\\)"),
+        ({"steps": 0}, "model.steps"),
+        ({"denoiser": "unet", "image_shape": [1, 6, 6]}, "model.image_shape: the data have 64 columns"),
+        ({"denoiser": "unet", "channel_mult": [1, 2, 2, 2, 2]}, "divisible by 16"),
+    ],
+)
 def test_bad_cards_get_one_clear_line(model, message):
-    card = {"model": {"family": "diffusion", "steps": 4, **model}, "guide": {"kind": "forward"},
-            "objective": {"name": "diffusion"}, "data": {"source": "digits"}}
+    card = {
+        "model": {"family": "diffusion", "steps": 4, **model},
+        "guide": {"kind": "forward"},
+        "objective": {"name": "diffusion"},
+        "data": {"source": "digits"},
+    }
     with pytest.raises(pplvm.PplvmError, match=message):
         pplvm.Run.from_card(card)
 
 
 def test_data_off_the_declared_levels_are_refused():
-    card = {"model": {"family": "diffusion", "steps": 4, "decoder": "discretized", "levels": 9, "hidden": [8]},
-            "guide": {"kind": "forward"}, "objective": {"name": "diffusion"}, "data": {"source": "digits"}}
+    card = {
+        "model": {"family": "diffusion", "steps": 4, "decoder": "discretized", "levels": 9, "hidden": [8]},
+        "guide": {"kind": "forward"},
+        "objective": {"name": "diffusion"},
+        "data": {"source": "digits"},
+    }
     with pytest.raises(pplvm.DataError, match="9 levels k/8"):  # digits have 17 levels
         pplvm.Run.from_card(card)
     card["model"]["levels"] = 17
@@ -316,8 +352,12 @@ def test_data_off_the_declared_levels_are_refused():
 
 
 def test_objective_options_are_checked():
-    card = {"model": {"family": "diffusion", "steps": 4, "hidden": [8]}, "guide": {"kind": "forward"},
-            "objective": {"name": "diffusion", "kl_weight": 0.5}, "data": {"source": "moons", "n": 50}}
+    card = {
+        "model": {"family": "diffusion", "steps": 4, "hidden": [8]},
+        "guide": {"kind": "forward"},
+        "objective": {"name": "diffusion", "kl_weight": 0.5},
+        "data": {"source": "moons", "n": 50},
+    }
     with pytest.raises(pplvm.IncompatibleError, match="kl_weight"):
         pplvm.Run.from_card(card)
     card["objective"] = {"name": "elbo", "weighting": "simple"}
@@ -341,10 +381,32 @@ def test_evaluate_prints_bits_per_dim_and_the_per_step_table(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     card = tmp_path / "card.toml"
     card.write_text((MODELS / "diffusion_digits.toml").read_text())
-    assert main(["fit", str(card), "--out", "run", "--quiet", "--set", "training.epochs=1",
-                 "--set", "model.steps=5", "--set", "model.channels=4", "--set", "objective.num_particles=1",
-                 "--set", "evaluation.draws=1", "--set", "evaluation.chains=1",
-                 "--set", "evaluation.max_rows=20"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(card),
+                "--out",
+                "run",
+                "--quiet",
+                "--set",
+                "training.epochs=1",
+                "--set",
+                "model.steps=5",
+                "--set",
+                "model.channels=4",
+                "--set",
+                "objective.num_particles=1",
+                "--set",
+                "evaluation.draws=1",
+                "--set",
+                "evaluation.chains=1",
+                "--set",
+                "evaluation.max_rows=20",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", "run", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -361,9 +423,18 @@ def test_evaluate_prints_bits_per_dim_and_the_per_step_table(tmp_path, capsys, m
 @pytest.mark.parametrize("path", sorted(MODELS.glob("diffusion_*.toml")), ids=lambda p: p.stem)
 def test_shipped_cards_run(path, tmp_path):
     """Every shipped diffusion card fits (shortened) and writes a run directory."""
-    card = pplvm.load_card(path, {"training.epochs": 1, "training.progress": False, "model.steps": 5,
-                                  "objective.num_particles": 1,
-                                  "evaluation.draws": 1, "evaluation.chains": 1, "evaluation.max_rows": 20})
+    card = pplvm.load_card(
+        path,
+        {
+            "training.epochs": 1,
+            "training.progress": False,
+            "model.steps": 5,
+            "objective.num_particles": 1,
+            "evaluation.draws": 1,
+            "evaluation.chains": 1,
+            "evaluation.max_rows": 20,
+        },
+    )
     run = pplvm.fit(card, tmp_path / "run")
     assert math.isfinite(run.history[-1]["valid_log_likelihood"])
     assert (tmp_path / "run" / "summary.txt").is_file()

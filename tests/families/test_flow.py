@@ -93,10 +93,13 @@ def test_uniform_dequantisation_equals_the_cell_integral():
 
 
 def _fit(x, transforms, repeat, epochs, hidden=(16,), lr=0.01):
-    card = {"model": {"family": "flow", "transforms": transforms, "repeat": repeat, "hidden": list(hidden)},
-            "guide": {"kind": "none"}, "objective": {"name": "elbo"},
-            "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.2},
-            "training": {"epochs": epochs, "lr": lr, "batch_size": 256, "progress": False}}
+    card = {
+        "model": {"family": "flow", "transforms": transforms, "repeat": repeat, "hidden": list(hidden)},
+        "guide": {"kind": "none"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.2},
+        "training": {"epochs": epochs, "lr": lr, "batch_size": 256, "progress": False},
+    }
     return pplvm.fit(card, data=x.numpy())
 
 
@@ -105,8 +108,9 @@ def test_fitted_flow_recovers_a_gaussian():
     autoregressive map is a Cholesky factor), so KL(p || q) -> 0. After 20 epochs it is below
     0.05 nats (measured 0.014 at 30 epochs; the KL of a 2000-sample ML Gaussian fit itself is
     ~0.005), estimated on 5000 fresh draws."""
-    p = MultivariateNormal(torch.tensor([1.0, -2.0, 0.5]),
-                           scale_tril=torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [-0.3, 0.4, 0.5]]))
+    p = MultivariateNormal(
+        torch.tensor([1.0, -2.0, 0.5]), scale_tril=torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [-0.3, 0.4, 0.5]])
+    )
     x = p.sample((2000,))
     run = _fit(x, ["actnorm", "maf"], 2, 20)
     test = p.sample((5000,))
@@ -128,8 +132,13 @@ def test_two_dimensional_mixture_reaches_its_true_density():
 
 def test_raw_discrete_data_are_refused_and_dequantised_data_accepted():
     x = torch.randint(0, 2, (400, 4)).float()
-    card = {"model": {"family": "flow"}, "guide": {"kind": "none"}, "objective": {"name": "elbo"},
-            "data": {"source": "file", "path": "unused.npy"}, "training": {"epochs": 1, "progress": False}}
+    card = {
+        "model": {"family": "flow"},
+        "guide": {"kind": "none"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "file", "path": "unused.npy"},
+        "training": {"epochs": 1, "progress": False},
+    }
     with pytest.raises(DataError, match="look discrete.*model.dequantize"):
         pplvm.Run.from_card(card, data=x.numpy())
     card["model"].update(dequantize="uniform", levels=2)
@@ -141,8 +150,7 @@ def test_raw_discrete_data_are_refused_and_dequantised_data_accepted():
 
 def test_card_refusals():
     with pytest.raises(CardError, match="model.levels"):
-        card_from_dict(
-            {"model": {"family": "flow", "dequantize": "uniform"}, "data": {"source": "iris"}})
+        card_from_dict({"model": {"family": "flow", "dequantize": "uniform"}, "data": {"source": "iris"}})
     with pytest.raises(CardError, match="at least 2 columns"):
         NormalizingFlow(FlowConfig(transforms=["affine_coupling"]), 1)
 
@@ -152,9 +160,17 @@ def test_shipped_card_fits(tmp_path):
     from pathlib import Path
 
     card = Path(__file__).parents[2] / "models" / "flow_digits.toml"
-    run = pplvm.fit(card, out=tmp_path / "run",
-                    overrides={"training.epochs": 2, "training.progress": False, "model.repeat": 1,
-                               "model.likelihood_samples": 4, "evaluation.draws": 2})
+    run = pplvm.fit(
+        card,
+        out=tmp_path / "run",
+        overrides={
+            "training.epochs": 2,
+            "training.progress": False,
+            "model.repeat": 1,
+            "model.likelihood_samples": 4,
+            "evaluation.draws": 2,
+        },
+    )
     assert (tmp_path / "run" / "samples.png").is_file()
     ll = run.log_likelihood(run.transform.inverse(run.dataset.test))
     bits_per_dim = -ll.mean() / (64 * torch.log(torch.tensor(2.0)))

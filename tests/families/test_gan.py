@@ -14,11 +14,21 @@ from pplvm.evaluation.arviz import groups
 from pplvm.objectives import make_update_rule
 from pplvm.training.checkpoint import load_checkpoint
 
-CARD = {"name": "gan", "model": {"family": "gan", "latent_dim": 2, "hidden": [8], "likelihood": "gaussian",
-                                 "discriminator_hidden": [8], "discriminator_activation": "tanh"},
-        "guide": {"kind": "none"}, "objective": {"name": "gan"},
-        "data": {"source": "iris", "standardize": True},
-        "training": {"epochs": 4, "lr": 0.01, "batch_size": 32, "progress": False, "checkpoint_every": 1}}
+CARD = {
+    "name": "gan",
+    "model": {
+        "family": "gan",
+        "latent_dim": 2,
+        "hidden": [8],
+        "likelihood": "gaussian",
+        "discriminator_hidden": [8],
+        "discriminator_activation": "tanh",
+    },
+    "guide": {"kind": "none"},
+    "objective": {"name": "gan"},
+    "data": {"source": "iris", "standardize": True},
+    "training": {"epochs": 4, "lr": 0.01, "batch_size": 32, "progress": False, "checkpoint_every": 1},
+}
 
 
 def _run(loss="gan", **model):
@@ -88,8 +98,11 @@ def test_shipped_card_fits(tmp_path):
     from pathlib import Path
 
     card = Path(__file__).parents[2] / "models" / "gan_digits.toml"
-    run = pplvm.fit(card, out=tmp_path / "run", overrides={"training.epochs": 1, "training.progress": False,
-                                                           "model.mmd_samples": 64, "evaluation.draws": 2})
+    run = pplvm.fit(
+        card,
+        out=tmp_path / "run",
+        overrides={"training.epochs": 1, "training.progress": False, "model.mmd_samples": 64, "evaluation.draws": 2},
+    )
     assert (tmp_path / "run" / "samples.png").is_file()
     assert 0 <= run.history[-1]["valid_loss"] < 2  # MMD² with a Gaussian kernel lies in [0, 2] (up to noise)
     x = run.sample(8)

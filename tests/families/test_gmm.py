@@ -62,10 +62,15 @@ def test_log_likelihood_equals_sklearn_score_samples(cov_type):
 def test_standardized_run_reports_likelihood_of_raw_data():
     """With standardize=true the model sees (x - m) / s; the run's log-likelihood must be that
     of the raw data: the model's GMM mapped back to raw units, scored by sklearn."""
-    run = pplvm.Run.from_card({
-        "model": {"family": "gmm", "components": 3, "covariance": "full"}, "guide": {"kind": "map"},
-        "objective": {"name": "enum"}, "data": {"source": "iris", "standardize": True},
-        "training": {"epochs": 5, "progress": False}})
+    run = pplvm.Run.from_card(
+        {
+            "model": {"family": "gmm", "components": 3, "covariance": "full"},
+            "guide": {"kind": "map"},
+            "objective": {"name": "enum"},
+            "data": {"source": "iris", "standardize": True},
+            "training": {"epochs": 5, "progress": False},
+        }
+    )
     run.fit()
     p = {k: v.double() for k, v in run.params().items()}
     m, s = run.transform.loc.double().numpy(), run.transform.scale.double().numpy()
@@ -80,9 +85,13 @@ def test_standardized_run_reports_likelihood_of_raw_data():
 
 def test_fit_recovers_means_and_matches_sklearn_held_out_likelihood():
     x, labels, truth = synthetic_mixture(3000, 2, 3, separation=6.0, seed=3)
-    card = {"model": {"family": "gmm", "components": 3, "covariance": "full"}, "guide": {"kind": "map"},
-            "objective": {"name": "enum"}, "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.3},
-            "training": {"epochs": 150, "lr": 0.05, "progress": False}}
+    card = {
+        "model": {"family": "gmm", "components": 3, "covariance": "full"},
+        "guide": {"kind": "map"},
+        "objective": {"name": "enum"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.3},
+        "training": {"epochs": 150, "lr": 0.05, "progress": False},
+    }
     run = pplvm.Run.from_card(card, data=x)
     run.fit()
     locs = run.params()["locs"].numpy()
@@ -103,9 +112,10 @@ def test_enumerated_elbo_equals_many_particle_monte_carlo_elbo():
     guide. Both are the same ELBO, so the Monte-Carlo mean must agree within its standard error."""
     x = torch.tensor(synthetic_mixture(40, 2, 3, seed=4)[0], dtype=torch.float32)
     model = GaussianMixture(GMMConfig(components=3), dim=2)
-    globals_guide = AutoDelta(poutine.block(model, expose=list(model.global_sites)),
-                              init_loc_fn=pyro.infer.autoguide.init_to_value(
-                                  values=model.init_values(x, torch.Generator().manual_seed(0))))
+    globals_guide = AutoDelta(
+        poutine.block(model, expose=list(model.global_sites)),
+        init_loc_fn=pyro.infer.autoguide.init_to_value(values=model.init_values(x, torch.Generator().manual_seed(0))),
+    )
     logits = torch.randn(40, 3, generator=torch.Generator().manual_seed(5))
 
     def guide(x, num_data=None):
@@ -117,7 +127,7 @@ def test_enumerated_elbo_equals_many_particle_monte_carlo_elbo():
     n = 4000
     elbo = Trace_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1)
     draws = _particle_elbos(elbo, model, guide, x)
-    mean, se = draws.mean().item(), draws.std().item() / n ** 0.5
+    mean, se = draws.mean().item(), draws.std().item() / n**0.5
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
     assert se > 0  # the Monte-Carlo estimate really is noisy, the comparison is not vacuous
 
@@ -139,9 +149,14 @@ def _particle_elbos(elbo, model, guide, x) -> torch.Tensor:
 
 def test_more_components_than_rows_is_refused():
     with pytest.raises(pplvm.DataError, match="model.components = 5"):
-        pplvm.Run.from_card({"model": {"family": "gmm", "components": 5}, "objective": {"name": "enum"},
-                             "data": {"source": "file", "path": "x.npy", "valid_fraction": 0.0}},
-                            data=np.zeros((3, 2)))
+        pplvm.Run.from_card(
+            {
+                "model": {"family": "gmm", "components": 5},
+                "objective": {"name": "enum"},
+                "data": {"source": "file", "path": "x.npy", "valid_fraction": 0.0},
+            },
+            data=np.zeros((3, 2)),
+        )
 
 
 def test_replicate_keeps_the_parameters_fixed():
@@ -149,8 +164,11 @@ def test_replicate_keeps_the_parameters_fixed():
     at 100 and scales 0.01 every replicate lies within 0.1 of 100 (10 sd), while the prior's
     means (Normal(0, 10)) would almost never come near."""
     model = GaussianMixture(GMMConfig(components=2), 1)
-    params = {"weights": torch.tensor([0.5, 0.5]), "locs": torch.full((2, 1), 100.0),
-              "scales": torch.full((2, 1), 0.01)}
+    params = {
+        "weights": torch.tensor([0.5, 0.5]),
+        "locs": torch.full((2, 1), 100.0),
+        "scales": torch.full((2, 1), 0.01),
+    }
     with pyro.poutine.seed(rng_seed=0):
         rep = model.replicate(torch.zeros(50, 1), params)
     assert rep.shape == (50, 1)

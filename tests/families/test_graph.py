@@ -8,25 +8,46 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pplvm
-from pplvm.families import VAE, CVAEConfig, ConditionalVAE, GaussianMixture, GMMConfig, GraphModel, PPCA, PPCAConfig, \
-    VAEConfig
+from pplvm.families import (
+    PPCA,
+    VAE,
+    ConditionalVAE,
+    CVAEConfig,
+    GaussianMixture,
+    GMMConfig,
+    GraphModel,
+    PPCAConfig,
+    VAEConfig,
+)
 from pplvm.guides import make_guide
 
 GMM_NODES = [
     {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["assignment"]},
-    {"name": "locs", "kind": "global", "prior": "normal", "scale": 10.0, "shape": ["assignment", "D"],
-     "plate": "components"},
-    {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 2.0, "shape": ["assignment", "D"],
-     "plate": "components"},
+    {
+        "name": "locs",
+        "kind": "global",
+        "prior": "normal",
+        "scale": 10.0,
+        "shape": ["assignment", "D"],
+        "plate": "components",
+    },
+    {
+        "name": "scales",
+        "kind": "global",
+        "prior": "lognormal",
+        "scale": 2.0,
+        "shape": ["assignment", "D"],
+        "plate": "components",
+    },
     {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
     {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "assignment"},
 ]
@@ -39,15 +60,21 @@ PPCA_NODES = [
 ]
 VAE_NODES = [
     {"name": "z", "kind": "gaussian", "dim": 4},
-    {"name": "obs", "kind": "observed", "distribution": "bernoulli", "decoder": True, "input": "z",
-     "hidden": [16, 32]},
+    {"name": "obs", "kind": "observed", "distribution": "bernoulli", "decoder": True, "input": "z", "hidden": [16, 32]},
 ]
 #: a conditional VAE: class labels y (a side node, one-hot) feed the decoder ([z, y]) and the encoder
 CVAE_NODES = [
     {"name": "label", "kind": "side", "classes": 3},
     {"name": "z", "kind": "gaussian", "dim": 4},
-    {"name": "obs", "kind": "observed", "distribution": "bernoulli", "decoder": True, "input": "z", "side": "label",
-     "hidden": [16, 32]},
+    {
+        "name": "obs",
+        "kind": "observed",
+        "distribution": "bernoulli",
+        "decoder": True,
+        "input": "z",
+        "side": "label",
+        "hidden": [16, 32],
+    },
 ]
 MFA_NODES = [
     {"name": "pi", "kind": "global", "prior": "dirichlet", "shape": ["c"], "concentration": 5.0},
@@ -79,8 +106,11 @@ def scored(models, guide, x, elbo, **kw):
 @pytest.mark.parametrize("num_data", [None, 160])
 def test_gmm_graph_has_the_gmm_family_elbo(num_data):
     builtin, twin = GaussianMixture(GMMConfig(components=3), 2), graph(GMM_NODES, 2)
-    assert (twin.global_sites, twin.local_sites, twin.objectives) == (("weights", "locs", "scales"),
-                                                                     ("assignment",), ("enum",))
+    assert (twin.global_sites, twin.local_sites, twin.objectives) == (
+        ("weights", "locs", "scales"),
+        ("assignment",),
+        ("enum",),
+    )
     x = torch.randn(40, 2)
     guide = AutoNormal(poutine.block(builtin, expose=list(builtin.global_sites)))
     a, b = scored([builtin, twin], guide, x, TraceEnum_ELBO(max_plate_nesting=1), num_data=num_data)
@@ -97,8 +127,7 @@ def test_ppca_graph_has_the_ppca_family_elbo():
         builtin.loc.copy_(twin.holder.module.loc)
         twin.holder.module.noise = builtin.noise_scale().detach().clone()
     guide = make_guide(builtin, "amortized", x)
-    a, b = scored([builtin, twin], guide, x, Trace_ELBO(num_particles=4, vectorize_particles=True,
-                                                           max_plate_nesting=1))
+    a, b = scored([builtin, twin], guide, x, Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1))
     assert math.isfinite(a)
     assert b == pytest.approx(a, rel=1e-6)
 
@@ -144,10 +173,14 @@ def test_a_graph_with_labels_fits_from_the_card(tmp_path):
     finite, the held-out estimate too, the run reloads to the same estimate on labelled rows,
     and new digits come class by class."""
     nodes = [{**CVAE_NODES[0], "classes": 10}, CVAE_NODES[1], {**CVAE_NODES[2], "hidden": [32]}]
-    card = {"model": {"family": "graph", "nodes": nodes, "likelihood_samples": 8}, "guide": {"kind": "amortized"},
-            "objective": {"name": "elbo"}, "data": {"source": "digits", "binarize": "static"},
-            "training": {"epochs": 2, "lr": 0.01, "batch_size": 256, "progress": False},
-            "evaluation": {"draws": 2, "chains": 2, "max_rows": 50}}
+    card = {
+        "model": {"family": "graph", "nodes": nodes, "likelihood_samples": 8},
+        "guide": {"kind": "amortized"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "digits", "binarize": "static"},
+        "training": {"epochs": 2, "lr": 0.01, "batch_size": 256, "progress": False},
+        "evaluation": {"draws": 2, "chains": 2, "max_rows": 50},
+    }
     run = pplvm.fit(card, out=tmp_path / "run")
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
     assert math.isfinite(run.history[-1]["valid_log_likelihood"])
@@ -184,9 +217,14 @@ def test_mixture_of_factor_analysers_from_nodes_has_its_closed_form_marginal():
 
 
 def test_a_graph_card_fits_and_reloads(tmp_path):
-    card = {"model": {"family": "graph", "nodes": GMM_NODES}, "guide": {"kind": "map"}, "objective": {"name": "enum"},
-            "data": {"source": "synthetic_gmm", "n": 150, "dim": 2, "components": 3},
-            "training": {"epochs": 30, "lr": 0.05, "progress": False}, "evaluation": {"draws": 4, "chains": 2}}
+    card = {
+        "model": {"family": "graph", "nodes": GMM_NODES},
+        "guide": {"kind": "map"},
+        "objective": {"name": "enum"},
+        "data": {"source": "synthetic_gmm", "n": 150, "dim": 2, "components": 3},
+        "training": {"epochs": 30, "lr": 0.05, "progress": False},
+        "evaluation": {"draws": 4, "chains": 2},
+    }
     run = pplvm.fit(card, out=tmp_path / "run")
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     x = run.transform.inverse(run.dataset.valid)
@@ -198,46 +236,84 @@ def _without(nodes, name):
     return [n for n in nodes if n["name"] != name]
 
 
-@pytest.mark.parametrize("nodes, message", [
-    (_without(GMM_NODES, "weights"), "node 'assignment': probs = 'weights' names no node"),
-    ([*GMM_NODES[:3], {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
-      {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "locs"}],
-     "node 'obs': given = 'locs' must be a categorical or chain node"),
-    ([{"name": "a", "kind": "gaussian", "dim": 1, "mean": "b"}, {"name": "b", "kind": "gaussian", "dim": 1, "mean": "a"},
-      {"name": "obs", "kind": "observed", "mean": "a", "std": 1.0}], "node 'a' is in a cycle: a -> b -> a"),
-    ([*GMM_NODES, {"name": "obs2", "kind": "observed", "mean": "locs", "std": 1.0}],
-     "expected exactly one node of kind 'observed'"),
-    ([{"name": "z", "kind": "gaussian"}, {"name": "obs", "kind": "observed", "mean": "z", "std": 1.0}],
-     "node 'z' \\(kind 'gaussian'\\) needs dim"),
-])
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        (_without(GMM_NODES, "weights"), "node 'assignment': probs = 'weights' names no node"),
+        (
+            [
+                *GMM_NODES[:3],
+                {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
+                {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "locs"},
+            ],
+            "node 'obs': given = 'locs' must be a categorical or chain node",
+        ),
+        (
+            [
+                {"name": "a", "kind": "gaussian", "dim": 1, "mean": "b"},
+                {"name": "b", "kind": "gaussian", "dim": 1, "mean": "a"},
+                {"name": "obs", "kind": "observed", "mean": "a", "std": 1.0},
+            ],
+            "node 'a' is in a cycle: a -> b -> a",
+        ),
+        (
+            [*GMM_NODES, {"name": "obs2", "kind": "observed", "mean": "locs", "std": 1.0}],
+            "expected exactly one node of kind 'observed'",
+        ),
+        (
+            [{"name": "z", "kind": "gaussian"}, {"name": "obs", "kind": "observed", "mean": "z", "std": 1.0}],
+            "node 'z' \\(kind 'gaussian'\\) needs dim",
+        ),
+    ],
+)
 def test_malformed_graphs_are_refused_naming_the_node(nodes, message):
     with pytest.raises(pplvm.CardError, match=message):
-        pplvm.Run.from_card({"model": {"family": "graph", "nodes": nodes}, "objective": {"name": "enum"},
-                             "data": {"source": "iris"}})
+        pplvm.Run.from_card(
+            {"model": {"family": "graph", "nodes": nodes}, "objective": {"name": "enum"}, "data": {"source": "iris"}}
+        )
 
 
-@pytest.mark.parametrize("nodes, message", [
-    (CVAE_NODES[1:2] + [{**CVAE_NODES[2], "side": "label"}], "node 'obs': side = 'label' names no node"),
-    (CVAE_NODES[:2] + [{**CVAE_NODES[2], "side": None}], "node 'label': no decoder takes this side node"),
-    ([{**CVAE_NODES[0], "dim": 2}, *CVAE_NODES[1:]], "node 'label' \\(kind 'side'\\) needs classes \\(labels\\) or dim"),
-    ([*CVAE_NODES[:2], {**CVAE_NODES[2], "decoder": False, "mean": "label"}],
-     "node 'obs': mean = 'label' is a side node, which only an observed node's decoder takes"),
-])
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        (CVAE_NODES[1:2] + [{**CVAE_NODES[2], "side": "label"}], "node 'obs': side = 'label' names no node"),
+        (CVAE_NODES[:2] + [{**CVAE_NODES[2], "side": None}], "node 'label': no decoder takes this side node"),
+        (
+            [{**CVAE_NODES[0], "dim": 2}, *CVAE_NODES[1:]],
+            "node 'label' \\(kind 'side'\\) needs classes \\(labels\\) or dim",
+        ),
+        (
+            [*CVAE_NODES[:2], {**CVAE_NODES[2], "decoder": False, "mean": "label"}],
+            "node 'obs': mean = 'label' is a side node, which only an observed node's decoder takes",
+        ),
+    ],
+)
 def test_malformed_side_nodes_are_refused_naming_the_node(nodes, message):
     with pytest.raises(pplvm.CardError, match=message):
-        pplvm.Run.from_card({"model": {"family": "graph", "nodes": nodes}, "guide": {"kind": "amortized"},
-                             "data": {"source": "digits", "binarize": "static"}})
+        pplvm.Run.from_card(
+            {
+                "model": {"family": "graph", "nodes": nodes},
+                "guide": {"kind": "amortized"},
+                "data": {"source": "digits", "binarize": "static"},
+            }
+        )
 
 
-@pytest.mark.parametrize("unlabelled, message", [
-    (True, "model.nodes: node 'label' \\(kind 'side'\\) needs labels"),
-    (False, "labels must lie in 0..2 \\(node 'label': classes = 3\\)"),
-])
+@pytest.mark.parametrize(
+    "unlabelled, message",
+    [
+        (True, "model.nodes: node 'label' \\(kind 'side'\\) needs labels"),
+        (False, "labels must lie in 0..2 \\(node 'label': classes = 3\\)"),
+    ],
+)
 def test_side_information_that_does_not_fit_the_node_is_refused(unlabelled, message):
     """No labels with the data (an array passed from Python), or labels the side node does not
     have (the digits have 10 classes)."""
-    card = {"model": {"family": "graph", "nodes": CVAE_NODES}, "guide": {"kind": "amortized"},
-            "data": {"source": "digits", "binarize": "static"}}
+    card = {
+        "model": {"family": "graph", "nodes": CVAE_NODES},
+        "guide": {"kind": "amortized"},
+        "data": {"source": "digits", "binarize": "static"},
+    }
     data = (torch.rand(30, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float() if unlabelled else None
     with pytest.raises(pplvm.DataError, match=message):
         pplvm.Run.from_card(card, data=data)
@@ -245,14 +321,24 @@ def test_side_information_that_does_not_fit_the_node_is_refused(unlabelled, mess
 
 def test_a_discrete_node_under_a_pathwise_objective_is_refused():
     with pytest.raises(pplvm.IncompatibleError, match="objective.name = 'elbo' cannot train.*assignment"):
-        pplvm.Run.from_card({"model": {"family": "graph", "nodes": GMM_NODES}, "objective": {"name": "elbo"},
-                             "data": {"source": "iris"}})
+        pplvm.Run.from_card(
+            {
+                "model": {"family": "graph", "nodes": GMM_NODES},
+                "objective": {"name": "elbo"},
+                "data": {"source": "iris"},
+            }
+        )
 
 
 def test_a_likelihood_that_does_not_match_the_data_is_refused():
     with pytest.raises(pplvm.DataError, match="node 'obs' has distribution 'bernoulli', which needs 0/1 data"):
-        pplvm.Run.from_card({"model": {"family": "graph", "nodes": VAE_NODES}, "guide": {"kind": "amortized"},
-                             "data": {"source": "iris"}})
+        pplvm.Run.from_card(
+            {
+                "model": {"family": "graph", "nodes": VAE_NODES},
+                "guide": {"kind": "amortized"},
+                "data": {"source": "iris"},
+            }
+        )
 
 
 @pytest.mark.parametrize("name", ["mfa_wine", "gmvae_digits"])
@@ -261,9 +347,17 @@ def test_shipped_graph_cards_fit(name, tmp_path):
     here): the loss falls and the held-out log-likelihood estimate is finite."""
     from pathlib import Path
 
-    card = pplvm.load_card(Path(__file__).parents[2] / "models" / f"{name}.toml",
-                           ["training.epochs=2", "training.progress=false", "model.likelihood_samples=8",
-                            "evaluation.draws=2", "evaluation.chains=2", "evaluation.max_rows=50"])
+    card = pplvm.load_card(
+        Path(__file__).parents[2] / "models" / f"{name}.toml",
+        [
+            "training.epochs=2",
+            "training.progress=false",
+            "model.likelihood_samples=8",
+            "evaluation.draws=2",
+            "evaluation.chains=2",
+            "evaluation.max_rows=50",
+        ],
+    )
     run = pplvm.fit(card, out=tmp_path / name)
     assert run.model.enumerated and run.model.likelihood == "estimate"
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
@@ -289,8 +383,9 @@ def _gmvae():
 def _gmvae_joint(model, theta, z, x) -> torch.Tensor:
     """``log Σ_c π_c N(z_n | centres_c, I) + log p(x_n | z_n)`` per datum, c summed by hand:
     ``(*S, N)`` for ``z`` ``(*S, N, 4)``."""
-    log_mix = (theta["pi"].log() + dist.Normal(theta["centres"], 1.0).to_event(1).log_prob(z.unsqueeze(-2))
-               ).logsumexp(-1)
+    log_mix = (theta["pi"].log() + dist.Normal(theta["centres"], 1.0).to_event(1).log_prob(z.unsqueeze(-2))).logsumexp(
+        -1
+    )
     return log_mix + model.holder.module.decoders["obs"](z, None).log_prob(x)
 
 
@@ -304,8 +399,10 @@ def test_gmvae_card_enumerated_elbo_is_the_brute_force_sum_over_components():
     pyro.set_rng_seed(5)
     g = poutine.trace(guide).get_trace(x)
     theta = {k: g.nodes[k]["value"] for k in ("pi", "centres")}
-    priors = (dist.Dirichlet(torch.full((10,), 10.0)).log_prob(theta["pi"])
-              + dist.Normal(0.0, 2.0).log_prob(theta["centres"]).sum())
+    priors = (
+        dist.Dirichlet(torch.full((10,), 10.0)).log_prob(theta["pi"])
+        + dist.Normal(0.0, 2.0).log_prob(theta["centres"]).sum()
+    )
     elbo = _gmvae_joint(model, theta, g.nodes["z"]["value"], x).sum() + priors - g.log_prob_sum()
     assert -loss == pytest.approx(float(elbo.detach()), rel=1e-5)
 
@@ -327,9 +424,22 @@ def test_gmvae_card_log_likelihood_is_the_brute_force_importance_sum():
 HMM_NODES = [
     {"name": "initial", "kind": "global", "prior": "dirichlet", "shape": ["states"]},
     {"name": "transition", "kind": "global", "prior": "dirichlet", "shape": ["states", "states"], "plate": "per_state"},
-    {"name": "locs", "kind": "global", "prior": "normal", "scale": 10.0, "shape": ["states", "D"], "plate": "per_state"},
-    {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 2.0, "shape": ["states", "D"],
-     "plate": "per_state"},
+    {
+        "name": "locs",
+        "kind": "global",
+        "prior": "normal",
+        "scale": 10.0,
+        "shape": ["states", "D"],
+        "plate": "per_state",
+    },
+    {
+        "name": "scales",
+        "kind": "global",
+        "prior": "lognormal",
+        "scale": 2.0,
+        "shape": ["states", "D"],
+        "plate": "per_state",
+    },
     {"name": "states", "kind": "chain", "size": 3, "initial": "initial", "transition": "transition"},
     {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "states"},
 ]
@@ -338,10 +448,22 @@ GMM_HMM_NODES = [
     {"name": "initial", "kind": "global", "prior": "dirichlet", "shape": ["states"]},
     {"name": "transition", "kind": "global", "prior": "dirichlet", "shape": ["states", "states"], "plate": "per_state"},
     {"name": "weights", "kind": "global", "prior": "dirichlet", "shape": ["states", "component"], "plate": "per_state"},
-    {"name": "locs", "kind": "global", "prior": "normal", "scale": 3.0, "shape": ["states", "component", "D"],
-     "plate": "per_state"},
-    {"name": "scales", "kind": "global", "prior": "lognormal", "scale": 0.5, "shape": ["states", "component", "D"],
-     "plate": "per_state"},
+    {
+        "name": "locs",
+        "kind": "global",
+        "prior": "normal",
+        "scale": 3.0,
+        "shape": ["states", "component", "D"],
+        "plate": "per_state",
+    },
+    {
+        "name": "scales",
+        "kind": "global",
+        "prior": "lognormal",
+        "scale": 0.5,
+        "shape": ["states", "component", "D"],
+        "plate": "per_state",
+    },
     {"name": "states", "kind": "chain", "size": 2, "initial": "initial", "transition": "transition"},
     {"name": "component", "kind": "categorical", "size": 2, "probs": "weights"},
     {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "states", "mixture": "component"},
@@ -363,15 +485,21 @@ def test_hmm_graph_has_the_hmm_family_likelihood_and_joint():
     from pplvm.families import HiddenMarkovModel, HMMConfig
 
     builtin = HiddenMarkovModel(HMMConfig(states=3), 2)
-    twin = GraphModel.from_config(pplvm.card_from_dict(
-        {"model": {"family": "graph", "nodes": HMM_NODES}, "data": {"source": "synthetic_hmm"}}).model, 2)
+    twin = GraphModel.from_config(
+        pplvm.card_from_dict(
+            {"model": {"family": "graph", "nodes": HMM_NODES}, "data": {"source": "synthetic_hmm"}}
+        ).model,
+        2,
+    )
     assert twin.sequential and twin.collapsed and twin.likelihood == "exact" and twin.local_sites == ("states",)
     x = twin.prepare(_sequences(6, 5, 2, 0))
     pyro.set_rng_seed(0)
     with pyro.plate("draws", 3, dim=-3):
         prior = poutine.trace(builtin).get_trace(x)
-    params = {k: prior.nodes[k]["value"].reshape(3, *prior.nodes[k]["value"].shape[-2 if k != "initial" else -1:])
-              for k in builtin.global_sites}
+    params = {
+        k: prior.nodes[k]["value"].reshape(3, *prior.nodes[k]["value"].shape[-2 if k != "initial" else -1 :])
+        for k in builtin.global_sites
+    }
     expected = builtin.log_likelihood(x, params)
     got = twin.log_likelihood(x, params)
     assert got.shape == (3, 6)
@@ -388,8 +516,12 @@ def test_gmm_emission_hmm_graph_is_exact_against_brute_force():
     against the sum over all (K·M)^T paths of states and components, for sequences of 1..3 steps."""
     import itertools
 
-    twin = GraphModel.from_config(pplvm.card_from_dict(
-        {"model": {"family": "graph", "nodes": GMM_HMM_NODES}, "data": {"source": "synthetic_hmm"}}).model, 2)
+    twin = GraphModel.from_config(
+        pplvm.card_from_dict(
+            {"model": {"family": "graph", "nodes": GMM_HMM_NODES}, "data": {"source": "synthetic_hmm"}}
+        ).model,
+        2,
+    )
     g = torch.Generator().manual_seed(4)
     pi = torch.softmax(torch.randn(2, generator=g), -1)
     A = torch.softmax(torch.randn(2, 2, generator=g), -1)
@@ -414,24 +546,41 @@ def test_gmm_emission_hmm_graph_is_exact_against_brute_force():
         torch.testing.assert_close(got[n], torch.stack(paths).logsumexp(0), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("nodes, message", [
-    ([*HMM_NODES[:5], {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales"}],
-     "node 'obs': in a graph with the chain 'states', the observed node emits given it"),
-    ([*HMM_NODES, {"name": "z", "kind": "gaussian", "dim": 1}], "node 'z': a chain graph sums its local latents"),
-    ([n for n in HMM_NODES if n["name"] != "transition"], "node 'states': transition = 'transition' names no node"),
-    ([*GMM_HMM_NODES[:2], {**GMM_HMM_NODES[2], "shape": ["component"], "plate": None}, *GMM_HMM_NODES[3:]],
-     "node 'weights': the mixture's probs need shape \\['states', 'component'\\]"),
-])
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        (
+            [*HMM_NODES[:5], {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales"}],
+            "node 'obs': in a graph with the chain 'states', the observed node emits given it",
+        ),
+        ([*HMM_NODES, {"name": "z", "kind": "gaussian", "dim": 1}], "node 'z': a chain graph sums its local latents"),
+        ([n for n in HMM_NODES if n["name"] != "transition"], "node 'states': transition = 'transition' names no node"),
+        (
+            [*GMM_HMM_NODES[:2], {**GMM_HMM_NODES[2], "shape": ["component"], "plate": None}, *GMM_HMM_NODES[3:]],
+            "node 'weights': the mixture's probs need shape \\['states', 'component'\\]",
+        ),
+    ],
+)
 def test_malformed_chain_graphs_are_refused_naming_the_node(nodes, message):
     with pytest.raises(pplvm.CardError, match=message):
-        pplvm.Run.from_card({"model": {"family": "graph", "nodes": nodes}, "objective": {"name": "enum"},
-                             "data": {"source": "synthetic_hmm"}})
+        pplvm.Run.from_card(
+            {
+                "model": {"family": "graph", "nodes": nodes},
+                "objective": {"name": "enum"},
+                "data": {"source": "synthetic_hmm"},
+            }
+        )
 
 
 def test_a_chain_graph_refuses_a_table_of_rows():
     with pytest.raises(pplvm.DataError, match="node 'states' is a chain over time, so the data are sequences"):
-        pplvm.Run.from_card({"model": {"family": "graph", "nodes": HMM_NODES}, "objective": {"name": "enum"},
-                             "data": {"source": "iris"}})
+        pplvm.Run.from_card(
+            {
+                "model": {"family": "graph", "nodes": HMM_NODES},
+                "objective": {"name": "enum"},
+                "data": {"source": "iris"},
+            }
+        )
 
 
 def test_shipped_hmm_gmm_card_fits_and_answers(tmp_path):
@@ -440,9 +589,10 @@ def test_shipped_hmm_gmm_card_fits_and_answers(tmp_path):
     to one over the states and the Viterbi path and new sequences have the shapes a user expects."""
     from pathlib import Path
 
-    card = pplvm.load_card(Path(__file__).parents[2] / "models" / "hmm_gmm_synthetic.toml",
-                           ["training.epochs=2", "training.progress=false", "evaluation.draws=2",
-                            "evaluation.chains=2", "data.n=20"])
+    card = pplvm.load_card(
+        Path(__file__).parents[2] / "models" / "hmm_gmm_synthetic.toml",
+        ["training.epochs=2", "training.progress=false", "evaluation.draws=2", "evaluation.chains=2", "data.n=20"],
+    )
     run = pplvm.fit(card, out=tmp_path / "hmm_gmm")
     assert run.model.likelihood == "exact" and all(math.isfinite(h["train_loss"]) for h in run.history)
     x = run.transform.inverse(run.dataset.valid)

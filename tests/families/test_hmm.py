@@ -73,8 +73,9 @@ def to_hmmlearn(params, emission: str):
         m.means_ = params["locs"].numpy()
         m.covars_ = params["scales"].pow(2).numpy()
     else:  # categorical with one feature
-        m = hmmlearn.CategoricalHMM(n_components=K, n_features=params["emission_probs"].shape[-1],
-                                    init_params="", params="")
+        m = hmmlearn.CategoricalHMM(
+            n_components=K, n_features=params["emission_probs"].shape[-1], init_params="", params=""
+        )
         m.emissionprob_ = params["emission_probs"][:, 0].numpy()
     m.startprob_ = params["initial"].numpy()
     m.transmat_ = params["transition"].numpy()
@@ -118,8 +119,10 @@ def test_viterbi_and_marginals_equal_hmmlearn(float64, emission, K, D):
     mask = torch.arange(batch.x.shape[1]) < batch.lengths[:, None]
     # the path's joint log p(x, z*) is hmmlearn's optimum; the paths themselves agree too here
     # (categorical emissions can make two paths tie exactly, and then either is right)
-    scores = [path_score(model, params, batch.x[n, :length], path[n, :length])
-              for n, length in enumerate(batch.lengths.tolist())]
+    scores = [
+        path_score(model, params, batch.x[n, :length], path[n, :length])
+        for n, length in enumerate(batch.lengths.tolist())
+    ]
     assert abs(sum(scores) - best_score) <= RTOL * abs(best_score)
     np.testing.assert_array_equal(path[mask].numpy(), expected_path)
     assert (path[~mask] == -1).all()
@@ -132,8 +135,7 @@ def path_score(model: HiddenMarkovModel, params, seq: torch.Tensor, z: torch.Ten
     """log p(x, z) of one sequence ``(T, D)`` along the state path ``z`` ``(T,)``."""
     emit = model.emission(params).log_prob(seq.unsqueeze(-2))  # (T, K)
     steps = torch.arange(len(z))
-    return float(params["initial"][z[0]].log() + params["transition"][z[:-1], z[1:]].log().sum()
-                 + emit[steps, z].sum())
+    return float(params["initial"][z[0]].log() + params["transition"][z[:-1], z[1:]].log().sum() + emit[steps, z].sum())
 
 
 def brute_force(model: HiddenMarkovModel, params, seq: torch.Tensor) -> torch.Tensor:
@@ -183,8 +185,12 @@ def test_unequal_lengths_equal_each_sequence_alone(float64):
     batch = random_sequences([200, 7, 64, 1, 33], D, "gaussian", seed=10)
     model = make_model(K, D, "gaussian")
     together = model.log_likelihood(batch, params)
-    alone = torch.stack([model.log_likelihood(pplvm.data.as_sequences([batch.x[n, :length]]), params)[0]
-                         for n, length in enumerate(batch.lengths.tolist())])
+    alone = torch.stack(
+        [
+            model.log_likelihood(pplvm.data.as_sequences([batch.x[n, :length]]), params)[0]
+            for n, length in enumerate(batch.lengths.tolist())
+        ]
+    )
     torch.testing.assert_close(together, alone, rtol=1e-12, atol=0)
     # whatever the padding holds, it does not count
     noisy = batch.replace(x=batch.x + 100.0 * (torch.arange(batch.x.shape[1]) >= batch.lengths[:, None])[..., None])
@@ -194,8 +200,11 @@ def test_unequal_lengths_equal_each_sequence_alone(float64):
 def test_sample_shapes_and_statistics():
     """Sequences drawn from a two-state chain that always alternates and emits its state."""
     model = make_model(2, 1, "categorical", C=2)
-    params = {"initial": torch.tensor([1.0, 0.0]), "transition": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
-              "emission_probs": torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])}
+    params = {
+        "initial": torch.tensor([1.0, 0.0]),
+        "transition": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        "emission_probs": torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]),
+    }
     x = model.sample(6, params)
     assert x.shape == (6, model.config.sample_length, 1)
     torch.testing.assert_close(x[:, :, 0], (torch.arange(x.shape[1]) % 2).expand(6, -1).float())
@@ -207,14 +216,18 @@ def test_sampled_sequences_follow_the_chain():
     ≤ sqrt(0.25/2000) ≈ 0.011 (tolerance 0.05); each transition row has ≥ 35000 counts,
     sd ≤ sqrt(0.25/35000) ≈ 0.003 (tolerance 0.015)."""
     model = make_model(3, 2, "gaussian")
-    params = {"initial": torch.tensor([0.2, 0.3, 0.5]),
-              "transition": torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]),
-              "locs": torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]), "scales": torch.full((3, 2), 0.1)}
+    params = {
+        "initial": torch.tensor([0.2, 0.3, 0.5]),
+        "transition": torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]),
+        "locs": torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]),
+        "scales": torch.full((3, 2), 0.1),
+    }
     x = model.sample(2000, params)
     z = (x[..., 0] / 10).round().long()
     torch.testing.assert_close(torch.bincount(z[:, 0], minlength=3) / 2000.0, params["initial"], atol=0.05, rtol=0)
-    counts = torch.zeros(3, 3).index_put_((z[:, :-1].flatten(), z[:, 1:].flatten()),
-                                          torch.ones(z[:, 1:].numel()), accumulate=True)
+    counts = torch.zeros(3, 3).index_put_(
+        (z[:, :-1].flatten(), z[:, 1:].flatten()), torch.ones(z[:, 1:].numel()), accumulate=True
+    )
     torch.testing.assert_close(counts / counts.sum(-1, keepdim=True), params["transition"], atol=0.015, rtol=0)
 
 
@@ -226,10 +239,23 @@ def test_fit_recovers_transition_matrix(seed=3):
     2/sqrt(n_i) (0.04-0.08 here), which also absorbs the smaller error from states that the
     overlapping emissions leave uncertain. A wrong state matching or a fit stuck at its k-means
     start is off by 0.1-0.8. (Seeds 0-5 all pass; this one is fixed for speed.)"""
-    card = {"model": {"family": "hmm", "states": 3}, "guide": {"kind": "map"}, "objective": {"name": "enum"},
-            "data": {"source": "synthetic_hmm", "n": 60, "min_length": 60, "max_length": 100, "states": 3,
-                     "dim": 2, "separation": 2.0, "valid_fraction": 0.0, "seed": seed},
-            "training": {"epochs": 60, "lr": 0.05, "progress": False}}
+    card = {
+        "model": {"family": "hmm", "states": 3},
+        "guide": {"kind": "map"},
+        "objective": {"name": "enum"},
+        "data": {
+            "source": "synthetic_hmm",
+            "n": 60,
+            "min_length": 60,
+            "max_length": 100,
+            "states": 3,
+            "dim": 2,
+            "separation": 2.0,
+            "valid_fraction": 0.0,
+            "seed": seed,
+        },
+        "training": {"epochs": 60, "lr": 0.05, "progress": False},
+    }
     run = pplvm.fit(card)
     truth, fitted = run.dataset.info["truth"], run.params()
     cost = torch.cdist(fitted["locs"].double(), torch.as_tensor(truth["locs"]))
@@ -265,13 +291,22 @@ def test_bernoulli_checks_binary_and_nan_is_named():
 
 
 def test_objective_must_be_enum_and_guides_swap():
-    card = {"model": {"family": "hmm", "states": 2}, "objective": {"name": "elbo"},
-            "data": {"source": "nile", "length": 25}}
+    card = {
+        "model": {"family": "hmm", "states": 2},
+        "objective": {"name": "elbo"},
+        "data": {"source": "nile", "length": 25},
+    }
     with pytest.raises(pplvm.IncompatibleError, match="only 'enum'"):
         pplvm.Run.from_card(card)
     for kind in ("meanfield", "map", "lowrank"):
-        run = pplvm.fit({**card, "objective": {"name": "enum"}, "guide": {"kind": kind},
-                         "training": {"epochs": 2, "progress": False}})
+        run = pplvm.fit(
+            {
+                **card,
+                "objective": {"name": "enum"},
+                "guide": {"kind": kind},
+                "training": {"epochs": 2, "progress": False},
+            }
+        )
         assert set(run.params()) == {"initial", "transition", "locs", "scales"}
         assert torch.isfinite(run.log_likelihood(run.dataset.transform.inverse(run.dataset.valid))).all()
 
@@ -281,8 +316,12 @@ def test_a_matrix_is_refused_not_shuffled(tmp_path, capsys):
     a random order (a silent wrong result): it is refused in one line saying what to pass,
     and the same steps passed as sequences train."""
     x = np.random.default_rng(0).normal(size=(60, 2))
-    card = {"model": {"family": "hmm", "states": 2}, "objective": {"name": "enum"},
-            "data": {"source": "file", "path": str(tmp_path / "x.npy")}, "training": {"epochs": 1, "progress": False}}
+    card = {
+        "model": {"family": "hmm", "states": 2},
+        "objective": {"name": "enum"},
+        "data": {"source": "file", "path": str(tmp_path / "x.npy")},
+        "training": {"epochs": 1, "progress": False},
+    }
     for data in (x, torch.as_tensor(x), [x[:30], x[30:]]):
         with pytest.raises(DataError, match=r"^data: model.family = 'hmm' takes sequences.*as_sequences"):
             pplvm.Run.from_card(card, data=data)
@@ -292,11 +331,13 @@ def test_a_matrix_is_refused_not_shuffled(tmp_path, capsys):
     from pplvm.cli import main
 
     (tmp_path / "card.toml").write_text(
-        f"[model]\nfamily = 'hmm'\nstates = 2\n[objective]\nname = 'enum'\n[data]\nsource = 'file'\npath = '{tmp_path / 'x.npy'}'\n")
+        f"[model]\nfamily = 'hmm'\nstates = 2\n[objective]\nname = 'enum'\n"
+        f"[data]\nsource = 'file'\npath = '{tmp_path / 'x.npy'}'\n"
+    )
     assert main(["fit", str(tmp_path / "card.toml"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "sequence_file" in err and not (tmp_path / "r").exists()
     run = pplvm.Run.from_card(card, data=pplvm.data.as_sequences([x[:30], x[30:]]))
     assert run.dataset.train.x.shape[1:] == (30, 2)  # whole sequences, steps in order
     train = run.dataset.train.x[0]
-    assert any(torch.equal(train, torch.as_tensor(x[i:i + 30], dtype=train.dtype)) for i in (0, 30))
+    assert any(torch.equal(train, torch.as_tensor(x[i : i + 30], dtype=train.dtype)) for i in (0, 30))

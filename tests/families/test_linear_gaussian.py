@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from pyro.infer import Trace_ELBO
+from cases import CASES
 from pyro import poutine
+from pyro.infer import Trace_ELBO
 from sklearn.decomposition import PCA, FactorAnalysis
 
 import pplvm
 from pplvm import Run
 from pplvm.errors import CardError, DataError, PplvmError
-from pplvm.families import FAConfig, FactorAnalysis as FA, PPCA, PPCAConfig
+from pplvm.families import PPCA, FAConfig, PPCAConfig
+from pplvm.families import FactorAnalysis as FA
 from pplvm.guides import make_guide
-
-from cases import CASES
 
 
 def low_rank_data(n=300, dim=6, rank=2, noise=0.5, seed=0):
@@ -94,8 +94,9 @@ def test_local_posterior_equals_gaussian_conditioning(family):
         s2 = noise[0] ** 2
         m = w.T @ w + s2 * torch.eye(L, dtype=torch.float64)
         assert torch.allclose(q.mean, torch.linalg.solve(m, w.T @ (x - loc).T).T, atol=1e-12)
-        assert torch.allclose(q.covariance_matrix[0], s2 * torch.linalg.solve(m, torch.eye(L, dtype=torch.float64)),
-                              atol=1e-12)
+        assert torch.allclose(
+            q.covariance_matrix[0], s2 * torch.linalg.solve(m, torch.eye(L, dtype=torch.float64)), atol=1e-12
+        )
 
 
 # ------------------------------------------------------------------- ELBO of the exact guide
@@ -131,10 +132,14 @@ def test_exact_guide_elbo_is_the_marginal_with_zero_variance(family):
 
 # ----------------------------------------------------------------------- fitting oracles
 def _card(family="ppca", guide="exact", latent_dim=2, epochs=400, **model):
-    return {"name": "t", "model": {"family": family, "latent_dim": latent_dim, **model}, "guide": {"kind": guide},
-            "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"epochs": epochs, "lr": 0.05, "progress": False},
-            "evaluation": {"draws": 10, "chains": 2}}
+    return {
+        "name": "t",
+        "model": {"family": family, "latent_dim": latent_dim, **model},
+        "guide": {"kind": guide},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"epochs": epochs, "lr": 0.05, "progress": False},
+        "evaluation": {"draws": 10, "chains": 2},
+    }
 
 
 def test_ml_fit_recovers_the_principal_subspace_and_tipping_bishop_solution():
@@ -147,7 +152,7 @@ def test_ml_fit_recovers_the_principal_subspace_and_tipping_bishop_solution():
     run = Run.from_card(_card(init="random"), data=x).fit()  # not started at the answer
     xc = x - x.mean(0)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    eig = s ** 2 / len(x)
+    eig = s**2 / len(x)
     learned = run.model.weight.detach().double().numpy()
     angles = scipy.linalg.subspace_angles(learned, vt[:2].T)
     assert angles.max() < 1e-3
@@ -222,8 +227,14 @@ def test_card_dim_mismatch_and_guide_errors():
         Run.from_card(_card(dim=5), data=low_rank_data(n=30, dim=4))
     with pytest.raises(pplvm.IncompatibleError, match="guide.kind = 'lowrank' is not available for family 'ppca'"):
         Run.from_card(_card(guide="lowrank"), data=low_rank_data(n=30, dim=4))
-    gmm = {"name": "g", "model": {"family": "gmm", "components": 2}, "guide": {"kind": "exact"},
-           "objective": {"name": "enum"}, "data": {"source": "iris"}, "training": {"progress": False}}
+    gmm = {
+        "name": "g",
+        "model": {"family": "gmm", "components": 2},
+        "guide": {"kind": "exact"},
+        "objective": {"name": "enum"},
+        "data": {"source": "iris"},
+        "training": {"progress": False},
+    }
     with pytest.raises(pplvm.IncompatibleError, match="guide.kind = 'exact' is not available for family 'gmm'"):
         Run.from_card(gmm)
 

@@ -11,12 +11,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import user_models
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 import pplvm
-import user_models
 from pplvm.families import GaussianMixture, GMMConfig, PyroConfig, PyroModel
 from pplvm.families.pyro_model import ContinuousPyroModel
 
@@ -42,8 +42,7 @@ def test_tracing_classifies_the_sites():
     assert ppca.local_sites == ("z",) and not ppca.enumerated and ppca.likelihood == "estimate"
     assert ppca.latent_dim == 2 and "amortized" in ppca.guides and "enum" not in ppca.objectives
 
-    plain = build("user_models:normal_mean", guide_target="user_models:NormalMeanGuide",
-                  guide_options={"dim": 2})
+    plain = build("user_models:normal_mean", guide_target="user_models:NormalMeanGuide", guide_options={"dim": 2})
     assert plain.local_sites == () and plain.likelihood == "exact" and "custom" in plain.guides
 
 
@@ -78,8 +77,11 @@ def test_user_gmm_log_likelihood_is_the_closed_form(batch_shape):
     builtin, user = _builtin_and_user(dim=3)
     gen = torch.Generator().manual_seed(0)
     s, k = batch_shape, user_models.K
-    params = {"weights": torch.distributions.Dirichlet(torch.ones(k)).sample(s),
-              "locs": torch.randn(*s, k, 3, generator=gen), "scales": torch.rand(*s, k, 3, generator=gen) + 0.5}
+    params = {
+        "weights": torch.distributions.Dirichlet(torch.ones(k)).sample(s),
+        "locs": torch.randn(*s, k, 3, generator=gen),
+        "scales": torch.rand(*s, k, 3, generator=gen) + 0.5,
+    }
     x = torch.randn(11, 3, generator=gen)
     got = user.log_likelihood(x, params)
     assert got.shape == (*s, 11)
@@ -94,7 +96,7 @@ def test_minibatch_losses_add_up_to_the_full_batch_loss():
     guide = AutoDelta(poutine.block(user, expose=list(user.global_sites)))
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     full = elbo.loss(user, guide, x)
-    parts = sum(elbo.loss(user, guide, x[i:i + 10], num_data=30) * 10 / 30 for i in range(0, 30, 10))
+    parts = sum(elbo.loss(user, guide, x[i : i + 10], num_data=30) * 10 / 30 for i in range(0, 30, 10))
     assert parts == pytest.approx(full, rel=1e-5)  # float32 sums in a different order
 
 
@@ -108,17 +110,21 @@ def test_continuous_local_log_likelihood_estimate_matches_the_closed_form():
         model.holder.module.sigma = torch.tensor(0.8)
     W = torch.tensor([[1.0, -0.5, 0.3]])
     x = torch.randn(25, 3, generator=torch.Generator().manual_seed(1))
-    exact = dist.MultivariateNormal(model.holder.module.mu.detach(),
-                                    W.T @ W + 0.64 * torch.eye(3)).log_prob(x)
+    exact = dist.MultivariateNormal(model.holder.module.mu.detach(), W.T @ W + 0.64 * torch.eye(3)).log_prob(x)
     est = model.log_likelihood(x, {"W": W}, num_samples=4000, seed=0)
     assert est.shape == (25,)
     assert abs(float(est.mean() - exact.mean())) < 0.02
 
 
 def test_fit_from_a_card_by_import_path(tmp_path):
-    card = {"model": {"family": "pyro", "target": "user_models:gmm"}, "guide": {"kind": "map"},
-            "objective": {"name": "enum"}, "data": {"source": "synthetic_gmm", "n": 150, "dim": 2, "components": 3},
-            "training": {**FAST, "epochs": 60}, "evaluation": SMALL_EVAL}
+    card = {
+        "model": {"family": "pyro", "target": "user_models:gmm"},
+        "guide": {"kind": "map"},
+        "objective": {"name": "enum"},
+        "data": {"source": "synthetic_gmm", "n": 150, "dim": 2, "components": 3},
+        "training": {**FAST, "epochs": 60},
+        "evaluation": SMALL_EVAL,
+    }
     run = pplvm.fit(card, out=tmp_path / "run")
     first, last = run.history[0]["train_loss"], run.history[-1]["train_loss"]
     assert last < first
@@ -132,8 +138,14 @@ def test_fit_from_a_card_by_import_path(tmp_path):
 
 def test_model_object_from_python(tmp_path):
     """``pplvm.fit(card, model=fn)`` needs no import path; loading the run needs the object again."""
-    card = {"model": {"family": "pyro"}, "guide": {"kind": "meanfield"}, "objective": {"name": "elbo"},
-            "data": {"source": "iris"}, "training": FAST, "evaluation": SMALL_EVAL}
+    card = {
+        "model": {"family": "pyro"},
+        "guide": {"kind": "meanfield"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "iris"},
+        "training": FAST,
+        "evaluation": SMALL_EVAL,
+    }
     run = pplvm.fit(card, out=tmp_path / "run", model=user_models.normal_mean)
     with pytest.raises(pplvm.CardError, match="model.target: expected 'package.module:name'"):
         pplvm.load(tmp_path / "run")
@@ -141,8 +153,7 @@ def test_model_object_from_python(tmp_path):
     x = run.transform.inverse(run.dataset.train[:7])
     torch.testing.assert_close(loaded.log_likelihood(x), run.log_likelihood(x))
     with pytest.raises(pplvm.CardError, match="model.family = 'gmm' takes no model= or guide= object"):
-        pplvm.Run.from_card({**card, "model": {"family": "gmm"}, "objective": {"name": "enum"}},
-                            model=user_models.gmm)
+        pplvm.Run.from_card({**card, "model": {"family": "gmm"}, "objective": {"name": "enum"}}, model=user_models.gmm)
 
 
 def test_no_local_model_log_likelihood_is_the_closed_form():
@@ -156,28 +167,39 @@ def test_no_local_model_log_likelihood_is_the_closed_form():
 def test_custom_guide_fits_the_conjugate_posterior_mean():
     """The user's guide for a normal mean: after fitting, q(μ)'s mean is near the data mean
     (posterior mean under a N(0, 10²) prior with 150 rows: the data mean to within 1e-3)."""
-    card = {"model": {"family": "pyro", "target": "user_models:normal_mean",
-                      "guide_target": "user_models:NormalMeanGuide", "guide_options": {"dim": 4}},
-            "guide": {"kind": "custom"}, "objective": {"name": "elbo"},
-            "data": {"source": "iris", "standardize": True, "valid_fraction": 0.0},
-            "training": {**FAST, "epochs": 400, "lr": 0.05}, "evaluation": SMALL_EVAL}
+    card = {
+        "model": {
+            "family": "pyro",
+            "target": "user_models:normal_mean",
+            "guide_target": "user_models:NormalMeanGuide",
+            "guide_options": {"dim": 4},
+        },
+        "guide": {"kind": "custom"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "iris", "standardize": True, "valid_fraction": 0.0},
+        "training": {**FAST, "epochs": 400, "lr": 0.05},
+        "evaluation": SMALL_EVAL,
+    }
     run = pplvm.fit(card)
     m = run.guide.holder.module.m.detach()
     # 0.1: the guide's q(μ) mean after 400 Adam steps on a single-particle ELBO (noise ~ s/√N)
     torch.testing.assert_close(m, run.dataset.train.mean(0), atol=0.1, rtol=0)
 
 
-@pytest.mark.parametrize("target, message", [
-    ("user_models:no_plate", "no data plate: the observed site 'obs' must sit inside pyro.plate"),
-    ("user_models:no_observation", "has no observed site"),
-    ("user_models:discrete_global", "site 'k' is a discrete latent outside the data plate"),
-    ("user_models:unbounded_local", "site 'n' is discrete with an unbounded support"),
-    ("user_models:global_param", "uses pyro.param"),
-    ("user_models:broken", "failed: ValueError: this model is broken"),
-    ("user_models:NOT_A_MODEL", "expected a Pyro model function, a PyroModule or a PyroModule class, got int"),
-    ("user_models:missing", "module 'user_models' has no attribute 'missing'"),
-    ("no_such_module_here:model", "cannot import module 'no_such_module_here'"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("user_models:no_plate", "no data plate: the observed site 'obs' must sit inside pyro.plate"),
+        ("user_models:no_observation", "has no observed site"),
+        ("user_models:discrete_global", "site 'k' is a discrete latent outside the data plate"),
+        ("user_models:unbounded_local", "site 'n' is discrete with an unbounded support"),
+        ("user_models:global_param", "uses pyro.param"),
+        ("user_models:broken", "failed: ValueError: this model is broken"),
+        ("user_models:NOT_A_MODEL", "expected a Pyro model function, a PyroModule or a PyroModule class, got int"),
+        ("user_models:missing", "module 'user_models' has no attribute 'missing'"),
+        ("no_such_module_here:model", "cannot import module 'no_such_module_here'"),
+    ],
+)
 def test_unusable_models_are_refused_in_one_line(target, message):
     card = {"model": {"family": "pyro", "target": target}, "data": {"source": "iris"}}
     with pytest.raises(pplvm.CardError, match="^model.*" + message.replace("(", r"\(").replace(")", r"\)")) as err:
@@ -185,13 +207,19 @@ def test_unusable_models_are_refused_in_one_line(target, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("guide_target, message", [
-    ("user_models:param_guide", "the guide uses pyro.param"),
-    ("user_models:partial_guide", "does not sample the model's latent site\\(s\\) sigma"),
-])
+@pytest.mark.parametrize(
+    "guide_target, message",
+    [
+        ("user_models:param_guide", "the guide uses pyro.param"),
+        ("user_models:partial_guide", "does not sample the model's latent site\\(s\\) sigma"),
+    ],
+)
 def test_unusable_guides_are_refused(guide_target, message):
-    card = {"model": {"family": "pyro", "target": "user_models:normal_mean", "guide_target": guide_target},
-            "guide": {"kind": "custom"}, "data": {"source": "iris"}}
+    card = {
+        "model": {"family": "pyro", "target": "user_models:normal_mean", "guide_target": guide_target},
+        "guide": {"kind": "custom"},
+        "data": {"source": "iris"},
+    }
     with pytest.raises(pplvm.CardError, match="model.guide_target: .*" + message):
         pplvm.Run.from_card(card)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from cases import CASES
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pplvm
@@ -19,8 +20,6 @@ from pplvm.errors import CardError, DataError, IncompatibleError
 from pplvm.families import FAMILIES
 from pplvm.guides import make_guide
 from pplvm.objectives import FreeBitsELBO, RenyiBound, ScaleSites, make_objective
-
-from cases import CASES
 
 
 def build(dim: int, x, family: str = "vae", **config):
@@ -52,8 +51,7 @@ def ppca():
     q, _ = torch.linalg.qr(torch.randn(D, L, generator=g))
     w, b = q * torch.tensor([2.0, 1.0]), torch.randn(D, generator=g)
     x = torch.randn(N, L, generator=g) @ w.T + b + SIGMA * torch.randn(N, D, generator=g)
-    model, guide = build(D, x, latent_dim=L, hidden=[], likelihood="gaussian", scale="fixed",
-                         fixed_scale=SIGMA)
+    model, guide = build(D, x, latent_dim=L, hidden=[], likelihood="gaussian", scale="fixed", fixed_scale=SIGMA)
     (dec,) = model.decoder.network
     (enc,) = guide.encoder.encoder.head
     m = torch.diag(w.T @ w) + SIGMA**2  # diagonal of M
@@ -69,8 +67,9 @@ def ppca():
     return model, guide, x, exact
 
 
-@pytest.mark.parametrize("elbo", [Trace_ELBO(max_plate_nesting=1), particles(RenyiBound, 5, alpha=0.0)],
-                         ids=["elbo", "iwae"])
+@pytest.mark.parametrize(
+    "elbo", [Trace_ELBO(max_plate_nesting=1), particles(RenyiBound, 5, alpha=0.0)], ids=["elbo", "iwae"]
+)
 def test_elbo_with_the_exact_posterior_encoder_is_the_ppca_marginal(ppca, elbo):
     """With q = the exact posterior, log p(x, z) - log q(z | x) = log p(x) for every z: each
     one-particle estimate equals the marginal (up to float32 rounding)."""
@@ -137,8 +136,9 @@ def test_renyi_bound_matches_pyro_on_a_full_batch_and_scales_per_datum_on_a_mini
 
 
 # ------------------------------------------------------------ collapse controls
-@pytest.mark.parametrize("elbo", [particles(Trace_ELBO, 3), particles(TraceMeanField_ELBO, 3)],
-                         ids=["elbo", "meanfield"])
+@pytest.mark.parametrize(
+    "elbo", [particles(Trace_ELBO, 3), particles(TraceMeanField_ELBO, 3)], ids=["elbo", "meanfield"]
+)
 def test_kl_weight_scales_log_p_z_minus_log_q_z_linearly(elbo):
     """With the same draws, loss(β) = reconstruction + β (log q - log p): linear in β."""
     x = torch.bernoulli(torch.full((10, 9), 0.5))
@@ -162,8 +162,9 @@ def test_free_bits_clamp_each_dimensions_minibatch_kl():
     model, guide = build(9, x, latent_dim=3, hidden=[8])
     num_data = 32  # minibatch of 8 out of 32: every log-prob scaled by 4
     q = guide.local_posterior(x).base_dist
-    kl = torch.distributions.kl_divergence(torch.distributions.Normal(q.loc, q.scale),
-                                           torch.distributions.Normal(0.0, 1.0))  # (8, 3)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(q.loc, q.scale), torch.distributions.Normal(0.0, 1.0)
+    )  # (8, 3)
     lam = float(kl.detach().mean(0).max()) + 1.0
 
     def loss(elbo):
@@ -215,12 +216,21 @@ def test_cvae_generates_the_class_it_is_given(quiet):
     means = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, -3.0], [-3.0, -3.0, 3.0, 0.0]])
     y = torch.arange(300) % 3
     x = means[y] + 0.3 * torch.randn(300, 4, generator=g)
-    card = {"model": {"family": "cvae", "classes": 3, "latent_dim": 1, "hidden": [16], "likelihood": "gaussian",
-                      "fixed_scale": 0.3},
-            "guide": {"kind": "amortized"}, "objective": {"name": "meanfield"},
-            "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"epochs": 200, "lr": 0.05, "progress": False},
-            "evaluation": {"draws": 2, "chains": 1}}
+    card = {
+        "model": {
+            "family": "cvae",
+            "classes": 3,
+            "latent_dim": 1,
+            "hidden": [16],
+            "likelihood": "gaussian",
+            "fixed_scale": 0.3,
+        },
+        "guide": {"kind": "amortized"},
+        "objective": {"name": "meanfield"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"epochs": 200, "lr": 0.05, "progress": False},
+        "evaluation": {"draws": 2, "chains": 1},
+    }
     run = pplvm.fit(card, data=Batch(x, y=y), overrides=quiet)
     for k in range(3):
         gen = run.model.generate(y=torch.full((200,), k), generator=torch.Generator().manual_seed(k))
@@ -239,8 +249,7 @@ def test_cvae_config_needs_one_kind_of_side_information():
 
 def test_cvae_on_covariates_conditions_on_them():
     x, y = torch.randn(6, 5), torch.randn(6, 2)
-    model, guide = build(5, Batch(x, y=y), family="cvae", side_dim=2, latent_dim=2, hidden=[4],
-                         likelihood="gaussian")
+    model, guide = build(5, Batch(x, y=y), family="cvae", side_dim=2, latent_dim=2, hidden=[4], likelihood="gaussian")
     data = model.prepare(Batch(x, y=y))
     assert guide.local_posterior(data).batch_shape == (6,)
     assert model.generate(y=y).shape == (6, 5)
@@ -277,8 +286,9 @@ def test_input_errors_name_the_field(quiet):
 
 
 # ----------------------------------------------------------------- save / load
-@pytest.mark.parametrize("card", [c.values[0] for c in CASES if c.values[0]["model"]["family"] in ("vae", "cvae")],
-                         ids=lambda c: c["name"])
+@pytest.mark.parametrize(
+    "card", [c.values[0] for c in CASES if c.values[0]["model"]["family"] in ("vae", "cvae")], ids=lambda c: c["name"]
+)
 def test_fit_save_load_round_trip(card, tmp_path):
     run = pplvm.fit(card, out=tmp_path / "run")
     valid = run.dataset.valid[:20]

@@ -18,9 +18,14 @@ from pyro.infer.autoguide.initialization import init_to_median
 import pplvm
 from pplvm.guides import AmortizedFlow, AutoFlowNormal, make_guide
 
-VAE = {"name": "v", "model": {"family": "vae", "latent_dim": 2, "hidden": [16]}, "guide": {"kind": "flow"},
-       "objective": {"name": "elbo"}, "data": {"source": "digits", "binarize": "static"},
-       "training": {"epochs": 1, "progress": False}}
+VAE = {
+    "name": "v",
+    "model": {"family": "vae", "latent_dim": 2, "hidden": [16]},
+    "guide": {"kind": "flow"},
+    "objective": {"name": "elbo"},
+    "data": {"source": "digits", "binarize": "static"},
+    "training": {"epochs": 1, "progress": False},
+}
 
 
 def test_iaf_guide_starts_as_the_gaussian_guide_and_normalises():
@@ -43,8 +48,10 @@ def test_iaf_guide_starts_as_the_gaussian_guide_and_normalises():
     m = 600
     with torch.no_grad():
         q = guide.local_posterior(x[:1])
-        axes = [torch.linspace(float(loc[0, i] - 8 * scale[0, i] - 6), float(loc[0, i] + 8 * scale[0, i] + 6), m)
-                for i in range(2)]
+        axes = [
+            torch.linspace(float(loc[0, i] - 8 * scale[0, i] - 6), float(loc[0, i] + 8 * scale[0, i] + 6), m)
+            for i in range(2)
+        ]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
         cell = (axes[0][1] - axes[0][0]) * (axes[1][1] - axes[1][0])
         mass = float((q.log_prob(grid[:, None, :]).exp() * cell).sum())
@@ -69,8 +76,9 @@ def _elbo(guide, x, steps):
         loss(x).backward()
         opt.step()
     with torch.no_grad():
-        return -sum(Trace_ELBO(num_particles=2000, vectorize_particles=True).loss(_ridge, guide, x)
-                    for _ in range(5)) / 5
+        return (
+            -sum(Trace_ELBO(num_particles=2000, vectorize_particles=True).loss(_ridge, guide, x) for _ in range(5)) / 5
+        )
 
 
 def test_flow_autoguide_reaches_the_evidence_on_a_correlated_posterior():
@@ -88,9 +96,13 @@ def test_flow_autoguide_reaches_the_evidence_on_a_correlated_posterior():
 
 
 def test_flow_guide_over_globals_is_made_for_bayesian_families():
-    card = {"model": {"family": "gmm", "components": 2}, "guide": {"kind": "flow", "flow_layers": 1},
-            "objective": {"name": "enum"}, "data": {"source": "iris", "standardize": True},
-            "training": {"epochs": 2, "progress": False}}
+    card = {
+        "model": {"family": "gmm", "components": 2},
+        "guide": {"kind": "flow", "flow_layers": 1},
+        "objective": {"name": "enum"},
+        "data": {"source": "iris", "standardize": True},
+        "training": {"epochs": 2, "progress": False},
+    }
     run = pplvm.fit(card)
     assert isinstance(run.guide, AutoFlowNormal)
     draws = run.draws(4, seed=0)

@@ -18,9 +18,9 @@ import torch
 from linear_gaussian import LinearEncoder, analytic_elbo, make_model, sample_data
 
 from pplvm.errors import CardError, DataError, IncompatibleError
-from pplvm.inference.importance import importance_log_likelihood
 from pplvm.families import FAMILIES
 from pplvm.guides.amortized import AmortizedNormal
+from pplvm.inference.importance import importance_log_likelihood
 
 Z_MAX = 4.5
 
@@ -108,9 +108,11 @@ def test_gmm_with_a_uniform_assignment_proposal():
     """Generic over models: the pplvm GMM with its globals fixed and a guide proposing the
     discrete assignment uniformly; IS recovers its exact (enumerated) likelihood."""
     gmm = FAMILIES["gmm"](FAMILIES["gmm"].Config(components=3), 2)
-    params = {"weights": torch.tensor([0.5, 0.3, 0.2]),
-              "locs": torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]]),
-              "scales": torch.tensor([[1.0, 1.0], [0.7, 0.7], [1.2, 0.5]])}
+    params = {
+        "weights": torch.tensor([0.5, 0.3, 0.2]),
+        "locs": torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]]),
+        "scales": torch.tensor([[1.0, 1.0], [0.7, 0.7], [1.2, 0.5]]),
+    }
     x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0)) * 2 + 1
 
     def guide(x):
@@ -123,13 +125,16 @@ def test_gmm_with_a_uniform_assignment_proposal():
     assert ((est.log_likelihood - exact.double()).abs() / est.stderr).max() < Z_MAX
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"k": 0}, "k = 0: expected an integer >= 1"),
-    ({"k": 2.5}, "k = 2.5"),
-    ({"batch_size": 0}, "batch_size = 0"),
-    ({"max_elements": 0}, "max_elements = 0"),
-    ({"max_elements": 3}, "max_elements = 3: one draw for one datum already needs 4 elements"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"k": 0}, "k = 0: expected an integer >= 1"),
+        ({"k": 2.5}, "k = 2.5"),
+        ({"batch_size": 0}, "batch_size = 0"),
+        ({"max_elements": 0}, "max_elements = 0"),
+        ({"max_elements": 3}, "max_elements = 3: one draw for one datum already needs 4 elements"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     model, x, guide = setup(n=3)
     with pytest.raises(CardError, match=match):

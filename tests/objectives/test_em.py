@@ -29,7 +29,9 @@ def float64():
 def em_fit(family, config, x, iterations, estimate="ml", *, batch=None, seed=0):
     """``iterations`` EM steps of the rule on ``x`` (full batch unless ``batch``); returns the
     rule and the loss of each step (the negative objective at the parameters it started from)."""
-    model = FAMILIES[family](FAMILIES[family].Config(family=family, **config), x.x.shape[-1] if isinstance(x, Batch) else x.shape[-1])
+    model = FAMILIES[family](
+        FAMILIES[family].Config(family=family, **config), x.x.shape[-1] if isinstance(x, Batch) else x.shape[-1]
+    )
     guide = make_guide(model, "map", x, generator=torch.Generator().manual_seed(seed))
     rule = EMStep(model, guide, estimate=estimate)
     rule.setup(x, len(x))
@@ -47,12 +49,36 @@ def objective(rule, x):
 
 # ---------------------------------------------------------------- monotone in the objective
 MONOTONE = [
-    ("gmm", {"components": 4, "covariance": "diag", "loc_scale": 1.0, "scale_log_sd": 0.5,
-             "weight_concentration": 3.0, "init": "random"}, "map"),
+    (
+        "gmm",
+        {
+            "components": 4,
+            "covariance": "diag",
+            "loc_scale": 1.0,
+            "scale_log_sd": 0.5,
+            "weight_concentration": 3.0,
+            "init": "random",
+        },
+        "map",
+    ),
     ("gmm", {"components": 4, "covariance": "full", "init": "random"}, "ml"),
-    ("hmm", {"states": 3, "loc_scale": 1.0, "scale_log_sd": 0.5, "stickiness": 5.0, "transition_concentration": 2.0,
-             "init": "random"}, "map"),
-    ("hmm", {"states": 3, "emission": "categorical", "categories": 4, "emission_concentration": 2.0, "init": "random"}, "map"),
+    (
+        "hmm",
+        {
+            "states": 3,
+            "loc_scale": 1.0,
+            "scale_log_sd": 0.5,
+            "stickiness": 5.0,
+            "transition_concentration": 2.0,
+            "init": "random",
+        },
+        "map",
+    ),
+    (
+        "hmm",
+        {"states": 3, "emission": "categorical", "categories": 4, "emission_concentration": 2.0, "init": "random"},
+        "map",
+    ),
     ("hmm", {"states": 3, "emission": "bernoulli", "emission_concentration": 1.5, "init": "random"}, "map"),
     ("ppca", {"latent_dim": 2, "init": "random"}, "ml"),
     ("fa", {"latent_dim": 2, "prior": "normal", "weight_scale": 0.3, "init": "random"}, "map"),
@@ -89,10 +115,20 @@ def test_gmm_em_equals_sklearn_from_the_same_start(float64):
     config = {"components": 3, "covariance": "full"}
     rule, _ = em_fit("gmm", config, x, 0)
     start = rule.params()
-    cov = lambda p: (p["scales"].unsqueeze(-1) * p["corr_chol"]) @ (p["scales"].unsqueeze(-1) * p["corr_chol"]).mT
-    sk = GaussianMixture(3, covariance_type="full", reg_covar=0.0, tol=0.0, max_iter=40,
-                         weights_init=start["weights"].numpy(), means_init=start["locs"].numpy(),
-                         precisions_init=np.linalg.inv(cov(start).numpy()))
+
+    def cov(p):
+        return (p["scales"].unsqueeze(-1) * p["corr_chol"]) @ (p["scales"].unsqueeze(-1) * p["corr_chol"]).mT
+
+    sk = GaussianMixture(
+        3,
+        covariance_type="full",
+        reg_covar=0.0,
+        tol=0.0,
+        max_iter=40,
+        weights_init=start["weights"].numpy(),
+        means_init=start["locs"].numpy(),
+        precisions_init=np.linalg.inv(cov(start).numpy()),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: tol = 0 runs all 40 iterations
         sk.fit(x.numpy())
@@ -113,17 +149,32 @@ def test_hmm_em_equals_hmmlearn_from_the_same_start(float64, estimate):
     # hmmlearn's MAP: Dirichlet priors on π and A rows. pplvm's emission priors are made flat
     # (loc_scale, scale_log_sd huge) but for the LogNormal density's 1/σ, which makes the σ²
     # mode S / (n + 1): hmmlearn's with covars_prior = 0, covars_weight = 2
-    config = {"states": 3, "initial_concentration": 2.0, "transition_concentration": 1.5, "stickiness": 3.0,
-              "loc_scale": 1e8, "scale_log_sd": 1e8}
+    config = {
+        "states": 3,
+        "initial_concentration": 2.0,
+        "transition_concentration": 1.5,
+        "stickiness": 3.0,
+        "loc_scale": 1e8,
+        "scale_log_sd": 1e8,
+    }
     rule, _ = em_fit("hmm", config, x, 0, estimate)
     start = rule.params()
     mask = torch.arange(x.x.shape[1]) < x.lengths[:, None]
     flat = x.x[mask].numpy()
     map_ = estimate == "map"
-    hl = GaussianHMM(3, covariance_type="diag", n_iter=30, tol=-np.inf, init_params="", params="stmc",
-                     covars_prior=0.0, covars_weight=2.0 if estimate == "map" else 1.0, min_covar=0.0,
-                     startprob_prior=2.0 if map_ else 1.0,
-                     transmat_prior=(1.5 + 3.0 * np.eye(3)) if map_ else 1.0)
+    hl = GaussianHMM(
+        3,
+        covariance_type="diag",
+        n_iter=30,
+        tol=-np.inf,
+        init_params="",
+        params="stmc",
+        covars_prior=0.0,
+        covars_weight=2.0 if estimate == "map" else 1.0,
+        min_covar=0.0,
+        startprob_prior=2.0 if map_ else 1.0,
+        transmat_prior=(1.5 + 3.0 * np.eye(3)) if map_ else 1.0,
+    )
     hl.startprob_ = start["initial"].numpy()
     hl.transmat_ = start["transition"].numpy()
     hl.means_ = start["locs"].numpy()
@@ -218,7 +269,10 @@ def test_em_run_resumes_exactly_and_loads(tmp_path):
 def test_em_refuses_what_it_cannot_fit():
     with pytest.raises(IncompatibleError, match="guide.kind = 'map'"):
         pplvm.Run.from_card({**CARD, "guide": {"kind": "meanfield"}})
-    gmm = {**CARD, "model": {"family": "gmm", "components": 2, "covariance": "full"},
-           "data": {"source": "synthetic_gmm", "n": 50, "dim": 2, "components": 2}}
+    gmm = {
+        **CARD,
+        "model": {"family": "gmm", "components": 2, "covariance": "full"},
+        "data": {"source": "synthetic_gmm", "n": 50, "dim": 2, "components": 2},
+    }
     with pytest.raises(IncompatibleError, match="objective.em_estimate = 'map'"):
         pplvm.Run.from_card(gmm)

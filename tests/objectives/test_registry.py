@@ -20,8 +20,16 @@ from pplvm.training.rules import SVIStep
 from pplvm.training.trainer import Trainer
 
 
-@pytest.mark.parametrize("name, cls", [("elbo", Trace_ELBO), ("iwae", PyroRenyiELBO), ("renyi", PyroRenyiELBO),
-                                       ("iwae_dreg", IWAE_DReG), ("stl", TraceSTL_ELBO)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("elbo", Trace_ELBO),
+        ("iwae", PyroRenyiELBO),
+        ("renyi", PyroRenyiELBO),
+        ("iwae_dreg", IWAE_DReG),
+        ("stl", TraceSTL_ELBO),
+    ],
+)
 def test_make_objective(name, cls):
     elbo = make_objective(make_model(), ObjectiveConfig(name=name, num_particles=3))
     assert isinstance(elbo, cls) and elbo.num_particles == 3  # iwae: a RenyiELBO subclass after the merge

@@ -16,10 +16,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 from linear_gaussian import LinearEncoder, analytic_elbo, make_model, sample_data
+from objectives.test_dreg import Z_MAX, R, assert_same_objective, grad_draws, paired_z, replicated
 from pyro.infer import RenyiELBO as PyroRenyiELBO
 from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
-from objectives.test_dreg import R, Z_MAX, assert_same_objective, grad_draws, paired_z, replicated
 
 from pplvm.config import ObjectiveConfig
 from pplvm.guides.amortized import AmortizedNormal
@@ -121,8 +121,10 @@ def test_structured_guide():
     x = torch.full((R,), 1.3, dtype=torch.float64)
     guide = ChainGuide(x, exact=True)
     assert chain_draws(stl(), guide, x, 0).abs().max() < 1e-10
-    assert chain_draws(IWAE_DReG(num_particles=4, max_plate_nesting=1, vectorize_particles=True),
-                       guide, x, 0).abs().max() < 1e-10
+    assert (
+        chain_draws(IWAE_DReG(num_particles=4, max_plate_nesting=1, vectorize_particles=True), guide, x, 0).abs().max()
+        < 1e-10
+    )
     assert chain_draws(standard(), guide, x, 0).var(0).min() > 0.1
     guide = ChainGuide(x, exact=False)
     assert paired_z(chain_draws(stl(), guide, x, 1), chain_draws(standard(), guide, x, 1)).abs().max() < Z_MAX
@@ -156,8 +158,11 @@ def test_autoguide_on_a_global_latent_sticks_the_landing():
     post_loc, post_scale = x.sum() / (n + 1), (1.0 / (n + 1)) ** 0.5
     guide = AutoNormal(normal_mean_model, init_loc_fn=init_to_value(values={"mu": post_loc}), init_scale=post_scale)
     guide(x)
-    for elbo, zero in [(stl(4), True), (IWAE_DReG(num_particles=4, max_plate_nesting=1, vectorize_particles=True), True),
-                       (standard(4), False)]:
+    for elbo, zero in [
+        (stl(4), True),
+        (IWAE_DReG(num_particles=4, max_plate_nesting=1, vectorize_particles=True), True),
+        (standard(4), False),
+    ]:
         for seed in range(3):
             pyro.set_rng_seed(seed)
             guide.zero_grad()

@@ -27,20 +27,29 @@ def families(out: Path) -> None:
     from cases import CASES
 
     distributed.init_from_env("cpu")
-    saved = {"all_reduce_sum": [float(v) for t in distributed.all_reduce_sum(
-        [torch.tensor([distributed.rank() + 1.0]), torch.arange(3.0)]) for v in t]}
+    saved = {
+        "all_reduce_sum": [
+            float(v)
+            for t in distributed.all_reduce_sum([torch.tensor([distributed.rank() + 1.0]), torch.arange(3.0)])
+            for v in t
+        ]
+    }
     cards = [dict(p.values[0]) for p in CASES]
     ppca = next(c for c in cards if c["name"] == "ppca_ml")  # the compiled SVI step: traced gradients
     cards.append({**ppca, "name": "ppca_traced", "training": {**ppca["training"], "compile": "trace"}})
     for card in cards:
-        exact = card["guide"]["kind"] == "map" and card["objective"]["name"] in ("enum", "em")  # compared to one process
+        exact = card["guide"]["kind"] == "map" and card["objective"]["name"] in (
+            "enum",
+            "em",
+        )  # compared to one process
         card["training"] = {**card["training"], "epochs": 2 if exact else 1, "progress": False}
         run = pplvm.Run.from_card(card).fit()
         saved[card["name"]] = {
             # parameters, not buffers: a BatchNorm's running statistics are each process's own
             # (DDP gives every process rank 0's before each step; rank 0's are saved)
-            "params": {k: v.detach().clone() for k, v in [*run.model.named_parameters(),
-                                                          *run.guide.named_parameters()]},
+            "params": {
+                k: v.detach().clone() for k, v in [*run.model.named_parameters(), *run.guide.named_parameters()]
+            },
             "train_loss": torch.tensor([h["train_loss"] for h in run.history], dtype=torch.float64),
         }
     torch.save(saved, out / f"rank{distributed.rank()}.pt")

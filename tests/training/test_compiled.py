@@ -9,13 +9,12 @@ import logging
 import pyro
 import pytest
 import torch
+from cases import CASES
 
 import pplvm
-from cases import CASES
 from pplvm.objectives import RULES, make_update_rule
 from pplvm.run import _fit_input
 from pplvm.training.compiled import CompiledSVIStep
-
 
 #: the contract cases trained by an SVI step (objectives with rules of their own, e.g. EM or a
 #: GAN's two optimisers, are not Pyro objectives to trace)
@@ -59,11 +58,15 @@ def test_the_traced_step_gives_the_objectives_loss_and_gradients(card, caplog):
 
 
 def test_a_fit_with_the_compiled_step_ends_where_a_plain_fit_ends():
-    card = {"name": "v", "model": {"family": "vae", "latent_dim": 3, "hidden": [16]},
-            "guide": {"kind": "amortized"}, "objective": {"name": "iwae", "num_particles": 3},
-            "data": {"source": "digits", "binarize": "dynamic"},
-            "training": {"epochs": 2, "batch_size": 512, "lr": 0.01, "progress": False, "compile": "off"},
-            "evaluation": {"draws": 5, "chains": 2}}
+    card = {
+        "name": "v",
+        "model": {"family": "vae", "latent_dim": 3, "hidden": [16]},
+        "guide": {"kind": "amortized"},
+        "objective": {"name": "iwae", "num_particles": 3},
+        "data": {"source": "digits", "binarize": "dynamic"},
+        "training": {"epochs": 2, "batch_size": 512, "lr": 0.01, "progress": False, "compile": "off"},
+        "evaluation": {"draws": 5, "chains": 2},
+    }
     plain = pplvm.fit(card)
     traced = pplvm.fit(card, overrides={"training.compile": "trace"})
     assert isinstance(traced.trainer.rule, CompiledSVIStep) and traced.trainer.rule._graphs

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cases import CASES
 
 import pplvm
+from pplvm.objectives import make_update_rule
 from pplvm.training.checkpoint import load_checkpoint
 from pplvm.training.trainer import Trainer
-from pplvm.objectives import make_update_rule
-
-from cases import CASES
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(pplvm.__file__).resolve().parents[1]
@@ -51,8 +50,7 @@ CARD = {
 
 def _env(**extra) -> dict[str, str]:
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PPLVM_DIST_TIMEOUT": str(TIMEOUT_S),
-            **extra}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PPLVM_DIST_TIMEOUT": str(TIMEOUT_S), **extra}
 
 
 def _free_port() -> int:
@@ -64,10 +62,16 @@ def _free_port() -> int:
 def launch(args: list[str], world: int = 2) -> list[subprocess.CompletedProcess]:
     """Run ``python args...`` as ``world`` processes of one process group, as torchrun would."""
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
-                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(world)
+    ]
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=3 * TIMEOUT_S)

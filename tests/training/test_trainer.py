@@ -20,8 +20,7 @@ CARD = {
     "guide": {"kind": "meanfield"},
     "objective": {"name": "enum"},
     "data": {"source": "synthetic_gmm", "n": 200, "dim": 2, "components": 3},
-    "training": {"epochs": 6, "batch_size": 50, "lr": 0.05, "progress": False, "patience": 50,
-                 "checkpoint_every": 1},
+    "training": {"epochs": 6, "batch_size": 50, "lr": 0.05, "progress": False, "patience": 50, "checkpoint_every": 1},
     "evaluation": {"draws": 5, "chains": 2},
 }
 
@@ -88,9 +87,18 @@ def test_minibatch_losses_average_to_the_full_batch_loss():
 
 
 def test_gradient_clipping_bounds_the_step():
-    card = {**CARD, "guide": {"kind": "map"},
-            "training": {**CARD["training"], "optimizer": "sgd", "lr": 1.0, "clip_norm": 1e-3, "epochs": 1,
-                         "batch_size": None}}
+    card = {
+        **CARD,
+        "guide": {"kind": "map"},
+        "training": {
+            **CARD["training"],
+            "optimizer": "sgd",
+            "lr": 1.0,
+            "clip_norm": 1e-3,
+            "epochs": 1,
+            "batch_size": None,
+        },
+    }
     run = pplvm.Run.from_card(card)
     before = torch.cat([p.detach().flatten().clone() for p in run.guide.parameters()])
     run.fit()
@@ -101,8 +109,7 @@ def test_gradient_clipping_bounds_the_step():
 
 
 def test_cosine_schedule_reaches_its_final_ratio():
-    card = {**CARD, "training": {**CARD["training"], "lr_schedule": "cosine", "lr_final_ratio": 0.1,
-                                 "epochs": 10}}
+    card = {**CARD, "training": {**CARD["training"], "lr_schedule": "cosine", "lr_final_ratio": 0.1, "epochs": 10}}
     run = pplvm.fit(card)
     lrs = [h["lr"] for h in run.history]
     assert lrs[0] == pytest.approx(0.05)
@@ -197,8 +204,16 @@ def test_pyro_validation_on_the_first_step_or_every_step(monkeypatch, mode, expe
 def test_a_step_that_leaves_parameters_infinite_stops_with_the_last_good_checkpoint(tmp_path):
     """A huge learning rate can give a finite loss and then non-finite parameters; the loop
     checks the parameters after every epoch, before evaluating or checkpointing them."""
-    card = {**CARD, "guide": {"kind": "map"}, "training": {**CARD["training"], "lr": 1e6, "optimizer": "sgd", "batch_size": None}}
-    with pytest.raises(pplvm.TrainingError, match=r"parameters (became non-finite|left the model.s valid range).* at epoch 1\b.*the last good checkpoint \(epoch 0\) is kept"):
+    card = {
+        **CARD,
+        "guide": {"kind": "map"},
+        "training": {**CARD["training"], "lr": 1e6, "optimizer": "sgd", "batch_size": None},
+    }
+    with pytest.raises(
+        pplvm.TrainingError,
+        match=r"parameters (became non-finite|left the model.s valid range).* at epoch 1\b"
+        r".*the last good checkpoint \(epoch 0\) is kept",
+    ):
         pplvm.fit(card, tmp_path / "run")
     kept = pplvm.training.checkpoint.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert kept["trainer"]["epoch"] == 0

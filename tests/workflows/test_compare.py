@@ -26,16 +26,26 @@ def fit_to_dir(card, run_dir, data=None):
 
 
 def gmm_card(k):
-    return {"name": f"gmm{k}", "model": {"family": "gmm", "components": k}, "guide": {"kind": "meanfield"},
-            "objective": {"name": "enum"},
-            "data": {"source": "synthetic_gmm", "n": 150, "dim": 2, "components": 3, "valid_fraction": 0.0},
-            "training": {"epochs": 120, "lr": 0.05, "progress": False}, "evaluation": EVAL}
+    return {
+        "name": f"gmm{k}",
+        "model": {"family": "gmm", "components": k},
+        "guide": {"kind": "meanfield"},
+        "objective": {"name": "enum"},
+        "data": {"source": "synthetic_gmm", "n": 150, "dim": 2, "components": 3, "valid_fraction": 0.0},
+        "training": {"epochs": 120, "lr": 0.05, "progress": False},
+        "evaluation": EVAL,
+    }
 
 
 def ppca_card(k, prior="normal"):
-    return {"name": f"ppca{k}", "model": {"family": "ppca", "latent_dim": k, "prior": prior},
-            "guide": {"kind": "exact"}, "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
-            "training": {"epochs": 150, "lr": 0.05, "progress": False}, "evaluation": EVAL}
+    return {
+        "name": f"ppca{k}",
+        "model": {"family": "ppca", "latent_dim": k, "prior": prior},
+        "guide": {"kind": "exact"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.0},
+        "training": {"epochs": 150, "lr": 0.05, "progress": False},
+        "evaluation": EVAL,
+    }
 
 
 def rank3_data(n=150, seed=0):
@@ -80,8 +90,10 @@ def test_runs_on_different_data_are_refused(gmm_runs, tmp_path):
 
 def test_point_estimates_and_single_runs_are_refused(tmp_path):
     x = rank3_data()
-    ml = [fit_to_dir({**ppca_card(k, prior="none"), "training": {"epochs": 2, "progress": False}}, tmp_path / f"ml{k}", x)
-          for k in (1, 2)]
+    ml = [
+        fit_to_dir({**ppca_card(k, prior="none"), "training": {"epochs": 2, "progress": False}}, tmp_path / f"ml{k}", x)
+        for k in (1, 2)
+    ]
     with pytest.raises(PplvmError, match="has no posterior spread"):
         compare_runs(ml)
     with pytest.raises(PplvmError, match="at least two runs"):

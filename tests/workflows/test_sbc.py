@@ -29,8 +29,13 @@ def conjugate_normal(sims=200, num_draws=99, n=5, seed=0):
 
 
 def test_ranks_count_draws_below_the_truth():
-    r = SBCResult({"a": np.array([[0.5], [3.0]])}, {"a": np.array([[[0.0], [1.0], [0.2]], [[1.0], [2.0], [5.0]]])},
-                  "t", 1, "globals")
+    r = SBCResult(
+        {"a": np.array([[0.5], [3.0]])},
+        {"a": np.array([[[0.0], [1.0], [0.2]], [[1.0], [2.0], [5.0]]])},
+        "t",
+        1,
+        "globals",
+    )
     assert r.ranks()["a"].tolist() == [[2], [2]]
     assert default_bins(99, 20) == 4 and default_bins(99, 50) == 10 and default_bins(99, 4) == 2
 
@@ -43,15 +48,28 @@ def test_exact_posterior_passes_and_bent_posteriors_fail():
     assert exact.miscalibrated(shift=0.5).uniformity()["p_value"] < 1e-3  # biased
 
 
-GMM_CARD = {"name": "sbc_gmm",
-            "model": {"family": "gmm", "components": 2, "dim": 1, "loc_scale": 10.0, "scale_log_sd": 0.3,
-                      "weight_concentration": 5.0},
-            "guide": {"kind": "meanfield"}, "objective": {"name": "enum"}, "data": {"source": "iris"},
-            "training": {"epochs": 60, "lr": 0.1, "progress": False}}
-PPCA_CARD = {"name": "sbc_ppca",
-             "model": {"family": "ppca", "latent_dim": 1, "dim": 3, "prior": "normal", "weight_scale": 2.0},
-             "guide": {"kind": "exact"}, "data": {"source": "iris"},
-             "training": {"epochs": 60, "lr": 0.1, "progress": False}}
+GMM_CARD = {
+    "name": "sbc_gmm",
+    "model": {
+        "family": "gmm",
+        "components": 2,
+        "dim": 1,
+        "loc_scale": 10.0,
+        "scale_log_sd": 0.3,
+        "weight_concentration": 5.0,
+    },
+    "guide": {"kind": "meanfield"},
+    "objective": {"name": "enum"},
+    "data": {"source": "iris"},
+    "training": {"epochs": 60, "lr": 0.1, "progress": False},
+}
+PPCA_CARD = {
+    "name": "sbc_ppca",
+    "model": {"family": "ppca", "latent_dim": 1, "dim": 3, "prior": "normal", "weight_scale": 2.0},
+    "guide": {"kind": "exact"},
+    "data": {"source": "iris"},
+    "training": {"epochs": 60, "lr": 0.1, "progress": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +123,26 @@ def test_cli_sbc(tmp_path, capsys):
     card = tmp_path / "card.toml"
     card.write_bytes(tomli_w.dumps({**GMM_CARD, "training": {**GMM_CARD["training"], "epochs": 5}}).encode())
     plot = tmp_path / "ranks.png"
-    assert main(["sbc", str(card), "--sims", "3", "--rows", "30", "--draws", "9", "--statistic", "locs",
-                 "--plot", str(plot), "--json"]) == 0
+    assert (
+        main(
+            [
+                "sbc",
+                str(card),
+                "--sims",
+                "3",
+                "--rows",
+                "30",
+                "--draws",
+                "9",
+                "--statistic",
+                "locs",
+                "--plot",
+                str(plot),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["schema"] == "pplvm.sbc/1" and out["sims"] == 3 and {t["statistic"] for t in out["tests"]} == {"locs"}
     assert 0 <= out["p_value"] <= 1 and plot.stat().st_size > 0
@@ -118,9 +154,12 @@ def test_sbc_of_a_users_model():
     """SBC simulates from a user's Pyro model (``model.family = "pyro"``) as from a family: 10
     simulations of 50 rows, mean-field guide; its globals are the statistics, ranks in 0..L,
     no evidence against calibration (measured p = 1.0 with seed 0)."""
-    card = {"model": {"family": "pyro", "target": "user_models:calibration_normal", "dim": 1},
-            "guide": {"kind": "meanfield"}, "data": {"source": "iris"},
-            "training": {"epochs": 60, "lr": 0.1, "progress": False}}
+    card = {
+        "model": {"family": "pyro", "target": "user_models:calibration_normal", "dim": 1},
+        "guide": {"kind": "meanfield"},
+        "data": {"source": "iris"},
+        "training": {"epochs": 60, "lr": 0.1, "progress": False},
+    }
     result = run_sbc(card, 10, rows=50, num_draws=99, seed=0)
     ranks = result.ranks()
     assert set(ranks) == {"mu", "sigma"} and result.statistics == "globals"
