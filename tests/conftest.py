@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 
-import pyro
-import pytest
-import torch
+# torch, and every process a test starts (the CLI, notebooks' kernels, torchrun's workers), on
+# one thread: the suite runs on pytest-xdist workers, and more threads than cores stall each other
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("PPLVM_TEST_THREADS", "1"))
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import pplvm  # noqa: F401  (sets module-local params)
 

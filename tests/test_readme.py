@@ -1,17 +1,28 @@
 """Every ``pplvm`` command README.md shows and every card shipped in models/ runs exactly as
-written — through a shell, as a user types it, no ``--quiet`` — in a fresh directory, with
-exit status 0 and no traceback. ``PPLVM_MAX_EPOCHS`` (honoured by every fit and resume) keeps
-the epochs short; files a command names as placeholders (``my.npy``) or a card needs from the
-user (the MNIST IDX files, a binarized MNIST .npz) are generated first, at the paths written."""
+written — the words a shell would pass, no ``--quiet`` — in a fresh directory, with exit status
+0 and no traceback. ``PPLVM_MAX_EPOCHS`` (honoured by every fit and resume) keeps the epochs
+short; files a command names as placeholders (``my.npy``) or a card needs from the user (the
+MNIST IDX files, a binarized MNIST .npz) are generated first, at the paths written.
+
+A plain ``pplvm ...`` line runs in this process through :func:`pplvm.cli.main`, with the argv
+the shell would build (``shlex``: quotes, comments) — the same code path as the console script
+less the interpreter's start-up (torch's import, seconds a command). A line that needs a shell
+(pipes, redirections, variables) runs through ``bash``. The process boundary itself (exit
+codes, signals, locks, the console script) is tested in test_cli.py and test_faults.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +81,44 @@ def workdir(tmp_path_factory):
     return where
 
 
+#: words after which a line is no longer one plain command
+SHELL_SYNTAX = re.compile(r"[|&;<>$`(){}]")
+
+
 def run_as_user(command: str, where: Path) -> subprocess.CompletedProcess:
+    """Run a README line in ``where``: in process when it is one plain ``pplvm`` command, else
+    through bash. Warnings behave as in a user's process (shown once), RuntimeWarnings fail."""
+    words = shlex.split(command, comments=True)
+    plain = words[:1] == ["pplvm"] and not SHELL_SYNTAX.search(command.split("#", 1)[0])
+    return in_process(words[1:], where) if plain else in_shell(command, where)
+
+
+def in_process(argv: list[str], where: Path) -> subprocess.CompletedProcess:
+    from pplvm import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    env = {"PPLVM_MAX_EPOCHS": EPOCHS}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with contextlib.chdir(where), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.filterwarnings("error", category=RuntimeWarning)
+                try:
+                    code = cli.main(argv)
+                except SystemExit as stop:  # argparse
+                    code = stop.code if isinstance(stop.code, int) else 2
+                except Exception:  # what a user would see: a traceback
+                    traceback.print_exc(file=err)
+                    code = 1
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return subprocess.CompletedProcess(["pplvm", *argv], code, out.getvalue(), err.getvalue())
+
+
+def in_shell(command: str, where: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PATH": f"{where / 'bin'}{os.pathsep}{os.environ['PATH']}",
