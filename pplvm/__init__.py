@@ -55,6 +55,26 @@ _LAZY = {
     "Trainer": ".training.trainer",
 }
 
+#: submodules reachable as attributes of the package (``pplvm.data.as_sequences``), imported on
+#: first use; ``_progress`` for ``with pplvm._progress.reporting():``
+_SUBMODULES = {
+    "_progress",
+    "config",
+    "data",
+    "decoders",
+    "distributions",
+    "evaluation",
+    "families",
+    "guides",
+    "inference",
+    "objectives",
+    "run",
+    "rundir",
+    "schema",
+    "training",
+    "workflows",
+}
+
 __all__ = [
     "FAMILIES",
     "GUIDES",
@@ -82,7 +102,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name's submodule on first use and keep the name here (PEP 562)."""
+    """A submodule, or a public name from its submodule, imported on first use (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # which also sets it here
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name], __name__), name)
@@ -91,4 +113,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, *_SUBMODULES})
