@@ -26,10 +26,11 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
 
 def cmd_fit(args) -> int:
     from .config import load_card
+
+    card = load_card(args.card, args.set)  # a missing file or bad TOML is reported before torch is imported
     from .run import Run
     from .training import distributed
 
-    card = load_card(args.card, args.set)
     out = Path(args.out) if args.out else Path("runs") / card.name
     if args.quiet:
         from .config import card_from_dict, card_to_dict
@@ -261,11 +262,12 @@ def cmd_compare(args) -> int:
 
 def cmd_sbc(args) -> int:
     from .config import check_seed, load_card
+
+    card = load_card(args.card, args.set)  # before torch, as in fit
+    check_seed(args.seed, "--seed")
     from .evaluation.plots import save_figure
     from .workflows.sbc import rank_histogram_plot, run_sbc
 
-    card = load_card(args.card, args.set)
-    check_seed(args.seed, "--seed")
     names = args.statistic or None
 
     with progress(args.sims, "sbc", unit="simulation") as bar:
@@ -312,10 +314,11 @@ def cmd_sbc(args) -> int:
 
 def cmd_render(args) -> int:
     from .config import load_card
+
+    card = load_card(args.card, args.set)  # before torch, as in fit
     from .evaluation.plots import save_figure
     from .run import Run
 
-    card = load_card(args.card, args.set)
     out = Path(args.out)
     save_figure(Run.from_card(card).model_graph(), out)
     _emit({"schema": "pplvm.render/1", "card": str(args.card), "plot": str(out)}, args.json, f"wrote {out}")
@@ -478,10 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _leave_process_group() -> None:
-    """Under torchrun, leave the process group fit / resume joined (nothing otherwise)."""
-    from .training import distributed
-
-    distributed.shutdown()
+    """Under torchrun, leave the process group fit / resume joined (nothing otherwise: a command
+    that never imported :mod:`pplvm.training.distributed` joined none, and imports no torch here)."""
+    distributed = sys.modules.get("pplvm.training.distributed")
+    if distributed is not None:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

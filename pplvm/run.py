@@ -35,7 +35,10 @@ import torch
 from pydantic import BaseModel
 from pyro.infer import Predictive
 
-from . import rundir
+from . import (
+    _pyro_settings,  # noqa: F401  (Pyro's settings, before anything here builds a model)
+    rundir,
+)
 from ._progress import progress, reporting
 from .config import card_from_dict, card_to_dict, check_count, check_seed, dump_card, load_card
 from .data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset, values

@@ -13,7 +13,7 @@ import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import pplvm  # noqa: F401  (sets module-local params)
+import pplvm._pyro_settings  # noqa: F401  (Pyro's module-local params, as pplvm sets them)
 
 torch.set_num_threads(int(os.environ.get("PPLVM_TEST_THREADS", "1")))
 

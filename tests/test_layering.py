@@ -3,8 +3,9 @@ function, relative or absolute) points at its own layer or a lower one.
 
 Low to high, as README's "The house" draws it::
 
-    errors, _registry, _progress, _signals, _targets, schema
-                                        foundation: errors, the registry type, progress, import paths, Section
+    errors, _registry, _progress, _signals, _targets, _pyro_settings, schema
+                                        foundation: errors, the registry type, progress, import paths,
+                                        Pyro's settings, Section
     training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots, evaluation.graph
                                         atomic files, collectives, the arviz converter, figures, graphs
     distributions, data, decoders, inference, guides.forward, evaluation.two_sample
@@ -32,7 +33,15 @@ PACKAGE = Path(pplvm.__file__).parent
 
 #: lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS: list[list[str]] = [
-    ["pplvm.errors", "pplvm._registry", "pplvm._progress", "pplvm._signals", "pplvm._targets", "pplvm.schema"],
+    [
+        "pplvm.errors",
+        "pplvm._registry",
+        "pplvm._progress",
+        "pplvm._signals",
+        "pplvm._targets",
+        "pplvm._pyro_settings",
+        "pplvm.schema",
+    ],
     [
         "pplvm.training.checkpoint",
         "pplvm.training.distributed",

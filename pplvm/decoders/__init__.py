@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
+from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
 from .._targets import TARGET_PATTERN
 from ..errors import CardError
 from ..schema import Section

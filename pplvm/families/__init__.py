@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
 from .._registry import Registry
 from .base import FamilyConfig, LatentVariableModel
 from .diffusion import Diffusion, DiffusionConfig

@@ -19,6 +19,7 @@ from pyro.infer.autoguide import AutoDelta, AutoLowRankMultivariateNormal, AutoN
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from torch.distributions import transform_to
 
+from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
 from ..errors import IncompatibleError
 from ..families.base import ContinuousLatentModel, ExactLocalPosterior, FixedGuide, LatentVariableModel, UserGuide
 from .amortized import AmortizedNormal
