@@ -25,6 +25,7 @@ import tomli_w
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .errors import ArgumentError, CardError
+from .rundir import write_atomic
 from .schema import MAX_SEED, Section, Seed
 
 ObjectiveName = Literal[
@@ -339,6 +340,4 @@ def card_to_dict(card: BaseModel) -> dict:
 
 
 def dump_card(card: BaseModel, path: str | os.PathLike) -> None:
-    from .training.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), tomli_w.dumps(card_to_dict(card)).encode())
+    write_atomic(path, tomli_w.dumps(card_to_dict(card)))

@@ -48,7 +48,7 @@ from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
 from .training import distributed
-from .training.checkpoint import atomic_write_bytes, load_checkpoint
+from .training.checkpoint import load_checkpoint
 from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
 
 PROTOTYPE_ROWS = 256
@@ -532,7 +532,7 @@ class Run:
                 plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
             for name, fig in self._host_model().plots(self._training_data(), self.params()).items():
                 plots.save_figure(fig, d / f"{name}.png")
-            atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+            rundir.write_atomic(d / "summary.txt", self.summary_text(idata))
 
     def _host_model(self) -> LatentVariableModel:
         """The model with its parameters on the host (plots draw from host tensors)."""
@@ -769,5 +769,4 @@ def save_samples(x: torch.Tensor, path: str | Path) -> None:
         np.savetxt(buf, arr, delimiter=",")
     else:
         raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
-    with rundir.storage(f"--out {str(path)!r}"):
-        atomic_write_bytes(path, buf.getvalue())
+    rundir.write_atomic(path, buf.getvalue(), f"--out {str(path)!r}")

@@ -3,12 +3,15 @@ pyplot backend is touched (safe in notebooks, servers and tests)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from ..rundir import write_atomic
 
 
 def loss_plot(history: Sequence[dict[str, Any]]) -> Figure:
@@ -149,13 +152,10 @@ def compare_plot(table, n: int) -> Figure:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    import io
-
-    from ..training.checkpoint import atomic_write_bytes
-
+    """``fig`` as a PNG at ``path``, written atomically (:func:`pplvm.rundir.write_atomic`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def image_grid(
