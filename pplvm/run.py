@@ -49,7 +49,8 @@ from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
 from .training import distributed
 from .training.checkpoint import load_checkpoint
-from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
+from .training.devices import resolve_device
+from .training.trainer import Callback, Trainer, _host, read_history, to_device
 
 PROTOTYPE_ROWS = 256
 #: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
@@ -155,7 +156,7 @@ class Run:
         extras = ckpt["extras"]
         rundir.check_fingerprint(extras.get("card"), card, run_dir)
         with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
-            where = _load_device(card.training.device if device is None else device)
+            where = resolve_device(card.training.device if device is None else device, cpu_fallback=True)
             model = (
                 FAMILIES[card.model.family]
                 .from_config(card.model, int(extras["dim"]), model=model, guide=guide)
@@ -718,13 +719,6 @@ def fit(
 
 def load(run_dir: str | Path, *, model: Any = None, guide: Any = None) -> Run:
     return Run.load(run_dir, model=model, guide=guide)
-
-
-def _load_device(spec: str) -> torch.device:
-    """The device ``spec`` names, or the CPU where this machine has no such device."""
-    if spec != "auto" and spec != "cpu" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return resolve_device(spec)
 
 
 def _fit_input(guide: torch.nn.Module, train):
