@@ -34,7 +34,7 @@ def loss_plot(history: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _project(x: torch.Tensor, *others: torch.Tensor):
+def project_2d(x: torch.Tensor, *others: torch.Tensor):
     """Project to the top two principal axes of ``x`` when ``D > 2``."""
     if x.shape[1] <= 2:
         return (x, *others), ("x0", "x1")
@@ -46,7 +46,7 @@ def _project(x: torch.Tensor, *others: torch.Tensor):
 
 def cluster_plot(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, title: str = "") -> Figure:
     """Data coloured by their MAP component, with component means marked."""
-    (xp, cp), (lx, ly) = _project(x.detach(), centres.detach())
+    (xp, cp), (lx, ly) = project_2d(x.detach(), centres.detach())
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     if xp.shape[1] == 1:

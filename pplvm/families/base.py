@@ -376,7 +376,7 @@ class IdentifiedSummaries(abc.ABC):
 class LatentDecoder(abc.ABC):
     """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
     a decoder (VAEs, GANs): latent interpolation and traversal
-    (:mod:`pplvm.evaluation.latent`) need only this."""
+    (:mod:`pplvm.workflows.latent`) need only this."""
 
     #: how side information ``y`` enters the decoder (:class:`pplvm.decoders.side.SideInformation`)
     side: Any

@@ -1,2 +1,3 @@
 """Workflows over fitted runs, above the :mod:`pplvm.run` facade: model comparison by
-PSIS-LOO (:mod:`.compare`) and simulation-based calibration (:mod:`.sbc`)."""
+PSIS-LOO (:mod:`.compare`), simulation-based calibration (:mod:`.sbc`) and the latent-space
+tools of an amortized run (:mod:`.latent`)."""

@@ -187,7 +187,7 @@ def test_a_bayesian_decoder_vae_fits_from_a_card(tmp_path):
         run.model.generate(3)
     assert run.model.generate(3, params=run.params()).shape == (3, 3)
     # the latent tools decode at the weights' point estimate: z W + μ
-    from pplvm.evaluation.latent import decode, reconstruct
+    from pplvm.workflows.latent import decode, reconstruct
 
     z = torch.randn(5, L, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(decode(run, z), z @ w + mu)

@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 import pplvm
-from pplvm.evaluation import latent
+from pplvm.workflows import latent
 
 PROTOTYPES = torch.tensor(
     [
