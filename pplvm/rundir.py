@@ -240,11 +240,18 @@ def _flatten(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield f"{prefix}{k}", v
 
 
+#: keys that fingerprints once held and no longer do: they moved to ``[evaluation]``, which
+#: acts on how a run is evaluated, not on its tensors (see pplvm.config.MOVED_KEYS)
+RETIRED = ("model.likelihood_samples",)
+
+
 def check_fingerprint(stored: dict[str, Any] | None, card: BaseModel, run_dir: Path) -> None:
     """Refuse a checkpoint whose card values (``stored``) differ from ``card``'s, naming each
-    difference; ``stored`` None (a checkpoint written before fingerprints) passes."""
+    difference; ``stored`` None (a checkpoint written before fingerprints) passes, and keys
+    fingerprints no longer hold (:data:`RETIRED`) are not compared."""
     if stored is None:
         return
+    stored = {k: v for k, v in stored.items() if k not in RETIRED}
     now = card_fingerprint(card)
     keys = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
     if not keys:

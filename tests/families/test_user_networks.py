@@ -163,13 +163,12 @@ def test_a_bayesian_decoder_vae_fits_from_a_card(tmp_path):
             "latent_dim": L,
             "decoder_target": "user_networks:BayesLinearDecoder",
             "likelihood": "gaussian",
-            "likelihood_samples": 20,
         },
         "guide": {"kind": "amortized"},
         "objective": {"name": "elbo"},
         "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.2},
         "training": {"epochs": 150, "lr": 0.03, "progress": False},
-        "evaluation": {"draws": 5, "chains": 2},
+        "evaluation": {"draws": 5, "chains": 2, "samples": 20},
     }
     run = pplvm.fit(card, data=x.numpy(), out=tmp_path / "r")
     assert run.draws(4)["decoder.W"].shape == (4, L, 3)
