@@ -95,11 +95,14 @@ def _eval_data(run, args):
 
 
 def cmd_evaluate(args) -> int:
+    from .config import check_count
     from .run import LIKELIHOOD_WORDS, Run
 
+    if args.samples is not None:  # refused before anything loads
+        check_count(args.samples, "--samples")
     run = Run.load(args.run_dir)
     x, where = _eval_data(run, args)
-    m = run.evaluate(x)
+    m = run.evaluate(x, samples=args.samples)
     result = {
         "schema": "pplvm.evaluate/1",
         "run_dir": str(args.run_dir),
@@ -395,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help=".npy or .csv file (N, D), or an .npz of sequences; default: the card's test, else valid split"
     )
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
+    sp.add_argument(
+        "--samples",
+        type=int,
+        help="importance samples per datum of an estimated log-likelihood (default: the card's evaluation.samples)",
+    )
     sp.add_argument(
         "--plot",
         default="likelihood_terms.png",

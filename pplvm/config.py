@@ -7,7 +7,9 @@ A card is a TOML file (or the same nested dict from Python) with the sections
 - ``[objective]``  which objective, e.g. ``name = "enum"``;
 - ``[data]``       data source and its options (schema: the source's ``Config``);
 - ``[training]``   optimiser, epochs, minibatches, early stopping, checkpoints;
-- ``[evaluation]`` posterior draws for arviz.
+- ``[evaluation]`` how a fitted run is evaluated: importance samples, posterior draws for
+  arviz, the memory bound. Not part of the fitted model: a finished run is evaluated with other
+  values (``pplvm evaluate RUN --samples 5000``) without touching its ``card.toml``.
 
 Validation errors name the key path (``training.lr``) and what was expected.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -25,6 +28,7 @@ import tomli_w
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .errors import ArgumentError, CardError
+from .rundir import write_atomic
 from .schema import MAX_SEED, Section, Seed
 
 ObjectiveName = Literal[
@@ -147,6 +151,13 @@ class TrainingConfig(Section):
 
 
 class EvaluationConfig(Section):
+    samples: int | None = Field(
+        None,
+        ge=1,
+        description="importance samples per datum of an estimated log-likelihood (a family whose likelihood "
+        "is 'estimate': VAE, continuous local latents, a dequantised flow); none = the family's default (100; "
+        "a dequantised flow 64); pplvm evaluate --samples overrides it",
+    )
     draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
@@ -302,11 +313,43 @@ def _deepcopy(d: dict) -> dict:
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
+#: keys that moved out of ``[model]`` because they act on evaluation, not on the fitted model
+#: (so they are not part of a checkpoint's fingerprint): old key -> new key
+MOVED_KEYS = {"model.likelihood_samples": "evaluation.samples"}
+
+
+def _moved(raw: dict) -> dict:
+    """``raw`` with each of :data:`MOVED_KEYS` it sets at its new place, with a FutureWarning
+    (cards and run directories written before the move keep loading)."""
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = raw.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        raw = {**raw, old_section: {k: v for k, v in section.items() if k != old_key}}
+        target = raw.get(new_section, {})
+        if not isinstance(target, dict):
+            continue  # validation names the broken section
+        value = section[old_key]
+        if new_key in target and target[new_key] != value:
+            raise CardError(
+                f"{old} = {value!r} has moved to {new}, which this card sets to {target[new_key]!r}: keep {new}"
+            )
+        raw[new_section] = {**target, new_key: value}
+        warnings.warn(
+            f"{old} is now {new} (it acts on evaluation, not on the fitted model); read as {new} = {value!r}",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return raw
+
+
 def card_from_dict(raw: dict, overrides: list[str] | dict[str, Any] | None = None) -> BaseModel:
-    """Validate a card given as a nested dict (plus optional overrides)."""
+    """Validate a card given as a nested dict (plus optional overrides); keys that moved
+    (:data:`MOVED_KEYS`) are read at their new place."""
     if not isinstance(raw, dict):
         raise CardError(f"a card must be a table of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
+    raw = _moved(apply_overrides(raw, overrides))
     schema = card_schema()
     try:
         return schema.model_validate(raw)
@@ -339,6 +382,4 @@ def card_to_dict(card: BaseModel) -> dict:
 
 
 def dump_card(card: BaseModel, path: str | os.PathLike) -> None:
-    from .training.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), tomli_w.dumps(card_to_dict(card)).encode())
+    write_atomic(path, tomli_w.dumps(card_to_dict(card)))

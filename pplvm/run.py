@@ -51,8 +51,9 @@ from .guides import make_guide
 from .guides.local import LocalGuide, MeanFieldLocal
 from .objectives import check_compatible, make_update_rule
 from .training import distributed
-from .training.checkpoint import atomic_write_bytes, load_checkpoint
-from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
+from .training.checkpoint import load_checkpoint
+from .training.devices import resolve_device
+from .training.trainer import Callback, Trainer, _host, read_history, to_device
 
 PROTOTYPE_ROWS = 256
 #: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
@@ -158,7 +159,7 @@ class Run:
         extras = ckpt["extras"]
         rundir.check_fingerprint(extras.get("card"), card, run_dir)
         with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
-            where = _load_device(card.training.device if device is None else device)
+            where = resolve_device(card.training.device if device is None else device, cpu_fallback=True)
             model = (
                 FAMILIES[card.model.family]
                 .from_config(card.model, int(extras["dim"]), model=model, guide=guide)
@@ -323,22 +324,24 @@ class Run:
         ll = self._chunked_log_likelihood(valid, self._params()) + self.transform.log_abs_det_jacobian(valid)
         return {"valid_log_likelihood": float(ll.mean())}
 
-    def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _model_log_likelihood(self, xt, params: dict[str, torch.Tensor], samples: int | None = None) -> torch.Tensor:
         """The family's ``log p(x | θ)``. A family whose marginal is an importance-sampling
         estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
-        proposal (see :class:`~pplvm.families.base.ContinuousLatentModel`)."""
+        proposal and ``samples`` (default ``evaluation.samples``) draws per datum (see
+        :class:`~pplvm.families.base.ContinuousLatentModel`)."""
         kind = self.model.likelihood
         if kind == "none":
             raise IncompatibleError(
                 f"model.family = {self.card.model.family!r} has an implicit density: "
                 "it has no log-likelihood (compare samples instead)"
             )
+        options = {"num_samples": samples or self.card.evaluation.samples} if kind == "estimate" else {}
         if kind == "estimate" and isinstance(self.guide, LocalGuide):
-            return self.model.log_likelihood(xt, params, proposal=self.guide)
-        return self.model.log_likelihood(xt, params)
+            options["proposal"] = self.guide
+        return self.model.log_likelihood(xt, params, **options)
 
     def _chunked_log_likelihood(
-        self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None
+        self, xt, params: dict[str, torch.Tensor], num_draws: int | None = None, samples: int | None = None
     ) -> torch.Tensor:
         """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
         (the leading dim of every ``params`` entry), of draws, each pass within
@@ -356,7 +359,7 @@ class Run:
                 p = {k: v[ds] for k, v in params.items()} if per_draw else params
                 parts = []
                 for rs in row_spans:
-                    parts.append(self._model_log_likelihood(to_device(xt[rs], self.device), p).cpu())
+                    parts.append(self._model_log_likelihood(to_device(xt[rs], self.device), p, samples).cpu())
                     bar.update(1)
                 blocks.append(torch.cat(parts, -1))
         return torch.cat(blocks, 0) if per_draw else blocks[0]
@@ -403,13 +406,17 @@ class Run:
         return {k: out[k].detach().reshape(num, *point[k].shape) for k in self.model.global_sites}
 
     @torch.no_grad()
-    def log_likelihood(self, x: Any, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def log_likelihood(
+        self, x: Any, params: dict[str, torch.Tensor] | None = None, *, samples: int | None = None
+    ) -> torch.Tensor:
         """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
         families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family
-        declares). ``params`` defaults to :meth:`params`."""
-        xt = self._prepare(x)
+        declares). ``params`` defaults to :meth:`params`; ``samples``: importance samples per
+        datum of an estimate (default the card's ``evaluation.samples``; other values need no
+        change to the card)."""
+        xt, samples = self._prepare(x), None if samples is None else check_count(samples, "samples")
         p = self.params() if params is None else params
-        return self._chunked_log_likelihood(xt, p) + self.transform.log_abs_det_jacobian(xt)
+        return self._chunked_log_likelihood(xt, p, samples=samples) + self.transform.log_abs_det_jacobian(xt)
 
     @torch.no_grad()
     def posterior(self, x: Any = None) -> dict[str, torch.Tensor]:
@@ -444,14 +451,15 @@ class Run:
             return self.transform.inverse(self.model.sample(n, self._params()).cpu())
 
     @torch.no_grad()
-    def evaluate(self, x: Any) -> dict[str, Any]:
-        """Log-likelihood of ``x`` per datum and in total; where the family decomposes it
+    def evaluate(self, x: Any, *, samples: int | None = None) -> dict[str, Any]:
+        """Log-likelihood of ``x`` per datum and in total (``samples``: as in
+        :meth:`log_likelihood`); where the family decomposes it
         (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
         mean (nats per datum, ``terms``) and the total in bits per dimension."""
         xt = self._prepare(x)
         terms = _host(self.model.likelihood_terms(to_device(xt, self.device), self._params()))
         if terms is None:
-            ll = self.log_likelihood(x)
+            ll = self.log_likelihood(x, samples=samples)
         else:
             ll = -torch.stack(list(terms.values()), -1).sum(-1) + self.transform.log_abs_det_jacobian(xt)
         out = {
@@ -535,7 +543,7 @@ class Run:
                 plots.save_figure(plots.posterior_plot(idata, self.model.global_sites), d / "posterior.png")
             for name, fig in self._host_model().plots(self._training_data(), self.params()).items():
                 plots.save_figure(fig, d / f"{name}.png")
-            atomic_write_bytes(d / "summary.txt", self.summary_text(idata).encode())
+            rundir.write_atomic(d / "summary.txt", self.summary_text(idata))
 
     def _host_model(self) -> LatentVariableModel:
         """The model with its parameters on the host (plots draw from host tensors)."""
@@ -723,13 +731,6 @@ def load(run_dir: str | Path, *, model: Any = None, guide: Any = None) -> Run:
     return Run.load(run_dir, model=model, guide=guide)
 
 
-def _load_device(spec: str) -> torch.device:
-    """The device ``spec`` names, or the CPU where this machine has no such device."""
-    if spec != "auto" and spec != "cpu" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return resolve_device(spec)
-
-
 def _fit_input(guide: torch.nn.Module, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
     with parameters per training datum, else as they are."""
@@ -772,5 +773,4 @@ def save_samples(x: torch.Tensor, path: str | Path) -> None:
         np.savetxt(buf, arr, delimiter=",")
     else:
         raise PplvmError(f"--out {str(path)!r}: expected a .npy or .csv file name")
-    with rundir.storage(f"--out {str(path)!r}"):
-        atomic_write_bytes(path, buf.getvalue())
+    rundir.write_atomic(path, buf.getvalue(), f"--out {str(path)!r}")

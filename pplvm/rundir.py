@@ -8,9 +8,10 @@
   operating system drops the lock when the process ends, however it ends.
 - :func:`check_writable` tries a write and checks free space before training starts, so a
   read-only or full disk is one line up front, not a traceback after an hour of training.
-- :func:`write_atomic` writes any artifact through a temporary file in the same folder and one
-  ``os.replace``; the temporary file is removed on any failure, and ``OSError`` (read-only,
-  disk full) becomes a one-line :class:`StorageError`.
+- :func:`write_atomic`, pplvm's one writer of files: every artifact goes through a temporary
+  file in the same folder, ``fsync`` and one ``os.replace``, so a crash leaves the last good
+  file; the temporary file is removed on any failure, and ``OSError`` (read-only, disk full)
+  becomes a one-line :class:`StorageError`.
 - :func:`card_fingerprint` / :func:`check_fingerprint`: the card sections that define a
   checkpoint's tensors, stored in the checkpoint and compared on load, so an edited
   ``card.toml`` or a checkpoint from another run is named instead of a ``state_dict`` traceback.
@@ -22,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -178,22 +180,45 @@ def check_writable(run_dir: str | Path, need_bytes: int = 0, purpose: str = "run
         )
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], Any], what: str | None = None) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then replace ``path`` with it.
+def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], Any], what: str | None = None) -> None:
+    """Write ``path`` so that a reader, or a crash at any moment, finds the old file or the new
+    one whole, never a part: pplvm's one writer of files (checkpoints, cards, figures, exports).
 
-    On any failure the temporary file is removed and ``path`` is left as it was; an ``OSError``
-    (disk full, read-only) is raised as one-line :class:`StorageError` naming ``what``."""
+    ``data``: the bytes (text: UTF-8) to write, or ``write(tmp)``, a function that writes the
+    temporary path it is given (``savefig``, ``to_netcdf``). The temporary file lies in
+    ``path``'s folder (so the rename is atomic), is flushed to disk (``fsync``), then replaces
+    ``path`` in one ``os.replace``; the folder is synced too, so the rename survives a power cut.
+    On any failure (an exception, Ctrl-C) the temporary file is removed and ``path`` is as it
+    was; an ``OSError`` (disk full, read-only) is raised as a one-line :class:`StorageError`
+    naming ``what`` (default: the path)."""
     path = Path(path)
     what = what or str(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        write(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(data):
+            data(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+        else:  # created as open() would (mode 0o666 less the umask), and only by this call
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as err:
         raise storage_error(err, what) from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -215,11 +240,18 @@ def _flatten(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield f"{prefix}{k}", v
 
 
+#: keys that fingerprints once held and no longer do: they moved to ``[evaluation]``, which
+#: acts on how a run is evaluated, not on its tensors (see pplvm.config.MOVED_KEYS)
+RETIRED = ("model.likelihood_samples",)
+
+
 def check_fingerprint(stored: dict[str, Any] | None, card: BaseModel, run_dir: Path) -> None:
     """Refuse a checkpoint whose card values (``stored``) differ from ``card``'s, naming each
-    difference; ``stored`` None (a checkpoint written before fingerprints) passes."""
+    difference; ``stored`` None (a checkpoint written before fingerprints) passes, and keys
+    fingerprints no longer hold (:data:`RETIRED`) are not compared."""
     if stored is None:
         return
+    stored = {k: v for k, v in stored.items() if k not in RETIRED}
     now = card_fingerprint(card)
     keys = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
     if not keys:

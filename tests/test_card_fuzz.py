@@ -64,7 +64,7 @@ KEYS = [
     "emission",
     "categories",
     "prior",
-    "likelihood_samples",
+    "samples",
 ]
 NAMES = [
     "gmm",

@@ -85,3 +85,25 @@ def test_card_round_trip_keeps_every_default(tmp_path):
     text = (tmp_path / "card.toml").read_text()
     assert "lr = 0.01" in text and "batch_size = 32" in text  # resolved defaults written out
     assert card_from_dict(card_to_dict(card)) == card
+
+
+VAE = {"model": {"family": "vae"}, "data": {"source": "digits"}}
+
+
+def test_a_key_that_moved_to_evaluation_is_read_at_its_new_place():
+    """``model.likelihood_samples`` (before evaluation settings left [model]) is read as
+    ``evaluation.samples`` with a warning naming both; set both ways differently, it is refused.
+    The shipped cards use the new place (test_shipped_cards_validate runs warnings as errors)."""
+    assert card_from_dict(VAE).evaluation.samples is None  # the family's default
+    with pytest.warns(FutureWarning, match=r"model.likelihood_samples is now evaluation.samples .* = 50"):
+        card = card_from_dict(VAE, ["model.likelihood_samples=50"])
+    assert card.evaluation.samples == 50 and "likelihood_samples" not in card_to_dict(card)["model"]
+    with pytest.warns(FutureWarning):
+        assert card_from_dict(VAE, {"model.likelihood_samples": 50, "evaluation.samples": 50}).evaluation.samples == 50
+    with pytest.raises(
+        pplvm.CardError,
+        match=r"model.likelihood_samples = 50 has moved to evaluation.samples, which this card sets to 7",
+    ):
+        card_from_dict(VAE, {"model.likelihood_samples": 50, "evaluation.samples": 7})
+    with pytest.raises(pplvm.CardError, match=r"evaluation.samples: expected greater than or equal to 1"):
+        card_from_dict(VAE, ["evaluation.samples=0"])

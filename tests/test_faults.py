@@ -532,10 +532,8 @@ def test_disk_full_while_writing_inference_data(card, tmp_path, monkeypatch, cap
 
 
 def test_disk_full_while_checkpointing_a_resume(run_dir, monkeypatch, capsys):
-    import pplvm.training.checkpoint as checkpoint
-
     before = tree(run_dir)
-    monkeypatch.setattr(checkpoint.os, "fsync", _enospc)
+    monkeypatch.setattr(rundir.os, "fsync", _enospc)  # the one writer's flush to disk
     code, _, err = cli(capsys, "resume", run_dir, "--epochs", 6)
     assert_one_line(code, err, str(run_dir), "the disk is full")
     monkeypatch.undo()
@@ -590,6 +588,32 @@ def test_write_atomic_cleans_up():
         with pytest.raises(KeyboardInterrupt):
             rundir.write_atomic(path, lambda tmp: (tmp.write_text("half"), _raise(KeyboardInterrupt())))
         assert path.read_text() == "old" and sorted(os.listdir(d)) == ["a.txt"]
+
+
+def test_write_atomic_is_the_one_writer(tmp_path, monkeypatch):
+    """Bytes, text or a writer function: each lands whole, flushed to disk (the file, then its
+    folder) before the rename; a crash at the rename leaves the last good file and no temporary
+    file. Checkpoints, cards and figures all go through it."""
+    import pplvm.config
+    import pplvm.evaluation.plots
+    import pplvm.training.checkpoint
+
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(rundir.os, "fsync", lambda fd: (synced.append(fd), fsync(fd)))
+    path = tmp_path / "sub" / "a.bin"
+    rundir.write_atomic(path, b"\x00bytes")
+    assert path.read_bytes() == b"\x00bytes" and len(synced) == 2  # the file and its folder
+    rundir.write_atomic(path, "text ✓")
+    assert path.read_text("utf-8") == "text ✓"
+    rundir.write_atomic(path, lambda tmp: tmp.write_bytes(b"by a writer"))
+    assert path.read_bytes() == b"by a writer" and len(synced) == 6
+    monkeypatch.setattr(rundir.os, "replace", lambda *a: _raise(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(StorageError, match="a.bin: cannot write"):
+        rundir.write_atomic(path, b"new")
+    assert path.read_bytes() == b"by a writer" and os.listdir(path.parent) == ["a.bin"]
+    for module in (pplvm.config, pplvm.evaluation.plots, pplvm.training.checkpoint):
+        assert module.write_atomic is rundir.write_atomic
 
 
 def _raise(err):

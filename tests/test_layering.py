@@ -1,23 +1,34 @@
-"""The package's layering, enforced: every ``import`` in pplvm (at module level or inside a
-function, relative or absolute) points at its own layer or a lower one.
+"""The package's layering, enforced: the folders are layers.
 
-Low to high, as README's "The house" draws it::
+Every ``import`` in pplvm — at module level or inside a function (or under ``TYPE_CHECKING``),
+relative or absolute — points at its own folder or at a folder in a lower layer. A folder is a
+sub-package (``pplvm.families``) or a top-level module (``pplvm.config``); each sits in exactly
+one layer, whole: no module of a folder is placed apart from it. This table is the one place
+the order is written down (README's "The house" lists the folders in the same order).
 
-    errors, _registry, _progress, _signals, _targets, _pyro_settings, schema
-                                        foundation: errors, the registry type, progress, import paths,
-                                        Pyro's settings, Section
-    training.checkpoint, training.distributed, evaluation.arviz, evaluation.plots, evaluation.graph
-                                        atomic files, collectives, the arviz converter, figures, graphs
-    distributions, data, decoders, inference, guides.forward, evaluation.two_sample
-                                        building blocks and the importance-sampling estimator
-    families                            the contract and the families
-    config                              the card schema, gathered from the registries
-    guides, objectives, training.rules, training.compiled
-                                        inference over a family: guides, objectives, update rules
-    training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
-    run                                 the facade
-    workflows                           over runs: compare, SBC
-    cli, pplvm/__init__                 the public surface
+Low to high::
+
+    errors, schema, _registry, _targets, _progress, _signals, _pyro_settings, rundir
+                        foundation: errors, Section, the registry type, import paths, progress,
+                        signals, Pyro's settings, run directories and the one atomic writer
+    distributions, data, decoders, inference, evaluation
+                        building blocks: distributions, data, networks, the importance-sampling
+                        estimator, evaluation's tools (memory bounds, figures, arviz, statistics)
+    families            the contract and the families
+    config              the card schema, gathered from the family and data registries
+    training            the loop, the update-rule interface, devices, collectives, checkpoints
+    guides, objectives  inference over a family: guides, and objectives that build update rules
+    run                 the facade
+    workflows           over runs: compare, SBC, latent-space tools
+    cli, __main__, pplvm (its __init__)
+                        the public surface
+
+Checked at two levels:
+
+- folders: every import between two folders goes to the same layer or a lower one, and the
+  folders' import graph has no cycle (two folders of one layer do not import each other);
+- modules: every import is reported where it stands (file and line) when it points upward,
+  and no two modules import each other, directly or around a loop, lazily or not.
 """
 
 from __future__ import annotations
@@ -31,54 +42,41 @@ import pplvm
 
 PACKAGE = Path(pplvm.__file__).parent
 
-#: lowest first; a module belongs to the layer of its longest listed prefix
+#: lowest first; each entry a folder: a sub-package or a top-level module of pplvm
 LAYERS: list[list[str]] = [
     [
         "pplvm.errors",
+        "pplvm.schema",
         "pplvm._registry",
+        "pplvm._targets",
         "pplvm._progress",
         "pplvm._signals",
-        "pplvm._targets",
         "pplvm._pyro_settings",
-        "pplvm.schema",
+        "pplvm.rundir",
     ],
-    [
-        "pplvm.training.checkpoint",
-        "pplvm.training.distributed",
-        "pplvm.evaluation.arviz",
-        "pplvm.evaluation.plots",
-        "pplvm.evaluation.graph",
-    ],
-    # guides.forward (diffusion's fixed noising chain) and evaluation.two_sample (statistics a
-    # GAN objective monitors) use only data and distributions: building blocks, below their folders
-    [
-        "pplvm.distributions",
-        "pplvm.data",
-        "pplvm.decoders",
-        "pplvm.inference",
-        "pplvm.guides.forward",
-        "pplvm.evaluation.two_sample",
-    ],
+    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference", "pplvm.evaluation"],
     ["pplvm.families"],
     ["pplvm.config"],
-    ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules", "pplvm.training.compiled"],
-    ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
+    ["pplvm.training"],
+    ["pplvm.guides", "pplvm.objectives"],
     ["pplvm.run"],
     ["pplvm.workflows"],
-    ["pplvm.cli", "pplvm"],
+    ["pplvm.cli", "pplvm.__main__", "pplvm"],
 ]
 
 
-def layer_of(module: str) -> int:
-    """Index in :data:`LAYERS` of ``module``'s longest matching prefix."""
-    best, length = None, -1
-    for i, prefixes in enumerate(LAYERS):
-        for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > length:
-                best, length = i, len(p)
-    if best is None:
-        raise KeyError(module)
-    return best
+def folder_of(module: str) -> str:
+    """The folder ``module`` belongs to: ``pplvm.families.gmm`` -> ``pplvm.families``."""
+    return ".".join(module.split(".")[:2])
+
+
+def layer_of(module: str, layers: list[list[str]] = LAYERS) -> int:
+    """Index in ``layers`` of ``module``'s folder."""
+    folder = folder_of(module)
+    for i, folders in enumerate(layers):
+        if folder in folders:
+            return i
+    raise KeyError(f"{module}: its folder {folder} has no layer in tests/test_layering.py")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -87,8 +85,9 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
 
 
 def imported_modules(source: str, module: str, is_package: bool, root: Path = PACKAGE) -> list[tuple[int, str]]:
-    """``(line, module)`` for every pplvm module ``source`` imports; ``from pkg import name``
-    counts as ``pkg.name`` where ``name`` is a submodule."""
+    """``(line, module)`` for every pplvm module ``source`` imports, at any depth (inside
+    functions, classes, ``if`` blocks); ``from pkg import name`` counts as ``pkg.name`` where
+    ``name`` is a submodule."""
     package = module if is_package else module.rpartition(".")[0]
     out = []
     for node in ast.walk(ast.parse(source)):
@@ -110,58 +109,197 @@ def imported_modules(source: str, module: str, is_package: bool, root: Path = PA
     return sorted(out)
 
 
-def violations(root: Path = PACKAGE) -> list[str]:
-    found = []
+def import_graph(root: Path = PACKAGE) -> dict[str, list[tuple[str, int, str]]]:
+    """``module -> [(file, line, imported module), ...]`` over every module under ``root``."""
+    graph = {}
     for path in sorted(root.rglob("*.py")):
         module = module_name(path, root)
-        own = layer_of(module)
-        for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py", root):
-            if layer_of(target) > own:
+        rel = str(path.relative_to(root.parent))
+        graph[module] = [
+            (rel, line, target)
+            for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py", root)
+            if target != module
+        ]
+    return graph
+
+
+def violations(root: Path = PACKAGE, layers: list[list[str]] = LAYERS) -> list[str]:
+    """Module level: each import that points at a higher layer, where it stands."""
+    found = []
+    for module, imports in import_graph(root).items():
+        own = layer_of(module, layers)
+        for rel, line, target in imports:
+            if layer_of(target, layers) > own:
                 found.append(
-                    f"{path.relative_to(root.parent)}:{line}: {module} (layer {own}) imports "
-                    f"{target} (layer {layer_of(target)})"
+                    f"{rel}:{line}: {module} (layer {own}) imports {target} (layer {layer_of(target, layers)})"
                 )
     return found
 
 
-def test_every_module_has_a_layer():
-    """A new top-level module or package must be placed in :data:`LAYERS`."""
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def folder_edges(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """``folder -> folders it imports`` (other than itself)."""
+    edges: dict[str, set[str]] = {}
+    for module, imports in import_graph(root).items():
+        for _, _, target in imports:
+            if folder_of(target) != folder_of(module):
+                edges.setdefault(folder_of(module), set()).add(folder_of(target))
+    return edges
+
+
+def folder_violations(root: Path = PACKAGE, layers: list[list[str]] = LAYERS) -> list[str]:
+    """Folder level: each folder that imports a higher layer's folder, and each import cycle
+    between folders."""
+    edges = folder_edges(root)
+    upward = [
+        f"{a} (layer {layer_of(a, layers)}) imports {b} (layer {layer_of(b, layers)})"
+        for a in sorted(edges)
+        for b in sorted(edges[a])
+        if layer_of(b, layers) > layer_of(a, layers)
+    ]
+    return upward + [f"folders import each other: {' <-> '.join(c)}" for c in cycles(edges)]
+
+
+def module_cycles(root: Path = PACKAGE) -> list[list[str]]:
+    graph = import_graph(root)
+    return cycles({m: {t for _, _, t in imports if t in graph} for m, imports in graph.items()})
+
+
+# ------------------------------------------------------------------ the package
+def test_every_folder_has_one_layer():
+    """A new folder (sub-package or top-level module) must be placed in :data:`LAYERS`, whole."""
+    listed = [f for layer in LAYERS for f in layer]
+    assert len(listed) == len(set(listed)), "a folder listed twice"
+    assert all(f == "pplvm" or f.count(".") == 1 for f in listed), "only folders are placed, never one module apart"
     for path in PACKAGE.rglob("*.py"):
-        layer_of(module_name(path))  # raises KeyError for an unplaced module
+        layer_of(module_name(path))  # raises KeyError for an unplaced folder
+
+
+def test_no_folder_imports_a_higher_layer_or_another_that_imports_it():
+    assert folder_violations() == []
 
 
 def test_no_module_imports_a_higher_layer():
     assert violations() == []
 
 
-def test_the_check_catches_an_upward_import(tmp_path):
-    """The checker itself: a family that imports the facade, or the card schema, is caught,
-    lazily inside a function or not; an import from its own layer or below is not."""
+def test_no_two_modules_import_each_other():
+    assert module_cycles() == []
+
+
+def test_every_import_names_a_module_that_exists():
+    """A moved module leaves no import of its old place behind (a lazy one fails only when run)."""
+    graph = import_graph()
+    missing = [f"{rel}:{line}: {t}" for imports in graph.values() for rel, line, t in imports if t not in graph]
+    assert missing == []
+
+
+# ------------------------------------------------------------------ the checker
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     pkg = tmp_path / "pplvm"
-    (pkg / "families").mkdir(parents=True)
-    for f in ["__init__.py", "run.py", "config.py", "schema.py", "families/__init__.py"]:
-        (pkg / f).write_text("")
-    (pkg / "families" / "mine.py").write_text(
-        "from ..schema import Section\n"
-        "from . import base\n"
-        "def f():\n    from ..run import Run\n"
-        "from pplvm.config import card_schema\n"
+    for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    return pkg
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    """A family that imports the facade, or the card schema, is caught, lazily inside a
+    function or not, relative or absolute; an import from its own folder or below is not."""
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "run.py": "",
+            "config.py": "",
+            "schema.py": "",
+            "families/__init__.py": "",
+            "families/mine.py": "from ..schema import Section\n"
+            "from . import base\n"
+            "def f():\n    from ..run import Run\n"
+            "from pplvm.config import card_schema\n",
+            "families/base.py": "from pplvm import schema\n",
+        },
     )
-    (pkg / "families" / "base.py").write_text("from pplvm import schema\n")
     found = violations(pkg)
     assert len(found) == 2
-    assert "mine.py:4: pplvm.families.mine (layer 3) imports pplvm.run (layer 7)" in found[0]
-    assert "mine.py:5:" in found[1] and "imports pplvm.config (layer 4)" in found[1]
+    assert "mine.py:4: pplvm.families.mine (layer 2) imports pplvm.run (layer 6)" in found[0]
+    assert "mine.py:5:" in found[1] and "imports pplvm.config (layer 3)" in found[1]
+    assert folder_violations(pkg) == [
+        "pplvm.families (layer 2) imports pplvm.config (layer 3)",
+        "pplvm.families (layer 2) imports pplvm.run (layer 6)",
+    ]
+
+
+def test_the_check_catches_folders_and_modules_that_import_each_other(tmp_path):
+    """Within one layer: data and decoders may not import each other (even lazily), and two
+    modules of one folder may not either."""
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "data/__init__.py": "def f():\n    from ..decoders import mlp\n",
+            "decoders/__init__.py": "",
+            "decoders/mlp.py": "import pplvm.data\n",
+            "families/__init__.py": "",
+            "families/a.py": "from .b import x\n",
+            "families/b.py": "if False:\n    from . import a\n",
+        },
+    )
+    assert violations(pkg) == []  # every import stays within its layer
+    assert folder_violations(pkg) == ["folders import each other: pplvm.data <-> pplvm.decoders"]
+    assert module_cycles(pkg) == [
+        ["pplvm.data", "pplvm.decoders.mlp"],
+        ["pplvm.families.a", "pplvm.families.b"],
+    ]
 
 
 @pytest.mark.parametrize(
     "module, layer",
     [
-        ("pplvm.evaluation.latent", 6),
+        ("pplvm.rundir", 0),
         ("pplvm.evaluation.plots", 1),
-        ("pplvm.workflows.sbc", 8),
-        ("pplvm.inference.importance", 2),
+        ("pplvm.evaluation.two_sample", 1),
+        ("pplvm.inference.importance", 1),
+        ("pplvm.training.checkpoint", 4),
+        ("pplvm.training.rules", 4),
+        ("pplvm.objectives.em", 5),
+        ("pplvm.workflows.latent", 7),
     ],
 )
-def test_longest_prefix_decides(module, layer):
+def test_a_module_is_in_its_folders_layer(module, layer):
     assert layer_of(module) == layer

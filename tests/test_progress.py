@@ -91,7 +91,7 @@ def test_long_commands_report_progress_on_stderr(monkeypatch, capsys, tmp_path):
     card = next(c.values[0] for c in CASES if c.id == "vae-digits-dynamic-mlp")
     card = {
         **card,
-        "model": {**card["model"], "likelihood_samples": 8},
+        "evaluation": {**card["evaluation"], "samples": 8},
         "training": {**card["training"], "epochs": 1, "progress": True},
     }
     pplvm.fit(card, out=tmp_path / "run")

@@ -3,12 +3,15 @@ pyplot backend is touched (safe in notebooks, servers and tests)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from ..rundir import write_atomic
 
 
 def loss_plot(history: Sequence[dict[str, Any]]) -> Figure:
@@ -31,7 +34,7 @@ def loss_plot(history: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _project(x: torch.Tensor, *others: torch.Tensor):
+def project_2d(x: torch.Tensor, *others: torch.Tensor):
     """Project to the top two principal axes of ``x`` when ``D > 2``."""
     if x.shape[1] <= 2:
         return (x, *others), ("x0", "x1")
@@ -43,7 +46,7 @@ def _project(x: torch.Tensor, *others: torch.Tensor):
 
 def cluster_plot(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, title: str = "") -> Figure:
     """Data coloured by their MAP component, with component means marked."""
-    (xp, cp), (lx, ly) = _project(x.detach(), centres.detach())
+    (xp, cp), (lx, ly) = project_2d(x.detach(), centres.detach())
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     if xp.shape[1] == 1:
@@ -149,13 +152,10 @@ def compare_plot(table, n: int) -> Figure:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    import io
-
-    from ..training.checkpoint import atomic_write_bytes
-
+    """``fig`` as a PNG at ``path``, written atomically (:func:`pplvm.rundir.write_atomic`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def image_grid(

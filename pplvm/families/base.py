@@ -29,6 +29,9 @@ from ..errors import CardError
 from ..schema import Section
 
 LikelihoodKind = Literal["exact", "estimate", "bound", "none"]
+#: importance samples per datum of an ``"estimate"`` log-likelihood when the caller (a run:
+#: ``evaluation.samples``) gives none; an evaluation setting, not part of the fitted model
+LIKELIHOOD_SAMPLES = 100
 
 
 class FamilyConfig(Section):
@@ -278,7 +281,9 @@ class ContinuousLatentModel(LatentVariableModel):
     A family with ``likelihood = "estimate"`` estimates its marginal by
     importance sampling (:func:`pplvm.inference.importance.importance_log_likelihood`), and
     its :meth:`log_likelihood` accepts a keyword ``proposal``: a guide called as ``proposal(x)``
-    that samples the local latent inside the data plate, which a run fills with its guide."""
+    that samples the local latent inside the data plate, which a run fills with its guide.
+    Every ``"estimate"`` family's :meth:`log_likelihood` also takes ``num_samples``, the draws
+    per datum (a run passes ``evaluation.samples``; default :data:`LIKELIHOOD_SAMPLES`)."""
 
     enumerated = False
 
@@ -376,7 +381,7 @@ class IdentifiedSummaries(abc.ABC):
 class LatentDecoder(abc.ABC):
     """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
     a decoder (VAEs, GANs): latent interpolation and traversal
-    (:mod:`pplvm.evaluation.latent`) need only this."""
+    (:mod:`pplvm.workflows.latent`) need only this."""
 
     #: how side information ``y`` enters the decoder (:class:`pplvm.decoders.side.SideInformation`)
     side: Any

@@ -40,7 +40,7 @@ models ``y = (j + u) / K ∈ (0, 1)^D`` (a sigmoid is appended to the chain) and
 ``uniform``: ``q(u | x) = U(0, 1)^D`` (Theis et al. 2016; Uria et al. 2013); ``variational``:
 ``q(u | x)`` is itself a flow (a conditional IAF on ``x`` followed by a sigmoid, Ho et al.
 2019), trained jointly. The training loss is minus this bound, and :meth:`log_likelihood`
-is the importance-weighted estimate with ``likelihood_samples`` draws of u (a stochastic lower
+is the importance-weighted estimate with ``evaluation.samples`` draws of u (a stochastic lower
 bound on ``log P(x)`` that tightens as they grow; for the variational q the draws come from
 ``½ q + ½ uniform``, which keeps the weights bounded), so bits/dim = ``-log P(x) / (D log 2)``
 is an honest upper bound. ``likelihood`` is then ``"estimate"``.
@@ -69,6 +69,9 @@ TransformName = Literal["affine_coupling", "spline_coupling", "maf", "iaf", "per
 COUPLINGS = ("affine_coupling", "spline_coupling")
 #: data whose every column takes at most this many values, each seen ~10+ times, look discrete
 MAX_LEVELS = 256
+#: draws of u per datum of a dequantised flow's log-likelihood when the run's
+#: ``evaluation.samples`` is unset
+DEQUANTIZED_SAMPLES = 64
 
 
 class FlowConfig(FamilyConfig):
@@ -88,7 +91,6 @@ class FlowConfig(FamilyConfig):
     )
     levels: int | None = Field(None, ge=2, description="discrete values per dimension, x = j / (levels - 1)")
     dequantizer_transforms: int = Field(2, ge=1, description="variational: conditional IAF layers of q(u | x)")
-    likelihood_samples: int = Field(64, ge=1, description="dequantised: draws of u per datum in log_likelihood")
     image_shape: list[int] | None = Field(None, description="[H, W] to show samples as images")
 
     @model_validator(mode="after")
@@ -294,12 +296,13 @@ class NormalizingFlow(LatentVariableModel):
     ) -> torch.Tensor:
         """``log p(x_n)``, ``(N,)`` (no global latents: ``params`` is empty). Exact for
         continuous data; for dequantised data the importance-weighted bound
-        ``log (1/S) Σ_s exp(bound_s)`` over S draws of u (``num_samples``, default
-        ``likelihood_samples``), in chunks of at most ``max_elements`` numbers."""
+        ``log (1/S) Σ_s exp(bound_s)`` over S draws of u (``num_samples``, a run's
+        ``evaluation.samples``; default :data:`DEQUANTIZED_SAMPLES`), in chunks of at most
+        ``max_elements`` numbers."""
         x = values(x)
         if self.levels is None:
             return self.flow(len(x)).log_prob(x)
-        s = num_samples or self.config.likelihood_samples
+        s = num_samples or DEQUANTIZED_SAMPLES
         g = torch.Generator(device=x.device).manual_seed(seed)
         rows = max(1, max_elements // (s * self.dim))
         out = []

@@ -51,7 +51,7 @@ from ..data.base import as_matrix, values
 from ..decoders import Activation, Encoder, mlp
 from ..errors import CardError, IncompatibleError
 from ..inference.importance import importance_log_likelihood
-from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide, over_draws
+from .base import LIKELIHOOD_SAMPLES, ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide, over_draws
 
 #: placeholder batch sizes the model is traced at; the data plate is the one that follows them
 _PROBE_ROWS = (3, 5)
@@ -75,9 +75,6 @@ class TracedConfig(FamilyConfig):
     hidden: list[int] = Field([64], description="hidden widths of the amortized encoder over continuous locals")
     activation: Activation = "tanh"
     min_scale: float = Field(1e-3, gt=0, description="floor of the encoder's softplus scale")
-    likelihood_samples: int = Field(
-        100, ge=1, description="importance samples per datum of the log-likelihood estimate (continuous local latents)"
-    )
 
 
 class PyroConfig(TracedConfig):
@@ -423,7 +420,7 @@ class PyroModel(LatentVariableModel, UserGuide):
     def _estimate(
         self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None, seed: int
     ) -> torch.Tensor:
-        k = num_samples or self.config.likelihood_samples
+        k = num_samples or LIKELIHOOD_SAMPLES
         if self.structure.discrete:
             return self._estimate_mixed(model, x, proposal, k, seed)
         if proposal is not None:  # the run's guide: keep its local site, drop its globals' draws

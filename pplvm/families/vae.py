@@ -36,14 +36,11 @@ from ..data.base import Batch, as_matrix, values
 from ..decoders import Decoder, NetworkConfig, image_shape, make_decoder, make_encoder, user
 from ..decoders.side import SideEncoder, SideInformation
 from ..errors import CardError, IncompatibleError
-from .base import ContinuousLatentModel, FamilyConfig, LatentDecoder, over_draws
+from .base import LIKELIHOOD_SAMPLES, ContinuousLatentModel, FamilyConfig, LatentDecoder, over_draws
 
 
 class VAEConfig(FamilyConfig, NetworkConfig):
     family: Literal["vae"] = "vae"
-    likelihood_samples: int = Field(
-        100, ge=1, description="importance samples per datum of the log-likelihood estimate"
-    )
 
 
 class CVAEConfig(VAEConfig):
@@ -176,7 +173,7 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
 
         def estimate(model) -> torch.Tensor:
             est = importance_log_likelihood(
-                model, guide, x, k=num_samples or self.config.likelihood_samples, seed=seed, max_elements=max_elements
+                model, guide, x, k=num_samples or LIKELIHOOD_SAMPLES, seed=seed, max_elements=max_elements
             )
             return est.log_likelihood.to(values(x).dtype)
 

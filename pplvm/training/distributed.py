@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import TrainingError
+from .devices import resolve_device
 
 #: environment variable: seconds a process waits on a silent peer before giving up
 TIMEOUT_ENV = "PPLVM_DIST_TIMEOUT"
@@ -120,21 +121,10 @@ def init_from_env(device: str = "auto") -> Context:
     if not dist.is_available():
         raise TrainingError("this PyTorch build has no torch.distributed: data-parallel training is unavailable")
     rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK", 0)
-    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    where = resolve_device(device, local_rank=local_rank)
+    gpu = where.type == "cuda"
     if gpu:
-        if device.startswith("cuda:"):
-            raise TrainingError(
-                f"training.device = {device!r}: with several processes each uses the GPU "
-                "its LOCAL_RANK names; set training.device = 'cuda' (or 'auto')"
-            )
-        if not torch.cuda.is_available():
-            raise TrainingError(f"training.device = {device!r}: this machine has no CUDA device; use 'auto' or 'cpu'")
-        if local_rank >= torch.cuda.device_count():
-            raise TrainingError(
-                f"LOCAL_RANK = {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
-                "start at most one process per GPU (torchrun --nproc_per_node)"
-            )
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(where)
     backend = "nccl" if gpu else "gloo"
     try:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout())

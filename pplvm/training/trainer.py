@@ -50,6 +50,7 @@ from ..config import TrainingConfig
 from ..errors import RunDirError, TrainingError
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
+from .devices import resolve_device
 from .distributed import CollectiveError, DataParallel
 from .rules import UpdateRule
 
@@ -58,18 +59,6 @@ Callback = Callable[["Trainer", dict[str, Any]], None]
 Augment = Callable[[Any, torch.Generator], Any]
 #: rows per held-out evaluation chunk (at least one minibatch)
 EVAL_ROWS = 1024
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"training.device = {spec!r}: this machine has no CUDA device; use 'auto' or 'cpu'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise TrainingError(f"training.device = {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -165,9 +154,10 @@ class Trainer:
         self.monitor, self.augment = monitor, augment
         self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rank, self.world_size = rank, world_size
-        self.device = resolve_device(config.device)
-        if world_size > 1 and self.device.type == "cuda":  # one GPU per process: LOCAL_RANK's
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        # one GPU per process when several train: LOCAL_RANK's
+        self.device = resolve_device(
+            config.device, local_rank=distributed.context().local_rank if world_size > 1 else None
+        )
         self._dp: DataParallel | None = None
         self._rng_ranks: torch.Tensor | None = None  # every process's RNG state, (world_size, S)
         self.state = TrainState()

@@ -167,7 +167,7 @@ def test_shipped_card_fits(tmp_path):
             "training.epochs": 2,
             "training.progress": False,
             "model.repeat": 1,
-            "model.likelihood_samples": 4,
+            "evaluation.samples": 4,
             "evaluation.draws": 2,
         },
     )

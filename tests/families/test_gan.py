@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import pplvm
-from pplvm.evaluation import latent
 from pplvm.evaluation.arviz import groups
 from pplvm.objectives import make_update_rule
 from pplvm.training.checkpoint import load_checkpoint
+from pplvm.workflows import latent
 
 CARD = {
     "name": "gan",

@@ -174,12 +174,12 @@ def test_a_graph_with_labels_fits_from_the_card(tmp_path):
     and new digits come class by class."""
     nodes = [{**CVAE_NODES[0], "classes": 10}, CVAE_NODES[1], {**CVAE_NODES[2], "hidden": [32]}]
     card = {
-        "model": {"family": "graph", "nodes": nodes, "likelihood_samples": 8},
+        "model": {"family": "graph", "nodes": nodes},
         "guide": {"kind": "amortized"},
         "objective": {"name": "elbo"},
         "data": {"source": "digits", "binarize": "static"},
         "training": {"epochs": 2, "lr": 0.01, "batch_size": 256, "progress": False},
-        "evaluation": {"draws": 2, "chains": 2, "max_rows": 50},
+        "evaluation": {"draws": 2, "chains": 2, "max_rows": 50, "samples": 8},
     }
     run = pplvm.fit(card, out=tmp_path / "run")
     assert all(math.isfinite(h["train_loss"]) for h in run.history)
@@ -352,7 +352,7 @@ def test_shipped_graph_cards_fit(name, tmp_path):
         [
             "training.epochs=2",
             "training.progress=false",
-            "model.likelihood_samples=8",
+            "evaluation.samples=8",
             "evaluation.draws=2",
             "evaluation.chains=2",
             "evaluation.max_rows=50",

@@ -163,13 +163,12 @@ def test_a_bayesian_decoder_vae_fits_from_a_card(tmp_path):
             "latent_dim": L,
             "decoder_target": "user_networks:BayesLinearDecoder",
             "likelihood": "gaussian",
-            "likelihood_samples": 20,
         },
         "guide": {"kind": "amortized"},
         "objective": {"name": "elbo"},
         "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.2},
         "training": {"epochs": 150, "lr": 0.03, "progress": False},
-        "evaluation": {"draws": 5, "chains": 2},
+        "evaluation": {"draws": 5, "chains": 2, "samples": 20},
     }
     run = pplvm.fit(card, data=x.numpy(), out=tmp_path / "r")
     assert run.draws(4)["decoder.W"].shape == (4, L, 3)
@@ -187,7 +186,7 @@ def test_a_bayesian_decoder_vae_fits_from_a_card(tmp_path):
         run.model.generate(3)
     assert run.model.generate(3, params=run.params()).shape == (3, 3)
     # the latent tools decode at the weights' point estimate: z W + μ
-    from pplvm.evaluation.latent import decode, reconstruct
+    from pplvm.workflows.latent import decode, reconstruct
 
     z = torch.randn(5, L, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(decode(run, z), z @ w + mu)

@@ -256,13 +256,8 @@ def test_resume_refuses_a_metric_history_shorter_than_the_checkpoint(tmp_path):
         pplvm.Run.resume(tmp_path / "run", epochs=8)
 
 
-def test_a_device_the_machine_lacks_is_refused_by_name():
-    from pplvm.training.trainer import resolve_device
-
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(pplvm.TrainingError, match=r"training.device = 'cuda:0': this machine has no CUDA"):
-            resolve_device("cuda:0")
+def test_a_device_spec_that_is_not_one_is_refused_by_name():
+    """``training.device`` itself is read by :func:`pplvm.training.devices.resolve_device`
+    (tests/training/test_devices.py); the card refuses what is not a device."""
     with pytest.raises(pplvm.CardError, match="training.device"):
         pplvm.card_from_dict({**CARD, "training": {**CARD["training"], "device": "tpu"}})

@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 import pplvm
-from pplvm.evaluation import latent
+from pplvm.workflows import latent
 
 # the module-scoped fits below are shared by its tests: keep them on one xdist worker (--dist loadgroup)
 pytestmark = pytest.mark.xdist_group(__name__)

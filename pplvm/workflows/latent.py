@@ -261,12 +261,12 @@ def anomaly_score(
 def latent_map(run, x: Any, labels: Any = None, *, title: str = "") -> Figure:
     """Encoder means of ``x`` in 2-D (the first two latent dimensions when L = 2, else their top
     two principal axes), coloured by ``labels`` if given."""
-    from .plots import _project
+    from ..evaluation.plots import project_2d
 
     loc = encode(run, x)[0]
     if loc.shape[1] == 1:
         loc = torch.cat([loc, torch.zeros_like(loc)], 1)
-    (xy,), (lx, ly) = _project(loc)
+    (xy,), (lx, ly) = project_2d(loc)
     lx, ly = ("z 1", "z 2") if loc.shape[1] == 2 else (f"latent {lx}", f"latent {ly}")
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
