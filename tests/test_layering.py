@@ -28,7 +28,8 @@ Checked at two levels:
 - folders: every import between two folders goes to the same layer or a lower one, and the
   folders' import graph has no cycle (two folders of one layer do not import each other);
 - modules: every import is reported where it stands (file and line) when it points upward,
-  and no two modules import each other, directly or around a loop, lazily or not.
+  and no two modules import each other, directly or around a loop, lazily or not
+  (an import under ``if TYPE_CHECKING:`` never runs: it counts for layers, not for cycles).
 """
 
 from __future__ import annotations
@@ -84,13 +85,29 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(source: str, module: str, is_package: bool, root: Path = PACKAGE) -> list[tuple[int, str]]:
+def type_checking_only(tree: ast.AST) -> set[int]:
+    """``id`` of each import under ``if TYPE_CHECKING:`` (for annotations; never run)."""
+    out = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None)
+        if isinstance(node, ast.If) and getattr(test, "id", getattr(test, "attr", None)) == "TYPE_CHECKING":
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
+def imported_modules(
+    source: str, module: str, is_package: bool, root: Path = PACKAGE, *, runtime: bool = False
+) -> list[tuple[int, str]]:
     """``(line, module)`` for every pplvm module ``source`` imports, at any depth (inside
     functions, classes, ``if`` blocks); ``from pkg import name`` counts as ``pkg.name`` where
-    ``name`` is a submodule."""
+    ``name`` is a submodule. ``runtime``: leave out imports under ``if TYPE_CHECKING:``."""
     package = module if is_package else module.rpartition(".")[0]
     out = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    skip = type_checking_only(tree) if runtime else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "pplvm"]
         elif isinstance(node, ast.ImportFrom):
@@ -109,15 +126,18 @@ def imported_modules(source: str, module: str, is_package: bool, root: Path = PA
     return sorted(out)
 
 
-def import_graph(root: Path = PACKAGE) -> dict[str, list[tuple[str, int, str]]]:
-    """``module -> [(file, line, imported module), ...]`` over every module under ``root``."""
+def import_graph(root: Path = PACKAGE, *, runtime: bool = False) -> dict[str, list[tuple[str, int, str]]]:
+    """``module -> [(file, line, imported module), ...]`` over every module under ``root``
+    (``runtime``: the imports that run, not those under ``if TYPE_CHECKING:``)."""
     graph = {}
     for path in sorted(root.rglob("*.py")):
         module = module_name(path, root)
         rel = str(path.relative_to(root.parent))
         graph[module] = [
             (rel, line, target)
-            for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py", root)
+            for line, target in imported_modules(
+                path.read_text(), module, path.name == "__init__.py", root, runtime=runtime
+            )
             if target != module
         ]
     return graph
@@ -195,7 +215,9 @@ def folder_violations(root: Path = PACKAGE, layers: list[list[str]] = LAYERS) ->
 
 
 def module_cycles(root: Path = PACKAGE) -> list[list[str]]:
-    graph = import_graph(root)
+    """Modules that import each other when they run (a type hint under ``TYPE_CHECKING`` of
+    the class a private helper module serves is not a cycle: it never executes)."""
+    graph = import_graph(root, runtime=True)
     return cycles({m: {t for _, _, t in imports if t in graph} for m, imports in graph.items()})
 
 

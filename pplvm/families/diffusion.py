@@ -28,7 +28,9 @@ chain as ``y = x`` (``decoder = "gaussian"``, continuous data) or ``y = 2x - 1``
 levels ``k / (K - 1)`` of [0, 1] (``decoder = "discretized"``), whose decoder integrates
 N(μ_θ, σ_1²) over each level's bin, so the bound is one of a probability (bits/dim).
 
-Pyro sites: ``z_T .. z_1`` (local, in the ``data`` plate, event dim 1) and ``obs``.
+Pyro sites: ``z_T .. z_1`` (local, in the ``data`` plate, event dim 1) and ``obs``. The
+samplers (ancestral, DDIM, its inversion) and the figures of samples are
+:mod:`._diffusion_sampling`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from ..distributions.diffusion import (
     q_step,
 )
 from ..errors import CardError, DataError
+from . import _diffusion_sampling as _sampling
 from .base import FamilyConfig, FixedGuide, LatentVariableModel
 
 
@@ -307,46 +310,13 @@ class Diffusion(LatentVariableModel, FixedGuide):
         from the prior). ``ancestral``: the reverse chain step by step, then the decoder's mean
         (``mean``) or a draw. ``ddim``: the deterministic DDIM sampler (Song et al. 2021, η = 0) on
         ``steps`` of the T steps (evenly spaced), ending at the predicted ``x̂_0``."""
-        like = z if z is not None else next(self.parameters())
-        g = generator if generator is not None else torch.Generator(device=like.device).manual_seed(0)
-        if z is None:
-            z = torch.randn(n, self.dim, generator=g, dtype=like.dtype, device=like.device)
-        if sampler == "ddim":
-            return self.from_chain(self._ddim(z, self._ddim_steps(steps), inverse=False)).clamp(
-                *(0, 1) if self.config.decoder == "discretized" else (-math.inf, math.inf)
-            )
-        for t in range(self.steps, 1, -1):
-            m, logvar = self.reverse_params(z, torch.full((n,), t, device=z.device))
-            z = m + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, dtype=z.dtype, device=z.device)
-        p = self.decode(z)
-        if mean:
-            return p.mean
-        return self.decoder_dist(*self.reverse_params(z, torch.ones(n, dtype=torch.long, device=z.device))).sample()
-
-    def _ddim_steps(self, steps: int | None) -> list[int]:
-        k = self.steps if steps is None else steps
-        if not 1 <= k <= self.steps:
-            raise ValueError(f"steps: expected 1..{self.steps} DDIM steps, got {k}")
-        return sorted({int(round(v)) for v in torch.linspace(1, self.steps, k).tolist()})
-
-    def _ddim(self, z: torch.Tensor, ts: list[int], inverse: bool) -> torch.Tensor:
-        """Deterministic DDIM moves (η = 0) along the steps ``ts`` (ascending, 0 = the datum):
-        down from ``z_T`` to ``x̂_0`` or, with ``inverse``, up from ``y`` to ``z_T``. Each move
-        from step a to step b predicts ``ε̂`` at ``a`` (at ``ts[0]`` when a = 0) and sets
-        ``z_b = √ᾱ_b x̂_0 + √(1 - ᾱ_b) ε̂`` with ``x̂_0 = (z_a - √(1 - ᾱ_a) ε̂) / √ᾱ_a``."""
-        s = self.tables(z)
-        path = [0, *ts] if inverse else [*ts[::-1], 0]
-        for a, b in zip(path[:-1], path[1:]):
-            eps, _ = self.predict(z, torch.full((len(z),), max(a, ts[0]), device=z.device))
-            x0 = (z - (1 - s.alphas_bar[a]).sqrt() * eps) / s.alphas_bar[a].sqrt()
-            z = s.alphas_bar[b].sqrt() * x0 + (1 - s.alphas_bar[b]).sqrt() * eps
-        return z
+        return _sampling.generate(self, n, sampler=sampler, steps=steps, generator=generator, z=z, mean=mean)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:
         """DDIM inversion: the ``z_T`` ``(N, D)`` that the DDIM sampler maps back to ``x``
         (approximately; exact as the step size shrinks)."""
-        return self._ddim(self.to_chain(values(x)), self._ddim_steps(steps), inverse=True)
+        return _sampling.ddim(self, self.to_chain(values(x)), _sampling.ddim_steps(self, steps), inverse=True)
 
     @torch.no_grad()
     def interpolate(
@@ -354,11 +324,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
     ) -> torch.Tensor:
         """Spherical interpolation between the DDIM latents of two data ``(D,)``, decoded by
         DDIM: ``(num, D)``."""
-        za, zb = self.encode(torch.stack([x_a, x_b]), steps=steps)
-        omega = torch.arccos((za @ zb / (za.norm() * zb.norm())).clamp(-1, 1))
-        w = torch.linspace(0, 1, num, dtype=za.dtype, device=za.device)[:, None]
-        z = (torch.sin((1 - w) * omega) * za + torch.sin(w * omega) * zb) / torch.sin(omega).clamp_min(1e-8)
-        return self.generate(num, sampler="ddim", steps=steps, z=z)
+        return _sampling.interpolate(self, x_a, x_b, num, steps=steps)
 
     # ------------------------------------------------------------- the contract
     def make_fixed_guide(self) -> torch.nn.Module:
@@ -383,23 +349,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
         pass
 
     def plots(self, x, params):
-        figs = {}
-        device = next(self.parameters()).device  # samples are drawn where the model lives
-        if self.dim == 2:
-            from ..evaluation.plots import samples_scatter
-
-            g = torch.Generator(device=device).manual_seed(0)
-            figs["samples"] = samples_scatter(
-                values(x)[:2000].cpu(), self.generate(1000, generator=g).cpu(), title="data and ancestral samples"
-            )
-        if self.image_shape is not None:
-            from ..evaluation.plots import image_grid
-
-            c, h, w = self.image_shape
-            if c == 1:
-                g = torch.Generator(device=device).manual_seed(0)
-                figs["samples"] = image_grid(self.generate(64, generator=g).cpu(), (h, w), title="ancestral samples")
-        return figs
+        return _sampling.plots(self, x)
 
 
 class ForwardProcess(PyroModule):

@@ -28,16 +28,17 @@ Cost per epoch is constant: the metric history is appended to ``metrics.jsonl`` 
 checkpoints), and checkpoints are written every ``checkpoint_every`` epochs, or, when that is
 unset, at most every ``checkpoint_seconds`` — always after the first and the last epoch, and
 when training stops early. A crash leaves the last checkpoint written.
+
+What a checkpoint holds is :mod:`._trainer_state`; how the loop stops short (early stopping,
+divergence, a lost process) is :mod:`._trainer_stops`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 
@@ -47,11 +48,13 @@ import torch
 from .. import _signals
 from .._progress import progress
 from ..config import TrainingConfig
-from ..errors import RunDirError, TrainingError
-from . import distributed
+from ..errors import TrainingError
+from . import _trainer_state, distributed
+from ._trainer_state import TrainState, _host, checkpoint_due, read_history  # noqa: F401  (re-exported)
+from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping
 from .checkpoint import load_checkpoint, save_checkpoint
 from .devices import resolve_device
-from .distributed import CollectiveError, DataParallel
+from .distributed import DataParallel
 from .rules import UpdateRule
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -85,35 +88,6 @@ def _tf32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-@dataclass
-class TrainState:
-    """Everything besides parameters that resuming needs (the history lives in metrics.jsonl)."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimiser steps taken
-    best: float = math.inf  # best monitored held-out value, as a loss (lower is better)
-    best_epoch: int = 0
-    bad_epochs: int = 0  # evaluations since the best one
-    stopped: str = ""  # why training ended early, if it did
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "history"}
-
-
-def read_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
-    """The first ``epochs`` per-epoch records of ``run_dir/metrics.jsonl`` (one per epoch)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        lines = path.read_text().splitlines()[:epochs]
-        history = [json.loads(line) for line in lines]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{str(path)!r} is not readable ({err}); the run's metric history is lost") from None
-    if len(history) < epochs:
-        raise RunDirError(f"{str(path)!r} has {len(history)} epochs of metrics but the checkpoint has {epochs}")
-    return history
 
 
 class Trainer:
@@ -206,36 +180,10 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": _host(self.model.state_dict()),
-            "guide": _host(self.guide.state_dict()),
-            "rule": _host(self.rule.state_dict()),
-            "trainer": self.state.to_checkpoint(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "shuffle": self.shuffle.get_state(),
-                "augment": self.augment_rng.get_state(),
-                **({"torch_ranks": self._rng_ranks} if self._rng_ranks is not None else {}),
-            },
-            "best": self._best_params,
-            "extras": self.extras,
-        }
+        return _trainer_state.state_dict(self)
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.guide.load_state_dict(ckpt["guide"])
-        self.rule.load_state_dict(ckpt["rule"])
-        self.state = TrainState(**ckpt["trainer"])
-        ranks = ckpt["rng"].get("torch_ranks")  # written by a run on several processes
-        if ranks is not None and self.rank < len(ranks):
-            torch.set_rng_state(ranks[self.rank].clone())  # a view at an offset crashes torch 2.13
-        elif self.rank == 0:
-            torch.set_rng_state(ckpt["rng"]["torch"])
-        else:  # more processes than the run had: a fresh stream of this process's own
-            torch.manual_seed(distributed.rank_seed(self.config.seed + self.state.step, self.rank))
-        self.shuffle.set_state(ckpt["rng"]["shuffle"])
-        self.augment_rng.set_state(ckpt["rng"]["augment"])
-        self._best_params = ckpt.get("best")
+        _trainer_state.load_state_dict(self, ckpt)
 
     def save(self) -> None:
         if self.checkpoint_path is not None and self.rank == 0:
@@ -252,12 +200,7 @@ class Trainer:
             path.write_text("".join(json.dumps(m) + "\n" for m in self.state.history))
 
     def _checkpoint_due(self) -> bool:
-        c, s = self.config, self.state
-        if s.epoch == c.epochs or s.stopped:
-            return True
-        if c.checkpoint_every is not None:
-            return s.epoch % c.checkpoint_every == 0
-        return time.monotonic() - self._last_save >= c.checkpoint_seconds
+        return checkpoint_due(self.config, self.state, self._last_save)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, train, valid=None) -> TrainState:
@@ -397,27 +340,10 @@ class Trainer:
         if self.world_size > 1:
             self._rng_ranks = distributed.all_gather(torch.get_rng_state())
 
-    @contextlib.contextmanager
-    def _collectives(self):
+    def _collectives(self) -> ContextManager:
         """Turn a failed collective (another process died or went silent) into one line that
         names the last good checkpoint."""
-        try:
-            yield
-        except CollectiveError as err:
-            self._lost_contact(str(err))
-        except RuntimeError as err:
-            if self.world_size == 1 or isinstance(err, TrainingError) or not _is_collective_error(err):
-                raise
-            self._lost_contact(distributed.describe_failure(err))
-
-    def _lost_contact(self, what: str) -> None:
-        kept = (
-            f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}; "
-            f"continue with: pplvm resume {self.run_dir}"
-            if self.checkpoint_path is not None
-            else "no checkpoint was being written"
-        )
-        raise TrainingError(f"training stopped in epoch {self.state.epoch + 1}: {what}; {kept}") from None
+        return collectives(self)
 
     def _validation(self, first: bool) -> ContextManager:
         """Pyro's argument and support checks cost ~10% of a small network's step; by default
@@ -428,78 +354,11 @@ class Trainer:
         return pyro.validation_enabled(False)
 
     def _early_stopping(self, value: float) -> None:
-        c, s = self.config, self.state
-        if value < s.best - c.min_delta:
-            s.best, s.best_epoch, s.bad_epochs = value, s.epoch, 0
-            self._best_params = {
-                "model": _host(copy.deepcopy(self.model.state_dict())),
-                "guide": _host(copy.deepcopy(self.guide.state_dict())),
-            }
-        else:
-            s.bad_epochs += 1
-            if c.patience is not None and s.bad_epochs >= c.patience:
-                s.stopped = f"early stopping: no improvement for {s.bad_epochs} evaluations"
+        early_stopping(self, value)
 
     def _parameters_finite(self) -> bool:
         params = [p.detach() for p in self.rule.parameters()]
         return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
     def _diverged(self, what: str, epoch_done: bool = False) -> None:
-        s = self.state
-        epoch = s.epoch if epoch_done else s.epoch + 1
-        where = f"epoch {epoch}" if epoch_done else f"epoch {epoch}, step {s.step + 1}"
-        kept = (
-            f"the last good checkpoint (epoch {self._saved_epoch()}) is kept at {self.checkpoint_path}"
-            if self.checkpoint_path is not None
-            else "no checkpoint was being written"
-        )
-        raise TrainingError(
-            f"training stopped: the {what} at {where}; {kept}. Try a smaller training.lr or set training.clip_norm."
-        )
-
-    def _saved_epoch(self) -> int:
-        try:
-            return int(load_checkpoint(self.checkpoint_path)["trainer"]["epoch"])
-        except RunDirError:
-            return 0
-
-
-def _is_support_error(err: ValueError) -> bool:
-    """Whether ``err`` is torch's / Pyro's refusal of a distribution parameter or value outside
-    its constraint (what a diverged parameter, e.g. a scale that underflowed to 0, causes)."""
-    return str(err).startswith(("Expected parameter", "Expected value argument"))
-
-
-def _is_collective_error(err: RuntimeError) -> bool:
-    """Whether ``err`` (raised while several processes train) is a failed collective: a DDP
-    all-reduce that lost its peers, or a timeout."""
-    text = str(err)
-    return isinstance(err, torch.distributed.DistError) or any(
-        word in text
-        for word in (
-            "Gloo",
-            "gloo",
-            "NCCL",
-            "Connection closed",
-            "Connection reset",
-            "Timed out",
-            "timed out",
-            "ProcessGroup",
-        )
-    )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0].rstrip(":") if text else type(err).__name__
-
-
-def _host(tree: Any) -> Any:
-    """A copy of a state tree with every tensor on the CPU (checkpoints are device-free)."""
-    if torch.is_tensor(tree):
-        return tree.detach().to("cpu")
-    if isinstance(tree, dict):
-        return {k: _host(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_host(v) for v in tree)
-    return tree
+        diverged(self, what, epoch_done)

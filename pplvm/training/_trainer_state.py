@@ -1,0 +1,116 @@
+"""What resuming a :class:`~pplvm.training.trainer.Trainer` needs: the loop's
+:class:`TrainState`, the trainer's state dict (parameters, the update rule's state, every RNG
+stream, the best parameters, extras; tensors on the host), when a checkpoint is due, and the
+metric history read back from ``metrics.jsonl``. The file format is :mod:`.checkpoint`'s."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..config import TrainingConfig
+from ..errors import RunDirError
+from . import distributed
+from .checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+@dataclass
+class TrainState:
+    """Everything besides parameters that resuming needs (the history lives in metrics.jsonl)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best: float = math.inf  # best monitored held-out value, as a loss (lower is better)
+    best_epoch: int = 0
+    bad_epochs: int = 0  # evaluations since the best one
+    stopped: str = ""  # why training ended early, if it did
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "history"}
+
+
+def read_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+    """The first ``epochs`` per-epoch records of ``run_dir/metrics.jsonl`` (one per epoch)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()[:epochs]
+        history = [json.loads(line) for line in lines]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{str(path)!r} is not readable ({err}); the run's metric history is lost") from None
+    if len(history) < epochs:
+        raise RunDirError(f"{str(path)!r} has {len(history)} epochs of metrics but the checkpoint has {epochs}")
+    return history
+
+
+def state_dict(trainer: Trainer) -> dict[str, Any]:
+    """:meth:`Trainer.state_dict`: everything a checkpoint of ``trainer`` holds."""
+    return {
+        "model": _host(trainer.model.state_dict()),
+        "guide": _host(trainer.guide.state_dict()),
+        "rule": _host(trainer.rule.state_dict()),
+        "trainer": trainer.state.to_checkpoint(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "shuffle": trainer.shuffle.get_state(),
+            "augment": trainer.augment_rng.get_state(),
+            **({"torch_ranks": trainer._rng_ranks} if trainer._rng_ranks is not None else {}),
+        },
+        "best": trainer._best_params,
+        "extras": trainer.extras,
+    }
+
+
+def load_state_dict(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """:meth:`Trainer.load_state_dict`: ``trainer`` as the checkpoint ``ckpt`` left it."""
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.guide.load_state_dict(ckpt["guide"])
+    trainer.rule.load_state_dict(ckpt["rule"])
+    trainer.state = TrainState(**ckpt["trainer"])
+    ranks = ckpt["rng"].get("torch_ranks")  # written by a run on several processes
+    if ranks is not None and trainer.rank < len(ranks):
+        torch.set_rng_state(ranks[trainer.rank].clone())  # a view at an offset crashes torch 2.13
+    elif trainer.rank == 0:
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    else:  # more processes than the run had: a fresh stream of this process's own
+        torch.manual_seed(distributed.rank_seed(trainer.config.seed + trainer.state.step, trainer.rank))
+    trainer.shuffle.set_state(ckpt["rng"]["shuffle"])
+    trainer.augment_rng.set_state(ckpt["rng"]["augment"])
+    trainer._best_params = ckpt.get("best")
+
+
+def checkpoint_due(config: TrainingConfig, state: TrainState, last_save: float) -> bool:
+    """Whether the epoch just done ends with a checkpoint (see :mod:`.trainer`)."""
+    if state.epoch == config.epochs or state.stopped:
+        return True
+    if config.checkpoint_every is not None:
+        return state.epoch % config.checkpoint_every == 0
+    return time.monotonic() - last_save >= config.checkpoint_seconds
+
+
+def saved_epoch(path: Path) -> int:
+    """The epoch of the checkpoint at ``path`` (0 when there is none readable)."""
+    try:
+        return int(load_checkpoint(path)["trainer"]["epoch"])
+    except RunDirError:
+        return 0
+
+
+def _host(tree: Any) -> Any:
+    """A copy of a state tree with every tensor on the CPU (checkpoints are device-free)."""
+    if torch.is_tensor(tree):
+        return tree.detach().to("cpu")
+    if isinstance(tree, dict):
+        return {k: _host(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_host(v) for v in tree)
+    return tree
