@@ -15,7 +15,7 @@ Low to high, as README's "The house" draws it::
     guides, objectives, training.rules, training.compiled
                                         inference over a family: guides, objectives, update rules
     training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
-    run                                 the facade
+    run, facade                         the facade: Run, and its parts (build, train, query, artifacts)
     workflows                           over runs: compare, SBC
     cli, pplvm/__init__                 the public surface
 """
@@ -63,7 +63,7 @@ LAYERS: list[list[str]] = [
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules", "pplvm.training.compiled"],
     ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
-    ["pplvm.run"],
+    ["pplvm.run", "pplvm.facade"],
     ["pplvm.workflows"],
     ["pplvm.cli", "pplvm"],
 ]
