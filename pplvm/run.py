@@ -62,10 +62,16 @@ class Run:
         transform: Standardize,
         dataset: Dataset | None = None,
         run_dir: Path | None = None,
+        *,
+        checked: bool = False,
     ):
+        """``checked``: the card's pairing of model, objective and guide has been checked
+        (:func:`~pplvm.facade.build.assemble` checks it once, before the guide exists)."""
         self.card, self.model, self.guide, self.transform = card, model, guide, transform
         #: what training does with each minibatch (the objective's update rule)
-        self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
+        self.rule = make_update_rule(
+            model, guide, card, held_out=not isinstance(guide, MeanFieldLocal), checked=checked
+        )
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []

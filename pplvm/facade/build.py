@@ -69,7 +69,7 @@ def from_card(
     model, guide = assemble(
         card, dataset.dim, resolve_device(card.training.device), dataset=dataset, model=model, guide=guide
     )
-    return cls(card, model, guide, dataset.transform, dataset)
+    return cls(card, model, guide, dataset.transform, dataset, checked=True)
 
 
 def load(
@@ -90,7 +90,7 @@ def load(
     with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
         where = _load_device(card.training.device if device is None else device)
         model, guide = assemble(card, int(extras["dim"]), where, checkpoint=ckpt, model=model, guide=guide)
-    run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir)
+    run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir, checked=True)
     run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
     run.from_python = bool(extras.get("from_python"))
     return run
