@@ -17,7 +17,7 @@ Low to high, as README's "The house" draws it::
     training, evaluation, rundir        the loop; latent-space tools; run directories (lock, atomic files)
     run, facade                         the facade: Run, and its parts (build, train, query, artifacts)
     workflows                           over runs: compare, SBC
-    cli, pplvm/__init__                 the public surface
+    cli, commands, pplvm/__init__       the public surface: the parser, its subcommands, the package
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ LAYERS: list[list[str]] = [
     ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],
     ["pplvm.run", "pplvm.facade"],
     ["pplvm.workflows"],
-    ["pplvm.cli", "pplvm"],
+    ["pplvm.cli", "pplvm.commands", "pplvm"],
 ]
 
 
