@@ -18,10 +18,10 @@ Low to high::
     config              the card schema, gathered from the family and data registries
     training            the loop, the update-rule interface, devices, collectives, checkpoints
     guides, objectives  inference over a family: guides, and objectives that build update rules
-    run                 the facade
+    run, facade         the facade: Run, and its parts (build, train, query, artifacts)
     workflows           over runs: compare, SBC, latent-space tools
-    cli, __main__, pplvm (its __init__)
-                        the public surface
+    cli, commands, __main__, pplvm (its __init__)
+                        the public surface: the parser, its subcommands, the package
 
 Checked at two levels:
 
@@ -60,9 +60,9 @@ LAYERS: list[list[str]] = [
     ["pplvm.config"],
     ["pplvm.training"],
     ["pplvm.guides", "pplvm.objectives"],
-    ["pplvm.run"],
+    ["pplvm.run", "pplvm.facade"],
     ["pplvm.workflows"],
-    ["pplvm.cli", "pplvm.__main__", "pplvm"],
+    ["pplvm.cli", "pplvm.commands", "pplvm.__main__", "pplvm"],
 ]
 
 

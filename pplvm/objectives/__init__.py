@@ -145,8 +145,11 @@ def check_compatible(
         check_reparameterised(guide_trace, model_trace, f"objective.name = {cfg.name!r}")
 
 
-def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig) -> ELBO:
-    check_compatible(model, cfg)
+def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig, *, checked: bool = False) -> ELBO:
+    """The ELBO ``cfg`` names for ``model``; ``checked``: :func:`check_compatible` has already
+    passed (the facade checks each build once)."""
+    if not checked:
+        check_compatible(model, cfg)
     kw = dict(
         num_particles=cfg.num_particles,
         vectorize_particles=cfg.vectorize_particles,
@@ -180,16 +183,19 @@ RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRul
 
 
 def make_update_rule(
-    model: LatentVariableModel, guide: torch.nn.Module, card: Any, *, held_out: bool = True
+    model: LatentVariableModel, guide: torch.nn.Module, card: Any, *, held_out: bool = True, checked: bool = False
 ) -> UpdateRule:
     """What the trainer does with each minibatch under the card's objective: that objective's
     own rule where it has one (:data:`RULES`), else an SVI step on :func:`make_objective`.
-    ``held_out``: whether the guide can score held-out data (not for per-datum guides)."""
-    check_compatible(model, card.objective, guide_kind=card.guide.kind)
+    ``held_out``: whether the guide can score held-out data (not for per-datum guides);
+    ``checked``: :func:`check_compatible` has already passed for this model, card and guide."""
+    if not checked:
+        check_compatible(model, card.objective, guide_kind=card.guide.kind)
     factory = RULES.get(card.objective.name)
     if factory is not None:
         return factory(model, guide, card)
-    objective, schedule = make_objective(model, card.objective), make_schedule(model, card.objective)
+    objective = make_objective(model, card.objective, checked=True)
+    schedule = make_schedule(model, card.objective)
     if card.training.compile == "off":
         return SVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out)
     return CompiledSVIStep(

@@ -1,0 +1,133 @@
+"""``pplvm evaluate``, ``pplvm sample`` and ``pplvm two-sample``: questions to a fitted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import PplvmError
+from . import _emit
+
+
+def _eval_data(run, args):
+    from ..data import read_matrix
+    from ..run import card_dataset
+
+    if args.data:
+        if Path(args.data).suffix.lower() == ".npz":  # sequences: the file's test, else valid, else train
+            from ..data import read_sequences
+
+            splits = read_sequences(args.data, "--data")
+            part = next(s for s in ("test", "valid", "train") if s in splits)
+            return splits[part], f"{args.data} ({part})"
+        x, _ = read_matrix(args.data, name="--data")
+        return x, args.data
+    dataset = card_dataset(run.card)
+    for split in [args.split] if args.split else ["test", "valid", "train"]:
+        x = getattr(dataset, split)
+        if x is not None:
+            return dataset.transform.inverse(x), split
+    raise PplvmError(f"--split {args.split}: the card's data has no such split (fraction 0)")
+
+
+def cmd_evaluate(args) -> int:
+    from ..config import check_count
+    from ..run import LIKELIHOOD_WORDS, Run
+
+    if args.samples is not None:  # refused before anything loads
+        check_count(args.samples, "--samples")
+    run = Run.load(args.run_dir)
+    x, where = _eval_data(run, args)
+    m = run.evaluate(x, samples=args.samples)
+    result = {
+        "schema": "pplvm.evaluate/1",
+        "run_dir": str(args.run_dir),
+        "family": run.card.model.family,
+        "data": where,
+        **m,
+    }
+    kind = LIKELIHOOD_WORDS[m["likelihood"]]
+    text = (
+        f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
+        f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}"
+    )
+    if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
+        from ..evaluation.plots import likelihood_terms_plot, save_figure, term_rows
+
+        plot = Path(args.plot)
+        save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
+        result["plot"] = str(plot)
+        rows = [
+            f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)
+        ]
+        text += (
+            f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
+            f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}"
+        )
+    _emit(result, args.json, text)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..config import check_seed
+    from ..run import Run, save_samples
+
+    if args.n < 1:
+        raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
+    check_seed(args.seed, "--seed")
+    run = Run.load(args.run_dir)
+    x = run.sample(args.n, seed=args.seed)
+    save_samples(x, args.out)
+    shape = " x ".join(map(str, x.shape[1:]))  # (D,) rows or (T, D) sequences
+    text = f"wrote {args.n} samples of shape {shape} to {args.out}"
+    if args.grid:
+        from ..evaluation.plots import image_grid, save_figure
+
+        shape_hw = run.model.image_shape
+        if shape_hw is None:
+            raise PplvmError(
+                f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
+                "(set model.image_shape)"
+            )
+        save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), args.grid)
+        text += f"; grid of {min(args.n, 256)} in {args.grid}"
+    _emit(
+        {
+            "schema": "pplvm.sample/1",
+            "out": str(args.out),
+            "n": args.n,
+            "dim": x.shape[-1],
+            "shape": list(x.shape),
+            "grid": args.grid,
+        },
+        args.json,
+        text,
+    )
+    return 0
+
+
+def cmd_two_sample(args) -> int:
+    from ..evaluation.two_sample import two_sample
+    from ..run import Run
+
+    if args.permutations < 1:
+        raise PplvmError(f"--permutations: expected a positive number, got {args.permutations}")
+    if args.n is not None and args.n < 2:
+        raise PplvmError(f"-n: expected at least 2 samples, got {args.n}")
+    run = Run.load(args.run_dir)
+    x, where = _eval_data(run, args)
+    results = two_sample(run, x, n=args.n, permutations=args.permutations, seed=args.seed)
+    result = {
+        "schema": "pplvm.two_sample/1",
+        "run_dir": str(args.run_dir),
+        "family": run.card.model.family,
+        "data": where,
+        **{k: r.to_dict() for k, r in results.items()},
+    }
+    mmd, c2st = results["mmd"], results["classifier"]
+    text = (
+        f"{run.card.name} samples vs {where} ({mmd.n_y} rows, {mmd.n_x} samples):\n"
+        f"  MMD² = {mmd.statistic:.4g} (bandwidth {mmd.detail['bandwidth']:.3g}), permutation p = {mmd.p_value:.3g}\n"
+        f"  classifier two-sample test: held-out accuracy = {c2st.statistic:.3f} (chance 0.5), p = {c2st.p_value:.3g}"
+    )
+    _emit(result, args.json, text)
+    return 0

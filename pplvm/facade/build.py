@@ -1,0 +1,220 @@
+"""Building a run: from a card (with its data) or from a run directory's checkpoint, through
+one path (:func:`assemble`) that makes the model, checks the pairing once and makes the guide.
+
+:func:`from_card` and :func:`load` are :class:`~pplvm.run.Run`'s class methods; the helpers
+below also shape the data the trainer feeds and the checkpoint keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from pydantic import BaseModel
+
+from .. import rundir
+from ..config import card_from_dict, card_to_dict, load_card
+from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
+from ..data.base import split
+from ..errors import DataError, PplvmError, RunDirError
+from ..families import FAMILIES, LatentVariableModel
+from ..guides import make_guide
+from ..guides.local import MeanFieldLocal
+from ..objectives import check_compatible
+from ..training.checkpoint import load_checkpoint
+from ..training.devices import resolve_device
+from ..training.trainer import read_history, to_device
+
+if TYPE_CHECKING:
+    from ..run import Run
+
+#: training rows the guide first sees (autoguides create their parameters) and a checkpoint keeps
+PROTOTYPE_ROWS = 256
+
+
+def from_card(
+    cls: type[Run], card: BaseModel | dict | str | Path, data: Any = None, *, model: Any = None, guide: Any = None
+) -> Run:
+    """Build from a card (validated object, dict or TOML path). ``data``: an optional
+    ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
+    card's source, split as the card says. ``model`` / ``guide``: your own Pyro model and
+    guide objects for ``model.family = "pyro"`` (instead of ``model.target``)."""
+    card = _as_card(card)
+    family = FAMILIES[card.model.family]
+    if family.sequential and data is not None and not isinstance(data, Batch):
+        raise DataError(
+            f"data: model.family = {card.model.family!r} takes sequences, and an array would be "
+            "split row by row with its time steps shuffled; pass pplvm.data.as_sequences([seq1, "
+            "seq2, ...]) (each (T_i, D); one sequence: as_sequences(x))"
+        )
+    if data is None:
+        dataset = load_dataset(card.data)
+        if family.sequential and not isinstance(dataset.train, Batch):
+            raise DataError(
+                f"data.source = {card.data.source!r} gives a table of rows, but model.family = "
+                f"{card.model.family!r} takes sequences, and its time steps would be split row by "
+                "row and shuffled; use data.source = 'sequence_file' (an .npz with train and "
+                "train_lengths; one sequence: train_lengths = [T])"
+            )
+    else:
+        dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
+        dataset.info["from_python"] = True
+    if card.model.dim is not None and card.model.dim != dataset.dim:
+        raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
+    dataset = _labelled(dataset, card)
+    pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
+    # on the run's device before the guide exists: autoguides create their parameters there
+    model, guide = assemble(
+        card, dataset.dim, resolve_device(card.training.device), dataset=dataset, model=model, guide=guide
+    )
+    return cls(card, model, guide, dataset.transform, dataset, checked=True)
+
+
+def load(
+    cls: type[Run], run_dir: str | Path, *, device: str | None = None, model: Any = None, guide: Any = None
+) -> Run:
+    """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
+    ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
+    ``training.device``, or the CPU where this machine lacks that device: a run trained on
+    a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``).
+    ``model`` / ``guide``: the objects a run of your own model was fitted with from Python."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "card.toml").is_file():
+        raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
+    card = load_card(run_dir / "card.toml")
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    extras = ckpt["extras"]
+    rundir.check_fingerprint(extras.get("card"), card, run_dir)
+    with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
+        where = resolve_device(card.training.device if device is None else device, cpu_fallback=True)
+        model, guide = assemble(card, int(extras["dim"]), where, checkpoint=ckpt, model=model, guide=guide)
+    run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir, checked=True)
+    run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
+    run.from_python = bool(extras.get("from_python"))
+    return run
+
+
+def assemble(
+    card: BaseModel,
+    dim: int,
+    device: torch.device,
+    *,
+    dataset: Dataset | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    model: Any = None,
+    guide: Any = None,
+) -> tuple[LatentVariableModel, torch.nn.Module]:
+    """``(model, guide)`` for ``card`` on ``device``: the family's model over ``dim``
+    columns, the objective / guide pairing checked (once, before the guide exists), and the
+    guide, its parameters created by a first call on prototype rows.
+
+    From a card, give its ``dataset``: the splits are checked (and prepared) for the model and
+    the guide starts from the training split (seeded by ``training.seed``). From a run
+    directory, give its ``checkpoint``: the guide is built on the rows the checkpoint kept, and
+    the model and guide take its (best) parameters. ``model`` / ``guide``: the user's objects."""
+    model = FAMILIES[card.model.family].from_config(card.model, dim, model=model, guide=guide).to(device)
+    if dataset is not None:
+        _check_splits(model, dataset, card.training.seed)
+        train, num_data = dataset.train, len(dataset.train)
+        generator = torch.Generator().manual_seed(card.training.seed)
+    else:
+        prototype = _from_state(checkpoint["extras"]["prototype"])
+        train, num_data, generator = _without_index(prototype), checkpoint["extras"].get("num_train"), None
+    check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
+    guide = make_guide(
+        model,
+        card.guide.kind,
+        train,
+        init_scale=card.guide.init_scale,
+        generator=generator,
+        num_data=num_data,
+        **_flow_options(card),
+    )
+    if dataset is not None:
+        prototype = _fit_input(guide, dataset.train)[:PROTOTYPE_ROWS]
+    with torch.no_grad():  # autoguides create their parameters on the first call
+        guide(to_device(prototype, model.device), num_data=num_data)
+    if checkpoint is not None:
+        params = checkpoint["best"] or checkpoint
+        model.load_state_dict(params["model"])
+        guide.load_state_dict(params["guide"])
+    return model, guide
+
+
+def _check_splits(model: LatentVariableModel, dataset: Dataset, seed: int) -> None:
+    """Check (and prepare, in place) the dataset's splits for ``model``."""
+    if dataset.augment is None:
+        dataset.train = model.validate(dataset.train, "data (training split)")
+    else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one
+        seen = dataset.augment(dataset.train, torch.Generator().manual_seed(seed))
+        model.validate(seen, "data (training split, augmented)")
+    for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
+        if getattr(dataset, part) is not None:
+            setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
+
+
+def card_dataset(card: BaseModel) -> Dataset:
+    """The card's data, split, as its family takes it."""
+    return _labelled(load_dataset(card.data), card)
+
+
+def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
+    """The dataset as the card's family takes it: splits as ``Batch(x, y)`` if it uses labels."""
+    who = FAMILIES[card.model.family].needs_labels(card.model)
+    return dataset if who is None else dataset.with_labels(who)
+
+
+@contextlib.contextmanager
+def _matching(run_dir: Path):
+    """Name a checkpoint whose tensors do not fit the card's model and guide (checkpoints
+    written before fingerprints, see :func:`~pplvm.rundir.check_fingerprint`)."""
+    try:
+        yield
+    except PplvmError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(
+            f"{str(run_dir)!r}: checkpoint.pt does not fit the model card.toml describes "
+            f"({first}); restore the card the run was trained with, or fit a new run"
+        ) from None
+
+
+def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
+    if isinstance(card, (str, Path)):
+        return load_card(card, overrides)
+    if isinstance(card, BaseModel):
+        return card_from_dict(card_to_dict(card), overrides) if overrides else card
+    return card_from_dict(card, overrides)
+
+
+def _fit_input(guide: torch.nn.Module, train):
+    """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
+    with parameters per training datum, else as they are."""
+    return indexed(train) if isinstance(guide, MeanFieldLocal) else train
+
+
+def _flow_options(card: BaseModel) -> dict[str, Any]:
+    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
+
+
+def _without_index(data):
+    """Undo :func:`~pplvm.data.indexed`: the data as the family takes them."""
+    if not isinstance(data, Batch) or data.index is None:
+        return data
+    rest = data.replace(index=None)
+    return rest.x if rest.lengths is None and rest.y is None else rest
+
+
+def _to_state(data: "torch.Tensor | Batch"):
+    """A checkpoint-safe copy (tensors and dicts only) of a tensor or Batch."""
+    if isinstance(data, Batch):
+        return {k: v.clone() for k, v in data.fields().items() if v is not None}
+    return data.clone()
+
+
+def _from_state(state) -> "torch.Tensor | Batch":
+    return Batch(**state) if isinstance(state, dict) else state

@@ -1,0 +1,256 @@
+"""Queries of a fitted run: point estimates and draws of the globals, log-likelihoods,
+local posteriors, new samples, evaluation and the arviz export.
+
+Each function here is one of :class:`~pplvm.run.Run`'s methods (``run`` is the run). Every
+query computes on the run's device, in passes within ``evaluation.memory_mb``
+(:mod:`pplvm.evaluation.memory`), and returns host tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from pyro.infer import Predictive
+
+from .._progress import progress
+from ..config import check_count, check_seed
+from ..data import Batch, values
+from ..errors import IncompatibleError, RunDirError
+from ..evaluation import memory
+from ..evaluation.arviz import inference_data
+from ..guides.local import LocalGuide, MeanFieldLocal
+from ..training.trainer import _host, to_device
+from .build import card_dataset
+
+if TYPE_CHECKING:
+    from ..run import Run
+
+
+def _prepare(run: Run, x: Any, name: str = "x"):
+    return run.transform(run.model.prepare(x, name))
+
+
+@torch.no_grad()
+def params(run: Run) -> dict[str, torch.Tensor]:
+    """Point estimate of the global latents: the guide's median (on the host)."""
+    return _host(run._params())
+
+
+def _params(run: Run) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in run.guide.median().items()}
+
+
+@torch.no_grad()
+def draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
+    (empty when the family has no global latents: all its parameters are point estimates),
+    on the host."""
+    num, seed = check_count(num, "num"), check_seed(seed, "seed")
+    return _host(run._draws(num, seed))
+
+
+def _draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    if not run.model.global_sites:
+        return {}
+    # a local guide's globals are drawn from its globals' guide, which needs no data
+    guide = run.guide.globals_guide if isinstance(run.guide, LocalGuide) else run.guide
+    with pyro.poutine.seed(rng_seed=seed):
+        out = Predictive(guide, num_samples=num, parallel=True, return_sites=list(run.model.global_sites))()
+    point = run._params()
+    return {k: out[k].detach().reshape(num, *point[k].shape) for k in run.model.global_sites}
+
+
+@torch.no_grad()
+def log_likelihood(
+    run: Run, x: Any, params: dict[str, torch.Tensor] | None = None, *, samples: int | None = None
+) -> torch.Tensor:
+    """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
+    families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family
+    declares). ``params`` defaults to :meth:`params`; ``samples``: importance samples per
+    datum of an estimate (default the card's ``evaluation.samples``; other values need no
+    change to the card)."""
+    xt, samples = run._prepare(x), None if samples is None else check_count(samples, "samples")
+    p = run.params() if params is None else params
+    return run._chunked_log_likelihood(xt, p, samples=samples) + run.transform.log_abs_det_jacobian(xt)
+
+
+@torch.no_grad()
+def posterior(run: Run, x: Any = None) -> dict[str, torch.Tensor]:
+    """Posterior of the local latents given ``x`` (default: the training data).
+    Enumerated families: exact marginals per local site (e.g. responsibilities ``(N, K)``).
+    Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale":
+    (N, L)}`` (the exact posterior for the ``exact`` guide; the ``meanfield`` guide has it
+    for the training data only)."""
+    if x is None and isinstance(run.guide, MeanFieldLocal):
+        q = run.guide.training_posterior()  # needs no data: one q(z_n) per training row
+        return _host({"loc": q.mean, "scale": q.stddev})
+    xt = run._prepare(x) if x is not None else run._training_data()
+    if run.model.enumerated:
+        params = run._params()
+        return run._by_rows(lambda part: run.model.local_marginals(part, params), xt)
+    if not isinstance(run.guide, LocalGuide):
+        raise IncompatibleError(f"guide.kind = {run.card.guide.kind!r} has no q(z | x) for the local latents")
+    q = run.guide.local_posterior(to_device(xt, run.device))
+    return _host({"loc": q.mean, "scale": q.stddev})
+
+
+def map_states(run: Run, x: Any) -> dict[str, torch.Tensor]:
+    """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
+    params = run._params()
+    return run._by_rows(lambda part: run.model.map_locals(part, params), run._prepare(x))
+
+
+@torch.no_grad()
+def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
+    data's own units."""
+    n, seed = check_count(n, "n"), check_seed(seed, "seed")
+    with pyro.poutine.seed(rng_seed=seed):
+        return run.transform.inverse(run.model.sample(n, run._params()).cpu())
+
+
+@torch.no_grad()
+def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
+    """Log-likelihood of ``x`` per datum and in total (``samples``: as in
+    :meth:`log_likelihood`); where the family decomposes it
+    (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
+    mean (nats per datum, ``terms``) and the total in bits per dimension."""
+    xt = run._prepare(x)
+    terms = _host(run.model.likelihood_terms(to_device(xt, run.device), run._params()))
+    if terms is None:
+        ll = run.log_likelihood(x, samples=samples)
+    else:
+        ll = -torch.stack(list(terms.values()), -1).sum(-1) + run.transform.log_abs_det_jacobian(xt)
+    out = {
+        "n": int(ll.numel()),
+        "log_likelihood_mean": float(ll.mean()),
+        "log_likelihood_sum": float(ll.sum()),
+        "likelihood": run.model.likelihood,
+        "exact": run.model.likelihood == "exact",
+    }
+    if terms is not None:
+        out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
+        out["bits_per_dim"] = -float(ll.mean()) / (run.model.dim * math.log(2))
+    return out
+
+
+@torch.no_grad()
+def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
+    """arviz ``InferenceData`` of the fit on ``x`` (default: the training data)."""
+    ev = run.card.evaluation
+    xt = run._prepare(x) if x is not None else run._training_data()
+    if len(xt) > ev.max_rows:
+        xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
+    s = ev.draws * ev.chains
+    draws = run._draws(s, seed)  # on the run's device; exported from the host
+    ll = None  # an implicit density ("none") has no log_likelihood group
+    if run.model.likelihood != "none":
+        ll = run._chunked_log_likelihood(xt, draws, s) + run.transform.log_abs_det_jacobian(xt)
+        ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
+    ppc = run._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
+    observed = _mask_padding(values(run.transform.inverse(xt)), xt)
+    return inference_data(_host(draws), ll, observed, ppc, chains=ev.chains, dims=run.model.site_dims)
+
+
+def _replicates(run: Run, xt, draws: dict[str, torch.Tensor], seed: int) -> torch.Tensor | None:
+    """Posterior-predictive replicates of ``xt`` in the data's units, padding NaN:
+    ``(chains · d, *values(xt).shape)`` for the first ``d`` draws of each chain, ``d`` as
+    many as fit a quarter of ``evaluation.memory_mb`` (all when they fit; None — no
+    posterior_predictive group — when not even one per chain does), each drawn in passes
+    over chunks of rows (:mod:`pplvm.evaluation.memory`)."""
+    ev = run.card.evaluation
+    shape = values(xt).shape
+    per_chain = min(ev.draws, memory.budget_elements(ev.memory_mb) // max(1, ev.chains * shape.numel()))
+    if per_chain < 1:
+        return None
+    out = torch.empty((ev.chains * per_chain, *shape), dtype=values(xt).dtype)
+    rows = run._rows_per_pass(xt)
+    with pyro.poutine.seed(rng_seed=seed), progress(len(out), "posterior predictive", unit="draw") as bar:
+        for j, i in enumerate(c * ev.draws + d for c in range(ev.chains) for d in range(per_chain)):
+            p = {k: v[i] for k, v in draws.items()}
+            for rs in memory.spans(len(xt), rows):
+                rep = run.model.replicate(to_device(xt[rs], run.device), p).cpu()
+                out[j, rs] = _mask_padding(run.transform.inverse(rep), xt[rs])
+            bar.update(1)
+    return out
+
+
+def _training_data(run: Run) -> "torch.Tensor | Batch":
+    """The training split as the model sees it (one fixed draw of an augmented split)."""
+    if run.dataset is None:
+        if run.from_python:
+            raise RunDirError(
+                "this run was fitted on data passed from Python, which its run directory "
+                "does not keep: pass the data explicitly"
+            )
+        run.dataset = card_dataset(run.card)
+    d, seed = run.dataset, run.card.training.seed
+    return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
+
+
+def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples: int | None = None) -> torch.Tensor:
+    """The family's ``log p(x | θ)``. A family whose marginal is an importance-sampling
+    estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
+    proposal and ``samples`` (default ``evaluation.samples``) draws per datum (see
+    :class:`~pplvm.families.base.ContinuousLatentModel`)."""
+    kind = run.model.likelihood
+    if kind == "none":
+        raise IncompatibleError(
+            f"model.family = {run.card.model.family!r} has an implicit density: "
+            "it has no log-likelihood (compare samples instead)"
+        )
+    options = {"num_samples": samples or run.card.evaluation.samples} if kind == "estimate" else {}
+    if kind == "estimate" and isinstance(run.guide, LocalGuide):
+        options["proposal"] = run.guide
+    return run.model.log_likelihood(xt, params, **options)
+
+
+def _chunked_log_likelihood(
+    run: Run, xt, params: dict[str, torch.Tensor], num_draws: int | None = None, samples: int | None = None
+) -> torch.Tensor:
+    """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
+    (the leading dim of every ``params`` entry), of draws, each pass within
+    ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``,
+    computed on the run's device and returned on the host."""
+    params = {k: v.to(run.device) for k, v in params.items()}
+    n, per_draw = len(xt), bool(params) and num_draws is not None
+    draws, rows = memory.plan(
+        num_draws if per_draw else 1, n, run.model.evaluation_cost(xt), run.card.evaluation.memory_mb
+    )
+    blocks = []
+    draw_spans, row_spans = list(memory.spans(num_draws if per_draw else 1, draws)), list(memory.spans(n, rows))
+    with progress(len(draw_spans) * len(row_spans), "log-likelihood", unit="pass") as bar:
+        for ds in draw_spans:
+            p = {k: v[ds] for k, v in params.items()} if per_draw else params
+            parts = []
+            for rs in row_spans:
+                parts.append(run._model_log_likelihood(to_device(xt[rs], run.device), p, samples).cpu())
+                bar.update(1)
+            blocks.append(torch.cat(parts, -1))
+    return torch.cat(blocks, 0) if per_draw else blocks[0]
+
+
+def _rows_per_pass(run: Run, xt) -> int:
+    """Data per pass of a point-estimate query (local posteriors, MAP states) within
+    ``evaluation.memory_mb``."""
+    return memory.plan(1, len(xt), run.model.evaluation_cost(xt), run.card.evaluation.memory_mb)[1]
+
+
+def _by_rows(run: Run, fn, xt) -> dict[str, torch.Tensor]:
+    """``fn(chunk) -> {name: (n, ...)}`` over chunks of rows of ``xt`` (each moved to the
+    run's device), concatenated on the host."""
+    parts = [_host(fn(to_device(xt[rs], run.device))) for rs in memory.spans(len(xt), run._rows_per_pass(xt))]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _mask_padding(x: torch.Tensor, like: torch.Tensor | Batch) -> torch.Tensor:
+    """Values ``(*S, N, T, ...)`` for export with the padded steps of the sequences in ``like``
+    set to NaN (arviz: missing); unchanged for data that are not padded sequences."""
+    if isinstance(like, Batch) and like.lengths is not None:
+        mask = torch.arange(like.x.shape[1]) < like.lengths[:, None]  # (N, T)
+        trailing = like.x.dim() - 2  # dims after (N, T)
+        x = x.masked_fill(~mask.reshape(mask.shape + (1,) * trailing), float("nan"))
+    return x

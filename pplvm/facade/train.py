@@ -1,0 +1,181 @@
+"""Training a run: :meth:`~pplvm.run.Run.fit` into a new run directory, and
+:meth:`~pplvm.run.Run.resume` from one, through one :class:`~pplvm.training.trainer.Trainer`.
+
+Each function here is one of :class:`~pplvm.run.Run`'s methods (``run`` is the run;
+``cls`` for a class method); the loop itself lives in :mod:`pplvm.training`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from pydantic import BaseModel
+
+from .. import rundir
+from ..config import card_from_dict, card_to_dict, check_count, dump_card, load_card
+from ..errors import ArgumentError, CardError, RunDirError
+from ..training import distributed
+from ..training.checkpoint import load_checkpoint
+from ..training.trainer import Callback, Trainer
+from .build import PROTOTYPE_ROWS, _fit_input, _matching, _to_state
+
+if TYPE_CHECKING:
+    from ..run import Run
+
+#: environment variable capping the epochs each fit or resume runs (tests and smoke runs of
+#: the shipped cards and README commands): ``PPLVM_MAX_EPOCHS=2 pplvm fit ...``
+MAX_EPOCHS_ENV = "PPLVM_MAX_EPOCHS"
+
+
+def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> Run:
+    """Train as the card's ``[training]`` says; with ``out``, write a run directory.
+
+    ``out`` must be new or empty: a directory holding a run is refused unless
+    ``overwrite``, which deletes the old run's files first. The directory is locked
+    while the fit writes it (a second fit into it is refused).
+
+    Started by torchrun (several processes), every process trains on its shard of each
+    batch and rank 0 alone prepares, locks and writes the run directory (see
+    :mod:`pplvm.training.distributed`)."""
+    if run.dataset is None:
+        raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+    run.card = _epoch_cap(run.card, 0)
+    main = distributed.init_from_env(run.card.training.device).is_main
+    if out is None:
+        return run._fit(callbacks)
+    with contextlib.ExitStack() as stack:
+        with distributed.agreed("prepare the run directory"):
+            if main:
+                run_dir = stack.enter_context(
+                    rundir.new_run(out, overwrite=overwrite, need_bytes=run._checkpoint_bytes())
+                )
+                with rundir.storage(f"run directory {str(run_dir)!r}"):
+                    dump_card(run.card, run_dir / "card.toml")
+                    (run_dir / "metrics.jsonl").write_text("")
+            run.run_dir = Path(out)
+        return run._fit(callbacks)
+
+
+def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
+    run.trainer = run._trainer(callbacks)
+    with rundir.storage(f"run directory {str(run.run_dir)!r}"):
+        run.trainer.fit(_fit_input(run.guide, run.dataset.train), run.dataset.valid)
+    run.history = run.trainer.state.history
+    if run.run_dir is not None and distributed.is_main():
+        run.write_artifacts()
+    return run
+
+
+def _checkpoint_bytes(run: Run) -> int:
+    """About the size of a checkpoint: the parameters, twice the optimiser's moments, the
+    best parameters, and the prototype data."""
+    params = sum(t.numel() * t.element_size() for m in (run.model, run.guide) for t in m.state_dict().values())
+    return 6 * params + 2**20
+
+
+def resume(
+    cls: type[Run],
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    data: Any = None,
+    callbacks: Sequence[Callback] = (),
+    model: Any = None,
+    guide: Any = None,
+) -> Run:
+    """Continue an interrupted run from its last checkpoint; the result equals an
+    uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
+    least the epochs done). Everything is checked before anything is written: ``card.toml``
+    is rewritten only once the checkpoint has loaded into the card's model."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "card.toml").is_file():
+        raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
+    main = distributed.init_from_env(load_card(run_dir / "card.toml").training.device).is_main
+    with contextlib.ExitStack() as stack:
+        with distributed.agreed("lock the run directory"):  # rank 0 locks and writes it; all read it
+            if main:
+                stack.enter_context(rundir.locked(run_dir))
+            card = load_card(run_dir / "card.toml")
+            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+            rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+            if epochs is not None:
+                done = int(ckpt["trainer"]["epoch"])
+                if check_count(epochs, "epochs") < done:
+                    raise ArgumentError(
+                        f"epochs: {epochs} is fewer than the {done} epochs this run has done; "
+                        f"expected a new total budget of at least {done}"
+                    )
+                card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+            if data is None and ckpt["extras"].get("from_python"):
+                raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
+            card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
+            run = cls.from_card(card, data, model=model, guide=guide)
+            run.run_dir = run_dir
+            if main:
+                rundir.check_writable(run_dir, run._checkpoint_bytes())
+        run.trainer = run._trainer(callbacks)
+        train = _fit_input(run.guide, run.dataset.train)
+        with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
+            run.trainer.resume(train)
+        with rundir.storage(f"run directory {str(run_dir)!r}"):
+            if main:
+                dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+            run.trainer.fit(train, run.dataset.valid)
+        run.history = run.trainer.state.history
+        if main:
+            run.write_artifacts()
+    return run
+
+
+def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
+    d = run.dataset
+    extras = {
+        "dim": run.model.dim,
+        "transform": run.transform.state_dict(),
+        "prototype": _to_state(_fit_input(run.guide, d.train)[:PROTOTYPE_ROWS]),
+        "num_train": len(d.train),
+        "from_python": bool(d.info.get("from_python")),
+        "card": rundir.card_fingerprint(run.card),
+    }  # what load and resume check card.toml against
+    # early stopping follows the exact held-out log-likelihood where the family has one,
+    # else the held-out loss (a noisier Monte-Carlo estimate)
+    monitor = "valid_log_likelihood" if run.model.likelihood == "exact" else "valid_loss"
+    # a family without a likelihood ("none") is judged by its rule's held-out loss alone
+    valid_metrics = run._valid_metrics if run.model.likelihood != "none" else None
+    ctx = distributed.init_from_env(run.card.training.device)
+    return Trainer(
+        run.model,
+        run.guide,
+        run.rule,
+        run.card.training,
+        run_dir=run.run_dir,
+        valid_metrics=valid_metrics,
+        extras=extras,
+        callbacks=callbacks,
+        monitor=monitor,
+        augment=d.augment,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+
+
+def _valid_metrics(run: Run, valid: torch.Tensor) -> dict[str, float]:
+    ll = run._chunked_log_likelihood(valid, run._params()) + run.transform.log_abs_det_jacobian(valid)
+    return {"valid_log_likelihood": float(ll.mean())}
+
+
+def _epoch_cap(card: BaseModel, done: int) -> BaseModel:
+    """The card with ``training.epochs`` at most ``done`` + ``$PPLVM_MAX_EPOCHS`` when that
+    variable is set (unchanged otherwise)."""
+    cap = os.environ.get(MAX_EPOCHS_ENV)
+    if not cap:
+        return card
+    if not cap.strip().isdigit() or int(cap) < 1:
+        raise CardError(f"environment variable {MAX_EPOCHS_ENV}={cap!r}: expected a positive integer")
+    if card.training.epochs <= done + int(cap):
+        return card
+    return card_from_dict(card_to_dict(card), {"training.epochs": done + int(cap)})

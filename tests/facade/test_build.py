@@ -1,0 +1,55 @@
+"""Building a run: from a card and from a run directory through one path, which checks the
+card's pairing of model, objective and guide once per build, before the guide exists."""
+
+from __future__ import annotations
+
+import pytest
+
+import pplvm
+from pplvm import objectives
+from pplvm.facade import build
+
+CARD = {
+    "name": "b",
+    "model": {"family": "gmm", "components": 2},
+    "guide": {"kind": "meanfield"},
+    "objective": {"name": "enum"},
+    "data": {"source": "synthetic_gmm", "n": 60, "dim": 2, "components": 2},
+    "training": {"epochs": 2, "batch_size": 30, "progress": False},
+    "evaluation": {"draws": 4, "chains": 2},
+}
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """Every call of the pairing check, wherever the facade or the objectives make it."""
+    calls = []
+    real = objectives.check_compatible
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objectives, "check_compatible", spy)
+    monkeypatch.setattr(build, "check_compatible", spy)
+    return calls
+
+
+@pytest.mark.parametrize("objective", ["enum", "em"])
+def test_from_card_load_and_resume_each_check_the_pairing_once(tmp_path, checks, objective):
+    card = {**CARD, "objective": {"name": objective}, "guide": {"kind": "map" if objective == "em" else "meanfield"}}
+    run = pplvm.Run.from_card(card)
+    assert checks == [objective]
+    run.fit(tmp_path / "r")
+    checks.clear()
+    pplvm.Run.load(tmp_path / "r")
+    assert checks == [objective]
+    checks.clear()
+    pplvm.Run.resume(tmp_path / "r", epochs=3)
+    assert checks == [objective]
+
+
+def test_an_impossible_pairing_is_refused_before_the_guide_is_built(monkeypatch):
+    monkeypatch.setattr(build, "make_guide", lambda *a, **k: pytest.fail("the guide was built"))
+    with pytest.raises(pplvm.IncompatibleError, match="needs guide.kind = 'map'"):
+        pplvm.Run.from_card({**CARD, "objective": {"name": "em"}})
