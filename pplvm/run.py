@@ -33,18 +33,9 @@ from .data import Dataset, Standardize
 from .facade import artifacts, build, query, train
 from .facade.artifacts import LIKELIHOOD_WORDS, save_samples
 from .facade.build import PROTOTYPE_ROWS, card_dataset
-from .facade.build import _as_card as _as_card  # the private helpers' old home: tests and workflows import
-from .facade.build import _fit_input as _fit_input  # some of them from here (a redundant alias re-exports)
-from .facade.build import _flow_options as _flow_options
-from .facade.build import _from_state as _from_state
-from .facade.build import _labelled as _labelled
-from .facade.build import _load_device as _load_device
-from .facade.build import _matching as _matching
-from .facade.build import _to_state as _to_state
-from .facade.build import _without_index as _without_index
-from .facade.query import _mask_padding as _mask_padding
+from .facade.build import _as_card as _as_card  # imported from here by workflows.sbc and tests
+from .facade.build import _fit_input as _fit_input
 from .facade.train import MAX_EPOCHS_ENV
-from .facade.train import _epoch_cap as _epoch_cap
 from .families import LatentVariableModel
 from .guides.local import MeanFieldLocal
 from .objectives import make_update_rule

@@ -191,10 +191,10 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def folder_edges(root: Path = PACKAGE) -> dict[str, set[str]]:
-    """``folder -> folders it imports`` (other than itself)."""
+def folder_edges(root: Path = PACKAGE, *, runtime: bool = False) -> dict[str, set[str]]:
+    """``folder -> folders it imports`` (other than itself; ``runtime``: as in :func:`import_graph`)."""
     edges: dict[str, set[str]] = {}
-    for module, imports in import_graph(root).items():
+    for module, imports in import_graph(root, runtime=runtime).items():
         for _, _, target in imports:
             if folder_of(target) != folder_of(module):
                 edges.setdefault(folder_of(module), set()).add(folder_of(target))
@@ -211,7 +211,8 @@ def folder_violations(root: Path = PACKAGE, layers: list[list[str]] = LAYERS) ->
         for b in sorted(edges[a])
         if layer_of(b, layers) > layer_of(a, layers)
     ]
-    return upward + [f"folders import each other: {' <-> '.join(c)}" for c in cycles(edges)]
+    loops = cycles(folder_edges(root, runtime=True))  # a type hint under TYPE_CHECKING never runs
+    return upward + [f"folders import each other: {' <-> '.join(c)}" for c in loops]
 
 
 def module_cycles(root: Path = PACKAGE) -> list[list[str]]:
