@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pplvm
-from pplvm import run
+from pplvm.facade import build
 from pplvm.training import devices, distributed, trainer
 from pplvm.training.devices import resolve_device
 
@@ -62,4 +62,4 @@ def test_with_two_gpus(gpus):
 def test_every_reader_asks_the_one_function():
     assert trainer.resolve_device is resolve_device
     assert distributed.resolve_device is resolve_device
-    assert run.resolve_device is resolve_device
+    assert build.resolve_device is resolve_device  # from_card and load
