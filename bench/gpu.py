@@ -97,7 +97,8 @@ def hand_loss(enc, dec, x):
 def part_step(args) -> None:
     import pyro
 
-    from pplvm.config import ObjectiveConfig, TrainingConfig
+    from pplvm.config import TrainingConfig
+    from pplvm.objectives import objective_config
     from pplvm.families import FAMILIES
     from pplvm.guides.amortized import AmortizedNormal
     from pplvm.objectives import make_objective
@@ -119,7 +120,7 @@ def part_step(args) -> None:
                 cls = FAMILIES["vae"]
                 model = cls(cls.Config(backend=backend), D).to(dev)
                 guide = AmortizedNormal(model, model.make_encoder()).to(dev)
-                elbo = make_objective(model, ObjectiveConfig(name="elbo"))
+                elbo = make_objective(model, objective_config(name="elbo"))
                 cfg = TrainingConfig(lr=1e-3, precision=precision)
                 rule = (
                     CompiledSVIStep(model, guide, elbo, cfg, mode="auto")

@@ -62,7 +62,8 @@ def main() -> None:
     from pyro.infer.autoguide.initialization import init_to_value
 
     import pplvm
-    from pplvm.config import ObjectiveConfig, TrainingConfig
+    from pplvm.config import TrainingConfig
+    from pplvm.objectives import objective_config
     from pplvm.data import synthetic_hmm
     from pplvm.families import HiddenMarkovModel, HMMConfig
     from pplvm.objectives import EMStep
@@ -116,7 +117,7 @@ def main() -> None:
         if kind == "EM":
             rule = EMStep(model, guide, estimate="ml")
         else:
-            rule = SVIStep(model, guide, pplvm.make_objective(model, ObjectiveConfig(name="enum")), config)
+            rule = SVIStep(model, guide, pplvm.make_objective(model, objective_config(name="enum")), config)
         state = {"train": 0.0, "ll": -float("inf"), "epochs": 0, "clock": time.perf_counter()}
 
         def check(trainer, metrics):

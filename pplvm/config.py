@@ -3,8 +3,8 @@
 A card is a TOML file (or the same nested dict from Python) with the sections
 
 - ``[model]``      family and its hyperparameters (schema: the family's ``Config``);
-- ``[guide]``      which guide, e.g. ``kind = "meanfield"``;
-- ``[objective]``  which objective, e.g. ``name = "enum"``;
+- ``[guide]``      which guide and its options, e.g. ``kind = "meanfield"`` (schema: the guide's ``Config``);
+- ``[objective]``  which objective and its options, e.g. ``name = "enum"`` (schema: the objective's ``Config``);
 - ``[data]``       data source and its options (schema: the source's ``Config``);
 - ``[training]``   optimiser, epochs, minibatches, early stopping, checkpoints;
 - ``[evaluation]`` posterior draws for arviz.
@@ -26,68 +26,6 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .errors import ArgumentError, CardError
 from .schema import MAX_SEED, Section, Seed
-
-ObjectiveName = Literal[
-    "elbo",
-    "meanfield",
-    "enum",
-    "renyi",
-    "iwae",
-    "iwae_dreg",
-    "stl",
-    "diffusion",
-    "vdm",
-    "gan",
-    "gan_hinge",
-    "wgan_gp",
-    "em",
-]
-
-
-class GuideConfig(Section):
-    kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
-    init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
-    flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
-    flow_hidden: list[int] = Field(
-        [],
-        description="flow guide: hidden widths of each step's network "
-        "(at least the latent dimension; default one layer of twice it)",
-    )
-
-
-class ObjectiveConfig(Section):
-    name: ObjectiveName = "elbo"
-    num_particles: int = Field(1, ge=1, description="Monte Carlo particles (k for iwae)")
-    alpha: float = Field(0.5, description="Renyi alpha (renyi only)")
-    vectorize_particles: bool = True
-    kl_weight: float = Field(
-        1.0, gt=0, description="weight β of the local latents' log p(z) - log q(z|x) (their KL); 1 is the ELBO"
-    )
-    kl_warmup_epochs: float = Field(
-        0.0,
-        ge=0,
-        description="KL warm-up: β rises linearly from 0 to kl_weight over this many epochs, step by step; 0 = off",
-    )
-    free_bits: float = Field(
-        0.0,
-        ge=0,
-        description="free bits: nats per latent dimension (minibatch mean) "
-        "below which the KL is not penalised; needs name = 'meanfield'",
-    )
-    weighting: Literal["elbo", "simple"] = Field(
-        "elbo", description="diffusion: the ELBO's weights of the steps, or Ho et al.'s L_simple (not a bound)"
-    )
-    em_estimate: Literal["map", "ml"] = Field(
-        "map",
-        description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
-        "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)",
-    )
-    em_step_decay: float = Field(
-        0.6,
-        gt=0.5,
-        le=1,
-        description="em with minibatches (stepwise EM): step size (k + 1)^-decay for the k-th minibatch's statistics",
-    )
 
 
 class TrainingConfig(Section):
@@ -159,26 +97,57 @@ class EvaluationConfig(Section):
     )
 
 
+#: the sections that are unions tagged by a name: section -> (tag, default tag)
+TAGGED = {
+    "model": ("family", None),
+    "data": ("source", None),
+    "objective": ("name", "elbo"),
+    "guide": ("kind", "meanfield"),
+}
+
+
+def _registry(section: str):
+    """The registry whose entries declare the configs of a tagged section."""
+    if section == "model":
+        from .families import FAMILIES
+
+        return FAMILIES
+    if section == "data":
+        from .data import SOURCES
+
+        return SOURCES
+    if section == "objective":
+        from .objectives.base import OBJECTIVES
+
+        return OBJECTIVES
+    from .guides.base import GUIDES
+
+    return GUIDES
+
+
+@functools.cache
+def section_schema(section: str) -> Any:
+    """The pydantic type of a tagged section: a union of its registry's configs, tagged."""
+    tag = TAGGED[section][0]
+    configs = list(dict.fromkeys(e.Config for _, e in _registry(section).items()))
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[tuple(configs)], Field(discriminator=tag)]
+
+
 @functools.cache
 def card_schema() -> type[BaseModel]:
-    """The pydantic model of a whole card; model and data are unions tagged by name."""
-    from .data import SOURCES
-    from .families import FAMILIES
-
-    def tagged(configs: list[type[BaseModel]], tag: str) -> Any:
-        if len(configs) == 1:
-            return configs[0]
-        return Annotated[Union[tuple(configs)], Field(discriminator=tag)]
-
+    """The pydantic model of a whole card; model, data, guide and objective are unions tagged by name."""
+    objective, guide = _registry("objective"), _registry("guide")
     return create_model(
         "Card",
         __base__=Section,
         name=(str, "untitled"),
         description=(str, ""),
-        model=(tagged([cls.Config for _, cls in FAMILIES.items()], "family"), ...),
-        guide=(GuideConfig, GuideConfig()),
-        objective=(ObjectiveConfig, ObjectiveConfig()),
-        data=(tagged([src.Config for _, src in SOURCES.items()], "source"), ...),
+        model=(section_schema("model"), ...),
+        guide=(section_schema("guide"), guide[TAGGED["guide"][1]].Config()),
+        objective=(section_schema("objective"), objective[TAGGED["objective"][1]].Config()),
+        data=(section_schema("data"), ...),
         training=(TrainingConfig, TrainingConfig()),
         evaluation=(EvaluationConfig, EvaluationConfig()),
     )
@@ -217,21 +186,23 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
     for e in err.errors():
         loc = tuple(e["loc"])
         # Pydantic puts the union tag into the path (model.gmm.components): drop it.
-        if len(loc) >= 2 and loc[0] in ("model", "data") and isinstance(raw.get(loc[0]), dict):
-            tag = raw[loc[0]].get("family" if loc[0] == "model" else "source")
-            if loc[1] == tag:
+        if len(loc) >= 2 and loc[0] in TAGGED and isinstance(raw.get(loc[0]), dict):
+            if loc[1] == raw[loc[0]].get(TAGGED[loc[0]][0]):
                 loc = (loc[0],) + loc[2:]
         path = ".".join(str(p) for p in loc) or "<card>"
         if e["type"] == "extra_forbidden":
             section = tuple(loc[:-1])
-            if section and section[0] in ("model", "data"):
+            if len(section) == 1 and section[0] in TAGGED:
                 allowed = _tagged_keys(section[0], raw)
             else:
                 allowed = _allowed_keys(schema, section)
-            msg = "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
+            msg = _foreign(section, loc[-1], raw) + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "union_tag_invalid":
             tag = e["ctx"]["discriminator"].strip("'")
-            path, msg = f"{path}.{tag}", f"expected one of {e['ctx']['expected_tags']} (got {e['ctx']['tag']!r})"
+            expected = e["ctx"]["expected_tags"]
+            if loc and loc[0] in TAGGED:  # in the order the registry lists them
+                expected = ", ".join(repr(n) for n, _ in _registry(loc[0]).in_order())
+            path, msg = f"{path}.{tag}", f"expected one of {expected} (got {e['ctx']['tag']!r})"
         elif e["type"] == "missing":
             msg = "missing required key"
         else:
@@ -242,14 +213,60 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
 
 
 def _tagged_keys(section: str, raw: dict) -> list[str]:
-    from .data import SOURCES
-    from .families import FAMILIES
-
-    registry, tag = (FAMILIES, "family") if section == "model" else (SOURCES, "source")
+    registry, tag = _registry(section), TAGGED[section][0]
     name = raw.get(section, {}).get(tag)
     if name not in registry:
         return []
     return sorted(registry[name].Config.model_fields)
+
+
+def _foreign(section: tuple, key: Any, raw: dict) -> str:
+    """'unknown key', or, for an option of other objectives (guides) than the one named, which take it."""
+    if len(section) != 1 or section[0] not in ("objective", "guide"):
+        return "unknown key"
+    registry, tag = _registry(section[0]), TAGGED[section[0]][0]
+    takers = [n for n, e in registry.in_order() if key in e.Config.model_fields]
+    if not takers:
+        return "unknown key"
+    named = raw.get(section[0], {}).get(tag)
+    return f"{section[0]}.{tag} = {named!r} takes no such option (it belongs to {', '.join(takers[:4])})"
+
+
+def _with_tags(raw: dict) -> dict:
+    """The card with each untagged objective or guide section given its tag: ``custom`` where it
+    names a ``target``, else the default; and a section that a pplvm before sections wrote out
+    (every option of every objective or guide) read with its objective's (guide's) own options."""
+    out = dict(raw)
+    for section in ("objective", "guide"):
+        value = out.get(section)
+        if not isinstance(value, dict):
+            continue
+        tag, default = TAGGED[section]
+        value = dict(value)
+        value.setdefault(tag, "custom" if "target" in value else default)
+        legacy = _LEGACY[section]
+        if legacy.keys() <= value.keys() and value[tag] in _registry(section):
+            own = _registry(section)[value[tag]].Config.model_fields
+            value = {k: v for k, v in value.items() if k in own or legacy.get(k, v) != v}
+        out[section] = value
+    return out
+
+
+#: what a card of a pplvm before objective and guide sections holds in them, written out in full
+_LEGACY = {
+    "objective": {
+        "alpha": 0.5,
+        "weighting": "elbo",
+        "em_estimate": "map",
+        "em_step_decay": 0.6,
+        "free_bits": 0.0,
+        "kl_weight": 1.0,
+        "kl_warmup_epochs": 0.0,
+        "num_particles": 1,
+        "vectorize_particles": True,
+    },
+    "guide": {"init_scale": 0.1, "flow_layers": 2, "flow_hidden": []},
+}
 
 
 def parse_value(text: str) -> Any:
@@ -306,7 +323,7 @@ def card_from_dict(raw: dict, overrides: list[str] | dict[str, Any] | None = Non
     """Validate a card given as a nested dict (plus optional overrides)."""
     if not isinstance(raw, dict):
         raise CardError(f"a card must be a table of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
+    raw = _with_tags(apply_overrides(raw, overrides))
     schema = card_schema()
     try:
         return schema.model_validate(raw)

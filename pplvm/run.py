@@ -44,9 +44,8 @@ from .errors import ArgumentError, CardError, DataError, IncompatibleError, Pplv
 from .evaluation import graph, memory, plots
 from .evaluation.arviz import arviz, inference_data, small_sites
 from .families import FAMILIES, LatentVariableModel
-from .guides import make_guide
-from .guides.local import LocalGuide, MeanFieldLocal
-from .objectives import check_compatible, make_update_rule
+from .guides import guide_for, make_guide
+from .objectives import make_update_rule, objective_for, settle
 from .training import distributed
 from .training.checkpoint import atomic_write_bytes, load_checkpoint
 from .training.trainer import Callback, Trainer, _host, read_history, resolve_device, to_device
@@ -71,9 +70,16 @@ class Run:
         dataset: Dataset | None = None,
         run_dir: Path | None = None,
     ):
-        self.card, self.model, self.guide, self.transform = card, model, guide, transform
+        self.model, self.guide, self.transform = model, guide, transform
+        #: the guide's plugin and what its guide offers; the objective's plugin, its "auto" options decided
+        self.card = settle(card, model)  # "auto" options and guide decided for the model (written to card.toml)
+        self.guide_plugin = guide_for(self.card.guide)
+        self.traits = self.guide_plugin.traits(model)
+        self.objective = objective_for(self.card.objective)
         #: what training does with each minibatch (the objective's update rule)
-        self.rule = make_update_rule(model, guide, card, held_out=not isinstance(guide, MeanFieldLocal))
+        self.rule = make_update_rule(
+            model, guide, self.card, held_out=self.traits.held_out, traits=self.traits, objective=self.objective
+        )
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
@@ -125,18 +131,15 @@ class Run:
         for part in ("valid", "test"):  # held-out data must also suit the model (e.g. symbols < C)
             if getattr(dataset, part) is not None:
                 setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
-        check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
+        card = settle(card, model)
+        traits = guide_for(card.guide).traits(model)
+        objective_for(card.objective).check(model, traits)  # refuse an impossible pairing first
         guide = make_guide(
-            model,
-            card.guide.kind,
-            dataset.train,
-            init_scale=card.guide.init_scale,
-            generator=torch.Generator().manual_seed(card.training.seed),
-            **_flow_options(card),
+            model, card.guide, dataset.train, generator=torch.Generator().manual_seed(card.training.seed)
         )
         with torch.no_grad():  # autoguides create their parameters on the first call
             guide(
-                to_device(_fit_input(guide, dataset.train)[:PROTOTYPE_ROWS], model.device), num_data=len(dataset.train)
+                to_device(_fit_input(traits, dataset.train)[:PROTOTYPE_ROWS], model.device), num_data=len(dataset.train)
             )
         return cls(card, model, guide, dataset.transform, dataset)
 
@@ -162,14 +165,7 @@ class Run:
                 .to(where)
             )
             proto = _from_state(extras["prototype"])
-            guide = make_guide(
-                model,
-                card.guide.kind,
-                _without_index(proto),
-                init_scale=card.guide.init_scale,
-                num_data=extras.get("num_train"),
-                **_flow_options(card),
-            )
+            guide = make_guide(model, card.guide, _without_index(proto), num_data=extras.get("num_train"))
             with torch.no_grad():
                 guide(to_device(proto, where))
             params = ckpt["best"] or ckpt
@@ -214,7 +210,7 @@ class Run:
     def _fit(self, callbacks: Sequence[Callback]) -> "Run":
         self.trainer = self._trainer(callbacks)
         with rundir.storage(f"run directory {str(self.run_dir)!r}"):
-            self.trainer.fit(_fit_input(self.guide, self.dataset.train), self.dataset.valid)
+            self.trainer.fit(_fit_input(self.traits, self.dataset.train), self.dataset.valid)
         self.history = self.trainer.state.history
         if self.run_dir is not None and distributed.is_main():
             self.write_artifacts()
@@ -268,7 +264,7 @@ class Run:
                 if main:
                     rundir.check_writable(run_dir, run._checkpoint_bytes())
             run.trainer = run._trainer(callbacks)
-            train = _fit_input(run.guide, run.dataset.train)
+            train = _fit_input(run.traits, run.dataset.train)
             with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
                 run.trainer.resume(train)
             with rundir.storage(f"run directory {str(run_dir)!r}"):
@@ -285,7 +281,7 @@ class Run:
         extras = {
             "dim": self.model.dim,
             "transform": self.transform.state_dict(),
-            "prototype": _to_state(_fit_input(self.guide, d.train)[:PROTOTYPE_ROWS]),
+            "prototype": _to_state(_fit_input(self.traits, d.train)[:PROTOTYPE_ROWS]),
             "num_train": len(d.train),
             "from_python": bool(d.info.get("from_python")),
             "card": rundir.card_fingerprint(self.card),
@@ -330,7 +326,7 @@ class Run:
                 f"model.family = {self.card.model.family!r} has an implicit density: "
                 "it has no log-likelihood (compare samples instead)"
             )
-        if kind == "estimate" and isinstance(self.guide, LocalGuide):
+        if kind == "estimate" and self.traits.proposal:
             return self.model.log_likelihood(xt, params, proposal=self.guide)
         return self.model.log_likelihood(xt, params)
 
@@ -393,7 +389,7 @@ class Run:
         if not self.model.global_sites:
             return {}
         # a local guide's globals are drawn from its globals' guide, which needs no data
-        guide = self.guide.globals_guide if isinstance(self.guide, LocalGuide) else self.guide
+        guide = self.guide_plugin.globals_guide(self.guide)
         with pyro.poutine.seed(rng_seed=seed):
             out = Predictive(guide, num_samples=num, parallel=True, return_sites=list(self.model.global_sites))()
         point = self._params()
@@ -415,14 +411,14 @@ class Run:
         Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale":
         (N, L)}`` (the exact posterior for the ``exact`` guide; the ``meanfield`` guide has it
         for the training data only)."""
-        if x is None and isinstance(self.guide, MeanFieldLocal):
+        if x is None and self.traits.per_datum:
             q = self.guide.training_posterior()  # needs no data: one q(z_n) per training row
             return _host({"loc": q.mean, "scale": q.stddev})
         xt = self._prepare(x) if x is not None else self._training_data()
         if self.model.enumerated:
             params = self._params()
             return self._by_rows(lambda part: self.model.local_marginals(part, params), xt)
-        if not isinstance(self.guide, LocalGuide):
+        if not self.traits.proposal:
             raise IncompatibleError(f"guide.kind = {self.card.guide.kind!r} has no q(z | x) for the local latents")
         q = self.guide.local_posterior(to_device(xt, self.device))
         return _host({"loc": q.mean, "scale": q.stddev})
@@ -548,7 +544,7 @@ class Run:
         with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
             warnings.simplefilter("ignore", RuntimeWarning)
             table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
-        table = table[table["sd"] > 0] if self.card.guide.kind != "map" else table[["mean"]]
+        table = table[table["sd"] > 0] if not self.traits.point_estimate else table[["mean"]]
         return table, hidden
 
     def _summary_idata(self, idata):
@@ -589,11 +585,7 @@ class Run:
 
     def globals_label(self) -> str:
         """What the fitted globals are: guide draws, or a point estimate (and by what)."""
-        c = self.card
-        if c.objective.name == "em":
-            how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
-            return f"point estimate of the global latents (EM, {how})"
-        return "posterior of the global latents (guide draws)"
+        return self.objective.globals_label()
 
     def model_graph(self):
         """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
@@ -727,14 +719,10 @@ def _load_device(spec: str) -> torch.device:
     return resolve_device(spec)
 
 
-def _fit_input(guide: torch.nn.Module, train):
+def _fit_input(traits, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
-    with parameters per training datum, else as they are."""
-    return indexed(train) if isinstance(guide, MeanFieldLocal) else train
-
-
-def _flow_options(card: BaseModel) -> dict[str, Any]:
-    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
+    with parameters per training datum (:class:`~pplvm.guides.GuideTraits`), else as they are."""
+    return indexed(train) if traits.per_datum else train
 
 
 def _without_index(data):

@@ -9,7 +9,8 @@ Low to high, as README's "The house" draws it::
                                         atomic files, collectives, the arviz converter, figures, graphs
     distributions, data, decoders, inference, guides.forward, evaluation.two_sample
                                         building blocks and the importance-sampling estimator
-    families                            the contract and the families
+    families, guides.base, objectives.base
+                                        the contract and the families; the guide and objective plugin bases
     config                              the card schema, gathered from the registries
     guides, objectives, training.rules, training.compiled
                                         inference over a family: guides, objectives, update rules
@@ -50,7 +51,7 @@ LAYERS: list[list[str]] = [
         "pplvm.guides.forward",
         "pplvm.evaluation.two_sample",
     ],
-    ["pplvm.families"],
+    ["pplvm.families", "pplvm.guides.base", "pplvm.objectives.base"],
     ["pplvm.config"],
     ["pplvm.guides", "pplvm.objectives", "pplvm.training.rules", "pplvm.training.compiled"],
     ["pplvm.training", "pplvm.evaluation", "pplvm.rundir"],

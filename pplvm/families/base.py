@@ -46,10 +46,6 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     """Base of every family. Subclasses implement the abstract methods and nothing else."""
 
     Config: ClassVar[type[FamilyConfig]]
-    #: guide kinds this family admits (see :mod:`pplvm.guides`)
-    guides: ClassVar[tuple[str, ...]]
-    #: objective names this family admits (see :mod:`pplvm.objectives`)
-    objectives: ClassVar[tuple[str, ...]]
     #: names of per-datum latent sites
     local_sites: ClassVar[tuple[str, ...]]
     #: True when the local latents are discrete and summed out by TraceEnum_ELBO
@@ -70,6 +66,8 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: HMM): a table of rows given as data is refused, since splitting it into training and
     #: held-out data would cut its time steps apart and shuffle them
     sequential: ClassVar[bool] = False
+    #: True when ``forward`` reads batches by :func:`~pplvm.data.values`: they may carry rows (``Batch.index``)
+    indexed_rows: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     #: name and dim of the plate over data (a user's model names its own)
     plate_name: ClassVar[str] = "data"
@@ -296,6 +294,10 @@ class ContinuousLatentModel(LatentVariableModel):
     def make_encoder(self) -> torch.nn.Module:
         """A module mapping a batch to ``(loc, scale)`` of ``q(z_n | x_n)``, each ``(B, L)``."""
 
+    def amortization(self) -> str:
+        """Why a guide with an encoder cannot serve the local latent ('' when it can)."""
+        return ""
+
 
 class ExactLocalPosterior(abc.ABC):
     """Capability of a family whose local posterior ``p(z_n | x_n, θ)`` has a closed form
@@ -311,6 +313,9 @@ class ExactLocalPosterior(abc.ABC):
 class UserGuide(abc.ABC):
     """Capability of a family that brings its own guide (``guide.kind = "custom"``), e.g. a
     user's Pyro model with the user's guide."""
+
+    #: whether a guide was given (``model.guide_target``, or ``guide=`` from Python)
+    brings_guide: bool = False
 
     @abc.abstractmethod
     def user_guide(self) -> torch.nn.Module:

@@ -108,8 +108,6 @@ class Diffusion(LatentVariableModel, FixedGuide):
     """Denoising diffusion model (DDPM): reverse chain p_θ, fixed forward-process guide."""
 
     Config = DiffusionConfig
-    guides = ("forward",)
-    objectives = ("diffusion", "vdm", "elbo")
     enumerated = False
     likelihood = "bound"
 
