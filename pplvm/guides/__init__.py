@@ -8,6 +8,7 @@ pplvm's kinds (``amortized``, ``exact``, ``meanfield``, ``map``, ``lowrank``, ``
 shows them.
 """
 
+# ruff: noqa: I001
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -19,22 +20,20 @@ from torch.distributions import transform_to
 from ..errors import IncompatibleError
 from ..families.base import LatentVariableModel
 
-# isort: off  (the order of registration is the order listings show)
+# the order of registration is the order listings show (hence the imports' order: ruff I001 off)
 from .amortized import Amortized, AmortizedNormal
+from .exact import Exact
+from .meanfield import MeanField
+from .map import Map
+from .lowrank import LowRank
+from .flow import AmortizedFlow, AutoFlowNormal, Flow
+from .fixed import Forward
+from .empty import EmptyGuide, NoGuide
+from .custom import Custom
 from .auto import Auto
-
-# isort: on
 from .autoguides import AUTOGUIDES, PyroAutoguide, register_autoguides
 from .base import GUIDES, Guide, GuideConfig, GuideTraits
-from .custom import Custom
-from .empty import EmptyGuide, NoGuide
-from .exact import Exact
-from .fixed import Forward
-from .flow import AmortizedFlow, AutoFlowNormal, Flow
 from .local import LocalGuide
-from .lowrank import LowRank
-from .map import Map
-from .meanfield import MeanField
 
 register_autoguides()  # after pplvm's own kinds
 

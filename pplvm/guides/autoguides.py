@@ -115,7 +115,7 @@ def _alone(cls: type) -> bool:
 
 
 def _register(cls: type, register: bool = True) -> type[PyroAutoguide]:
-    doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split())
+    doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
     attrs = {"__doc__": f"Pyro's {cls.__name__}: {doc}", "__module__": __name__}
     return type(
         cls.__name__, (PyroAutoguide,), {**attrs, "names": (cls.__name__,) if register else (), "pyro_class": cls}

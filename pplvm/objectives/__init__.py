@@ -13,6 +13,7 @@ objectives: ``kl_weight`` / ``kl_warmup_epochs`` (a β on their KL, scheduled ov
 only: :mod:`.free_bits`).
 """
 
+# ruff: noqa: I001
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -21,29 +22,27 @@ import torch
 from pyro.infer import ELBO
 
 from ..config import card_from_dict
-from ..errors import IncompatibleError
+from ..errors import IncompatibleError, PplvmError
 from ..families.base import LatentVariableModel
 from ..guides import GUIDES, guide_for
 from ..guides import admitted as admitted_guides
 from ..guides.base import GuideTraits
 from ..training.rules import UpdateRule
-from .adversarial import Adversarial, AdversarialStep
 
-# isort: on
+# the order of registration is the order listings show (hence the imports' order: ruff I001 off)
+from .trace import Elbo, Enum, MeanField
+from .renyi import IWAE, Renyi, RenyiBound
+from .dreg import IWAE_DReG, IWAEDReG
+from .stl import STL, TraceSTL_ELBO
+from .diffusion import DiffusionBound, DiffusionELBO, VDMBound, VDMLoss
+from .adversarial import Adversarial, AdversarialStep
+from .em import EM, EMStep
+from .custom import Custom
 from .annealing import KLSchedule, ScaleSites
 from .base import OBJECTIVES, Objective, ObjectiveConfig
-from .custom import Custom
-from .diffusion import DiffusionBound, DiffusionELBO, VDMBound, VDMLoss
-from .dreg import IWAE_DReG, IWAEDReG
-from .em import EM, EMStep
 from .free_bits import FreeBitsELBO
 from .pyro_elbos import PYRO_ELBOS, register_pyro_elbos
-from .renyi import IWAE, Renyi, RenyiBound
-from .stl import STL, TraceSTL_ELBO
 from .svi import SVIObjective
-
-# isort: off  (the order of registration is the order listings show)
-from .trace import Elbo, Enum, MeanField
 
 register_pyro_elbos()  # after pplvm's own names
 
@@ -91,6 +90,18 @@ def admitted(model: LatentVariableModel, guide: GuideTraits) -> list[str]:
         if plugin.refusal(model, guide) is None:
             out.append(name)
     return out
+
+
+def admissions(name: str, family: type[LatentVariableModel], dim: int = 8) -> tuple[list[str], list[str]]:
+    """``(guides, objectives)`` a family admits at its card defaults (objectives with any of those
+    guides), for listings; empty where its defaults build no model (a model of your own)."""
+    try:
+        model = family.from_config(family.Config(family=name), dim)
+    except (PplvmError, ValueError, TypeError):
+        return [], []
+    guides = admitted_guides(model)
+    names = {n for g in guides for n in admitted(model, _traits(g, model))}
+    return guides, [n for n, _ in OBJECTIVES.in_order() if n in names]
 
 
 def check_compatible(
@@ -164,6 +175,7 @@ __all__ = [
     "TraceSTL_ELBO",
     "VDMBound",
     "VDMLoss",
+    "admissions",
     "admitted",
     "check_compatible",
     "make_objective",

@@ -97,7 +97,7 @@ def _section(cls: type[ELBO]) -> type[SVIConfig]:
 
 def _register(cls: type[ELBO], register: bool = True) -> type[PyroELBO]:
     """The plugin of Pyro's ELBO class ``cls`` (registered under its class name, or not)."""
-    doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split())
+    doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
     return type(
         cls.__name__,
         (PyroELBO,),
