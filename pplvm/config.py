@@ -233,9 +233,11 @@ def _foreign(section: tuple, key: Any, raw: dict) -> str:
 
 
 def _with_tags(raw: dict) -> dict:
-    """The card with each untagged objective or guide section given its tag: ``custom`` where it
-    names a ``target``, else the default; and a section that a pplvm before sections wrote out
-    (every option of every objective or guide) read with its objective's (guide's) own options."""
+    """The card with each untagged objective or guide section given its tag (``custom`` where it
+    names a ``target``, else the default), without the options of other objectives (guides) that
+    hold the value at which they do nothing (a card that swaps only the name keeps working; any
+    other value is refused as the option of another); a section that a pplvm before sections
+    wrote out (every option of every objective or guide) is read the same way at its old defaults."""
     out = dict(raw)
     for section in ("objective", "guide"):
         value = out.get(section)
@@ -244,12 +246,28 @@ def _with_tags(raw: dict) -> dict:
         tag, default = TAGGED[section]
         value = dict(value)
         value.setdefault(tag, "custom" if "target" in value else default)
-        legacy = _LEGACY[section]
-        if legacy.keys() <= value.keys() and value[tag] in _registry(section):
+        if value[tag] in _registry(section):
             own = _registry(section)[value[tag]].Config.model_fields
-            value = {k: v for k, v in value.items() if k in own or legacy.get(k, v) != v}
+            legacy = _LEGACY[section] if _LEGACY[section].keys() <= value.keys() else {}
+            value = {k: v for k, v in value.items() if k in own or not (legacy.get(k, _idle(section, k)) == v)}
         out[section] = value
     return out
+
+
+def _idle(section: str, key: str) -> Any:
+    """The value at which an option of other objectives (guides) does nothing: the default every
+    section that has it shares (a card that swaps only the name keeps working), else a marker."""
+    defaults = {
+        repr(e.Config.model_fields[key].default) for _, e in _registry(section).items() if key in e.Config.model_fields
+    }
+    if len(defaults) != 1:
+        return _NONE
+    return next(
+        e.Config.model_fields[key].default for _, e in _registry(section).items() if key in e.Config.model_fields
+    )
+
+
+_NONE = object()
 
 
 #: what a card of a pplvm before objective and guide sections holds in them, written out in full

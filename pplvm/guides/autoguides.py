@@ -73,7 +73,7 @@ def build_autoguide(
     ``init_scale`` where it takes one); ``options``: the card's keyword arguments."""
     params = inspect.signature(cls.__init__).parameters
     kw: dict[str, Any] = {}
-    if "init_loc_fn" in params:
+    if "init_loc_fn" in params and not issubclass(cls, autoguide.AutoNormalizingFlow):  # flows: deprecated, unused
         kw["init_loc_fn"] = init
     if "init_scale" in params and init_scale is not None:
         kw["init_scale"] = init_scale
@@ -114,11 +114,30 @@ def _alone(cls: type) -> bool:
     return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
+@torch.no_grad()
+def _median_of_draws(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """The elementwise median of 101 draws (seeded; the global RNG is left as it was)."""
+    with poutine.seed(rng_seed=0):
+        draws = [self(*args, **kwargs) for _ in range(101)]
+    return {k: torch.stack([d[k] for d in draws]).median(0).values for k in draws[0]}
+
+
+def _with_median(cls: type) -> type:
+    """``cls``, or, where Pyro gives it no closed-form median (no ``_loc_scale``: AutoIAFNormal,
+    AutoLaplaceApproximation), a subclass whose median is that of draws: pplvm reads the
+    globals' point estimate from ``median()``."""
+    if issubclass(cls, autoguide.AutoContinuous) and cls._loc_scale is autoguide.AutoContinuous._loc_scale:
+        return type(cls.__name__, (cls,), {"median": _median_of_draws, "__module__": __name__})
+    return cls
+
+
 def _register(cls: type, register: bool = True) -> type[PyroAutoguide]:
     doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
     attrs = {"__doc__": f"Pyro's {cls.__name__}: {doc}", "__module__": __name__}
     return type(
-        cls.__name__, (PyroAutoguide,), {**attrs, "names": (cls.__name__,) if register else (), "pyro_class": cls}
+        cls.__name__,
+        (PyroAutoguide,),
+        {**attrs, "names": (cls.__name__,) if register else (), "pyro_class": _with_median(cls)},
     )
 
 

@@ -34,8 +34,8 @@ _DIFFERENTIABLE = {RenyiELBO: RenyiBound}
 
 def _surrogate_loss(self, model, guide, *args, **kwargs):
     """The loss's value with the surrogate loss's gradient."""
-    loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-    loss = loss if isinstance(loss, torch.Tensor) else surrogate.new_tensor(loss)
+    elbo, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)  # (the ELBO, the surrogate loss)
+    loss = -(elbo if isinstance(elbo, torch.Tensor) else surrogate.new_tensor(elbo))
     return surrogate + (loss.detach() - surrogate.detach())
 
 
