@@ -62,11 +62,11 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
-    #: True when a datum is a sequence (a :class:`~pplvm.data.Batch` with ``lengths``, e.g. an
-    #: HMM): a table of rows given as data is refused, since splitting it into training and
-    #: held-out data would cut its time steps apart and shuffle them
+    #: True when a datum is a sequence (a Batch with ``lengths``, e.g. an HMM): a table of rows
+    #: is refused as data (splitting it would cut its time steps apart and shuffle them)
     sequential: ClassVar[bool] = False
-    #: True when ``forward`` reads batches by :func:`~pplvm.data.values`: they may carry rows (``Batch.index``)
+    vectorized_particles: ClassVar[bool] = True  #: False: ``forward`` takes no leading particle dim
+    #: True when ``forward`` reads batches by ``values()``: they may carry rows (``Batch.index``)
     indexed_rows: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     #: name and dim of the plate over data (a user's model names its own)

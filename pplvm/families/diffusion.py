@@ -110,6 +110,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
     Config = DiffusionConfig
     enumerated = False
     likelihood = "bound"
+    vectorized_particles = False
 
     def __init__(self, config: DiffusionConfig, dim: int):
         super().__init__(config, dim)

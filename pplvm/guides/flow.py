@@ -198,7 +198,10 @@ class Flow(Guide):
 
     def refusal(self, model: Any) -> str | None:
         if continuous_locals(model):
-            return local_refusal(model, "the flow's encoder")
+            why = local_refusal(model, "the flow's encoder")
+            if why is None and model.latent_dim < 2:
+                why = "an autoregressive flow needs a local latent of at least 2 dimensions; this one has 1"
+            return why
         return globals_only(model, "guide.kind = 'flow'")
 
     def traits(self, model: Any) -> GuideTraits:

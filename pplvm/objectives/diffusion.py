@@ -139,5 +139,16 @@ class VDMBound(DiffusionBound):
     def elbo(self, model: Any) -> VDMLoss:
         return VDMLoss(self.config.num_particles)
 
+    def refusal(self, model: Any, guide: Any) -> str | None:
+        why = super().refusal(model, guide)
+        if why is None and model.config.variance == "learned":
+            return (
+                "objective.name = 'vdm' trains ε̂ only, so model.variance = 'learned' would "
+                "stay untrained; use model.variance = 'beta' or 'posterior'"
+            )
+        if why is None and model.steps < 2:
+            return "objective.name = 'vdm' needs model.steps >= 2 (a schedule to interpolate)"
+        return why
+
 
 __all__ = ["DiffusionBound", "DiffusionELBO", "VDMBound", "VDMLoss"]

@@ -19,7 +19,7 @@ from typing import Any
 import pyro.infer
 import torch
 from pydantic import Field, create_model
-from pyro.infer import ELBO, RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO, TraceTailAdaptive_ELBO
+from pyro.infer import ELBO, RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO, TraceTailAdaptive_ELBO, TraceTMC_ELBO
 
 from .renyi import RenyiBound
 from .svi import SVIConfig, SVIObjective
@@ -28,6 +28,12 @@ from .svi import SVIConfig, SVIObjective
 _PASSED = {"self", "max_plate_nesting", "max_iarange_nesting", "strict_enumeration_warning", "jit_options"}
 #: what Pyro documents a class needs beyond its signature's defaults
 _NEEDS = {TraceTailAdaptive_ELBO: {"num_particles": 2, "vectorize_particles": True}}
+#: classes that compile over Pyro's global param store, where pplvm's modules keep no parameters
+#: (module-local params); pplvm's own compiled step (training.compile) is their counterpart
+_PARAM_STORE = tuple(getattr(pyro.infer, n) for n in pyro.infer.__all__ if n.startswith("Jit"))
+#: classes whose loss is a gradient surrogate without a value (Pyro: "not an estimate of the ELBO"),
+#: where pplvm's loop reads the loss (progress, non-finite checks, early stopping)
+_NO_VALUE = (TraceTailAdaptive_ELBO,)
 #: pplvm's differentiable version of a class that lacks one
 _DIFFERENTIABLE = {RenyiELBO: RenyiBound}
 
@@ -71,6 +77,18 @@ class PyroELBO(SVIObjective):
                 model,
                 f"{self.pyro_class.__name__} has no differentiable loss, which pplvm's SVI step differentiates",
             )
+        if issubclass(self.pyro_class, _PARAM_STORE):
+            return self.cannot(
+                model,
+                f"{self.pyro_class.__name__} compiles over Pyro's global param store, and pplvm keeps parameters "
+                "in modules; use its un-jitted class with training.compile = 'trace' (pplvm's compiled step)",
+            )
+        if issubclass(self.pyro_class, _NO_VALUE):
+            return self.cannot(
+                model,
+                f"{self.pyro_class.__name__}'s loss is a gradient surrogate with no value, and pplvm's loop "
+                "reads the loss (non-finite checks, early stopping)",
+            )
         for key, least in _NEEDS.get(self.pyro_class, {}).items():
             if getattr(self.config, key) < least:
                 return f"objective.{key}: {self.pyro_class.__name__} needs {key} >= {least}"
@@ -107,7 +125,7 @@ def _register(cls: type[ELBO], register: bool = True) -> type[PyroELBO]:
             "names": (cls.__name__,) if register else (),
             "Config": _section(cls),
             "pyro_class": cls,
-            "enumerates": issubclass(cls, TraceEnum_ELBO),
+            "enumerates": issubclass(cls, (TraceEnum_ELBO, TraceTMC_ELBO)),  # tensor variable elimination
             "mean_field": issubclass(cls, TraceMeanField_ELBO),
         },
     )

@@ -90,6 +90,16 @@ class SVIObjective(Objective):
             return self.cannot(
                 model, "its analytic KLs need guide sites drawn independently; this guide draws each from another's"
             )
+        c = self.config
+        if (
+            getattr(c, "num_particles", 1) > 1
+            and getattr(c, "vectorize_particles", False)
+            and not model.vectorized_particles
+        ):
+            return (
+                f"objective.vectorize_particles: family {family!r} runs its model on one particle at a time; "
+                "set objective.vectorize_particles = false"
+            )
         kl = (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0))
         controls = [k for k, off in kl if getattr(self.config, k, off) != off]
         if controls and model.enumerated:
