@@ -246,7 +246,7 @@ def _with_tags(raw: dict) -> dict:
         tag, default = TAGGED[section]
         value = dict(value)
         value.setdefault(tag, "custom" if "target" in value else default)
-        if value[tag] in _registry(section):
+        if isinstance(value[tag], str) and value[tag] in _registry(section):
             own = _registry(section)[value[tag]].Config.model_fields
             legacy = _LEGACY[section] if _LEGACY[section].keys() <= value.keys() else {}
             value = {k: v for k, v in value.items() if k in own or not (legacy.get(k, _idle(section, k)) == v)}
