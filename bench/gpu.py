@@ -98,10 +98,9 @@ def part_step(args) -> None:
     import pyro
 
     from pplvm.config import TrainingConfig
-    from pplvm.objectives import objective_config
     from pplvm.families import FAMILIES
     from pplvm.guides.amortized import AmortizedNormal
-    from pplvm.objectives import make_objective
+    from pplvm.objectives import make_objective, objective_config
     from pplvm.training.compiled import AUTO_AFTER_STEPS, CompiledSVIStep
     from pplvm.training.rules import SVIStep
     from pplvm.training.trainer import precision_context

@@ -63,10 +63,9 @@ def main() -> None:
 
     import pplvm
     from pplvm.config import TrainingConfig
-    from pplvm.objectives import objective_config
     from pplvm.data import synthetic_hmm
     from pplvm.families import HiddenMarkovModel, HMMConfig
-    from pplvm.objectives import EMStep
+    from pplvm.objectives import EMStep, objective_config
     from pplvm.training.rules import SVIStep
 
     torch.set_num_threads(args.threads)

@@ -237,8 +237,7 @@ def make_steps(part: str):
     import pyro
     import torch
 
-    from pplvm.objectives import objective_config
-    from pplvm.objectives import make_objective
+    from pplvm.objectives import make_objective, objective_config
 
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((B, D), 0.3), generator=g)
