@@ -97,10 +97,10 @@ def hand_loss(enc, dec, x):
 def part_step(args) -> None:
     import pyro
 
-    from pplvm.config import ObjectiveConfig, TrainingConfig
+    from pplvm.config import TrainingConfig
     from pplvm.families import FAMILIES
     from pplvm.guides.amortized import AmortizedNormal
-    from pplvm.objectives import make_objective
+    from pplvm.objectives import make_objective, objective_config
     from pplvm.training.compiled import AUTO_AFTER_STEPS, CompiledSVIStep
     from pplvm.training.rules import SVIStep
     from pplvm.training.trainer import precision_context
@@ -119,7 +119,7 @@ def part_step(args) -> None:
                 cls = FAMILIES["vae"]
                 model = cls(cls.Config(backend=backend), D).to(dev)
                 guide = AmortizedNormal(model, model.make_encoder()).to(dev)
-                elbo = make_objective(model, ObjectiveConfig(name="elbo"))
+                elbo = make_objective(model, objective_config(name="elbo"))
                 cfg = TrainingConfig(lr=1e-3, precision=precision)
                 rule = (
                     CompiledSVIStep(model, guide, elbo, cfg, mode="auto")

@@ -62,10 +62,10 @@ def main() -> None:
     from pyro.infer.autoguide.initialization import init_to_value
 
     import pplvm
-    from pplvm.config import ObjectiveConfig, TrainingConfig
+    from pplvm.config import TrainingConfig
     from pplvm.data import synthetic_hmm
     from pplvm.families import HiddenMarkovModel, HMMConfig
-    from pplvm.objectives import EMStep
+    from pplvm.objectives import EMStep, objective_config
     from pplvm.training.rules import SVIStep
 
     torch.set_num_threads(args.threads)
@@ -116,7 +116,7 @@ def main() -> None:
         if kind == "EM":
             rule = EMStep(model, guide, estimate="ml")
         else:
-            rule = SVIStep(model, guide, pplvm.make_objective(model, ObjectiveConfig(name="enum")), config)
+            rule = SVIStep(model, guide, pplvm.make_objective(model, objective_config(name="enum")), config)
         state = {"train": 0.0, "ll": -float("inf"), "epochs": 0, "clock": time.perf_counter()}
 
         def check(trainer, metrics):

@@ -237,14 +237,13 @@ def make_steps(part: str):
     import pyro
     import torch
 
-    from pplvm.config import ObjectiveConfig
-    from pplvm.objectives import make_objective
+    from pplvm.objectives import make_objective, objective_config
 
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((B, D), 0.3), generator=g)
     model, guide, source = build_pplvm()
     name, k = {"vae": ("elbo", 1), "iwae": ("iwae", 5), "dreg": ("iwae_dreg", 5)}[part]
-    elbo = make_objective(model, ObjectiveConfig(name=name, num_particles=k, vectorize_particles=True))
+    elbo = make_objective(model, objective_config(name=name, num_particles=k, vectorize_particles=True))
     loss_module = elbo(model, guide)
     with torch.no_grad():
         guide(x, num_data=N)

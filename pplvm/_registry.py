@@ -41,3 +41,7 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
+
+    def in_order(self) -> list[tuple[str, T]]:
+        """The entries in the order they were registered."""
+        return list(self._items.items())

@@ -3,8 +3,8 @@
 A card is a TOML file (or the same nested dict from Python) with the sections
 
 - ``[model]``      family and its hyperparameters (schema: the family's ``Config``);
-- ``[guide]``      which guide, e.g. ``kind = "meanfield"``;
-- ``[objective]``  which objective, e.g. ``name = "enum"``;
+- ``[guide]``      which guide and its options, e.g. ``kind = "meanfield"`` (schema: the guide's ``Config``);
+- ``[objective]``  which objective and its options, e.g. ``name = "enum"`` (schema: the objective's ``Config``);
 - ``[data]``       data source and its options (schema: the source's ``Config``);
 - ``[training]``   optimiser, epochs, minibatches, early stopping, checkpoints;
 - ``[evaluation]`` how a fitted run is evaluated: importance samples, posterior draws for
@@ -21,7 +21,7 @@ import os
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import numpy as np
 import tomli_w
@@ -29,167 +29,60 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .errors import ArgumentError, CardError
 from .rundir import write_atomic
-from .schema import MAX_SEED, Section, Seed
+from .schema import MAX_SEED, Section
+from .sections import EvaluationConfig, TrainingConfig  # noqa: F401  (the fixed sections, re-exported)
 
-ObjectiveName = Literal[
-    "elbo",
-    "meanfield",
-    "enum",
-    "renyi",
-    "iwae",
-    "iwae_dreg",
-    "stl",
-    "diffusion",
-    "vdm",
-    "gan",
-    "gan_hinge",
-    "wgan_gp",
-    "em",
-]
+#: the sections that are unions tagged by a name: section -> (tag, default tag)
+TAGGED = {
+    "model": ("family", None),
+    "data": ("source", None),
+    "objective": ("name", "elbo"),
+    "guide": ("kind", "meanfield"),
+}
 
 
-class GuideConfig(Section):
-    kind: str = Field("meanfield", description="guide name; `pplvm list` shows each family's")
-    init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
-    flow_layers: int = Field(2, ge=1, description="flow guide: inverse autoregressive steps")
-    flow_hidden: list[int] = Field(
-        [],
-        description="flow guide: hidden widths of each step's network "
-        "(at least the latent dimension; default one layer of twice it)",
-    )
+def _registry(section: str):
+    """The registry whose entries declare the configs of a tagged section."""
+    if section == "model":
+        from .families import FAMILIES
+
+        return FAMILIES
+    if section == "data":
+        from .data import SOURCES
+
+        return SOURCES
+    if section == "objective":
+        from .objectives.base import OBJECTIVES
+
+        return OBJECTIVES
+    from .guides.base import GUIDES
+
+    return GUIDES
 
 
-class ObjectiveConfig(Section):
-    name: ObjectiveName = "elbo"
-    num_particles: int = Field(1, ge=1, description="Monte Carlo particles (k for iwae)")
-    alpha: float = Field(0.5, description="Renyi alpha (renyi only)")
-    vectorize_particles: bool = True
-    kl_weight: float = Field(
-        1.0, gt=0, description="weight β of the local latents' log p(z) - log q(z|x) (their KL); 1 is the ELBO"
-    )
-    kl_warmup_epochs: float = Field(
-        0.0,
-        ge=0,
-        description="KL warm-up: β rises linearly from 0 to kl_weight over this many epochs, step by step; 0 = off",
-    )
-    free_bits: float = Field(
-        0.0,
-        ge=0,
-        description="free bits: nats per latent dimension (minibatch mean) "
-        "below which the KL is not penalised; needs name = 'meanfield'",
-    )
-    weighting: Literal["elbo", "simple"] = Field(
-        "elbo", description="diffusion: the ELBO's weights of the steps, or Ho et al.'s L_simple (not a bound)"
-    )
-    em_estimate: Literal["map", "ml"] = Field(
-        "map",
-        description="em only: 'map' (the M-step maximises the posterior under the family's priors) "
-        "or 'ml' (maximum likelihood, priors ignored: what scikit-learn and hmmlearn fit)",
-    )
-    em_step_decay: float = Field(
-        0.6,
-        gt=0.5,
-        le=1,
-        description="em with minibatches (stepwise EM): step size (k + 1)^-decay for the k-th minibatch's statistics",
-    )
-
-
-class TrainingConfig(Section):
-    epochs: int = Field(100, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="minibatch size; none = full batch")
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = Field(0.01, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
-        [0.9, 0.999],
-        min_length=2,
-        max_length=2,
-        description="adam / adamw: the moment decay rates [β1, β2], each in [0, 1)",
-    )
-    eps: float = Field(
-        1e-8,
-        gt=0,
-        description="adam / adamw / rmsprop: ε of the update's denominator, relative "
-        "to the gradient of the loss per datum (the IWAE paper's Adam: 1e-4)",
-    )
-    lr_schedule: Literal["constant", "exponential", "cosine", "iwae"] = Field(
-        "constant",
-        description="constant | exponential | cosine (to lr * lr_final_ratio over the epochs) | iwae "
-        "(Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280 epochs in all; then the last)",
-    )
-    lr_final_ratio: float = Field(0.1, gt=0, le=1, description="final lr / lr for decaying schedules")
-    clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
-    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
-    min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
-    eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
-    checkpoint_every: int | None = Field(
-        None, ge=1, description="checkpoint every this many epochs; none = by time (checkpoint_seconds)"
-    )
-    checkpoint_seconds: float = Field(
-        30.0,
-        ge=0,
-        description="without checkpoint_every: at most one "
-        "checkpoint per this many seconds (the first and last epochs always)",
-    )
-    device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (a GPU when there is one) | cpu | cuda | cuda:N"
-    )
-    precision: Literal["fp32", "bf16", "tf32"] = Field(
-        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)"
-    )
-    compile: Literal["auto", "trace", "inductor", "off"] = Field(
-        "auto",
-        description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
-        "on CUDA) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
-        "step); a dynamic structure falls back to off with a log line",
-    )
-    seed: Seed = 0
-    progress: bool = True
-    pyro_validation: Literal["first_step", "every_step"] = Field(
-        "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step"
-    )
-
-
-class EvaluationConfig(Section):
-    samples: int | None = Field(
-        None,
-        ge=1,
-        description="importance samples per datum of an estimated log-likelihood (a family whose likelihood "
-        "is 'estimate': VAE, continuous local latents, a dequantised flow); none = the family's default (100; "
-        "a dequantised flow 64); pplvm evaluate --samples overrides it",
-    )
-    draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
-    chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
-    max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
-    memory_mb: float = Field(
-        512.0,
-        gt=0,
-        description="bound on the working memory of every evaluation and "
-        "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
-        "see pplvm.evaluation.memory",
-    )
+@functools.cache
+def section_schema(section: str) -> Any:
+    """The pydantic type of a tagged section: a union of its registry's configs, tagged."""
+    tag = TAGGED[section][0]
+    configs = list(dict.fromkeys(e.Config for _, e in _registry(section).items()))
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[tuple(configs)], Field(discriminator=tag)]
 
 
 @functools.cache
 def card_schema() -> type[BaseModel]:
-    """The pydantic model of a whole card; model and data are unions tagged by name."""
-    from .data import SOURCES
-    from .families import FAMILIES
-
-    def tagged(configs: list[type[BaseModel]], tag: str) -> Any:
-        if len(configs) == 1:
-            return configs[0]
-        return Annotated[Union[tuple(configs)], Field(discriminator=tag)]
-
+    """The pydantic model of a whole card; model, data, guide and objective are unions tagged by name."""
+    objective, guide = _registry("objective"), _registry("guide")
     return create_model(
         "Card",
         __base__=Section,
         name=(str, "untitled"),
         description=(str, ""),
-        model=(tagged([cls.Config for _, cls in FAMILIES.items()], "family"), ...),
-        guide=(GuideConfig, GuideConfig()),
-        objective=(ObjectiveConfig, ObjectiveConfig()),
-        data=(tagged([src.Config for _, src in SOURCES.items()], "source"), ...),
+        model=(section_schema("model"), ...),
+        guide=(section_schema("guide"), guide[TAGGED["guide"][1]].Config()),
+        objective=(section_schema("objective"), objective[TAGGED["objective"][1]].Config()),
+        data=(section_schema("data"), ...),
         training=(TrainingConfig, TrainingConfig()),
         evaluation=(EvaluationConfig, EvaluationConfig()),
     )
@@ -228,21 +121,23 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
     for e in err.errors():
         loc = tuple(e["loc"])
         # Pydantic puts the union tag into the path (model.gmm.components): drop it.
-        if len(loc) >= 2 and loc[0] in ("model", "data") and isinstance(raw.get(loc[0]), dict):
-            tag = raw[loc[0]].get("family" if loc[0] == "model" else "source")
-            if loc[1] == tag:
+        if len(loc) >= 2 and loc[0] in TAGGED and isinstance(raw.get(loc[0]), dict):
+            if loc[1] == raw[loc[0]].get(TAGGED[loc[0]][0]):
                 loc = (loc[0],) + loc[2:]
         path = ".".join(str(p) for p in loc) or "<card>"
         if e["type"] == "extra_forbidden":
             section = tuple(loc[:-1])
-            if section and section[0] in ("model", "data"):
+            if len(section) == 1 and section[0] in TAGGED:
                 allowed = _tagged_keys(section[0], raw)
             else:
                 allowed = _allowed_keys(schema, section)
-            msg = "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
+            msg = _foreign(section, loc[-1], raw) + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "union_tag_invalid":
             tag = e["ctx"]["discriminator"].strip("'")
-            path, msg = f"{path}.{tag}", f"expected one of {e['ctx']['expected_tags']} (got {e['ctx']['tag']!r})"
+            expected = e["ctx"]["expected_tags"]
+            if loc and loc[0] in TAGGED:  # in the order the registry lists them
+                expected = ", ".join(repr(n) for n, _ in _registry(loc[0]).in_order())
+            path, msg = f"{path}.{tag}", f"expected one of {expected} (got {e['ctx']['tag']!r})"
         elif e["type"] == "missing":
             msg = "missing required key"
         else:
@@ -253,14 +148,78 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
 
 
 def _tagged_keys(section: str, raw: dict) -> list[str]:
-    from .data import SOURCES
-    from .families import FAMILIES
-
-    registry, tag = (FAMILIES, "family") if section == "model" else (SOURCES, "source")
+    registry, tag = _registry(section), TAGGED[section][0]
     name = raw.get(section, {}).get(tag)
     if name not in registry:
         return []
     return sorted(registry[name].Config.model_fields)
+
+
+def _foreign(section: tuple, key: Any, raw: dict) -> str:
+    """'unknown key', or, for an option of other objectives (guides) than the one named, which take it."""
+    if len(section) != 1 or section[0] not in ("objective", "guide"):
+        return "unknown key"
+    registry, tag = _registry(section[0]), TAGGED[section[0]][0]
+    takers = [n for n, e in registry.in_order() if key in e.Config.model_fields]
+    if not takers:
+        return "unknown key"
+    named = raw.get(section[0], {}).get(tag)
+    return f"{section[0]}.{tag} = {named!r} takes no such option (it belongs to {', '.join(takers[:4])})"
+
+
+def _with_tags(raw: dict) -> dict:
+    """The card with each untagged objective or guide section given its tag (``custom`` where it
+    names a ``target``, else the default), without the options of other objectives (guides) that
+    hold the value at which they do nothing (a card that swaps only the name keeps working; any
+    other value is refused as the option of another); a section that a pplvm before sections
+    wrote out (every option of every objective or guide) is read the same way at its old defaults."""
+    out = dict(raw)
+    for section in ("objective", "guide"):
+        value = out.get(section)
+        if not isinstance(value, dict):
+            continue
+        tag, default = TAGGED[section]
+        value = dict(value)
+        value.setdefault(tag, "custom" if "target" in value else default)
+        if isinstance(value[tag], str) and value[tag] in _registry(section):
+            own = _registry(section)[value[tag]].Config.model_fields
+            legacy = _LEGACY[section] if _LEGACY[section].keys() <= value.keys() else {}
+            value = {k: v for k, v in value.items() if k in own or not (legacy.get(k, _idle(section, k)) == v)}
+        out[section] = value
+    return out
+
+
+def _idle(section: str, key: str) -> Any:
+    """The value at which an option of other objectives (guides) does nothing: the default every
+    section that has it shares (a card that swaps only the name keeps working), else a marker."""
+    defaults = {
+        repr(e.Config.model_fields[key].default) for _, e in _registry(section).items() if key in e.Config.model_fields
+    }
+    if len(defaults) != 1:
+        return _NONE
+    return next(
+        e.Config.model_fields[key].default for _, e in _registry(section).items() if key in e.Config.model_fields
+    )
+
+
+_NONE = object()
+
+
+#: what a card of a pplvm before objective and guide sections holds in them, written out in full
+_LEGACY = {
+    "objective": {
+        "alpha": 0.5,
+        "weighting": "elbo",
+        "em_estimate": "map",
+        "em_step_decay": 0.6,
+        "free_bits": 0.0,
+        "kl_weight": 1.0,
+        "kl_warmup_epochs": 0.0,
+        "num_particles": 1,
+        "vectorize_particles": True,
+    },
+    "guide": {"init_scale": 0.1, "flow_layers": 2, "flow_hidden": []},
+}
 
 
 def parse_value(text: str) -> Any:
@@ -349,7 +308,7 @@ def card_from_dict(raw: dict, overrides: list[str] | dict[str, Any] | None = Non
     (:data:`MOVED_KEYS`) are read at their new place."""
     if not isinstance(raw, dict):
         raise CardError(f"a card must be a table of sections, got {type(raw).__name__}")
-    raw = _moved(apply_overrides(raw, overrides))
+    raw = _with_tags(_moved(apply_overrides(raw, overrides)))
     schema = card_schema()
     try:
         return schema.model_validate(raw)

@@ -37,8 +37,8 @@ from .facade.build import _as_card as _as_card  # imported from here by workflow
 from .facade.build import _fit_input as _fit_input
 from .facade.train import MAX_EPOCHS_ENV
 from .families import LatentVariableModel
-from .guides.local import MeanFieldLocal
-from .objectives import make_update_rule
+from .guides import guide_for
+from .objectives import make_update_rule, objective_for, settle
 from .training.trainer import Trainer
 
 
@@ -58,10 +58,21 @@ class Run:
     ):
         """``checked``: the card's pairing of model, objective and guide has been checked
         (:func:`~pplvm.facade.build.assemble` checks it once, before the guide exists)."""
-        self.card, self.model, self.guide, self.transform = card, model, guide, transform
+        self.model, self.guide, self.transform = model, guide, transform
+        self.card = settle(card, model)  # "auto" options and guide decided for the model (written to card.toml)
+        #: the guide's plugin and what its guide offers; the objective's plugin
+        self.guide_plugin = guide_for(self.card.guide)
+        self.traits = self.guide_plugin.traits(model)
+        self.objective = objective_for(self.card.objective)
         #: what training does with each minibatch (the objective's update rule)
         self.rule = make_update_rule(
-            model, guide, card, held_out=not isinstance(guide, MeanFieldLocal), checked=checked
+            model,
+            guide,
+            self.card,
+            held_out=self.traits.held_out,
+            traits=self.traits,
+            objective=self.objective,
+            checked=checked,
         )
         self.dataset, self.run_dir = dataset, run_dir
         self.trainer: Trainer | None = None

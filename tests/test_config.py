@@ -29,7 +29,7 @@ def test_shipped_cards_validate(path):
         (["training.epochs=2.5"], r"training\.epochs: expected a valid integer"),
         (["model.components=0"], r"model\.components: expected greater than or equal to 1"),
         (["model.covariance='tied'"], r"model\.covariance: expected 'diag' or 'full' \(got 'tied'\)"),
-        (["objective.name='vi'"], r"objective\.name: expected 'elbo', 'meanfield', .* \(got 'vi'\)"),
+        (["objective.name='vi'"], r"objective\.name: expected one of 'elbo', 'meanfield', .* \(got 'vi'\)"),
         (["model.family='nope'"], r"model\.family: expected .*'gmm'.* \(got 'nope'\)"),
         (["data.source='mnist'"], r"data\.source: expected one of .*'iris'.* \(got 'mnist'\)"),
         (["trainin.lr=1"], r"trainin: unknown key; expected one of: .*training"),

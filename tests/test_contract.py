@@ -33,7 +33,7 @@ def seen(run, n=None, training=True):
     e.g. a dynamic binarization draw); ``training``: as the trainer feeds them (numbered rows
     for a guide with per-datum parameters), else as the family takes data."""
     d = run.dataset
-    x = _fit_input(run.guide, d.train) if training else d.train
+    x = _fit_input(run.traits, d.train) if training else d.train
     x = x if n is None else x[:n]
     return x if d.augment is None else d.augment(x, torch.Generator().manual_seed(0))
 

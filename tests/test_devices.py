@@ -36,7 +36,7 @@ def test_every_family_computes_where_its_model_is(card):
     run.model.to(meta)
     run.guide.to(meta)
     assert run.device == meta
-    x = to_device(_fit_input(run.guide, run.dataset.train)[:8], meta)
+    x = to_device(_fit_input(run.traits, run.dataset.train)[:8], meta)
     try:
         with pyro.validation_enabled(False):  # validation reads values, which meta tensors lack
             guide_tr = poutine.trace(run.guide).get_trace(x, num_data=100)

@@ -46,22 +46,22 @@ def cmd_list(args) -> int:
     from ..data import SOURCES
     from ..families import FAMILIES
     from ..guides import GUIDES
-    from ..objectives import OBJECTIVES
+    from ..objectives import OBJECTIVES, admissions
 
-    families = {
-        name: {
-            "guides": list(cls.guides),
-            "objectives": list(cls.objectives),
+    families = {}
+    for name, cls in FAMILIES.items():
+        guides, objectives = admissions(name, cls)
+        families[name] = {
+            "guides": guides,
+            "objectives": objectives,
             "likelihood": cls.likelihood,
             "doc": (cls.__doc__ or "").strip().split("\n")[0],
         }
-        for name, cls in FAMILIES.items()
-    }
     out = {
         "schema": "pplvm.list/1",
         "families": families,
-        "guides": GUIDES,
-        "objectives": OBJECTIVES,
+        "guides": {name: cls.summary() for name, cls in GUIDES.in_order()},
+        "objectives": {name: cls.summary() for name, cls in OBJECTIVES.in_order()},
         "datasets": {name: src.doc for name, src in SOURCES.items()},
     }
     if args.json:
@@ -70,7 +70,8 @@ def cmd_list(args) -> int:
     w = max(len(n) for section in ("families", "guides", "objectives", "datasets") for n in out[section]) + 2
     lines = ["families:"]
     lines += [
-        f"  {n:{w}s}guides: {', '.join(f['guides'])}; objectives: {', '.join(f['objectives'])}"
+        f"  {n:{w}s}guides: {', '.join(f['guides']) or 'as its card declares'}; "
+        f"objectives: {', '.join(f['objectives']) or 'as its card declares'}"
         for n, f in families.items()
     ]
     for section in ("guides", "objectives", "datasets"):

@@ -66,7 +66,7 @@ def _posterior_table(run: Run, idata, max_size: int | None):
     with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
         warnings.simplefilter("ignore", RuntimeWarning)
         table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
-    table = table[table["sd"] > 0] if run.card.guide.kind != "map" else table[["mean"]]
+    table = table[table["sd"] > 0] if not run.traits.point_estimate else table[["mean"]]
     return table, hidden
 
 
@@ -110,11 +110,7 @@ def summary(run: Run, idata=None, max_size: int | None = None) -> dict[str, Any]
 
 def globals_label(run: Run) -> str:
     """What the fitted globals are: guide draws, or a point estimate (and by what)."""
-    c = run.card
-    if c.objective.name == "em":
-        how = "maximum a posteriori" if c.objective.em_estimate == "map" else "maximum likelihood"
-        return f"point estimate of the global latents (EM, {how})"
-    return "posterior of the global latents (guide draws)"
+    return run.objective.globals_label()
 
 
 def model_graph(run: Run):

@@ -21,9 +21,8 @@ from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
 from ..data.base import split
 from ..errors import DataError, PplvmError, RunDirError
 from ..families import FAMILIES, LatentVariableModel
-from ..guides import make_guide
-from ..guides.local import MeanFieldLocal
-from ..objectives import check_compatible
+from ..guides import guide_for, make_guide
+from ..objectives import objective_for, settle
 from ..training.checkpoint import load_checkpoint
 from ..training.devices import resolve_device
 from ..training.trainer import read_history, to_device
@@ -123,18 +122,12 @@ def assemble(
     else:
         prototype = _from_state(checkpoint["extras"]["prototype"])
         train, num_data, generator = _without_index(prototype), checkpoint["extras"].get("num_train"), None
-    check_compatible(model, card.objective, guide_kind=card.guide.kind)  # refuse an impossible pairing first
-    guide = make_guide(
-        model,
-        card.guide.kind,
-        train,
-        init_scale=card.guide.init_scale,
-        generator=generator,
-        num_data=num_data,
-        **_flow_options(card),
-    )
+    card = settle(card, model)  # "auto" options and guide decided for the model (Run settles the same)
+    traits = guide_for(card.guide).traits(model)
+    objective_for(card.objective).check(model, traits)  # refuse an impossible pairing first
+    guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
     if dataset is not None:
-        prototype = _fit_input(guide, dataset.train)[:PROTOTYPE_ROWS]
+        prototype = _fit_input(traits, dataset.train)[:PROTOTYPE_ROWS]
     with torch.no_grad():  # autoguides create their parameters on the first call
         guide(to_device(prototype, model.device), num_data=num_data)
     if checkpoint is not None:
@@ -191,14 +184,10 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
     return card_from_dict(card, overrides)
 
 
-def _fit_input(guide: torch.nn.Module, train):
+def _fit_input(traits, train):
     """The training data as the trainer feeds them: numbered rows (``Batch.index``) for a guide
-    with parameters per training datum, else as they are."""
-    return indexed(train) if isinstance(guide, MeanFieldLocal) else train
-
-
-def _flow_options(card: BaseModel) -> dict[str, Any]:
-    return {"flow_layers": card.guide.flow_layers, "flow_hidden": card.guide.flow_hidden}
+    with parameters per training datum (:class:`~pplvm.guides.GuideTraits`), else as they are."""
+    return indexed(train) if traits.per_datum else train
 
 
 def _without_index(data):

@@ -21,7 +21,6 @@ from ..data import Batch, values
 from ..errors import IncompatibleError, RunDirError
 from ..evaluation import memory
 from ..evaluation.arviz import inference_data
-from ..guides.local import LocalGuide, MeanFieldLocal
 from ..training.trainer import _host, to_device
 from .build import card_dataset
 
@@ -56,7 +55,7 @@ def _draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
     if not run.model.global_sites:
         return {}
     # a local guide's globals are drawn from its globals' guide, which needs no data
-    guide = run.guide.globals_guide if isinstance(run.guide, LocalGuide) else run.guide
+    guide = run.guide_plugin.globals_guide(run.guide)
     with pyro.poutine.seed(rng_seed=seed):
         out = Predictive(guide, num_samples=num, parallel=True, return_sites=list(run.model.global_sites))()
     point = run._params()
@@ -84,14 +83,14 @@ def posterior(run: Run, x: Any = None) -> dict[str, torch.Tensor]:
     Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale":
     (N, L)}`` (the exact posterior for the ``exact`` guide; the ``meanfield`` guide has it
     for the training data only)."""
-    if x is None and isinstance(run.guide, MeanFieldLocal):
+    if x is None and run.traits.per_datum:
         q = run.guide.training_posterior()  # needs no data: one q(z_n) per training row
         return _host({"loc": q.mean, "scale": q.stddev})
     xt = run._prepare(x) if x is not None else run._training_data()
     if run.model.enumerated:
         params = run._params()
         return run._by_rows(lambda part: run.model.local_marginals(part, params), xt)
-    if not isinstance(run.guide, LocalGuide):
+    if not run.traits.proposal:
         raise IncompatibleError(f"guide.kind = {run.card.guide.kind!r} has no q(z | x) for the local latents")
     q = run.guide.local_posterior(to_device(xt, run.device))
     return _host({"loc": q.mean, "scale": q.stddev})
@@ -203,7 +202,7 @@ def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples
             "it has no log-likelihood (compare samples instead)"
         )
     options = {"num_samples": samples or run.card.evaluation.samples} if kind == "estimate" else {}
-    if kind == "estimate" and isinstance(run.guide, LocalGuide):
+    if kind == "estimate" and run.traits.proposal:
         options["proposal"] = run.guide
     return run.model.log_likelihood(xt, params, **options)
 

@@ -63,7 +63,7 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
 def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
     run.trainer = run._trainer(callbacks)
     with rundir.storage(f"run directory {str(run.run_dir)!r}"):
-        run.trainer.fit(_fit_input(run.guide, run.dataset.train), run.dataset.valid)
+        run.trainer.fit(_fit_input(run.traits, run.dataset.train), run.dataset.valid)
     run.history = run.trainer.state.history
     if run.run_dir is not None and distributed.is_main():
         run.write_artifacts()
@@ -118,7 +118,7 @@ def resume(
             if main:
                 rundir.check_writable(run_dir, run._checkpoint_bytes())
         run.trainer = run._trainer(callbacks)
-        train = _fit_input(run.guide, run.dataset.train)
+        train = _fit_input(run.traits, run.dataset.train)
         with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
             run.trainer.resume(train)
         with rundir.storage(f"run directory {str(run_dir)!r}"):
@@ -136,7 +136,7 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
     extras = {
         "dim": run.model.dim,
         "transform": run.transform.state_dict(),
-        "prototype": _to_state(_fit_input(run.guide, d.train)[:PROTOTYPE_ROWS]),
+        "prototype": _to_state(_fit_input(run.traits, d.train)[:PROTOTYPE_ROWS]),
         "num_train": len(d.train),
         "from_python": bool(d.info.get("from_python")),
         "card": rundir.card_fingerprint(run.card),

@@ -49,10 +49,6 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     """Base of every family. Subclasses implement the abstract methods and nothing else."""
 
     Config: ClassVar[type[FamilyConfig]]
-    #: guide kinds this family admits (see :mod:`pplvm.guides`)
-    guides: ClassVar[tuple[str, ...]]
-    #: objective names this family admits (see :mod:`pplvm.objectives`)
-    objectives: ClassVar[tuple[str, ...]]
     #: names of per-datum latent sites
     local_sites: ClassVar[tuple[str, ...]]
     #: True when the local latents are discrete and summed out by TraceEnum_ELBO
@@ -69,10 +65,12 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
-    #: True when a datum is a sequence (a :class:`~pplvm.data.Batch` with ``lengths``, e.g. an
-    #: HMM): a table of rows given as data is refused, since splitting it into training and
-    #: held-out data would cut its time steps apart and shuffle them
+    #: True when a datum is a sequence (a Batch with ``lengths``, e.g. an HMM): a table of rows
+    #: is refused as data (splitting it would cut its time steps apart and shuffle them)
     sequential: ClassVar[bool] = False
+    vectorized_particles: ClassVar[bool] = True  #: False: ``forward`` takes no leading particle dim
+    #: True when ``forward`` reads batches by ``values()``: they may carry rows (``Batch.index``)
+    indexed_rows: ClassVar[bool] = False
     observed_site: ClassVar[str] = "obs"
     #: name and dim of the plate over data (a user's model names its own)
     plate_name: ClassVar[str] = "data"
@@ -301,100 +299,18 @@ class ContinuousLatentModel(LatentVariableModel):
     def make_encoder(self) -> torch.nn.Module:
         """A module mapping a batch to ``(loc, scale)`` of ``q(z_n | x_n)``, each ``(B, L)``."""
 
-
-class ExactLocalPosterior(abc.ABC):
-    """Capability of a family whose local posterior ``p(z_n | x_n, θ)`` has a closed form
-    (linear-Gaussian models). It enables the ``exact`` guide (:mod:`pplvm.guides.exact`)."""
-
-    @abc.abstractmethod
-    def local_posterior(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> "torch.distributions.Distribution":
-        """``p(z_n | x_n, θ)`` for ``x`` ``(N, D)``: batch shape ``(*S, N)``, event shape ``(L,)``.
-        Batch dims of ``params`` broadcast against the data dim from the right, as inside
-        Pyro's data plate (a site of shape ``(*S, 1, ...)``)."""
+    def amortization(self) -> str:
+        """Why a guide with an encoder cannot serve the local latent ('' when it can)."""
+        return ""
 
 
-class UserGuide(abc.ABC):
-    """Capability of a family that brings its own guide (``guide.kind = "custom"``), e.g. a
-    user's Pyro model with the user's guide."""
-
-    @abc.abstractmethod
-    def user_guide(self) -> torch.nn.Module:
-        """The guide, called as ``guide(x, num_data)``; it has ``median()``: a point estimate of
-        the global latents."""
-
-
-class FixedGuide(abc.ABC):
-    """Capability of a family whose guide is part of the model's definition and has no
-    parameters (diffusion's forward noising process q(z_1..z_T | x)): it enables the guide
-    kind ``forward``. Such a family has no encoder to train and, here, no global latents."""
-
-    @abc.abstractmethod
-    def make_fixed_guide(self) -> torch.nn.Module:
-        """The guide, a Pyro program ``guide(x, num_data)`` over the family's local sites."""
-
-
-EMEstimate = Literal["map", "ml"]
-
-
-class ClosedFormEM(abc.ABC):
-    """Capability of a family fitted by exact expectation–maximisation (objective ``em``,
-    :mod:`pplvm.objectives.em`): the E-step takes expectations under the exact local posterior
-    ``p(z_n | x_n, θ)``, the M-step maximises in closed form. The point estimate of the global
-    sites lives in a ``map`` guide; the family's own maximum-likelihood parameters (if any) are
-    set in place by :meth:`maximize`.
-
-    Statistics are sums over data, so minibatch statistics scaled by N / B estimate the full
-    data's, running averages of them give stepwise EM, and data-parallel workers add theirs."""
-
-    @abc.abstractmethod
-    def em_estimates(self) -> tuple[EMEstimate, ...]:
-        """Which M-steps this configuration has in closed form: ``"map"`` (the posterior mode
-        under the family's priors) and/or ``"ml"`` (maximum likelihood)."""
-
-    @abc.abstractmethod
-    def expected_statistics(self, x: Any, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """E-step on a batch ``x`` at the globals ``params`` (point values, no sample dims):
-        sums over the batch of the expected complete-data sufficient statistics, plus
-        ``"log_likelihood"``, ``Σ_n log p(x_n | θ)`` (0-dim)."""
-
-    @abc.abstractmethod
-    def maximize(
-        self, stats: dict[str, torch.Tensor], params: dict[str, torch.Tensor], estimate: EMEstimate
-    ) -> dict[str, torch.Tensor]:
-        """M-step from statistics of the whole data set (what :meth:`expected_statistics`
-        returns, summed over all N data) and the current globals ``params``: the new values of
-        the global sites (the family's own parameters are updated in place). Each update
-        is the exact (conditional) maximiser, so the log posterior (``"map"``) or
-        log-likelihood (``"ml"``) never decreases."""
-
-
-class IdentifiedSummaries(abc.ABC):
-    """Capability of a family whose globals are identified only up to a symmetry (label
-    switching, rotations): functions of θ that are invariant to it, for calibration checks
-    (:mod:`pplvm.workflows.sbc`) and summaries. Families without it are checked on θ itself."""
-
-    @abc.abstractmethod
-    def identified(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Invariant functions of the globals, each ``(*S, m)`` for ``params`` ``(*S, ...)``."""
-
-
-class LatentDecoder(abc.ABC):
-    """Capability of a family that maps a continuous latent ``z`` ``(*S, B, L)`` to data through
-    a decoder (VAEs, GANs): latent interpolation and traversal
-    (:mod:`pplvm.workflows.latent`) need only this."""
-
-    #: how side information ``y`` enters the decoder (:class:`pplvm.decoders.side.SideInformation`)
-    side: Any
-
-    @property
-    @abc.abstractmethod
-    def latent_dim(self) -> int:
-        """Dimension L of the latent."""
-
-    @abc.abstractmethod
-    def decode(
-        self, z: torch.Tensor, side: torch.Tensor | None = None, params: dict[str, torch.Tensor] | None = None
-    ) -> "torch.distributions.Distribution":
-        """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded
-        datum. ``params``: the global latents the decoder depends on (a Bayesian decoder's
-        weights, e.g. ``run.params()``), ignored by a decoder without any."""
+# the capabilities a family declares by subclassing (what guides and objectives ask for)
+from .capabilities import (  # noqa: E402,F401
+    ClosedFormEM,
+    EMEstimate,
+    ExactLocalPosterior,
+    FixedGuide,
+    IdentifiedSummaries,
+    LatentDecoder,
+    UserGuide,
+)

@@ -111,10 +111,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
     """Denoising diffusion model (DDPM): reverse chain p_θ, fixed forward-process guide."""
 
     Config = DiffusionConfig
-    guides = ("forward",)
-    objectives = ("diffusion", "vdm", "elbo")
     enumerated = False
     likelihood = "bound"
+    vectorized_particles = False
 
     def __init__(self, config: DiffusionConfig, dim: int):
         super().__init__(config, dim)

@@ -228,8 +228,6 @@ class NormalizingFlow(LatentVariableModel):
     variables (a bound for dequantised discrete data)."""
 
     Config = FlowConfig
-    guides = ("none",)
-    objectives = ("elbo",)
     local_sites = ()
     enumerated = False
     likelihood = "exact"  # "estimate" for an instance with dequantised discrete data (see __init__)

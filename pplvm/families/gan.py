@@ -55,8 +55,6 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
     """GAN: ``x = G(z)``, ``z ~ N(0, I)``, trained against a discriminator; no likelihood."""
 
     Config = GANConfig
-    guides = ("none",)
-    objectives = ("gan", "gan_hinge", "wgan_gp")
     local_sites = ("z",)
     enumerated = False
     likelihood = "none"

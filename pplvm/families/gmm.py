@@ -48,8 +48,6 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
     full covariance, corr_chol (K, D, D); the local site ``assignment`` is enumerated."""
 
     Config = GMMConfig
-    guides = ("meanfield", "map", "lowrank", "flow")
-    objectives = ("enum", "em")
     local_sites = ("assignment",)
     enumerated = True
     likelihood = "exact"

@@ -72,8 +72,6 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
     The local latent ``states`` (N, T) is summed out inside the ``obs`` site."""
 
     Config = HMMConfig
-    guides = ("meanfield", "map", "lowrank", "flow")
-    objectives = ("enum", "em")
     local_sites = ("states",)
     enumerated = True
     collapsed = True

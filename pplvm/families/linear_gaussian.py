@@ -76,9 +76,8 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
 
     #: "isotropic" (one σ for every dimension) or "diagonal" (one ψ_d per dimension)
     noise: ClassVar[Literal["isotropic", "diagonal"]]
-    guides = ("amortized", "exact", "meanfield", "map", "flow")
-    objectives = ("elbo", "meanfield", "renyi", "iwae", "em")
     local_sites = ("z",)
+    indexed_rows = True
     likelihood = "exact"
     site_dims = {"weight": ["feature", "latent"]}
 

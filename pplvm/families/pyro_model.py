@@ -97,8 +97,7 @@ class PyroModel(LatentVariableModel, UserGuide):
     values are what some model may admit."""
 
     Config = PyroConfig
-    guides = ("meanfield", "map", "lowrank", "amortized", "custom")
-    objectives = ("elbo", "meanfield", "enum", "renyi", "iwae")
+    indexed_rows = True
     local_sites = ()
     enumerated = False
     likelihood = "exact"
@@ -134,25 +133,14 @@ class PyroModel(LatentVariableModel, UserGuide):
         self.local_sites = s.discrete + s.continuous
         self.enumerated = bool(s.discrete)
         self.likelihood = "estimate" if s.continuous else "exact"
-        with_guide = config.guide_target is not None or guide is not None
-        custom = ("custom",) if with_guide else ()
-        if s.continuous:
-            amortized = () if s.not_amortizable else ("amortized", "meanfield")
-            self.guides = amortized + custom
-        else:
-            self.guides = (("meanfield", "map", "lowrank") if s.global_sites else ()) + custom
-        if not self.guides:
+        self.brings_guide = config.guide_target is not None or guide is not None
+        guidable = (not s.not_amortizable) if s.continuous else bool(s.global_sites)
+        if not guidable and not self.brings_guide:
             raise CardError(
                 f"model {label}: pplvm has no guide for it "
                 f"({s.not_amortizable or 'no latent sites to guide'}); give your own: "
                 "model.guide_target with guide.kind = 'custom'"
             )
-        if s.discrete:
-            self.objectives = ("enum",)
-        elif s.continuous:
-            self.objectives = ("elbo", "meanfield", "renyi", "iwae")
-        else:
-            self.objectives = ("elbo", "meanfield", "enum", "renyi", "iwae")
         self.site_dims = {}
 
     # ----------------------------------------------------------------- the contract
@@ -333,6 +321,9 @@ class ContinuousPyroModel(PyroModel, ContinuousLatentModel):
                 f"on the continuous {self.latent_site!r}; pplvm gives no closed form for them"
             )
         return super().map_locals(x, params)
+
+    def amortization(self) -> str:
+        return self.structure.not_amortizable
 
     def make_encoder(self) -> torch.nn.Module:
         c = self.config

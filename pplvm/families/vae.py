@@ -68,8 +68,6 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
     """The shared implementation of :class:`VAE` and :class:`ConditionalVAE` (which differ only
     in their side information). ``self.decoder`` holds θ; the encoder (φ) belongs to the guide."""
 
-    guides = ("amortized", "flow")
-    objectives = ("elbo", "meanfield", "renyi", "iwae")
     local_sites = ("z",)
     likelihood = "estimate"
 

@@ -7,11 +7,16 @@ minibatch scaling matches the model. Global latents, if the family has any, get 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro
 import pyro.distributions as dist
 import torch
 
 from ..families.base import ContinuousLatentModel
+from ._local import LocalConfig, local_refusal
+from .autoguides import globals_guide, start
+from .base import Guide, GuideTraits
 from .local import LocalGuide
 
 
@@ -35,3 +40,24 @@ class AmortizedNormal(LocalGuide):
         """``q(z_n | x_n)`` with batch shape ``(N,)`` and event shape ``(L,)``."""
         loc, scale = self.encoder(x)
         return dist.Normal(loc, scale).to_event(1)
+
+
+class Amortized(Guide):
+    """Encoder network q(z_n | x_n) for continuous local latents (+ the globals' guide: guide.globals, AutoNormal)."""
+
+    names = ("amortized",)
+    Config = LocalConfig
+
+    def refusal(self, model: Any) -> str | None:
+        return local_refusal(model, "the amortized encoder")
+
+    def traits(self, model: Any) -> GuideTraits:
+        return GuideTraits(proposal=True, point_estimate=self.config.globals == "AutoDelta")
+
+    def build(self, model: Any, x: Any, *, generator=None, num_data=None) -> torch.nn.Module:
+        c = self.config
+        globals_ = globals_guide(model, c.globals, start(model, x, generator), c.init_scale, c.globals_options)
+        return AmortizedNormal(model, model.make_encoder(), globals_)
+
+    def globals_guide(self, guide: torch.nn.Module) -> torch.nn.Module | None:
+        return guide.globals_guide

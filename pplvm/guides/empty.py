@@ -7,8 +7,13 @@ Under Pyro's Trace_ELBO the empty guide makes the loss exactly ``-log p(x)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pyro.nn import PyroModule
+
+from .autoguides import continuous_locals, sites_text
+from .base import Guide
 
 
 class EmptyGuide(PyroModule):
@@ -19,3 +24,18 @@ class EmptyGuide(PyroModule):
 
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         return {}
+
+
+class NoGuide(Guide):
+    """No guide: the family has no latent site to infer (flows: exact likelihood; GANs)."""
+
+    names = ("none",)
+
+    def refusal(self, model: Any) -> str | None:
+        latent = model.global_sites + continuous_locals(model)
+        if latent:
+            return f"the model has latent sites to infer ({sites_text(latent)})"
+        return None
+
+    def build(self, model: Any, x: Any, *, generator=None, num_data=None) -> torch.nn.Module:
+        return EmptyGuide()

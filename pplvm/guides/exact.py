@@ -9,10 +9,15 @@ gradient is EM's.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro
 import torch
 
 from ..families.base import ContinuousLatentModel, ExactLocalPosterior
+from ._local import LocalConfig
+from .autoguides import globals_guide, start
+from .base import Guide, GuideTraits
 from .local import LocalGuide
 
 
@@ -35,3 +40,28 @@ class ExactLocalGuide(LocalGuide):
     def local_posterior(self, x) -> torch.distributions.Distribution:
         """``p(z_n | x_n, θ)`` at the globals' point estimate, batch shape ``(N,)``."""
         return self._model[0].local_posterior(x, self.median())
+
+
+class Exact(Guide):
+    """Closed-form posterior p(z_n | x_n, θ) for the local latents (+ the globals' guide: guide.globals, AutoNormal)."""
+
+    names = ("exact",)
+    Config = LocalConfig
+
+    def refusal(self, model: Any) -> str | None:
+        if not isinstance(model, ExactLocalPosterior):
+            return (
+                "it needs a closed-form local posterior p(z_n | x_n, θ) (ExactLocalPosterior), which this family lacks"
+            )
+        return None
+
+    def traits(self, model: Any) -> GuideTraits:
+        return GuideTraits(proposal=True, point_estimate=self.config.globals == "AutoDelta")
+
+    def build(self, model: Any, x: Any, *, generator=None, num_data=None) -> torch.nn.Module:
+        c = self.config
+        globals_ = globals_guide(model, c.globals, start(model, x, generator), c.init_scale, c.globals_options)
+        return ExactLocalGuide(model, globals_)
+
+    def globals_guide(self, guide: torch.nn.Module) -> torch.nn.Module | None:
+        return guide.globals_guide

@@ -22,18 +22,23 @@ identity and a flow guide starts exactly where the Gaussian guide would.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
+from pydantic import Field
+from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 from torch import nn
 
 from ..families.base import ContinuousLatentModel
+from ._local import local_refusal
+from .autoguides import continuous_locals, globals_only, start
+from .base import Guide, GuideTraits, InitScale
 from .local import LocalGuide
 
 #: Monte-Carlo draws (fixed seed) behind a flow posterior's ``mean`` / ``stddev``
@@ -173,3 +178,44 @@ class AutoFlowNormal(AutoContinuous):
             site["name"]: torch.distributions.biject_to(site["fn"].support)(value)
             for site, value in self._unpack_latent(centre)
         }
+
+
+class FlowConfig(InitScale):
+    flow_layers: int = Field(2, ge=1, description="inverse autoregressive steps")
+    flow_hidden: list[int] = Field(
+        [],
+        description="hidden widths of each step's network "
+        "(at least the latent dimension; default one layer of twice it)",
+    )
+
+
+class Flow(Guide):
+    """Normalizing flow: an IAF q(z_n | x_n) conditioned on the encoder (continuous local latents), an IAF over
+    the globals' unconstrained space otherwise (guide.flow_layers, guide.flow_hidden)."""
+
+    names = ("flow",)
+    Config = FlowConfig
+
+    def refusal(self, model: Any) -> str | None:
+        if continuous_locals(model):
+            why = local_refusal(model, "the flow's encoder")
+            if why is None and model.latent_dim < 2:
+                why = "an autoregressive flow needs a local latent of at least 2 dimensions; this one has 1"
+            return why
+        return globals_only(model, "guide.kind = 'flow'")
+
+    def traits(self, model: Any) -> GuideTraits:
+        return GuideTraits(proposal=bool(continuous_locals(model)))
+
+    def build(self, model: Any, x: Any, *, generator=None, num_data=None) -> torch.nn.Module:
+        c = self.config
+        init = start(model, x, generator)
+        blocked = poutine.block(model, expose=list(model.global_sites))
+        flow = dict(num_transforms=c.flow_layers, hidden=c.flow_hidden)
+        if continuous_locals(model):
+            globals_ = AutoFlowNormal(blocked, init, c.init_scale, **flow) if model.global_sites else None
+            return AmortizedFlow(model, model.make_encoder(), globals_, **flow)
+        return AutoFlowNormal(blocked, init, c.init_scale, **flow)
+
+    def globals_guide(self, guide: torch.nn.Module) -> torch.nn.Module | None:
+        return guide.globals_guide if isinstance(guide, AmortizedFlow) else guide

@@ -1,73 +1,115 @@
-"""Objectives by name: Pyro's own ELBO classes, plus two gradient estimators Pyro lacks.
+"""Objectives: plugins that register their own names (:mod:`.base`), each with its own card
+section, what it needs of the model and the guide, and the update rule it trains with.
 
-============= =====================================================================
-``elbo``       Trace_ELBO
-``meanfield``  TraceMeanField_ELBO (analytic KL where available)
-``enum``       TraceEnum_ELBO (discrete latents summed out exactly)
-``renyi``      RenyiELBO(alpha) (as :class:`.renyi.RenyiBound`: a torch loss, per-datum minibatches)
-``iwae``       RenyiELBO(alpha=0), the IWAE bound with k = num_particles
-``iwae_dreg``  the IWAE bound with doubly reparameterised gradients (:mod:`.dreg`)
-``stl``        the ELBO with the "sticking the landing" gradient (:mod:`.stl`)
-``diffusion``  a diffusion family's bound, time steps subsampled, KLs analytic (:mod:`.diffusion`)
-``vdm``        a diffusion family's continuous-time bound (Kingma et al. 2021, :mod:`.diffusion`)
-``gan``        adversarial, non-saturating loss (an update rule of its own: :mod:`.adversarial`)
-``gan_hinge``  adversarial, hinge loss
-``wgan_gp``    Wasserstein critic with a gradient penalty
-``em``         exact EM: closed-form E- and M-steps, full batch or stepwise (:mod:`.em`)
-============= =====================================================================
+pplvm's short names (``elbo``, ``meanfield``, ``enum``, ``renyi``, ``iwae``, ``iwae_dreg``,
+``stl``, ``diffusion``, ``vdm``, ``gan``, ``gan_hinge``, ``wgan_gp``, ``em``), every Pyro ELBO by
+its class name (:mod:`.pyro_elbos`), and your own by import path (``custom``, :mod:`.custom`).
+``pplvm list`` shows them. ``iwae_dreg`` and ``stl`` are the ``iwae`` and ``elbo`` objectives
+(same values) with lower-variance guide gradients, for fully reparameterised guides.
 
-``iwae_dreg`` and ``stl`` are the ``iwae`` and ``elbo`` objectives (same values) with
-lower-variance guide gradients; a family that admits ``iwae`` (``elbo``) admits them, provided
-its guide is fully reparameterised and it has no enumerated discrete latents.
-
-Posterior-collapse controls act on a family's continuous local latents under any of these:
-``kl_weight`` / ``kl_warmup_epochs`` (a β on their KL, scheduled over training:
+Posterior-collapse controls act on a family's continuous local latents under the SVI
+objectives: ``kl_weight`` / ``kl_warmup_epochs`` (a β on their KL, scheduled over training:
 :mod:`.annealing`) and ``free_bits`` (a per-dimension floor on their analytic KL, ``meanfield``
 only: :mod:`.free_bits`).
 """
 
+# ruff: noqa: I001
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import torch
-from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 
 from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
-from ..config import ObjectiveConfig
-from ..errors import IncompatibleError
+from ..errors import CardError, IncompatibleError, PplvmError
 from ..families.base import LatentVariableModel
-from ..training.compiled import CompiledSVIStep
-from ..training.rules import SVIStep, UpdateRule
-from ._pathwise import check_reparameterised
-from .adversarial import AdversarialStep, adversarial_rule
+from ..guides import GUIDES, guide_for
+from ..guides import admitted as admitted_guides
+from ..guides.base import GuideTraits
+from ..training.rules import UpdateRule
+
+# the order of registration is the order listings show (hence the imports' order: ruff I001 off)
+from .trace import Elbo, Enum, MeanField
+from .renyi import IWAE, Renyi, RenyiBound
+from .dreg import IWAE_DReG, IWAEDReG
+from .stl import STL, TraceSTL_ELBO
+from .diffusion import DiffusionBound, DiffusionELBO, VDMBound, VDMLoss
+from .adversarial import Adversarial, AdversarialStep
+from .em import EM, EMStep
+from .custom import Custom
 from .annealing import KLSchedule, ScaleSites
-from .diffusion import DiffusionELBO, VDMLoss
-from .dreg import IWAE_DReG
-from .em import EMStep, make_em_rule
+from .base import OBJECTIVES, Objective, ObjectiveConfig
 from .free_bits import FreeBitsELBO
-from .renyi import RenyiBound
-from .stl import TraceSTL_ELBO
+from .pyro_elbos import PYRO_ELBOS, register_pyro_elbos
+from .svi import SVIObjective
 
-OBJECTIVES = {
-    "elbo": "Trace_ELBO",
-    "meanfield": "TraceMeanField_ELBO (analytic KL terms)",
-    "enum": "TraceEnum_ELBO (discrete latents summed out by enumeration)",
-    "renyi": "RenyiELBO(alpha)",
-    "iwae": "RenyiELBO(alpha=0): IWAE with k = num_particles",
-    "iwae_dreg": "IWAE with doubly reparameterised (DReG) guide gradients",
-    "stl": "ELBO with the sticking-the-landing (STL) guide gradient",
-    "diffusion": "diffusion bound over subsampled time steps, analytic KLs (weighting: elbo | simple)",
-    "vdm": "continuous-time diffusion bound (VDM), antithetic time draws",
-    "gan": "adversarial training, non-saturating loss (two optimisers; implicit-density families)",
-    "gan_hinge": "adversarial training, hinge loss",
-    "wgan_gp": "Wasserstein critic with gradient penalty (model.critic_steps, model.gradient_penalty)",
-    "em": "exact EM (closed-form E and M steps; guide.kind = 'map' holds the point estimate)",
-}
+register_pyro_elbos()  # after pplvm's own names
 
-#: pathwise estimators and the objective whose value each one estimates
-PATHWISE = {"iwae_dreg": "iwae", "stl": "elbo"}
+
+def objective_for(cfg: ObjectiveConfig, obj: Any = None) -> Objective:
+    """The plugin of a card's ``[objective]`` section (``obj``: an objective passed from Python
+    for ``name = "custom"``)."""
+    cls = OBJECTIVES[cfg.name]
+    return cls(cfg, obj) if cls is Custom else cls(cfg)
+
+
+def objective_config(**fields: Any) -> ObjectiveConfig:
+    """An ``[objective]`` section from keyword arguments, validated as a card's is
+    (``objective_config(name="iwae", num_particles=5)``)."""
+    from pydantic import ValidationError
+
+    name = fields.get("name", "elbo")
+    if name not in OBJECTIVES:
+        raise CardError(f"objective.name = {name!r}: expected one of: {', '.join(OBJECTIVES)}")
+    try:
+        return OBJECTIVES[name].Config.model_validate({"name": name, **fields})
+    except ValidationError as err:
+        raise CardError(f"objective: {err.errors()[0]['msg']} ({err.errors()[0]['loc']})") from None
+
+
+def settle(card: Any, model: LatentVariableModel) -> Any:
+    """The card with what it leaves to the model decided: the objective's ``"auto"`` options
+    (:meth:`Objective.resolve`) and ``guide.kind = "auto"`` (the first guide the model admits
+    that the objective can train with). Written into the run's card; settled cards stay as they are."""
+    plugin = objective_for(card.objective)
+    guide = card.guide
+    if guide.kind == "auto":
+        fits = [k for k in admitted_guides(model) if plugin.refusal(model, _traits(k, model)) is None]
+        if not fits:
+            raise IncompatibleError(
+                f"guide.kind = 'auto': no guide serves family {model.config.family!r} under {plugin.label}"
+            )
+        guide = GUIDES[fits[0]].Config(kind=fits[0])
+    return card.model_copy(update={"objective": plugin.resolve(model), "guide": guide})
+
+
+def _traits(kind: str, model: LatentVariableModel) -> GuideTraits:
+    return GUIDES[kind](GUIDES[kind].Config(kind=kind)).traits(model)
+
+
+def admitted(model: LatentVariableModel, guide: GuideTraits) -> list[str]:
+    """The registered objectives (at their defaults) that can train ``model`` with a guide offering ``guide``."""
+    out = []
+    for name, cls in OBJECTIVES.in_order():
+        if cls is Custom:
+            continue
+        plugin = cls(cls.Config(name=name))
+        if plugin.refusal(model, guide) is None:
+            out.append(name)
+    return out
+
+
+def admissions(name: str, family: type[LatentVariableModel], dim: int = 8) -> tuple[list[str], list[str]]:
+    """``(guides, objectives)`` a family admits at its card defaults (objectives with any of those
+    guides), for listings; empty where its defaults build no model (a model of your own)."""
+    try:
+        model = family.from_config(family.Config(family=name), dim)
+    except (PplvmError, ValueError, TypeError):
+        return [], []
+    guides = admitted_guides(model)
+    names = {n for g in guides for n in admitted(model, _traits(g, model))}
+    return guides, [n for n, _ in OBJECTIVES.in_order() if n in names]
 
 
 def check_compatible(
@@ -77,155 +119,80 @@ def check_compatible(
     args: tuple = (),
     kwargs: dict[str, Any] | None = None,
     *,
-    guide_kind: str | None = None,
+    traits: GuideTraits | None = None,
 ) -> None:
-    """Refuse, before any training, a model / objective pair that cannot work.
-
-    For ``iwae_dreg`` and ``stl``, pass the ``guide`` and example ``args`` (a batch) to also
-    check, by tracing it once, that every guide site is reparameterised. ``guide_kind``: the
-    card's guide, checked where an objective needs a particular one (``em``: ``map``)."""
-    family = model.config.family
-    admitted = model.objectives + tuple(k for k, v in PATHWISE.items() if v in model.objectives)
-    if cfg.name in PATHWISE and model.enumerated:
-        raise IncompatibleError(
-            f"objective.name = {cfg.name!r} cannot train family {family!r}: its discrete latent(s) "
-            f"{', '.join(model.local_sites)} are summed out by enumeration, and {cfg.name} is a "
-            "pathwise estimator that needs every latent reparameterised; use objective.name = 'enum'"
-        )
-    if cfg.name not in admitted:
-        if model.enumerated:
-            why = (
-                f"its discrete latent(s) {', '.join(model.local_sites)} are summed out by "
-                "enumeration, which only 'enum' (TraceEnum_ELBO) does"
-            )
-        else:
-            why = f"it admits: {', '.join(admitted)}"
-        raise IncompatibleError(f"objective.name = {cfg.name!r} cannot train family {family!r}: {why}")
-    if cfg.name == "em":
-        if cfg.em_estimate not in model.em_estimates():
-            raise IncompatibleError(
-                f"objective.em_estimate = {cfg.em_estimate!r}: family {family!r} with this configuration has a "
-                f"closed-form M-step only for {' | '.join(repr(e) for e in model.em_estimates())} (a full covariance's "
-                "LogNormal scales and LKJ correlations have no closed-form mode; use model.covariance = 'diag')"
-            )
-        if guide_kind is not None and guide_kind != "map":
-            raise IncompatibleError(
-                f"objective.name = 'em' fits a point estimate of the globals: it needs "
-                f"guide.kind = 'map' (got {guide_kind!r})"
-            )
-    if cfg.name in ("iwae", "iwae_dreg") and cfg.num_particles < 2:
-        hint = "" if cfg.name == "iwae" else " (with k = 1 use 'stl')"
-        raise IncompatibleError(f"objective.num_particles: {cfg.name} needs k >= 2 particles{hint}")
-    if cfg.name == "renyi" and cfg.alpha == 1:
-        raise IncompatibleError("objective.alpha = 1 is the ELBO; use objective.name = 'elbo'")
-    if cfg.name == "em" and cfg.num_particles != 1:
-        raise IncompatibleError("objective.num_particles: em takes exact expectations (no particles); leave it at 1")
-    controls = [
-        k for k, off in (("kl_weight", 1.0), ("kl_warmup_epochs", 0.0), ("free_bits", 0.0)) if getattr(cfg, k) != off
-    ]
-    if controls and model.enumerated:
-        raise IncompatibleError(
-            f"objective.{controls[0]} weights the KL of continuous local latents; family {family!r} sums "
-            f"its latent(s) {', '.join(model.local_sites)} out by enumeration"
-        )
-    if cfg.free_bits > 0 and cfg.name != "meanfield":
-        raise IncompatibleError(
-            f"objective.free_bits needs the analytic per-dimension KL of objective.name = 'meanfield', not {cfg.name!r}"
-        )
-    if cfg.weighting != "elbo" and cfg.name != "diffusion":
-        raise IncompatibleError(
-            f"objective.weighting = {cfg.weighting!r} applies to objective.name = 'diffusion', not {cfg.name!r}"
-        )
-    if controls and cfg.name in ("diffusion", "vdm"):
-        raise IncompatibleError(f"objective.{controls[0]} does not apply to objective.name = {cfg.name!r}")
-    if cfg.name in PATHWISE and guide is not None:
-        with torch.no_grad(), poutine.block():
-            guide_trace = poutine.trace(guide).get_trace(*args, **(kwargs or {}))
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **(kwargs or {}))
-        check_reparameterised(guide_trace, model_trace, f"objective.name = {cfg.name!r}")
+    """Refuse, before any training, a model / objective pair that cannot work: the objective's
+    needs against the model's capabilities and the guide's ``traits``; with ``guide`` and an
+    example batch ``args``, also the checks that trace the guide (pathwise estimators: every
+    guide site reparameterised)."""
+    plugin = objective_for(cfg) if not isinstance(cfg, Objective) else cfg
+    plugin.check(model, traits if traits is not None else GuideTraits())
+    if guide is not None:
+        plugin.check_guide(model, guide, args, kwargs)
 
 
 def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig, *, checked: bool = False) -> ELBO:
-    """The ELBO ``cfg`` names for ``model``; ``checked``: :func:`check_compatible` has already
-    passed (the facade checks each build once)."""
+    """The Pyro objective an SVI objective's section describes, checked against ``model``
+    (``checked``: :func:`check_compatible` has already passed; the facade checks each build once)."""
+    plugin = objective_for(cfg)
     if not checked:
-        check_compatible(model, cfg)
-    kw = dict(
-        num_particles=cfg.num_particles,
-        vectorize_particles=cfg.vectorize_particles,
-        max_plate_nesting=model.max_plate_nesting,
-    )
-    if cfg.name == "elbo":
-        return Trace_ELBO(**kw)
-    if cfg.name == "meanfield" and cfg.free_bits > 0:
-        return FreeBitsELBO(cfg.free_bits, model.local_sites, **kw)
-    if cfg.name == "meanfield":
-        return TraceMeanField_ELBO(**kw)
-    if cfg.name == "enum":  # latents collapsed into a distribution leave no site to enumerate
-        return TraceEnum_ELBO(strict_enumeration_warning=not model.collapsed, **kw)
-    if cfg.name == "stl":
-        return TraceSTL_ELBO(**kw)
-    if cfg.name == "diffusion":
-        return DiffusionELBO(cfg.weighting, cfg.num_particles)
-    if cfg.name == "vdm":
-        return VDMLoss(cfg.num_particles)
-    if cfg.name == "iwae_dreg":
-        return IWAE_DReG(**kw)
-    return RenyiBound(alpha=0.0 if cfg.name == "iwae" else cfg.alpha, **kw)
-
-
-#: objectives trained by an update rule of their own rather than by an SVI step on an ELBO:
-#: ``name -> factory(model, guide, card) -> UpdateRule`` (e.g. an exact EM step)
-RULES: dict[str, Callable[[LatentVariableModel, torch.nn.Module, Any], UpdateRule]] = {
-    **{name: adversarial_rule(name) for name in ("gan", "gan_hinge", "wgan_gp")},
-    "em": make_em_rule,
-}
+        plugin.check(model, GuideTraits())
+    return plugin.elbo(model)
 
 
 def make_update_rule(
-    model: LatentVariableModel, guide: torch.nn.Module, card: Any, *, held_out: bool = True, checked: bool = False
+    model: LatentVariableModel,
+    guide: torch.nn.Module,
+    card: Any,
+    *,
+    held_out: bool = True,
+    traits: GuideTraits | None = None,
+    objective: Objective | None = None,
+    checked: bool = False,
 ) -> UpdateRule:
-    """What the trainer does with each minibatch under the card's objective: that objective's
-    own rule where it has one (:data:`RULES`), else an SVI step on :func:`make_objective`.
-    ``held_out``: whether the guide can score held-out data (not for per-datum guides);
-    ``checked``: :func:`check_compatible` has already passed for this model, card and guide."""
+    """What the trainer does with each minibatch under the card's objective (its plugin's
+    rule: an SVI step, a compiled SVI step, an EM step, an adversarial step ...). ``held_out``:
+    whether the guide can score held-out data (not for per-datum guides); ``checked``: the
+    pairing has already passed :func:`check_compatible` (the facade checks each build once)."""
+    plugin = objective if objective is not None else objective_for(card.objective)
     if not checked:
-        check_compatible(model, card.objective, guide_kind=card.guide.kind)
-    factory = RULES.get(card.objective.name)
-    if factory is not None:
-        return factory(model, guide, card)
-    objective = make_objective(model, card.objective, checked=True)
-    schedule = make_schedule(model, card.objective)
-    if card.training.compile == "off":
-        return SVIStep(model, guide, objective, card.training, schedule=schedule, held_out=held_out)
-    return CompiledSVIStep(
-        model, guide, objective, card.training, schedule=schedule, held_out=held_out, mode=card.training.compile
-    )
-
-
-def make_schedule(model: LatentVariableModel, cfg: ObjectiveConfig) -> KLSchedule | None:
-    """The KL-annealing schedule the trainer applies per step, or None when β is 1 throughout."""
-    if cfg.kl_weight == 1.0 and cfg.kl_warmup_epochs == 0:
-        return None
-    return KLSchedule(model.local_sites, cfg.kl_weight, cfg.kl_warmup_epochs)
+        plugin.check(model, traits if traits is not None else guide_for(card.guide).traits(model))
+    return plugin.rule(model, guide, card, held_out=held_out)
 
 
 __all__ = [
+    "EM",
+    "IWAE",
     "OBJECTIVES",
+    "PYRO_ELBOS",
+    "STL",
+    "Adversarial",
     "AdversarialStep",
-    "PATHWISE",
+    "Custom",
+    "DiffusionBound",
     "DiffusionELBO",
     "EMStep",
+    "Elbo",
+    "Enum",
     "FreeBitsELBO",
+    "IWAEDReG",
     "IWAE_DReG",
-    "VDMLoss",
     "KLSchedule",
+    "MeanField",
+    "Objective",
+    "ObjectiveConfig",
+    "Renyi",
     "RenyiBound",
+    "SVIObjective",
     "ScaleSites",
     "TraceSTL_ELBO",
-    "RULES",
+    "VDMBound",
+    "VDMLoss",
+    "admissions",
+    "admitted",
     "check_compatible",
     "make_objective",
-    "make_schedule",
     "make_update_rule",
+    "objective_config",
+    "settle",
 ]

@@ -33,6 +33,7 @@ from ..data.base import values
 from ..inference.mmd import gaussian_gram, median_bandwidth, mmd2_unbiased
 from ..training.distributed import DataParallel
 from ..training.rules import UpdateRule, make_lr_scheduler, make_optimizer
+from .base import Objective
 
 AdversarialLoss = Literal["gan", "gan_hinge", "wgan_gp"]
 
@@ -149,10 +150,21 @@ class AdversarialStep(UpdateRule):
         self.d_sched.load_state_dict(state["discriminator_schedule"])
 
 
-def adversarial_rule(loss: AdversarialLoss):
-    """``factory(model, guide, card) -> AdversarialStep`` for :data:`pplvm.objectives.RULES`."""
+class Adversarial(Objective):
+    """Adversarial training of an implicit-density family: two optimisers, alternating steps
+    (``gan``: non-saturating loss, ``gan_hinge``: hinge loss, ``wgan_gp``: Wasserstein critic with
+    gradient penalty; model.critic_steps, model.gradient_penalty)."""
 
-    def factory(model, guide, card) -> AdversarialStep:
-        return AdversarialStep(model, guide, card, loss)
+    names = ("gan", "gan_hinge", "wgan_gp")
 
-    return factory
+    def refusal(self, model: Any, guide: Any) -> str | None:
+        if model.likelihood != "none":
+            return self.cannot(
+                model,
+                f"it trains a generator against a critic, for an implicit density; this family's likelihood is "
+                f"{model.likelihood!r}: fit it by its bound or likelihood",
+            )
+        return None
+
+    def rule(self, model: Any, guide: Any, card: Any, *, held_out: bool = True) -> AdversarialStep:
+        return AdversarialStep(model, guide, card, self.config.name)

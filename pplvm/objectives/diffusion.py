@@ -26,13 +26,17 @@ The guide (the fixed forward chain) is used through its closed form, not traced.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from pyro.infer import ELBO
 
 from ..data.base import values
 from ..errors import IncompatibleError
+from ..families.diffusion import Diffusion
+from .base import ObjectiveConfig
+from .svi import SVIObjective
 
 HYBRID_WEIGHT = 1e-3
 
@@ -103,4 +107,48 @@ class VDMLoss(DiffusionELBO):
         return diffusion.view(k, b).mean(0) + recon + model.prior_term(x)
 
 
-__all__ = ["DiffusionELBO", "VDMLoss"]
+class DiffusionBoundConfig(ObjectiveConfig):
+    num_particles: int = Field(1, ge=1, description="time steps drawn per datum")
+
+
+class DiffusionBound(SVIObjective):
+    """The bound of a diffusion family over subsampled time steps, analytic KLs (weighting: elbo | simple)."""
+
+    names = ("diffusion",)
+
+    class Config(DiffusionBoundConfig):
+        weighting: Literal["elbo", "simple"] = Field(
+            "elbo", description="the ELBO's weights of the steps, or Ho et al.'s L_simple (not a bound)"
+        )
+
+    def elbo(self, model: Any) -> DiffusionELBO:
+        return DiffusionELBO(self.config.weighting, self.config.num_particles)
+
+    def refusal(self, model: Any, guide: Any) -> str | None:
+        if not isinstance(model, Diffusion):
+            return self.cannot(model, "it computes its terms in closed form from a diffusion family's noise schedule")
+        return super().refusal(model, guide)
+
+
+class VDMBound(DiffusionBound):
+    """The continuous-time diffusion bound (VDM), antithetic time draws."""
+
+    names = ("vdm",)
+    Config = DiffusionBoundConfig
+
+    def elbo(self, model: Any) -> VDMLoss:
+        return VDMLoss(self.config.num_particles)
+
+    def refusal(self, model: Any, guide: Any) -> str | None:
+        why = super().refusal(model, guide)
+        if why is None and model.config.variance == "learned":
+            return (
+                "objective.name = 'vdm' trains ε̂ only, so model.variance = 'learned' would "
+                "stay untrained; use model.variance = 'beta' or 'posterior'"
+            )
+        if why is None and model.steps < 2:
+            return "objective.name = 'vdm' needs model.steps >= 2 (a schedule to interpolate)"
+        return why
+
+
+__all__ = ["DiffusionBound", "DiffusionELBO", "VDMBound", "VDMLoss"]

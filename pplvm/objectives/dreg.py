@@ -29,6 +29,7 @@ from pyro.util import warn_if_nan
 
 from ..errors import CardError
 from ._pathwise import pathwise_traces, subsample_factor, sum_to_plates
+from .renyi import IWAE
 
 
 class IWAE_DReG(RenyiELBO):
@@ -116,4 +117,19 @@ def _scale_grad(scale: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (grad * scale).reshape(grad.shape)
 
 
-__all__ = ["IWAE_DReG"]
+class IWAEDReG(IWAE):
+    """The IWAE bound with doubly reparameterised (DReG) guide gradients (same value as ``iwae``)."""
+
+    names = ("iwae_dreg",)
+    pathwise = True
+
+    def elbo(self, model) -> IWAE_DReG:
+        return IWAE_DReG(**self.particles(model))
+
+    def refusal(self, model, guide) -> str | None:
+        if self.config.num_particles < 2:
+            return "objective.num_particles: iwae_dreg needs k >= 2 particles (with k = 1 use 'stl')"
+        return super().refusal(model, guide)
+
+
+__all__ = ["IWAEDReG", "IWAE_DReG"]

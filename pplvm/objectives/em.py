@@ -23,16 +23,19 @@ sums them over processes (one all-reduce), and every process takes the same M-st
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
+from pydantic import Field
 from pyro import poutine
 
 from ..errors import IncompatibleError
 from ..families.base import ClosedFormEM, LatentVariableModel
 from ..guides import point_estimate, set_point_estimate
+from ..guides.base import GuideTraits
 from ..training.distributed import all_reduce_sum
 from ..training.rules import UpdateRule
+from .base import Objective, ObjectiveConfig
 
 
 class EMStep(UpdateRule):
@@ -124,5 +127,53 @@ class EMStep(UpdateRule):
         self.updates = int(state["updates"])
 
 
-def make_em_rule(model: LatentVariableModel, guide: torch.nn.Module, card: Any) -> EMStep:
-    return EMStep(model, guide, estimate=card.objective.em_estimate, decay=card.objective.em_step_decay)
+class EM(Objective):
+    """Exact EM: closed-form E- and M-steps, full batch or stepwise (a point estimate of the globals)."""
+
+    names = ("em",)
+
+    class Config(ObjectiveConfig):
+        em_estimate: Literal["auto", "map", "ml"] = Field(
+            "auto",
+            description="'map' (the M-step maximises the posterior under the family's priors), 'ml' (maximum "
+            "likelihood, priors ignored: what scikit-learn and hmmlearn fit), or 'auto': map where the model "
+            "has it in closed form, else ml",
+        )
+        em_step_decay: float = Field(
+            0.6,
+            gt=0.5,
+            le=1,
+            description="with minibatches (stepwise EM): step size (k + 1)^-decay for the k-th minibatch's statistics",
+        )
+
+    def resolve(self, model: Any) -> ObjectiveConfig:
+        if self.config.em_estimate != "auto" or not isinstance(model, ClosedFormEM):
+            return self.config
+        estimate = "map" if "map" in model.em_estimates() else "ml"
+        return self.config.model_copy(update={"em_estimate": estimate})
+
+    def refusal(self, model: Any, guide: GuideTraits) -> str | None:
+        family = model.config.family
+        if not isinstance(model, ClosedFormEM):
+            return self.cannot(model, "it needs closed-form E- and M-steps (ClosedFormEM), which this family lacks")
+        estimate = self.resolve(model).em_estimate
+        if estimate not in model.em_estimates():
+            return (
+                f"objective.em_estimate = {estimate!r}: family {family!r} with this configuration has a "
+                f"closed-form M-step only for {' | '.join(repr(e) for e in model.em_estimates())} (a full covariance's "
+                "LogNormal scales and LKJ correlations have no closed-form mode; use model.covariance = 'diag')"
+            )
+        if not guide.point_estimate:
+            return (
+                "objective.name = 'em' fits a point estimate of the globals: it needs a guide that holds one, "
+                "guide.kind = 'map' (or 'AutoDelta')"
+            )
+        return None
+
+    def rule(self, model: Any, guide: Any, card: Any, *, held_out: bool = True) -> EMStep:
+        c = self.resolve(model)
+        return EMStep(model, guide, estimate=c.em_estimate, decay=c.em_step_decay)
+
+    def globals_label(self) -> str:
+        how = {"map": "maximum a posteriori", "ml": "maximum likelihood"}.get(self.config.em_estimate, "auto")
+        return f"point estimate of the global latents (EM, {how})"

@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.util import warn_if_nan
 
 from ..errors import IncompatibleError
+from .svi import SVIConfig, SVIObjective
 
 
 class RenyiBound(RenyiELBO):
@@ -71,3 +73,41 @@ def _log_weight(model_trace, guide_trace) -> tuple[torch.Tensor, float]:
                 )
             total = total + sign * torch_sum(site["log_prob"], sum_dims) / factor
     return total, factor
+
+
+class RenyiConfig(SVIConfig):
+    alpha: float = Field(0.5, description="Renyi alpha (1 is the ELBO, 0 the IWAE bound)")
+
+
+class Renyi(SVIObjective):
+    """RenyiELBO(alpha) (as :class:`RenyiBound`: a torch loss, per-datum minibatches)."""
+
+    names = ("renyi",)
+    Config = RenyiConfig
+
+    def elbo(self, model) -> RenyiBound:
+        return RenyiBound(alpha=self.config.alpha, **self.particles(model))
+
+    def refusal(self, model, guide) -> str | None:
+        if self.config.alpha == 1:
+            return "objective.alpha = 1 is the ELBO; use objective.name = 'elbo'"
+        return super().refusal(model, guide)
+
+
+class IWAEConfig(SVIConfig):
+    num_particles: int = Field(5, ge=1, description="importance samples k of the bound (at least 2)")
+
+
+class IWAE(SVIObjective):
+    """RenyiELBO(alpha=0): the IWAE bound with k = num_particles."""
+
+    names = ("iwae",)
+    Config = IWAEConfig
+
+    def elbo(self, model) -> RenyiBound:
+        return RenyiBound(alpha=0.0, **self.particles(model))
+
+    def refusal(self, model, guide) -> str | None:
+        if self.config.num_particles < 2:
+            return f"objective.num_particles: {self.config.name} needs k >= 2 particles"
+        return super().refusal(model, guide)

@@ -18,6 +18,7 @@ from pyro.infer import Trace_ELBO
 
 from ..errors import CardError
 from ._pathwise import pathwise_traces
+from .svi import SVIObjective
 
 
 class TraceSTL_ELBO(Trace_ELBO):
@@ -50,4 +51,14 @@ class TraceSTL_ELBO(Trace_ELBO):
             yield model_trace, stopped_trace
 
 
-__all__ = ["TraceSTL_ELBO"]
+class STL(SVIObjective):
+    """The ELBO with the sticking-the-landing (STL) guide gradient (same value as ``elbo``)."""
+
+    names = ("stl",)
+    pathwise = True
+
+    def elbo(self, model) -> TraceSTL_ELBO:
+        return TraceSTL_ELBO(**self.particles(model))
+
+
+__all__ = ["STL", "TraceSTL_ELBO"]

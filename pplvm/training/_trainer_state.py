@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import TrainingConfig
 from ..errors import RunDirError
+from ..sections import TrainingConfig
 from . import distributed
 from .checkpoint import load_checkpoint
 

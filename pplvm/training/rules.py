@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Itera
 import torch
 from pyro.infer import ELBO
 
-from ..config import TrainingConfig
 from ..errors import TrainingError
+from ..sections import TrainingConfig
 
 if TYPE_CHECKING:
     from .distributed import DataParallel

@@ -47,8 +47,8 @@ import torch
 
 from .. import _signals
 from .._progress import progress
-from ..config import TrainingConfig
 from ..errors import TrainingError
+from ..sections import TrainingConfig
 from . import _trainer_state, distributed
 from ._trainer_state import TrainState, _host, checkpoint_due, read_history  # noqa: F401  (re-exported)
 from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping

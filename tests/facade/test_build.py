@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 import pplvm
-from pplvm import objectives
-from pplvm.facade import build
+from pplvm.objectives.base import Objective
 
 CARD = {
     "name": "b",
@@ -24,14 +23,13 @@ CARD = {
 def checks(monkeypatch):
     """Every call of the pairing check, wherever the facade or the objectives make it."""
     calls = []
-    real = objectives.check_compatible
+    real = Objective.check
 
-    def spy(*args, **kwargs):
-        calls.append(args[1].name)
-        return real(*args, **kwargs)
+    def spy(self, *args, **kwargs):
+        calls.append(self.config.name)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(objectives, "check_compatible", spy)
-    monkeypatch.setattr(build, "check_compatible", spy)
+    monkeypatch.setattr(Objective, "check", spy)
     return calls
 
 
@@ -50,6 +48,9 @@ def test_from_card_load_and_resume_each_check_the_pairing_once(tmp_path, checks,
 
 
 def test_an_impossible_pairing_is_refused_before_the_guide_is_built(monkeypatch):
+    from pplvm.facade import build
+
     monkeypatch.setattr(build, "make_guide", lambda *a, **k: pytest.fail("the guide was built"))
-    with pytest.raises(pplvm.IncompatibleError, match="needs guide.kind = 'map'"):
-        pplvm.Run.from_card({**CARD, "objective": {"name": "em"}})
+    card = {**CARD, "objective": {"name": "em"}, "guide": {"kind": "meanfield"}}
+    with pytest.raises(pplvm.IncompatibleError, match="it needs a guide that holds one, guide.kind = 'map'"):
+        pplvm.Run.from_card(card)

@@ -20,10 +20,9 @@ import torch
 from linear_gaussian import LinearEncoder, PerDatumGuide, make_model, sample_data
 from pyro.infer import RenyiELBO as PyroRenyiELBO
 
-from pplvm.config import ObjectiveConfig
 from pplvm.errors import CardError
 from pplvm.guides.amortized import AmortizedNormal
-from pplvm.objectives import IWAE_DReG, make_objective
+from pplvm.objectives import IWAE_DReG, make_objective, objective_config
 from pplvm.objectives import dreg as dreg_module
 
 R = 20000
@@ -176,7 +175,7 @@ def test_minibatch_scaling_stays_outside_the_log_mean_exp():
 
 def test_make_objective_and_bad_k():
     model = make_model()
-    elbo = make_objective(model, ObjectiveConfig(name="iwae_dreg", num_particles=4))
+    elbo = make_objective(model, objective_config(name="iwae_dreg", num_particles=4))
     assert isinstance(elbo, IWAE_DReG) and elbo.num_particles == 4
     with pytest.raises(CardError, match="num_particles = 0"):
         IWAE_DReG(num_particles=0)

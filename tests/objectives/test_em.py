@@ -275,4 +275,6 @@ def test_em_refuses_what_it_cannot_fit():
         "data": {"source": "synthetic_gmm", "n": 50, "dim": 2, "components": 2},
     }
     with pytest.raises(IncompatibleError, match="objective.em_estimate = 'map'"):
-        pplvm.Run.from_card(gmm)
+        pplvm.Run.from_card({**gmm, "objective": {"name": "em", "em_estimate": "map"}})
+    # left at "auto", the estimate is the one the model has in closed form, and the card records it
+    assert pplvm.Run.from_card(gmm).card.objective.em_estimate == "ml"

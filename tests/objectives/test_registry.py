@@ -11,11 +11,11 @@ from linear_gaussian import make_model, sample_data
 from pyro.infer import RenyiELBO as PyroRenyiELBO
 from pyro.infer import Trace_ELBO
 
-from pplvm.config import ObjectiveConfig, TrainingConfig, card_from_dict
+from pplvm.config import TrainingConfig, card_from_dict
 from pplvm.errors import CardError, IncompatibleError
 from pplvm.families import FAMILIES
 from pplvm.guides.amortized import AmortizedNormal
-from pplvm.objectives import IWAE_DReG, TraceSTL_ELBO, check_compatible, make_objective
+from pplvm.objectives import IWAE_DReG, TraceSTL_ELBO, check_compatible, make_objective, objective_config
 from pplvm.training.rules import SVIStep
 from pplvm.training.trainer import Trainer
 
@@ -31,7 +31,7 @@ from pplvm.training.trainer import Trainer
     ],
 )
 def test_make_objective(name, cls):
-    elbo = make_objective(make_model(), ObjectiveConfig(name=name, num_particles=3))
+    elbo = make_objective(make_model(), objective_config(name=name, num_particles=3))
     assert isinstance(elbo, cls) and elbo.num_particles == 3  # iwae: a RenyiELBO subclass after the merge
 
 
@@ -46,12 +46,12 @@ def test_card_accepts_the_new_names():
 def test_refused_for_enumerated_models(name):
     gmm = FAMILIES["gmm"](FAMILIES["gmm"].Config(components=2), 2)
     with pytest.raises(IncompatibleError, match=f"'{name}'.*enumeration.*reparameterised.*'enum'"):
-        check_compatible(gmm, ObjectiveConfig(name=name, num_particles=2))
+        check_compatible(gmm, objective_config(name=name, num_particles=2))
 
 
 def test_dreg_needs_two_particles():
     with pytest.raises(IncompatibleError, match="num_particles.*k >= 2.*'stl'"):
-        check_compatible(make_model(), ObjectiveConfig(name="iwae_dreg", num_particles=1))
+        check_compatible(make_model(), objective_config(name="iwae_dreg", num_particles=1))
 
 
 def discrete_model(x):
@@ -69,7 +69,7 @@ def discrete_guide(x):
 def test_refused_for_guides_that_are_not_reparameterised(name):
     x = torch.zeros(3)
     model = make_model()  # admits the objective; the guide does not
-    cfg = ObjectiveConfig(name=name, num_particles=2)
+    cfg = objective_config(name=name, num_particles=2)
     with pytest.raises(IncompatibleError, match="guide site 'c' .*Bernoulli.*no rsample"):
         check_compatible(model, cfg, discrete_guide, (x,))
     elbo = {"iwae_dreg": IWAE_DReG, "stl": TraceSTL_ELBO}[name](num_particles=2, max_plate_nesting=1)
@@ -90,7 +90,7 @@ def test_trains_in_the_trainer(name, batch_size):
         model.b.zero_()
     guide = AmortizedNormal(model, model.make_encoder())
     before = model.log_likelihood(x).mean().item()
-    elbo = make_objective(model, ObjectiveConfig(name=name, num_particles=4 if "iwae" in name else 1))
+    elbo = make_objective(model, objective_config(name=name, num_particles=4 if "iwae" in name else 1))
     config = TrainingConfig(epochs=40, lr=0.05, batch_size=batch_size, progress=False, seed=0)
     trainer = Trainer(model, guide, SVIStep(model, guide, elbo, config), config)
     state = trainer.fit(x)

@@ -21,9 +21,8 @@ from pyro.infer import RenyiELBO as PyroRenyiELBO
 from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule
 
-from pplvm.config import ObjectiveConfig
 from pplvm.guides.amortized import AmortizedNormal
-from pplvm.objectives import IWAE_DReG, TraceSTL_ELBO, make_objective
+from pplvm.objectives import IWAE_DReG, TraceSTL_ELBO, make_objective, objective_config
 
 
 def stl(k: int = 1, vectorize: bool = True) -> TraceSTL_ELBO:
@@ -134,7 +133,7 @@ def test_structured_guide():
 
 
 def test_make_objective():
-    elbo = make_objective(make_model(), ObjectiveConfig(name="stl", num_particles=2))
+    elbo = make_objective(make_model(), objective_config(name="stl", num_particles=2))
     assert isinstance(elbo, TraceSTL_ELBO) and elbo.num_particles == 2
 
 

@@ -1,0 +1,107 @@
+"""The guide plugin: what every guide declares, and the registry of guide kinds.
+
+A guide is a class that registers its own kinds (``names``), has its own card section
+(``Config``, tagged by ``kind``), says whether it can serve a model (:meth:`Guide.refusal`,
+asked of the model's declared capabilities), what it offers (:class:`GuideTraits`) and builds
+itself (:meth:`Guide.build`). The facade asks these declarations and never tests a guide's type.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, create_model
+
+from .._registry import Registry
+from ..errors import IncompatibleError
+from ..schema import Section
+
+
+class GuideConfig(Section):
+    """Base of every guide's card section; ``kind`` names the guide."""
+
+    kind: str
+
+
+class InitScale(GuideConfig):
+    init_scale: float = Field(0.1, gt=0, description="initial posterior scale of normal guides")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuideTraits:
+    """What a built guide offers the rest of pplvm."""
+
+    #: it forms q(z_n | x_n) over the local latents (``local_posterior``): the importance-sampling
+    #: proposal of an estimated likelihood and the answer of ``posterior(x)``
+    proposal: bool = False
+    #: it holds parameters per training datum: batches carry their rows (``Batch.index``), it
+    #: scores no held-out data, and ``training_posterior()`` gives q(z_n) of every training datum
+    per_datum: bool = False
+    #: its globals' guide is a point estimate (an AutoDelta), which EM writes in place
+    point_estimate: bool = False
+    #: no guide site is drawn given another's draw (what TraceMeanField_ELBO's analytic KLs need)
+    factorised: bool = True
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the objective's loss can be computed on held-out data."""
+        return not self.per_datum
+
+
+class Guide(abc.ABC):
+    """Base of the guide plugins. A subclass lists its kinds in ``names`` (registered on
+    definition) and declares its ``Config``; a guide named by import path (``guide.target``)
+    subclasses it without ``names``."""
+
+    names: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[GuideConfig]] = GuideConfig
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        names = cls.__dict__.get("names", ())
+        if names:  # the section is tagged by these names
+            tag = {"kind": (Literal[names], names[0])}
+            cls.Config = create_model(cls.Config.__name__, __base__=cls.Config, __module__=cls.__module__, **tag)
+        for name in names:
+            GUIDES.register(name)(cls)
+
+    def __init__(self, config: GuideConfig):
+        self.config = config
+
+    @property
+    def label(self) -> str:
+        """How errors name this guide: ``guide.kind = 'amortized'``."""
+        return f"guide.kind = {self.config.kind!r}"
+
+    @abc.abstractmethod
+    def refusal(self, model: Any) -> str | None:
+        """Why this guide cannot serve ``model`` (one line, naming the capability it lacks), or None."""
+
+    def traits(self, model: Any) -> GuideTraits:
+        """What the guide built for ``model`` offers (default: a guide of the globals only)."""
+        return GuideTraits()
+
+    @abc.abstractmethod
+    def build(self, model: Any, x: Any, *, generator: torch.Generator, num_data: int | None = None) -> torch.nn.Module:
+        """The guide module for ``model``, initialised from the training data ``x``."""
+
+    def globals_guide(self, guide: torch.nn.Module) -> torch.nn.Module | None:
+        """The part of the built ``guide`` that guides the global latents (draws need no data)."""
+        return guide
+
+    def check(self, model: Any) -> None:
+        """Raise IncompatibleError when :meth:`refusal` gives a reason."""
+        why = self.refusal(model)
+        if why is not None:
+            raise IncompatibleError(f"{self.label} is not available for family {model.config.family!r}: {why}")
+
+    @classmethod
+    def summary(cls) -> str:
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+#: guide kinds -> their plugin classes
+GUIDES: Registry[type[Guide]] = Registry("guide kind")

@@ -1,0 +1,88 @@
+"""The card's fixed sections, ``[training]`` and ``[evaluation]``: the schema no registry
+supplies (the tagged sections, ``[model]``, ``[data]``, ``[objective]`` and ``[guide]``, come from
+their plugins; :mod:`pplvm.config` gathers them all into the card). Foundation layer: the
+trainer reads :class:`TrainingConfig` without importing the card schema above it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .schema import Section, Seed
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="minibatch size; none = full batch")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.9, 0.999],
+        min_length=2,
+        max_length=2,
+        description="adam / adamw: the moment decay rates [β1, β2], each in [0, 1)",
+    )
+    eps: float = Field(
+        1e-8,
+        gt=0,
+        description="adam / adamw / rmsprop: ε of the update's denominator, relative "
+        "to the gradient of the loss per datum (the IWAE paper's Adam: 1e-4)",
+    )
+    lr_schedule: Literal["constant", "exponential", "cosine", "iwae"] = Field(
+        "constant",
+        description="constant | exponential | cosine (to lr * lr_final_ratio over the epochs) | iwae "
+        "(Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280 epochs in all; then the last)",
+    )
+    lr_final_ratio: float = Field(0.1, gt=0, le=1, description="final lr / lr for decaying schedules")
+    clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
+    min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
+    eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="checkpoint every this many epochs; none = by time (checkpoint_seconds)"
+    )
+    checkpoint_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="without checkpoint_every: at most one "
+        "checkpoint per this many seconds (the first and last epochs always)",
+    )
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (a GPU when there is one) | cpu | cuda | cuda:N"
+    )
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="fp32 | bf16 (autocast; log-probabilities and reductions stay fp32) | tf32 (CUDA)"
+    )
+    compile: Literal["auto", "trace", "inductor", "off"] = Field(
+        "auto",
+        description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
+        "on CUDA) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
+        "step); a dynamic structure falls back to off with a log line",
+    )
+    seed: Seed = 0
+    progress: bool = True
+    pyro_validation: Literal["first_step", "every_step"] = Field(
+        "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step"
+    )
+
+
+class EvaluationConfig(Section):
+    samples: int | None = Field(
+        None,
+        ge=1,
+        description="importance samples per datum of an estimated log-likelihood (a family whose likelihood "
+        "is 'estimate': VAE, continuous local latents, a dequantised flow); none = the family's default (100; "
+        "a dequantised flow 64); pplvm evaluate --samples overrides it",
+    )
+    draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
+    chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
+    max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
+    memory_mb: float = Field(
+        512.0,
+        gt=0,
+        description="bound on the working memory of every evaluation and "
+        "export pass (log-likelihood over draws x data, replicates, local posteriors), in MB; "
+        "see pplvm.evaluation.memory",
+    )
