@@ -45,3 +45,15 @@ class Registry(Generic[T]):
     def in_order(self) -> list[tuple[str, T]]:
         """The entries in the order they were registered."""
         return list(self._items.items())
+
+    def takers(self, key: str) -> list[str]:
+        """The names (in order) whose card section (``entry.Config``) has the option ``key``."""
+        return [n for n, e in self._items.items() if key in getattr(getattr(e, "Config", None), "model_fields", {})]
+
+    def foreign_option(self, section: str, tag: str, named: object, key: str) -> str | None:
+        """The one-line refusal of ``key`` in ``[section]`` whose ``tag`` names ``named``, when
+        ``key`` belongs to other entries (None when none takes it: an unknown key)."""
+        takers = self.takers(key)
+        if not takers:
+            return None
+        return f"{section}.{tag} = {named!r} takes no such option (it belongs to {', '.join(takers[:4])})"

@@ -159,12 +159,9 @@ def _foreign(section: tuple, key: Any, raw: dict) -> str:
     """'unknown key', or, for an option of other objectives (guides) than the one named, which take it."""
     if len(section) != 1 or section[0] not in ("objective", "guide"):
         return "unknown key"
-    registry, tag = _registry(section[0]), TAGGED[section[0]][0]
-    takers = [n for n, e in registry.in_order() if key in e.Config.model_fields]
-    if not takers:
-        return "unknown key"
+    tag = TAGGED[section[0]][0]
     named = raw.get(section[0], {}).get(tag)
-    return f"{section[0]}.{tag} = {named!r} takes no such option (it belongs to {', '.join(takers[:4])})"
+    return _registry(section[0]).foreign_option(section[0], tag, named, key) or "unknown key"
 
 
 def _with_tags(raw: dict) -> dict:

@@ -62,6 +62,10 @@ def objective_config(**fields: Any) -> ObjectiveConfig:
     name = fields.get("name", "elbo")
     if name not in OBJECTIVES:
         raise CardError(f"objective.name = {name!r}: expected one of: {', '.join(OBJECTIVES)}")
+    for key in fields.keys() - OBJECTIVES[name].Config.model_fields.keys():
+        raise CardError(
+            f"objective.{key}: {OBJECTIVES.foreign_option('objective', 'name', name, key) or 'unknown key'}"
+        )
     try:
         return OBJECTIVES[name].Config.model_validate({"name": name, **fields})
     except ValidationError as err:
@@ -107,6 +111,12 @@ def admissions(name: str, family: type[LatentVariableModel], dim: int = 8) -> tu
         model = family.from_config(family.Config(family=name), dim)
     except (PplvmError, ValueError, TypeError):
         return [], []
+    return admitted_for(model)
+
+
+def admitted_for(model: LatentVariableModel) -> tuple[list[str], list[str]]:
+    """``(guides, objectives)`` that can serve this built ``model`` (objectives with any of
+    those guides), in registration order: what ``pplvm list`` shows, for a model of your own."""
     guides = admitted_guides(model)
     names = {n for g in guides for n in admitted(model, _traits(g, model))}
     return guides, [n for n, _ in OBJECTIVES.in_order() if n in names]
@@ -189,6 +199,7 @@ __all__ = [
     "VDMBound",
     "VDMLoss",
     "admissions",
+    "admitted_for",
     "admitted",
     "check_compatible",
     "make_objective",
