@@ -8,6 +8,7 @@ calibration" and 1e-3 for "detected" (both Bonferroni-corrected over the scalar 
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -75,16 +76,28 @@ PPCA_CARD = {
 }
 
 
-@pytest.fixture(scope="module")
-def gmm_sbc():
+# each calibration run is computed once per process (a cache, not a module fixture: pytest-xdist
+# may tear a module's fixtures down between its tests) and read, never changed, by the tests
+@functools.cache
+def _gmm_sbc():
     # 20 simulations of 100 rows; components ordered by mean (label switching), mean-field guide
     return run_sbc(GMM_CARD, 20, rows=100, num_draws=99, seed=0)
 
 
-@pytest.fixture(scope="module")
-def ppca_sbc():
+@functools.cache
+def _ppca_sbc():
     # 20 simulations of 100 rows; diag(W Wᵀ) is invariant to W's sign (rotation) symmetry
     return run_sbc(PPCA_CARD, 20, rows=100, num_draws=99, seed=0)
+
+
+@pytest.fixture
+def gmm_sbc():
+    return _gmm_sbc()
+
+
+@pytest.fixture
+def ppca_sbc():
+    return _ppca_sbc()
 
 
 def test_gmm_means_are_calibrated_and_miscalibration_is_detected(gmm_sbc):
