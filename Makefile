@@ -53,11 +53,11 @@ test: lint test-311 test-new
 
 test-311: $(STAMP)
 	@$(BIN)/python -c 'import sys, arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)' 2>/dev/null
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25
 
 test-new: $(STAMP_NEW)
 	@$(VENV_NEW)/bin/python -c 'import sys, warnings; warnings.simplefilter("ignore"); import arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)'
-	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 -p no:cacheprovider
+	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25 -p no:cacheprovider
 
 ## Everything, slow tests included (Python 3.11).
 test-all: $(STAMP)

@@ -480,3 +480,29 @@ CASES = [
         id="graph-hmm-gmm-emissions-meanfield-minibatch",
     ),
 ]
+
+
+def plugin_cards() -> list[dict]:
+    """Shipped cards with one field swapped to a plugin that is not pplvm's own: Pyro's
+    TraceGraph_ELBO on the VAE, Pyro's AutoIAFNormal over the Bayesian PPCA's globals, and a
+    user's objective and guide by import path (tests/user_plugins.py) on a mixture. Trained on
+    two processes by tests/training/test_distributed.py (torchrun, the replicas kept equal)."""
+    from pathlib import Path
+
+    import pplvm
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    short = ["training.progress=false", "training.compile=off"]
+    swaps = {
+        "vae_tracegraph": ("vae_digits", ["objective.name=TraceGraph_ELBO", "objective.kl_warmup_epochs=0"]),
+        "ppca_autoiaf": ("ppca_bayes_wine", ["guide.kind=amortized", "guide.globals=AutoIAFNormal"]),
+        "gmm_user_plugins": (
+            "gmm_synthetic",
+            ["objective={target = 'user_plugins:EnumELBO'}", "guide={target = 'user_plugins:DiagonalGlobals'}"],
+        ),
+    }
+    out = []
+    for name, (card, overrides) in swaps.items():
+        raw = pplvm.card_to_dict(pplvm.load_card(models / f"{card}.toml", [*short, *overrides]))
+        out.append({**raw, "name": name})
+    return out

@@ -10,9 +10,6 @@ import torch
 import pplvm
 from pplvm.evaluation.arviz import arviz, groups, loo_estimates
 
-# the module-scoped fits below are shared by its tests: keep them on one xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group(__name__)
-
 az = arviz()
 
 

@@ -18,9 +18,6 @@ import pplvm
 from pplvm.evaluation import memory
 from pplvm.evaluation.arviz import groups
 
-# the module-scoped fits below are shared by its tests: keep them on one xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group(__name__)
-
 
 def with_memory(run, mb):
     run.card = pplvm.card_from_dict(pplvm.card_to_dict(run.card), {"evaluation.memory_mb": mb})

@@ -24,7 +24,7 @@ from pplvm.training import distributed  # noqa: E402
 
 def families(out: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cases import CASES
+    from cases import CASES, plugin_cards
 
     distributed.init_from_env("cpu")
     saved = {
@@ -37,6 +37,7 @@ def families(out: Path) -> None:
     cards = [dict(p.values[0]) for p in CASES]
     ppca = next(c for c in cards if c["name"] == "ppca_ml")  # the compiled SVI step: traced gradients
     cards.append({**ppca, "name": "ppca_traced", "training": {**ppca["training"], "compile": "trace"}})
+    cards += plugin_cards()  # Pyro's ELBO and autoguide by name, a user's objective and guide by import path
     for card in cards:
         exact = card["guide"]["kind"] == "map" and card["objective"]["name"] in (
             "enum",

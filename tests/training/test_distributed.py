@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cases import CASES
+from cases import CASES, plugin_cards
 
 import pplvm
 from pplvm.objectives import make_update_rule
@@ -164,6 +164,7 @@ def test_every_family_trains_on_two_processes(tmp_path):
     cases = {p.values[0]["name"]: p.values[0] for p in CASES}
     ppca = cases["ppca_ml"]  # traced gradients (linear-Gaussian models trace), all-reduced by the rule
     cases["ppca_traced"] = {**ppca, "training": {**ppca["training"], "compile": "trace"}}
+    cases.update({c["name"]: c for c in plugin_cards()})  # plugins not pplvm's own train the same way
     assert set(ranks[0]) - {"all_reduce_sum"} == set(cases)
     for name, card in cases.items():
         a, b = ranks[0][name], ranks[1][name]

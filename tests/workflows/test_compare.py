@@ -14,9 +14,6 @@ from pplvm.cli import main
 from pplvm.errors import PplvmError
 from pplvm.workflows.compare import compare_runs
 
-# the module-scoped fits below are shared by its tests: keep them on one xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group(__name__)
-
 EVAL = {"draws": 50, "chains": 2, "max_rows": 500}
 
 

@@ -11,9 +11,6 @@ from matplotlib.figure import Figure
 import pplvm
 from pplvm.workflows import latent
 
-# the module-scoped fits below are shared by its tests: keep them on one xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group(__name__)
-
 PROTOTYPES = torch.tensor(
     [
         [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0],

@@ -18,9 +18,6 @@ from pplvm.cli import main
 from pplvm.errors import IncompatibleError, PplvmError
 from pplvm.workflows.sbc import SBCResult, default_bins, rank_histogram_plot, run_sbc
 
-# the module-scoped fits below are shared by its tests: keep them on one xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group(__name__)
-
 
 def conjugate_normal(sims=200, num_draws=99, n=5, seed=0):
     """θ ~ N(0, 1), y_i ~ N(θ, 1): posterior N(Σy / (n + 1), 1 / (n + 1)), drawn exactly."""
