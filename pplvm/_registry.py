@@ -1,8 +1,11 @@
-"""One small registry type, shared by families, data sources and objectives."""
+"""One small registry type, shared by families, data sources, objectives and guides; and the
+base of a plugin that registers its own names and tags its card section with them."""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, Literal, TypeVar
+
+from pydantic import create_model
 
 from .errors import CardError
 
@@ -57,3 +60,33 @@ class Registry(Generic[T]):
         if not takers:
             return None
         return f"{section}.{tag} = {named!r} takes no such option (it belongs to {', '.join(takers[:4])})"
+
+
+class Plugin:
+    """Base of a plugin family (objectives, guides): a subclass lists its ``names``, registered in
+    the family's ``registry`` on definition, and its ``Config`` (the card section, whose ``tag``
+    field, ``name`` or ``kind``, is then typed as one of those names); one named by import path
+    subclasses it without ``names``."""
+
+    registry: ClassVar[Registry]
+    section: ClassVar[str]  #: the card section: "objective", "guide"
+    tag: ClassVar[str]  #: the section's tag field: "name", "kind"
+    names: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        names = cls.__dict__.get("names", ())
+        if names:  # the section is tagged by these names
+            tag = {cls.tag: (Literal[names], names[0])}
+            cls.Config = create_model(cls.Config.__name__, __base__=cls.Config, __module__=cls.__module__, **tag)
+        for name in names:
+            cls.registry.register(name)(cls)
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def label(self) -> str:
+        """How errors name this plugin: ``objective.name = 'elbo'``, ``guide.kind = 'amortized'``."""
+        return f"{self.section}.{self.tag} = {getattr(self.config, self.tag)!r}"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, create_model
+from pydantic import Field
 
-from .._registry import Registry
+from .._registry import Plugin, Registry
 from ..errors import IncompatibleError
 from ..schema import Section
 
@@ -51,30 +51,18 @@ class GuideTraits:
         return not self.per_datum
 
 
-class Guide(abc.ABC):
+#: guide kinds -> their plugin classes
+GUIDES: Registry[type[Guide]] = Registry("guide kind")
+
+
+class Guide(Plugin, abc.ABC):
     """Base of the guide plugins. A subclass lists its kinds in ``names`` (registered on
     definition) and declares its ``Config``; a guide named by import path (``guide.target``)
     subclasses it without ``names``."""
 
-    names: ClassVar[tuple[str, ...]] = ()
+    registry, section, tag = GUIDES, "guide", "kind"
     Config: ClassVar[type[GuideConfig]] = GuideConfig
-
-    def __init_subclass__(cls, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        names = cls.__dict__.get("names", ())
-        if names:  # the section is tagged by these names
-            tag = {"kind": (Literal[names], names[0])}
-            cls.Config = create_model(cls.Config.__name__, __base__=cls.Config, __module__=cls.__module__, **tag)
-        for name in names:
-            GUIDES.register(name)(cls)
-
-    def __init__(self, config: GuideConfig):
-        self.config = config
-
-    @property
-    def label(self) -> str:
-        """How errors name this guide: ``guide.kind = 'amortized'``."""
-        return f"guide.kind = {self.config.kind!r}"
+    config: GuideConfig
 
     @abc.abstractmethod
     def refusal(self, model: Any) -> str | None:
@@ -101,7 +89,3 @@ class Guide(abc.ABC):
     @classmethod
     def summary(cls) -> str:
         return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-
-
-#: guide kinds -> their plugin classes
-GUIDES: Registry[type[Guide]] = Registry("guide kind")

@@ -10,11 +10,9 @@ fills its ``"auto"`` options from them (:meth:`Objective.resolve`) and builds it
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import create_model
-
-from .._registry import Registry
+from .._registry import Plugin, Registry
 from ..errors import IncompatibleError
 from ..guides.base import GuideTraits
 from ..schema import Section
@@ -26,30 +24,18 @@ class ObjectiveConfig(Section):
     name: str
 
 
-class Objective(abc.ABC):
+#: objective names -> their plugin classes
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+class Objective(Plugin, abc.ABC):
     """Base of the objective plugins. A subclass lists its names in ``names`` (registered on
     definition) and declares its ``Config``; an objective named by import path
     (``objective.target``) subclasses it without ``names``."""
 
-    names: ClassVar[tuple[str, ...]] = ()
+    registry, section, tag = OBJECTIVES, "objective", "name"
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
-
-    def __init_subclass__(cls, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        names = cls.__dict__.get("names", ())
-        if names:  # the section is tagged by these names
-            tag = {"name": (Literal[names], names[0])}
-            cls.Config = create_model(cls.Config.__name__, __base__=cls.Config, __module__=cls.__module__, **tag)
-        for name in names:
-            OBJECTIVES.register(name)(cls)
-
-    def __init__(self, config: ObjectiveConfig):
-        self.config = config
-
-    @property
-    def label(self) -> str:
-        """How errors name this objective: ``objective.name = 'elbo'``."""
-        return f"objective.name = {self.config.name!r}"
+    config: ObjectiveConfig
 
     def cannot(self, model: Any, why: str) -> str:
         """The common refusal: ``objective.name = 'x' cannot train family 'f': why``."""
@@ -85,7 +71,3 @@ class Objective(abc.ABC):
     @classmethod
     def summary(cls) -> str:
         return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-
-
-#: objective names -> their plugin classes
-OBJECTIVES: Registry[type[Objective]] = Registry("objective")
