@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import os
 import re
@@ -137,8 +138,13 @@ def init_from_env(device: str = "auto") -> Context:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command; harmless when there is none)."""
+    """Leave the process group (at the end of a command; harmless when there is none). The
+    command's objects go first: a fitted run is cyclic garbage (modules, its data-parallel
+    wrapper) that may still hold the backend's finished work handles, and freeing those only
+    at interpreter exit, after the group is gone, can abort the process (gloo: "terminate
+    called without an active exception", seen once here on rank 1 after a torchrun fit)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
