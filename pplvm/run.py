@@ -55,15 +55,17 @@ class Run:
         run_dir: Path | None = None,
         *,
         checked: bool = False,
+        objective: Any = None,
     ):
         """``checked``: the card's pairing of model, objective and guide has been checked
-        (:func:`~pplvm.facade.build.assemble` checks it once, before the guide exists)."""
+        (:func:`~pplvm.facade.build.assemble` checks it once, before the guide exists);
+        ``objective``: your own objective object for ``objective.name = "custom"``."""
         self.model, self.guide, self.transform = model, guide, transform
-        self.card = settle(card, model)  # "auto" options and guide decided for the model (written to card.toml)
+        self.card = settle(card, model, objective)  # "auto" options and guide decided (written to card.toml)
         #: the guide's plugin and what its guide offers; the objective's plugin
         self.guide_plugin = guide_for(self.card.guide)
         self.traits = self.guide_plugin.traits(model)
-        self.objective = objective_for(self.card.objective)
+        self.objective = objective_for(self.card.objective, objective)
         #: what training does with each minibatch (the objective's update rule)
         self.rule = make_update_rule(
             model,
@@ -136,15 +138,18 @@ def fit(
     overwrite: bool = False,
     model: Any = None,
     guide: Any = None,
+    objective: Any = None,
 ) -> Run:
     """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``out``
     must be new or empty unless ``overwrite`` (see :meth:`Run.fit`); ``model`` / ``guide``: your
-    own Pyro model (and guide) for ``model.family = "pyro"``."""
-    return Run.from_card(_as_card(card, overrides), data, model=model, guide=guide).fit(out, overwrite=overwrite)
+    own Pyro model (and guide) for ``model.family = "pyro"``; ``objective``: your own objective
+    object (an Objective plugin, a Pyro ELBO class or instance, an UpdateRule class)."""
+    run = Run.from_card(_as_card(card, overrides), data, model=model, guide=guide, objective=objective)
+    return run.fit(out, overwrite=overwrite)
 
 
-def load(run_dir: str | Path, *, model: Any = None, guide: Any = None) -> Run:
-    return Run.load(run_dir, model=model, guide=guide)
+def load(run_dir: str | Path, *, model: Any = None, guide: Any = None, objective: Any = None) -> Run:
+    return Run.load(run_dir, model=model, guide=guide, objective=objective)
 
 
 __all__ = ["LIKELIHOOD_WORDS", "MAX_EPOCHS_ENV", "PROTOTYPE_ROWS", "Run", "card_dataset", "fit", "load", "save_samples"]

@@ -35,13 +35,23 @@ PROTOTYPE_ROWS = 256
 
 
 def from_card(
-    cls: type[Run], card: BaseModel | dict | str | Path, data: Any = None, *, model: Any = None, guide: Any = None
+    cls: type[Run],
+    card: BaseModel | dict | str | Path,
+    data: Any = None,
+    *,
+    model: Any = None,
+    guide: Any = None,
+    objective: Any = None,
 ) -> Run:
     """Build from a card (validated object, dict or TOML path). ``data``: an optional
     ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
     card's source, split as the card says. ``model`` / ``guide``: your own Pyro model and
-    guide objects for ``model.family = "pyro"`` (instead of ``model.target``)."""
+    guide objects for ``model.family = "pyro"`` (instead of ``model.target``). ``objective``:
+    your own objective object (an Objective plugin, a Pyro ELBO class or instance, an UpdateRule
+    class), which becomes the card's ``objective.name = "custom"``."""
     card = _as_card(card)
+    if objective is not None:
+        card = card_from_dict(card_to_dict(card), {"objective": {"name": "custom"}})
     family = FAMILIES[card.model.family]
     if family.sequential and data is not None and not isinstance(data, Batch):
         raise DataError(
@@ -67,19 +77,31 @@ def from_card(
     pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
     # on the run's device before the guide exists: autoguides create their parameters there
     model, guide = assemble(
-        card, dataset.dim, resolve_device(card.training.device), dataset=dataset, model=model, guide=guide
+        card,
+        dataset.dim,
+        resolve_device(card.training.device),
+        dataset=dataset,
+        model=model,
+        guide=guide,
+        objective=objective,
     )
-    return cls(card, model, guide, dataset.transform, dataset, checked=True)
+    return cls(card, model, guide, dataset.transform, dataset, checked=True, objective=objective)
 
 
 def load(
-    cls: type[Run], run_dir: str | Path, *, device: str | None = None, model: Any = None, guide: Any = None
+    cls: type[Run],
+    run_dir: str | Path,
+    *,
+    device: str | None = None,
+    model: Any = None,
+    guide: Any = None,
+    objective: Any = None,
 ) -> Run:
     """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
     ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
     ``training.device``, or the CPU where this machine lacks that device: a run trained on
     a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``).
-    ``model`` / ``guide``: the objects a run of your own model was fitted with from Python."""
+    ``model`` / ``guide`` / ``objective``: the objects a run was fitted with from Python."""
     run_dir = Path(run_dir)
     if not (run_dir / "card.toml").is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
@@ -89,8 +111,11 @@ def load(
     rundir.check_fingerprint(extras.get("card"), card, run_dir)
     with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
         where = resolve_device(card.training.device if device is None else device, cpu_fallback=True)
-        model, guide = assemble(card, int(extras["dim"]), where, checkpoint=ckpt, model=model, guide=guide)
-    run = cls(card, model, guide, Standardize(**extras["transform"]), None, run_dir, checked=True)
+        model, guide = assemble(
+            card, int(extras["dim"]), where, checkpoint=ckpt, model=model, guide=guide, objective=objective
+        )
+    transform = Standardize(**extras["transform"])
+    run = cls(card, model, guide, transform, None, run_dir, checked=True, objective=objective)
     run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
     run.from_python = bool(extras.get("from_python"))
     return run
@@ -105,6 +130,7 @@ def assemble(
     checkpoint: dict[str, Any] | None = None,
     model: Any = None,
     guide: Any = None,
+    objective: Any = None,
 ) -> tuple[LatentVariableModel, torch.nn.Module]:
     """``(model, guide)`` for ``card`` on ``device``: the family's model over ``dim``
     columns, the objective / guide pairing checked (once, before the guide exists), and the
@@ -122,9 +148,9 @@ def assemble(
     else:
         prototype = _from_state(checkpoint["extras"]["prototype"])
         train, num_data, generator = _without_index(prototype), checkpoint["extras"].get("num_train"), None
-    card = settle(card, model)  # "auto" options and guide decided for the model (Run settles the same)
+    card = settle(card, model, objective)  # "auto" options and guide decided for the model (Run settles the same)
     traits = guide_for(card.guide).traits(model)
-    objective_for(card.objective).check(model, traits)  # refuse an impossible pairing first
+    objective_for(card.objective, objective).check(model, traits)  # refuse an impossible pairing first
     guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
     if dataset is not None:
         prototype = _fit_input(traits, dataset.train)[:PROTOTYPE_ROWS]

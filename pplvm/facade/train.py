@@ -86,6 +86,7 @@ def resume(
     callbacks: Sequence[Callback] = (),
     model: Any = None,
     guide: Any = None,
+    objective: Any = None,
 ) -> Run:
     """Continue an interrupted run from its last checkpoint; the result equals an
     uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
@@ -113,7 +114,7 @@ def resume(
             if data is None and ckpt["extras"].get("from_python"):
                 raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
             card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
-            run = cls.from_card(card, data, model=model, guide=guide)
+            run = cls.from_card(card, data, model=model, guide=guide, objective=objective)
             run.run_dir = run_dir
             if main:
                 rundir.check_writable(run_dir, run._checkpoint_bytes())

@@ -72,11 +72,12 @@ def objective_config(**fields: Any) -> ObjectiveConfig:
         raise CardError(f"objective: {err.errors()[0]['msg']} ({err.errors()[0]['loc']})") from None
 
 
-def settle(card: Any, model: LatentVariableModel) -> Any:
+def settle(card: Any, model: LatentVariableModel, objective: Any = None) -> Any:
     """The card with what it leaves to the model decided: the objective's ``"auto"`` options
     (:meth:`Objective.resolve`) and ``guide.kind = "auto"`` (the first guide the model admits
-    that the objective can train with). Written into the run's card; settled cards stay as they are."""
-    plugin = objective_for(card.objective)
+    that the objective can train with). Written into the run's card; settled cards stay as they are.
+    ``objective``: your own objective object, for ``objective.name = "custom"``."""
+    plugin = objective_for(card.objective, objective)
     guide = card.guide
     if guide.kind == "auto":
         fits = [k for k in admitted_guides(model) if plugin.refusal(model, _traits(k, model)) is None]

@@ -117,3 +117,20 @@ def test_user_objective_and_guide_by_import_path_fit_save_load_and_resume(tmp_pa
     # held to the same declarations: the user's enumerating objective cannot train a PPCA
     with pytest.raises(IncompatibleError, match="not enumerated"):
         pplvm.Run.from_card({**PPCA, "objective": {"target": "user_plugins:EnumELBO"}})
+
+
+def test_an_objective_object_from_python_fits_loads_and_resumes(tmp_path):
+    """``pplvm.fit(card, objective=Trace_ELBO())``: the card records ``custom``, the losses are
+    those of ``objective.name = "elbo"`` (the same estimator), and load / resume need the object."""
+    from pyro.infer import Trace_ELBO
+
+    run = pplvm.fit(PPCA, tmp_path / "run", objective=Trace_ELBO())
+    assert pplvm.load_card(tmp_path / "run" / "card.toml").objective.name == "custom"
+    torch.testing.assert_close(torch.tensor([h["train_loss"] for h in run.history]), torch.tensor(losses(PPCA)))
+    with pytest.raises(CardError, match="pass objective= from Python"):
+        pplvm.load(tmp_path / "run")
+    loaded = pplvm.load(tmp_path / "run", objective=Trace_ELBO())
+    x = run.dataset.valid
+    torch.testing.assert_close(loaded.log_likelihood(x), run.log_likelihood(x))
+    resumed = pplvm.Run.resume(tmp_path / "run", epochs=4, objective=Trace_ELBO())
+    assert len(resumed.history) == 4 and all(math.isfinite(h["train_loss"]) for h in resumed.history)
