@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -21,6 +21,13 @@ class DataConfig(Section):
     test_fraction: float = Field(0.0, ge=0, lt=1, description="held-out fraction for testing")
     split_seed: Seed = 0
     standardize: bool = False
+    label_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fraction of each split's rows whose label a model taking labels sees (the rest are "
+        "missing, -1): semi-supervised training; the true labels stay in the run's dataset for scoring",
+    )
 
 
 #: the largest magnitude accepted in data: pplvm computes in float32, where squares of larger
@@ -100,35 +107,62 @@ class Batch:
     plain ``(N, D)`` tensor. Both support ``len(b)`` and ``b[index]``, all the trainer needs.
     ``index`` (``(N,)``, optional) holds each datum's row in the training set, for guides with
     free parameters per training datum; the data plate then subsamples those rows.
+    ``inputs`` holds further named arrays ``(N, ...)`` beside the data (covariates, group
+    indices, masks), which a user's model takes as keyword arguments of the same names.
     """
 
     x: torch.Tensor
     lengths: torch.Tensor | None = None
     y: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, index) -> "Batch":
-        return Batch(**{k: (v[index] if v is not None else None) for k, v in self.fields().items()})
+        return self.map(lambda v: v[index])
 
     def fields(self) -> dict[str, torch.Tensor | None]:
         return {"x": self.x, "lengths": self.lengths, "y": self.y, "index": self.index}
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor, flat: the fields by name and each input as ``inputs.<name>``
+        (:meth:`from_tensors` inverts it; checkpoints and traced steps keep batches so)."""
+        flat = {k: v for k, v in self.fields().items() if v is not None}
+        return flat | {f"inputs.{k}": v for k, v in self.inputs.items()}
+
+    @classmethod
+    def from_tensors(cls, flat: dict[str, torch.Tensor]) -> "Batch":
+        inputs = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("inputs.")}
+        return cls(**{k: v for k, v in flat.items() if not k.startswith("inputs.")}, inputs=inputs)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        """The batch with ``fn`` applied to each of its tensors."""
+        return Batch.from_tensors({k: fn(v) for k, v in self.tensors().items()})
+
     def replace(self, **changes) -> "Batch":
-        return Batch(**{**self.fields(), **changes})
+        return Batch(**{**self.fields(), "inputs": self.inputs, **changes})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(
-            **{
-                k: (v.to(device, non_blocking=non_blocking) if v is not None else None)
-                for k, v in self.fields().items()
-            }
-        )
+        return self.map(lambda v: v.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
-        return Batch(**{k: (v.pin_memory() if v is not None else None) for k, v in self.fields().items()})
+        return self.map(lambda v: v.pin_memory())
+
+
+def from_dict(data: dict[str, Any], name: str = "data") -> Batch:
+    """A dict of arrays sharing their first dimension as a Batch: the data under ``"x"``,
+    sequence lengths under ``"lengths"``, labels under ``"y"``, the rest named inputs."""
+    if "x" not in data:
+        raise DataError(f"{name}: a dict of arrays needs the data under 'x'; got keys {', '.join(map(str, data))}")
+    lengths = data.get("lengths")
+    return Batch(
+        x=numeric(data["x"], f"{name}['x']").to(torch.get_default_dtype()),
+        lengths=None if lengths is None else torch.as_tensor(np.asarray(lengths)),
+        y=None if data.get("y") is None else torch.as_tensor(np.asarray(data["y"])),
+        inputs={k: torch.as_tensor(np.asarray(v)) for k, v in data.items() if k not in ("x", "y", "lengths")},
+    )
 
 
 def indexed(data: "torch.Tensor | Batch") -> Batch:
@@ -202,20 +236,31 @@ class Dataset:
     def dim(self) -> int:
         return values(self.train).shape[-1]
 
-    def with_labels(self, who: str) -> "Dataset":
+    def with_labels(self, who: str | None, fraction: float = 1.0, seed: int = 0) -> "Dataset":
         """Each split as ``Batch(x, y=labels)``, for families that take labels as input;
-        ``who`` names the family in the error raised when the source has no labels."""
+        ``who`` names the family in the error raised when the source has no labels (None: labels
+        are optional, the splits stay as they are without them). With ``fraction < 1`` only that
+        fraction of each split's rows (drawn with ``seed``) keeps its label; the rest get ``-1``."""
         if isinstance(self.train, Batch) and self.train.y is not None:
             return self
         if self.labels.get("train") is None:
+            if who is None:
+                return self
             raise DataError(
                 f"{who} needs labels (Batch.y) but the data source gives none; use a labelled "
                 "source (e.g. digits, mnist_idx with labels, file with data.label_column)"
             )
-        parts = {
-            k: (Batch(values(x), y=self.labels[k]) if x is not None else None)
-            for k, x in (("train", self.train), ("valid", self.valid), ("test", self.test))
-        }
+        generator = torch.Generator().manual_seed(seed)
+        parts = {}
+        for k, x in (("train", self.train), ("valid", self.valid), ("test", self.test)):
+            if x is None:
+                parts[k] = None
+                continue
+            y = self.labels[k]
+            if fraction < 1 and y is not None:
+                hidden = torch.rand(len(y), generator=generator) >= fraction
+                y = torch.where(hidden, torch.full_like(torch.as_tensor(y), -1), torch.as_tensor(y))
+            parts[k] = (x if isinstance(x, Batch) else Batch(x)).replace(y=y)
         return replace(self, **parts)
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from .. import rundir
 from ..config import card_from_dict, card_to_dict, load_card
 from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
-from ..data.base import split
+from ..data.base import from_dict, split
 from ..errors import DataError, PplvmError, RunDirError
 from ..families import FAMILIES, LatentVariableModel
 from ..guides import guide_for, make_guide
@@ -44,11 +44,12 @@ def from_card(
     objective: Any = None,
 ) -> Run:
     """Build from a card (validated object, dict or TOML path). ``data``: an optional
-    ``(N, D)`` array (or a :class:`~pplvm.data.Batch` of sequences) used instead of the
-    card's source, split as the card says. ``model`` / ``guide``: your own Pyro model and
-    guide objects for ``model.family = "pyro"`` (instead of ``model.target``). ``objective``:
-    your own objective object (an Objective plugin, a Pyro ELBO class or instance, an UpdateRule
-    class), which becomes the card's ``objective.name = "custom"``."""
+    ``(N, D)`` array, a :class:`~pplvm.data.Batch` of sequences, or a dict of arrays (the data
+    under ``"x"``, labels ``"y"``, sequence ``"lengths"``, and named inputs a model of your own
+    takes by name), used instead of the card's source, split as the card says. ``model`` /
+    ``guide``: your own Pyro model and guide objects for ``model.family = "pyro"`` (instead of
+    ``model.target``). ``objective``: your own objective object (an Objective plugin, a Pyro
+    ELBO class or instance, an UpdateRule class), which becomes the card's ``objective.name = "custom"``."""
     card = _as_card(card)
     if objective is not None:
         card = card_from_dict(card_to_dict(card), {"objective": {"name": "custom"}})
@@ -69,6 +70,7 @@ def from_card(
                 "train_lengths; one sequence: train_lengths = [T])"
             )
     else:
+        data = from_dict(data) if isinstance(data, dict) else data
         dataset = split(data if isinstance(data, Batch) else as_matrix(data, "data"), None, card.data)
         dataset.info["from_python"] = True
     if card.model.dim is not None and card.model.dim != dataset.dim:
@@ -140,14 +142,17 @@ def assemble(
     the guide starts from the training split (seeded by ``training.seed``). From a run
     directory, give its ``checkpoint``: the guide is built on the rows the checkpoint kept, and
     the model and guide take its (best) parameters. ``model`` / ``guide``: the user's objects."""
-    model = FAMILIES[card.model.family].from_config(card.model, dim, model=model, guide=guide).to(device)
+    if dataset is None:
+        prototype = _from_state(checkpoint["extras"]["prototype"])
+    family = FAMILIES[card.model.family]
+    example = dataset.train if dataset is not None else _without_index(prototype)
+    model = family.from_config(card.model, dim, model=model, guide=guide, example=example).to(device)
     if dataset is not None:
         _check_splits(model, dataset, card.training.seed)
         train, num_data = dataset.train, len(dataset.train)
         generator = torch.Generator().manual_seed(card.training.seed)
     else:
-        prototype = _from_state(checkpoint["extras"]["prototype"])
-        train, num_data, generator = _without_index(prototype), checkpoint["extras"].get("num_train"), None
+        train, num_data, generator = example, checkpoint["extras"].get("num_train"), None
     card = settle(card, model, objective)  # "auto" options and guide decided for the model (Run settles the same)
     traits = guide_for(card.guide).traits(model)
     objective_for(card.objective, objective).check(model, traits)  # refuse an impossible pairing first
@@ -181,9 +186,13 @@ def card_dataset(card: BaseModel) -> Dataset:
 
 
 def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:
-    """The dataset as the card's family takes it: splits as ``Batch(x, y)`` if it uses labels."""
-    who = FAMILIES[card.model.family].needs_labels(card.model)
-    return dataset if who is None else dataset.with_labels(who)
+    """The dataset as the card's family takes it: splits as ``Batch(x, y)`` if it uses labels,
+    or if it takes them where the source gives them (:attr:`~pplvm.families.LatentVariableModel.takes_labels`)."""
+    family = FAMILIES[card.model.family]
+    who = family.needs_labels(card.model)
+    if who is None and not family.takes_labels:
+        return dataset
+    return dataset.with_labels(who, card.data.label_fraction, card.data.split_seed)
 
 
 @contextlib.contextmanager
@@ -221,15 +230,15 @@ def _without_index(data):
     if not isinstance(data, Batch) or data.index is None:
         return data
     rest = data.replace(index=None)
-    return rest.x if rest.lengths is None and rest.y is None else rest
+    return rest.x if rest.lengths is None and rest.y is None and not rest.inputs else rest
 
 
 def _to_state(data: "torch.Tensor | Batch"):
     """A checkpoint-safe copy (tensors and dicts only) of a tensor or Batch."""
     if isinstance(data, Batch):
-        return {k: v.clone() for k, v in data.fields().items() if v is not None}
+        return {k: v.clone() for k, v in data.tensors().items()}
     return data.clone()
 
 
 def _from_state(state) -> "torch.Tensor | Batch":
-    return Batch(**state) if isinstance(state, dict) else state
+    return Batch.from_tensors(state) if isinstance(state, dict) else state

@@ -10,8 +10,8 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..data.base import values
 from ..errors import CardError
+from ._pyro_inputs import Caller
 from ._pyro_trace import _PROBE_ROWS, _Holder, _ScaleDataPlate, _trace_once
 
 if TYPE_CHECKING:
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 
 class _CustomGuide(pyro.nn.PyroModule):
-    """The user's guide, called as ``guide(x)`` on the values of a batch, scaled like the model
-    in the data plate. Its point estimate of the globals (:meth:`median`) is the elementwise
+    """The user's guide, called on a batch as the model is (:mod:`._pyro_inputs`), scaled like
+    the model in the data plate. Its point estimate of the globals (:meth:`median`) is the elementwise
     median of 101 draws; called without data it draws the globals only."""
 
     def __init__(self, model: PyroModel, guide: Any):
@@ -28,27 +28,28 @@ class _CustomGuide(pyro.nn.PyroModule):
         self._model = (model,)
         if isinstance(guide, torch.nn.Module):
             self.holder = _Holder(guide)
-        self._fn = (guide,)
+        self._fn = (Caller.of(guide, "model.guide_target"),)
 
     def forward(self, x=None, num_data=None):
         model = self._model[0]
         if x is None:  # posterior draws of the globals need no data
             with poutine.block(hide_fn=lambda site: site["name"] not in model.global_sites):
-                return self._fn[0](torch.zeros(1, model.dim))
-        obs = values(x)
+                return self._fn[0](model.placeholder(1))
+        batch = model.model_input(x)
         scale = (
-            _ScaleDataPlate(model.plate_name, num_data / len(obs))
-            if num_data not in (None, len(obs))
+            _ScaleDataPlate(model.plate_name, num_data / len(batch))
+            if num_data not in (None, len(batch))
             else contextlib.nullcontext()
         )
         with scale:
-            return self._fn[0](obs)
+            return self._fn[0](batch)
 
     def check(self) -> None:
         """Call the guide once on a placeholder batch: a CardError naming ``model.guide_target``
         if it fails or leaves a global latent of the model unguided."""
         model, label = self._model[0], "model.guide_target"
-        x = torch.zeros(_PROBE_ROWS[0], model.dim)
+        x = model.example[torch.arange(_PROBE_ROWS[0]) % len(model.example)]
+        self._fn[0].check(x)
         trace = _trace_once(
             self,
             x,
@@ -56,7 +57,7 @@ class _CustomGuide(pyro.nn.PyroModule):
             "modules: write it as a PyroModule with PyroParam attributes",
             failed=f"{label}: calling the guide on a placeholder batch failed",
         )
-        if not isinstance(self._fn[0], torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
+        if not isinstance(self._fn[0].fn, torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
             raise CardError(
                 f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "
                 "it as a PyroModule with PyroParam attributes"

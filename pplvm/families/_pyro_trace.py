@@ -4,6 +4,8 @@ minibatch scale on the data plate and a holder that keeps the user's site names.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,7 +28,8 @@ class Structure:
     """What tracing the model found.
 
     :ivar plate: name of the data plate; ``plate_dim`` its dim.
-    :ivar observed: the observed site (inside the data plate).
+    :ivar observed: the observed sites (inside the data plate; ``pyro.factor`` terms and
+        ``pyro.deterministic`` records are not observations).
     :ivar global_sites: latent sites outside the data plate, with their shapes in ``global_shapes``.
     :ivar discrete: local latent sites with a finite support (enumerated).
     :ivar continuous: local latent sites with real support; ``continuous_shapes`` their event shapes.
@@ -35,7 +38,7 @@ class Structure:
 
     plate: str
     plate_dim: int
-    observed: str
+    observed: tuple[str, ...]
     global_sites: tuple[str, ...]
     global_shapes: dict[str, tuple[int, ...]]
     discrete: tuple[str, ...]
@@ -47,41 +50,54 @@ class Structure:
     notes: list[str] = field(default_factory=list)
 
 
-def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int], Any] | None = None) -> Structure:
-    """Trace ``model`` on zero batches of two sizes and classify its sites (see :class:`Structure`);
-    a CardError naming ``name`` (the target) for a model pplvm cannot use. ``example(rows)``
-    makes the placeholder batch (default: ``(rows, dim)`` zeros)."""
-    traces = [_probe(model, rows, dim, name, example) for rows in _PROBE_ROWS]
+def time_steps(names) -> dict[str, list[str]]:
+    """Sites that repeat one per time step, as a Pyro model's ``for t in pyro.markov(...)`` loop
+    names them (``z_1, z_2, ...``): stem -> names in step order, for stems with two or more."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        match = re.fullmatch(r"(.*?)(\d+)", name)
+        if match:
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), name))
+    return {stem: [n for _, n in sorted(members)] for stem, members in groups.items() if len(members) > 1}
+
+
+def is_observation(site) -> bool:
+    """An observed sample site that is data: not a ``pyro.factor`` term, not a ``deterministic``."""
+    return _is_sample(site) and site["is_observed"] and not _auxiliary(site)
+
+
+def _auxiliary(site) -> bool:
+    return bool(site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"))
+
+
+def trace_structure(
+    call: Callable[[Any], Any], example: Callable[[int], Any], name: str, *, module: bool = False, checks: bool = True
+) -> Structure:
+    """Trace ``call(batch)`` (the model on a batch) on ``example(rows)`` batches of two sizes and
+    classify its sites (see :class:`Structure`); a CardError naming ``name`` (the target) for a
+    model pplvm cannot use. The example batches are the data's own first rows, so a model whose
+    observations do not fit its data (shape, support, NaN) is refused here, before training.
+    ``module``: the model is a module (its ``pyro.param`` would be a PyroParam). ``checks``:
+    judge the observations against the example data (False for placeholder data)."""
+    batches = [example(rows) for rows in _PROBE_ROWS]
+    traces = [_probe(call, batch, name) for batch in batches]
     first, second = traces
     # a module's PyroParams are its own; a function's pyro.param would go to the global store
-    if not isinstance(model, torch.nn.Module) and any(s["type"] == "param" for s in first.nodes.values()):
+    if not module and any(s["type"] == "param" for s in first.nodes.values()):
         raise CardError(
             f"model {name}: uses pyro.param; pplvm keeps parameters in modules: write a "
             "PyroModule with PyroParam attributes (or give the parameter a prior)"
         )
-    observed = [n for n, s in first.nodes.items() if _is_sample(s) and s["is_observed"]]
+    observed = [n for n, s in first.nodes.items() if is_observation(s)]
     if not observed:
         raise CardError(f"model {name}: has no observed site; observe the data with pyro.sample(..., obs=x)")
-    if len(observed) > 1:
-        raise CardError(
-            f"model {name}: has {len(observed)} observed sites ({', '.join(observed)}); "
-            "pplvm needs the data observed at one site"
-        )
-    obs = observed[0]
-    if obs not in second.nodes:
-        raise CardError(f"model {name}: the observed site {obs!r} does not appear in every call")
-    sizes = {f.name: f.size for f in second.nodes[obs]["cond_indep_stack"] if f.vectorized}
-    plates = [
-        f
-        for f in first.nodes[obs]["cond_indep_stack"]
-        if f.vectorized and f.size == _PROBE_ROWS[0] and sizes.get(f.name) == _PROBE_ROWS[1]
-    ]
-    if len(plates) != 1:
-        raise CardError(
-            f"model {name}: no data plate: the observed site {obs!r} must sit inside "
-            "pyro.plate(name, len(x)), a plate whose size is the number of rows of x"
-        )
-    plate = plates[0]
+    gone = [n for n in observed if n not in second.nodes]
+    if gone and not time_steps(observed):
+        raise CardError(f"model {name}: the observed site {gone[0]!r} does not appear in every call")
+    plate = _data_plate(first, second, observed, name)
+    if checks:
+        _check_observations(first, name)
+        _check_reads(call, batches[0], first, name)
     dims = [f.dim for s in first.nodes.values() if _is_sample(s) for f in s["cond_indep_stack"] if f.vectorized]
     globals_, shapes, discrete, continuous, cshapes, reasons = [], {}, [], [], {}, []
     for site_name, site in first.nodes.items():
@@ -127,7 +143,7 @@ def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int
     return Structure(
         plate=plate.name,
         plate_dim=plate.dim,
-        observed=obs,
+        observed=tuple(observed),
         global_sites=tuple(globals_),
         global_shapes=shapes,
         discrete=tuple(discrete),
@@ -138,16 +154,99 @@ def trace_structure(model: Callable, dim: int, name: str, example: Callable[[int
     )
 
 
-def _probe(
-    model: Callable, rows: int, dim: int, name: str, example: Callable[[int], Any] | None = None
-) -> poutine.Trace:
-    x = example(rows) if example is not None else torch.zeros(rows, dim)
+def _data_plate(first: poutine.Trace, second: poutine.Trace, observed: list[str], name: str):
+    """The one plate around every observation whose size follows the batch."""
+    candidates = None
+    for obs in observed:
+        sizes = (
+            {f.name: f.size for f in second.nodes[obs]["cond_indep_stack"] if f.vectorized}
+            if obs in second.nodes
+            else {}
+        )
+        here = {
+            f.name: f
+            for f in first.nodes[obs]["cond_indep_stack"]
+            if f.vectorized and f.size == _PROBE_ROWS[0] and sizes.get(f.name, _PROBE_ROWS[1]) == _PROBE_ROWS[1]
+        }
+        if not here:
+            raise CardError(
+                f"model {name}: no data plate: the observed site {obs!r} must sit inside "
+                "pyro.plate(name, len(x)), a plate whose size is the number of rows of x"
+            )
+        candidates = here if candidates is None else {k: v for k, v in candidates.items() if k in here}
+    if len(candidates) != 1:
+        raise CardError(
+            f"model {name}: no data plate: the observed sites ({', '.join(observed)}) must all sit inside "
+            "one pyro.plate(name, len(x)), a plate whose size is the number of rows of x"
+        )
+    return next(iter(candidates.values()))
+
+
+def _check_observations(trace: poutine.Trace, name: str) -> None:
+    """Each observation's distribution against the data it observes: its shape, its support,
+    a finite log-density (one line naming the site, not the traceback of a later step)."""
+    for site_name, site in trace.nodes.items():
+        if not is_observation(site):
+            continue
+        fn, value, where = site["fn"], site["value"], f"model {name}: observed site {site_name!r}"
+        shape = tuple(fn.batch_shape + fn.event_shape)
+        try:
+            wider = torch.broadcast_shapes(shape, tuple(value.shape)) != tuple(value.shape)
+        except RuntimeError:
+            wider = True
+        if wider:
+            raise CardError(
+                f"{where}: its distribution has shape {shape} but the data it observes have shape {tuple(value.shape)}"
+            )
+        try:
+            with pyro.validation_enabled(True):
+                log_p = fn.log_prob(value)
+        except Exception as err:  # the distribution refuses the data: name it
+            raise CardError(f"{where}: {type(fn).__name__} refuses the data: {first_line(err)}") from None
+        mask = site["mask"]
+        log_p = log_p if mask is None or mask is True else torch.where(mask, log_p, 0.0)
+        if log_p.isnan().any():
+            raise CardError(
+                f"{where}: the log-density of the data is NaN (are the model's parameters NaN, or a scale zero?)"
+            )
+        if (log_p == -math.inf).any():
+            raise CardError(f"{where}: the data lie outside the support of its {type(fn).__name__}")
+
+
+def _check_reads(call: Callable, batch: Any, trace: poutine.Trace, name: str) -> None:
+    """Refuse a model that reads x outside its observations (e.g. columns of x used as
+    covariates): replayed on changed values of x, a latent site's or an observation's
+    distribution must not change. Covariates are named inputs."""
+    changed = batch.replace(x=batch.x * 0.5 + 0.25) if hasattr(batch, "replace") else batch * 0.5 + 0.25
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False), poutine.block():
+            again = poutine.trace(poutine.replay(call, trace=trace)).get_trace(changed)
+    except Exception:  # noqa: BLE001 - a model that fails on other values is judged by its real data
+        return
+    for site_name, site in trace.nodes.items():
+        if not _is_sample(site) or _auxiliary(site) or site_name not in again.nodes:
+            continue
+        other = again.nodes[site_name]["fn"]
+        try:
+            same = torch.allclose(site["fn"].log_prob(site["value"]), other.log_prob(site["value"]), equal_nan=True)
+        except Exception:  # noqa: BLE001 - shapes changed with the values: it reads them
+            same = False
+        if not same:
+            raise CardError(
+                f"model {name}: site {site_name!r} depends on the values of x outside the observation; "
+                "x is only observed (pyro.sample(..., obs=x)): give covariates as named inputs "
+                "(data = {'x': ..., 'u': ...}, the model taking u=)"
+            )
+
+
+def _probe(call: Callable, batch: Any, name: str) -> poutine.Trace:
+    rows = len(batch)
     return _trace_once(
-        model,
-        x,
+        call,
+        batch,
         uses_param=f"model {name}: uses pyro.param; pplvm keeps parameters in modules: "
         "write a PyroModule with PyroParam attributes (or give the parameter a prior)",
-        failed=f"model {name}: calling it on a ({rows}, {dim}) batch failed",
+        failed=f"model {name}: calling it on {rows} rows of the data failed",
     )
 
 

@@ -65,6 +65,9 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False
+    #: True when the family takes the data source's labels where it gives them (``Batch.y``),
+    #: and does without them otherwise (a model of your own with an argument ``y``)
+    takes_labels: ClassVar[bool] = False
     #: True when a datum is a sequence (a Batch with ``lengths``, e.g. an HMM): a table of rows
     #: is refused as data (splitting it would cut its time steps apart and shuffle them)
     sequential: ClassVar[bool] = False
@@ -105,10 +108,14 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         return f"model.family = {config.family!r}" if cls.uses_labels else None
 
     @classmethod
-    def from_config(cls, config: FamilyConfig, dim: int, model: Any = None, guide: Any = None) -> "LatentVariableModel":
+    def from_config(
+        cls, config: FamilyConfig, dim: int, model: Any = None, guide: Any = None, example: Any = None
+    ) -> "LatentVariableModel":
         """The family for a card's ``[model]`` section and data of ``dim`` columns. ``model`` /
         ``guide``: a user's model and guide objects passed from Python, for a family built
-        around them (:mod:`pplvm.families.pyro_model`); every other family refuses them."""
+        around them (:mod:`pplvm.families.pyro_model`); every other family refuses them.
+        ``example``: the training data (or rows of it), for a family that reads its structure
+        off a model traced on them."""
         if model is not None or guide is not None:
             raise CardError(
                 f"model.family = {config.family!r} takes no model= or guide= object; "

@@ -57,6 +57,7 @@ from ..errors import CardError, DataError
 from ..schema import Section
 from ._graph_check import REFERENCES, check_graph  # noqa: F401  (re-exported: the graph's check)
 from ._graph_module import GraphModule, side_of  # noqa: F401  (re-exported: the graph's Pyro model)
+from ._pyro_inputs import Caller
 from .base import over_draws
 from .pyro_model import ContinuousPyroModel, PyroModel, TracedConfig, _ScaleDataPlate, trace_structure
 
@@ -114,9 +115,12 @@ class GraphModel(PyroModel):
     """A model declared as a graph of nodes in the card (see the module docstring)."""
 
     Config = GraphConfig
+    takes_labels = False  # a side node's labels: needs_labels
 
     @classmethod
-    def from_config(cls, config: GraphConfig, dim: int, model: Any = None, guide: Any = None) -> "GraphModel":
+    def from_config(
+        cls, config: GraphConfig, dim: int, model: Any = None, guide: Any = None, example: Any = None
+    ) -> "GraphModel":
         if model is not None:
             raise CardError(
                 "model.family = 'graph' builds its model from model.nodes; a model object of your "
@@ -126,14 +130,15 @@ class GraphModel(PyroModel):
         if module.chain is not None:  # traced on placeholder sequences of two steps
             structure = trace_structure(
                 module,
-                dim,
+                lambda rows: Batch(torch.zeros(rows, 2, dim), lengths=torch.full((rows,), 2)),
                 "model.nodes",
-                example=lambda rows: Batch(torch.zeros(rows, 2, dim), lengths=torch.full((rows,), 2)),
+                module=True,
+                checks=False,
             )
             return ChainGraphModel(config, dim, module, structure, guide, "model.nodes")
         side = module.side
-        example = (
-            None
+        placeholder = (
+            (lambda rows: torch.zeros(rows, dim))
             if side.kind == "none"
             else (
                 lambda rows: Batch(
@@ -142,7 +147,7 @@ class GraphModel(PyroModel):
                 )
             )
         )
-        structure = trace_structure(module, dim, "model.nodes", example=example)
+        structure = trace_structure(module, placeholder, "model.nodes", module=True, checks=False)
         kind = ContinuousGraphModel if structure.continuous else GraphModel
         return kind(config, dim, module, structure, guide, "model.nodes")
 
@@ -151,6 +156,11 @@ class GraphModel(PyroModel):
         """A graph with a side node takes the data source's labels as y (``Batch(x, y)``)."""
         side = next((n.name for n in config.nodes if n.kind == "side"), None)
         return None if side is None else f"model.nodes: node {side!r} (kind 'side')"
+
+    @staticmethod
+    def caller(user: Any, label: str) -> Caller:
+        """The graph's module takes the batch itself."""
+        return Caller.batch(user, label)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

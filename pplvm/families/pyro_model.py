@@ -33,27 +33,22 @@ and :func:`trace_structure` re-exported here), the wrapper of your own guide :mo
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections import OrderedDict
 from typing import Any, Callable, Literal
 
-import pyro
 import torch
 from pydantic import Field
 from pyro import poutine
-from pyro.ops import packed
-from pyro.ops.contract import contract_to_tensor
-from pyro.poutine.util import prune_subsample_sites
 
 from .._targets import TARGET_PATTERN, instantiate, resolve
-from ..data.base import as_matrix, values
+from ..data.base import Batch, values
 from ..decoders import Activation, Encoder, mlp
 from ..errors import CardError, IncompatibleError
-from ..inference.importance import importance_log_likelihood
 from ._pyro_guide import _CustomGuide
-from ._pyro_trace import Structure, _Holder, _ScaleDataPlate, trace_structure
-from .base import LIKELIHOOD_SAMPLES, ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide, over_draws
+from ._pyro_inputs import Caller, missing_like
+from ._pyro_inputs import prepare as prepare_data
+from ._pyro_likelihood import LocalMarginals
+from ._pyro_trace import Structure, _Holder, _ScaleDataPlate, time_steps, trace_structure
+from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide, over_draws
 
 _PARTICLES = "_particles"
 #: bound on particles × elements of the data per pass of the mixed-locals estimate
@@ -91,19 +86,22 @@ class PyroConfig(TracedConfig):
 
 
 # ---------------------------------------------------------------------- the family
-class PyroModel(LatentVariableModel, UserGuide):
+class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
     """A user's Pyro model, traced (see the module docstring). Its guides, objectives, local
     sites and likelihood kind are read off the model, so they are set per instance; the class
     values are what some model may admit."""
 
     Config = PyroConfig
     indexed_rows = True
+    takes_labels = True
     local_sites = ()
     enumerated = False
     likelihood = "exact"
 
     @classmethod
-    def from_config(cls, config: PyroConfig, dim: int, model: Any = None, guide: Any = None) -> "PyroModel":
+    def from_config(
+        cls, config: PyroConfig, dim: int, model: Any = None, guide: Any = None, example: Any = None
+    ) -> "PyroModel":
         if model is None and config.target is None:
             raise CardError(
                 "model.target: expected 'package.module:name' of your Pyro model (or pass model= from Python)"
@@ -112,28 +110,42 @@ class PyroModel(LatentVariableModel, UserGuide):
         user = instantiate(
             model if model is not None else resolve(config.target, "model.target"), config.options, "model.options"
         )
-        structure = trace_structure(user, dim, label)
+        caller = Caller.of(user, f"model {label}")
+        rows = _examples(None if example is None else prepare_data(example, "data (training split)", dim), dim)
+        rows = caller.trim(rows)
+        caller.check(rows)
+        structure = trace_structure(
+            caller, lambda n: rows[torch.arange(n) % len(rows)], label, module=isinstance(user, torch.nn.Module)
+        )
         kind = ContinuousPyroModel if structure.continuous else PyroModel
-        return kind(config, dim, user, structure, guide, label)
+        return kind(config, dim, user, structure, guide, label, example=rows)
 
     def __init__(
-        self, config: TracedConfig, dim: int, user: Any, structure: Structure, guide: Any = None, label: str = ""
+        self,
+        config: TracedConfig,
+        dim: int,
+        user: Any,
+        structure: Structure,
+        guide: Any = None,
+        label: str = "",
+        example: Any = None,
     ):
         super().__init__(config, dim)
         self.structure = s = structure
         if isinstance(user, torch.nn.Module):
             self.holder = _Holder(user)
-            self._fn: tuple[Callable, ...] = (user,)
-        else:
-            self._fn = (user,)
+        self._fn = (self.caller(user, f"model {label}"),)
+        #: the data's first rows (CPU): what new data are generated beside (lengths, inputs)
+        self.example = _examples(example, dim)
         self._user_guide_object = guide
-        self.observed_site = s.observed
+        self.observed_sites = s.observed
+        self.observed_site = s.observed[0]
         self.plate_name, self.plate_dim = s.plate, s.plate_dim
         self.max_plate_nesting = s.max_plate_nesting
         self.local_sites = s.discrete + s.continuous
         self.enumerated = bool(s.discrete)
         self.likelihood = "estimate" if s.continuous else "exact"
-        self.brings_guide = config.guide_target is not None or guide is not None
+        self.brings_guide = config.guide_target is not None or guide is not None or _has_guide(user)
         guidable = (not s.not_amortizable) if s.continuous else bool(s.global_sites)
         if not guidable and not self.brings_guide:
             raise CardError(
@@ -143,33 +155,73 @@ class PyroModel(LatentVariableModel, UserGuide):
             )
         self.site_dims = {}
 
+    @staticmethod
+    def caller(user: Any, label: str) -> Caller:
+        """How the model is called on a batch (:mod:`._pyro_inputs`)."""
+        return Caller.of(user, label)
+
     # ----------------------------------------------------------------- the contract
     @property
     def global_sites(self) -> tuple[str, ...]:
         return self.structure.global_sites
 
     def forward(self, x=None, num_data=None):
-        """The user's model on ``x`` ``(B, D)`` (a :class:`~pplvm.data.Batch` is read through
-        :func:`~pplvm.data.values`), with every site in the data plate scaled by ``num_data / B``;
-        ``x = None`` generates ``num_data`` rows (the observed site sampled)."""
+        """The user's model on the batch ``x`` (``(B, D)`` rows, or a :class:`~pplvm.data.Batch`
+        of sequences / with inputs, passed as :mod:`._pyro_inputs` says), with every site in
+        the data plate scaled by ``num_data / B``; ``x = None`` generates ``num_data`` data
+        beside the example rows' inputs (the observed sites sampled)."""
         model = self._enumerated(self._fn[0])
         if x is None:
             if num_data is None:
                 raise ValueError("give x, or num_data rows to generate")
             return poutine.uncondition(model)(self.placeholder(num_data))
-        obs = self.model_input(x)
-        if num_data is not None and num_data != len(obs):
-            with _ScaleDataPlate(self.plate_name, num_data / len(obs)):
-                return model(obs)
-        return model(obs)
+        batch = self.model_input(x)
+        if num_data is not None and num_data != len(batch):
+            with _ScaleDataPlate(self.plate_name, num_data / len(batch)):
+                return model(batch)
+        return model(batch)
 
     def model_input(self, x):
-        """What the model is called on for a batch ``x``: its values ``(B, D)``."""
-        return values(x)
+        """What the model is called on for a batch ``x``: it without the training rows' numbers."""
+        if isinstance(x, Batch) and x.index is not None:
+            x = x.replace(index=None)
+            return x if x.lengths is not None or x.y is not None or x.inputs else x.x
+        return x
 
     def placeholder(self, n: int):
-        """What the model is called on to generate ``n`` rows (its observed site sampled)."""
-        return torch.zeros(n, self.dim, device=self.device)
+        """What the model is called on to generate ``n`` data: the example rows in turn, their
+        values zeroed (its observed sites are sampled), their lengths and inputs kept."""
+        rows = self.example[torch.arange(n) % len(self.example)]
+        rows = rows.replace(x=torch.zeros_like(rows.x)) if isinstance(rows, Batch) else torch.zeros_like(rows)
+        return rows.to(self.device)
+
+    def observations(self, trace, like) -> torch.Tensor:
+        """The data a trace's observed sites hold, shaped like ``values(like)``: the site holding
+        them whole, or one site per time step stacked along time."""
+        shape = values(like).shape
+        if len(self.observed_sites) == 1:
+            return trace.nodes[self.observed_site]["value"]
+        for name in self.observed_sites:
+            if tuple(trace.nodes[name]["value"].shape) == tuple(shape):
+                return trace.nodes[name]["value"]
+        for names in time_steps(self.observed_sites).values():
+            steps = torch.stack([trace.nodes[n]["value"] for n in names if n in trace.nodes], 1)
+            if steps.shape[:2] == shape[:2]:
+                return torch.cat([steps, steps.new_zeros(shape[0], shape[1] - steps.shape[1], *shape[2:])], 1)
+        raise IncompatibleError(
+            f"the model's observed sites ({', '.join(self.observed_sites)}) hold no value of the data's "
+            f"shape {tuple(shape)}: pplvm cannot put its draws together as data"
+        )
+
+    @torch.no_grad()
+    def sample(self, n, params):
+        trace = poutine.trace(self.conditioned(params)).get_trace(None, num_data=n)
+        return self.observations(trace, self.placeholder(n))
+
+    @torch.no_grad()
+    def replicate(self, x, params):
+        trace = poutine.trace(poutine.condition(poutine.uncondition(self), data=params)).get_trace(x)
+        return self.observations(trace, x)
 
     def _enumerated(self, fn: Callable) -> Callable:
         """``fn`` with its discrete local sites marked for parallel enumeration."""
@@ -196,79 +248,6 @@ class PyroModel(LatentVariableModel, UserGuide):
 
         return over_draws(params, self.structure.global_shapes, one)
 
-    def _contract(self, model: Callable, x: torch.Tensor, particles: int | None = None) -> torch.Tensor:
-        """``log p(x_n | θ)`` ``(N,)``: the data plate's sites with their enumerated locals
-        summed out by tensor contraction (as TraceEnum_ELBO does), the plate kept. With
-        ``particles``, the model runs inside a particle plate left of its own plates (values of
-        conditioned sites carry that dim) and the result is ``(particles, N)``."""
-        first = -1 - self.max_plate_nesting - (particles is not None)
-        plate = pyro.plate(_PARTICLES, particles, dim=-1 - self.max_plate_nesting) if particles else None
-        with plate if plate is not None else contextlib.nullcontext():
-            trace = poutine.trace(poutine.enum(model, first_available_dim=first)).get_trace(x)
-        trace = prune_subsample_sites(trace)
-        trace.compute_log_prob()
-        trace.pack_tensors()
-        factors: OrderedDict = OrderedDict()
-        sum_dims: set = set()
-        plate_symbols = set(trace.plate_to_symbol.values())
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or not any(f.name == self.plate_name for f in site["cond_indep_stack"]):
-                continue
-            ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
-            factors.setdefault(ordinal, []).append(site["packed"]["unscaled_log_prob"])
-            if site["infer"].get("_enumerate_dim") is not None:
-                sum_dims |= set(site["packed"]["log_prob"]._pyro_dims) - plate_symbols
-        target = frozenset(
-            trace.plate_to_symbol[p] for p in (self.plate_name, _PARTICLES) if p in trace.plate_to_symbol
-        )
-        out = packed.unpack(contract_to_tensor(factors, sum_dims, target_ordinal=target), trace.symbol_to_dim)
-        if particles:  # (particles, 1.., N at the data plate's dim)
-            return out.reshape(particles, len(x))
-        return out.reshape(len(x))
-
-    def _estimate(
-        self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None, seed: int
-    ) -> torch.Tensor:
-        k = num_samples or LIKELIHOOD_SAMPLES
-        if self.structure.discrete:
-            return self._estimate_mixed(model, x, proposal, k, seed)
-        if proposal is not None:  # the run's guide: keep its local site, drop its globals' draws
-            plate = self.plate_name
-            guide = poutine.block(
-                proposal, hide_fn=lambda site: not any(f.name == plate for f in site["cond_indep_stack"])
-            )
-        else:
-            guide = poutine.block(model, hide=[self.observed_site])  # the locals' prior
-        est = importance_log_likelihood(
-            model, guide, x, k=k, seed=seed, plate=self.plate_name, max_plate_nesting=self.max_plate_nesting
-        )
-        return est.log_likelihood.to(values(x).dtype)
-
-    def _estimate_mixed(
-        self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int, seed: int
-    ) -> torch.Tensor:
-        """Discrete and continuous locals: ``log (1/k) Σ_i p(x_n, z_i) / q(z_i | x_n)`` with
-        ``z_i ~ q`` and the discrete locals summed out exactly in ``p(x_n, z_i)`` (by contraction,
-        one draw at a time). ``(N,)``."""
-        if proposal is None:
-            raise IncompatibleError(
-                "a model with discrete and continuous local latents needs a proposal for "
-                "the continuous one (the run's amortized guide) to estimate log p(x)"
-            )
-        site, plate = self.structure.continuous[0], self.plate_name
-        guide = poutine.block(proposal, hide_fn=lambda s: not any(f.name == plate for f in s["cond_indep_stack"]))
-        log_w, dim = [], -1 - self.max_plate_nesting
-        chunk = max(1, min(k, _MAX_ELEMENTS // max(1, values(x).numel())))
-        with poutine.seed(rng_seed=seed):
-            for start in range(0, k, chunk):
-                size = min(chunk, k - start)
-                with pyro.plate(_PARTICLES, size, dim=dim):
-                    q = poutine.trace(guide).get_trace(x).nodes[site]
-                log_q = q["fn"].log_prob(q["value"])  # (size, N)
-                joint = self._contract(poutine.condition(model, data={site: q["value"]}), x, particles=size)
-                log_w.append(joint - log_q)
-        return (torch.cat(log_w).logsumexp(0) - math.log(k)).to(values(x).dtype)
-
     def conditioned(self, params):
         return poutine.condition(self, data=params)
 
@@ -276,7 +255,14 @@ class PyroModel(LatentVariableModel, UserGuide):
         return {}
 
     def prepare(self, data, name="data"):
-        return as_matrix(data, name, dim=self.dim)
+        """``data`` checked as the model takes them (:func:`._pyro_inputs.prepare`); labels
+        the training data had and ``data`` lack are given as missing (the model infers them)."""
+        batch = self._fn[0].trim(prepare_data(data, name, self.dim))
+        if isinstance(self.example, Batch) and self.example.y is not None and getattr(batch, "y", None) is None:
+            batch = batch if isinstance(batch, Batch) else Batch(batch)
+            batch = batch.replace(y=missing_like(self.example.y, len(batch)))
+        self._fn[0].check(batch)
+        return batch
 
     def check_data(self, x):
         """Nothing beyond :meth:`prepare`: the model's own distributions check their values."""
@@ -287,11 +273,26 @@ class PyroModel(LatentVariableModel, UserGuide):
     # ------------------------------------------------------------------ user guide
     def user_guide(self) -> torch.nn.Module:
         obj = self._user_guide_object
-        if obj is None:
+        if obj is None and self.config.guide_target is None:  # the model's own guide method
+            obj = self.holder.module.guide
+        elif obj is None:
             obj = resolve(self.config.guide_target, "model.guide_target")
         guide = _CustomGuide(self, instantiate(obj, self.config.guide_options, "model.guide_options", "guide"))
         guide.check()
         return guide
+
+
+def _has_guide(user: Any) -> bool:
+    """The model is a module with a ``guide`` method of its own (as Pyro's examples write them)."""
+    return isinstance(user, torch.nn.Module) and callable(getattr(user, "guide", None))
+
+
+def _examples(example: Any, dim: int, rows: int = 256):
+    """The first ``rows`` data the model is probed on and generates beside (zeros without data)."""
+    if example is None:
+        return torch.zeros(5, dim)
+    example = example.replace(index=None) if isinstance(example, Batch) else example
+    return example[:rows].to("cpu")
 
 
 class ContinuousPyroModel(PyroModel, ContinuousLatentModel):

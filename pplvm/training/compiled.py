@@ -69,13 +69,13 @@ def _no_host_reads():
 
 def _fields(batch) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
     if isinstance(batch, Batch):
-        items = [(k, v) for k, v in batch.fields().items() if v is not None]
-        return tuple(k for k, _ in items), tuple(v for _, v in items)
+        items = batch.tensors()
+        return tuple(items), tuple(items.values())
     return ("",), (batch,)
 
 
 def _rebuild(names: tuple[str, ...], tensors) -> Any:
-    return tensors[0] if names == ("",) else Batch(**dict(zip(names, tensors)))
+    return tensors[0] if names == ("",) else Batch.from_tensors(dict(zip(names, tensors)))
 
 
 class CompiledSVIStep(SVIStep):
