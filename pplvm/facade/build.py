@@ -180,9 +180,13 @@ def _check_splits(model: LatentVariableModel, dataset: Dataset, seed: int) -> No
             setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
 
 
-def card_dataset(card: BaseModel) -> Dataset:
-    """The card's data, split, as its family takes it."""
-    return _labelled(load_dataset(card.data), card)
+def card_dataset(card: BaseModel, model: LatentVariableModel | None = None) -> Dataset:
+    """The card's data, split, as its family takes it (each split prepared for ``model`` when given)."""
+    dataset = _labelled(load_dataset(card.data), card)
+    for part in ("train", "valid", "test") if model is not None else ():
+        if getattr(dataset, part) is not None:
+            setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
+    return dataset
 
 
 def _labelled(dataset: Dataset, card: BaseModel) -> Dataset:

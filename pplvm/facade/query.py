@@ -185,7 +185,7 @@ def _training_data(run: Run) -> "torch.Tensor | Batch":
                 "this run was fitted on data passed from Python, which its run directory "
                 "does not keep: pass the data explicitly"
             )
-        run.dataset = card_dataset(run.card)
+        run.dataset = card_dataset(run.card, run.model)
     d, seed = run.dataset, run.card.training.seed
     return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
 

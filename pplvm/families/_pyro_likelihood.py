@@ -12,6 +12,7 @@ from typing import Callable
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
@@ -43,6 +44,7 @@ class LocalMarginals:
             trace = poutine.trace(poutine.enum(model, first_available_dim=first)).get_trace(x)
         trace = prune_subsample_sites(trace)
         trace.compute_log_prob()
+        _normalize_masked(trace)
         trace.pack_tensors()
         factors: OrderedDict = OrderedDict()
         sum_dims: set = set()
@@ -109,3 +111,20 @@ class LocalMarginals:
 def _scored(site, plate: str) -> bool:
     """A site of ``log p(x_n | θ)``: sampled in the data plate, not a ``pyro.factor`` term."""
     return site["type"] == "sample" and not _auxiliary(site) and any(f.name == plate for f in site["cond_indep_stack"])
+
+
+def _normalize_masked(trace) -> None:
+    """Each site's unscaled log-prob masked as the site says (Pyro keeps it unmasked; the
+    minibatch scale stays out), and each enumerated site's factor given total mass one over its
+    own values: a masked site (a padded time step, the latent half of ``obs_mask``) has
+    log-prob 0 for every one of its K values, and summing them out would add ``log K`` per masked
+    entry; a normalised distribution is left as it is (its values' masses already add to one)."""
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or "unscaled_log_prob" not in site:
+            continue
+        log_p = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+        dim = site["infer"].get("_enumerate_dim")
+        if dim is not None:
+            norm = log_p.logsumexp(dim, keepdim=True)
+            log_p = torch.where(norm.isfinite(), log_p - norm, log_p)
+        site["unscaled_log_prob"] = log_p

@@ -198,19 +198,22 @@ def _check_observations(trace: poutine.Trace, name: str) -> None:
             raise CardError(
                 f"{where}: its distribution has shape {shape} but the data it observes have shape {tuple(value.shape)}"
             )
-        try:
-            with pyro.validation_enabled(True):
-                log_p = fn.log_prob(value)
-        except Exception as err:  # the distribution refuses the data: name it
-            raise CardError(f"{where}: {type(fn).__name__} refuses the data: {first_line(err)}") from None
         mask = site["mask"]
+        inside = fn.support.check(value)
+        inside = inside if mask is None or mask is True else inside | ~mask
+        if not bool(inside.all()):
+            raise CardError(f"{where}: the data lie outside the support of its {_kind(fn)} ({_base_support(fn)})")
+        try:
+            log_p = fn.log_prob(value)
+        except Exception as err:  # the distribution refuses the data: name it
+            raise CardError(f"{where}: {_kind(fn)} refuses the data: {first_line(err)}") from None
         log_p = log_p if mask is None or mask is True else torch.where(mask, log_p, 0.0)
         if log_p.isnan().any():
             raise CardError(
                 f"{where}: the log-density of the data is NaN (are the model's parameters NaN, or a scale zero?)"
             )
         if (log_p == -math.inf).any():
-            raise CardError(f"{where}: the data lie outside the support of its {type(fn).__name__}")
+            raise CardError(f"{where}: the data have zero density under its {_kind(fn)}")
 
 
 def _check_reads(call: Callable, batch: Any, trace: poutine.Trace, name: str) -> None:
@@ -267,6 +270,13 @@ def _trace_once(fn: Callable, x: Any, *, uses_param: str, failed: str) -> poutin
 
 def _is_sample(site) -> bool:
     return site["type"] == "sample" and not site_is_subsample(site)
+
+
+def _kind(fn) -> str:
+    """The name of the distribution under its wrappers (Independent, masks, expansions)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
 
 
 def _base_support(fn) -> Any:
