@@ -8,10 +8,10 @@ the order is written down (README's "The house" lists the folders in the same or
 
 Low to high::
 
-    errors, schema, _registry, _targets, _progress, _signals, _pyro_settings, rundir, sections
+    errors, schema, _registry, _targets, _progress, _signals, _pyro_settings, _modes, rundir, sections
                         foundation: errors, Section, the registry type, import paths, progress,
-                        signals, Pyro's settings, run directories and the one atomic writer,
-                        the fixed card sections ([training], [evaluation])
+                        signals, Pyro's settings, networks' train / eval mode, run directories
+                        and the one atomic writer, the fixed card sections ([training], [evaluation])
     distributions, data, decoders, inference, evaluation
                         building blocks: distributions, data, networks, the importance-sampling
                         estimator, evaluation's tools (memory bounds, figures, arviz, statistics)
@@ -54,6 +54,7 @@ LAYERS: list[list[str]] = [
         "pplvm._progress",
         "pplvm._signals",
         "pplvm._pyro_settings",
+        "pplvm._modes",
         "pplvm.rundir",
         "pplvm.sections",
     ],

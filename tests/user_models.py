@@ -7,8 +7,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.nn import PyroModule, PyroParam, PyroSample
 from pyro.ops.indexing import Vindex
+from torch import nn
 from torch.distributions import constraints
 
 K = 3
@@ -152,3 +154,54 @@ class MixtureOfFactorAnalysers(PyroModule):
         cov = self.W.transpose(-1, -2) @ self.W + torch.diag_embed(self.psi.pow(2))  # (K, D, D)
         comp = dist.MultivariateNormal(self.mu, covariance_matrix=cov).log_prob(x.unsqueeze(-2))  # (N, K)
         return (self.logits.log_softmax(-1) + comp).logsumexp(-1)
+
+
+class BatchNormMixture(PyroModule):
+    """``w ~ Dir(1)``, ``z_n ~ Cat(w)``, ``x_n | z_n ~ N(f(onehot(z_n)), diag σ²)``: a mixture whose
+    component means come from a decoder network with ``BatchNorm1d`` and ``Dropout`` (both act
+    differently in ``.train()`` and ``.eval()``); σ a point estimate. In eval mode the marginal is
+    ``logsumexp_k log w_k + log N(x | f(e_k), σ²)`` (:meth:`marginal`)."""
+
+    def __init__(self, dim: int, components: int = K, hidden: int = 8):
+        super().__init__()
+        self.components = components
+        self.decoder = nn.Sequential(
+            nn.Linear(components, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Dropout(0.5), nn.Linear(hidden, dim)
+        )
+        self.log_scale = PyroParam(torch.zeros(dim))
+
+    def means(self, z: torch.Tensor) -> torch.Tensor:
+        """``f(onehot(z))``: ``z`` of any shape (enumerated: ``(K, 1)``) to ``(*z.shape, D)``."""
+        code = F.one_hot(z, self.components).float()
+        return self.decoder(code.reshape(-1, self.components)).reshape(*z.shape, -1)
+
+    def forward(self, x):
+        w = pyro.sample("weights", dist.Dirichlet(torch.ones(self.components)))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(w))
+            return pyro.sample("obs", dist.Normal(self.means(z), self.log_scale.exp()).to_event(1), obs=x)
+
+    @torch.no_grad()
+    def marginal(self, x, weights):
+        """``log p(x_n | w)`` ``(N,)`` with the decoder as it is (call it in ``.eval()``)."""
+        comp = dist.Normal(self.means(torch.arange(self.components)), self.log_scale.exp()).to_event(1)
+        return (weights.log() + comp.log_prob(x.unsqueeze(-2))).logsumexp(-1)
+
+
+class EncoderPPCAGuide(PyroModule):
+    """:class:`BayesianPPCA`'s guide: ``q(W)`` a mean-field normal, ``q(z_n | x_n)`` a normal from
+    an encoder network with ``BatchNorm1d`` (which cannot take a single row in ``.train()``)."""
+
+    def __init__(self, dim: int, latent_dim: int = 2, hidden: int = 8):
+        super().__init__()
+        self.W_loc = PyroParam(torch.zeros(latent_dim, dim))
+        self.W_scale = PyroParam(torch.full((latent_dim, dim), 0.1), constraint=constraints.positive)
+        self.encoder = nn.Sequential(
+            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent_dim)
+        )
+
+    def forward(self, x):
+        pyro.sample("W", dist.Normal(self.W_loc, self.W_scale).to_event(2))
+        loc, raw = self.encoder(x).chunk(2, -1)
+        with pyro.plate("rows", len(x)):
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))

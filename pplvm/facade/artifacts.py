@@ -1,7 +1,8 @@
 """What a run writes and shows: the run directory's inference data, plots and summary, the
 summary as text or plain data, the model's graph, and samples saved to a file.
 
-Each function taking ``run`` is one of :class:`~pplvm.run.Run`'s methods.
+Each function taking ``run`` is one of :class:`~pplvm.run.Run`'s methods; what draws from the
+model (the export, plots, the graph) runs with its networks in ``.eval()``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import rundir
+from .._modes import evaluated
 from .._progress import reporting
 from ..data import values
 from ..errors import PplvmError
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate", "bound": "lower bound", "none": "none"}
 
 
+@evaluated
 def write_artifacts(run: Run) -> None:
     """Write inference data, plots and the text summary into the run directory."""
     d = run.run_dir
@@ -113,6 +116,7 @@ def globals_label(run: Run) -> str:
     return run.objective.globals_label()
 
 
+@evaluated
 def model_graph(run: Run):
     """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
     Pyro's model inspection on a few training rows: a matplotlib Figure."""

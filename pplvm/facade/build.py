@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from .. import rundir
+from .._modes import evaluating
 from ..config import card_from_dict, card_to_dict, load_card
 from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
 from ..data.base import from_dict, split
@@ -156,10 +157,11 @@ def assemble(
     card = settle(card, model, objective)  # "auto" options and guide decided for the model (Run settles the same)
     traits = guide_for(card.guide).traits(model)
     objective_for(card.objective, objective).check(model, traits)  # refuse an impossible pairing first
-    guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
+    with evaluating(model):  # building the guide runs the model (networks in .eval(): not a step)
+        guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
     if dataset is not None:
         prototype = _fit_input(traits, dataset.train)[:PROTOTYPE_ROWS]
-    with torch.no_grad():  # autoguides create their parameters on the first call
+    with torch.no_grad(), evaluating(model, guide):  # autoguides create their parameters on the first call
         guide(to_device(prototype, model.device), num_data=num_data)
     if checkpoint is not None:
         params = checkpoint["best"] or checkpoint

@@ -3,7 +3,8 @@ local posteriors, new samples, evaluation and the arviz export.
 
 Each function here is one of :class:`~pplvm.run.Run`'s methods (``run`` is the run). Every
 query computes on the run's device, in passes within ``evaluation.memory_mb``
-(:mod:`pplvm.evaluation.memory`), and returns host tensors.
+(:mod:`pplvm.evaluation.memory`), with the model's and guide's networks in ``.eval()``
+(:func:`~pplvm._modes.evaluated`), and returns host tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pyro
 import torch
 from pyro.infer import Predictive
 
+from .._modes import evaluated
 from .._progress import progress
 from ..config import check_count, check_seed
 from ..data import Batch, values
@@ -33,6 +35,7 @@ def _prepare(run: Run, x: Any, name: str = "x"):
 
 
 @torch.no_grad()
+@evaluated
 def params(run: Run) -> dict[str, torch.Tensor]:
     """Point estimate of the global latents: the guide's median (on the host)."""
     return _host(run._params())
@@ -43,6 +46,7 @@ def _params(run: Run) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+@evaluated
 def draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
     (empty when the family has no global latents: all its parameters are point estimates),
@@ -63,6 +67,7 @@ def _draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+@evaluated
 def log_likelihood(
     run: Run, x: Any, params: dict[str, torch.Tensor] | None = None, *, samples: int | None = None
 ) -> torch.Tensor:
@@ -77,6 +82,7 @@ def log_likelihood(
 
 
 @torch.no_grad()
+@evaluated
 def posterior(run: Run, x: Any = None) -> dict[str, torch.Tensor]:
     """Posterior of the local latents given ``x`` (default: the training data).
     Enumerated families: exact marginals per local site (e.g. responsibilities ``(N, K)``).
@@ -96,6 +102,7 @@ def posterior(run: Run, x: Any = None) -> dict[str, torch.Tensor]:
     return _host({"loc": q.mean, "scale": q.stddev})
 
 
+@evaluated
 def map_states(run: Run, x: Any) -> dict[str, torch.Tensor]:
     """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
     params = run._params()
@@ -103,6 +110,7 @@ def map_states(run: Run, x: Any) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+@evaluated
 def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
     data's own units."""
@@ -112,6 +120,7 @@ def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
+@evaluated
 def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
     """Log-likelihood of ``x`` per datum and in total (``samples``: as in
     :meth:`log_likelihood`); where the family decomposes it
@@ -137,6 +146,7 @@ def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
 
 
 @torch.no_grad()
+@evaluated
 def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
     """arviz ``InferenceData`` of the fit on ``x`` (default: the training data)."""
     ev = run.card.evaluation

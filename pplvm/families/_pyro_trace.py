@@ -16,6 +16,7 @@ from pyro.distributions import constraints
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from .._modes import evaluating
 from .._targets import first_line
 from ..errors import CardError
 
@@ -254,11 +255,12 @@ def _probe(call: Callable, batch: Any, name: str) -> poutine.Trace:
 
 
 def _trace_once(fn: Callable, x: Any, *, uses_param: str, failed: str) -> poutine.Trace:
-    """One trace of the user's ``fn(x)`` (no gradients, no validation, seeded, hidden from any
-    outer handler); whatever it raises becomes one CardError: ``uses_param`` where Pyro refuses a
-    ``pyro.param`` inside a module, else ``failed`` and the error's first line."""
+    """One trace of the user's ``fn(x)`` (no gradients, no validation, networks in ``.eval()``,
+    seeded, hidden from any outer handler); whatever it raises becomes one CardError:
+    ``uses_param`` where Pyro refuses a ``pyro.param`` inside a module, else ``failed`` and the
+    error's first line."""
     try:
-        with torch.no_grad(), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
+        with torch.no_grad(), evaluating(fn), pyro.validation_enabled(False), poutine.block(), poutine.seed(rng_seed=0):
             return poutine.trace(fn).get_trace(x)
     except NotImplementedError as err:
         if "pyro.param" in str(err):

@@ -27,6 +27,14 @@ the model on a placeholder batch with its observed site sampled); parameters liv
 ``PyroModule``/``PyroParam`` attributes, never in ``pyro.param`` (pplvm keeps parameters in
 modules); one observed site.
 
+Train and eval mode: networks in the model and its guide (dropout, ``BatchNorm1d``, anything
+reading ``Module.training``) run in ``.train()`` for training steps only, and in ``.eval()`` for
+everything else — held-out evaluation during training, ``log_likelihood`` / ``evaluate``,
+sampling and posterior predictives, the arviz export, plots, and the traces above on placeholder
+batches — their previous mode given back after (:mod:`pplvm._modes`). So a row's held-out
+log-likelihood does not depend on the rows scored with it, and only training steps move a
+BatchNorm's running statistics.
+
 Here are the configs and the family; the tracing is :mod:`._pyro_trace` (its :class:`Structure`
 and :func:`trace_structure` re-exported here), the wrapper of your own guide :mod:`._pyro_guide`.
 """

@@ -22,6 +22,7 @@ import torch
 from pyro.infer import ELBO
 
 from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
+from .._modes import evaluating
 from ..errors import CardError, IncompatibleError, PplvmError
 from ..families.base import LatentVariableModel
 from ..guides import GUIDES, guide_for
@@ -139,7 +140,8 @@ def check_compatible(
     plugin = objective_for(cfg) if not isinstance(cfg, Objective) else cfg
     plugin.check(model, traits if traits is not None else GuideTraits())
     if guide is not None:
-        plugin.check_guide(model, guide, args, kwargs)
+        with evaluating(model, guide):  # a probe on an example batch, not a step
+            plugin.check_guide(model, guide, args, kwargs)
 
 
 def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig, *, checked: bool = False) -> ELBO:

@@ -24,6 +24,9 @@ every process's RNG state, and a run trained on several processes resumes on any
 :mod:`pplvm.data.images`) from the trainer's own generator, which checkpoints carry so a
 resumed run draws what an uninterrupted one would. Held-out evaluation does not augment.
 
+Networks run in ``.train()`` during the epoch's steps and in ``.eval()`` for the held-out
+evaluation (and for the rule's set-up call), their mode given back after (:mod:`pplvm._modes`).
+
 Cost per epoch is constant: the metric history is appended to ``metrics.jsonl`` (not stored in
 checkpoints), and checkpoints are written every ``checkpoint_every`` epochs, or, when that is
 unset, at most every ``checkpoint_seconds`` — always after the first and the last epoch, and
@@ -46,6 +49,7 @@ import pyro
 import torch
 
 from .. import _signals
+from .._modes import evaluated, evaluating, training
 from .._progress import progress
 from ..errors import TrainingError
 from ..sections import TrainingConfig
@@ -155,7 +159,8 @@ class Trainer:
                     f"than the {self.world_size} processes: each needs a share of every batch"
                 )
             example = to_device(train[:bs], self.device)
-            self.rule.setup(example, len(train))
+            with evaluating(self.model, self.guide):  # parameters made on a first call, not a step
+                self.rule.setup(example, len(train))
             if self.world_size > 1:
                 if distributed.world_size() != self.world_size:
                     raise TrainingError(
@@ -226,7 +231,7 @@ class Trainer:
         try:
             first = True
             while self.state.epoch < c.epochs and not self.state.stopped:
-                with self._collectives():
+                with self._collectives(), training(self.model, self.guide):  # held-out evaluation: .eval()
                     metrics = self._epoch(train, valid, bar, first)
                 first = False
                 for cb in self.callbacks:
@@ -313,6 +318,7 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
+    @evaluated  # the networks in .eval(), their training mode given back after
     def evaluate(self, data) -> dict[str, float]:
         """Held-out loss (negative objective per datum) and any extra metrics."""
         out = {}

@@ -28,6 +28,7 @@ import torch
 from matplotlib.figure import Figure
 from pyro.distributions.kl import kl_divergence
 
+from .._modes import evaluated
 from ..data.base import Batch, values
 from ..errors import IncompatibleError, PplvmError
 from ..families.base import LatentDecoder
@@ -36,7 +37,8 @@ from ..guides.amortized import AmortizedNormal
 
 def _on_host(fn):
     """Latent tools are small interactive queries on host tensors: on a run whose model lives
-    on an accelerator they work on host copies of its model and guide (the run is unchanged)."""
+    on an accelerator they work on host copies of its model and guide (the run is unchanged),
+    with their networks in ``.eval()`` as every query."""
 
     @functools.wraps(fn)
     def wrapper(run, *args, **kwargs):
@@ -46,7 +48,7 @@ def _on_host(fn):
             view.model.to("cpu")
             view.guide.to("cpu")
             run = view
-        return fn(run, *args, **kwargs)
+        return evaluated(fn)(run, *args, **kwargs)
 
     return wrapper
 

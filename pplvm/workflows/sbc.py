@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from pyro import poutine
 from scipy import stats
 
+from .._modes import evaluating
 from ..config import card_from_dict, card_to_dict
 from ..errors import IncompatibleError, PplvmError
 from ..families import FAMILIES
@@ -122,7 +123,7 @@ def statistics_of(
 
 def simulate(model: LatentVariableModel, rows: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One draw ``θ̃ ~ p(θ)``, ``x̃ ~ p(x | θ̃)`` of ``rows`` rows from the model itself."""
-    with torch.no_grad(), poutine.seed(rng_seed=seed):
+    with torch.no_grad(), evaluating(model), poutine.seed(rng_seed=seed):
         trace = poutine.trace(model).get_trace(None, num_data=rows)
     return {k: trace.nodes[k]["value"] for k in model.global_sites}, trace.nodes[model.observed_site]["value"]
 

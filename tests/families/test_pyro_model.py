@@ -263,3 +263,84 @@ def test_mixed_locals_estimate_matches_the_mixture_of_factor_analysers_marginal(
     exact = mfa.marginal(x)
     assert abs(float((est - exact).mean())) < 0.02
     assert float((est - exact).abs().max()) < 0.1
+
+
+# ------------------------------------------------------------------ train and eval mode
+BATCHNORM_CARD = {
+    "model": {"family": "pyro"},
+    "guide": {"kind": "map"},
+    "objective": {"name": "enum"},
+    "data": {"source": "synthetic_gmm", "n": 200, "dim": 2, "components": 3, "test_fraction": 0.2},
+    "training": {**FAST, "epochs": 4, "batch_size": 32},
+    "evaluation": SMALL_EVAL,
+}
+
+
+def test_a_decoder_with_batchnorm_and_dropout_scores_each_row_on_its_own():
+    """pplvm scores data with the decoder's BatchNorm1d and Dropout in .eval(): the model fits
+    (its shapes probed on placeholder rows), each of 10 held-out rows has the same log-likelihood
+    scored alone as inside the whole test set (to 1e-6: the same float32 operations per row),
+    equal to the marginal computed by hand with the network in .eval() (to 1e-5: float32 sums in
+    another order); the network is in training mode again afterwards, as it was."""
+    run = pplvm.fit(BATCHNORM_CARD, model=user_models.BatchNormMixture(2))
+    net = run.model.holder.module  # pplvm's copy of the module passed
+    x = run.transform.inverse(run.dataset.test)
+    alone, within = run.log_likelihood(x[:10]), run.log_likelihood(x)[:10]
+    torch.testing.assert_close(alone, within, rtol=0, atol=1e-6)
+    weights = run.params()["weights"]
+    net.eval()
+    by_hand = net.marginal(run.transform(x[:10]), weights) + run.transform.log_abs_det_jacobian(x[:10])
+    net.train()
+    torch.testing.assert_close(alone, by_hand, rtol=0, atol=1e-5)
+    assert all(m.training for m in net.modules())
+
+
+def test_training_steps_run_in_train_mode_and_nothing_else_does():
+    """A hook records the decoder's Dropout mode at every call: .train() once per training step
+    (the enumerated ELBO runs the model once), .eval() for everything else — the shape probes,
+    the guide's first call, the held-out evaluation after each epoch, and the queries. The
+    BatchNorm's running statistics move in steps only: after each epoch, held-out evaluation
+    included, it has counted exactly as many batches as steps were taken."""
+    mine = user_models.BatchNormMixture(2)
+    seen: list[bool] = []
+    mine.decoder[3].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    run = pplvm.Run.from_card(BATCHNORM_CARD, model=mine)
+    net = run.model.holder.module  # pplvm's copy (the hook with it)
+    built = len(seen)
+    assert built and not any(seen)
+    counted = []
+    run.fit(callbacks=[lambda trainer, m: counted.append((m["step"], int(net.decoder[1].num_batches_tracked)))])
+    steps = run.history[-1]["step"]
+    assert seen.count(True) == steps and run.dataset.valid is not None
+    assert seen.count(False) >= built + len(run.history)  # a held-out evaluation after each epoch
+    assert [batches for _, batches in counted] == [step for step, _ in counted]
+    seen.clear()
+    x = run.transform.inverse(run.dataset.test)
+    run.evaluate(x)
+    run.sample(5)
+    run.to_arviz(x)
+    assert seen and not any(seen)
+
+
+def test_a_custom_guide_with_batchnorm_gives_the_globals_without_data():
+    """The globals' point estimate and draws run the user's guide on one placeholder row (the
+    globals need no data). Its encoder's BatchNorm1d refuses a single row in .train() (no
+    variance from one value) and takes it in .eval(), where pplvm runs it."""
+    card = {
+        "model": {
+            "family": "pyro",
+            "target": "user_models:BayesianPPCA",
+            "options": {"dim": 4, "latent_dim": 2},
+            "guide_target": "user_models:EncoderPPCAGuide",
+            "guide_options": {"dim": 4},
+        },
+        "guide": {"kind": "custom"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "iris"},
+    }
+    run = pplvm.Run.from_card(card)
+    encoder = run.guide.holder.module.encoder
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        encoder(torch.zeros(1, 4))
+    assert run.params()["W"].shape == (2, 4) and run.draws(3)["W"].shape == (3, 2, 4)
+    assert encoder.training
