@@ -10,6 +10,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from .._modes import evaluating
 from ..errors import CardError
 from ._pyro_inputs import Caller
 from ._pyro_trace import _PROBE_ROWS, _Holder, _ScaleDataPlate, _trace_once
@@ -50,13 +51,14 @@ class _CustomGuide(pyro.nn.PyroModule):
         model, label = self._model[0], "model.guide_target"
         x = model.example[torch.arange(_PROBE_ROWS[0]) % len(model.example)]
         self._fn[0].check(x)
-        trace = _trace_once(
-            self,
-            x,
-            uses_param=f"{label}: the guide uses pyro.param; pplvm keeps parameters in "
-            "modules: write it as a PyroModule with PyroParam attributes",
-            failed=f"{label}: calling the guide on a placeholder batch failed",
-        )
+        with evaluating(model):  # a guide method's networks live in the model
+            trace = _trace_once(
+                self,
+                x,
+                uses_param=f"{label}: the guide uses pyro.param; pplvm keeps parameters in "
+                "modules: write it as a PyroModule with PyroParam attributes",
+                failed=f"{label}: calling the guide on a placeholder batch failed",
+            )
         if not isinstance(self._fn[0].fn, torch.nn.Module) and any(s["type"] == "param" for s in trace.nodes.values()):
             raise CardError(
                 f"{label}: the guide uses pyro.param; pplvm keeps parameters in modules: write "

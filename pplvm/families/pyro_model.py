@@ -47,6 +47,7 @@ import torch
 from pydantic import Field
 from pyro import poutine
 
+from .._modes import evaluating
 from .._targets import TARGET_PATTERN, instantiate, resolve
 from ..data.base import Batch, values
 from ..decoders import Activation, Encoder, mlp
@@ -122,9 +123,10 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         rows = _examples(None if example is None else prepare_data(example, "data (training split)", dim), dim)
         rows = caller.trim(rows)
         caller.check(rows)
-        structure = trace_structure(
-            caller, lambda n: rows[torch.arange(n) % len(rows)], label, module=isinstance(user, torch.nn.Module)
-        )
+        with evaluating(user):  # the probes run in eval mode (BatchNorm on a few rows)
+            structure = trace_structure(
+                caller, lambda n: rows[torch.arange(n) % len(rows)], label, module=isinstance(user, torch.nn.Module)
+            )
         kind = ContinuousPyroModel if structure.continuous else PyroModel
         return kind(config, dim, user, structure, guide, label, example=rows)
 
