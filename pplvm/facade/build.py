@@ -185,9 +185,8 @@ def _check_splits(model: LatentVariableModel, dataset: Dataset, seed: int) -> No
 def card_dataset(card: BaseModel, model: LatentVariableModel | None = None) -> Dataset:
     """The card's data, split, as its family takes it (each split prepared for ``model`` when given)."""
     dataset = _labelled(load_dataset(card.data), card)
-    for part in ("train", "valid", "test") if model is not None else ():
-        if getattr(dataset, part) is not None:
-            setattr(dataset, part, model.prepare(getattr(dataset, part), f"data ({part} split)"))
+    if model is not None:
+        _check_splits(model, dataset, card.training.seed)
     return dataset
 
 
