@@ -12,20 +12,27 @@ instance, or a class built with ``model.options`` as keyword arguments), where `
             z = pyro.sample("z", dist.Categorical(w))                 # a discrete local
             pyro.sample("obs", dist.Normal(mu[z], 1.).to_event(1), obs=x)
 
-pplvm traces it once on placeholder batches of two sizes and reads off what the contract
-needs (:class:`Structure`): the *data plate* (the plate around the observed site whose size
-follows the batch), the one *observed site*, the *global* latents (outside the data plate:
-guided by autoguides) and the *local* latents (inside it): discrete ones with a finite support
-are summed out by enumeration, continuous ones with real support and shape ``(B, L)`` get an
-amortized Gaussian encoder (or free per-datum normals). From that it declares the guides and
-objectives that can work and whether ``log p(x_n | θ)`` is exact (every local enumerated, by
-tensor contraction) or an importance-sampled estimate (continuous locals, the guide as
-proposal). Minibatches scale every site in the data plate by ``N / B``.
+Beside ``x`` the model takes, by keyword, what the data carry and its signature names:
+sequence ``lengths`` and ``mask``, labels ``y`` with ``y_mask`` (missing ones latent), named
+inputs (covariates, groups): :mod:`._pyro_inputs`.
 
-Rules for the model: ``x`` enters only as the observation (pplvm generates new data by running
-the model on a placeholder batch with its observed site sampled); parameters live in
+pplvm traces it once on the data's first rows, at two batch sizes, and reads off what the
+contract needs (:class:`Structure`): the *data plate* (the plate around the observed sites whose
+size follows the batch), the *observed sites* (``pyro.factor`` terms and deterministic records
+are not observations), the *global* latents (outside the data plate: guided by autoguides) and
+the *local* latents (inside it): discrete ones with a finite support are summed out by
+enumeration, continuous ones with real support and shape ``(B, L)`` get an amortized Gaussian
+encoder (or free per-datum normals). From that it declares the guides and objectives that can
+work and whether ``log p(x_n | θ)`` is exact (every local enumerated, by tensor contraction) or an
+importance-sampled estimate (continuous locals, the guide as proposal). Minibatches scale every
+site in the data plate by ``N / B``. Observations that do not fit the data (shape, support, a NaN
+density) are refused there, before training.
+
+Rules for the model: ``x`` enters only as the observation — covariates are named inputs, and a
+model whose sites change with the values of x is refused (pplvm generates new data by running the
+model on the data's first rows with its observations sampled); parameters live in
 ``PyroModule``/``PyroParam`` attributes, never in ``pyro.param`` (pplvm keeps parameters in
-modules); one observed site.
+modules). A ``PyroModule`` with a ``guide`` method is its own guide (``guide.kind = "custom"``).
 
 Train and eval mode: networks in the model and its guide (dropout, ``BatchNorm1d``, anything
 reading ``Module.training``) run in ``.train()`` for training steps only, and in ``.eval()`` for
