@@ -46,8 +46,10 @@ class Structure:
     continuous: tuple[str, ...]
     continuous_shapes: dict[str, tuple[int, ...]]
     max_plate_nesting: int
-    #: why the amortized encoder cannot serve the continuous locals ('' when it can)
+    #: why a guide of one continuous local site with an encoder cannot serve the model ('' when it can)
     not_amortizable: str = ""
+    #: why an encoder cannot serve some continuous local site (its support or shape; '' when it can)
+    site_reasons: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -139,8 +141,10 @@ def trace_structure(
                 reasons.append(f"site {site_name!r} has support {_base_support(fn)}, not the real line")
             elif len(fn.event_shape) != 1 or value_shape != (_PROBE_ROWS[0], *fn.event_shape) or plate.dim != -1:
                 reasons.append(f"site {site_name!r} has shape {value_shape}, not (rows, L) in a data plate at dim -1")
+    site_reasons = "; ".join(reasons)
     if len(continuous) > 1:
-        reasons.append(f"it has {len(continuous)} continuous local sites; the encoder serves one")
+        few = ", ".join(continuous) if len(continuous) <= 3 else f"{continuous[0]} … {continuous[-1]}"
+        reasons.append(f"it has {len(continuous)} continuous local sites ({few}); this guide serves one")
     return Structure(
         plate=plate.name,
         plate_dim=plate.dim,
@@ -152,6 +156,7 @@ def trace_structure(
         continuous_shapes=cshapes,
         max_plate_nesting=-min(dims) if dims else 1,
         not_amortizable="; ".join(reasons),
+        site_reasons=site_reasons,
     )
 
 

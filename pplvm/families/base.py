@@ -319,5 +319,8 @@ from .capabilities import (  # noqa: E402,F401
     FixedGuide,
     IdentifiedSummaries,
     LatentDecoder,
+    LocalLayout,
+    LocalSites,
+    StepSites,
     UserGuide,
 )

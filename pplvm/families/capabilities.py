@@ -1,11 +1,13 @@
 """The capabilities a family declares by subclassing, beside the contract
 (:class:`~pplvm.families.base.LatentVariableModel`): a closed-form local posterior, a guide of
-its own or a fixed one, exact EM, identified summaries, a latent decoder. Guides and objectives
+its own or a fixed one, exact EM, identified summaries, a latent decoder, several local sites
+an encoder may serve. Guides and objectives
 state what they need against these (:mod:`pplvm.guides`, :mod:`pplvm.objectives`)."""
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Literal
 
 import torch
@@ -110,3 +112,55 @@ class LatentDecoder(abc.ABC):
         """``p(x | z, side)`` with batch ``(*S, B)`` and event ``(D,)``; its ``.mean`` is the decoded
         datum. ``params``: the global latents the decoder depends on (a Bayesian decoder's
         weights, e.g. ``run.params()``), ignored by a decoder without any."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSites:
+    """A continuous local site repeated per time step of a sequence, as a ``pyro.markov`` loop
+    names it: step ``t = 0, 1, ..`` is the site ``f"{stem}{t + offset}"``, each ``(B, dim)``."""
+
+    stem: str
+    offset: int
+    dim: int
+    #: how many steps a batch has: ``"padded"`` (its padded length, ``x.shape[1]``, as Pyro's
+    #: DMM loops) or ``"longest"`` (its longest sequence, ``lengths.max()``)
+    follows: Literal["padded", "longest"] = "padded"
+    #: the model masks the step beyond each sequence's length (``.mask(mask[:, t])``), so its
+    #: guide must too: a padded step then adds nothing to the ELBO or the likelihood
+    masked: bool = True
+
+    def name(self, t: int) -> str:
+        return f"{self.stem}{t + self.offset}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalLayout:
+    """The continuous local latents of a model, site by site: ``rows`` (name, L) of sites
+    ``(B, L)`` per datum, ``steps`` of sites per time step; ``sequences``: its data are padded
+    sequences; ``refusal``: why an encoder cannot serve them ('' when it can)."""
+
+    rows: tuple[tuple[str, int], ...] = ()
+    steps: tuple[StepSites, ...] = ()
+    sequences: bool = False
+    refusal: str = ""
+
+    @property
+    def single(self) -> bool:
+        """One site per datum of rows: what the one-site encoder guide serves."""
+        return len(self.rows) == 1 and not self.steps and not self.sequences
+
+
+class LocalSites(abc.ABC):
+    """Capability of a family whose continuous local latents (in its data plate, at dim -1)
+    an amortized guide may serve site by site: several per datum, one per time step of a
+    sequence, or both (:mod:`pplvm.guides.sites`). The guide samples them inside
+    :meth:`~pplvm.families.base.LatentVariableModel.data_plate` on what the model is called
+    with (``model_input``)."""
+
+    @abc.abstractmethod
+    def local_layout(self) -> LocalLayout:
+        """The model's continuous local sites (see :class:`LocalLayout`)."""
+
+    @abc.abstractmethod
+    def make_local_encoder(self, layout: LocalLayout) -> torch.nn.Module:
+        """The networks of ``q(z | x)`` for ``layout``: a :class:`~pplvm.decoders.sites.SiteEncoder`."""

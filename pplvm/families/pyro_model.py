@@ -58,13 +58,23 @@ from .._modes import evaluating
 from .._targets import TARGET_PATTERN, instantiate, resolve
 from ..data.base import Batch, values
 from ..decoders import Activation, Encoder, mlp
+from ..decoders.sites import SiteEncoder
 from ..errors import CardError, IncompatibleError
 from ._pyro_guide import _CustomGuide
 from ._pyro_inputs import Caller, missing_like
 from ._pyro_inputs import prepare as prepare_data
 from ._pyro_likelihood import LocalMarginals
+from ._pyro_sites import local_layout
 from ._pyro_trace import Structure, _Holder, _ScaleDataPlate, time_steps, trace_structure
-from .base import ContinuousLatentModel, FamilyConfig, LatentVariableModel, UserGuide, over_draws
+from .base import (
+    ContinuousLatentModel,
+    FamilyConfig,
+    LatentVariableModel,
+    LocalLayout,
+    LocalSites,
+    UserGuide,
+    over_draws,
+)
 
 _PARTICLES = "_particles"
 #: bound on particles × elements of the data per pass of the mixed-locals estimate
@@ -84,6 +94,7 @@ class TracedConfig(FamilyConfig):
     )
     guide_options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class guide_target")
     hidden: list[int] = Field([64], description="hidden widths of the amortized encoder over continuous locals")
+    rnn_hidden: int = Field(64, ge=1, description="state size of the amortized guide's GRU over sequences")
     activation: Activation = "tanh"
     min_scale: float = Field(1e-3, gt=0, description="floor of the encoder's softplus scale")
 
@@ -163,11 +174,13 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         self.enumerated = bool(s.discrete)
         self.likelihood = "estimate" if s.continuous else "exact"
         self.brings_guide = config.guide_target is not None or guide is not None or _has_guide(user)
-        guidable = (not s.not_amortizable) if s.continuous else bool(s.global_sites)
+        #: its continuous local sites, as the amortized guide serves them
+        self.layout = local_layout(self) if s.continuous else LocalLayout()
+        guidable = (not self.layout.refusal) if s.continuous else bool(s.global_sites)
         if not guidable and not self.brings_guide:
             raise CardError(
                 f"model {label}: pplvm has no guide for it "
-                f"({s.not_amortizable or 'no latent sites to guide'}); give your own: "
+                f"({self.layout.refusal or 'no latent sites to guide'}); give your own: "
                 "model.guide_target with guide.kind = 'custom'"
             )
         self.site_dims = {}
@@ -312,9 +325,10 @@ def _examples(example: Any, dim: int, rows: int = 256):
     return example[:rows].to("cpu")
 
 
-class ContinuousPyroModel(PyroModel, ContinuousLatentModel):
-    """A user's model with one continuous local latent ``(B, L)``: the amortized Gaussian
-    encoder (or free per-datum normals) serves it."""
+class ContinuousPyroModel(PyroModel, ContinuousLatentModel, LocalSites):
+    """A user's model with continuous local latents: one ``(B, L)`` the amortized Gaussian
+    encoder (or free per-datum normals) serves; several, or one per time step of a sequence,
+    the amortized guide serves site by site (:class:`~.capabilities.LocalSites`)."""
 
     @property
     def latent_dim(self) -> int:
@@ -346,3 +360,19 @@ class ContinuousPyroModel(PyroModel, ContinuousLatentModel):
     def make_encoder(self) -> torch.nn.Module:
         c = self.config
         return Encoder(torch.nn.Identity(), mlp(self.dim, c.hidden, 2 * self.latent_dim, c.activation), c.min_scale)
+
+    def local_layout(self) -> LocalLayout:
+        return self.layout
+
+    def make_local_encoder(self, layout: LocalLayout) -> torch.nn.Module:
+        c = self.config
+        return SiteEncoder(
+            self.dim,
+            dict(layout.rows),
+            {s.stem: s.dim for s in layout.steps},
+            sequences=layout.sequences,
+            hidden=c.hidden,
+            rnn_hidden=c.rnn_hidden,
+            activation=c.activation,
+            min_scale=c.min_scale,
+        )

@@ -1,8 +1,11 @@
-"""Amortized Gaussian guide for a family's continuous local latent.
+"""Amortized Gaussian guide for a family's continuous local latents.
 
 ``q(θ, z | x) = q(θ) Π_n Normal(z_n | μ_φ(x_n), diag σ_φ(x_n))``: an encoder maps each datum
 to the location and scale of its latent (reparameterised), inside the model's data plate so
 minibatch scaling matches the model. Global latents, if the family has any, get an autoguide.
+A family with several continuous local sites, or sites per time step of a sequence
+(:class:`~pplvm.families.capabilities.LocalSites`), gets one encoder per site, and a GRU over
+the sequence for the steps (:class:`~.sites.AmortizedSites`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..families.base import ContinuousLatentModel
+from ..families.base import ContinuousLatentModel, LocalSites
 from ._local import LocalConfig, local_refusal
 from .autoguides import globals_guide, start
 from .base import Guide, GuideTraits
 from .local import LocalGuide
+from .sites import AmortizedSites
 
 
 class AmortizedNormal(LocalGuide):
@@ -49,15 +53,33 @@ class Amortized(Guide):
     Config = LocalConfig
 
     def refusal(self, model: Any) -> str | None:
+        layout = _sites(model)
+        if layout is not None:
+            why = layout.refusal
+            return f"the amortized encoders cannot serve this model's local latents: {why}" if why else None
         return local_refusal(model, "the amortized encoder")
 
     def traits(self, model: Any) -> GuideTraits:
-        return GuideTraits(proposal=True, point_estimate=self.config.globals == "AutoDelta")
+        layout = _sites(model)
+        structured = layout is not None and bool(layout.steps)  # q(z_t | z_{t-1}, x)
+        return GuideTraits(proposal=True, point_estimate=self.config.globals == "AutoDelta", factorised=not structured)
 
     def build(self, model: Any, x: Any, *, generator=None, num_data=None) -> torch.nn.Module:
         c = self.config
         globals_ = globals_guide(model, c.globals, start(model, x, generator), c.init_scale, c.globals_options)
+        layout = _sites(model)
+        if layout is not None:
+            return AmortizedSites(model, layout, model.make_local_encoder(layout), globals_)
         return AmortizedNormal(model, model.make_encoder(), globals_)
 
     def globals_guide(self, guide: torch.nn.Module) -> torch.nn.Module | None:
         return guide.globals_guide
+
+
+def _sites(model: Any):
+    """The layout of a model whose local sites are served site by site (None: one site per
+    datum of rows, or a family without that capability: the one-site encoder's case)."""
+    if not isinstance(model, LocalSites):
+        return None
+    layout = model.local_layout()
+    return None if layout.single else layout
