@@ -50,6 +50,8 @@ def cmd_evaluate(args) -> int:
         f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
         f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}"
     )
+    if "steps" in m:  # sequences: per step (frame) too
+        text += f", per step = {m['log_likelihood_per_step']:.6g} over {m['steps']} steps"
     if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
         from ..evaluation.plots import likelihood_terms_plot, save_figure, term_rows
 

@@ -123,7 +123,8 @@ def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
 @evaluated
 def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
     """Log-likelihood of ``x`` per datum and in total (``samples``: as in
-    :meth:`log_likelihood`); where the family decomposes it
+    :meth:`log_likelihood`), and for sequences per step (``log_likelihood_per_step``: the total
+    over the ``steps`` observed steps); where the family decomposes it
     (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
     mean (nats per datum, ``terms``) and the total in bits per dimension."""
     xt = run._prepare(x)
@@ -139,6 +140,9 @@ def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
         "likelihood": run.model.likelihood,
         "exact": run.model.likelihood == "exact",
     }
+    if isinstance(xt, Batch) and xt.lengths is not None:  # sequences: per step (frame) as well
+        out["steps"] = int(xt.lengths.sum())
+        out["log_likelihood_per_step"] = float(ll.sum()) / out["steps"]
     if terms is not None:
         out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
         out["bits_per_dim"] = -float(ll.mean()) / (run.model.dim * math.log(2))

@@ -71,6 +71,8 @@ class _CustomGuide(pyro.nn.PyroModule):
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         names = self._model[0].global_sites
+        if not names:  # nothing to draw
+            return {}
         with poutine.seed(rng_seed=0):
             draws = [poutine.trace(self).get_trace() for _ in range(101)]
         return {k: torch.stack([t.nodes[k]["value"] for t in draws]).median(0).values for k in names}

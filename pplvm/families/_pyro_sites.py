@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def local_layout(model: PyroModel) -> LocalLayout:
     """The layout of ``model``'s continuous local sites (its ``structure``, and for sequences one
-    trace on its example rows)."""
+    trace on those of its example rows that are shorter than their padding, if any)."""
     s = model.structure
     if s.site_reasons:
         return LocalLayout(refusal=s.site_reasons)
@@ -34,6 +34,8 @@ def local_layout(model: PyroModel) -> LocalLayout:
     example = model.example
     if not (isinstance(example, Batch) and example.lengths is not None):
         return LocalLayout(rows=tuple(dims.items()))
+    short = example.lengths < example.x.shape[1]
+    example = example[short] if bool(short.any()) else example  # padded (x.shape[1]) ≠ longest: one count tells
     call = model._fn[0]
     trace = _trace_once(
         call,

@@ -198,3 +198,59 @@ def test_refusals_give_the_reason_in_one_line():
     with pytest.raises(pplvm.CardError) as err:
         pplvm.Run.from_card(base | {"guide": {"kind": "amortized"}}, model=positive)
     assert "site 's' has support" in str(err.value) and "\n" not in str(err.value)
+
+
+def _chain(x, mask, lengths, *, longest=False, masked=True, per_sequence=False):
+    """A small sequence model: steps over the padded length or the longest sequence, its
+    latent steps masked or not, with or without two latents per sequence (``u1``, ``u2``)."""
+    steps = int(lengths.max()) if longest else x.shape[1]
+    with pyro.plate("seqs", len(x)):
+        if per_sequence:
+            u = pyro.sample("u1", dist.Normal(x.new_zeros(len(x), 1), 1.0).to_event(1))
+            u = u + pyro.sample("u2", dist.Normal(x.new_zeros(len(x), 1), 1.0).to_event(1))
+        else:
+            u = 0.0
+        z = x.new_zeros(len(x), 1)
+        for t in pyro.markov(range(steps)):
+            prior = dist.Normal(0.9 * z + u, 1.0).to_event(1)
+            z = pyro.sample(f"z{t}", prior.mask(mask[:, t]) if masked else prior)
+            pyro.sample(f"x{t}", dist.Normal(z, 1.0).to_event(1).mask(mask[:, t]), obs=x[:, t])
+
+
+@pytest.mark.parametrize(
+    "options, follows, masked, rows",
+    [
+        ({}, "padded", True, ()),
+        ({"longest": True}, "longest", True, ()),
+        ({"masked": False}, "padded", False, ()),
+        ({"per_sequence": True}, "padded", True, (("u1", 1), ("u2", 1))),
+    ],
+)
+def test_the_guide_samples_the_sites_the_model_has(options, follows, masked, rows):
+    """The layout read off the model (steps over the padded length or the longest sequence,
+    masked or not, sites per sequence beside them), and the guide built from it samples exactly
+    the model's latent sites on a batch of another padded length than the probe's, masked where
+    the model masks them."""
+    from functools import partial
+
+    from pplvm.families import PyroConfig, PyroModel
+    from pplvm.guides import make_guide
+
+    data = StateSpace().draw(10, 6, seed=3)
+    data = Batch(x=data.x[..., :1], lengths=data.lengths)
+    fn = partial(_chain, **options)
+    model = PyroModel.from_config(PyroConfig(), 1, model=fn, example=data)
+    layout = model.local_layout()
+    assert [(s.stem, s.offset, s.follows, s.masked) for s in layout.steps] == [("z", 0, follows, masked)]
+    assert layout.rows == rows and not layout.refusal
+    guide = make_guide(model, "amortized", data)
+    batch = Batch(x=torch.cat([data.x[1:5], torch.zeros(4, 2, 1)], 1), lengths=data.lengths[1:5])  # 8 steps
+    g = pyro.poutine.trace(guide).get_trace(batch)
+    m = pyro.poutine.trace(pyro.poutine.replay(model, trace=g)).get_trace(batch)
+    latent = {n for n, s in m.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
+    assert latent == {n for n, s in g.nodes.items() if s["type"] == "sample"}
+    beyond = torch.arange(8)[None] >= batch.lengths[:, None]  # (4, 8)
+    g.compute_log_prob()
+    for t in range(int(batch.lengths.max()) if options.get("longest") else 8):
+        log_q = g.nodes[f"z{t}"]["log_prob"]
+        assert bool((log_q[beyond[:, t]] == 0).all()) == masked or not beyond[:, t].any()
