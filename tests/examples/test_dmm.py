@@ -18,14 +18,17 @@ from pplvm.run import card_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD = str(ROOT / "examples" / "pyro_classics" / "dmm.toml")
-#: a small data set for the fast tests: 40 sequences of 4-8 steps
-TINY = ["--set", "data.n=40", "--set", "data.min_length=4", "--set", "data.max_length=8"]
+#: a small data set for the fast tests (40 sequences of 4-8 steps), few draws in the export
+TINY = [
+    *("--set", "data.n=40", "--set", "data.min_length=4", "--set", "data.max_length=8"),
+    *("--set", "evaluation.samples=5", "--set", "evaluation.draws=2"),
+]
 
 
 @pytest.fixture
 def at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # the card names its model by import path from the repository root
-    monkeypatch.setenv("PPLVM_MAX_EPOCHS", "2")
+    monkeypatch.setenv("PPLVM_MAX_EPOCHS", "1")
 
 
 def independent_keys(train, test) -> float:

@@ -117,14 +117,14 @@ def _card(source):
 
 
 def test_two_site_estimate_matches_the_gaussian_marginal():
-    """Sites z1, z2 (B, 2) each get an encoder. After 120 steps the IS estimate (k = 400) of
-    log p(x_n) is within 0.05 nats per row of the closed form on average (measured: 0.004), at
-    most 0.3 on any row, and, being an IWAE bound in expectation, not above it on average by more
-    than its standard error allows (0.02)."""
+    """Sites z1, z2 (B, 2) each get an encoder. After 40 full-batch steps the IS estimate
+    (k = 400) of log p(x_n) is within 0.05 nats per row of the closed form on average (measured
+    over training seeds 0-2: 0.001, -0.013, -0.010), at most 0.3 on any row (measured: at most
+    0.16), and, being an IWAE bound in expectation, not above it on average beyond IS noise (0.02)."""
     model = TwoLayer()
     x = model.draw(300, seed=1)
     card = _card({"source": "file", "path": "unused.npy", "valid_fraction": 0.2, "standardize": False})
-    run = pplvm.fit(card | {"training": {**FIT, "epochs": 30, "batch_size": 60}}, data=x.numpy(), model=model)
+    run = pplvm.fit(card | {"training": {**FIT, "epochs": 40, "lr": 0.05}}, data=x.numpy(), model=model)
     assert isinstance(run.guide, AmortizedSites) and set(run.guide.encoder.row_heads) == {"z1", "z2"}
     assert admitted(run.model)[0] == "amortized"
     held_out = model.draw(40, seed=2)
@@ -191,13 +191,27 @@ def test_refusals_give_the_reason_in_one_line():
             s = pyro.sample("s", dist.LogNormal(x.new_zeros(len(x), 1), 1.0).to_event(1))
             pyro.sample("x", dist.Normal(z, s).to_event(1), obs=x)
 
-    base = {"model": {"family": "pyro"}, "data": {"source": "moons", "n": 20}}
+    base = {"model": {"family": "pyro"}, "data": {"source": "file", "path": "unused.npy"}}
     two = TwoLayer()
     with pytest.raises(pplvm.IncompatibleError, match=r"2 continuous local sites \(z1, z2\); this guide serves one"):
         pplvm.Run.from_card(base | {"guide": {"kind": "meanfield"}}, two.draw(20, seed=0).numpy(), model=two)
     with pytest.raises(pplvm.CardError) as err:
-        pplvm.Run.from_card(base | {"guide": {"kind": "amortized"}}, model=positive)
+        pplvm.Run.from_card(base | {"guide": {"kind": "amortized"}}, torch.randn(20, 2).numpy(), model=positive)
     assert "site 's' has support" in str(err.value) and "\n" not in str(err.value)
+
+    class WithGuide(PyroModule):
+        def forward(self, x):
+            positive(x)
+
+        def guide(self, x):
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+                pyro.sample("s", dist.LogNormal(x.new_zeros(len(x), 1), 1.0).to_event(1))
+
+    with pytest.raises(pplvm.IncompatibleError) as err:
+        pplvm.Run.from_card(base | {"guide": {"kind": "amortized"}}, torch.randn(20, 2).numpy(), model=WithGuide())
+    assert str(err.value).startswith("guide.kind = 'amortized' is not available for family 'pyro': ")
+    assert "site 's' has support" in str(err.value) and str(err.value).endswith("it admits: custom")
 
 
 def _chain(x, mask, lengths, *, longest=False, masked=True, per_sequence=False):
