@@ -22,11 +22,13 @@ size follows the batch), the *observed sites* (``pyro.factor`` terms and determi
 are not observations), the *global* latents (outside the data plate: guided by autoguides) and
 the *local* latents (inside it): discrete ones with a finite support are summed out by
 enumeration, continuous ones with real support and shape ``(B, L)`` get an amortized Gaussian
-encoder (or free per-datum normals). From that it declares the guides and objectives that can
-work and whether ``log p(x_n | θ)`` is exact (every local enumerated, by tensor contraction) or an
-importance-sampled estimate (continuous locals, the guide as proposal). Minibatches scale every
-site in the data plate by ``N / B``. Observations that do not fit the data (shape, support, a NaN
-density) are refused there, before training.
+encoder (or free per-datum normals): one per site, and for a site per time step of a sequence
+(``z_1 .. z_T``) a backward GRU with a combiner per step (:mod:`._pyro_sites`). From that it
+declares the guides and objectives that can work and whether ``log p(x_n | θ)`` is exact (every
+local enumerated, by tensor contraction) or an importance-sampled estimate (continuous locals,
+the guide as proposal). Minibatches scale every site in the data plate by ``N / B``.
+Observations that do not fit the data (shape, support, a NaN density) are refused there, before
+training.
 
 Rules for the model: ``x`` enters only as the observation — covariates are named inputs, and a
 model whose sites change with the values of x is refused (pplvm generates new data by running the
