@@ -159,10 +159,12 @@ class MixtureOfFactorAnalysers(PyroModule):
 class BentMixture(PyroModule):
     """A label observed where known (``obs_mask``) beside a continuous local, with no closed-form
     posterior: ``y_n ~ Cat(softmax(a))``, ``z_n ~ N(0, 1)``, ``x_n | y, z ~ N(μ_y + w_y z², σ² I)``.
-    :meth:`brute_force` integrates z out on a grid: ``log p(x_n, y_n = k)`` ``(N, K)``."""
+    :meth:`brute_force` integrates z out on a grid: ``log p(x_n, y_n = k)`` ``(N, K)``. With
+    ``aux``, an auxiliary loss ``aux · Σ_d x_nd`` on the labelled rows (a ``pyro.factor``)."""
 
-    def __init__(self, dim: int = 2, components: int = 3):
+    def __init__(self, dim: int = 2, components: int = 3, aux: float = 0.0):
         super().__init__()
+        self.aux = aux
         gen = torch.Generator().manual_seed(3)
         self.logits = PyroParam(torch.tensor([0.3, -0.2, 0.0])[:components])
         self.mu = PyroParam(torch.randn(components, dim, generator=gen))
@@ -175,6 +177,8 @@ class BentMixture(PyroModule):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
             loc = Vindex(self.mu)[..., y, :] + Vindex(self.w)[..., y, :] * z.pow(2)
             pyro.sample("x", dist.Normal(loc, self.sigma).to_event(1), obs=x)
+            if self.aux:
+                pyro.factor("classify", self.aux * y_mask * x.sum(-1), has_rsample=False)
 
     @torch.no_grad()
     def brute_force(self, x, points: int = 20001, width: float = 9.0):
