@@ -4,6 +4,8 @@ contract suite (cards name them as ``model.target = "user_models:<name>"``; pyte
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -205,3 +207,38 @@ class EncoderPPCAGuide(PyroModule):
         loc, raw = self.encoder(x).chunk(2, -1)
         with pyro.plate("rows", len(x)):
             pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))
+
+
+class BentMixture(PyroModule):
+    """A label observed where known (``obs_mask``) beside a continuous local, with no closed-form
+    posterior: ``y_n ~ Cat(softmax(a))``, ``z_n ~ N(0, 1)``, ``x_n | y, z ~ N(μ_y + w_y z², σ² I)``.
+    :meth:`brute_force` integrates z out on a grid: ``log p(x_n, y_n = k)`` ``(N, K)``. With
+    ``aux``, an auxiliary loss ``aux · Σ_d x_nd`` on the labelled rows (a ``pyro.factor``)."""
+
+    def __init__(self, dim: int = 2, components: int = 3, aux: float = 0.0):
+        super().__init__()
+        self.aux = aux
+        gen = torch.Generator().manual_seed(3)
+        self.logits = PyroParam(torch.tensor([0.3, -0.2, 0.0])[:components])
+        self.mu = PyroParam(torch.randn(components, dim, generator=gen))
+        self.w = PyroParam(torch.randn(components, dim, generator=gen))
+        self.sigma = PyroParam(torch.tensor(0.6), constraint=constraints.positive)
+
+    def forward(self, x, y, y_mask):
+        with pyro.plate("data", len(x)):
+            y = pyro.sample("y", dist.Categorical(logits=self.logits), obs=y, obs_mask=y_mask)
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            loc = Vindex(self.mu)[..., y, :] + Vindex(self.w)[..., y, :] * z.pow(2)
+            pyro.sample("x", dist.Normal(loc, self.sigma).to_event(1), obs=x)
+            if self.aux:
+                pyro.factor("classify", self.aux * y_mask * x.sum(-1), has_rsample=False)
+
+    @torch.no_grad()
+    def brute_force(self, x, points: int = 20001, width: float = 9.0):
+        z = torch.linspace(-width, width, points, dtype=torch.float64)
+        log_pz = dist.Normal(0.0, 1.0).log_prob(z) + math.log(z[1] - z[0])  # (G,)
+        mu, w = self.mu.double(), self.w.double()
+        loc = mu[:, None, None] + w[:, None, None] * z.pow(2)[:, None, None]  # (K, G, 1, D)
+        log_px = dist.Normal(loc, self.sigma.double()).log_prob(x.double()).sum(-1)  # (K, G, N)
+        joint = (log_px + log_pz[:, None]).logsumexp(1)  # (K, N)
+        return (self.logits.double().log_softmax(-1)[:, None] + joint).T

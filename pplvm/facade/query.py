@@ -83,9 +83,13 @@ def log_likelihood(
 
 @torch.no_grad()
 @evaluated
-def posterior(run: Run, x: Any = None) -> dict[str, torch.Tensor]:
+def posterior(run: Run, x: Any = None, *, samples: int | None = None) -> dict[str, torch.Tensor]:
     """Posterior of the local latents given ``x`` (default: the training data).
-    Enumerated families: exact marginals per local site (e.g. responsibilities ``(N, K)``).
+    Enumerated families: the marginals per local site (e.g. responsibilities ``(N, K)``), exact,
+    or, where no closed form exists (``model.marginals == "estimate"``: discrete and continuous
+    local latents together), importance-sampled with the run's guide as proposal and ``samples``
+    draws per datum (default ``evaluation.samples``), each site's standard errors ``(N, K)``
+    beside it under ``"<site>_stderr"``.
     Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale":
     (N, L)}`` (the exact posterior for the ``exact`` guide; the ``meanfield`` guide has it
     for the training data only)."""
@@ -94,19 +98,30 @@ def posterior(run: Run, x: Any = None) -> dict[str, torch.Tensor]:
         return _host({"loc": q.mean, "scale": q.stddev})
     xt = run._prepare(x) if x is not None else run._training_data()
     if run.model.enumerated:
-        params = run._params()
-        return run._by_rows(lambda part: run.model.local_marginals(part, params), xt)
+        params, options = run._params(), _marginals_options(run, samples)
+        return run._by_rows(lambda part: run.model.local_marginals(part, params, **options), xt)
     if not run.traits.proposal:
         raise IncompatibleError(f"guide.kind = {run.card.guide.kind!r} has no q(z | x) for the local latents")
     q = run.guide.local_posterior(to_device(xt, run.device))
     return _host({"loc": q.mean, "scale": q.stddev})
 
 
+@torch.no_grad()
 @evaluated
-def map_states(run: Run, x: Any) -> dict[str, torch.Tensor]:
-    """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``)."""
-    params = run._params()
-    return run._by_rows(lambda part: run.model.map_locals(part, params), run._prepare(x))
+def map_states(run: Run, x: Any, *, samples: int | None = None) -> dict[str, torch.Tensor]:
+    """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``): jointly, or,
+    where :meth:`posterior` is an estimate, each site's most probable value under it."""
+    params, options = run._params(), _marginals_options(run, samples)
+    return run._by_rows(lambda part: run.model.map_locals(part, params, **options), run._prepare(x))
+
+
+def _marginals_options(run: Run, samples: int | None) -> dict[str, Any]:
+    """What an importance-sampled ``local_marginals`` takes: the run's guide as proposal and the
+    draws per datum (nothing for exact ones)."""
+    if run.model.marginals != "estimate":
+        return {}
+    samples = run.card.evaluation.samples if samples is None else check_count(samples, "samples")
+    return {"num_samples": samples, **({"proposal": run.guide} if run.traits.proposes else {})}
 
 
 @torch.no_grad()
@@ -216,7 +231,7 @@ def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples
             "it has no log-likelihood (compare samples instead)"
         )
     options = {"num_samples": samples or run.card.evaluation.samples} if kind == "estimate" else {}
-    if kind == "estimate" and run.traits.proposal:
+    if kind == "estimate" and run.traits.proposes:
         options["proposal"] = run.guide
     return run.model.log_likelihood(xt, params, **options)
 

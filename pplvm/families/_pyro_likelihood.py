@@ -5,7 +5,6 @@ guide as proposal (both at once when it has both)."""
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 from typing import Callable
 
@@ -13,19 +12,15 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
 
 from ..data.base import values
 from ..errors import IncompatibleError
 from ..inference.importance import importance_log_likelihood
+from ._pyro_posterior import PARTICLES, local_draws
 from ._pyro_trace import _auxiliary
 from .base import LIKELIHOOD_SAMPLES
-
-_PARTICLES = "_particles"
-#: bound on particles × elements of the data per pass of the mixed-locals estimate
-_MAX_ELEMENTS = 2**22
 
 
 class LocalMarginals:
@@ -33,13 +28,18 @@ class LocalMarginals:
     :class:`~.pyro_model.PyroModel`, which supplies ``structure``, ``plate_name`` and
     ``max_plate_nesting``)."""
 
-    def _contract(self, model: Callable, x: torch.Tensor, particles: int | None = None) -> torch.Tensor:
+    def _contract(
+        self, model: Callable, x: torch.Tensor, particles: int | None = None, keep: str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``log p(x_n | θ)`` ``(N,)``: the data plate's sites with their enumerated locals
         summed out by tensor contraction (as TraceEnum_ELBO does), the plate kept. With
         ``particles``, the model runs inside a particle plate left of its own plates (values of
-        conditioned sites carry that dim) and the result is ``(particles, N)``."""
+        conditioned sites carry that dim) and the result is ``(particles, N)``. With ``keep``
+        (an enumerated site in the data plate alone), its K values are kept: ``log p(x_n, keep
+        = v)`` up to a constant per datum (Pyro's contraction leaves out the factors that do not
+        touch the kept site), ``(..., N, K)``, returned with the values ``(K, *event_shape)``."""
         first = -1 - self.max_plate_nesting - (particles is not None)
-        plate = pyro.plate(_PARTICLES, particles, dim=-1 - self.max_plate_nesting) if particles else None
+        plate = pyro.plate(PARTICLES, particles, dim=-1 - self.max_plate_nesting) if particles else None
         with plate if plate is not None else contextlib.nullcontext():
             trace = poutine.trace(poutine.enum(model, first_available_dim=first)).get_trace(x)
         trace = prune_subsample_sites(trace)
@@ -53,16 +53,20 @@ class LocalMarginals:
             if not _scored(site, self.plate_name):
                 continue
             ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+            # unscaled (a minibatch scale is not the datum's), masked and normalised: _normalize_masked
             factors.setdefault(ordinal, []).append(site["packed"]["unscaled_log_prob"])
             if site["infer"].get("_enumerate_dim") is not None:
                 sum_dims |= set(site["packed"]["log_prob"]._pyro_dims) - plate_symbols
-        target = frozenset(
-            trace.plate_to_symbol[p] for p in (self.plate_name, _PARTICLES) if p in trace.plate_to_symbol
+        order = [trace.plate_to_symbol[p] for p in (PARTICLES, self.plate_name) if p in trace.plate_to_symbol]
+        sizes = ([particles] if particles else []) + [len(x)]
+        kept, support = _kept(trace, keep, self.plate_name) if keep is not None else (None, None)
+        out = contract_to_tensor(
+            factors, sum_dims, target_ordinal=frozenset(order), target_dims={kept} if kept else None
         )
-        out = packed.unpack(contract_to_tensor(factors, sum_dims, target_ordinal=target), trace.symbol_to_dim)
-        if particles:  # (particles, 1.., N at the data plate's dim)
-            return out.reshape(particles, len(x))
-        return out.reshape(len(x))
+        if kept:
+            order, sizes = order + [kept], sizes + [len(support)]
+        out = _arranged(out, order, sizes)
+        return out if keep is None else (out, support)
 
     def _estimate(
         self, model: Callable, x: torch.Tensor, proposal: Callable | None, num_samples: int | None, seed: int
@@ -85,27 +89,12 @@ class LocalMarginals:
     def _estimate_mixed(
         self, model: Callable, x: torch.Tensor, proposal: Callable | None, k: int, seed: int
     ) -> torch.Tensor:
-        """Discrete and continuous locals: ``log (1/k) Σ_i p(x_n, z_i) / q(z_i | x_n)`` with
-        ``z_i ~ q`` and the discrete locals summed out exactly in ``p(x_n, z_i)`` (by contraction,
-        one draw at a time). ``(N,)``."""
-        if proposal is None:
-            raise IncompatibleError(
-                "a model with discrete and continuous local latents needs a proposal for "
-                "the continuous one (the run's amortized guide) to estimate log p(x)"
-            )
-        site, plate = self.structure.continuous[0], self.plate_name
-        guide = poutine.block(proposal, hide_fn=lambda s: not any(f.name == plate for f in s["cond_indep_stack"]))
-        log_w, dim = [], -1 - self.max_plate_nesting
-        chunk = max(1, min(k, _MAX_ELEMENTS // max(1, values(x).numel())))
-        with poutine.seed(rng_seed=seed):
-            for start in range(0, k, chunk):
-                size = min(chunk, k - start)
-                with pyro.plate(_PARTICLES, size, dim=dim):
-                    q = poutine.trace(guide).get_trace(x).nodes[site]
-                log_q = q["fn"].log_prob(q["value"])  # (size, N)
-                joint = self._contract(poutine.condition(model, data={site: q["value"]}), x, particles=size)
-                log_w.append(joint - log_q)
-        return (torch.cat(log_w).logsumexp(0) - math.log(k)).to(values(x).dtype)
+        """Discrete and continuous locals: ``log (1/k) Σ_i p(x_n, u_i) / q(u_i | x_n)`` with
+        ``u_i ~ q`` the local sites the proposal draws (without one, the prior of every local
+        site) and the other discrete locals summed out exactly in ``p(x_n, u_i)`` (by
+        contraction): :mod:`._pyro_posterior`. ``(N,)``."""
+        draws = local_draws(self, model, x, proposal, k, seed, marginals=False)
+        return draws.log_marginal().to(values(x).dtype)
 
 
 def _scored(site, plate: str) -> bool:
@@ -128,3 +117,24 @@ def _normalize_masked(trace) -> None:
             norm = log_p.logsumexp(dim, keepdim=True)
             log_p = torch.where(norm.isfinite(), log_p - norm, log_p)
         site["unscaled_log_prob"] = log_p
+
+
+def _kept(trace, name: str, plate: str) -> tuple[str, torch.Tensor]:
+    """The enumeration symbol of the site ``name`` and its values ``(K, *event_shape)``."""
+    site = trace.nodes[name]
+    others = [f.name for f in site["cond_indep_stack"] if f.vectorized and f.name not in (plate, PARTICLES)]
+    if others or site["infer"].get("_enumerate_dim") is None:
+        raise IncompatibleError(
+            f"site {name!r}: pplvm estimates the posterior of enumerated sites in the data plate alone"
+            + (f" (it is also in plate(s) {', '.join(others)})" if others else "")
+        )
+    fn = site["fn"]
+    support = fn.enumerate_support(expand=False)
+    return site["infer"]["_enumerate_symbol"], support.reshape(len(support), *fn.event_shape)
+
+
+def _arranged(t: torch.Tensor, order: list[str], sizes: list[int]) -> torch.Tensor:
+    """A packed tensor with its dims (symbols) in ``order``, broadcast to ``sizes``."""
+    present = getattr(t, "_pyro_dims", "")
+    t = t.permute(*[present.index(s) for s in order if s in present])
+    return t.reshape([size if s in present else 1 for s, size in zip(order, sizes)]).expand(sizes)

@@ -62,6 +62,11 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: (importance sampling with the guide as proposal, see :class:`ContinuousLatentModel`),
     #: ``"bound"`` (a lower bound, e.g. an ELBO) or ``"none"`` (an implicit density: refused)
     likelihood: ClassVar[LikelihoodKind]
+    #: what :meth:`local_marginals` and :meth:`map_locals` give: ``"exact"`` (closed form), or
+    #: ``"estimate"``: importance sampling, each site's probabilities with their standard errors
+    #: (``"<site>_stderr"``); both then take the keywords ``proposal`` (the run's guide),
+    #: ``num_samples`` and ``seed`` as an estimated :meth:`log_likelihood` does
+    marginals: ClassVar[Literal["exact", "estimate"]] = "exact"
     #: True when the model takes labels as input (``Batch.y``, e.g. a conditional VAE): a run
     #: hands it each split as ``Batch(x, y=labels)`` built from the data source's labels
     uses_labels: ClassVar[bool] = False

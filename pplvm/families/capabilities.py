@@ -30,6 +30,9 @@ class UserGuide(abc.ABC):
 
     #: whether a guide was given (``model.guide_target``, or ``guide=`` from Python)
     brings_guide: bool = False
+    #: whether that guide draws every local latent the model does not enumerate, given x: an
+    #: importance-sampling proposal (it forms no q(z_n | x_n) to query)
+    guide_draws_locals: bool = False
 
     @abc.abstractmethod
     def user_guide(self) -> torch.nn.Module:

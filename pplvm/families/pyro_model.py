@@ -66,9 +66,11 @@ from ._pyro_guide import _CustomGuide
 from ._pyro_inputs import Caller, missing_like
 from ._pyro_inputs import prepare as prepare_data
 from ._pyro_likelihood import LocalMarginals
+from ._pyro_posterior import local_draws
 from ._pyro_sites import local_layout
 from ._pyro_trace import Structure, _Holder, _ScaleDataPlate, time_steps, trace_structure
 from .base import (
+    LIKELIHOOD_SAMPLES,
     ContinuousLatentModel,
     FamilyConfig,
     LatentVariableModel,
@@ -77,10 +79,6 @@ from .base import (
     UserGuide,
     over_draws,
 )
-
-_PARTICLES = "_particles"
-#: bound on particles × elements of the data per pass of the mixed-locals estimate
-_MAX_ELEMENTS = 2**22
 
 
 class TracedConfig(FamilyConfig):
@@ -175,6 +173,8 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         self.local_sites = s.discrete + s.continuous
         self.enumerated = bool(s.discrete)
         self.likelihood = "estimate" if s.continuous else "exact"
+        self.marginals = "estimate" if s.continuous and s.discrete else "exact"
+        self.guide_draws_locals = bool(s.continuous)  # the user's guide is checked to draw them
         self.brings_guide = config.guide_target is not None or guide is not None or _has_guide(user)
         #: its continuous local sites, as the amortized guide serves them
         self.layout = local_layout(self) if s.continuous else LocalLayout()
@@ -340,28 +340,36 @@ class ContinuousPyroModel(PyroModel, ContinuousLatentModel, LocalSites):
     def latent_site(self) -> str:
         return self.structure.continuous[0]
 
-    def local_marginals(self, x, params):
-        if self.structure.discrete:
-            raise IncompatibleError(
-                f"the posterior of {', '.join(self.structure.discrete)} given x also depends "
-                f"on the continuous {self.latent_site!r}; pplvm gives no closed form for it"
-            )
-        return super().local_marginals(x, params)
+    @torch.no_grad()
+    def local_marginals(self, x, params, *, proposal=None, num_samples=None, seed=0):
+        """With discrete local sites beside the continuous ones, no closed form exists: the
+        importance-sampling estimate of ``p(d = v | x_n, θ)`` (:mod:`._pyro_posterior`, the
+        ``proposal`` being the run's guide; ``num_samples`` draws per datum), each site ``d``
+        ``(N, K)`` with its standard error under ``"<d>_stderr"``."""
+        if not self.structure.discrete:
+            return super().local_marginals(x, params)
+        probs, stderr = self._draws(x, params, proposal, num_samples, seed).marginals()
+        dtype = values(x).dtype
+        return {k: v.to(dtype) for k, v in probs.items()} | {f"{k}_stderr": v.to(dtype) for k, v in stderr.items()}
 
-    def map_locals(self, x, params):
-        if self.structure.discrete:
-            raise IncompatibleError(
-                f"the most probable {', '.join(self.structure.discrete)} given x also depend "
-                f"on the continuous {self.latent_site!r}; pplvm gives no closed form for them"
-            )
-        return super().map_locals(x, params)
+    @torch.no_grad()
+    def map_locals(self, x, params, *, proposal=None, num_samples=None, seed=0):
+        """Each discrete local site's most probable value under :meth:`local_marginals` (site
+        by site, not the joint mode), ``(N, *event_shape)``."""
+        if not self.structure.discrete:
+            return super().map_locals(x, params)
+        return self._draws(x, params, proposal, num_samples, seed).modes()
+
+    def _draws(self, x, params, proposal, num_samples, seed):
+        model, x = self.conditioned(params), self.model_input(x)
+        return local_draws(self, model, x, proposal, num_samples or LIKELIHOOD_SAMPLES, seed)
 
     def amortization(self) -> str:
         return self.structure.not_amortizable
 
     def make_encoder(self) -> torch.nn.Module:
         c = self.config
-        return Encoder(torch.nn.Identity(), mlp(self.dim, c.hidden, 2 * self.latent_dim, c.activation), c.min_scale)
+        return Encoder(_Values(), mlp(self.dim, c.hidden, 2 * self.latent_dim, c.activation), c.min_scale)
 
     def local_layout(self) -> LocalLayout:
         return self.layout
@@ -378,3 +386,11 @@ class ContinuousPyroModel(PyroModel, ContinuousLatentModel, LocalSites):
             activation=c.activation,
             min_scale=c.min_scale,
         )
+
+
+class _Values(torch.nn.Module):
+    """The encoder's trunk: the batch's values (a :class:`~pplvm.data.Batch` with labels or
+    inputs reads as its ``x``)."""
+
+    def forward(self, x):
+        return values(x)

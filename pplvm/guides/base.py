@@ -44,6 +44,14 @@ class GuideTraits:
     point_estimate: bool = False
     #: no guide site is drawn given another's draw (what TraceMeanField_ELBO's analytic KLs need)
     factorised: bool = True
+    #: it draws the local latents given x without forming a q(z_n | x_n) to query (a user's own
+    #: guide): an importance-sampling proposal all the same
+    draws_locals: bool = False
+
+    @property
+    def proposes(self) -> bool:
+        """Whether its draws of the local latents given x can be an importance-sampling proposal."""
+        return self.proposal or self.draws_locals
 
     @property
     def held_out(self) -> bool:

@@ -43,7 +43,9 @@ class Custom(Guide):
         return None
 
     def traits(self, model: Any) -> GuideTraits:
-        return self.inner.traits(model) if self.inner is not None else GuideTraits()
+        if self.inner is not None:
+            return self.inner.traits(model)
+        return GuideTraits(draws_locals=isinstance(model, UserGuide) and model.guide_draws_locals)
 
     def build(self, model: Any, x: Any, *, generator=None, num_data=None) -> torch.nn.Module:
         if self.inner is not None:

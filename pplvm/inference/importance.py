@@ -191,8 +191,8 @@ def _log_weights(model_trace, guide_trace, plate: str, nesting: int) -> torch.Te
     total = 0.0
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or (sign < 0 and site["is_observed"]):
-                continue
+            if site["type"] != "sample" or (sign < 0 and site["is_observed"]) or site["infer"].get("is_auxiliary"):
+                continue  # pyro.factor terms (auxiliary losses) are no part of p(x, z)
             if sign > 0 and not site["is_observed"] and name not in guide_trace.nodes:
                 raise IncompatibleError(
                     f"model latent {name!r} is not proposed by the guide; importance sampling "

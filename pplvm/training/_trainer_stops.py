@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import TYPE_CHECKING
 
+import pyro
 import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from ..errors import TrainingError
 from . import distributed
@@ -62,8 +66,10 @@ def early_stopping(trainer: Trainer, value: float) -> None:
             s.stopped = f"early stopping: no improvement for {s.bad_epochs} evaluations"
 
 
-def diverged(trainer: Trainer, what: str, epoch_done: bool = False) -> None:
-    """Stop: ``what`` went wrong in this epoch's next step (or, ``epoch_done``, after the epoch)."""
+def diverged(trainer: Trainer, what: str, epoch_done: bool = False, batch=None, num_data: int | None = None) -> None:
+    """Stop: ``what`` went wrong in this epoch's next step (or, ``epoch_done``, after the epoch).
+    With the step's ``batch``, the error names the non-finite terms (:func:`nonfinite_terms`);
+    the learning rate is blamed only where it can be the cause (after an update)."""
     s = trainer.state
     epoch = s.epoch if epoch_done else s.epoch + 1
     where = f"epoch {epoch}" if epoch_done else f"epoch {epoch}, step {s.step + 1}"
@@ -72,9 +78,58 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False) -> None:
         if trainer.checkpoint_path is not None
         else "no checkpoint was being written"
     )
-    raise TrainingError(
-        f"training stopped: the {what} at {where}; {kept}. Try a smaller training.lr or set training.clip_norm."
-    )
+    found = nonfinite_terms(trainer.model, trainer.guide, batch, num_data) if batch is not None else ""
+    if s.step == 0 and not epoch_done:  # no update has been made: the parameters are the initial ones
+        cause = f": {found or _ZERO_DENSITY}" if batch is not None else " (the initial parameters are)"
+        advice = f"It is so before any update, so the learning rate is not the cause{cause}."
+    elif found:
+        advice = f"At this step: {found}. If the parameters drifted there, try a smaller training.lr or set clip_norm."
+    else:
+        advice = "Try a smaller training.lr or set training.clip_norm."
+    raise TrainingError(f"training stopped: the {what} at {where}; {kept}. {advice}")
+
+
+_ZERO_DENSITY = (
+    "the model or the guide gives the data or a draw zero density (a probability of exactly 0 or 1, a zero "
+    "scale, a pyro.factor of -inf)"
+)
+
+
+def nonfinite_terms(model, guide, batch, num_data: int | None) -> str:
+    """What is non-finite in one draw of ``guide`` and ``model`` (replayed) on ``batch`` at the
+    current parameters: the parameters by name, then each site's log-density (``pyro.factor``
+    terms included) with its non-finite values; '' when nothing is (the objective's own
+    arithmetic is then at fault) or the draw itself fails."""
+    params = [
+        f"{who}.{name}"
+        for who, module in (("model", model), ("guide", guide))
+        for name, p in module.named_parameters()
+        if not torch.isfinite(p).all()
+    ]
+    if params:
+        return f"non-finite parameters: {', '.join(params[:4])}{' ...' if len(params) > 4 else ''}"
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False), poutine.block():
+            q = poutine.trace(guide).get_trace(batch, num_data)
+            p = poutine.trace(poutine.replay(model, trace=q)).get_trace(batch, num_data)
+    except Exception:  # noqa: BLE001 - a diagnosis only: the error names the step either way
+        return ""
+    terms = []
+    for who, trace in (("model", p), ("guide", q)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site) or (who == "guide" and site["is_observed"]):
+                continue
+            try:
+                log_p = site["fn"].log_prob(site["value"])
+            except Exception:  # noqa: BLE001 - a value the distribution refuses: not a number to report
+                continue
+            mask = site["mask"]
+            log_p = log_p if mask is None or mask is True else torch.where(mask, log_p, 0.0)
+            counts = {"-inf": (log_p == -math.inf).sum(), "+inf": (log_p == math.inf).sum(), "nan": log_p.isnan().sum()}
+            found = ", ".join(f"{kind} in {int(n)} entries" for kind, n in counts.items() if n)
+            if found:
+                terms.append(f"the {who}'s site {name!r} ({found})")
+    return f"non-finite log-densities: {'; '.join(terms)}" if terms else ""
 
 
 def _is_support_error(err: ValueError) -> bool:

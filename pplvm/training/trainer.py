@@ -276,7 +276,7 @@ class Trainer:
                 self._diverged(f"parameters left the model's valid range ({_first_line(err)})")
             if check_each_step:
                 if not torch.isfinite(loss):
-                    self._diverged(f"loss became {float(loss)}")
+                    self._diverged(f"loss became {float(loss)}", batch=batch, num_data=n)
             else:
                 finite &= torch.isfinite(loss)
             total += loss * len(shard) / n
@@ -366,5 +366,5 @@ class Trainer:
         params = [p.detach() for p in self.rule.parameters()]
         return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
-    def _diverged(self, what: str, epoch_done: bool = False) -> None:
-        diverged(self, what, epoch_done)
+    def _diverged(self, what: str, epoch_done: bool = False, batch=None, num_data: int | None = None) -> None:
+        diverged(self, what, epoch_done, batch, num_data)
