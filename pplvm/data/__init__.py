@@ -47,6 +47,7 @@ from .tabular import (
     read_matrix,
     synthetic_mixture,
 )
+from .topics import SyntheticTopicsConfig, _load_synthetic_topics, synthetic_topics
 
 SOURCES: Registry[Source] = Registry("data source")
 SOURCES.register("synthetic_gmm")(Source(SyntheticMixtureConfig, _load_synthetic, "random Gaussian mixture"))
@@ -74,6 +75,9 @@ SOURCES.register("image_npy")(
     Source(ImageArrayConfig, _load_image_npy, "a .npy of uint8 images (N, H, W[, C])", _augment)
 )
 SOURCES.register("synthetic_hmm")(Source(SyntheticHMMConfig, _load_synthetic_hmm, "sequences from a random HMM"))
+SOURCES.register("synthetic_topics")(
+    Source(SyntheticTopicsConfig, _load_synthetic_topics, "a corpus from LDA's generative process: word counts")
+)
 SOURCES.register("sunspots")(
     Source(
         SunspotsConfig,
@@ -133,6 +137,7 @@ __all__ = [
     "read_arrays",
     "read_sequences",
     "synthetic_hmm",
+    "synthetic_topics",
     "load_dataset",
     "read_matrix",
     "synthetic_mixture",
