@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
     sp.add_argument("run_dir")
     sp.add_argument(
-        "--data", help=".npy or .csv file (N, D), or an .npz of sequences; default: the card's test, else valid split"
+        "--data",
+        help=".npy or .csv file (N, D), an .npz of named arrays (x, y, inputs) or of sequences (train, ...); "
+        "default: the card's test, else valid split",
     )
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
     sp.add_argument(
@@ -79,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         "two-sample tests (MMD, classifier) of a run's samples against data; any family, likelihood or not",
     )
     sp.add_argument("run_dir")
-    sp.add_argument("--data", help=".npy or .csv file (N, D); default: the card's test, else valid split")
+    sp.add_argument(
+        "--data", help=".npy or .csv file (N, D), or an .npz of named arrays; default: the card's test, else valid"
+    )
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
     sp.add_argument("-n", type=int, help="samples to draw (default: as many as data rows)")
     sp.add_argument("--permutations", type=int, default=500, help="MMD permutations (default 500)")

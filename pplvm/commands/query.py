@@ -13,10 +13,13 @@ def _eval_data(run, args):
     from ..run import card_dataset
 
     if args.data:
-        if Path(args.data).suffix.lower() == ".npz":  # sequences: the file's test, else valid, else train
-            from ..data import read_sequences
+        if Path(args.data).suffix.lower() == ".npz":
+            from ..data import read_arrays, read_sequences
+            from ..data.arrays import npz_keys
 
-            splits = read_sequences(args.data, "--data")
+            if "train" not in npz_keys(args.data):  # named arrays: x beside its inputs (labels, covariates)
+                return read_arrays(args.data, _data_key(run), "--data"), args.data
+            splits = read_sequences(args.data, "--data")  # sequences: the file's test, else valid, else train
             part = next(s for s in ("test", "valid", "train") if s in splits)
             return splits[part], f"{args.data} ({part})"
         x, _ = read_matrix(args.data, name="--data")
@@ -27,6 +30,11 @@ def _eval_data(run, args):
         if x is not None:
             return dataset.transform.inverse(x), split
     raise PplvmError(f"--split {args.split}: the card's data has no such split (fraction 0)")
+
+
+def _data_key(run) -> str:
+    """The key a run's data came under in a file of named arrays (``data.key``, else ``x``)."""
+    return getattr(run.card.data, "key", "x")
 
 
 def cmd_evaluate(args) -> int:

@@ -6,6 +6,7 @@ import torch
 
 from .._registry import Registry
 from ..errors import DataError
+from .arrays import ArraysConfig, _load_arrays, read_arrays
 from .base import Batch, DataConfig, Dataset, Source, Standardize, as_matrix, indexed, split, split_given, values
 from .images import (
     Binarize,
@@ -46,6 +47,7 @@ from .tabular import (
     read_matrix,
     synthetic_mixture,
 )
+from .topics import SyntheticTopicsConfig, _load_synthetic_topics, synthetic_topics
 
 SOURCES: Registry[Source] = Registry("data source")
 SOURCES.register("synthetic_gmm")(Source(SyntheticMixtureConfig, _load_synthetic, "random Gaussian mixture"))
@@ -53,6 +55,9 @@ SOURCES.register("moons")(Source(MoonsConfig, _load_moons, "scikit-learn two moo
 SOURCES.register("iris")(Source(IrisConfig, _sklearn_loader("iris"), "scikit-learn iris, 150 x 4"))
 SOURCES.register("wine")(Source(WineConfig, _sklearn_loader("wine"), "scikit-learn wine, 178 x 13"))
 SOURCES.register("file")(Source(FileConfig, _load_file, "a user .npy or .csv file (N, D)"))
+SOURCES.register("arrays")(
+    Source(ArraysConfig, _load_arrays, "a user .npz of named arrays: the data x, labels y, lengths, named inputs")
+)
 SOURCES.register("digits")(Source(DigitsConfig, _load_digits, "scikit-learn 8x8 digits, 1797 x 64 in [0, 1]", _augment))
 SOURCES.register("binarized_mnist")(
     Source(BinarizedMnistConfig, _load_binarized_mnist, "binarized MNIST .amat / .npz files (N, 784), own splits")
@@ -70,6 +75,9 @@ SOURCES.register("image_npy")(
     Source(ImageArrayConfig, _load_image_npy, "a .npy of uint8 images (N, H, W[, C])", _augment)
 )
 SOURCES.register("synthetic_hmm")(Source(SyntheticHMMConfig, _load_synthetic_hmm, "sequences from a random HMM"))
+SOURCES.register("synthetic_topics")(
+    Source(SyntheticTopicsConfig, _load_synthetic_topics, "a corpus from LDA's generative process: word counts")
+)
 SOURCES.register("sunspots")(
     Source(
         SunspotsConfig,
@@ -126,8 +134,10 @@ __all__ = [
     "Standardize",
     "as_matrix",
     "as_sequences",
+    "read_arrays",
     "read_sequences",
     "synthetic_hmm",
+    "synthetic_topics",
     "load_dataset",
     "read_matrix",
     "synthetic_mixture",

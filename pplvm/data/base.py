@@ -160,9 +160,15 @@ def from_dict(data: dict[str, Any], name: str = "data") -> Batch:
     return Batch(
         x=numeric(data["x"], f"{name}['x']").to(torch.get_default_dtype()),
         lengths=None if lengths is None else torch.as_tensor(np.asarray(lengths)),
-        y=None if data.get("y") is None else torch.as_tensor(np.asarray(data["y"])),
-        inputs={k: torch.as_tensor(np.asarray(v)) for k, v in data.items() if k not in ("x", "y", "lengths")},
+        y=None if data.get("y") is None else _input(data["y"]),
+        inputs={k: _input(v) for k, v in data.items() if k not in ("x", "y", "lengths")},
     )
+
+
+def _input(value: Any) -> torch.Tensor:
+    """A named array as pplvm keeps it: floats in the default dtype, integers and booleans as long."""
+    t = torch.as_tensor(np.asarray(value)) if not torch.is_tensor(value) else value
+    return t.to(torch.get_default_dtype()) if t.is_floating_point() else t.long()
 
 
 def indexed(data: "torch.Tensor | Batch") -> Batch:
@@ -259,7 +265,9 @@ class Dataset:
             y = self.labels[k]
             if fraction < 1 and y is not None:
                 hidden = torch.rand(len(y), generator=generator) >= fraction
-                y = torch.where(hidden, torch.full_like(torch.as_tensor(y), -1), torch.as_tensor(y))
+                y = torch.as_tensor(y)  # missing: -1 for integer labels, NaN for float ones
+                fill = torch.nan if y.is_floating_point() else -1
+                y = torch.where(hidden.reshape(-1, *[1] * (y.dim() - 1)), fill, y)
             parts[k] = (x if isinstance(x, Batch) else Batch(x)).replace(y=y)
         return replace(self, **parts)
 

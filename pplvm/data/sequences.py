@@ -27,6 +27,7 @@ from pydantic import Field
 
 from ..errors import DataError
 from ..schema import Seed
+from ._npz import open_npz
 from .base import Batch, DataConfig, check_magnitude, numeric
 
 SPLITS = ("train", "valid", "test")
@@ -260,20 +261,8 @@ class SequenceFileConfig(DataConfig):
 def read_sequences(path: str | Path, name: str = "data.path") -> dict[str, Batch]:
     """Read the splits of an ``.npz`` sequence file (format in the module docstring); errors
     name the file as ``name`` (the card key or command-line option it came from)."""
-    path = Path(path)
     where = f"{name} {str(path)!r}"
-    if not path.is_file():
-        raise DataError(f"{where}: no such file")
-    if path.suffix.lower() != ".npz":
-        raise DataError(f"{where}: expected an .npz file, got {path.suffix or 'no suffix'!r}")
-    fh = open(path, "rb")  # ours to close: numpy leaks its own handle when the archive is damaged
-    try:
-        archive = np.load(fh, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single .npy array, not named arrays")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        fh.close()
-        raise DataError(f"{where}: not a readable .npz archive ({err})") from None
+    fh, archive = open_npz(path, name)
     with fh, archive:
         allowed = {k for s in SPLITS for k in (s, f"{s}_lengths")}
         unknown = sorted(set(archive.files) - allowed)

@@ -10,7 +10,8 @@ from pydantic import Field
 
 from ..errors import DataError
 from ..schema import Seed
-from .base import DataConfig
+from .arrays import as_input
+from .base import Batch, DataConfig, as_matrix
 
 
 class SyntheticMixtureConfig(DataConfig):
@@ -79,6 +80,11 @@ class FileConfig(DataConfig):
     source: Literal["file"] = "file"
     path: str = Field(description=".npy or .csv file of shape (N, D)")
     label_column: int | None = Field(None, description="csv: a column holding labels, dropped from x")
+    input_columns: dict[str, int | list[int]] = Field(
+        {},
+        description="named inputs taken out of x: name = column (a group index, integers) or name = [columns] "
+        "(float covariates); a user's model takes them by name, a graph card as nodes of kind 'input'",
+    )
 
 
 def read_matrix(path: str | Path, label_column: int | None = None, name: str = "data.path"):
@@ -121,5 +127,28 @@ def read_matrix(path: str | Path, label_column: int | None = None, name: str = "
 
 
 def _load_file(cfg: FileConfig):
-    x, labels = read_matrix(cfg.path, cfg.label_column)
-    return x, labels, {"path": cfg.path}
+    if not cfg.input_columns:
+        x, labels = read_matrix(cfg.path, cfg.label_column)
+        return x, labels, {"path": cfg.path}
+    x, _ = read_matrix(cfg.path)
+    width = x.shape[1] if x.ndim == 2 else 0
+    if cfg.label_column is not None and not -width <= cfg.label_column < width:
+        raise DataError(f"data.label_column: {cfg.label_column} is outside the file's columns")
+    taken = [] if cfg.label_column is None else [cfg.label_column % max(width, 1)]
+    inputs = {}
+    for name, cols in cfg.input_columns.items():
+        field = f"data.input_columns.{name}"
+        index = isinstance(cols, int)
+        cols = [cols] if index else cols
+        if not cols or any(not -width <= c < width for c in cols):
+            raise DataError(f"{field}: columns {cols} are outside the file's {width} columns")
+        cols = [c % width for c in cols]
+        if set(cols) & set(taken):
+            raise DataError(f"{field}: columns {cols} are already taken (by the labels or another input)")
+        taken += cols
+        inputs[name] = as_input(x[:, cols[0]] if index else x[:, cols], index, field)
+    if len(taken) >= width:
+        raise DataError("data.input_columns: no column is left for the data x")
+    labels = None if cfg.label_column is None else x[:, cfg.label_column].astype(np.int64)
+    rest = as_matrix(np.delete(x, taken, axis=1), f"data.path {cfg.path!r}")
+    return Batch(rest, inputs=inputs), labels, {"path": cfg.path, "inputs": sorted(inputs)}

@@ -11,7 +11,25 @@ from ..errors import CardError
 if TYPE_CHECKING:
     from .graph import NodeConfig
 
-REFERENCES = ("probs", "given", "mean", "std", "weight", "input", "initial", "transition", "mixture", "side")
+REFERENCES = (
+    "probs",
+    "given",
+    "mean",
+    "std",
+    "weight",
+    "input",
+    "initial",
+    "transition",
+    "mixture",
+    "side",
+    "groups",
+)
+
+
+def named(n: NodeConfig, field: str) -> list[str]:
+    """The nodes ``field`` of ``n`` names: none, one, or (a mean) a list whose sum it is."""
+    value = getattr(n, field)
+    return [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
 
 
 def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
@@ -28,14 +46,15 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
         raise CardError(f"model.nodes: expected exactly one node of kind 'observed' (the data), got {len(observed)}")
     parents: dict[str, list[str]] = {}
     for n in nodes:
-        refs = [(f, getattr(n, f)) for f in REFERENCES if isinstance(getattr(n, f), str)]
+        refs = [(f, ref) for f in REFERENCES for ref in named(n, f)]
         refs += [("shape", s) for s in n.shape if isinstance(s, str) and s != "D"]
         for field, ref in refs:
             if ref not in by_name:
                 raise CardError(f"model.nodes: node {n.name!r}: {field} = {ref!r} names no node")
         for field, kinds in (
-            ("given", ("categorical", "chain")),
-            ("input", ("gaussian",)),
+            ("given", ("categorical", "chain", "input")),
+            ("input", ("gaussian", "input")),
+            ("groups", ("input",)),
             ("probs", ("global", "param")),
             ("initial", ("global", "param")),
             ("transition", ("global", "param")),
@@ -49,9 +68,10 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
                     f"node, not {by_name[ref].kind!r}"
                 )
         for s in n.shape:
-            if isinstance(s, str) and s != "D" and by_name[s].kind not in ("categorical", "chain"):
+            if isinstance(s, str) and s != "D" and by_name[s].kind not in ("categorical", "chain", "input"):
                 raise CardError(
-                    f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D', a categorical or a chain node"
+                    f"model.nodes: node {n.name!r}: shape entry {s!r} must be 'D', a categorical, a chain or "
+                    "an index input node"
                 )
         for field, ref in refs:
             if by_name[ref].kind == "side" and field != "side":
@@ -63,8 +83,9 @@ def check_graph(nodes: list[NodeConfig]) -> list[NodeConfig]:
         parents[n.name] = [
             ref
             for _, ref in refs
-            if ref in by_name and not (by_name[ref].kind in ("categorical", "chain") and _is_size_ref(n, ref))
+            if ref in by_name and not (by_name[ref].kind in ("categorical", "chain", "input") and _is_size_ref(n, ref))
         ]
+    _check_inputs(nodes, by_name)
     _check_side(nodes)
     _check_chain(nodes, by_name)
     order: list[str] = []
@@ -112,6 +133,52 @@ def _check_side(nodes: list[NodeConfig]) -> None:
         )
 
 
+def _check_inputs(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> None:
+    """Input nodes: covariates (dim) enter as an observed node's input, group indices (size) as
+    given, groups or a shape entry; a grouped gaussian draws from globals; a CardError naming the
+    node and field otherwise."""
+    for n in nodes:
+        if n.kind == "input" and (n.dim is None) == (n.size is None):
+            raise CardError(
+                f"model.nodes: node {n.name!r} (kind 'input') needs dim (covariates) or size (a group "
+                "index's levels), exactly one of them"
+            )
+        if n.groups is not None and n.kind != "gaussian":
+            raise CardError(f"model.nodes: node {n.name!r}: groups is for gaussian nodes (a random effect)")
+        for field in REFERENCES:
+            for ref in named(n, field):
+                target = by_name[ref]
+                if target.kind != "input":
+                    continue
+                role = "index" if target.size is not None else "covariates"
+                fits = field in ("given", "groups") if role == "index" else field == "input"
+                if not fits:
+                    use = "given, groups or a shape entry" if role == "index" else "input (weight or decoder)"
+                    raise CardError(
+                        f"model.nodes: node {n.name!r}: {field} = {ref!r} is an input node of {role}, which "
+                        f"enters as {use}"
+                    )
+        for s in n.shape:
+            if isinstance(s, str) and s != "D" and by_name[s].kind == "input" and by_name[s].size is None:
+                raise CardError(
+                    f"model.nodes: node {n.name!r}: shape entry {s!r} is an input of covariates; only an index "
+                    "input (size) lends its size"
+                )
+        if n.groups is not None:
+            if n.given is not None:
+                raise CardError(
+                    f"model.nodes: node {n.name!r}: a grouped node (groups = {n.groups!r}) is drawn per group, "
+                    "not per row; it cannot be given a row's categorical"
+                )
+            for field in ("mean", "std"):
+                for ref in named(n, field):
+                    if by_name[ref].kind not in ("global", "param"):
+                        raise CardError(
+                            f"model.nodes: node {n.name!r}: {field} = {ref!r} must be a global or param node "
+                            f"(a grouped node is drawn once per group, outside the rows)"
+                        )
+
+
 def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> None:
     """A graph with a chain node: one chain, the observed node emits given it, and its other
     local nodes are the emission's mixture components; a CardError naming the node otherwise."""
@@ -138,6 +205,8 @@ def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> Non
             "(weight and decoder need a gaussian input, which a chain graph has not)"
         )
     for n in nodes:
+        if n.kind == "input" or isinstance(n.mean, list):
+            raise CardError(f"model.nodes: node {n.name!r}: a chain graph takes no input nodes and a mean of one node")
         if n.kind == "gaussian":
             raise CardError(
                 f"model.nodes: node {n.name!r}: a chain graph sums its local latents out exactly; a "
@@ -159,7 +228,7 @@ def _check_chain(nodes: list[NodeConfig], by_name: dict[str, NodeConfig]) -> Non
 
 def _is_size_ref(node: NodeConfig, ref: str) -> bool:
     """A categorical named only in ``shape`` lends its size, not a dependency."""
-    return ref in node.shape and ref not in [getattr(node, f) for f in REFERENCES]
+    return ref in node.shape and ref not in [r for f in REFERENCES for r in named(node, f)]
 
 
 def _require(n: NodeConfig) -> None:
@@ -171,7 +240,9 @@ def _require(n: NodeConfig) -> None:
             raise CardError(f"model.nodes: node {n.name!r} (kind {n.kind!r}) needs {field}")
     if n.kind == "observed":
         if (n.weight is not None or n.decoder) and n.input is None:
-            raise CardError(f"model.nodes: node {n.name!r}: weight or decoder needs input (a gaussian node)")
+            raise CardError(
+                f"model.nodes: node {n.name!r}: weight or decoder needs input (a gaussian node or covariates input)"
+            )
         if n.decoder and n.weight is not None:
             raise CardError(f"model.nodes: node {n.name!r}: give weight or decoder, not both")
         if n.mean is None and n.weight is None and not n.decoder:

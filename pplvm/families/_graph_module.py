@@ -19,7 +19,8 @@ from ..decoders import NetworkConfig, make_decoder
 from ..decoders.side import SideInformation
 from ..distributions import HiddenMarkovChain
 from ..errors import CardError, DataError
-from ._graph_check import check_graph
+from ._graph_check import check_graph, named
+from ._pyro_inputs import input_array, missing
 
 if TYPE_CHECKING:
     from .graph import NodeConfig
@@ -36,7 +37,9 @@ class GraphModule(PyroModule):
         self.nodes = check_graph(nodes)
         self.by_name = {n.name: n for n in self.nodes}
         self.dim = dim
-        self.sizes = {n.name: n.size for n in self.nodes if n.kind in ("categorical", "chain")}
+        self.sizes = {n.name: n.size for n in self.nodes if n.kind in ("categorical", "chain", "input") and n.size}
+        #: the input nodes, each a named array of the data beside x (covariates or a group index)
+        self.inputs = [n for n in self.nodes if n.kind == "input"]
         self.chain = next((n for n in self.nodes if n.kind == "chain"), None)
         #: the side node (None without one) and how its y enters the decoder and the encoder
         self.side_node = next((n for n in self.nodes if n.kind == "side"), None)
@@ -63,13 +66,20 @@ class GraphModule(PyroModule):
         ``(B,)`` labels or ``(B, C)`` covariates), or for a chain graph a Batch of padded sequences
         ``(B, T, D)`` with ``lengths``."""
         values: dict[str, Any] = {}
+        for n in self.inputs:  # (B, dim) covariates or (B,) group indices
+            if not isinstance(x, Batch) or n.name not in x.inputs:
+                raise DataError(
+                    f"data: node {n.name!r} is the data's input {n.name!r}; pass pplvm.fit(card, data={{'x': ..., "
+                    f"{n.name!r}: ...}}) or a source with named inputs (data.source = 'arrays')"
+                )
+            values[n.name] = x.inputs[n.name]
         if self.side_node is not None:  # (B, C) features, one-hot for labels
             if not isinstance(x, Batch) or x.y is None:
                 raise DataError(
                     f"data: node {self.side_node.name!r} is side information y; pass pplvm.data.Batch(x, y)"
                 )
             values[self.side_node.name] = self.side(x)
-            x = x.x
+        x = x.x if isinstance(x, Batch) and self.chain is None else x
         plates: dict[str, pyro.plate] = {}  # one plate per name, entered by each of its nodes
         for n in self.nodes:
             if n.kind == "param":
@@ -78,6 +88,15 @@ class GraphModule(PyroModule):
                 if n.plate is not None and n.plate not in plates:
                     plates[n.plate] = pyro.plate(n.plate, self.shape(n)[0], dim=-1)
                 values[n.name] = self._global(n, plates.get(n.plate))
+            elif n.kind == "gaussian" and n.groups is not None:  # a random effect: one draw per group level
+                if n.groups not in plates:
+                    plates[n.groups] = pyro.plate(n.groups, self.sizes[n.groups], dim=-1)
+                with plates[n.groups]:
+                    mean = self._mean(values, n) if n.mean else self._origin.new_zeros(n.dim)
+                    std = self._std(values, n, self._origin.new_ones(n.dim))
+                    d = dist.Normal(mean, std)
+                    d = d.expand(torch.broadcast_shapes(d.batch_shape, (n.dim,)))
+                    values[n.name] = pyro.sample(n.name, d.to_event(1))
         if self.chain is not None:
             with pyro.plate("data", len(x), dim=-1):
                 n = next(m for m in self.nodes if m.kind == "observed")
@@ -86,8 +105,8 @@ class GraphModule(PyroModule):
             for n in self.nodes:
                 if n.kind == "categorical":
                     values[n.name] = pyro.sample(n.name, dist.Categorical(values[n.probs]))
-                elif n.kind == "gaussian":  # a default prior on the data's device
-                    mean = self._pick(values, n.mean, n.given) if n.mean else x.new_zeros(n.dim)
+                elif n.kind == "gaussian" and n.groups is None:  # a default prior on the data's device
+                    mean = self._mean(values, n) if n.mean else x.new_zeros(n.dim)
                     std = self._std(values, n, x.new_ones(n.dim))
                     values[n.name] = pyro.sample(n.name, dist.Normal(mean, std).to_event(1))
             n = next(m for m in self.nodes if m.kind == "observed")
@@ -118,11 +137,18 @@ class GraphModule(PyroModule):
         the state of ``given`` (enumerated or sampled), as the GMM family indexes its means."""
         t = values[name]
         node = self.by_name[name]
+        if node.groups is not None:  # (*S, G, L) per group level: each row its own group's
+            return Vindex(t.unsqueeze(-3))[..., values[node.groups], :]
         if given is None or not node.shape or node.shape[0] != given:
             return t
         event = len(node.shape) - 1
         index = (Ellipsis, values[given]) + (slice(None),) * event
         return Vindex(t.unsqueeze(-event - 2))[index]
+
+    def _mean(self, values, n: NodeConfig) -> torch.Tensor:
+        """The sum of the nodes ``n.mean`` names, each indexed as :meth:`_pick` does."""
+        terms = [self._pick(values, ref, n.given) for ref in named(n, "mean")]
+        return terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
 
     def _std(self, values, n: NodeConfig, default: torch.Tensor) -> torch.Tensor:
         if n.std is None:
@@ -134,7 +160,7 @@ class GraphModule(PyroModule):
     def _likelihood(self, values, n: NodeConfig) -> dist.Distribution:
         if n.decoder:
             return self.decoders[n.name](values[n.input], values[n.side] if n.side else None)
-        mean = self._pick(values, n.mean, n.given) if n.mean else self._origin.new_zeros(())
+        mean = self._mean(values, n) if n.mean else self._origin.new_zeros(())
         if n.weight is not None:
             w = self._pick(values, n.weight, n.given)  # (..., D, L)
             mean = mean + (w @ values[n.input].unsqueeze(-1)).squeeze(-1)
@@ -181,6 +207,48 @@ class GraphModule(PyroModule):
         step = step.expand(lead + (1, 1, c.size))
         return HiddenMarkovChain(initial, transition, step, x.x.shape[-2], x.lengths, latent=c.name)
 
+    def placeholder(self, rows: int, dim: int) -> Any:
+        """``rows`` zero rows with zero inputs: what the model is traced on."""
+        if not self.inputs:
+            return torch.zeros(rows, dim)
+        inputs = {
+            n.name: torch.zeros(rows, n.dim) if n.dim else torch.zeros(rows, dtype=torch.long) for n in self.inputs
+        }
+        return Batch(torch.zeros(rows, dim), inputs=inputs)
+
+    def check_inputs(self, data: Any, name: str) -> dict[str, torch.Tensor]:
+        """The data's named inputs as the input nodes take them (``(N, dim)`` floats, ``(N,)``
+        indices in ``0..size-1``), or a DataError naming the node: missing, of the wrong shape,
+        out of range, with missing entries, or an input no node takes."""
+        given = data.inputs if isinstance(data, Batch) else {}
+        extra = sorted(set(given) - {n.name for n in self.inputs})
+        if extra:
+            raise DataError(
+                f"{name}: the data's input(s) {', '.join(extra)} are no node of kind 'input' in model.nodes"
+            )
+        out = {}
+        for n in self.inputs:
+            where = f"{name}: node {n.name!r} (kind 'input')"
+            if n.name not in given:
+                raise DataError(
+                    f"{where} needs the data's input {n.name!r}; the data give {', '.join(given) or 'none'}"
+                )
+            t = input_array(given[n.name], where, len(data))
+            if missing(t).any():
+                raise DataError(f"{where}: {int(missing(t).sum())} rows miss it (-1 or NaN); a graph needs every entry")
+            if n.dim is not None:
+                t = t.to(torch.get_default_dtype())
+                t = t[:, None] if t.dim() == 1 and n.dim == 1 else t
+                if tuple(t.shape[1:]) != (n.dim,):
+                    raise DataError(f"{where}: expected shape (N, {n.dim}) (dim = {n.dim}), got {tuple(t.shape)}")
+            elif t.dtype != torch.long or t.dim() != 1 or (len(t) and int(t.max()) >= n.size):
+                raise DataError(
+                    f"{where}: expected one integer index per row in 0..{n.size - 1} (size = {n.size}), "
+                    f"got dtype {t.dtype}, shape {tuple(t.shape)}" + (f", max {t.max()}" if t.numel() else "")
+                )
+            out[n.name] = t
+        return out
+
     def check_data(self, x: torch.Tensor, name: str) -> None:
         n = next(m for m in self.nodes if m.kind == "observed")
         x = x.x if isinstance(x, Batch) else x
@@ -189,6 +257,27 @@ class GraphModule(PyroModule):
                 f"{name}: node {n.name!r} has distribution 'bernoulli', which needs 0/1 data; "
                 "set data.binarize or use distribution = 'normal'"
             )
+
+
+class Conditioning:
+    """What an amortized encoder of a graph sees beside x: the side node's features and the
+    input nodes' (covariates as they are, group indices one-hot), ``(B, size)``; None for none."""
+
+    def __init__(self, module: GraphModule):
+        self.side = module.side
+        self.inputs = [(n.name, n.dim, n.size) for n in module.inputs]
+        self.size = self.side.size + sum(dim or size for _, dim, size in self.inputs)
+
+    def __call__(self, data: Any) -> torch.Tensor | None:
+        parts = [self.side(data)] if self.side.kind != "none" else []
+        for name, dim, size in self.inputs:
+            t = data.inputs[name]
+            parts.append(
+                t.to(torch.get_default_dtype())
+                if dim
+                else torch.nn.functional.one_hot(t, size).to(parts[0].dtype if parts else torch.get_default_dtype())
+            )
+        return torch.cat(parts, -1) if parts else None
 
 
 def side_of(node: NodeConfig | None) -> SideInformation:

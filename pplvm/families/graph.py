@@ -11,14 +11,24 @@ Each ``[[model.nodes]]`` table is one node::
     kind = "gaussian"     a continuous local latent of `dim` entries, Normal(mean, std) where mean
                           and std name nodes (default 0 and 1); a node whose shape starts with
                           the categorical `given` is indexed by its state (a prior that depends
-                          on a parent)
+                          on a parent); with `groups` (an index input) one draw per group level,
+                          a random effect b_g ~ Normal(mean, std) (mean and std globals or params,
+                          e.g. a learnt scale), each row taking its own group's: (1 | group) in a
+                          formula
     kind = "side"         side information y given with each row (data as ``Batch(x, y)``, as for
                           the cvae family): class labels 0..`classes`-1 (entered one-hot) or
                           covariates of `dim` entries; an observed node's decoder takes it
                           (`side`), and so does the amortized encoder
+    kind = "input"        a named input of the data (an array beside x: pplvm.fit(data={"x": ..., "u": ...}),
+                          data.source = "arrays", data.input_columns), under the node's name: covariates
+                          of `dim` entries (float, (N, dim)), which an observed node's weight or
+                          decoder takes (`input`), or a group index with `size` levels (integers
+                          0..size-1, (N,)), which `given` indexes by (as a categorical's state) and
+                          `groups` draws one effect per level of
     kind = "observed"     the likelihood of the data row: `distribution` normal or bernoulli, with
-                          its mean from `mean` (a node, indexed by `given`), plus `weight @ input`
-                          (a linear map (D, L) or (K, D, L) of a gaussian node), or a `decoder`
+                          its mean from `mean` (a node, indexed by `given`; a list of nodes is their
+                          sum), plus `weight @ input` (a linear map (D, L) or (K, D, L) of a
+                          gaussian node or covariates input), or a `decoder`
                           network (MLP widths `hidden`) of `input` (and of the side node `side`:
                           input [z, y]); `std` a node or number (normal)
     kind = "chain"        a Markov chain of `size` states over the time steps of each sequence:
@@ -30,8 +40,16 @@ Each ``[[model.nodes]]`` table is one node::
                           out exactly inside the observed site (the forward algorithm,
                           :class:`~pplvm.distributions.HiddenMarkovChain`); the data are sequences.
 
-Shapes are lists of integers, ``"D"`` (the data's columns) or a categorical node's name (its
-size). pplvm builds a Pyro model (a PyroModule) from the nodes and traces it like a user's own
+Shapes are lists of integers, ``"D"`` (the data's columns) or a categorical node's or index
+input's name (its size). A regression of one response on covariates with a random intercept
+per group, ``x ~ u + (1 | group)`` as a formula would say (``models/`` has none; the tests and
+``examples/pyro_classics/mixed_regression_graph.toml`` do)::
+
+    u (input, dim 2)   group (input, size 8)   W (param [1, 2])   b0 (param [1])   tau (param, positive)
+    b (gaussian, dim 1, groups "group", mean "b0", std "tau")   b_g ~ N(b0, tau²)
+    obs (observed, mean "b", weight "W", input "u", std "sigma")  x ~ N(b_group + W u, sigma²)
+
+pplvm builds a Pyro model (a PyroModule) from the nodes and traces it like a user's own
 model (:mod:`.pyro_model`): the guides and objectives that fit, the log-likelihood (exact when
 every local latent is enumerated) and everything else follow. A malformed graph — a reference
 to no node, a cycle, two observed nodes, a likelihood that does not match the data — is refused
@@ -56,7 +74,7 @@ from ..decoders.side import SideEncoder
 from ..errors import CardError, DataError
 from ..schema import Section
 from ._graph_check import REFERENCES, check_graph  # noqa: F401  (re-exported: the graph's check)
-from ._graph_module import GraphModule, side_of  # noqa: F401  (re-exported: the graph's Pyro model)
+from ._graph_module import Conditioning, GraphModule, side_of  # noqa: F401  (re-exported: the graph's Pyro model)
 from ._pyro_inputs import Caller
 from .base import over_draws
 from .pyro_model import ContinuousPyroModel, PyroModel, TracedConfig, _ScaleDataPlate, trace_structure
@@ -68,7 +86,7 @@ class NodeConfig(Section):
     """One node of a graph model (see the module docstring for what each kind reads)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z_]\w*$")
-    kind: Literal["param", "global", "categorical", "gaussian", "side", "observed", "chain"]
+    kind: Literal["param", "global", "categorical", "gaussian", "side", "input", "observed", "chain"]
     shape: Shape = Field([], description="param / global: the shape; ints, 'D' or a categorical node's name")
     init: float = Field(0.0, description="param: initial value of every entry")
     positive: bool = Field(False, description="param: constrained positive")
@@ -77,16 +95,21 @@ class NodeConfig(Section):
     scale: float = Field(1.0, gt=0)
     concentration: float = Field(1.0, gt=0)
     plate: str | None = Field(None, description="global: the first entry of shape is this plate's size")
-    size: int | None = Field(None, ge=2, description="categorical / chain: number of states")
+    size: int | None = Field(None, ge=2, description="categorical / chain: number of states; input: group levels")
     probs: str | None = Field(None, description="categorical: node holding the state probabilities")
-    dim: int | None = Field(None, ge=1, description="gaussian: number of entries; side: width of covariates y")
+    dim: int | None = Field(
+        None, ge=1, description="gaussian: number of entries; side: width of covariates y; input: of covariates"
+    )
     classes: int | None = Field(None, ge=2, description="side: y holds class labels 0..classes-1 (one-hot inputs)")
-    given: str | None = Field(None, description="gaussian / observed: categorical parent indexing mean, std, weight")
-    mean: str | None = Field(None, description="gaussian / observed: node of the mean")
+    given: str | None = Field(
+        None, description="gaussian / observed: categorical parent or index input indexing mean, std, weight"
+    )
+    groups: str | None = Field(None, description="gaussian: an index input; one draw per level (a random effect)")
+    mean: str | list[str] | None = Field(None, description="gaussian / observed: node of the mean (a list: the sum)")
     std: str | float | None = Field(None, description="gaussian / observed (normal): node or number")
     distribution: Literal["normal", "bernoulli"] = "normal"
     weight: str | None = Field(None, description="observed: linear map node, (D, L) or (K, D, L) with given")
-    input: str | None = Field(None, description="observed: the gaussian node fed to weight or decoder")
+    input: str | None = Field(None, description="observed: gaussian node or covariates input fed to weight or decoder")
     decoder: bool = Field(False, description="observed: decode input with an MLP (pplvm.decoders)")
     side: str | None = Field(None, description="observed decoder: a side node, decoded with input ([z, y])")
     hidden: list[int] = Field([200, 200], description="observed decoder: hidden widths (reversed, as the VAE's)")
@@ -137,19 +160,21 @@ class GraphModel(PyroModel):
             )
             return ChainGraphModel(config, dim, module, structure, guide, "model.nodes")
         side = module.side
-        placeholder = (
-            (lambda rows: torch.zeros(rows, dim))
-            if side.kind == "none"
-            else (
-                lambda rows: Batch(
-                    torch.zeros(rows, dim),
-                    y=(torch.zeros(rows, dtype=torch.long) if side.kind == "labels" else torch.zeros(rows, side.size)),
-                )
-            )
-        )
+
+        def placeholder(rows):
+            base = module.placeholder(rows, dim)
+            if side.kind == "none":
+                return base
+            y = torch.zeros(rows, dtype=torch.long) if side.kind == "labels" else torch.zeros(rows, side.size)
+            return Batch(base, y=y) if torch.is_tensor(base) else base.replace(y=y)
+
         structure = trace_structure(module, placeholder, "model.nodes", module=True, checks=False)
         kind = ContinuousGraphModel if structure.continuous else GraphModel
-        return kind(config, dim, module, structure, guide, "model.nodes")
+        rows = None  # generating beside inputs: the data's first rows' (placeholder zeros without data)
+        if module.inputs:
+            given = isinstance(example, Batch) and all(n.name in example.inputs for n in module.inputs)
+            rows = Batch(example.x, inputs=example.inputs) if given else module.placeholder(5, dim)
+        return kind(config, dim, module, structure, guide, "model.nodes", example=rows)
 
     @classmethod
     def needs_labels(cls, config: GraphConfig) -> str | None:
@@ -171,7 +196,7 @@ class GraphModel(PyroModel):
         """The values of ``x``; with a side node, ``Batch(x, y)``."""
         if self.side.kind == "none":
             return super().model_input(x)
-        return Batch(x.x, y=x.y) if isinstance(x, Batch) else x  # (a plain tensor is refused by the model)
+        return x.replace(index=None) if isinstance(x, Batch) else x  # (a plain tensor is refused by the model)
 
     def placeholder(self, n: int):
         """``n`` zero rows; with a side node, given :meth:`SideInformation.default` as y (the
@@ -179,14 +204,20 @@ class GraphModel(PyroModel):
         rows = super().placeholder(n)
         if self.side.kind == "none":
             return rows
-        return Batch(rows, y=self.side.default(n).to(self.device))
+        y = self.side.default(n).to(self.device)
+        return rows.replace(y=y) if isinstance(rows, Batch) else Batch(rows, y=y)
 
     def prepare(self, data, name="data"):
+        module = self.holder.module
+        inputs = module.check_inputs(data, name)
+        rest = data.replace(inputs={}) if isinstance(data, Batch) else data
         if self.side.kind == "none":
-            x = super().prepare(data, name)
+            x = super().prepare(rest, name)
         else:
-            x = self.side.batch(data, self.dim, name, f"node {self.holder.module.side_node.name!r}")
-        self.holder.module.check_data(x, name)
+            x = self.side.batch(rest, self.dim, name, f"node {module.side_node.name!r}")
+        if inputs:
+            x = (x if isinstance(x, Batch) else Batch(x)).replace(inputs=inputs)
+        module.check_data(x, name)
         return x
 
     def init_values(self, x, generator):
@@ -198,14 +229,15 @@ class GraphModel(PyroModel):
 
 class ContinuousGraphModel(GraphModel, ContinuousPyroModel):
     """A graph model with a continuous local latent (the amortized encoder serves it, given the
-    side node's y beside x where there is one)."""
+    side node's y and the input nodes beside x where there are any)."""
 
     def make_encoder(self) -> torch.nn.Module:
-        if self.side.kind == "none":
+        given = Conditioning(self.holder.module)  # the side node's y and the input nodes, beside x
+        if not given.size:
             return super().make_encoder()
         c = self.config
-        head = mlp(self.dim + self.side.size, c.hidden, 2 * self.latent_dim, c.activation)
-        return SideEncoder(Encoder(torch.nn.Identity(), head, c.min_scale), self.side)
+        head = mlp(self.dim + given.size, c.hidden, 2 * self.latent_dim, c.activation)
+        return SideEncoder(Encoder(torch.nn.Identity(), head, c.min_scale), given)
 
 
 class ChainGraphModel(GraphModel):

@@ -244,7 +244,7 @@ def _without(nodes, name):
                 {"name": "assignment", "kind": "categorical", "size": 3, "probs": "weights"},
                 {"name": "obs", "kind": "observed", "mean": "locs", "std": "scales", "given": "locs"},
             ],
-            "node 'obs': given = 'locs' must be a categorical or chain node",
+            "node 'obs': given = 'locs' must be a categorical or chain or input node",
         ),
         (
             [
