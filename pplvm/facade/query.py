@@ -22,7 +22,7 @@ from ..errors import IncompatibleError, RunDirError
 from ..evaluation import memory
 from ..evaluation.arviz import inference_data
 from ..training.trainer import _host, to_device
-from .build import card_dataset
+from .build import _fit_input, card_dataset
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -130,6 +130,8 @@ def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
         "likelihood": run.model.likelihood,
         "exact": run.model.likelihood == "exact",
     }
+    if run.model.likelihood == "estimate" and run.traits.held_out_steps:
+        out["q_fit_steps"] = run.traits.held_out_steps  # the rows' q(z_n) was fitted this long first
     if terms is not None:
         out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
         out["bits_per_dim"] = -float(ll.mean()) / (run.model.dim * math.log(2))
@@ -141,6 +143,8 @@ def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bo
     """arviz ``InferenceData`` of the fit on ``x`` (default: the training data)."""
     ev = run.card.evaluation
     xt = run._prepare(x) if x is not None else run._training_data()
+    if x is None and run.model.likelihood == "estimate":  # a per-datum guide proposes from each row's own q(z_n)
+        xt = _fit_input(run.traits, xt)
     if len(xt) > ev.max_rows:
         xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
     s = ev.draws * ev.chains
@@ -202,8 +206,8 @@ def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples
             "it has no log-likelihood (compare samples instead)"
         )
     options = {"num_samples": samples or run.card.evaluation.samples} if kind == "estimate" else {}
-    if kind == "estimate" and run.traits.proposal:
-        options["proposal"] = run.guide
+    if kind == "estimate" and run.traits.proposal:  # a per-datum guide fits a q to rows it has none for
+        options["proposal"], xt = run.guide_plugin.proposal(run.guide, run.model, xt, run._params())
     return run.model.log_likelihood(xt, params, **options)
 
 

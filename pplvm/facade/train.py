@@ -144,7 +144,8 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
     }  # what load and resume check card.toml against
     # early stopping follows the exact held-out log-likelihood where the family has one,
     # else the held-out loss (a noisier Monte-Carlo estimate)
-    monitor = "valid_log_likelihood" if run.model.likelihood == "exact" else "valid_loss"
+    # (also when the guide scores no held-out loss: a per-datum guide)
+    monitor = "valid_log_likelihood" if run.model.likelihood == "exact" or not run.traits.held_out else "valid_loss"
     # a family without a likelihood ("none") is judged by its rule's held-out loss alone
     valid_metrics = run._valid_metrics if run.model.likelihood != "none" else None
     ctx = distributed.init_from_env(run.card.training.device)
@@ -166,7 +167,10 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
 
 def _valid_metrics(run: Run, valid: torch.Tensor) -> dict[str, float]:
     ll = run._chunked_log_likelihood(valid, run._params()) + run.transform.log_abs_det_jacobian(valid)
-    return {"valid_log_likelihood": float(ll.mean())}
+    out = {"valid_log_likelihood": float(ll.mean())}
+    if run.model.likelihood == "estimate" and run.traits.held_out_steps:
+        out["valid_q_fit_steps"] = run.traits.held_out_steps  # scored through a q(z_n) fitted to them
+    return out
 
 
 def _epoch_cap(card: BaseModel, done: int) -> BaseModel:
