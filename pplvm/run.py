@@ -76,11 +76,26 @@ class Run:
             objective=self.objective,
             checked=checked,
         )
-        self.dataset, self.run_dir = dataset, run_dir
+        self._dataset, self.run_dir = dataset, run_dir
+        #: built from a run directory (:meth:`load`): its data are read again on first use
+        self.loaded = dataset is None
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
         self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
         self.idata = None  # the InferenceData last written by write_artifacts
+
+    @property
+    def dataset(self) -> Dataset:
+        """The run's data, split as at fit time, as its model takes them. A loaded run reads its
+        card's data again on first use; a run fitted on data passed from Python cannot (its run
+        directory does not keep them): a RunDirError says so."""
+        if self._dataset is None:
+            self._dataset = build.reload_dataset(self)
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: Dataset | None) -> None:
+        self._dataset = value
 
     @property
     def device(self) -> torch.device:

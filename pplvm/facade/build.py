@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from .. import rundir
+from .._targets import one_line
 from ..config import card_from_dict, card_to_dict, load_card
 from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
 from ..data.base import from_dict, split
@@ -123,6 +124,18 @@ def load(
     return run
 
 
+def reload_dataset(run: Run) -> Dataset:
+    """A loaded run's data: its card's source, split as at fit time and checked for its model."""
+    if run.from_python:
+        raise RunDirError(
+            "run.dataset: this run was fitted on data passed from Python, which its run directory does not "
+            "keep; pass the data explicitly (e.g. run.log_likelihood(x))"
+        )
+    dataset = card_dataset(run.card)
+    _check_splits(run.model, dataset, run.card.training.seed)
+    return dataset
+
+
 def assemble(
     card: BaseModel,
     dim: int,
@@ -159,7 +172,8 @@ def assemble(
     guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
     if dataset is not None:
         prototype = _fit_input(traits, dataset.train)[:PROTOTYPE_ROWS]
-    with torch.no_grad():  # autoguides create their parameters on the first call
+    # autoguides create their parameters on the first call (the model runs on up to 256 rows)
+    with torch.no_grad(), one_line(f"the guide's first call, on {len(prototype)} training rows, failed"):
         guide(to_device(prototype, model.device), num_data=num_data)
     if checkpoint is not None:
         params = checkpoint["best"] or checkpoint

@@ -18,11 +18,11 @@ from pyro.infer import Predictive
 from .._progress import progress
 from ..config import check_count, check_seed
 from ..data import Batch, values
-from ..errors import IncompatibleError, RunDirError
+from ..errors import IncompatibleError
 from ..evaluation import memory
 from ..evaluation.arviz import inference_data
 from ..training.trainer import _host, to_device
-from .build import _fit_input, card_dataset
+from .build import _fit_input
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -183,14 +183,7 @@ def _replicates(run: Run, xt, draws: dict[str, torch.Tensor], seed: int) -> torc
 
 def _training_data(run: Run) -> "torch.Tensor | Batch":
     """The training split as the model sees it (one fixed draw of an augmented split)."""
-    if run.dataset is None:
-        if run.from_python:
-            raise RunDirError(
-                "this run was fitted on data passed from Python, which its run directory "
-                "does not keep: pass the data explicitly"
-            )
-        run.dataset = card_dataset(run.card)
-    d, seed = run.dataset, run.card.training.seed
+    d, seed = run.dataset, run.card.training.seed  # a loaded run reads its card's data again
     return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
 
 

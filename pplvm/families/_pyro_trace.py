@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from .._targets import first_line
+from .._targets import described, first_line
 from ..errors import CardError
 
 #: placeholder batch sizes the model is traced at; the data plate is the one that follows them
@@ -205,12 +206,19 @@ def _check_observations(trace: poutine.Trace, name: str) -> None:
             raise CardError(f"{where}: {type(fn).__name__} refuses the data: {first_line(err)}") from None
         mask = site["mask"]
         log_p = log_p if mask is None or mask is True else torch.where(mask, log_p, 0.0)
+        try:  # some densities stay finite off their support (a Poisson at 0.5): ask the support itself
+            outside = ~fn.support.check(value)
+        except (NotImplementedError, ValueError):  # a support that depends on the parameters
+            outside = torch.zeros((), dtype=torch.bool)
+        outside = outside if mask is None or mask is True else outside & mask
+        if outside.any():
+            raise CardError(f"{where}: the data lie outside the support of its {_named(fn)}")
         if log_p.isnan().any():
             raise CardError(
                 f"{where}: the log-density of the data is NaN (are the model's parameters NaN, or a scale zero?)"
             )
         if (log_p == -math.inf).any():
-            raise CardError(f"{where}: the data lie outside the support of its {type(fn).__name__}")
+            raise CardError(f"{where}: the data lie outside the support of its {_named(fn)}")
 
 
 def _check_reads(call: Callable, batch: Any, trace: poutine.Trace, name: str) -> None:
@@ -261,12 +269,20 @@ def _trace_once(fn: Callable, x: Any, *, uses_param: str, failed: str) -> poutin
         if "pyro.param" in str(err):
             raise CardError(uses_param) from None
         raise CardError(f"{failed}: {first_line(err)}") from None
-    except Exception as err:  # the user's code: report what it raised, in one line
-        raise CardError(f"{failed}: {type(err).__name__}: {first_line(err)}") from None
+    except (Exception, SystemExit) as err:  # the user's code: what it raised, in one line, and where
+        raise CardError(f"{failed}: {described(err)}") from None
 
 
 def _is_sample(site) -> bool:
     return site["type"] == "sample" and not site_is_subsample(site)
+
+
+def _named(fn) -> str:
+    """A distribution as a reader knows it: the one under its Independent / expand / mask
+    wrappers, and that one's support (``Poisson (support: IntegerGreaterThan(lower_bound=0))``)."""
+    while isinstance(fn, (torch.distributions.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return f"{type(fn).__name__} (support: {fn.support})"
 
 
 def _base_support(fn) -> Any:

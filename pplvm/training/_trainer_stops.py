@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import TrainingError
+from ..rundir import STAGING
 from . import distributed
 from ._trainer_state import _host, saved_epoch
 from .distributed import CollectiveError
@@ -67,11 +68,13 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False) -> None:
     s = trainer.state
     epoch = s.epoch if epoch_done else s.epoch + 1
     where = f"epoch {epoch}" if epoch_done else f"epoch {epoch}, step {s.step + 1}"
-    kept = (
-        f"the last good checkpoint (epoch {saved_epoch(trainer.checkpoint_path)}) is kept at {trainer.checkpoint_path}"
-        if trainer.checkpoint_path is not None
-        else "no checkpoint was being written"
-    )
+    if trainer.checkpoint_path is None:
+        kept = "no checkpoint was being written"
+    elif trainer.checkpoint_path.parent.name == STAGING:  # a new run, removed: nothing is left on disk
+        kept = "nothing was kept (the fit failed in its first epoch)"
+    else:
+        path = trainer.checkpoint_path
+        kept = f"the last good checkpoint (epoch {saved_epoch(path)}) is kept at {path}"
     raise TrainingError(
         f"training stopped: the {what} at {where}; {kept}. Try a smaller training.lr or set training.clip_norm."
     )
