@@ -15,6 +15,7 @@ Run directory::
     loss.png, posterior.png, model.png (the model's graph), <family plots>.png
     summary.txt          arviz summary of the global latents and held-out metrics
     .pplvm.lock          held (fcntl) by the one process that fits or resumes the run
+    .pplvm-new/          a new fit's files until its first epoch is done (then moved up)
 
 A new fit refuses a directory that holds a run unless asked to overwrite it (see
 :mod:`pplvm.rundir`); every file is written through a temporary file and a rename.
