@@ -5,7 +5,6 @@ minibatch scale on the data plate and a holder that keeps the user's site names.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ from pyro.poutine.util import site_is_subsample
 
 from .._targets import described, first_line
 from ..errors import CardError
+from ..evaluation.sites import time_steps
 
 #: placeholder batch sizes the model is traced at; the data plate is the one that follows them
 _PROBE_ROWS = (3, 5)
@@ -49,17 +49,6 @@ class Structure:
     #: why the amortized encoder cannot serve the continuous locals ('' when it can)
     not_amortizable: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def time_steps(names) -> dict[str, list[str]]:
-    """Sites that repeat one per time step, as a Pyro model's ``for t in pyro.markov(...)`` loop
-    names them (``z_1, z_2, ...``): stem -> names in step order, for stems with two or more."""
-    groups: dict[str, list[tuple[int, str]]] = {}
-    for name in names:
-        match = re.fullmatch(r"(.*?)(\d+)", name)
-        if match:
-            groups.setdefault(match.group(1), []).append((int(match.group(2)), name))
-    return {stem: [n for _, n in sorted(members)] for stem, members in groups.items() if len(members) > 1}
 
 
 def is_observation(site) -> bool:
