@@ -9,11 +9,13 @@ import copy
 import importlib
 import os
 import sys
-from typing import Any, Callable
+import sysconfig
+import traceback
+from typing import Any, Callable, Iterator
 
 import torch
 
-from .errors import CardError
+from .errors import CardError, PplvmError
 
 #: what a card's import path must look like
 TARGET_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
@@ -23,11 +25,21 @@ def resolve(target: str, key: str) -> Any:
     """The object named by ``'package.module:name'`` (a module in the current directory is
     found too), or a CardError naming ``key``."""
     module_name, _, attr = target.partition(":")
+    head = f"{key} = {target!r}"
     try:
         with _cwd_on_path():
             module = importlib.import_module(module_name)
+    except SyntaxError as err:  # the module's own source (a SyntaxError names its file and line)
+        where = f"{_shown(err.filename)}:{err.lineno}" if err.filename else f"line {err.lineno}"
+        raise CardError(f"{head}: module {module_name!r} has a syntax error at {where}: {err.msg}") from None
     except ImportError as err:
-        raise CardError(f"{key} = {target!r}: cannot import module {module_name!r} ({err})") from None
+        raise CardError(f"{head}: cannot import module {module_name!r} ({first_line(err)}){at(err)}") from None
+    except SystemExit as err:  # sys.exit() at import would end pplvm silently, with status 0
+        raise CardError(f"{head}: importing module {module_name!r} called sys.exit({err.code!r}){at(err)}") from None
+    except Exception as err:  # whatever the module's top level raises: one line, where it raised
+        raise CardError(
+            f"{head}: importing module {module_name!r} raised {type(err).__name__}: {first_line(err)}{at(err)}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -78,6 +90,58 @@ def instantiate(
     raise CardError(
         f"{key}: expected a Pyro {what} function, a PyroModule or a PyroModule class, got {type(obj).__name__}"
     )
+
+
+@contextlib.contextmanager
+def one_line(what: str, error: type[Exception] = CardError) -> Iterator[None]:
+    """Run a user's code (a model, a guide): what it raises becomes one ``error`` line, ``what``
+    then :func:`described` (pplvm's own errors, already one line, and Ctrl-C pass as they are);
+    the cause stays chained for Python."""
+    try:
+        yield
+    except PplvmError:
+        raise
+    except (Exception, SystemExit) as err:  # SystemExit: it would end pplvm silently
+        raise error(f"{what}: {described(err)}") from err
+
+
+def described(err: BaseException) -> str:
+    """A user's exception in one line: its type and first line (a ``sys.exit``: its code), and
+    where the user's code raised it (:func:`at`)."""
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r}){at(err)}"
+    return f"{type(err).__name__}: {first_line(err)}{at(err)}"
+
+
+def at(err: BaseException) -> str:
+    """`` (at FILE:LINE)``: where the user's code raised ``err`` — the innermost frame outside
+    pplvm, Python's standard library and installed packages, followed through the exceptions
+    it was raised from — or ``""`` when none is."""
+    library = [
+        os.path.dirname(__file__),
+        *{sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")},
+    ]
+    library = [os.path.realpath(p) + os.sep for p in library if p]
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in reversed(chain):  # the innermost exception first: the user's frame is in its traceback
+        frames = [
+            f
+            for f in traceback.extract_tb(e.__traceback__)
+            if not f.filename.startswith("<") and not os.path.realpath(f.filename).startswith(tuple(library))
+        ]
+        if frames:
+            return f" (at {_shown(frames[-1].filename)}:{frames[-1].lineno})"
+    return ""
+
+
+def _shown(path: str) -> str:
+    """A file as the user named it: relative to the working directory when it lies under it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def first_line(err: BaseException) -> str:

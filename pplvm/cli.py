@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run directory (default: runs/<card name>)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     sp.add_argument(
-        "--overwrite", action="store_true", help="replace the run already in --out (its files are deleted first)"
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (once the new fit's first epoch is done; a failed fit leaves it)",
     )
 
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")

@@ -15,6 +15,7 @@ Run directory::
     loss.png, posterior.png, model.png (the model's graph), <family plots>.png
     summary.txt          arviz summary of the global latents and held-out metrics
     .pplvm.lock          held (fcntl) by the one process that fits or resumes the run
+    .pplvm-new/          a new fit's files until its first epoch is done (then moved up)
 
 A new fit refuses a directory that holds a run unless asked to overwrite it (see
 :mod:`pplvm.rundir`); every file is written through a temporary file and a rename.
@@ -76,11 +77,26 @@ class Run:
             objective=self.objective,
             checked=checked,
         )
-        self.dataset, self.run_dir = dataset, run_dir
+        self._dataset, self.run_dir = dataset, run_dir
+        #: built from a run directory (:meth:`load`): its data are read again on first use
+        self.loaded = dataset is None
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
         self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
         self.idata = None  # the InferenceData last written by write_artifacts
+
+    @property
+    def dataset(self) -> Dataset:
+        """The run's data, split as at fit time, as its model takes them. A loaded run reads its
+        card's data again on first use; a run fitted on data passed from Python cannot (its run
+        directory does not keep them): a RunDirError says so."""
+        if self._dataset is None:
+            self._dataset = build.reload_dataset(self)
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: Dataset | None) -> None:
+        self._dataset = value
 
     @property
     def device(self) -> torch.device:

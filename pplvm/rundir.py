@@ -1,8 +1,11 @@
 """Run directories: never lose a run, never mix two, never let two processes write one.
 
 - :func:`new_run` makes ``out`` ready for a new fit: it refuses a directory that already holds
-  anything unless asked to overwrite, and on overwrite deletes the old run's files first (and
-  refuses to delete files pplvm did not write), so a directory never mixes two runs.
+  anything unless asked to overwrite (and refuses to delete files pplvm did not write). The new
+  run is written into a hidden folder inside ``out`` until the fit commits it (after its first
+  epoch), which then replaces the old run's files: a directory never mixes two runs, and a fit
+  that fails before its first epoch leaves the disk as it found it (no new directory, an old
+  run untouched).
 - :func:`locked` holds an exclusive ``fcntl`` lock on ``<run>/.pplvm.lock`` for as long as a
   fit or resume writes the directory; a second writer gets a :class:`RunDirError` at once. The
   operating system drops the lock when the process ends, however it ends.
@@ -34,6 +37,8 @@ from pydantic import BaseModel
 from .errors import RunDirError, StorageError
 
 LOCK = ".pplvm.lock"
+#: the folder inside a run directory where a new run is written until it is committed
+STAGING = ".pplvm-new"
 #: what a run directory holds (see :mod:`pplvm.run`); only these are deleted on overwrite
 RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt", LOCK)
 RUN_PATTERNS = ("*.png", ".*.tmp")
@@ -81,7 +86,7 @@ def _refuse_existing(out: Path, what: str, overwrite: bool) -> list[str]:
         raise RunDirError(f"{what}: is a file; expected a run directory")
     if not out.exists():
         return []
-    present = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    present = sorted(p.name for p in out.iterdir() if p.name not in (LOCK, STAGING))  # STAGING: a failed fit's
     foreign = [name for name in present if not _is_run_file(out / name)]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -94,37 +99,65 @@ def _refuse_existing(out: Path, what: str, overwrite: bool) -> list[str]:
     return present
 
 
-@contextlib.contextmanager
-def new_run(out: str | Path, *, overwrite: bool = False, need_bytes: int = 0, purpose: str = "--out") -> Iterator[Path]:
-    """Make ``out`` an empty, writable, locked directory for a new run while the block runs.
+class NewRun:
+    """A new run being written (:func:`new_run`): into :attr:`path` (hidden inside ``out``) until
+    :meth:`commit` puts it in place of ``out``'s old run."""
 
-    An existing directory that holds anything is refused unless ``overwrite``; then the old
-    run's files are deleted (under the lock, before anything new is written), so the directory
-    never mixes two runs. A directory holding files pplvm did not write is refused either way:
-    pplvm never deletes what it did not write. Nothing on disk changes when it refuses."""
+    def __init__(self, out: Path, what: str):
+        self.out, self.what, self.path = out, what, out / STAGING
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Delete the old run's files, move the new run's files into ``out`` (one rename each)
+        and remove the hidden folder: ``out`` from now on holds the new run alone."""
+        with storage(self.what):
+            for name in _refuse_existing(self.out, self.what, overwrite=True):
+                (self.out / name).unlink()
+            for p in sorted(self.path.iterdir()):
+                os.replace(p, self.out / p.name)
+            self.path.rmdir()
+            _sync_folder(self.out)
+        self.committed = True
+        return self.out
+
+
+@contextlib.contextmanager
+def new_run(
+    out: str | Path, *, overwrite: bool = False, need_bytes: int = 0, purpose: str = "--out"
+) -> Iterator[NewRun]:
+    """Make ``out`` a locked directory for a new run while the block runs, the new run written
+    into :attr:`NewRun.path` until :meth:`NewRun.commit`.
+
+    An existing directory that holds anything is refused unless ``overwrite``; a directory
+    holding files pplvm did not write is refused either way: pplvm never deletes what it did not
+    write. Nothing on disk changes when it refuses. Leaving the block without a commit (the fit
+    failed, or was stopped, before its first epoch) removes what it made: the hidden folder, the
+    lock file where there was none, ``out`` itself where it was new; an old run stays as it was."""
     out = Path(out)
     what = _what(out, purpose)
     _refuse_existing(out, what, overwrite)  # before creating anything, even the lock file
-    created = not out.exists()
+    created, had_lock = not out.exists(), (out / LOCK).exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise storage_error(err, what) from None
-    with locked(out, purpose):
+    new = NewRun(out, what)
+    with locked(out, purpose):  # refused: another process writes out, and nothing here is this call's
         try:
-            for name in _refuse_existing(out, what, overwrite):  # again: another process may have written it
-                try:
-                    (out / name).unlink()
-                except OSError as err:
-                    raise storage_error(err, _what(out / name, "old run file")) from None
-            check_writable(out, need_bytes, purpose)
-        except BaseException:
-            if created:  # refused before writing anything: leave no empty directory behind
+            _refuse_existing(out, what, overwrite)  # again: another process may have written it
+            with storage(what):
+                shutil.rmtree(new.path, ignore_errors=True)  # left by a fit that was killed
+                new.path.mkdir()
+            check_writable(new.path, need_bytes, purpose)
+            yield new
+        finally:
+            if not new.committed:  # (still under the lock: no other process is writing out)
+                shutil.rmtree(new.path, ignore_errors=True)
                 with contextlib.suppress(OSError):
-                    (out / LOCK).unlink()
-                    out.rmdir()
-            raise
-        yield out
+                    if not had_lock:
+                        (out / LOCK).unlink()
+                    if created:
+                        out.rmdir()
 
 
 @contextlib.contextmanager
@@ -213,8 +246,12 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], Any], wh
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync_folder(path.parent)  # make the rename itself durable
+
+
+def _sync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:

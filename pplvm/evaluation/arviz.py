@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import PplvmError
+
 
 def arviz():
     """Import arviz without its import-time FutureWarning about the 1.x refactor."""
@@ -111,9 +113,41 @@ def compare_table(idatas: dict[str, Any], method: str = "stacking"):
     return table[list(COMPARE_COLUMNS)]
 
 
+def loo_refusal(idata) -> str | None:
+    """Why PSIS-LOO cannot score a run's ``InferenceData`` (one line, after "the run"), or None.
+
+    LOO reweights posterior draws of the global latents to leave each datum out. A model with no
+    global latents has no draws: every parameter is a point estimate θ̂, its log predictive
+    density of a datum is just log p(x_n | θ̂), and summed over the data that fitted θ̂ that is an
+    in-sample score, not a leave-one-out one (p_loo would be 0). Held-out data score it fairly."""
+    if "log_likelihood" not in groups(idata):
+        return (
+            "has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot score it; compare samples "
+            "with pplvm two-sample instead"
+        )
+    if "posterior" not in groups(idata) or not list(idata.posterior.data_vars):
+        return (
+            "has no global latents (its parameters are point estimates θ̂), so PSIS-LOO has no posterior draws "
+            "to reweight: its log predictive density is just log p(x_n | θ̂), in-sample on the training data; "
+            "compare held-out log-likelihoods instead (pplvm evaluate RUN --split test)"
+        )
+    ll = np.asarray(idata.log_likelihood["obs"])
+    if np.ptp(ll.reshape(-1, ll.shape[-1]), axis=0).max() == 0:
+        return (
+            "has no posterior spread (its parameters are point estimates: maximum likelihood or a MAP guide), "
+            "so leave-one-out has nothing to reweight; fit a Bayesian variant (e.g. ppca/fa with "
+            "model.prior = 'normal') or a meanfield/lowrank guide"
+        )
+    return None
+
+
 def loo_estimates(idata) -> dict[str, float | bool]:
     """PSIS-LOO of one run (``az.loo``): ``elpd_loo``, its ``se``, ``p_loo`` and ``warning``
-    (a Pareto k too high), under the same names whatever the arviz version."""
+    (a Pareto k too high), under the same names whatever the arviz version; a PplvmError with
+    :func:`loo_refusal`'s reason where LOO cannot score the run."""
+    why = loo_refusal(idata)
+    if why is not None:
+        raise PplvmError(f"the run {why}")
     loo = arviz().loo(idata)
     if arviz_major() >= 1:
         return {"elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p), "warning": bool(loo.warning)}

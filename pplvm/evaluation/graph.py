@@ -4,7 +4,9 @@ drawn with matplotlib (``model.png`` in a run directory, ``pplvm render CARD``).
 
 Layout: each site sits one row below its deepest parent (parameters and root latents on top),
 sites in the same plates in one column band; a plate is a rounded box around its sites, labelled with its
-name; observed sites are shaded.
+name; observed sites are shaded. Sites repeated per time step (``z_1 … z_T``, ``x_1 … x_T``:
+:func:`~pplvm.evaluation.sites.time_steps`) are drawn as a chain: each stem one row, its steps
+left to right, so ``z_t → z_{t+1}`` runs along the row and ``z_t → x_t`` straight down.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 from pyro.infer.inspect import get_model_relations
 
+from .sites import step, time_steps
+
 
 def model_relations(model: Callable, *args, **kwargs) -> dict[str, Any]:
     """:func:`~pyro.infer.inspect.get_model_relations` of ``model(*args, **kwargs)``: sites, their
@@ -24,37 +28,84 @@ def model_relations(model: Callable, *args, **kwargs) -> dict[str, Any]:
 
 def layout(relations: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """``name -> (x, y)`` for every site and parameter: ``y = −depth`` (one row below the deepest
-    parent); ``x``: a column band per set of plates, so each plate's sites sit together."""
+    parent); ``x``: a column band per set of plates, so each plate's sites sit together. A
+    time-step chain (:func:`~pplvm.evaluation.sites.time_steps`) is one node of the depth
+    graph, its steps side by side in step order (step ``t`` of every chain in one column)."""
     parents = _parents(relations)
+    chains = time_steps(parents)
+    stem = {name: key for key, names in chains.items() for name in names}
+    node = {name: stem.get(name, name) for name in parents}
+    ups: dict[str, set[str]] = {}  # the depth graph: a chain's parents are its steps' (less itself)
+    for name, ps in parents.items():
+        ups.setdefault(node[name], set()).update(node[p] for p in ps if node[p] != node[name])
+    members = {n: chains.get(n, [n]) for n in ups}
     depth: dict[str, int] = {}
 
-    def level(name: str, seen: tuple[str, ...] = ()) -> int:
-        if name not in depth:
-            ups = [p for p in parents.get(name, []) if p not in seen]
-            depth[name] = 1 + max((level(p, seen + (name,)) for p in ups), default=-1)
-        return depth[name]
+    def level(n: str, seen: tuple[str, ...] = ()) -> int:
+        if n not in depth:
+            above = [p for p in sorted(ups[n]) if p not in seen]
+            depth[n] = 1 + max((level(p, seen + (n,)) for p in above), default=-1)
+        return depth[n]
 
-    order = list(parents)
-    for name in order:
-        level(name)
+    order = list(dict.fromkeys(node[name] for name in parents))
+    for n in order:
+        level(n)
     plates = _plates_of(relations)
     # one column band per set of plates (nested sets side by side), so plate boxes do not overlap
     bands: dict[tuple[str, ...], dict[int, list[str]]] = {}
-    for name in order:
-        bands.setdefault(plates.get(name, ()), {}).setdefault(depth[name], []).append(name)
+    for n in order:
+        bands.setdefault(plates.get(members[n][0], ()), {}).setdefault(depth[n], []).append(n)
+    # a chain's steps one column each, and one more where steps were left out (see model_graph)
+    cols = {n: [0.0] if n not in chains else _columns(members[n]) for n in members}
     pos, left = {}, 0.0
     for key in sorted(bands):
         rows = bands[key]
-        width = max(len(r) for r in rows.values())
+        width = max(sum(cols[n][-1] + 1 for n in row) for row in rows.values())
         for d, row in rows.items():
-            for i, name in enumerate(row):
-                pos[name] = (left + i + (width - len(row)) / 2, -float(d))
+            x = left + (width - sum(cols[n][-1] + 1 for n in row)) / 2
+            for n in row:
+                for name, col in zip(members[n], cols[n]):
+                    pos[name] = (x + col, -float(d))
+                x += cols[n][-1] + 1
         left += width + 0.6
     return pos
 
 
+def _columns(names: list[str]) -> list[float]:
+    """Column of each step of a chain: consecutive, with one empty column where steps are missing."""
+    out = [0.0]
+    for a, b in zip(names, names[1:]):
+        out.append(out[-1] + (1 if step(b) == step(a) + 1 else 2))
+    return out
+
+
+def elided(relations: dict[str, Any], first: int = 4, last: int = 2) -> tuple[dict[str, Any], list[str]]:
+    """``relations`` without the middle steps of chains longer than ``first + last + 1`` steps
+    (a figure a person can read; :func:`layout` leaves a column for each gap), and the names of
+    the steps each gap follows."""
+    drop, gaps = set(), []
+    for names in time_steps(relations["sample_dist"]).values():
+        if len(names) > first + last + 1:
+            drop.update(names[first:-last])
+            gaps.append(names[first - 1])
+    if not drop:
+        return relations, gaps
+
+    def keep(names):
+        return [n for n in names if n not in drop]
+
+    out = dict(relations)
+    for key in ("sample_sample", "sample_param", "sample_dist"):
+        out[key] = {k: (v if key == "sample_dist" else keep(v)) for k, v in relations[key].items() if k not in drop}
+    out["plate_sample"] = {p: keep(v) for p, v in relations["plate_sample"].items()}
+    out["observed"] = keep(relations["observed"])
+    return out, gaps
+
+
 def model_graph(relations: dict[str, Any], title: str = "") -> Figure:
-    """The figure of :func:`model_relations`' output."""
+    """The figure of :func:`model_relations`' output (long time-step chains: their first and
+    last steps, ``⋯`` between)."""
+    relations, gaps = elided(relations)
     pos = layout(relations)
     parents = _parents(relations)
     observed = set(relations["observed"])
@@ -124,6 +175,8 @@ def model_graph(relations: dict[str, Any], title: str = "") -> Figure:
             fontsize=6.5,
             color="0.35",
         )
+    for name in gaps:  # the steps left out of a long chain
+        ax.text(pos[name][0] + 1, pos[name][1], "⋯", ha="center", va="center", fontsize=14)
     ax.set_xlim(min(xs) - 1.1, max(xs) + 1.1)
     ax.set_ylim(min(ys) - 1.1, max(ys) + 0.8)
     ax.set_title(title or "model", fontsize=10)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from .. import rundir
 from .._modes import evaluating
+from .._targets import one_line
 from ..config import card_from_dict, card_to_dict, load_card
 from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
 from ..data.base import from_dict, split
@@ -124,6 +125,16 @@ def load(
     return run
 
 
+def reload_dataset(run: Run) -> Dataset:
+    """A loaded run's data: its card's source, split as at fit time and checked for its model."""
+    if run.from_python:
+        raise RunDirError(
+            "run.dataset: this run was fitted on data passed from Python, which its run directory does not "
+            "keep; pass the data explicitly (e.g. run.log_likelihood(x))"
+        )
+    return card_dataset(run.card, run.model)
+
+
 def assemble(
     card: BaseModel,
     dim: int,
@@ -161,7 +172,12 @@ def assemble(
         guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
     if dataset is not None:
         prototype = _fit_input(traits, dataset.train)[:PROTOTYPE_ROWS]
-    with torch.no_grad(), evaluating(model, guide):  # autoguides create their parameters on the first call
+    # autoguides create their parameters on the first call (the model runs on up to 256 rows)
+    with (
+        torch.no_grad(),
+        evaluating(model, guide),
+        one_line(f"the guide's first call, on {len(prototype)} training rows, failed"),
+    ):
         guide(to_device(prototype, model.device), num_data=num_data)
     if checkpoint is not None:
         params = checkpoint["best"] or checkpoint

@@ -20,11 +20,11 @@ from .._modes import evaluated
 from .._progress import progress
 from ..config import check_count, check_seed
 from ..data import Batch, values
-from ..errors import IncompatibleError, RunDirError
+from ..errors import IncompatibleError
 from ..evaluation import memory
 from ..evaluation.arviz import inference_data
 from ..training.trainer import _host, to_device
-from .build import card_dataset
+from .build import _fit_input
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -158,6 +158,8 @@ def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
     if isinstance(xt, Batch) and xt.lengths is not None:  # sequences: per step (frame) as well
         out["steps"] = int(xt.lengths.sum())
         out["log_likelihood_per_step"] = float(ll.sum()) / out["steps"]
+    if run.model.likelihood == "estimate" and run.traits.held_out_steps:
+        out["q_fit_steps"] = run.traits.held_out_steps  # the rows' q(z_n) was fitted this long first
     if terms is not None:
         out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
         out["bits_per_dim"] = -float(ll.mean()) / (run.model.dim * math.log(2))
@@ -170,6 +172,8 @@ def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bo
     """arviz ``InferenceData`` of the fit on ``x`` (default: the training data)."""
     ev = run.card.evaluation
     xt = run._prepare(x) if x is not None else run._training_data()
+    if x is None and run.model.likelihood == "estimate":  # a per-datum guide proposes from each row's own q(z_n)
+        xt = _fit_input(run.traits, xt)
     if len(xt) > ev.max_rows:
         xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
     s = ev.draws * ev.chains
@@ -208,14 +212,7 @@ def _replicates(run: Run, xt, draws: dict[str, torch.Tensor], seed: int) -> torc
 
 def _training_data(run: Run) -> "torch.Tensor | Batch":
     """The training split as the model sees it (one fixed draw of an augmented split)."""
-    if run.dataset is None:
-        if run.from_python:
-            raise RunDirError(
-                "this run was fitted on data passed from Python, which its run directory "
-                "does not keep: pass the data explicitly"
-            )
-        run.dataset = card_dataset(run.card, run.model)
-    d, seed = run.dataset, run.card.training.seed
+    d, seed = run.dataset, run.card.training.seed  # a loaded run reads its card's data again
     return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
 
 
@@ -231,8 +228,8 @@ def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples
             "it has no log-likelihood (compare samples instead)"
         )
     options = {"num_samples": samples or run.card.evaluation.samples} if kind == "estimate" else {}
-    if kind == "estimate" and run.traits.proposes:
-        options["proposal"] = run.guide
+    if kind == "estimate" and run.traits.proposes:  # a per-datum guide fits a q to rows it has none for
+        options["proposal"], xt = run.guide_plugin.proposal(run.guide, run.model, xt, run._params())
     return run.model.log_likelihood(xt, params, **options)
 
 

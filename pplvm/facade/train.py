@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from pydantic import BaseModel
 
 from .. import rundir
+from .._targets import described
 from ..config import card_from_dict, card_to_dict, check_count, dump_card, load_card
-from ..errors import ArgumentError, CardError, RunDirError
+from ..errors import ArgumentError, CardError, PplvmError, RunDirError, TrainingError
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import Callback, Trainer
@@ -41,33 +42,57 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
     Started by torchrun (several processes), every process trains on its shard of each
     batch and rank 0 alone prepares, locks and writes the run directory (see
     :mod:`pplvm.training.distributed`)."""
-    if run.dataset is None:
-        raise RunDirError("this run has no data loaded; use Run.resume() to continue training")
+    if run.loaded:
+        raise RunDirError("this run was loaded from its run directory; use Run.resume() to continue training")
     run.card = _epoch_cap(run.card, 0)
     main = distributed.init_from_env(run.card.training.device).is_main
     if out is None:
         return run._fit(callbacks)
+    out = Path(out)
     with contextlib.ExitStack() as stack:
         with distributed.agreed("prepare the run directory"):
+            new = None
             if main:
-                run_dir = stack.enter_context(
-                    rundir.new_run(out, overwrite=overwrite, need_bytes=run._checkpoint_bytes())
-                )
-                with rundir.storage(f"run directory {str(run_dir)!r}"):
-                    dump_card(run.card, run_dir / "card.toml")
-                    (run_dir / "metrics.jsonl").write_text("")
-            run.run_dir = Path(out)
-        return run._fit(callbacks)
+                new = stack.enter_context(rundir.new_run(out, overwrite=overwrite, need_bytes=run._checkpoint_bytes()))
+                with rundir.storage(f"run directory {str(out)!r}"):
+                    dump_card(run.card, new.path / "card.toml")
+                    (new.path / "metrics.jsonl").write_text("")
+            run.run_dir = out / rundir.STAGING  # the new run, until its first epoch is done
+
+        def commit(trainer: Trainer, metrics: dict[str, Any]) -> None:
+            """After the first epoch: the new run replaces ``out``'s old one (rank 0 moves it)."""
+            if run.run_dir == out:
+                return
+            if new is not None:
+                new.commit()
+            trainer.run_dir = run.run_dir = out
+
+        return run._fit([commit, *callbacks])
 
 
 def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
     run.trainer = run._trainer(callbacks)
-    with rundir.storage(f"run directory {str(run.run_dir)!r}"):
+    with rundir.storage(f"run directory {str(run.run_dir)!r}"), _first_epoch(run.trainer):
         run.trainer.fit(_fit_input(run.traits, run.dataset.train), run.dataset.valid)
     run.history = run.trainer.state.history
     if run.run_dir is not None and distributed.is_main():
         run.write_artifacts()
     return run
+
+
+@contextlib.contextmanager
+def _first_epoch(trainer: Trainer) -> Iterator[None]:
+    """What the model, guide or objective raise before the first epoch is done (a user's model
+    failing on a training batch, a shape no probe met) becomes one line naming the error and
+    where the user's code raised it (the cause chained for Python). Later errors pass as they are."""
+    try:
+        yield
+    except PplvmError:
+        raise
+    except (Exception, SystemExit) as err:
+        if trainer.state.history:  # an epoch was done: its run directory is kept, the error is as it was
+            raise
+        raise TrainingError(f"training failed in its first epoch, before anything was kept: {described(err)}") from err
 
 
 def _checkpoint_bytes(run: Run) -> int:
@@ -144,7 +169,8 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
     }  # what load and resume check card.toml against
     # early stopping follows the exact held-out log-likelihood where the family has one,
     # else the held-out loss (a noisier Monte-Carlo estimate)
-    monitor = "valid_log_likelihood" if run.model.likelihood == "exact" else "valid_loss"
+    # (also when the guide scores no held-out loss: a per-datum guide)
+    monitor = "valid_log_likelihood" if run.model.likelihood == "exact" or not run.traits.held_out else "valid_loss"
     # a family without a likelihood ("none") is judged by its rule's held-out loss alone
     valid_metrics = run._valid_metrics if run.model.likelihood != "none" else None
     ctx = distributed.init_from_env(run.card.training.device)
@@ -166,7 +192,10 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
 
 def _valid_metrics(run: Run, valid: torch.Tensor) -> dict[str, float]:
     ll = run._chunked_log_likelihood(valid, run._params()) + run.transform.log_abs_det_jacobian(valid)
-    return {"valid_log_likelihood": float(ll.mean())}
+    out = {"valid_log_likelihood": float(ll.mean())}
+    if run.model.likelihood == "estimate" and run.traits.held_out_steps:
+        out["valid_q_fit_steps"] = run.traits.held_out_steps  # scored through a q(z_n) fitted to them
+    return out
 
 
 def _epoch_cap(card: BaseModel, done: int) -> BaseModel:

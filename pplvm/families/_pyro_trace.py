@@ -5,11 +5,11 @@ minibatch scale on the data plate and a holder that keeps the user's site names.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
@@ -17,8 +17,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from .._modes import evaluating
-from .._targets import first_line
+from .._targets import described, first_line
 from ..errors import CardError
+from ..evaluation.sites import time_steps
 
 #: placeholder batch sizes the model is traced at; the data plate is the one that follows them
 _PROBE_ROWS = (3, 5)
@@ -51,17 +52,6 @@ class Structure:
     #: why an encoder cannot serve some continuous local site (its support or shape; '' when it can)
     site_reasons: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def time_steps(names) -> dict[str, list[str]]:
-    """Sites that repeat one per time step, as a Pyro model's ``for t in pyro.markov(...)`` loop
-    names them (``z_1, z_2, ...``): stem -> names in step order, for stems with two or more."""
-    groups: dict[str, list[tuple[int, str]]] = {}
-    for name in names:
-        match = re.fullmatch(r"(.*?)(\d+)", name)
-        if match:
-            groups.setdefault(match.group(1), []).append((int(match.group(2)), name))
-    return {stem: [n for _, n in sorted(members)] for stem, members in groups.items() if len(members) > 1}
 
 
 def is_observation(site) -> bool:
@@ -208,18 +198,25 @@ def _check_observations(trace: poutine.Trace, name: str) -> None:
         inside = fn.support.check(value)
         inside = inside if mask is None or mask is True else inside | ~mask
         if not bool(inside.all()):
-            raise CardError(f"{where}: the data lie outside the support of its {_kind(fn)} ({_base_support(fn)})")
+            raise CardError(f"{where}: the data lie outside the support of its {_named(fn)}")
         try:
             log_p = fn.log_prob(value)
         except Exception as err:  # the distribution refuses the data: name it
-            raise CardError(f"{where}: {_kind(fn)} refuses the data: {first_line(err)}") from None
+            raise CardError(f"{where}: {_named(fn)} refuses the data: {first_line(err)}") from None
         log_p = log_p if mask is None or mask is True else torch.where(mask, log_p, 0.0)
+        try:  # some densities stay finite off their support (a Poisson at 0.5): ask the support itself
+            outside = ~fn.support.check(value)
+        except (NotImplementedError, ValueError):  # a support that depends on the parameters
+            outside = torch.zeros((), dtype=torch.bool)
+        outside = outside if mask is None or mask is True else outside & mask
+        if outside.any():
+            raise CardError(f"{where}: the data lie outside the support of its {_named(fn)}")
         if log_p.isnan().any():
             raise CardError(
                 f"{where}: the log-density of the data is NaN (are the model's parameters NaN, or a scale zero?)"
             )
         if (log_p == -math.inf).any():
-            raise CardError(f"{where}: the data have zero density under its {_kind(fn)}")
+            raise CardError(f"{where}: the data have zero density under its {_named(fn)}")
 
 
 def _check_reads(call: Callable, batch: Any, trace: poutine.Trace, name: str) -> None:
@@ -271,19 +268,20 @@ def _trace_once(fn: Callable, x: Any, *, uses_param: str, failed: str) -> poutin
         if "pyro.param" in str(err):
             raise CardError(uses_param) from None
         raise CardError(f"{failed}: {first_line(err)}") from None
-    except Exception as err:  # the user's code: report what it raised, in one line
-        raise CardError(f"{failed}: {type(err).__name__}: {first_line(err)}") from None
+    except (Exception, SystemExit) as err:  # the user's code: what it raised, in one line, and where
+        raise CardError(f"{failed}: {described(err)}") from None
 
 
 def _is_sample(site) -> bool:
     return site["type"] == "sample" and not site_is_subsample(site)
 
 
-def _kind(fn) -> str:
-    """The name of the distribution under its wrappers (Independent, masks, expansions)."""
-    while hasattr(fn, "base_dist"):
+def _named(fn) -> str:
+    """A distribution as a reader knows it: the one under its Independent / expand / mask
+    wrappers, and that one's support (``Poisson (support: IntegerGreaterThan(lower_bound=0))``)."""
+    while isinstance(fn, (torch.distributions.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
         fn = fn.base_dist
-    return type(fn).__name__
+    return f"{type(fn).__name__} (support: {fn.support})"
 
 
 def _base_support(fn) -> Any:

@@ -269,14 +269,15 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         """``log p(x_n | θ)``, ``(*S, N)`` for ``params`` batched as ``S`` (``(N,)`` without
         global latents): exact by contracting the enumerated locals when there are no continuous
         ones, else an importance-sampled estimate with ``proposal`` (a guide over the continuous
-        local, e.g. the run's amortized guide; default: their prior)."""
-        x = self.model_input(x)
+        local, e.g. the run's amortized guide; default: their prior). The proposal gets ``x`` as
+        it is (a per-datum guide reads the rows' ``Batch.index``); the model, without the index."""
+        rows = self.model_input(x)
 
         def one(theta: dict[str, torch.Tensor]) -> torch.Tensor:
             model = self.conditioned(theta)
             if self.structure.continuous:
-                return self._estimate(model, x, proposal, num_samples, seed)
-            return self._contract(model, x)
+                return self._estimate(model, x if proposal is not None else rows, proposal, num_samples, seed)
+            return self._contract(model, rows)
 
         return over_draws(params, self.structure.global_shapes, one)
 

@@ -44,6 +44,10 @@ class GuideTraits:
     point_estimate: bool = False
     #: no guide site is drawn given another's draw (what TraceMeanField_ELBO's analytic KLs need)
     factorised: bool = True
+    #: steps of the q(z_n) a per-datum guide fits to rows outside the training data before it
+    #: scores them (:meth:`Guide.proposal`); 0: the guide scores every row as it is
+    held_out_steps: int = 0
+
     #: it draws the local latents given x without forming a q(z_n | x_n) to query (a user's own
     #: guide): an importance-sampling proposal all the same
     draws_locals: bool = False
@@ -87,6 +91,12 @@ class Guide(Plugin, abc.ABC):
     def globals_guide(self, guide: torch.nn.Module) -> torch.nn.Module | None:
         """The part of the built ``guide`` that guides the global latents (draws need no data)."""
         return guide
+
+    def proposal(self, guide: torch.nn.Module, model: Any, x: Any, params: dict[str, torch.Tensor]) -> tuple[Any, Any]:
+        """The importance-sampling proposal ``q(z_n | x_n)`` that scores the rows ``x`` (``params``:
+        the globals' point estimate), and the rows as that proposal takes them (default: the
+        built guide and ``x`` as they are)."""
+        return guide, x
 
     def check(self, model: Any) -> None:
         """Raise IncompatibleError when :meth:`refusal` gives a reason."""

@@ -14,7 +14,9 @@ import abc
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions import constraints
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import PyroModule, PyroParam
 from pyro.poutine.util import is_validation_enabled
 
@@ -46,8 +48,8 @@ class MeanFieldLocal(LocalGuide):
     training data (non-amortized mean-field VI), plus ``globals_guide``.
 
     Batches must carry their training-set rows (``Batch.index``): the run's training data
-    does. Having no encoder, it holds ``q(z_n)`` for the training data only; new data need an
-    ``amortized`` or ``exact`` guide.
+    does. Having no encoder, it holds ``q(z_n)`` for the training data only; other data are
+    scored through a q of their own fitted by :meth:`fitted_to`.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class MeanFieldLocal(LocalGuide):
         init_scale: float = 0.1,
     ):
         super().__init__(model, globals_guide)
+        self._init_scale = float(init_scale)
         shape = (int(num_data), model.latent_dim)
         self.loc = PyroParam(torch.zeros(shape))
         self.scale = PyroParam(torch.full(shape, float(init_scale)), constraint=constraints.positive)
@@ -72,6 +75,31 @@ class MeanFieldLocal(LocalGuide):
     def local_posterior(self, x) -> torch.distributions.Distribution:
         rows = self._rows(x)
         return dist.Normal(self.loc[rows], self.scale[rows]).to_event(1)
+
+    def fitted_to(
+        self, x, params: dict[str, torch.Tensor], *, steps: int, lr: float, seed: int = 0
+    ) -> "MeanFieldLocal":
+        """A new ``q(z_n)`` over the rows of ``x`` (numbered ``0 .. N-1`` by ``x``'s ``Batch.index``;
+        no globals' guide): ``steps`` Adam steps (learning rate ``lr``) on the ELBO of the model
+        with its global latents fixed at ``params``, from ``q(z_n) = N(0, init_scale²)``. Only the
+        new q's parameters move; the model's and this guide's stay as they are. Seeded: the
+        global RNG is left as it was."""
+        model = self._model[0]
+        q = MeanFieldLocal(model, len(x), init_scale=self._init_scale)
+        q = q.to(self.loc.device)
+        conditioned = model.conditioned({k: v.detach() for k, v in params.items()})
+        elbo = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting) if model.enumerated else Trace_ELBO()
+        weights = list(q.parameters())
+        optimizer = torch.optim.Adam(weights, lr=lr)
+        with poutine.seed(rng_seed=seed), torch.enable_grad():
+            for step in range(steps):
+                with pyro.validation_enabled(is_validation_enabled() and step == 0):  # checked once, as training is
+                    loss = elbo.differentiable_loss(conditioned, q, x)
+                grads = torch.autograd.grad(loss, weights)  # not .backward(): the model's own grads stay untouched
+                for w, g in zip(weights, grads):
+                    w.grad = g
+                optimizer.step()
+        return q
 
     def training_posterior(self) -> torch.distributions.Distribution:
         """``q(z_n)`` of every training datum, in training-set order: batch ``(N,)``."""

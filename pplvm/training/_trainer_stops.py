@@ -16,6 +16,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import TrainingError
+from ..rundir import STAGING
 from . import distributed
 from ._trainer_state import _host, saved_epoch
 from .distributed import CollectiveError
@@ -73,11 +74,13 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False, batch=None, 
     s = trainer.state
     epoch = s.epoch if epoch_done else s.epoch + 1
     where = f"epoch {epoch}" if epoch_done else f"epoch {epoch}, step {s.step + 1}"
-    kept = (
-        f"the last good checkpoint (epoch {saved_epoch(trainer.checkpoint_path)}) is kept at {trainer.checkpoint_path}"
-        if trainer.checkpoint_path is not None
-        else "no checkpoint was being written"
-    )
+    if trainer.checkpoint_path is None:
+        kept = "no checkpoint was being written"
+    elif trainer.checkpoint_path.parent.name == STAGING:  # a new run, removed: nothing is left on disk
+        kept = "nothing was kept (the fit failed in its first epoch)"
+    else:
+        path = trainer.checkpoint_path
+        kept = f"the last good checkpoint (epoch {saved_epoch(path)}) is kept at {path}"
     found = nonfinite_terms(trainer.model, trainer.guide, batch, num_data) if batch is not None else ""
     if s.step == 0 and not epoch_done:  # no update has been made: the parameters are the initial ones
         cause = f": {found or _ZERO_DENSITY}" if batch is not None else " (the initial parameters are)"

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 from pyro.poutine.util import is_validation_enabled
 
+from .._targets import at
 from ..data.base import Batch
 from .distributed import DataParallel
 from .rules import SVIStep
@@ -157,7 +158,7 @@ class CompiledSVIStep(SVIStep):
         try:
             graph = self._trace(batch, num_data)
         except Exception as err:  # tracing refused a data-dependent structure
-            self._fall_back(f"the objective's structure depends on the data's values ({_first_line(err)})")
+            self._fall_back(f"the step's structure depends on tensor values: {_data_dependent(err)}")
             return None
         if not self._agrees(graph, batch, num_data):
             self._fall_back(
@@ -265,6 +266,11 @@ def _first_tensor(batch) -> torch.Tensor:
     return _fields(batch)[1][0]
 
 
-def _first_line(err: BaseException) -> str:
+def _data_dependent(err: BaseException) -> str:
+    """Why tracing refused the step, in full, in one line, and where the user's code did it."""
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+    if "_local_scalar_dense" in str(err) or "data-dependent" in str(err):
+        why = "the model or guide reads a tensor's value on the host (float(t), t.item(), a Python `if` on a tensor)"
+    else:
+        why = text[0] if text else type(err).__name__
+    return f"{why}{at(err)}"

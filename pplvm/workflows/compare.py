@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from .._progress import progress
 from ..errors import PplvmError, RunDirError
 from ..evaluation.arviz import COMPARE_COLUMNS as COLUMNS
-from ..evaluation.arviz import compare_table, groups, read_inference_data
+from ..evaluation.arviz import compare_table, loo_refusal, read_inference_data
 
 
 @dataclass
@@ -95,18 +95,9 @@ def check_same_data(idatas: dict[str, Any], *, rtol: float = 1e-5) -> int:
 
 
 def _check_posterior(name: str, idata) -> None:
-    if "log_likelihood" not in groups(idata):
-        raise PplvmError(
-            f"run {name!r} has no log-likelihood (an implicit density, e.g. a GAN), so LOO cannot "
-            "score it; compare samples with pplvm two-sample instead"
-        )
-    ll = np.asarray(idata.log_likelihood["obs"])
-    if "posterior" not in groups(idata) or np.ptp(ll.reshape(-1, ll.shape[-1]), axis=0).max() == 0:
-        raise PplvmError(
-            f"run {name!r} has no posterior spread (its parameters are point estimates: maximum "
-            "likelihood or a MAP guide), so leave-one-out has nothing to reweight; fit a Bayesian "
-            "variant (e.g. ppca/fa with model.prior = 'normal') or a meanfield/lowrank guide"
-        )
+    why = loo_refusal(idata)
+    if why is not None:
+        raise PplvmError(f"run {name!r} {why}")
 
 
 def compare_runs(

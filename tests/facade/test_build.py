@@ -4,6 +4,7 @@ card's pairing of model, objective and guide once per build, before the guide ex
 from __future__ import annotations
 
 import pytest
+import torch
 
 import pplvm
 from pplvm.objectives.base import Objective
@@ -54,3 +55,22 @@ def test_an_impossible_pairing_is_refused_before_the_guide_is_built(monkeypatch)
     card = {**CARD, "objective": {"name": "em"}, "guide": {"kind": "meanfield"}}
     with pytest.raises(pplvm.IncompatibleError, match="it needs a guide that holds one, guide.kind = 'map'"):
         pplvm.Run.from_card(card)
+
+
+def test_a_loaded_run_reads_its_data_again_and_a_python_one_says_it_cannot(tmp_path):
+    """``run.dataset`` after ``pplvm.load``: the card's data, split as at fit time (the same rows
+    in every split, the same standardisation); a run fitted on arrays from Python has none to
+    read, and says so in one line."""
+    card = {**CARD, "data": {**CARD["data"], "standardize": True, "test_fraction": 0.2}}
+    run = pplvm.fit(card, out=tmp_path / "card")
+    back = pplvm.load(tmp_path / "card")
+    for part in ("train", "valid", "test"):
+        assert torch.equal(getattr(back.dataset, part), getattr(run.dataset, part))
+    assert torch.equal(back.dataset.transform.scale, run.transform.scale)
+    with pytest.raises(pplvm.RunDirError, match="use Run.resume"):  # loaded runs continue by resume
+        back.fit(tmp_path / "again")
+
+    x = run.transform.inverse(run.dataset.train).numpy()
+    pplvm.fit({**CARD, "data": {"source": "file", "path": "unused.npy"}}, out=tmp_path / "py", data=x)
+    with pytest.raises(pplvm.RunDirError, match=r"^run.dataset: this run was fitted on data passed from Python"):
+        pplvm.load(tmp_path / "py").dataset

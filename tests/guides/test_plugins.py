@@ -45,7 +45,8 @@ def test_every_autoguide_by_name_guides_the_globals_of_a_mixture(name):
 
 def test_traits_declare_what_the_facade_asks():
     ppca = pplvm.Run.from_card({"model": {"family": "ppca", "latent_dim": 2}, "data": {"source": "wine"}}).model
-    assert guide_for(guide_config("meanfield")).traits(ppca) == GuideTraits(proposal=True, per_datum=True)
+    want = GuideTraits(proposal=True, per_datum=True, held_out_steps=100)  # a q(z_n) fitted to held-out rows
+    assert guide_for(guide_config("meanfield")).traits(ppca) == want
     assert guide_for(guide_config("amortized")).traits(ppca).proposal
     assert guide_for(guide_config("map")).traits(ppca).point_estimate
     assert not guide_for(guide_config("forward")).traits(ppca).factorised

@@ -82,3 +82,31 @@ def test_a_per_step_schedule_runs_the_plain_step():
     card["objective"] = {"name": "elbo", "kl_warmup_epochs": 2.0}
     _, rule, _, _ = _rule(card)
     assert "KL annealing" in rule.fallback
+
+
+def _host_read(x):
+    """A user model that reads a latent's value on the host (a Python branch on it)."""
+    mu = pyro.sample("mu", pyro.distributions.Normal(0.0, 10.0).expand([x.shape[1]]).to_event(1))
+    scale = 1.0 if bool((mu > -1e9).all()) else 2.0  # the host read: line HOST_READ_LINE
+    with pyro.plate("data", len(x)):
+        pyro.sample("obs", pyro.distributions.Normal(mu, scale).to_event(1), obs=x)
+
+
+HOST_READ_LINE = _host_read.__code__.co_firstlineno + 3
+
+
+def test_an_untraceable_model_is_named_in_one_whole_line(caplog):
+    """The fallback's log line states its reason whole (it was once cut at 200 characters,
+    mid-sentence) and names the line of the user's code that read a value on the host."""
+    card = {
+        "model": {"family": "pyro"},
+        "guide": {"kind": "AutoNormal"},
+        "objective": {"name": "elbo"},
+        "data": {"source": "file", "path": "unused.npy"},
+        "training": {"epochs": 3, "progress": False, "compile": "trace"},
+    }
+    with caplog.at_level(logging.WARNING, logger="pplvm"):
+        pplvm.fit(card, data=torch.randn(40, 2).numpy(), model=_host_read)
+    (line,) = [r.getMessage() for r in caplog.records if "training.compile" in r.getMessage()]
+    assert "\n" not in line and line.endswith(f"test_compiled.py:{HOST_READ_LINE})"), line
+    assert "reads a tensor's value on the host (float(t), t.item(), a Python `if` on a tensor)" in line

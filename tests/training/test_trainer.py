@@ -203,7 +203,8 @@ def test_pyro_validation_on_the_first_step_or_every_step(monkeypatch, mode, expe
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
 def test_a_step_that_leaves_parameters_infinite_stops_with_the_last_good_checkpoint(tmp_path):
     """A huge learning rate can give a finite loss and then non-finite parameters; the loop
-    checks the parameters after every epoch, before evaluating or checkpointing them."""
+    checks the parameters after every epoch, before evaluating or checkpointing them. In the
+    first epoch a fit keeps nothing (no run directory); later, its last good checkpoint."""
     card = {
         **CARD,
         "guide": {"kind": "map"},
@@ -212,11 +213,19 @@ def test_a_step_that_leaves_parameters_infinite_stops_with_the_last_good_checkpo
     with pytest.raises(
         pplvm.TrainingError,
         match=r"parameters (became non-finite|left the model.s valid range).* at epoch 1\b"
-        r".*the last good checkpoint \(epoch 0\) is kept",
+        r".*nothing was kept \(the fit failed in its first epoch\)",
     ):
         pplvm.fit(card, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    def diverge(trainer, metrics):  # after a good first epoch, a step that breaks the parameters
+        trainer.rule.optimizer.param_groups[0]["lr"] = 1e6
+
+    run = pplvm.Run.from_card({**card, "training": {**card["training"], "lr": 1e-3}})
+    with pytest.raises(pplvm.TrainingError, match=r"at epoch 2\b.*the last good checkpoint \(epoch 1\) is kept"):
+        run.fit(tmp_path / "run", callbacks=[diverge])
     kept = pplvm.training.checkpoint.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert kept["trainer"]["epoch"] == 0
+    assert kept["trainer"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in kept["guide"].values())
 
 

@@ -12,7 +12,8 @@ import pplvm
 from pplvm import Run
 from pplvm.cli import main
 from pplvm.errors import PplvmError
-from pplvm.workflows.compare import compare_runs
+from pplvm.evaluation.arviz import loo_estimates
+from pplvm.workflows.compare import compare_runs, load_inference_data
 
 EVAL = {"draws": 50, "chains": 2, "max_rows": 500}
 
@@ -94,8 +95,11 @@ def test_point_estimates_and_single_runs_are_refused(tmp_path):
         fit_to_dir({**ppca_card(k, prior="none"), "training": {"epochs": 2, "progress": False}}, tmp_path / f"ml{k}", x)
         for k in (1, 2)
     ]
-    with pytest.raises(PplvmError, match="has no posterior spread"):
+    # no global latents (ML PPCA): LOO has no draws to reweight; the refusal says so and what scores them
+    with pytest.raises(PplvmError, match=r"has no global latents .* in-sample .*pplvm evaluate RUN --split test"):
         compare_runs(ml)
+    with pytest.raises(PplvmError, match="the run has no global latents"):
+        loo_estimates(load_inference_data(ml[0]))
     with pytest.raises(PplvmError, match="at least two runs"):
         compare_runs(ml[:1])
     with pytest.raises(pplvm.RunDirError, match="no inference_data.nc"):
