@@ -208,6 +208,8 @@ def _check_observations(trace: poutine.Trace, name: str) -> None:
             outside = ~fn.support.check(value)
         except (NotImplementedError, ValueError):  # a support that depends on the parameters
             outside = torch.zeros((), dtype=torch.bool)
+        # masked entries (poutine.mask, or a .mask() distribution: log-density exactly 0) hold no data
+        outside = outside & (log_p != 0) if outside.shape == log_p.shape else outside
         outside = outside if mask is None or mask is True else outside & mask
         if outside.any():
             raise CardError(f"{where}: the data lie outside the support of its {_named(fn)}")
