@@ -64,3 +64,18 @@ def test_prodlda_beats_the_unigram_model_on_held_out_documents():
     assert float(ll.mean()) > float(baseline.mean()), (float(ll.mean()), float(baseline.mean()))
     assert perplexity(ll, test) < perplexity(baseline, test)
     assert torch.isfinite(ll).all()
+
+
+def test_both_formats_hold_the_same_documents():
+    """format = "words" (padded word-id sequences) counts back to format = "counts" row by row."""
+    from pplvm.config import card_from_dict
+    from pplvm.data import load_dataset
+
+    def load(fmt):
+        data = {"source": "synthetic_topics", "n": 30, "vocab": 12, "format": fmt, "valid_fraction": 0.0}
+        return load_dataset(card_from_dict({"model": {"family": "gmm"}, "data": data}).data)
+
+    rows, seqs = load("counts").train, load("words").train
+    assert seqs.x.shape[-1] == 1 and torch.equal(seqs.lengths, rows.sum(-1).long())
+    ids = torch.where(torch.arange(seqs.x.shape[1]) < seqs.lengths[:, None], seqs.x[..., 0], -1).long().numpy()
+    np.testing.assert_array_equal(counts(ids, 12), rows.numpy())
