@@ -109,6 +109,14 @@ class CompiledSVIStep(SVIStep):
         super().distribute(dp)  # plain steps: DDP all-reduces in backward
         self._dp = dp
 
+    def state_dict(self) -> dict[str, Any]:
+        # the steps taken, so that a resumed fit switches to the graph at the same step
+        return {**super().state_dict(), "steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._steps = int(state.get("steps", 0))  # (checkpoints written before it was kept: 0)
+
     # ------------------------------------------------------------------ stepping
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         self._steps += 1
