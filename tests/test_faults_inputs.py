@@ -1,0 +1,102 @@
+"""Bad input, round three (see tests/test_faults.py for the rules: exit status 2, one line
+naming the input, no traceback, nothing written): image arrays whose shape or layout the card
+contradicts or leaves open, and ``.npy`` files that are not arrays, under every source."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from test_faults import FILE_CARD, assert_one_line, cli
+
+import pplvm
+
+IMAGE_CARD = """
+name = "images"
+[model]
+family = "diffusion"
+steps = 4
+denoiser = "unet"
+channels = 4
+channel_mult = [1, 2]
+embed_dim = 8
+{image_shape}
+[guide]
+kind = "forward"
+[objective]
+name = "diffusion"
+[data]
+source = "image_npy"
+path = "{path}"
+{layout}
+[training]
+epochs = 1
+progress = false
+"""
+
+
+def image_card(tmp_path, array, image_shape=None, layout=None):
+    np.save(tmp_path / "x.npy", array)
+    text = IMAGE_CARD.format(
+        path=tmp_path / "x.npy",
+        image_shape=f"image_shape = {image_shape}" if image_shape else "",
+        layout=f'layout = "{layout}"' if layout else "",
+    )
+    (tmp_path / "card.toml").write_text(text)
+    return tmp_path / "card.toml"
+
+
+def pixels(shape):
+    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "image_shape, model",
+    [([16, 16], "1 x 16 x 16"), (None, "1 x 16 x 16"), ([1, 8, 32], "1 x 8 x 32"), ([4, 8, 8], None)],
+)
+def test_a_card_whose_image_shape_disagrees_with_the_data_is_refused(tmp_path, capsys, image_shape, model):
+    """(60, 8, 8, 4) RGBA images: 256 values a row, which a 16 x 16 grey image also has."""
+    card = image_card(tmp_path, pixels((60, 8, 8, 4)), image_shape)
+    if model is None:  # the data's own shape, stated
+        assert pplvm.Run.from_card(card).model.image_shape == (4, 8, 8)
+        return
+    code, _, err = cli(capsys, "fit", card, "--out", tmp_path / "run", "--quiet")
+    assert_one_line(code, err, f"the model reads {model} images", "x.npy' holds 4 x 8 x 8 images", "[4, 8, 8]")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_ambiguous_image_layout_is_refused_until_the_card_says_it(tmp_path, capsys):
+    """(60, 3, 8, 8) channel-first images were read as 3 x 8 images of 8 channels."""
+    card = image_card(tmp_path, pixels((60, 3, 8, 8)))
+    code, _, err = cli(capsys, "fit", card, "--out", tmp_path / "run", "--quiet")
+    assert_one_line(code, err, "x.npy", "(60, 3, 8, 8) is ambiguous", 'data.layout = "NHWC" or "NCHW"')
+    assert not (tmp_path / "run").exists()
+    card = image_card(tmp_path, pixels((60, 3, 8, 8)), [3, 8, 8], layout="NCHW")
+    assert pplvm.Run.from_card(card).model.image_shape == (3, 8, 8)
+
+
+class Thing:  # (pickled below)
+    pass
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda p: p.write_bytes(b""), "the file is empty: 0 bytes"),
+        (lambda p: p.write_text("1,2\n3,4\n"), "it is a text file; a CSV table is read from a .csv file"),
+        (lambda p: p.write_bytes(pickle.dumps(Thing())), "it has no .npy header"),
+        (lambda p: np.savez(p.with_suffix(".npz"), train=np.zeros(3)) or p.with_suffix(".npz").rename(p), "zip"),
+        (lambda p: np.save(p, np.array([Thing()], dtype=object), allow_pickle=True), "never unpickled"),
+        (lambda p: p.write_bytes(np.lib.format.magic(1, 0) + b"\x10\x00{'descr': '|u1'"), "damaged or truncated"),
+    ],
+)
+@pytest.mark.parametrize("source", ["file", "image_npy"])
+def test_a_npy_that_is_not_an_array_is_one_line_under_every_source(tmp_path, capsys, make, needle, source):
+    make(tmp_path / "x.npy")
+    card = tmp_path / "card.toml"
+    card.write_text(FILE_CARD.replace("x.npy", str(tmp_path / "x.npy")).replace('"file"', f'"{source}"'))
+    code, _, err = cli(capsys, "fit", card, "--out", tmp_path / "run", "--quiet")
+    assert_one_line(code, err, "data.path", "x.npy", "not a plain numeric .npy array", needle)
+    assert "allow_pickle" not in err
+    assert not (tmp_path / "run").exists()
