@@ -4,11 +4,13 @@ contradicts or leaves open, and ``.npy`` files that are not arrays, under every 
 
 from __future__ import annotations
 
+import math
 import pickle
+import time
 
 import numpy as np
 import pytest
-from test_faults import FILE_CARD, assert_one_line, cli
+from test_faults import CARD, FILE_CARD, assert_one_line, cli, tree
 
 import pplvm
 
@@ -99,4 +101,32 @@ def test_a_npy_that_is_not_an_array_is_one_line_under_every_source(tmp_path, cap
     code, _, err = cli(capsys, "fit", card, "--out", tmp_path / "run", "--quiet")
     assert_one_line(code, err, "data.path", "x.npy", "not a plain numeric .npy array", needle)
     assert "allow_pickle" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gmm")
+    (root / "card.toml").write_text(CARD)
+    pplvm.fit(root / "card.toml", out=root / "run")
+    return root / "run"
+
+
+def test_two_sample_with_a_huge_n_is_refused_before_drawing(gmm_run, capsys):
+    """-n 10^8 asked for a 80 PB kernel after minutes of sampling; the bound is
+    evaluation.memory_mb (512 MiB: float64 distances, squares and kernel, 24 bytes a pair)."""
+    before = tree(gmm_run)
+    start = time.monotonic()
+    code, _, err = cli(capsys, "two-sample", gmm_run, "-n", 10**8)
+    assert time.monotonic() - start < 10
+    most = math.isqrt(512 * 2**20 // 24) - 30  # the 30 rows of the test split beside the samples
+    assert_one_line(code, err, "n = 100000000", "evaluation.memory_mb = 512", f"at most n = {most} fit")
+    assert tree(gmm_run) == before
+
+
+def test_a_unet_with_a_level_of_zero_channels_is_a_card_error(tmp_path, capsys):
+    card = image_card(tmp_path, pixels((60, 8, 8)), None).read_text().replace("[1, 2]", "[0]")
+    (tmp_path / "card.toml").write_text(card)
+    code, _, err = cli(capsys, "fit", tmp_path / "card.toml", "--out", tmp_path / "run", "--quiet")
+    assert_one_line(code, err, "model.channel_mult.0", "greater than or equal to 1", "got 0")
     assert not (tmp_path / "run").exists()
