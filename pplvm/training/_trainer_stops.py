@@ -72,9 +72,27 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False) -> None:
         if trainer.checkpoint_path is not None
         else "no checkpoint was being written"
     )
-    raise TrainingError(
-        f"training stopped: the {what} at {where}; {kept}. Try a smaller training.lr or set training.clip_norm."
-    )
+    bad = nonfinite_parameters(trainer)
+    if bad:  # say which
+        where += f" (non-finite: {', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''})"
+    if s.step == 0 and not epoch_done:  # no update taken yet: the step size cannot be the cause
+        advice = (
+            "No update had been taken, so the learning rate is not the cause: the model and "
+            "guide are not finite at their initial parameters on this data (check the data and the distributions)."
+        )
+    else:
+        advice = "Try a smaller training.lr or set training.clip_norm."
+    raise TrainingError(f"training stopped: the {what} at {where}; {kept}. {advice}")
+
+
+def nonfinite_parameters(trainer: Trainer) -> list[str]:
+    """Names (``model.…`` / ``guide.…``) of the parameters holding NaN or inf."""
+    return [
+        f"{part}.{name}"
+        for part, module in (("model", trainer.model), ("guide", trainer.guide))
+        for name, p in module.named_parameters()
+        if not bool(torch.isfinite(p.detach()).all())
+    ]
 
 
 def _is_support_error(err: ValueError) -> bool:
