@@ -130,3 +130,16 @@ def test_a_unet_with_a_level_of_zero_channels_is_a_card_error(tmp_path, capsys):
     code, _, err = cli(capsys, "fit", tmp_path / "card.toml", "--out", tmp_path / "run", "--quiet")
     assert_one_line(code, err, "model.channel_mult.0", "greater than or equal to 1", "got 0")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sequence_file_given_to_a_model_of_rows_says_so(tmp_path, capsys):
+    """It reported "expected 2 columns, got 0"."""
+    np.savez(tmp_path / "seq.npz", train=np.zeros((40, 2)), train_lengths=np.array([10, 10, 20]))
+    text = CARD.replace(
+        'source = "synthetic_gmm"\nn = 150\ncomponents = 2',
+        f'source = "sequence_file"\npath = "{tmp_path / "seq.npz"}"',
+    )
+    (tmp_path / "card.toml").write_text(text)
+    code, _, err = cli(capsys, "fit", tmp_path / "card.toml", "--out", tmp_path / "run", "--quiet")
+    assert_one_line(code, err, "data (training split): expected a table of rows (N, D), got", "sequences")
+    assert not (tmp_path / "run").exists()
