@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--plot",
-        default="likelihood_terms.png",
-        help="plot of the per-term decomposition, for families that have one (default: ./likelihood_terms.png)",
+        metavar="PNG",
+        help="also plot the per-term decomposition, for families that have one (e.g. a diffusion's bound)",
     )
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")

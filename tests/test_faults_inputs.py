@@ -143,3 +143,29 @@ def test_a_sequence_file_given_to_a_model_of_rows_says_so(tmp_path, capsys):
     code, _, err = cli(capsys, "fit", tmp_path / "card.toml", "--out", tmp_path / "run", "--quiet")
     assert_one_line(code, err, "data (training split): expected a table of rows (N, D), got", "sequences")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["sample", "{run}", "-n", 4, "--out", "{tmp}/s.npy", "--grid", "{tmp}/grid.jpg"], "--grid"),
+        (["evaluate", "{run}", "--plot", "{tmp}/terms.pdf"], "--plot"),
+        (["render", "{card}", "--out", "{tmp}/model.svg"], "--out"),
+        (["compare", "{run}", "{run}", "--plot", "{tmp}/c"], "--plot"),
+    ],
+)
+def test_a_plot_file_not_named_png_is_refused_before_anything_is_written(gmm_run, tmp_path, capsys, args, option):
+    """Plots are PNG bytes; they were written under any suffix."""
+    (tmp_path / "card.toml").write_text(CARD)
+    fill = {"run": str(gmm_run), "tmp": str(tmp_path), "card": str(tmp_path / "card.toml")}
+    before = tree(gmm_run)
+    code, _, err = cli(capsys, *[a.format(**fill) if isinstance(a, str) else a for a in args])
+    assert_one_line(code, err, option, "plots are written as PNG; give a file name ending in .png")
+    assert tree(gmm_run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["card.toml"]
+
+
+def test_sample_grid_of_a_model_without_images_writes_nothing(gmm_run, tmp_path, capsys):
+    """It wrote --out, then refused the grid."""
+    code, _, err = cli(capsys, "sample", gmm_run, "-n", 4, "--out", tmp_path / "s.npy", "--grid", tmp_path / "g.png")
+    assert_one_line(code, err, "--grid: model.family = 'gmm'", "has no image shape")
+    assert list(tmp_path.iterdir()) == []
