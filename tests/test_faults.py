@@ -460,7 +460,8 @@ def test_checkpoint_from_another_family(run_dir, tmp_path, capsys):
 def _strip_fingerprint(path: Path) -> None:
     """Rewrite a checkpoint as one written before fingerprints existed."""
     state = torch.load(path, weights_only=True)
-    del state["extras"]["card"]
+    for key in ("card", "training_card", "data"):
+        del state["extras"][key]
     torch.save(state, path)
 
 

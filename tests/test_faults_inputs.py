@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
+import shutil
 import time
 
 import numpy as np
@@ -169,3 +171,70 @@ def test_sample_grid_of_a_model_without_images_writes_nothing(gmm_run, tmp_path,
     code, _, err = cli(capsys, "sample", gmm_run, "-n", 4, "--out", tmp_path / "s.npy", "--grid", tmp_path / "g.png")
     assert_one_line(code, err, "--grid: model.family = 'gmm'", "has no image shape")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------ resume, tampered with
+@pytest.fixture(scope="module")
+def file_runs(tmp_path_factory):
+    """Two runs on x.npy that differ only in their seed."""
+    root = tmp_path_factory.mktemp("file_runs")
+    np.save(root / "x.npy", np.random.default_rng(0).normal(size=(60, 2)))
+    (root / "card.toml").write_text(FILE_CARD.replace("x.npy", str(root / "x.npy")))
+    for seed in (0, 1):
+        pplvm.fit(root / "card.toml", out=root / f"seed{seed}", overrides=[f"training.seed={seed}"])
+    return root
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        ((r"(?m)^lr = .*$", "lr = 0.5"), "training.lr = 0.5 in card.toml, 0.01 in the checkpoint"),
+        ((r"(?m)^seed = 0$", "seed = 7"), "training.seed = 7 in card.toml, 0 in the checkpoint"),
+        ((r"x\.npy", "y.npy"), "y.npy' in card.toml"),
+    ],
+)
+def test_resume_refuses_a_card_edited_since_training(file_runs, tmp_path, capsys, edit, needle):
+    run = tmp_path / "run"
+    shutil.copytree(file_runs / "seed0", run)
+    shutil.copy(file_runs / "x.npy", file_runs / "y.npy")  # the same data under another name
+    text = (run / "card.toml").read_text()
+    (run / "card.toml").write_text(re.sub(edit[0], edit[1], text, count=1))
+    before = tree(run)
+    code, _, err = cli(capsys, "resume", run, "--epochs", 6)
+    assert_one_line(code, err, "card.toml differs from the card checkpoint.pt was trained with", needle)
+    assert tree(run) == before
+
+
+def test_resume_refuses_the_checkpoint_of_a_run_with_another_seed(file_runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(file_runs / "seed0", run)
+    shutil.copy(file_runs / "seed1" / "checkpoint.pt", run / "checkpoint.pt")
+    before = tree(run)
+    code, _, err = cli(capsys, "resume", run, "--epochs", 6)
+    assert_one_line(code, err, "training.seed = 0 in card.toml, 1 in the checkpoint")
+    assert tree(run) == before
+
+
+@pytest.mark.parametrize(
+    "change, now",
+    [
+        (lambda x: x[::-1], "48 rows of shape (2,)"),  # the same rows, another order: another split
+        (lambda x: np.concatenate([x, x]), "96 rows of shape (2,)"),
+        (lambda x: np.concatenate([x, x], 1), "48 rows of shape (4,)"),
+    ],
+)
+def test_resume_refuses_other_data_at_the_same_path(file_runs, tmp_path, capsys, change, now):
+    run = tmp_path / "run"
+    shutil.copytree(file_runs / "seed0", run)
+    np.save(tmp_path / "x.npy", change(np.load(file_runs / "x.npy")))
+    (run / "card.toml").write_text((run / "card.toml").read_text().replace(str(file_runs), str(tmp_path)))
+    # (data.path is part of the card: the fingerprint it is checked against is the run's own)
+    from pplvm.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    ckpt["extras"]["training_card"]["data.path"] = str(tmp_path / "x.npy")
+    save_checkpoint(run / "checkpoint.pt", ckpt)
+    before = tree(run)
+    code, _, err = cli(capsys, "resume", run, "--epochs", 6)
+    assert_one_line(code, err, "the training data are not those the run was trained on (48 rows of shape (2,)", now)
+    assert tree(run) == before

@@ -8,6 +8,7 @@ Each function here is one of :class:`~pplvm.run.Run`'s methods (``run`` is the r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from .. import rundir
 from ..config import card_from_dict, card_to_dict, check_count, dump_card, load_card
+from ..data import Batch
 from ..errors import ArgumentError, CardError, RunDirError
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint
@@ -103,6 +105,7 @@ def resume(
             card = load_card(run_dir / "card.toml")
             ckpt = load_checkpoint(run_dir / "checkpoint.pt")
             rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+            rundir.check_training_fingerprint(ckpt["extras"].get("training_card"), card, run_dir)
             if epochs is not None:
                 done = int(ckpt["trainer"]["epoch"])
                 if check_count(epochs, "epochs") < done:
@@ -115,6 +118,7 @@ def resume(
                 raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
             card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
             run = cls.from_card(card, data, model=model, guide=guide, objective=objective)
+            _check_data(ckpt["extras"].get("data"), _fit_input(run.traits, run.dataset.train), run_dir)
             run.run_dir = run_dir
             if main:
                 rundir.check_writable(run_dir, run._checkpoint_bytes())
@@ -141,7 +145,9 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
         "num_train": len(d.train),
         "from_python": bool(d.info.get("from_python")),
         "card": rundir.card_fingerprint(run.card),
-    }  # what load and resume check card.toml against
+        "training_card": rundir.training_fingerprint(run.card),
+        "data": data_fingerprint(_fit_input(run.traits, d.train)),
+    }  # what load and resume check card.toml (and resume the data) against
     # early stopping follows the exact held-out log-likelihood where the family has one,
     # else the held-out loss (a noisier Monte-Carlo estimate)
     monitor = "valid_log_likelihood" if run.model.likelihood == "exact" else "valid_loss"
@@ -161,6 +167,35 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
         augment=d.augment,
         rank=ctx.rank,
         world_size=ctx.world_size,
+    )
+
+
+def data_fingerprint(data: torch.Tensor | Batch) -> dict[str, Any]:
+    """Rows, row shape and sha256 of a training split (every named tensor of a Batch)."""
+    fields = data.fields() if isinstance(data, Batch) else {"x": data}
+    digest = hashlib.sha256()
+    for name, t in fields.items():
+        if t is not None:
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+    x = fields["x"]
+    return {"rows": len(x), "shape": list(x.shape[1:]), "sha256": digest.hexdigest()}
+
+
+def _check_data(stored: dict[str, Any] | None, train: torch.Tensor | Batch, run_dir: Path) -> None:
+    """Refuse to resume on training data other than the run's (``stored``: their fingerprint;
+    None, a checkpoint written before it was kept, passes)."""
+    now = data_fingerprint(train)
+    if stored is None or now == stored:
+        return
+
+    def show(f: dict[str, Any]) -> str:
+        return f"{f['rows']} rows of shape {tuple(f['shape'])}, sha256 {f['sha256'][:12]}"
+
+    raise RunDirError(
+        f"{str(run_dir)!r}: the training data are not those the run was trained on ({show(stored)} "
+        f"then; {show(now)} now); resume on the same data, or fit a new run"
     )
 
 
