@@ -165,7 +165,11 @@ class CompiledSVIStep(SVIStep):
         try:
             graph = self._trace(batch, num_data)
         except Exception as err:  # tracing refused a data-dependent structure
-            self._fall_back(f"the objective's structure depends on the data's values ({_first_line(err)})")
+            log.debug("training.compile: tracing failed: %s", _first_line(err))  # (torch's words, for developers)
+            self._fall_back(
+                "the objective reads tensor values on the host (a data-dependent structure, e.g. "
+                "enumerated discrete sites), which a traced graph cannot hold"
+            )
             return None
         if not self._agrees(graph, batch, num_data):
             self._fall_back(
@@ -241,8 +245,11 @@ class CompiledSVIStep(SVIStep):
         )
 
     def _fall_back(self, why: str) -> None:
+        """Run the plain step from now on; say why in one line where the card asked for a
+        traced step (``"auto"`` traces only where it can: its fallback is silent, at INFO)."""
         self.fallback = why
-        log.warning("training.compile: running the plain Pyro step: %s", why)
+        level = logging.INFO if self.mode == "auto" else logging.WARNING
+        log.log(level, "training.compile = %r: running the plain Pyro step: %s", self.mode, why)
 
 
 class _CudaGraph:

@@ -46,7 +46,7 @@ def test_the_traced_step_gives_the_objectives_loss_and_gradients(card, caplog):
             # not traceable (TraceEnum_ELBO asks whether an enumerated value has probability 0,
             # a host read that decides which tensors exist; a flow reading a cached transform):
             # the rule says so once and trains with Pyro's own step, exact by construction
-            assert "training.compile: running the plain Pyro step" in caplog.text
+            assert "training.compile = 'trace': running the plain Pyro step" in caplog.text
             assert rule.fallback
             return
         pyro.set_rng_seed(7)  # the same draws for the plain objective
@@ -82,3 +82,21 @@ def test_a_per_step_schedule_runs_the_plain_step():
     card["objective"] = {"name": "elbo", "kl_warmup_epochs": 2.0}
     _, rule, _, _ = _rule(card)
     assert "KL annealing" in rule.fallback
+
+
+@pytest.mark.parametrize("mode, level", [("auto", logging.INFO), ("trace", logging.WARNING)])
+def test_an_untraceable_objective_falls_back_in_one_plain_line(caplog, mode, level):
+    """An enumerated model cannot be traced: under "auto" (trace where it can) the plain step
+    runs without a word above INFO; asked for "trace", one warning names the reason in
+    pplvm's words, not torch's truncated error."""
+    card = next(p.values[0] for p in CASES if p.id == "gmm-diag-meanfield")
+    run, rule, batch, n = _rule(card, mode)
+    with pyro.validation_enabled(False), caplog.at_level(logging.DEBUG, logger="pplvm"):
+        with pytest.raises(RuntimeError, match="no compiled graph"):
+            rule.loss_and_grads(batch, n)
+    [record] = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert record.levelno == level
+    assert record.getMessage() == (
+        f"training.compile = {mode!r}: running the plain Pyro step: the objective reads tensor values "
+        "on the host (a data-dependent structure, e.g. enumerated discrete sites), which a traced graph cannot hold"
+    )
