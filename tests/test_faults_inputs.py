@@ -9,6 +9,7 @@ import pickle
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,19 @@ def test_resume_refuses_other_data_at_the_same_path(file_runs, tmp_path, capsys,
     code, _, err = cli(capsys, "resume", run, "--epochs", 6)
     assert_one_line(code, err, "the training data are not those the run was trained on (48 rows of shape (2,)", now)
     assert tree(run) == before
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("model.transforms=[]", "model.transforms: expected at least one transform"),
+        ("model.dequantize='none'", "model.levels (discrete values per dimension) is set exactly when"),
+        ("model.hidden=[]", "model.hidden: List should have at least 1 item"),
+    ],
+)
+def test_a_flow_card_error_names_the_key_not_the_whole_section(tmp_path, capsys, override, line):
+    card = Path(pplvm.__file__).parents[1] / "models" / "flow_digits.toml"
+    code, _, err = cli(capsys, "fit", card, "--out", tmp_path / "run", "--quiet", "--set", override)
+    assert_one_line(code, err, f"invalid card: {line}")
+    assert "'family'" not in err and "Value error" not in err
+    assert not (tmp_path / "run").exists()
