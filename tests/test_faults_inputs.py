@@ -255,3 +255,34 @@ def test_a_flow_card_error_names_the_key_not_the_whole_section(tmp_path, capsys,
     assert_one_line(code, err, f"invalid card: {line}")
     assert "'family'" not in err and "Value error" not in err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------ a damaged run directory
+@pytest.mark.parametrize(
+    "damage, line",
+    [
+        (lambda t: t.replace("}\n", "}\n\x00\xff garbage\n", 1), "line 2"),
+        (lambda t: t[: len(t) // 2], "line 2"),  # cut in the middle of a record
+        (lambda t: "", "has 0 epochs of metrics but the checkpoint has 4"),
+    ],
+)
+def test_a_damaged_metric_history_costs_only_itself(gmm_run, tmp_path, capsys, damage, line):
+    """evaluate and sample need no history: they work; resume says what is damaged and what is not."""
+    run = tmp_path / "run"
+    shutil.copytree(gmm_run, run)
+    path = run / "metrics.jsonl"
+    path.write_bytes(damage(path.read_text()).encode("utf-8", "surrogateescape"))
+    before = tree(run)
+    assert cli(capsys, "evaluate", run)[0] == 0
+    assert cli(capsys, "sample", run, "-n", 3, "--out", tmp_path / "s.npy")[0] == 0
+    code, _, err = cli(capsys, "resume", run, "--epochs", 6)
+    assert_one_line(code, err, "metrics.jsonl", line, "not its checkpoint, so evaluate and sample still work")
+    assert tree(run) == before
+
+
+def test_summary_notices_a_truncated_checkpoint(gmm_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(gmm_run, run)
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:500])
+    code, _, err = cli(capsys, "summary", run)
+    assert_one_line(code, err, "checkpoint.pt", "not a readable pplvm checkpoint")

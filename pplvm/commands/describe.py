@@ -12,6 +12,9 @@ from . import _emit, _png
 def cmd_summary(args) -> int:
     path = Path(args.run_dir) / "summary.txt"
     if path.is_file() and not args.json:
+        from ..training.checkpoint import load_checkpoint
+
+        load_checkpoint(Path(args.run_dir) / "checkpoint.pt")  # the run the text describes is whole
         print(path.read_text(), end="")
         return 0
     from ..run import Run

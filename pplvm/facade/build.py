@@ -117,7 +117,7 @@ def load(
         )
     transform = Standardize(**extras["transform"])
     run = cls(card, model, guide, transform, None, run_dir, checked=True, objective=objective)
-    run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
+    run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]), whole=False)  # (what can be read)
     run.from_python = bool(extras.get("from_python"))
     return run
 
