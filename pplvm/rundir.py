@@ -37,8 +37,8 @@ LOCK = ".pplvm.lock"
 #: what a run directory holds (see :mod:`pplvm.run`); only these are deleted on overwrite
 RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt", LOCK)
 RUN_PATTERNS = ("*.png", ".*.tmp")
-#: free space a fit needs beyond its checkpoint: the inference data, plots and summary
-MIN_FREE_BYTES = 32 * 2**20
+#: free space any write needs beyond what the caller asks for (the card, metrics, summary)
+MIN_FREE_BYTES = 2**20
 #: errors of the disk or the path (not of pplvm), reported as one line by :func:`storage`
 STORAGE_ERRNOS = (
     errno.ENOSPC,

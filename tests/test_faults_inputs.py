@@ -5,9 +5,11 @@ contradicts or leaves open, and ``.npy`` files that are not arrays, under every 
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -286,3 +288,17 @@ def test_summary_notices_a_truncated_checkpoint(gmm_run, tmp_path, capsys):
     (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:500])
     code, _, err = cli(capsys, "summary", run)
     assert_one_line(code, err, "checkpoint.pt", "not a readable pplvm checkpoint")
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    """Every file of a run is created as open() would create it (mode 0o666 less the umask):
+    they were 0600 beside 0644 files."""
+    (tmp_path / "card.toml").write_text(CARD)
+    old = os.umask(0o027)
+    try:
+        pplvm.fit(tmp_path / "card.toml", out=tmp_path / "run", overrides=["training.epochs=1"])
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
+    assert {"card.toml", "checkpoint.pt", "metrics.jsonl", "summary.txt"} <= set(modes)
+    assert set(modes.values()) == {0o640}, modes

@@ -52,9 +52,7 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
     with contextlib.ExitStack() as stack:
         with distributed.agreed("prepare the run directory"):
             if main:
-                run_dir = stack.enter_context(
-                    rundir.new_run(out, overwrite=overwrite, need_bytes=run._checkpoint_bytes())
-                )
+                run_dir = stack.enter_context(rundir.new_run(out, overwrite=overwrite, need_bytes=run._disk_bytes()))
                 with rundir.storage(f"run directory {str(run_dir)!r}"):
                     dump_card(run.card, run_dir / "card.toml")
                     (run_dir / "metrics.jsonl").write_text("")
@@ -72,11 +70,22 @@ def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
     return run
 
 
-def _checkpoint_bytes(run: Run) -> int:
-    """About the size of a checkpoint: the parameters, twice the optimiser's moments, the
-    best parameters, and the prototype data."""
-    params = sum(t.numel() * t.element_size() for m in (run.model, run.guide) for t in m.state_dict().values())
-    return 6 * params + 2**20
+def _disk_bytes(run: Run) -> int:
+    """About the disk space a fit or resume of ``run`` takes at its largest, sized from the
+    model and the card: the checkpoint twice (the old one stands until the new one replaces
+    it), each holding the parameters, the optimiser's two moments, the best parameters and the
+    prototype rows; the arviz export (draws x chains of the global parameters, of the held-out
+    log-likelihoods and of posterior-predictive replicates, the last bounded by a quarter of
+    evaluation.memory_mb); and the figures."""
+    sizes = [t.numel() * t.element_size() for m in (run.model, run.guide) for t in m.state_dict().values()]
+    params = sum(sizes)
+    checkpoint = 4 * params + PROTOTYPE_ROWS * run.model.dim * 8 + 2**16
+    ev = run.card.evaluation
+    draws = ev.draws * ev.chains
+    rows = min(ev.max_rows, len(run.dataset.train) if run.dataset is not None else ev.max_rows)
+    replicates = min(draws * rows * run.model.dim * 4, int(ev.memory_mb * 2**20) // 4)
+    export = draws * (params + rows * 4) + replicates
+    return 2 * checkpoint + export + 2**21
 
 
 def resume(
@@ -121,7 +130,7 @@ def resume(
             _check_data(ckpt["extras"].get("data"), _fit_input(run.traits, run.dataset.train), run_dir)
             run.run_dir = run_dir
             if main:
-                rundir.check_writable(run_dir, run._checkpoint_bytes())
+                rundir.check_writable(run_dir, run._disk_bytes())
         run.trainer = run._trainer(callbacks)
         train = _fit_input(run.traits, run.dataset.train)
         with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
