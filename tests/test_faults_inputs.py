@@ -302,3 +302,13 @@ def test_run_files_follow_the_umask(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
     assert {"card.toml", "checkpoint.pt", "metrics.jsonl", "summary.txt"} <= set(modes)
     assert set(modes.values()) == {0o640}, modes
+
+
+@pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
+def test_under_torchrun_rank_0_alone_reports_bad_input(tmp_path, capsys, monkeypatch, rank, lines):
+    """Every process meets the same bad card; the line was printed once per process."""
+    monkeypatch.setenv("RANK", rank)
+    (tmp_path / "card.toml").write_text(CARD.replace("components = 2", "components = 0", 1))
+    code, _, err = cli(capsys, "fit", tmp_path / "card.toml", "--out", tmp_path / "run", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == lines and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
