@@ -8,6 +8,7 @@ status 2; ``--json`` output is a single JSON object with a ``schema`` key.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--plot",
-        default="likelihood_terms.png",
-        help="plot of the per-term decomposition, for families that have one (default: ./likelihood_terms.png)",
+        metavar="PNG",
+        help="also plot the per-term decomposition, for families that have one (e.g. a diffusion's bound)",
     )
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
@@ -139,16 +140,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _signals.handling(), reporting(not getattr(args, "quiet", False)):  # progress on stderr
             return args.fn(args)
     except PplvmError as err:  # one line, whatever the message holds
-        print(f"pplvm: error: {'; '.join(s.strip() for s in str(err).splitlines() if s.strip())}", file=sys.stderr)
+        _error("; ".join(s.strip() for s in str(err).splitlines() if s.strip()))
         return EXIT_USAGE
     except OSError as err:  # a disk or file fault no check caught: still one line
         where = f"{err.filename}: " if err.filename else ""
-        print(f"pplvm: error: {where}{err.strerror or err}", file=sys.stderr)
+        _error(f"{where}{err.strerror or err}")
         return EXIT_USAGE
     except KeyboardInterrupt as err:
         return _interrupted(err)
     finally:
         _leave_process_group()
+
+
+def _error(message: str) -> None:
+    """``pplvm: error: message`` on stderr; under torchrun, from rank 0 alone (every process
+    meets the same bad input; the line is said once)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"pplvm: error: {message}", file=sys.stderr)
 
 
 def _leave_process_group() -> None:

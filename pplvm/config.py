@@ -140,6 +140,12 @@ def _describe(err: ValidationError, schema: type[BaseModel], raw: dict) -> str:
             path, msg = f"{path}.{tag}", f"expected one of {expected} (got {e['ctx']['tag']!r})"
         elif e["type"] == "missing":
             msg = "missing required key"
+        elif e["type"] == "value_error" and isinstance(e["input"], dict):
+            # a section's own validator: its message names its keys; the section is not repeated
+            msg = e["msg"].removeprefix("Value error, ")
+            if msg.startswith(f"{path}."):
+                lines.append(" ".join(msg.split()))
+                continue
         else:
             msg = e["msg"].replace("Input should be", "expected").replace("Input tag", "tag")
             msg += f" (got {e['input']!r})"

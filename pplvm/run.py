@@ -111,7 +111,7 @@ class Run:
     fit = train.fit
     resume = classmethod(train.resume)
     _fit = train._fit
-    _checkpoint_bytes = train._checkpoint_bytes
+    _disk_bytes = train._disk_bytes
     _trainer = train._trainer
     _valid_metrics = train._valid_metrics
 

@@ -42,8 +42,8 @@ STAGING = ".pplvm-new"
 #: what a run directory holds (see :mod:`pplvm.run`); only these are deleted on overwrite
 RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt", LOCK)
 RUN_PATTERNS = ("*.png", ".*.tmp")
-#: free space a fit needs beyond its checkpoint: the inference data, plots and summary
-MIN_FREE_BYTES = 32 * 2**20
+#: free space any write needs beyond what the caller asks for (the card, metrics, summary)
+MIN_FREE_BYTES = 2**20
 #: errors of the disk or the path (not of pplvm), reported as one line by :func:`storage`
 STORAGE_ERRNOS = (
     errno.ENOSPC,
@@ -306,3 +306,36 @@ def check_fingerprint(stored: dict[str, Any] | None, card: BaseModel, run_dir: P
 
 def _show(v: Any) -> str:
     return "(unset)" if v is None else repr(v)
+
+
+#: card values a resume may change: how long and where it trains, how often it checkpoints and
+#: reports, the run's name and how it is evaluated — not what training computes
+RESUMABLE = ("name", "training.epochs", "training.progress", "training.device", "training.compile")
+RESUMABLE_PREFIXES = ("training.checkpoint_", "evaluation.")
+
+
+def training_fingerprint(card: BaseModel) -> dict[str, Any]:
+    """``{"training.lr": 0.05, "data.path": ..., "model.options": {...}, ...}``: every value of
+    the card's sections (unset ones as None) that a resume must keep — all but :data:`RESUMABLE`
+    — so that it continues the run as it was trained."""
+    raw = card.model_dump(mode="json")
+    flat = {f"{s}.{k}": v for s, section in raw.items() if isinstance(section, dict) for k, v in section.items()}
+    return {k: v for k, v in flat.items() if k not in RESUMABLE and not k.startswith(RESUMABLE_PREFIXES)}
+
+
+def check_training_fingerprint(stored: dict[str, Any] | None, card: BaseModel, run_dir: Path) -> None:
+    """Refuse to resume from a card.toml whose values differ from those the checkpoint was
+    trained with (``stored``; None, a checkpoint written before they were kept, passes), naming
+    each. Keys one side lacks (fields pplvm added or retired since) are not compared."""
+    if stored is None:
+        return
+    now = training_fingerprint(card)
+    keys = [k for k in sorted(set(stored) & set(now)) if stored[k] != now[k]]
+    if not keys:
+        return
+    diffs = "; ".join(f"{k} = {_show(now[k])} in card.toml, {_show(stored[k])} in the checkpoint" for k in keys[:6])
+    raise RunDirError(
+        f"{str(run_dir)!r}: card.toml differs from the card checkpoint.pt was trained with ({diffs}"
+        f"{'; ...' if len(keys) > 6 else ''}); a resume continues the run as it was trained: restore "
+        "card.toml's values, or fit a new run with them"
+    )

@@ -18,6 +18,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _png(path: str | Path | None, option: str) -> Path | None:
+    """The image file ``option`` names, refused before any work unless it ends in ``.png``
+    (plots are written as PNG bytes, which another suffix would misname); None stays None."""
+    if path is None:
+        return None
+    from ..errors import ArgumentError
+
+    if Path(path).suffix.lower() != ".png":
+        raise ArgumentError(f"{option} {str(path)!r}: plots are written as PNG; give a file name ending in .png")
+    return Path(path)
+
+
 def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(obj, sort_keys=True) if as_json else text)
 

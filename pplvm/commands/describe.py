@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import _emit
+from . import _emit, _png
 
 
 def cmd_summary(args) -> int:
     path = Path(args.run_dir) / "summary.txt"
     if path.is_file() and not args.json:
+        from ..training.checkpoint import load_checkpoint
+
+        load_checkpoint(Path(args.run_dir) / "checkpoint.pt")  # the run the text describes is whole
         print(path.read_text(), end="")
         return 0
     from ..run import Run
@@ -33,10 +36,10 @@ def cmd_render(args) -> int:
     from ..config import load_card
 
     card = load_card(args.card, args.set)  # before torch, as in fit
+    out = _png(args.out, "--out")
     from ..evaluation.plots import save_figure
     from ..run import Run
 
-    out = Path(args.out)
     save_figure(Run.from_card(card).model_graph(), out)
     _emit({"schema": "pplvm.render/1", "card": str(args.card), "plot": str(out)}, args.json, f"wrote {out}")
     return 0

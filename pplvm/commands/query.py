@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import PplvmError
-from . import _emit
+from . import _emit, _png
 
 
 def _eval_data(run, args):
@@ -43,6 +43,7 @@ def cmd_evaluate(args) -> int:
 
     if args.samples is not None:  # refused before anything loads
         check_count(args.samples, "--samples")
+    plot = _png(args.plot, "--plot")
     run = Run.load(args.run_dir)
     x, where = _eval_data(run, args)
     m = run.evaluate(x, samples=args.samples)
@@ -60,19 +61,20 @@ def cmd_evaluate(args) -> int:
     )
     if "steps" in m:  # sequences: per step (frame) too
         text += f", per step = {m['log_likelihood_per_step']:.6g} over {m['steps']} steps"
-    if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table and plot
+    if "terms" in m:  # the family decomposes its (bound on the) log-likelihood: table, plot if asked
         from ..evaluation.plots import likelihood_terms_plot, save_figure, term_rows
 
-        plot = Path(args.plot)
-        save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
-        result["plot"] = str(plot)
         rows = [
             f"  {name:<16} {nats:>12.5g} {bits:>12.5g}" for name, nats, bits in term_rows(m["terms"], run.model.dim)
         ]
         text += (
             f"\nbits/dim: {m['bits_per_dim']:.5g} ({kind} of the log-likelihood)\n"
-            f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows) + f"\nwrote {plot}"
+            f"  {'term':<16} {'nats/datum':>12} {'bits/dim':>12}\n" + "\n".join(rows)
         )
+        if plot is not None:
+            save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
+            result["plot"] = str(plot)
+            text += f"\nwrote {plot}"
     _emit(result, args.json, text)
     return 0
 
@@ -84,21 +86,21 @@ def cmd_sample(args) -> int:
     if args.n < 1:
         raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
     check_seed(args.seed, "--seed")
+    grid = _png(args.grid, "--grid")
     run = Run.load(args.run_dir)
+    shape_hw = run.model.image_shape
+    if grid is not None and shape_hw is None:  # before anything is drawn or written
+        raise PplvmError(
+            f"--grid: model.family = {run.card.model.family!r} on this data has no image shape (set model.image_shape)"
+        )
     x = run.sample(args.n, seed=args.seed)
     save_samples(x, args.out)
     shape = " x ".join(map(str, x.shape[1:]))  # (D,) rows or (T, D) sequences
     text = f"wrote {args.n} samples of shape {shape} to {args.out}"
-    if args.grid:
+    if grid is not None:
         from ..evaluation.plots import image_grid, save_figure
 
-        shape_hw = run.model.image_shape
-        if shape_hw is None:
-            raise PplvmError(
-                f"--grid: model.family = {run.card.model.family!r} on this data has no image shape "
-                "(set model.image_shape)"
-            )
-        save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), args.grid)
+        save_figure(image_grid(x[:256].clamp(0, 1), shape_hw, title=f"{run.card.name}: samples"), grid)
         text += f"; grid of {min(args.n, 256)} in {args.grid}"
     _emit(
         {

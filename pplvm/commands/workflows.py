@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._progress import progress
-from . import _emit
+from . import _emit, _png
 
 
 def cmd_compare(args) -> int:
+    plot = _png(args.plot, "--plot")
     from ..evaluation.plots import save_figure
     from ..workflows.compare import compare_runs, comparison_plot
 
     comparison = compare_runs(args.runs)
-    plot = Path(args.plot)
     save_figure(comparison_plot(comparison), plot)
     result = {
         "schema": "pplvm.compare/1",
@@ -32,6 +32,7 @@ def cmd_sbc(args) -> int:
 
     card = load_card(args.card, args.set)  # before torch, as in fit
     check_seed(args.seed, "--seed")
+    _png(args.plot, "--plot")
     from ..evaluation.plots import save_figure
     from ..workflows.sbc import rank_histogram_plot, run_sbc
 

@@ -38,6 +38,9 @@ MAX_ABS = 1e15
 def numeric(x: Any, name: str) -> torch.Tensor:
     """``x`` as a detached real tensor (float64 for arrays, its own dtype for tensors), not yet
     cast to pplvm's float32; refuses complex values, strings and objects, naming ``name``."""
+    if isinstance(x, Batch):  # (numpy would read it as an array of zero columns)
+        what = f"{len(x)} sequences" if x.lengths is not None else f"{len(x)} data with side inputs"
+        raise DataError(f"{name}: expected a table of rows (N, D), got {what} (this model takes rows)")
     if torch.is_tensor(x):
         t = x.detach()  # data never carry an autograd graph into pplvm
     else:

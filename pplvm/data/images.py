@@ -19,7 +19,8 @@ File formats
                gzipped: images ``(N, H, W)`` uint8 scaled by 1/255, labels ``(N,)``;
     CIFAR-10   the binary batches (``data_batch_*.bin``, ``test_batch.bin``): records of one
                label byte and 3 x 32 x 32 pixel bytes (channel-first), read without pickle;
-    ``.npy``   uint8 images ``(N, H, W)`` or ``(N, H, W, C)``, rows ``(N, C H W)`` channel-first.
+    ``.npy``   uint8 images ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` (``data.layout``),
+               rows ``(N, C H W)`` channel-first.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ from pydantic import Field
 
 from ..errors import DataError
 from ..schema import Seed
+from ._npy import existing, read_npy
 from .base import Batch, DataConfig
 
 MNIST_PIXELS = 28 * 28
+#: the most channels an axis of an image array is taken to hold without data.layout (RGBA)
+MAX_CHANNELS = 4
 Binarization = Literal["none", "threshold", "static", "dynamic"]
 
 
@@ -98,7 +102,7 @@ class BinarizedMnistConfig(DataConfig):
 
 def read_amat(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIXELS) -> np.ndarray:
     """Read a ``.amat`` file: one image per line, ``pixels`` values 0/1. Returns ``(N, pixels)``."""
-    path = _existing(path, field)
+    path = existing(path, field)
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -124,7 +128,7 @@ def write_amat(path: str | Path, x: np.ndarray) -> None:
 
 def read_npz(path: str | Path, field: str = "data.path", pixels: int = MNIST_PIXELS) -> dict[str, np.ndarray]:
     """Read ``train`` and any ``valid`` / ``test`` arrays ``(N, pixels)`` of 0/1 from ``.npz``."""
-    path = _existing(path, field)
+    path = existing(path, field)
     try:  # the file handle is ours to close: numpy leaks its own when the archive is damaged
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("train", "valid", "test") if k in f.files}
@@ -181,7 +185,7 @@ _IDX_TYPES = {
 
 def read_idx(path: str | Path, field: str = "data.images") -> np.ndarray:
     """Read an IDX file (LeCun's format; gzipped if it ends in ``.gz``) into an array."""
-    path = _existing(path, field)
+    path = existing(path, field)
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
@@ -254,7 +258,7 @@ class Cifar10Config(ImageConfig):
 def read_cifar10(path: str | Path, field: str = "data.paths") -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 binary batch (records of 1 label byte + 3072 pixel bytes, channel-first
     32 x 32): ``(images (N, 3, 32, 32) uint8, labels (N,) int64)``. No pickle is involved."""
-    path = _existing(path, field)
+    path = existing(path, field)
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if len(raw) == 0 or len(raw) % CIFAR_RECORD:
         raise DataError(
@@ -285,38 +289,65 @@ def _load_cifar10(cfg: Cifar10Config):
 
 class ImageArrayConfig(ImageConfig):
     source: Literal["image_npy"] = "image_npy"
-    path: str = Field(description=".npy of uint8 images (N, H, W) or (N, H, W, C)")
+    path: str = Field(description=".npy of uint8 images (N, H, W), (N, H, W, C) or (N, C, H, W)")
+    layout: Literal["NHWC", "NCHW"] | None = Field(
+        None,
+        description="4-d arrays: NHWC (channels last) or NCHW (channels first); "
+        "unset: channels last when only the last axis can be channels (at most 4 of them)",
+    )
 
 
-def read_image_npy(path: str | Path, field: str = "data.path") -> np.ndarray:
-    """Read uint8 images ``(N, H, W[, C])`` from ``.npy`` as rows ``(N, C H W)`` (channel-first,
-    like CIFAR-10's batches) in [0, 1] on 256 levels; returns ``(rows, [C, H, W])``."""
-    path = _existing(path, field)
-    try:
-        a = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        raise DataError(f"{field} {str(path)!r}: not a plain .npy array ({err})") from None
+def read_image_npy(
+    path: str | Path, field: str = "data.path", layout: Literal["NHWC", "NCHW"] | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """Read uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` / ``(N, C, H, W)`` (as ``layout``
+    says) from ``.npy`` as rows ``(N, C H W)`` (channel-first, like CIFAR-10's batches) in
+    [0, 1] on 256 levels; returns ``(rows, [C, H, W])``. A 4-d array without ``layout`` is
+    read channels-last only when its last axis alone can hold channels (at most 4); any other
+    is ambiguous, and refused."""
+    a = read_npy(path, field)
+    where = f"{field} {str(path)!r}"
     if a.dtype != np.uint8:
-        raise DataError(f"{field} {str(path)!r}: expected uint8 pixels 0..255, got dtype {a.dtype}")
+        raise DataError(f"{where}: expected uint8 pixels 0..255, got dtype {a.dtype}")
     if a.ndim not in (3, 4) or len(a) == 0:
-        raise DataError(f"{field} {str(path)!r}: expected images of shape (N, H, W) or (N, H, W, C), got {a.shape}")
+        raise DataError(f"{where}: expected images of shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {a.shape}")
     if a.ndim == 3:
-        a = a[..., None]
-    a = a.transpose(0, 3, 1, 2)
+        a = a[:, None]
+    elif layout is None and not a.shape[3] <= MAX_CHANNELS < a.shape[1]:
+        n, s1, s2, s3 = a.shape
+        raise DataError(
+            f"{where}: the layout of images {a.shape} is ambiguous: {s1} x {s2} images of {s3} channels "
+            f'(NHWC) or {s2} x {s3} images of {s1} (NCHW); set data.layout = "NHWC" or "NCHW"'
+        )
+    elif layout != "NCHW":
+        a = a.transpose(0, 3, 1, 2)
     return a.reshape(len(a), -1).astype(np.float64) / 255.0, list(a.shape[1:])
 
 
 def _load_image_npy(cfg: ImageArrayConfig):
-    x, shape = read_image_npy(cfg.path)
+    x, shape = read_image_npy(cfg.path, layout=cfg.layout)
     return binarized(x, cfg.binarize, cfg.binarize_seed), None, {"image_shape": shape, "path": cfg.path}
 
 
 # ---------------------------------------------------------------------------- helpers
-def _existing(path: str | Path, field: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{field} {str(path)!r}: no such file")
-    return path
+def check_image_shape(model_shape, data_shape, where: str) -> None:
+    """Refuse data whose images (``data_shape``, ``[C, H, W]`` or ``[H, W]``, as the source read
+    them) are not the images a model reads (``model_shape``: its ``image_shape``, ``(H, W)`` or
+    ``(C, H, W)``; None when it reads no images), naming both. ``where``: the data's name."""
+    if model_shape is None or data_shape is None:
+        return
+    model, data = _chw(model_shape), _chw(data_shape)
+    if model != data:
+        suggest = list(data) if data[0] > 1 else list(data[1:])
+        raise DataError(
+            f"model.image_shape: the model reads {' x '.join(map(str, model))} images (C x H x W) but "
+            f"{where} holds {' x '.join(map(str, data))} images; set model.image_shape = {suggest}"
+        )
+
+
+def _chw(shape) -> tuple[int, ...]:
+    shape = tuple(int(v) for v in shape)
+    return (1, *shape) if len(shape) == 2 else shape
 
 
 def _check_binary(x: np.ndarray, where: str) -> np.ndarray:
@@ -338,6 +369,7 @@ __all__ = [
     "ImageConfig",
     "MnistIdxConfig",
     "binarized",
+    "check_image_shape",
     "read_amat",
     "read_cifar10",
     "read_idx",

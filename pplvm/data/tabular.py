@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ..errors import DataError
 from ..schema import Seed
+from ._npy import existing, read_npy
 from .arrays import as_input
 from .base import Batch, DataConfig, as_matrix
 
@@ -90,15 +91,10 @@ class FileConfig(DataConfig):
 def read_matrix(path: str | Path, label_column: int | None = None, name: str = "data.path"):
     """Read an ``(N, D)`` matrix from ``.npy`` or ``.csv`` (a header line is skipped); errors
     name the file as ``name`` (the card key or command-line option it came from)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{name} {str(path)!r}: no such file")
+    path = existing(path, name)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:  # a pickled, truncated or empty file
-            raise DataError(f"{name} {str(path)!r}: not a plain numeric .npy array ({err})") from None
+        x = read_npy(path, name)
     elif suffix in (".csv", ".txt"):
         try:
             first = path.read_text().splitlines()[:1]

@@ -98,6 +98,30 @@ def mmd_test(x, y, *, bandwidth: float | None = None, permutations: int = 500, s
     )
 
 
+def mmd_bytes(rows: int) -> int:
+    """Bytes :func:`mmd_test` holds for a pooled sample of ``rows``: the ``rows x rows`` float64
+    distances, their squares and the kernel."""
+    return 3 * 8 * rows * rows
+
+
+def _check_mmd_memory(n: int | None, num_data: int, memory_mb: float) -> None:
+    """Refuse ``n`` samples whose MMD kernel beside ``num_data`` rows exceeds ``memory_mb``."""
+    rows = (n or num_data) + num_data
+    if mmd_bytes(rows) <= memory_mb * 2**20:
+        return
+    most = math.isqrt(int(memory_mb * 2**20) // mmd_bytes(1)) - num_data
+    what = f"n = {n}" if n is not None else f"n (as many samples as the {num_data} data rows)"
+    advice = (
+        f"at most n = {most} fit beside the {num_data} data rows"
+        if most >= 2
+        else f"the {num_data} data rows alone do not fit"
+    )
+    raise DataError(
+        f"{what}: the MMD test's kernel over {rows} rows takes {mmd_bytes(rows) / 2**20:.4g} MiB, more "
+        f"than evaluation.memory_mb = {memory_mb:g}; {advice} (or raise evaluation.memory_mb)"
+    )
+
+
 def classifier_test(x, y, *, classifier: Literal["knn", "logistic"] = "knn", seed: int = 0) -> TwoSampleResult:
     """Classifier two-sample test: accuracy on a held-out half and its one-sided binomial p-value.
     The samples are balanced to the smaller size first. ``knn``: k = √(training size)."""
@@ -143,6 +167,8 @@ def two_sample(
     ``data`` ``(N, D)`` in the data's own units. Works for every family: it needs only
     ``run.sample``."""
     data = values(data)
+    if "mmd" in tests:  # before drawing a sample that could never be tested
+        _check_mmd_memory(n, len(data), run.card.evaluation.memory_mb)
     samples = values(run.sample(n or len(data), seed=seed))
     out = {}
     if "mmd" in tests:

@@ -21,6 +21,7 @@ from .._targets import one_line
 from ..config import card_from_dict, card_to_dict, load_card
 from ..data import Batch, Dataset, Standardize, as_matrix, indexed, load_dataset
 from ..data.base import from_dict, split
+from ..data.images import check_image_shape
 from ..errors import DataError, PplvmError, RunDirError
 from ..families import FAMILIES, LatentVariableModel
 from ..guides import guide_for, make_guide
@@ -120,7 +121,7 @@ def load(
         )
     transform = Standardize(**extras["transform"])
     run = cls(card, model, guide, transform, None, run_dir, checked=True, objective=objective)
-    run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]))
+    run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]), whole=False)  # (what can be read)
     run.from_python = bool(extras.get("from_python"))
     return run
 
@@ -188,6 +189,8 @@ def assemble(
 
 def _check_splits(model: LatentVariableModel, dataset: Dataset, seed: int) -> None:
     """Check (and prepare, in place) the dataset's splits for ``model``."""
+    path = dataset.info.get("path")
+    check_image_shape(model.image_shape, dataset.info.get("image_shape"), f"data.path {path!r}" if path else "the data")
     if dataset.augment is None:
         dataset.train = model.validate(dataset.train, "data (training split)")
     else:  # the model sees augmented batches (e.g. binarized draws of grey images): check one

@@ -8,6 +8,7 @@ Each function here is one of :class:`~pplvm.run.Run`'s methods (``run`` is the r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from .. import rundir
 from .._targets import described
 from ..config import card_from_dict, card_to_dict, check_count, dump_card, load_card
+from ..data import Batch
 from ..errors import ArgumentError, CardError, PplvmError, RunDirError, TrainingError
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint
@@ -53,7 +55,7 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
         with distributed.agreed("prepare the run directory"):
             new = None
             if main:
-                new = stack.enter_context(rundir.new_run(out, overwrite=overwrite, need_bytes=run._checkpoint_bytes()))
+                new = stack.enter_context(rundir.new_run(out, overwrite=overwrite, need_bytes=run._disk_bytes()))
                 with rundir.storage(f"run directory {str(out)!r}"):
                     dump_card(run.card, new.path / "card.toml")
                     (new.path / "metrics.jsonl").write_text("")
@@ -95,11 +97,22 @@ def _first_epoch(trainer: Trainer) -> Iterator[None]:
         raise TrainingError(f"training failed in its first epoch, before anything was kept: {described(err)}") from err
 
 
-def _checkpoint_bytes(run: Run) -> int:
-    """About the size of a checkpoint: the parameters, twice the optimiser's moments, the
-    best parameters, and the prototype data."""
-    params = sum(t.numel() * t.element_size() for m in (run.model, run.guide) for t in m.state_dict().values())
-    return 6 * params + 2**20
+def _disk_bytes(run: Run) -> int:
+    """About the disk space a fit or resume of ``run`` takes at its largest, sized from the
+    model and the card: the checkpoint twice (the old one stands until the new one replaces
+    it), each holding the parameters, the optimiser's two moments, the best parameters and the
+    prototype rows; the arviz export (draws x chains of the global parameters, of the held-out
+    log-likelihoods and of posterior-predictive replicates, the last bounded by a quarter of
+    evaluation.memory_mb); and the figures."""
+    sizes = [t.numel() * t.element_size() for m in (run.model, run.guide) for t in m.state_dict().values()]
+    params = sum(sizes)
+    checkpoint = 4 * params + PROTOTYPE_ROWS * run.model.dim * 8 + 2**16
+    ev = run.card.evaluation
+    draws = ev.draws * ev.chains
+    rows = min(ev.max_rows, len(run.dataset.train) if run.dataset is not None else ev.max_rows)
+    replicates = min(draws * rows * run.model.dim * 4, int(ev.memory_mb * 2**20) // 4)
+    export = draws * (params + rows * 4) + replicates
+    return 2 * checkpoint + export + 2**21
 
 
 def resume(
@@ -128,6 +141,7 @@ def resume(
             card = load_card(run_dir / "card.toml")
             ckpt = load_checkpoint(run_dir / "checkpoint.pt")
             rundir.check_fingerprint(ckpt["extras"].get("card"), card, run_dir)
+            rundir.check_training_fingerprint(ckpt["extras"].get("training_card"), card, run_dir)
             if epochs is not None:
                 done = int(ckpt["trainer"]["epoch"])
                 if check_count(epochs, "epochs") < done:
@@ -140,9 +154,10 @@ def resume(
                 raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
             card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
             run = cls.from_card(card, data, model=model, guide=guide, objective=objective)
+            _check_data(ckpt["extras"].get("data"), _fit_input(run.traits, run.dataset.train), run_dir)
             run.run_dir = run_dir
             if main:
-                rundir.check_writable(run_dir, run._checkpoint_bytes())
+                rundir.check_writable(run_dir, run._disk_bytes())
         run.trainer = run._trainer(callbacks)
         train = _fit_input(run.traits, run.dataset.train)
         with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
@@ -166,7 +181,9 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
         "num_train": len(d.train),
         "from_python": bool(d.info.get("from_python")),
         "card": rundir.card_fingerprint(run.card),
-    }  # what load and resume check card.toml against
+        "training_card": rundir.training_fingerprint(run.card),
+        "data": data_fingerprint(_fit_input(run.traits, d.train)),
+    }  # what load and resume check card.toml (and resume the data) against
     # early stopping follows the exact held-out log-likelihood where the family has one,
     # else the held-out loss (a noisier Monte-Carlo estimate)
     # (also when the guide scores no held-out loss: a per-datum guide)
@@ -187,6 +204,35 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
         augment=d.augment,
         rank=ctx.rank,
         world_size=ctx.world_size,
+    )
+
+
+def data_fingerprint(data: torch.Tensor | Batch) -> dict[str, Any]:
+    """Rows, row shape and sha256 of a training split (every named tensor of a Batch)."""
+    fields = data.fields() if isinstance(data, Batch) else {"x": data}
+    digest = hashlib.sha256()
+    for name, t in fields.items():
+        if t is not None:
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+    x = fields["x"]
+    return {"rows": len(x), "shape": list(x.shape[1:]), "sha256": digest.hexdigest()}
+
+
+def _check_data(stored: dict[str, Any] | None, train: torch.Tensor | Batch, run_dir: Path) -> None:
+    """Refuse to resume on training data other than the run's (``stored``: their fingerprint;
+    None, a checkpoint written before it was kept, passes)."""
+    now = data_fingerprint(train)
+    if stored is None or now == stored:
+        return
+
+    def show(f: dict[str, Any]) -> str:
+        return f"{f['rows']} rows of shape {tuple(f['shape'])}, sha256 {f['sha256'][:12]}"
+
+    raise RunDirError(
+        f"{str(run_dir)!r}: the training data are not those the run was trained on ({show(stored)} "
+        f"then; {show(now)} now); resume on the same data, or fit a new run"
     )
 
 

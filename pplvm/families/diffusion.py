@@ -36,7 +36,7 @@ samplers (ancestral, DDIM, its inversion) and the figures of samples are
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyro
 import pyro.distributions as dist
@@ -80,7 +80,9 @@ class DiffusionConfig(FamilyConfig):
     hidden: list[int] = Field([128, 128, 128], description="mlp: hidden widths")
     embed_dim: int = Field(64, ge=2, description="width of the sinusoidal time embedding")
     channels: int = Field(32, ge=1, description="unet: base channels")
-    channel_mult: list[int] = Field([1, 2], description="unet: channel multiplier per resolution level")
+    channel_mult: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 2], min_length=1, description="unet: channel multiplier per resolution level"
+    )
     attention: bool = Field(False, description="unet: self-attention at the lowest resolution")
     image_shape: list[int] | None = Field(None, description="unet: [C, H, W] or [H, W]; default square, 1 channel")
     likelihood_batch: int = Field(2**20, ge=1, description="log_likelihood: values (rows x steps x D) per chunk")

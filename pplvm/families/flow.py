@@ -49,7 +49,7 @@ is an honest upper bound. ``likelihood`` is then ``"estimate"``.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyro
 import pyro.distributions as dist
@@ -80,8 +80,9 @@ class FlowConfig(FamilyConfig):
         ["affine_coupling", "permute"], description="one block of transforms, in generative order z -> x"
     )
     repeat: int = Field(4, ge=1, description="the block is repeated this many times")
-    hidden: list[int] = Field(
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
         [64, 64],
+        min_length=1,
         description="hidden widths of each transform's network (autoregressive ones: at least the data dimension)",
     )
     count_bins: int = Field(8, ge=2, description="spline_coupling: bins of each spline")

@@ -25,7 +25,7 @@ from pydantic import Field
 from pyro.ops.indexing import Vindex
 
 from ..data.base import as_matrix
-from ..errors import DataError
+from ..errors import DataError, TrainingError
 from ._em import dirichlet_mode, gaussian_diag_step
 from .base import ClosedFormEM, FamilyConfig, IdentifiedSummaries, LatentVariableModel
 
@@ -40,6 +40,12 @@ class GMMConfig(FamilyConfig):
     scale_log_mean: float = Field(0.0, description="LogNormal prior of component scales: mean of log")
     scale_log_sd: float = Field(2.0, gt=0, description="LogNormal prior of component scales: sd of log")
     lkj_concentration: float = Field(1.0, gt=0, description="LKJ η of the correlations (full only)")
+    reg_covar: float = Field(
+        1e-6,
+        ge=0,
+        description="full covariance, EM: added to the diagonal of each component's covariance "
+        "(scikit-learn's reg_covar), which keeps one that collapses onto a few rows positive definite",
+    )
     init: Literal["kmeans", "random"] = "kmeans"
 
 
@@ -144,7 +150,12 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         joint = self._joint(x, params)
         log_lik = joint.logsumexp(-1)
         r = (joint - log_lik.unsqueeze(-1)).exp()
-        second = r.T @ x.pow(2) if self.config.covariance == "diag" else torch.einsum("nk,ni,nj->kij", r, x, x)
+        if self.config.covariance == "diag":
+            return {"count": r.sum(0), "first": r.T @ x, "second": r.T @ x.pow(2), "log_likelihood": log_lik.sum()}
+        # full: in float64, where the M-step's Σ r x xᵀ / n − μ μᵀ cancels (float32 loses a
+        # component's covariance in rounding as soon as its spread is ~1e-3 of its mean's size)
+        r, x = r.double(), x.double()
+        second = torch.einsum("nk,ni,nj->kij", r, x, x)
         return {"count": r.sum(0), "first": r.T @ x, "second": second, "log_likelihood": log_lik.sum()}
 
     def maximize(self, stats, params, estimate):
@@ -164,8 +175,9 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
                 scale_log_sd=c.scale_log_sd,
             )
             return new
-        # full covariance, maximum likelihood: Σ_k = Σ r x xᵀ / n_k − μ_k μ_kᵀ, as scale and
-        # correlation Cholesky factor (rounding-level jitter keeps the factor defined)
+        # full covariance, maximum likelihood: Σ_k = Σ r x xᵀ / n_k − μ_k μ_kᵀ + reg_covar I, as
+        # scale and correlation Cholesky factor (rounding-level jitter keeps the factor defined
+        # when reg_covar = 0 and the data span every direction)
         n = stats["count"]
         has = n > 1e-10 * n.sum()
         safe = n.clamp_min(torch.finfo(n.dtype).tiny)
@@ -174,12 +186,23 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
         cov = cov + 10 * torch.finfo(cov.dtype).eps * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
+        cov = cov + c.reg_covar * eye
         scales = cov.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(cov.dtype).tiny).sqrt()
-        chol = torch.linalg.cholesky(cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2)))
+        chol, info = torch.linalg.cholesky_ex(cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2)))
+        bad = (info > 0) & has
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            raise TrainingError(
+                f"model.reg_covar = {c.reg_covar:g}: component {k}'s covariance is singular (it holds "
+                f"{float(n[k]):.3g} rows' weight in {self.dim} dimensions); raise model.reg_covar (1e-6 "
+                "is scikit-learn's) or lower model.components"
+            )
         chol = chol / chol.norm(dim=-1, keepdim=True)
-        new["locs"] = torch.where(has[:, None], locs, params["locs"])
-        new["scales"] = torch.where(has[:, None], scales, params["scales"])
-        new["corr_chol"] = torch.where(has[:, None, None], chol, params["corr_chol"])
+        dtype = params["locs"].dtype
+        new["weights"] = new["weights"].to(dtype)
+        new["locs"] = torch.where(has[:, None], locs.to(dtype), params["locs"])
+        new["scales"] = torch.where(has[:, None], scales.to(dtype), params["scales"])
+        new["corr_chol"] = torch.where(has[:, None, None], chol.to(dtype), params["corr_chol"])
         return new
 
     def identified(self, params):

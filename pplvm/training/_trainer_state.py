@@ -39,16 +39,34 @@ class TrainState:
         return {k: v for k, v in asdict(self).items() if k != "history"}
 
 
-def read_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
-    """The first ``epochs`` per-epoch records of ``run_dir/metrics.jsonl`` (one per epoch)."""
+def read_history(run_dir: Path, epochs: int, *, whole: bool = True) -> list[dict[str, Any]]:
+    """The first ``epochs`` per-epoch records of ``run_dir/metrics.jsonl`` (one per epoch).
+
+    ``whole``: refuse a file that lacks any of them (a resume rewrites the file from them);
+    otherwise (loading a run to evaluate or sample, which need no history) the records that
+    can be read are returned and a damaged or short file costs only the lost ones."""
     path = Path(run_dir) / "metrics.jsonl"
+    history: list[dict[str, Any]] = []
     try:
-        lines = path.read_text().splitlines()[:epochs]
-        history = [json.loads(line) for line in lines]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{str(path)!r} is not readable ({err}); the run's metric history is lost") from None
-    if len(history) < epochs:
-        raise RunDirError(f"{str(path)!r} has {len(history)} epochs of metrics but the checkpoint has {epochs}")
+        lines, damaged = path.read_bytes().splitlines()[:epochs], None
+    except OSError as err:
+        lines, damaged = [], f"cannot be read ({err.strerror or err})"
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict) or record.get("epoch") != i:
+            damaged = damaged or f"line {i} is not epoch {i}'s record of metrics"
+            continue
+        history.append(record)
+    if whole and (damaged or len(history) < epochs):
+        why = damaged or f"has {len(history)} epochs of metrics but the checkpoint has {epochs}"
+        raise RunDirError(
+            f"{str(path)!r} {why}: the run's metric history is damaged, not its checkpoint, so "
+            "evaluate and sample still work, but a resume would continue a history it cannot rewrite; "
+            "fit a new run to train further"
+        )
     return history
 
 

@@ -110,6 +110,14 @@ class CompiledSVIStep(SVIStep):
         super().distribute(dp)  # plain steps: DDP all-reduces in backward
         self._dp = dp
 
+    def state_dict(self) -> dict[str, Any]:
+        # the steps taken, so that a resumed fit switches to the graph at the same step
+        return {**super().state_dict(), "steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._steps = int(state.get("steps", 0))  # (checkpoints written before it was kept: 0)
+
     # ------------------------------------------------------------------ stepping
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         self._steps += 1
@@ -234,8 +242,11 @@ class CompiledSVIStep(SVIStep):
         )
 
     def _fall_back(self, why: str) -> None:
+        """Run the plain step from now on; say why in one line where the card asked for a
+        traced step (``"auto"`` traces only where it can: its fallback is silent, at INFO)."""
         self.fallback = why
-        log.warning("training.compile: running the plain Pyro step: %s", why)
+        level = logging.INFO if self.mode == "auto" else logging.WARNING
+        log.log(level, "training.compile = %r: running the plain Pyro step: %s", self.mode, why)
 
 
 class _CudaGraph:

@@ -127,8 +127,9 @@ def init_from_env(device: str = "auto") -> Context:
     if gpu:
         torch.cuda.set_device(where)
     backend = "nccl" if gpu else "gloo"
+    wait = timeout()  # (its own error, outside the process group's)
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout())
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=wait)
     except (RuntimeError, ValueError) as err:
         raise TrainingError(
             f"could not join the process group of {world} processes as rank {rank} "

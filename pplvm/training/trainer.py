@@ -141,6 +141,7 @@ class Trainer:
         self.state = TrainState()
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self._ready = False
+        self._restored = False  # loaded from a checkpoint: its RNG states stand, no fresh seed
         self._best_params: dict[str, Any] | None = None
         self._last_save = -math.inf
 
@@ -189,6 +190,7 @@ class Trainer:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         _trainer_state.load_state_dict(self, ckpt)
+        self._restored = True
 
     def save(self) -> None:
         if self.checkpoint_path is not None and self.rank == 0:
@@ -211,7 +213,7 @@ class Trainer:
     def fit(self, train, valid=None) -> TrainState:
         """Train until ``config.epochs`` are done or early stopping fires; return the state."""
         c, n = self.config, len(train)
-        if self.state.epoch == 0 and not self.state.history:
+        if self.state.epoch == 0 and not self._restored:  # (the epoch-0 checkpoint's RNG state stands)
             pyro.set_rng_seed(distributed.rank_seed(c.seed, self.rank))
         self.setup(train)
         if self.device.type == "cuda":  # host batches copy to the GPU without blocking

@@ -300,10 +300,10 @@ def test_cifar10_errors_name_the_field(tmp_path):
 
 def test_uint8_image_npy_is_read_channel_first(tmp_path):
     rng = np.random.default_rng(1)
-    rgb = rng.integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (5, 6, 8, 3), dtype=np.uint8)
     np.save(tmp_path / "rgb.npy", rgb)
     x, shape = read_image_npy(tmp_path / "rgb.npy")
-    assert shape == [3, 4, 6]
+    assert shape == [3, 6, 8]
     np.testing.assert_allclose(x, rgb.transpose(0, 3, 1, 2).reshape(5, -1) / 255.0)
     grey = rng.integers(0, 256, (5, 4, 6), dtype=np.uint8)
     np.save(tmp_path / "grey.npy", grey)
@@ -316,3 +316,29 @@ def test_uint8_image_npy_is_read_channel_first(tmp_path):
     np.save(tmp_path / "flat.npy", grey.reshape(5, -1))
     with pytest.raises(DataError, match=r"expected images of shape \(N, H, W\)"):
         read_image_npy(tmp_path / "flat.npy")
+
+
+@pytest.mark.parametrize(
+    "shape, layout, chw",
+    [
+        ((5, 4, 6, 3), "NHWC", (3, 4, 6)),
+        ((5, 3, 4, 6), "NCHW", (3, 4, 6)),
+        ((5, 8, 8, 8), "NHWC", (8, 8, 8)),  # eight channels: only the card can say so
+        ((5, 2, 2, 2), "NCHW", (2, 2, 2)),
+    ],
+)
+def test_image_npy_reads_the_layout_the_card_gives(tmp_path, shape, layout, chw):
+    a = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    x, got = read_image_npy(tmp_path / "a.npy", layout=layout)
+    assert got == list(chw)
+    oracle = a.transpose(0, 3, 1, 2) if layout == "NHWC" else a  # rows are C x H x W
+    np.testing.assert_array_equal(x, oracle.reshape(5, -1) / 255.0)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 8, 8), (5, 8, 8, 8), (5, 4, 4, 3), (5, 1, 6, 1)])
+def test_an_image_array_of_ambiguous_layout_is_refused_without_data_layout(tmp_path, shape):
+    np.save(tmp_path / "a.npy", np.zeros(shape, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"ambiguous.*data.layout = \"NHWC\" or \"NCHW\"") as info:
+        read_image_npy(tmp_path / "a.npy")
+    assert f"{shape[1]} x {shape[2]} images of {shape[3]} channels" in str(info.value)

@@ -378,7 +378,8 @@ def test_objective_options_are_checked():
 # --------------------------------------------------------------------- CLI and cards
 def test_evaluate_prints_bits_per_dim_and_the_per_step_table(tmp_path, capsys, monkeypatch):
     """``pplvm evaluate`` on a diffusion run: the bound labelled a lower bound, bits/dim equal
-    to -log-likelihood / (D log 2), per-step terms summing to the bound, and the plot written."""
+    to -log-likelihood / (D log 2), per-step terms summing to the bound, and the plot written
+    where --plot says, only there."""
     monkeypatch.chdir(tmp_path)
     card = tmp_path / "card.toml"
     card.write_text((MODELS / "diffusion_digits.toml").read_text())
@@ -409,16 +410,18 @@ def test_evaluate_prints_bits_per_dim_and_the_per_step_table(tmp_path, capsys, m
         == 0
     )
     capsys.readouterr()
-    assert main(["evaluate", "run", "--json"]) == 0
+    assert main(["evaluate", "run", "--json", "--plot", "terms.png"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["likelihood"] == "bound" and not out["exact"]
     assert set(out["terms"]) == {f"L_{t}" for t in range(6)}
     assert math.isclose(-sum(out["terms"].values()), out["log_likelihood_mean"], rel_tol=1e-5)
     assert math.isclose(out["bits_per_dim"], -out["log_likelihood_mean"] / (64 * math.log(2)), rel_tol=1e-9)
-    assert (tmp_path / "likelihood_terms.png").is_file()
+    assert (tmp_path / "terms.png").read_bytes().startswith(b"\x89PNG") and out["plot"] == "terms.png"
+    before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["evaluate", "run"]) == 0
     text = capsys.readouterr().out
     assert "lower bound" in text and "bits/dim" in text and "L_0" in text and "L_5" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no plot unless --plot asks
 
 
 @pytest.mark.parametrize("path", sorted(MODELS.glob("diffusion_*.toml")), ids=lambda p: p.stem)

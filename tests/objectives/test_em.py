@@ -122,7 +122,7 @@ def test_gmm_em_equals_sklearn_from_the_same_start(float64):
     sk = GaussianMixture(
         3,
         covariance_type="full",
-        reg_covar=0.0,
+        reg_covar=1e-6,  # both defaults
         tol=0.0,
         max_iter=40,
         weights_init=start["weights"].numpy(),
@@ -278,3 +278,22 @@ def test_em_refuses_what_it_cannot_fit():
         pplvm.Run.from_card({**gmm, "objective": {"name": "em", "em_estimate": "map"}})
     # left at "auto", the estimate is the one the model has in closed form, and the card records it
     assert pplvm.Run.from_card(gmm).card.objective.em_estimate == "ml"
+
+
+def test_full_covariance_em_regularises_a_collapsing_component_as_sklearn_does():
+    """K = 10 on iris (duplicate rows): within three EM steps a component holds 3 rows in 4
+    dimensions, whose covariance is singular. reg_covar (default 1e-6) keeps it positive
+    definite; without it, the fit stops with one line instead of a Cholesky traceback."""
+    card = {
+        "name": "collapse",
+        "model": {"family": "gmm", "components": 10, "covariance": "full"},
+        "guide": {"kind": "map"},
+        "objective": {"name": "em", "em_estimate": "ml"},
+        "data": {"source": "iris", "valid_fraction": 0.0, "test_fraction": 0.0},
+        "training": {"epochs": 5, "progress": False},
+    }
+    run = pplvm.fit(card)
+    losses = [m["train_loss"] for m in run.history]
+    assert len(losses) == 5 and np.isfinite(losses).all() and losses[-1] < losses[0]
+    with pytest.raises(pplvm.TrainingError, match=r"^model.reg_covar = 0: component \d+'s covariance is singular"):
+        pplvm.fit(card, overrides=["model.reg_covar=0"])

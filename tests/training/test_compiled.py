@@ -46,7 +46,7 @@ def test_the_traced_step_gives_the_objectives_loss_and_gradients(card, caplog):
             # not traceable (TraceEnum_ELBO asks whether an enumerated value has probability 0,
             # a host read that decides which tensors exist; a flow reading a cached transform):
             # the rule says so once and trains with Pyro's own step, exact by construction
-            assert "training.compile: running the plain Pyro step" in caplog.text
+            assert "training.compile = 'trace': running the plain Pyro step" in caplog.text
             assert rule.fallback
             return
         pyro.set_rng_seed(7)  # the same draws for the plain objective
@@ -110,3 +110,20 @@ def test_an_untraceable_model_is_named_in_one_whole_line(caplog):
     (line,) = [r.getMessage() for r in caplog.records if "training.compile" in r.getMessage()]
     assert "\n" not in line and line.endswith(f"test_compiled.py:{HOST_READ_LINE})"), line
     assert "reads a tensor's value on the host (float(t), t.item(), a Python `if` on a tensor)" in line
+
+
+@pytest.mark.parametrize("mode, level", [("auto", logging.INFO), ("trace", logging.WARNING)])
+def test_an_untraceable_objective_falls_back_in_one_plain_line(caplog, mode, level):
+    """An enumerated model cannot be traced: under "auto" (trace where it can) the plain step
+    runs without a word above INFO; asked for "trace", one warning names the reason in
+    pplvm's words, not torch's truncated error."""
+    card = next(p.values[0] for p in CASES if p.id == "gmm-diag-meanfield")
+    run, rule, batch, n = _rule(card, mode)
+    with pyro.validation_enabled(False), caplog.at_level(logging.DEBUG, logger="pplvm"):
+        with pytest.raises(RuntimeError, match="no compiled graph"):
+            rule.loss_and_grads(batch, n)
+    [record] = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert record.levelno == level
+    message = record.getMessage()
+    assert "\n" not in message
+    assert message.startswith(f"training.compile = {mode!r}: running the plain Pyro step: the step's structure")

@@ -25,7 +25,9 @@ import torch
 from cases import CASES, plugin_cards
 
 import pplvm
+from pplvm.errors import TrainingError
 from pplvm.objectives import make_update_rule
+from pplvm.training import distributed
 from pplvm.training.checkpoint import load_checkpoint
 from pplvm.training.trainer import Trainer
 
@@ -223,3 +225,16 @@ def test_batches_give_every_process_a_share():
         Trainer(run.model, run.guide, rule, small, world_size=3).setup(run.dataset.train)
     with pytest.raises(pplvm.TrainingError, match=r"world_size = 3 but this process is in a process group of 1"):
         trainer.setup(run.dataset.train)
+
+
+@pytest.mark.parametrize("value", ["ten", "-5"])
+def test_a_bad_dist_timeout_names_its_variable_not_the_rendezvous(monkeypatch, value):
+    """Checked before joining: the error is the variable's, not "check MASTER_ADDR"."""
+    for name, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", distributed.TIMEOUT_ENV: value}.items():
+        monkeypatch.setenv(name, v)
+    with pytest.raises(TrainingError) as info:
+        distributed.init_from_env("cpu")
+    assert str(info.value) == (
+        f"environment variable PPLVM_DIST_TIMEOUT = {value!r}: expected a positive number of seconds"
+    )
+    assert not torch.distributed.is_initialized()

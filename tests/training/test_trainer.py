@@ -270,3 +270,22 @@ def test_a_device_spec_that_is_not_one_is_refused_by_name():
     (tests/training/test_devices.py); the card refuses what is not a device."""
     with pytest.raises(pplvm.CardError, match="training.device"):
         pplvm.card_from_dict({**CARD, "training": {**CARD["training"], "device": "tpu"}})
+
+
+def test_a_model_not_finite_before_any_update_is_not_blamed_on_the_learning_rate():
+    """Non-finite at the first step, before any update: the message names the parameters that
+    are non-finite and does not advise a smaller learning rate (no step was taken)."""
+    run = pplvm.Run.from_card(CARD)
+    setup = run.rule.setup
+
+    def poisoned(*args):
+        setup(*args)
+        with torch.no_grad():
+            dict(run.guide.named_parameters())["locs.locs_unconstrained"].fill_(float("nan"))
+
+    run.rule.setup = poisoned
+    with pytest.raises(pplvm.TrainingError) as info:
+        run.fit()
+    message = str(info.value)
+    assert "at epoch 1, step 1 (non-finite: guide.locs.locs_unconstrained)" in message
+    assert "learning rate is not the cause" in message and "smaller training.lr" not in message
