@@ -81,9 +81,9 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False, batch=None, 
     else:
         path = trainer.checkpoint_path
         kept = f"the last good checkpoint (epoch {saved_epoch(path)}) is kept at {path}"
-    found = nonfinite_terms(trainer.model, trainer.guide, batch, num_data) if batch is not None else ""
+    found = nonfinite_terms(trainer.model, trainer.guide, batch, num_data)
     if s.step == 0 and not epoch_done:  # no update has been made: the parameters are the initial ones
-        cause = f": {found or _ZERO_DENSITY}" if batch is not None else " (the initial parameters are)"
+        cause = f": {found or (_ZERO_DENSITY if batch is not None else 'the initial parameters are')}"
         advice = f"It is so before any update, so the learning rate is not the cause{cause}."
     elif found:
         advice = f"At this step: {found}. If the parameters drifted there, try a smaller training.lr or set clip_norm."
@@ -98,7 +98,7 @@ _ZERO_DENSITY = (
 )
 
 
-def nonfinite_terms(model, guide, batch, num_data: int | None) -> str:
+def nonfinite_terms(model, guide, batch=None, num_data: int | None = None) -> str:
     """What is non-finite in one draw of ``guide`` and ``model`` (replayed) on ``batch`` at the
     current parameters: the parameters by name, then each site's log-density (``pyro.factor``
     terms included) with its non-finite values; '' when nothing is (the objective's own
@@ -111,6 +111,8 @@ def nonfinite_terms(model, guide, batch, num_data: int | None) -> str:
     ]
     if params:
         return f"non-finite parameters: {', '.join(params[:4])}{' ...' if len(params) > 4 else ''}"
+    if batch is None:
+        return ""
     try:
         with torch.no_grad(), pyro.validation_enabled(False), poutine.block():
             q = poutine.trace(guide).get_trace(batch, num_data)

@@ -145,11 +145,23 @@ def test_resume_inside_the_first_checkpoint_interval_is_exact(tmp_path, family):
     assert_identical(pplvm.Run.resume(tmp_path / "run"), full)
 
 
-@pytest.mark.parametrize("how, at_step", [("kill", 5), ("int", 1)])  # after the first epoch; before any
-def test_resume_after_a_hard_stop_or_ctrl_c_is_exact(tmp_path, how, at_step):
+def test_resume_after_a_hard_stop_is_exact(tmp_path):
+    """A hard stop after the first epoch: the run resumes from its epoch-0 checkpoint."""
     full = pplvm.Run.from_card(card("gmm")).fit()
-    fit_interrupted("gmm", tmp_path / "run", at_step, how)
+    fit_interrupted("gmm", tmp_path / "run", 5, "kill")
     assert_identical(pplvm.Run.resume(tmp_path / "run"), full)
+
+
+def test_a_ctrl_c_in_the_first_epoch_leaves_no_run_and_a_new_fit_is_the_same(tmp_path):
+    """Before its first epoch is done a new run is not yet in place: Ctrl-C leaves no directory,
+    and fitting again gives the uninterrupted run."""
+    full = pplvm.Run.from_card(card("gmm")).fit()
+    run = pplvm.Run.from_card(card("gmm"))
+    interrupt(run, 1, "int")
+    with _signals.handling(), pytest.raises(KeyboardInterrupt):
+        run.fit(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert_identical(pplvm.Run.from_card(card("gmm")).fit(tmp_path / "run"), full)
 
 
 def test_the_compiled_step_counts_the_fits_steps_across_a_resume(tmp_path):
