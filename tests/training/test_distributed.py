@@ -139,11 +139,11 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
     assert abs(e2["log_likelihood_sum"] - e1["log_likelihood_sum"]) <= RTOL * abs(e1["log_likelihood_sum"])
 
     # a second fit into the run is refused by rank 0 (which alone locks and writes it) and the
-    # other process stops with it, in one line each; the run is left as it was
+    # other process stops with it; rank 0 alone says so, in one line; the run is left as it was
     before = {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
     refused = torchrun("fit", str(card), "--out", str(two), "--quiet", ok=False)
     assert "pplvm: error: --out" in refused.stderr and "already holds a run" in refused.stderr, refused.stderr[-3000:]
-    assert "pplvm: error: process 1 of 2 stops: process 0 could not prepare the run directory" in refused.stderr
+    assert refused.stderr.count("pplvm: error:") == 1, refused.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in two.iterdir()} == before
 
     torchrun("resume", str(two), "--epochs", "6", "--json")  # each process takes its RNG state back
