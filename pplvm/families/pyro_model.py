@@ -22,6 +22,12 @@ objectives that can work and whether ``log p(x_n | θ)`` is exact (every local e
 tensor contraction) or an importance-sampled estimate (continuous locals, the guide as
 proposal). Minibatches scale every site in the data plate by ``N / B``.
 
+The posterior of the discrete locals (``run.posterior``, ``run.map_states``) is exact where
+they are the only locals; beside continuous ones (a label ``y`` observed with ``obs_mask``, whose
+missing part Pyro names ``y_unobserved``, and a style ``z``: the semi-supervised VAE M2) it is
+importance-sampled with the run's guide as proposal, with standard errors (:mod:`._pyro_posterior`).
+``pyro.factor`` terms (auxiliary losses) count in training, never in ``log p(x)``.
+
 Rules for the model: ``x`` enters only as the observation (pplvm generates new data by running
 the model on a placeholder batch with its observed site sampled); parameters live in
 ``PyroModule``/``PyroParam`` attributes, never in ``pyro.param`` (pplvm keeps parameters in
