@@ -30,19 +30,21 @@ the guide as proposal). Minibatches scale every site in the data plate by ``N / 
 Observations that do not fit the data (shape, support, a NaN density) are refused there, before
 training.
 
+The posterior of the discrete locals (``run.posterior``, ``run.map_states``) is exact where
+they are the only locals; beside continuous ones (a label ``y`` observed with ``obs_mask``, whose
+missing part Pyro names ``y_unobserved``, and a style ``z``: the semi-supervised VAE M2) it is
+importance-sampled with the run's guide as proposal, with standard errors (:mod:`._pyro_posterior`).
+``pyro.factor`` terms (auxiliary losses) count in training, never in ``log p(x)``.
+
 Rules for the model: ``x`` enters only as the observation — covariates are named inputs, and a
 model whose sites change with the values of x is refused (pplvm generates new data by running the
 model on the data's first rows with its observations sampled); parameters live in
 ``PyroModule``/``PyroParam`` attributes, never in ``pyro.param`` (pplvm keeps parameters in
 modules). A ``PyroModule`` with a ``guide`` method is its own guide (``guide.kind = "custom"``).
 
-Train and eval mode: networks in the model and its guide (dropout, ``BatchNorm1d``, anything
-reading ``Module.training``) run in ``.train()`` for training steps only, and in ``.eval()`` for
-everything else — held-out evaluation during training, ``log_likelihood`` / ``evaluate``,
-sampling and posterior predictives, the arviz export, plots, and the traces above on placeholder
-batches — their previous mode given back after (:mod:`pplvm._modes`). So a row's held-out
-log-likelihood does not depend on the rows scored with it, and only training steps move a
-BatchNorm's running statistics.
+Train and eval mode (:mod:`pplvm._modes`): networks in the model and its guide run in
+``.train()`` for training steps only and in ``.eval()`` for everything else, these probes included,
+so a row's held-out log-likelihood does not depend on the rows scored with it.
 
 Here are the configs and the family; the tracing is :mod:`._pyro_trace` (its :class:`Structure`
 and :func:`trace_structure` re-exported here), the wrapper of your own guide :mod:`._pyro_guide`.

@@ -83,7 +83,12 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False, batch=None, 
         kept = f"the last good checkpoint (epoch {saved_epoch(path)}) is kept at {path}"
     found = nonfinite_terms(trainer.model, trainer.guide, batch, num_data)
     if s.step == 0 and not epoch_done:  # no update has been made: the parameters are the initial ones
-        cause = f": {found or (_ZERO_DENSITY if batch is not None else 'the initial parameters are')}"
+        if found:
+            cause = f": {found}"
+        elif found == "":  # every term finite in a draw
+            cause = f": {_OBJECTIVE}"
+        else:
+            cause = " (the initial parameters are)" if batch is None else f": {_ZERO_DENSITY}"
         advice = f"It is so before any update, so the learning rate is not the cause{cause}."
     elif found:
         advice = f"At this step: {found}. If the parameters drifted there, try a smaller training.lr or set clip_norm."
@@ -92,13 +97,18 @@ def diverged(trainer: Trainer, what: str, epoch_done: bool = False, batch=None, 
     raise TrainingError(f"training stopped: the {what} at {where}; {kept}. {advice}")
 
 
+_OBJECTIVE = (
+    "every site's log-density is finite in a draw of the latents, so the objective's own arithmetic overflows "
+    "(e.g. TraceTMC_ELBO on minibatches sums enumerated values of N/B-scaled densities; 'enum' scales after "
+    "summing)"
+)
 _ZERO_DENSITY = (
     "the model or the guide gives the data or a draw zero density (a probability of exactly 0 or 1, a zero "
     "scale, a pyro.factor of -inf)"
 )
 
 
-def nonfinite_terms(model, guide, batch=None, num_data: int | None = None) -> str:
+def nonfinite_terms(model, guide, batch=None, num_data: int | None = None) -> str | None:
     """What is non-finite in one draw of ``guide`` and ``model`` (replayed) on ``batch`` at the
     current parameters: the parameters by name, then each site's log-density (``pyro.factor``
     terms included) with its non-finite values; '' when nothing is (the objective's own
@@ -112,13 +122,13 @@ def nonfinite_terms(model, guide, batch=None, num_data: int | None = None) -> st
     if params:
         return f"non-finite parameters: {', '.join(params[:4])}{' ...' if len(params) > 4 else ''}"
     if batch is None:
-        return ""
+        return None
     try:
         with torch.no_grad(), pyro.validation_enabled(False), poutine.block():
             q = poutine.trace(guide).get_trace(batch, num_data)
             p = poutine.trace(poutine.replay(model, trace=q)).get_trace(batch, num_data)
     except Exception:  # noqa: BLE001 - a diagnosis only: the error names the step either way
-        return ""
+        return None
     terms = []
     for who, trace in (("model", p), ("guide", q)):
         for name, site in trace.nodes.items():
