@@ -158,7 +158,13 @@ def assemble(
     if dataset is None:
         prototype = _from_state(checkpoint["extras"]["prototype"])
     family = FAMILIES[card.model.family]
-    example = dataset.train if dataset is not None else _without_index(prototype)
+    if dataset is None:
+        example = _without_index(prototype)
+    else:  # what the model sees: an augmented split (e.g. binarized draws of grey images) as drawn
+        generator = torch.Generator().manual_seed(card.training.seed)
+        example = (
+            dataset.train if dataset.augment is None else dataset.augment(dataset.train[:PROTOTYPE_ROWS], generator)
+        )
     model = family.from_config(card.model, dim, model=model, guide=guide, example=example).to(device)
     if dataset is not None:
         _check_splits(model, dataset, card.training.seed)
@@ -241,6 +247,13 @@ def _as_card(card: BaseModel | dict | str | Path, overrides=None) -> BaseModel:
     if isinstance(card, BaseModel):
         return card_from_dict(card_to_dict(card), overrides) if overrides else card
     return card_from_dict(card, overrides)
+
+
+def seen_rows(dataset: Dataset, seed: int):
+    """The first training rows as the model sees them: an augmented split (e.g. binarized draws
+    of grey images) as drawn with ``seed``."""
+    rows = dataset.train[:PROTOTYPE_ROWS]
+    return rows if dataset.augment is None else dataset.augment(rows, torch.Generator().manual_seed(seed))
 
 
 def _fit_input(traits, train):

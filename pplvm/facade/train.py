@@ -24,7 +24,7 @@ from ..errors import ArgumentError, CardError, PplvmError, RunDirError, Training
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import Callback, Trainer
-from .build import PROTOTYPE_ROWS, _fit_input, _matching, _to_state
+from .build import PROTOTYPE_ROWS, _fit_input, _matching, _to_state, seen_rows
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -177,7 +177,7 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
     extras = {
         "dim": run.model.dim,
         "transform": run.transform.state_dict(),
-        "prototype": _to_state(_fit_input(run.traits, d.train)[:PROTOTYPE_ROWS]),
+        "prototype": _to_state(_fit_input(run.traits, seen_rows(d, run.card.training.seed))),
         "num_train": len(d.train),
         "from_python": bool(d.info.get("from_python")),
         "card": rundir.card_fingerprint(run.card),

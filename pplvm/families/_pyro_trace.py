@@ -195,8 +195,6 @@ def _check_observations(trace: poutine.Trace, name: str) -> None:
                 f"{where}: its distribution has shape {shape} but the data it observes have shape {tuple(value.shape)}"
             )
         mask = site["mask"]
-        if _unvalidated(fn):  # validate_args=False: the model says its data need not be in the support
-            continue
         inside = fn.support.check(value)
         inside = inside if mask is None or mask is True else inside | ~mask
         if not bool(inside.all()):
@@ -286,16 +284,6 @@ def _named(fn) -> str:
     while isinstance(fn, (torch.distributions.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
         fn = fn.base_dist
     return f"{type(fn).__name__} (support: {fn.support})"
-
-
-def _unvalidated(fn) -> bool:
-    """The distribution (or one it wraps) was built with ``validate_args=False``, as Pyro's own
-    examples do for a Bernoulli over grey pixels."""
-    while fn is not None:
-        if fn.__dict__.get("_validate_args") is False:
-            return True
-        fn = getattr(fn, "base_dist", None)
-    return False
 
 
 def _base_support(fn) -> Any:
