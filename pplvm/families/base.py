@@ -97,6 +97,12 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     @property
+    def discrete_sites(self) -> tuple[str, ...]:
+        """The local sites summed out by enumeration (all of them in an enumerated family; a
+        model of your own may have continuous ones beside them)."""
+        return tuple(self.local_sites) if self.enumerated else ()
+
+    @property
     def device(self) -> torch.device:
         """The device of the model's parameters and of the constants it creates."""
         return self._device_anchor.device

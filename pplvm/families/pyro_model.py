@@ -177,7 +177,9 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         self.likelihood = "estimate" if s.continuous else "exact"
         self.marginals = "estimate" if s.continuous and s.discrete else "exact"
         self.guide_draws_locals = bool(s.continuous)  # the user's guide is checked to draw them
-        self.brings_guide = config.guide_target is not None or guide is not None or _has_guide(user)
+        # a module with a guide method of its own (as Pyro's examples write them) brings its guide
+        own = isinstance(user, torch.nn.Module) and callable(getattr(user, "guide", None))
+        self.brings_guide = config.guide_target is not None or guide is not None or own
         #: its continuous local sites, as the amortized guide serves them
         self.layout = local_layout(self) if s.continuous else LocalLayout()
         guidable = (not self.layout.refusal) if s.continuous else bool(s.global_sites)
@@ -198,6 +200,10 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
     @property
     def global_sites(self) -> tuple[str, ...]:
         return self.structure.global_sites
+
+    @property
+    def discrete_sites(self) -> tuple[str, ...]:
+        return self.structure.discrete
 
     def forward(self, x=None, num_data=None):
         """The user's model on the batch ``x`` (``(B, D)`` rows, or a :class:`~pplvm.data.Batch`
@@ -230,13 +236,11 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         return rows.to(self.device)
 
     def observations(self, trace, like) -> torch.Tensor:
-        """The data a trace's observed sites hold, shaped like ``values(like)``: the site holding
-        them whole, or one site per time step stacked along time."""
+        """The data a trace's observed sites hold, shaped like ``values(like)``: the one site holding
+        them, or one site per time step stacked along time."""
         shape = values(like).shape
-        if len(self.observed_sites) == 1:
-            return trace.nodes[self.observed_site]["value"]
         for name in self.observed_sites:
-            if tuple(trace.nodes[name]["value"].shape) == tuple(shape):
+            if len(self.observed_sites) == 1 or tuple(trace.nodes[name]["value"].shape) == tuple(shape):
                 return trace.nodes[name]["value"]
         for names in time_steps(self.observed_sites).values():
             steps = torch.stack([trace.nodes[n]["value"] for n in names if n in trace.nodes], 1)
@@ -315,11 +319,6 @@ class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
         guide = _CustomGuide(self, instantiate(obj, self.config.guide_options, "model.guide_options", "guide"))
         guide.check()
         return guide
-
-
-def _has_guide(user: Any) -> bool:
-    """The model is a module with a ``guide`` method of its own (as Pyro's examples write them)."""
-    return isinstance(user, torch.nn.Module) and callable(getattr(user, "guide", None))
 
 
 def _examples(example: Any, dim: int, rows: int = 256):

@@ -65,7 +65,7 @@ class SVIObjective(Objective):
         )
 
     def refusal(self, model: Any, guide: GuideTraits) -> str | None:
-        family, sites = model.config.family, ", ".join(model.local_sites)
+        family, sites, locals_ = model.config.family, ", ".join(model.discrete_sites), ", ".join(model.local_sites)
         if model.likelihood == "none":
             return self.cannot(model, "it has an implicit density (no log p(x | z) to bound); train it adversarially")
         if self.pathwise and model.enumerated:
@@ -83,7 +83,7 @@ class SVIObjective(Objective):
         if self.enumerates and model.local_sites and not model.enumerated:
             return self.cannot(
                 model,
-                f"it sums discrete latents out by enumeration, and the local latent(s) {sites} are not "
+                f"it sums discrete latents out by enumeration, and the local latent(s) {locals_} are not "
                 "enumerated (they are sampled from the guide); use objective.name = 'elbo'",
             )
         if self.mean_field and not guide.factorised:

@@ -174,3 +174,22 @@ def test_models_that_do_not_fit_their_data_are_refused_before_training(model, me
     with pytest.raises(CardError, match=message) as err:
         build(model, x)
     assert "\n" not in str(err.value)
+
+
+def test_an_objective_refused_for_a_mixed_model_names_its_discrete_sites_only():
+    """A model with a discrete and a continuous local: 'elbo' is refused for the discrete one."""
+    from pplvm.guides import GuideTraits
+    from pplvm.objectives import OBJECTIVES
+
+    def mixed(x):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(K)))
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(w))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            pyro.sample("x", dist.Normal(z + c.unsqueeze(-1).float(), 1.0).to_event(1), obs=x)
+
+    model = PyroModel.from_config(PyroConfig(), 1, model=mixed, example=torch.randn(6, 1))
+    assert model.local_sites == ("c", "z") and model.discrete_sites == ("c",)
+    elbo = OBJECTIVES["elbo"]
+    why = elbo(elbo.Config(name="elbo")).refusal(model, GuideTraits(proposal=True))
+    assert "discrete latent(s) c are summed out" in why
