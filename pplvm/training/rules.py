@@ -107,12 +107,29 @@ def make_optimizer(
     optimiser on the per-datum loss (Adam's step ``m / (sqrt(v) + ε)`` is otherwise invariant
     to the loss's scale), so a card's ``eps`` means what it means in the papers."""
     c = config
+    params = list(params)
     kw: dict[str, Any] = {"lr": c.lr, "weight_decay": c.weight_decay}
     if c.optimizer in ("adam", "adamw"):
         kw.update(betas=tuple(c.betas), eps=c.eps * loss_scale)
     elif c.optimizer == "rmsprop":
         kw.update(eps=c.eps * loss_scale)
-    return OPTIMIZERS[c.optimizer](list(params), **kw)
+    if c.optimizer in FUSED and _fusable(params):
+        kw["fused"] = True
+    return OPTIMIZERS[c.optimizer](params, **kw)
+
+
+#: optimisers with a fused kernel (one pass over each parameter instead of one per operation:
+#: Adam's update takes half the time of PyTorch's default for-loop on a CPU)
+FUSED = ("adam", "adamw", "sgd")
+
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    devices = {p.device for p in params}
+    return (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(p.is_floating_point() and not p.is_sparse for p in params)
+    )
 
 
 #: the IWAE paper's schedule (Burda et al. 2016, section 5): stage i lasts 3^i epochs
