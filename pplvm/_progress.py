@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import sys
 import time
 from typing import Any, Iterator, TextIO
@@ -44,6 +45,37 @@ def reporting(on: bool = True) -> Iterator[None]:
         yield
     finally:
         _REPORTING.reset(token)
+
+
+class _LineHandler(logging.Handler):
+    """``pplvm: message`` on stderr, above a live bar rather than through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = f"pplvm: {self.format(record)}"
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        except ImportError:  # pragma: no cover (tqdm is a dependency)
+            print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def log_lines(on: bool = True) -> Iterator[None]:
+    """Within the block, pplvm's log lines from INFO up (what the training step runs, the first
+    epoch's time) go to stderr, one line each; the CLI enters it around every command."""
+    if not on:
+        yield
+        return
+    logger, handler = logging.getLogger("pplvm"), _LineHandler(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def progress(

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from . import __version__, _signals
-from ._progress import reporting
+from ._progress import log_lines, reporting
 from .commands import _interrupted
 from .commands.describe import cmd_list, cmd_render, cmd_summary
 from .commands.query import cmd_evaluate, cmd_sample, cmd_two_sample
@@ -137,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Ctrl-C and SIGTERM stop the command with one line (see pplvm._signals)
-        with _signals.handling(), reporting(not getattr(args, "quiet", False)):  # progress on stderr
-            return args.fn(args)
+        shown = not getattr(args, "quiet", False)
+        with _signals.handling(), reporting(shown), log_lines(shown and os.environ.get("RANK", "0") == "0"):
+            return args.fn(args)  # progress and log lines on stderr
     except PplvmError as err:  # one line, whatever the message holds
         _error("; ".join(s.strip() for s in str(err).splitlines() if s.strip()))
         return EXIT_USAGE

@@ -23,31 +23,55 @@ What is not traced, and falls back to the plain Pyro step with one log line:
 The first step of a fit runs plain, with Pyro's validation on (as the trainer asks); tracing
 runs with validation off, where the objective's host reads (``torch_item``, ``warn_if_nan``)
 would only have reported numbers and are skipped.
+
+What ``training.compile = "auto"`` (the default) runs, each choice stated in one log line:
+
+- a fit of fewer than :data:`AUTO_MIN_STEPS` steps: the plain step (a trace would not pay);
+- otherwise the traced graph from the second step; on CUDA replayed as a CUDA graph;
+- on a CPU (one process), after :data:`TIMED_STEPS` traced steps: inductor, where its expected
+  saving (:data:`INDUCTOR_GAIN` of a traced step over the steps left) is twice its expected
+  compile time (:func:`inductor_seconds`); after as many inductor steps, the faster of the two
+  runs on. The choice is kept in checkpoints, so a resumed fit runs the same numbers. Inductor
+  fuses operations, so its numbers equal the traced graph's to float rounding, not bit for bit;
+  ``"trace"`` repeats a fit exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import sys
 import time
 import unittest.mock
+import warnings
 from typing import Any, Callable
 
 import torch
 from pyro.poutine.util import is_validation_enabled
 
-from .._targets import at
 from ..data.base import Batch
+from ._graphs import _CudaGraph, _data_dependent, _rng_state, _set_rng_state
 from .distributed import DataParallel
 from .rules import SVIStep
 
 log = logging.getLogger("pplvm")
 #: distinct batch signatures (shapes) traced before falling back (full and last minibatch: 2)
 MAX_GRAPHS = 4
-#: under ``auto``, plain steps before tracing (about the cost of one trace on a small network:
-#: a short fit never pays for it)
-AUTO_AFTER_STEPS = 200
+#: under ``auto``: a fit of fewer steps runs plain (a trace costs about as much as this many
+#: plain steps of a small network: a short fit never pays for it); when the rule is not told the
+#: fit's length (:meth:`CompiledSVIStep.plan`), it traces after this many plain steps
+AUTO_MIN_STEPS = 200
+#: under ``auto``, on a CPU: traced steps timed before deciding on inductor, and again after it
+TIMED_STEPS = 20
+#: inductor's expected saving on a traced step (measured 5–25% on the bench's VAE, IWAE, DReG)
+INDUCTOR_GAIN = 0.15
+
+
+def inductor_seconds(operations: int) -> float:
+    """A cold inductor compile of a traced step, in seconds (measured on a 2-core CPU: 30 s
+    for a VAE's 170 operations); auto compiles where the expected saving is twice this."""
+    return 15.0 + 0.1 * operations
 
 
 def _identity(value, *args, **kwargs):
@@ -82,10 +106,9 @@ def _rebuild(names: tuple[str, ...], tensors) -> Any:
 class CompiledSVIStep(SVIStep):
     """:class:`~pplvm.training.rules.SVIStep` whose steps run a traced flat graph of the
     objective and its gradient (see the module docstring); same arguments, plus ``mode``
-    (``training.compile``): ``"auto"`` (traced after :data:`AUTO_AFTER_STEPS` plain steps; a
-    CUDA graph on CUDA), ``"trace"`` (traced from the second step), ``"inductor"`` (traced,
-    then compiled by ``torch.compile``'s inductor, which fuses the elementwise work: tens of
-    seconds of compilation, for long fits)."""
+    (``training.compile``): ``"auto"`` (the module docstring says what it picks), ``"trace"``
+    (traced from the second step), ``"inductor"`` (traced, then compiled by ``torch.compile``'s
+    inductor, which fuses the elementwise work: tens of seconds of compilation, for long fits)."""
 
     def __init__(self, *args, mode: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
@@ -97,6 +120,13 @@ class CompiledSVIStep(SVIStep):
         self._names: list[str] = []
         self._steps = 0
         self._dp: DataParallel | None = None  # several processes: traced gradients are all-reduced
+        self._planned: int | None = None  # the step count at the end of this fit (plan)
+        self._inductor: bool | None = None  # auto's decision (kept in checkpoints)
+        self._compiled: dict[tuple, Callable] = {}  # inductor's versions of the graphs
+        self._timing: list[float] = []  # seconds of timed traced steps
+        self._trial: list[float] | None = None  # seconds of timed inductor steps, while on trial
+        self._compile_seconds = 0.0
+        self._told = False  # auto's plain-step decision logged
 
     def setup(self, example, num_data: int) -> None:
         super().setup(example, num_data)
@@ -110,24 +140,109 @@ class CompiledSVIStep(SVIStep):
         super().distribute(dp)  # plain steps: DDP all-reduces in backward
         self._dp = dp
 
+    def plan(self, steps: int) -> None:
+        self._planned = self._steps + steps
+
+    def describe(self) -> str:
+        if self.fallback is not None or not self._graphs:
+            if self.fallback is not None:
+                why = self.fallback
+            elif self._planned is not None and self._planned < AUTO_MIN_STEPS and self.mode == "auto":
+                why = f"{self._planned} steps, too few for a trace to pay"
+            else:
+                why = "traced from the second step"
+            return f"Pyro's plain step (training.compile = {self.mode!r}: {why})"
+        kind = "compiled by inductor" if self._inductor or self.mode == "inductor" else "a traced graph"
+        return f"{kind} (training.compile = {self.mode!r})"
+
     def state_dict(self) -> dict[str, Any]:
-        # the steps taken, so that a resumed fit switches to the graph at the same step
-        return {**super().state_dict(), "steps": self._steps}
+        # the steps taken, so that a resumed fit switches to the graph at the same step, and
+        # auto's choice of inductor, so that it runs the same numbers
+        return {**super().state_dict(), "steps": self._steps, "inductor": self._inductor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._steps = int(state.get("steps", 0))  # (checkpoints written before it was kept: 0)
+        self._inductor = state.get("inductor")
 
     # ------------------------------------------------------------------ stepping
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
         self._steps += 1
-        if self.mode == "auto" and self._steps <= AUTO_AFTER_STEPS:
-            return super().step(batch, num_data, progress)
-        if self.fallback is not None or is_validation_enabled():
+        if self.fallback is not None or is_validation_enabled() or not self._tracing():
             return super().step(batch, num_data, progress)
         graph = self._graph(batch, num_data)
         if graph is None:
             return super().step(batch, num_data, progress)
+        start = time.perf_counter()
+        loss = self._apply(graph, batch)
+        if self.mode == "auto" and self._inductor is None and self._dp is None and not _first_tensor(batch).is_cuda:
+            self._time(time.perf_counter() - start, batch, num_data)
+        return loss
+
+    def _tracing(self) -> bool:
+        """Whether this step runs a graph: always but under ``auto``, which traces from the
+        second step of a fit of at least :data:`AUTO_MIN_STEPS` steps."""
+        if self.mode != "auto":
+            return True
+        if self._planned is None:
+            return self._steps > AUTO_MIN_STEPS
+        if self._planned < AUTO_MIN_STEPS and not self._graphs:
+            if not self._told:
+                self._told = True
+                log.info(
+                    "training.compile = 'auto': Pyro's plain step runs: this fit has %d steps, too few for a "
+                    "trace to pay back (training.compile = 'trace' traces it anyway)",
+                    self._planned,
+                )
+            return False
+        return True
+
+    def _time(self, seconds: float, batch, num_data: int) -> None:
+        """Under ``auto`` on one CPU process: after :data:`TIMED_STEPS` traced steps, compile
+        with inductor where the expected saving over the steps left is twice the expected
+        compile time, then time as many steps of inductor's and keep the faster of the two."""
+        if self._trial is None:
+            self._timing.append(seconds)
+            if len(self._timing) == TIMED_STEPS:
+                self._consider_inductor(batch, num_data)
+            return
+        self._trial.append(seconds)
+        if len(self._trial) < TIMED_STEPS:
+            return
+        fast, traced = statistics.median(self._trial), statistics.median(self._timing)
+        self._inductor, self._trial = fast < traced, None
+        log.info(
+            "training.compile = 'auto': inductor compiled the step in %.1f s and runs it in %.3g ms against "
+            "%.3g ms traced: %s",
+            self._compile_seconds,
+            fast * 1e3,
+            traced * 1e3,
+            "inductor runs from now on" if self._inductor else "the traced graph runs on",
+        )
+
+    def _consider_inductor(self, batch, num_data: int) -> None:
+        traced = statistics.median(self._timing)
+        left = (self._planned or 0) - self._steps
+        graph = self._graphs.get(self._signature(batch, num_data))
+        cost = inductor_seconds(getattr(graph, "size", 0))
+        if left * traced * INDUCTOR_GAIN < 2 * cost:
+            self._inductor = False
+            log.info(
+                "training.compile = 'auto': the traced graph runs (%.3g ms a step; inductor's compile, about "
+                "%.0f s, would not pay back over the %d steps left)",
+                traced * 1e3,
+                cost,
+                left,
+            )
+            return
+        start = time.perf_counter()
+        self._trial = []
+        if self._graph(batch, num_data, warm=True) is None:
+            self._inductor, self._trial = False, None
+        self._compile_seconds = time.perf_counter() - start
+
+    def _apply(self, graph: Callable, batch) -> torch.Tensor:
+        """One optimiser step on the gradients ``graph`` computes; the loss."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             loss, *grads = graph(self._params, _fields(batch)[1])
@@ -155,10 +270,18 @@ class CompiledSVIStep(SVIStep):
         autocast = tuple(torch.is_autocast_enabled(t) for t in ("cpu", "cuda"))
         return names, tuple((t.shape, t.dtype, t.device) for t in tensors), num_data, autocast
 
-    def _graph(self, batch, num_data: int) -> Callable | None:
+    def _graph(self, batch, num_data: int, warm: bool = False) -> Callable | None:
+        """The graph for ``batch``'s signature (traced on first sight), or None (plain steps);
+        inductor's version where the card asks for it or ``auto`` chose or is trying it."""
         key = self._signature(batch, num_data)
-        if key in self._graphs:
-            return self._graphs[key]
+        graph = self._graphs[key] if key in self._graphs else self._new_graph(key, batch, num_data)
+        if graph is None or not (self.mode == "inductor" or self._inductor or self._trial is not None):
+            return graph
+        if key not in self._compiled:
+            self._compiled[key] = self._with_inductor(graph, batch)
+        return self._compiled[key]
+
+    def _new_graph(self, key: tuple, batch, num_data: int) -> Callable | None:
         if len(self._graphs) >= MAX_GRAPHS:
             self._fall_back(f"more than {MAX_GRAPHS} batch shapes (the structure changes with the data)")
             return None
@@ -174,20 +297,45 @@ class CompiledSVIStep(SVIStep):
                 "a parameter outside the traced inputs, e.g. a cached transform)"
             )
             return None
-        if self.mode == "inductor":
-            import torch._inductor.config as inductor_config
-
-            inductor_config.fallback_random = True  # the same random draws as the Pyro step
-            graph = torch.compile(graph, dynamic=False)
-        if self.mode == "auto" and graph is not None and _first_tensor(batch).is_cuda:
+        size = graph.size
+        if self.mode == "auto" and _first_tensor(batch).is_cuda:
             graph = _CudaGraph(graph, self._params, _fields(batch)[1])
         self._graphs[key] = graph
         log.info(
-            "training.compile: traced the step in %.1f s (%d operations)",
+            "training.compile = %r: the step runs as a traced graph from step %d (traced in %.1f s, %d operations)",
+            self.mode,
+            self._steps,
             time.perf_counter() - start,
-            graph.size if hasattr(graph, "size") else 0,
+            size,
         )
         return graph
+
+    def _with_inductor(self, graph: Callable, batch) -> Callable:
+        """``graph`` compiled by inductor, now (a first call on ``batch``, its draws rewound);
+        ``graph`` itself where inductor cannot compile it (e.g. no C++ compiler), with a line."""
+        state = _rng_state()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on importing inductor
+                import torch._inductor.config as inductor_config
+
+                inductor_config.fallback_random = True  # the same random draws as the Pyro step
+                compiled = torch.compile(graph, dynamic=False)
+                compiled(self._params, _fields(batch)[1])
+        except Exception as err:
+            self._inductor, self._trial = False, None
+            level = logging.WARNING if self.mode == "inductor" else logging.INFO
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            log.log(
+                level,
+                "training.compile = %r: inductor cannot compile the step (%s): the traced graph runs",
+                self.mode,
+                why,
+            )
+            return graph
+        finally:
+            _set_rng_state(state)
+        return compiled
 
     def _trace(self, batch, num_data: int) -> Callable:
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -249,39 +397,5 @@ class CompiledSVIStep(SVIStep):
         log.log(level, "training.compile = %r: running the plain Pyro step: %s", self.mode, why)
 
 
-class _CudaGraph:
-    """A traced step replayed as one CUDA graph: inputs are copied into static buffers, the
-    outputs are the graph's static outputs (read before the next step)."""
-
-    def __init__(self, fn: Callable, params: list[torch.Tensor], tensors):
-        self.fn, self.size = fn, getattr(fn, "size", 0)
-        self.static = [t.clone() for t in tensors]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(2):  # warm-up on a side stream, as CUDA graph capture requires
-                fn(params, self.static)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out = fn(params, self.static)
-
-    def __call__(self, params, tensors):
-        for s, t in zip(self.static, tensors):
-            s.copy_(t, non_blocking=True)
-        self.graph.replay()
-        return [o.clone() for o in self.out]
-
-
 def _first_tensor(batch) -> torch.Tensor:
     return _fields(batch)[1][0]
-
-
-def _data_dependent(err: BaseException) -> str:
-    """Why tracing refused the step, in full, in one line, and where the user's code did it."""
-    text = str(err).strip().splitlines()
-    if "_local_scalar_dense" in str(err) or "data-dependent" in str(err):
-        why = "the model or guide reads a tensor's value on the host (float(t), t.item(), a Python `if` on a tensor)"
-    else:
-        why = text[0] if text else type(err).__name__
-    return f"{why}{at(err)}"

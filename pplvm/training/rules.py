@@ -71,6 +71,14 @@ class UpdateRule(abc.ABC):
         """Called after each epoch (``epoch`` epochs done); returns numbers to log (e.g. lr)."""
         return {}
 
+    def plan(self, steps: int) -> None:
+        """Told, before a fit's first step, how many steps the fit will take (a rule may pick
+        how it runs by the fit's length: :class:`~pplvm.training.compiled.CompiledSVIStep`)."""
+
+    def describe(self) -> str:
+        """What runs a step, in a few words (logged with the first epoch's time)."""
+        return type(self).__name__
+
     def distribute(self, dp: "DataParallel") -> None:
         """Train data-parallel with the other processes (called once on every process, after
         :meth:`setup`, when there are several): each process steps on its shard of every
@@ -204,6 +212,9 @@ class SVIStep(UpdateRule):
 
     def distribute(self, dp: "DataParallel") -> None:
         self.loss_module = dp.wrap(self.loss_module)
+
+    def describe(self) -> str:
+        return "Pyro's plain step"
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         out = {"lr": self.optimizer.param_groups[0]["lr"]}

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ from .devices import resolve_device
 from .distributed import DataParallel
 from .rules import UpdateRule
 
+log = logging.getLogger("pplvm")
 Callback = Callable[["Trainer", dict[str, Any]], None]
 #: ``augment(batch, generator) -> batch``: a fresh random view of a training batch
 Augment = Callable[[Any, torch.Generator], Any]
@@ -230,11 +232,14 @@ class Trainer:
             unit="steps",
             enabled=c.progress and self.rank == 0,
         )
+        self.rule.plan((c.epochs - self.state.epoch) * steps)
         try:
-            first = True
+            first, start = True, time.perf_counter()
             while self.state.epoch < c.epochs and not self.state.stopped:
                 with self._collectives(), training(self.model, self.guide):  # held-out evaluation: .eval()
                     metrics = self._epoch(train, valid, bar, first)
+                if first and self.rank == 0:
+                    log.info("first epoch in %.1f s; the step: %s", time.perf_counter() - start, self.rule.describe())
                 first = False
                 for cb in self.callbacks:
                     cb(self, metrics)
