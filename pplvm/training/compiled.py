@@ -39,6 +39,7 @@ from pyro.poutine.util import is_validation_enabled
 
 from .._targets import at
 from ..data.base import Batch
+from ._traceable import traceable
 from .distributed import DataParallel
 from .rules import SVIStep
 
@@ -57,8 +58,10 @@ def _identity(value, *args, **kwargs):
 @contextlib.contextmanager
 def _no_host_reads():
     """While tracing: Pyro's and pplvm's objectives read their loss back to the host only to
-    report it (``torch_item``) or warn (``warn_if_nan``); inside a graph those stay tensors."""
+    report it (``torch_item``) or warn (``warn_if_nan``); inside a graph those stay tensors.
+    TraceEnum_ELBO's one branch on a value becomes a select (:mod:`._traceable`)."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(traceable())
         for name, module in list(sys.modules.items()):
             if module is None or not name.startswith(("pyro.infer", "pplvm.objectives")):
                 continue
