@@ -12,6 +12,8 @@ minibatch scale), Adam. Parts (goal: pplvm / torch):
   dreg   IWAE k=5 step with DReG gradients vs a hand-written DReG (no goal)
   memory peak RSS growth over training steps, each side in its own process     <= 1.20
   ll     importance-sampled log p(x), k=5000, same chunking on both sides      <= 1.10
+  gmm, hmm, flow, maf: enumerated and flow steps, ``(default)`` and ``(trace)`` lines
+         (bench/_enum_flow_parts.py; not in the default --only)
 
 A step, on both sides, is what the pplvm Trainer does: zero_grad, loss, isfinite check,
 backward, optimiser step. Times are CPU-time medians over rounds of ``--steps`` steps. Each
@@ -68,6 +70,8 @@ import sys
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _enum_flow_parts  # noqa: E402  (gmm, hmm, flow, maf: beside this file)
 
 D, H, L, B, N = 784, 400, 20, 128, 60000
 
@@ -424,6 +428,17 @@ def main() -> None:
                 print(
                     f"memory/{sub:5s}  pplvm {mp / 1024:8.1f}  torch {mt / 1024:8.1f} MiB peak RSS growth  "
                     f"ratio {ratio:.3f}  (goal <= {goals['memory']})  {'ok' if ratio <= goals['memory'] else 'MISSED'}"
+                )
+            continue
+        elif part in _enum_flow_parts.PARTS:  # the enumerated and flow parts (their module)
+            fns, same = _enum_flow_parts.make_steps(part)
+            t = alternate(fns, args.rounds, args.steps)
+            print(f"{part}: {same}")
+            for side in ("default", "trace"):
+                ratio, goal = t[side] / t["torch"], _enum_flow_parts.GOALS[part]
+                print(
+                    f"{f'{part} ({side})':22s} pplvm {t[side] * 1e3:9.3f}  torch {t['torch'] * 1e3:9.3f} ms/step  "
+                    f"ratio {ratio:.3f}  (goal <= {goal})  {'ok' if ratio <= goal else 'MISSED'}"
                 )
             continue
         elif part == "ll":

@@ -64,6 +64,8 @@ ROWS = {  # name: (objective, k)
     "vae": ("meanfield", 1),
     "iwae5": ("iwae", 5),
     "iwae5_dreg": ("iwae_dreg", 5),
+    "iwae2_dreg": ("iwae_dreg", 2),  # cheaper per epoch: candidates for the equal-wall-clock race
+    "iwae3_dreg": ("iwae_dreg", 3),
     "iwae50": ("iwae", 50),
     "iwae50_dreg": ("iwae_dreg", 50),
 }

@@ -30,6 +30,13 @@ from ._hmm_tree import _scaled_product
 CHUNK = 32
 
 
+def _tracing() -> bool:
+    """Whether ``make_fx`` is recording operations (a compiled step): values are unknown."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None
+
+
 def default_chunk(time: int) -> int:
     """Chunk length L for ``time`` steps: :data:`CHUNK`, or one chunk for shorter chains."""
     return max(1, min(CHUNK, time - 1))
@@ -115,7 +122,9 @@ class _SumPass:
         self.a0, self.log_c0 = a0 / c0, c0.squeeze(-1).log()
         self.lik = _chunks(lik, chunks, length, 1.0)  # (B, C, L, K)
         self.mask = _chunks(mask, chunks, length, False)  # (B, C, L)
-        self.full = bool(self.mask.all())
+        # every step observed: the masked selects are skipped (a shortcut on the mask's values,
+        # so not while a graph is traced: there the masked form is exact for any mask)
+        self.full = not _tracing() and bool(self.mask.all())
         self._products()
         if messages:
             self._entering()

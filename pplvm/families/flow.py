@@ -147,6 +147,16 @@ class _Permutation(nn.Module):
         return T.Permute(self.permutation)
 
 
+def _forget(layer: nn.Module) -> None:
+    """Empty a transform's one-entry cache, kept on the module between calls: a chain built anew
+    must not hand back an output computed earlier from the same input object (a batch seen
+    again) with earlier parameters, gradients cut (or by a traced step, outside its graph)."""
+    if getattr(layer, "_cache_size", 0):
+        layer._cached_x_y = None, None
+    if getattr(layer, "_cached_log_scale", None) is not None:
+        layer._cached_log_scale = None
+
+
 def build_transform(name: str, dim: int, cfg: FlowConfig, position: int) -> nn.Module:
     """One of Pyro's transforms (a module; see the module docstring) for ``dim`` dimensions."""
     hidden = list(cfg.hidden)
@@ -259,6 +269,7 @@ class NormalizingFlow(LatentVariableModel):
         """The chain ``z -> x`` as Pyro transforms (ending in a sigmoid for dequantised data)."""
         out = []
         for name, layer in zip(self.names, self._layers[0]):
+            _forget(layer)
             if name == "permute":
                 out.append(layer.transform())
             elif name == "maf":
@@ -380,5 +391,5 @@ class _VariationalDequantizer(nn.Module):
 
     def condition(self, context: torch.Tensor) -> dist.TransformedDistribution:
         base = dist.Normal(self._origin, torch.ones_like(self._origin)).to_event(1).expand(context.shape[:-1])
-        transforms = [layer.condition(context) for layer in self.layers] + [T.SigmoidTransform()]
+        transforms = [layer.condition(context) for layer in self.layers] + [T.SigmoidTransform(cache_size=1)]
         return dist.TransformedDistribution(base, transforms)

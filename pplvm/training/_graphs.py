@@ -1,14 +1,38 @@
 """Pieces of the compiled SVI step (:mod:`.compiled`): a traced graph replayed as a CUDA graph,
-the RNG state a trace or a warm-up call rewinds, and the one line that says why a step could
-not be traced."""
+the RNG state a trace or a warm-up call rewinds, what tracing runs without (host reads), and the
+one line that says why a step could not be traced."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import unittest.mock
 from typing import Callable
 
 import torch
 
 from .._targets import at
+from ._traceable import traceable
+
+
+def _identity(value, *args, **kwargs):
+    return value
+
+
+@contextlib.contextmanager
+def _no_host_reads():
+    """While tracing: Pyro's and pplvm's objectives read their loss back to the host only to
+    report it (``torch_item``) or warn (``warn_if_nan``); inside a graph those stay tensors.
+    TraceEnum_ELBO's one branch on a value becomes a select (:mod:`._traceable`)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(traceable())
+        for name, module in list(sys.modules.items()):
+            if module is None or not name.startswith(("pyro.infer", "pplvm.objectives")):
+                continue
+            for attr in ("torch_item", "warn_if_nan"):
+                if callable(getattr(module, attr, None)):
+                    stack.enter_context(unittest.mock.patch.object(module, attr, _identity))
+        yield
 
 
 class _CudaGraph:

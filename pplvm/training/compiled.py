@@ -29,7 +29,8 @@ What ``training.compile = "auto"`` (the default) runs, each choice stated in one
 - a fit of fewer than :data:`AUTO_MIN_STEPS` steps: the plain step (a trace would not pay);
 - otherwise the traced graph from the second step; on CUDA replayed as a CUDA graph;
 - on a CPU (one process), after :data:`TIMED_STEPS` traced steps: inductor, where its expected
-  saving (:data:`INDUCTOR_GAIN` of a traced step over the steps left) is twice its expected
+  saving (:data:`INDUCTOR_GAIN` of a traced step and :data:`DISPATCH_SECONDS` per operation, over
+  the steps left) is twice its expected
   compile time (:func:`inductor_seconds`); after as many inductor steps, the faster of the two
   runs on. The choice is kept in checkpoints, so a resumed fit runs the same numbers. Inductor
   fuses operations, so its numbers equal the traced graph's to float rounding, not bit for bit;
@@ -38,12 +39,9 @@ What ``training.compile = "auto"`` (the default) runs, each choice stated in one
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
-import sys
 import time
-import unittest.mock
 import warnings
 from typing import Any, Callable
 
@@ -51,7 +49,7 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 
 from ..data.base import Batch
-from ._graphs import _CudaGraph, _data_dependent, _rng_state, _set_rng_state
+from ._graphs import _CudaGraph, _data_dependent, _no_host_reads, _rng_state, _set_rng_state
 from .distributed import DataParallel
 from .rules import SVIStep
 
@@ -64,32 +62,15 @@ MAX_GRAPHS = 4
 AUTO_MIN_STEPS = 200
 #: under ``auto``, on a CPU: traced steps timed before deciding on inductor, and again after it
 TIMED_STEPS = 20
-#: inductor's expected saving on a traced step (measured 5–25% on the bench's VAE, IWAE, DReG)
-INDUCTOR_GAIN = 0.15
+#: inductor's expected saving on a traced step: this share of it (fused elementwise work:
+#: measured 5–25% on the bench's VAE, IWAE, DReG), plus the Python dispatch of each operation
+INDUCTOR_GAIN, DISPATCH_SECONDS = 0.15, 5e-6
 
 
 def inductor_seconds(operations: int) -> float:
     """A cold inductor compile of a traced step, in seconds (measured on a 2-core CPU: 30 s
     for a VAE's 170 operations); auto compiles where the expected saving is twice this."""
     return 15.0 + 0.1 * operations
-
-
-def _identity(value, *args, **kwargs):
-    return value
-
-
-@contextlib.contextmanager
-def _no_host_reads():
-    """While tracing: Pyro's and pplvm's objectives read their loss back to the host only to
-    report it (``torch_item``) or warn (``warn_if_nan``); inside a graph those stay tensors."""
-    with contextlib.ExitStack() as stack:
-        for name, module in list(sys.modules.items()):
-            if module is None or not name.startswith(("pyro.infer", "pplvm.objectives")):
-                continue
-            for attr in ("torch_item", "warn_if_nan"):
-                if callable(getattr(module, attr, None)):
-                    stack.enter_context(unittest.mock.patch.object(module, attr, _identity))
-        yield
 
 
 def _fields(batch) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
@@ -224,8 +205,9 @@ class CompiledSVIStep(SVIStep):
         traced = statistics.median(self._timing)
         left = (self._planned or 0) - self._steps
         graph = self._graphs.get(self._signature(batch, num_data))
-        cost = inductor_seconds(getattr(graph, "size", 0))
-        if left * traced * INDUCTOR_GAIN < 2 * cost:
+        operations = getattr(graph, "size", 0)
+        cost = inductor_seconds(operations)
+        if left * min(traced * INDUCTOR_GAIN + operations * DISPATCH_SECONDS, 0.8 * traced) < 2 * cost:
             self._inductor = False
             log.info(
                 "training.compile = 'auto': the traced graph runs (%.3g ms a step; inductor's compile, about "

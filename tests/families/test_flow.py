@@ -103,6 +103,25 @@ def _fit(x, transforms, repeat, epochs, hidden=(16,), lr=0.01):
     return pplvm.fit(card, data=x.numpy())
 
 
+def test_a_batch_seen_again_gets_fresh_outputs_and_gradients():
+    """The transforms keep their last output in a cache on the module: the same batch object
+    passed again (full-batch training, an evaluation of the training batch) must not be handed
+    the earlier, gradient-less outputs. Oracle: the same computation on a copy of the batch."""
+    model = _flow(["affine_coupling", "permute", "actnorm", "maf"], dim=4, repeat=1)
+    x = torch.randn(30, 4)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(data):
+        loss = model.distribution(len(data)).log_prob(data).sum()
+        return [loss, *torch.autograd.grad(loss, params, allow_unused=True)]
+
+    with torch.no_grad():
+        model.distribution(len(x)).log_prob(x)  # the batch seen once without gradients
+    for a, b in zip(grads(x), grads(x.clone())):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b)
+
+
 def test_fitted_flow_recovers_a_gaussian():
     """A correlated 3-D Gaussian: actnorm + MAF can represent it exactly (an affine
     autoregressive map is a Cholesky factor), so KL(p || q) -> 0. After 20 epochs it is below
