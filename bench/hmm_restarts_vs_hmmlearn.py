@@ -19,12 +19,13 @@ Data (offline, bundled with statsmodels):
 Model: a 5-state Gaussian HMM with diagonal covariances (pplvm's Gaussian emissions are
 diagonal; hmmlearn ``covariance_type = "diag"``). hmmlearn: ``GaussianHMM`` with its defaults
 (k-means means, ``n_iter = --iters``, ``tol = --tol``; its small covariance prior, 1e-2, or
-``--covars-prior``, and ``min_covar``), ``random_state`` = 0..N-1, each timed, kept by training score. pplvm: objective
-``em`` with ``em_estimate = "ml"``, full batch, ``epochs = --iters``, ``em_tol`` = hmmlearn's tol
-per frame (hmmlearn's tol is on the total log-likelihood), ``training.restarts = N``; timed from
-``Run.from_card`` (data split, the N k-means starts, the batched pass and the kept seed's own fit)
-to the end of ``fit()`` (no run directory). Imports are not timed in the main ratio; a second
-ratio adds a fresh interpreter's ``import`` of each side (measured in subprocesses).
+``--covars-prior``, and ``min_covar``), ``random_state`` = 0..N-1, each timed, kept by training
+score. pplvm: objective ``em`` with ``em_estimate = "ml"``, full batch, ``model.init = --init``
+(k-means by default), ``epochs = --iters``, ``em_tol`` = hmmlearn's tol per frame (hmmlearn's
+tol is on the total log-likelihood), ``training.restarts = N``; timed from ``Run.from_card``
+(data split, the N starts, the batched pass and the kept seed's fit, read off the pass) to the
+end of ``fit()`` (no run directory). Imports are not timed in the main ratio; a fresh
+interpreter's ``import`` of each side is printed after (measured in subprocesses).
 
 Also a GMM line (``--no-gmm`` to skip): the frames as rows, scikit-learn
 ``GaussianMixture(5, "diag", n_init=N, tol=1e-3)`` against pplvm's GMM with ``restarts = N``,
@@ -99,6 +100,7 @@ def main() -> None:
         help="hmmlearn's covars_prior (its default 1e-2; 0 = maximum likelihood, what pplvm's em_estimate 'ml' fits)",
     )
     p.add_argument("--no-gmm", action="store_true")
+    p.add_argument("--init", choices=["kmeans", "random"], default="kmeans", help="pplvm's model.init")
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
@@ -122,7 +124,8 @@ def main() -> None:
     print(
         f"data {args.data}: {len(train)} training frames, {len(test)} held out, D = {train.shape[1]}; "
         f"{k}-state diagonal Gaussian HMM, at most {args.iters} EM iterations, hmmlearn tol {args.tol} "
-        f"(pplvm em_tol {args.tol / len(train):.3g} per frame), hmmlearn covars_prior {args.covars_prior}; one thread",
+        f"(pplvm em_tol {args.tol / len(train):.3g} per frame), hmmlearn covars_prior {args.covars_prior}, "
+        f"pplvm model.init {args.init!r}; one thread",
         flush=True,
     )
 
@@ -138,7 +141,7 @@ def main() -> None:
         return seconds, [(score, m.score(test), m.monitor_.iter) for score, m in fits]
 
     def pplvm_card(family, n, tol):
-        model = {"family": "hmm", "states": k} if family == "hmm" else {"family": "gmm", "components": k}
+        model = {"family": family, "init": args.init, ("states" if family == "hmm" else "components"): k}
         return {
             "model": model,
             "guide": {"kind": "map"},

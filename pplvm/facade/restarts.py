@@ -29,6 +29,7 @@ from ..config import card_from_dict, card_to_dict
 from ..errors import CardError, TrainingError
 from ..schema import MAX_SEED
 from ..training import distributed
+from ..training.rules import RestartPass
 from ..training.trainer import Trainer
 from .build import _fit_input, assemble
 
@@ -48,9 +49,11 @@ def choose(run: Run, guard: Callable[[Trainer], ContextManager]) -> None:
     _check(run)
     seeds = [c.seed + i for i in range(c.restarts)]
     train = _fit_input(run.traits, run.dataset.train)
-    losses, how = _batched(run, train, seeds), "in one batched pass"
-    if losses is None:
-        losses, how = _one_by_one(run, train, seeds, guard), "one after another"
+    batched = _batched(run, train, seeds)
+    if batched is not None:
+        (losses, rule), how = batched, "in one batched pass"
+    else:
+        (losses, rule), how = (_one_by_one(run, train, seeds, guard), None), "one after another"
     best = min(range(len(seeds)), key=losses.__getitem__)
     if not math.isfinite(losses[best]):
         raise TrainingError(
@@ -67,8 +70,10 @@ def choose(run: Run, guard: Callable[[Trainer], ContextManager]) -> None:
             loss,
             " (kept)" if i == best else "",
         )
-    if seeds[best] != run.seed:
-        _adopt(run, _seeded(run, seeds[best]))
+    kept = run if seeds[best] == run.seed else _seeded(run, seeds[best])
+    if rule is not None:  # the kept fit reads its steps off the batched pass where the pass can say them
+        kept.rule = rule.kept(best, kept.rule)
+    _adopt(run, kept)
 
 
 def _check(run: Run) -> None:
@@ -90,9 +95,9 @@ def _check(run: Run) -> None:
         raise CardError(f"{head}: restarts run on one process; start the fit without torchrun")
 
 
-def _batched(run: Run, train: Any, seeds: list[int]) -> list[float] | None:
-    """Each restart's final training loss per datum from the rule's batched pass, or None
-    (it has none, or it stopped: then they run one after another)."""
+def _batched(run: Run, train: Any, seeds: list[int]) -> tuple[list[float], RestartPass] | None:
+    """Each restart's final training loss per datum from the rule's batched pass, and the pass;
+    or None (it has none, or it stopped: then they run one after another)."""
     c = run.card.training
     rule = run.rule.restarts(train, seeds, c) if c.patience is None else None
     if rule is None:
@@ -103,7 +108,7 @@ def _batched(run: Run, train: Any, seeds: list[int]) -> list[float] | None:
     except TrainingError as err:
         log.info("training.restarts: the batched pass stopped (%s); running the restarts one after another", err)
         return None
-    return [loss / len(train) for loss in rule.losses()]
+    return [loss / len(train) for loss in rule.losses()], rule
 
 
 def _one_by_one(

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch.distributions import transform_to
 
-from ..guides import point_estimate
-from ..training.rules import RestartPass
+from ..guides import point_estimate, set_point_estimate
+from ..training.rules import RestartPass, UpdateRule
 
 if TYPE_CHECKING:
     from .em import EMStep
@@ -42,6 +42,8 @@ class BatchedEM(RestartPass):
         self.done = torch.zeros_like(self.failed)  # converged (objective.em_tol): stopped there
         self.last = torch.full((len(seeds),), torch.inf, device=device)
         self.previous = torch.full((len(seeds),), torch.inf, dtype=torch.float64, device=device)
+        #: per step: each restart's loss, statistics and new values (what its own fit's EMStep holds after it)
+        self.record: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
 
     def _through_guide(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``values`` as the guide gives them back after storing them (unconstrained and back)."""
@@ -71,6 +73,7 @@ class BatchedEM(RestartPass):
             self.done |= moving & (self.previous - per_datum < self.single.tol)
             self.previous = torch.where(moving, per_datum, self.previous)
         self.params = {k: torch.where(moving.view((-1,) + (1,) * (v.dim() - 1)), v, params[k]) for k, v in new.items()}
+        self.record.append((torch.where(moving, loss, torch.nan), stats, new))
         return torch.where(moving, loss, 0.0).sum() if bool(moving.any()) else loss.new_tensor(torch.inf)
 
     def stop_reason(self) -> str | None:
@@ -81,3 +84,56 @@ class BatchedEM(RestartPass):
 
     def parameters(self) -> Iterator[torch.Tensor]:
         return iter(self.params.values())
+
+    def kept(self, index: int, rule: EMStep) -> UpdateRule:
+        steps = [
+            (loss[index], {k: v[index] for k, v in stats.items()}, {k: v[index] for k, v in new.items()})
+            for loss, stats, new in self.record
+            if not torch.isnan(loss[index])
+        ]
+        return ReplayedEM(rule, steps)
+
+
+class ReplayedEM(UpdateRule):
+    """The kept restart's own fit, its steps read off the batched pass: each step leaves the
+    guide and ``em`` (the fit's :class:`~pplvm.objectives.em.EMStep`) as that step of the fit
+    would have (the new values, the statistics, the step count, the loss per datum that
+    ``em_tol`` compares), and returns its loss. The loop around it logs, scores held-out data,
+    checkpoints and stops as in the fit; only the E- and M-steps are not computed again. Past
+    the record, and in everything else, it is ``em`` (a resumed run continues with ``em`` alone)."""
+
+    def __init__(self, em: EMStep, steps: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]]):
+        self.em, self.steps, self.taken = em, steps, 0
+
+    def setup(self, example, num_data: int) -> None:
+        self.em.setup(example, num_data)
+
+    @torch.no_grad()
+    def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
+        if self.taken >= len(self.steps):
+            return self.em.step(batch, num_data, progress)
+        loss, stats, new = self.steps[self.taken]
+        self.taken += 1
+        per_datum = float(loss) / num_data
+        self.em.change, self.em.previous = self.em.previous - per_datum, per_datum
+        self.em.stats, self.em.updates = dict(stats), self.em.updates + 1
+        set_point_estimate(self.em.guide, new)
+        return loss
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        return self.em.end_epoch(epoch)
+
+    def stop_reason(self) -> str | None:
+        return self.em.stop_reason()
+
+    def held_out_loss(self, data, num_data: int) -> torch.Tensor | None:
+        return self.em.held_out_loss(data, num_data)
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return self.em.parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.em.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.em.load_state_dict(state)

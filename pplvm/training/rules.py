@@ -127,6 +127,12 @@ class RestartPass(UpdateRule):
         """Each restart's loss in the last step (a full-data loss, as :meth:`step` returns
         one); ``inf`` for a restart whose loss or parameters became non-finite (it stopped there)."""
 
+    def kept(self, index: int, rule: UpdateRule) -> UpdateRule:
+        """The rule the kept restart ``index`` is then fitted with, ``rule`` being its own fit's:
+        that rule (the default: the fit is made again), or one that reads the steps this pass
+        took off its record, as ``rule`` would have taken them."""
+        return rule
+
     def held_out_loss(self, data: Any, num_data: int) -> torch.Tensor | None:
         return None
 
