@@ -74,6 +74,21 @@ def assert_same_fit(run, other, rel: float) -> None:
         assert torch.allclose(run.params()[name], value, rtol=rel, atol=rel)
 
 
+def test_restarts_that_cannot_be_batched_run_one_after_another(caplog):
+    """Early stopping follows held-out data restart by restart (``training.patience``): each
+    restart is a fit of its own, and the kept one is fitted again; the oracle is the same fits
+    made separately, which the kept run equals exactly."""
+    separate = [pplvm.Run.from_card(gmm_card(seed, patience=50)).fit() for seed in range(2)]
+    losses = [run.history[-1]["train_loss"] for run in separate]
+    with caplog.at_level(logging.INFO, logger="pplvm"):
+        kept = pplvm.Run.from_card(gmm_card(restarts=2, patience=50)).fit()
+    assert caplog.text.count("one after another") == 2
+    best = min(range(2), key=losses.__getitem__)
+    assert kept.seed == best and kept.history == separate[best].history
+    for name, value in separate[best].params().items():
+        assert torch.equal(kept.params()[name], value)
+
+
 @pytest.mark.parametrize(
     "card",
     [gmm_card(restarts=3), hmm_card(3, "map"), hmm_card(4, "ml", em_tol=1e-3)],
