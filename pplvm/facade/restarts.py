@@ -57,11 +57,6 @@ def choose(run: Run, guard: Callable[[Trainer], ContextManager]) -> None:
     else:
         (losses, rule), how = (_one_by_one(run, train, seeds, guard), None), "one after another"
     best = min(range(len(seeds)), key=losses.__getitem__)
-    if not math.isfinite(losses[best]):
-        raise TrainingError(
-            f"training.restarts = {c.restarts}: every restart failed (see the lines above); "
-            "fit with training.restarts = 1 to see why"
-        )
     for i, (seed, loss) in enumerate(zip(seeds, losses)):
         log.info(
             "training.restarts: restart %d of %d (training.seed = %d), %s: final train_loss %.8g%s",
@@ -70,7 +65,12 @@ def choose(run: Run, guard: Callable[[Trainer], ContextManager]) -> None:
             seed,
             how,
             loss,
-            " (kept)" if i == best else "",
+            " (kept)" if i == best and math.isfinite(loss) else "",
+        )
+    if not math.isfinite(losses[best]):
+        raise TrainingError(
+            f"training.restarts = {c.restarts}: every restart failed (see the log lines above); "
+            "fit with training.restarts = 1 to see why"
         )
     kept = run if seeds[best] == run.seed else _seeded(run, seeds[best])
     if rule is not None:  # the kept fit reads its steps off the batched pass where the pass can say them
