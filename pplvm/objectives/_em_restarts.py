@@ -82,6 +82,9 @@ class BatchedEM(RestartPass):
     def losses(self) -> list[float]:
         return self.last.tolist()
 
+    def describe(self) -> str:
+        return f"EM over {len(self.last)} restarts in one batched pass"
+
     def parameters(self) -> Iterator[torch.Tensor]:
         return iter(self.params.values())
 
@@ -122,6 +125,9 @@ class ReplayedEM(UpdateRule):
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return self.em.end_epoch(epoch)
+
+    def describe(self) -> str:
+        return "EM, the kept restart's steps read off the restarts' batched pass"
 
     def stop_reason(self) -> str | None:
         return self.em.stop_reason()
