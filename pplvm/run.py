@@ -84,6 +84,10 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
         self.idata = None  # the InferenceData last written by write_artifacts
+        #: the seed training starts from: training.seed, or the kept restart's (training.restarts)
+        self.seed = self.card.training.seed
+        #: what was passed from Python to build the run (None where the card built it)
+        self.objects: dict[str, Any] = {"model": None, "guide": None, "objective": objective}
 
     @property
     def dataset(self) -> Dataset:

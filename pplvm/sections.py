@@ -62,6 +62,13 @@ class TrainingConfig(Section):
         "step); a dynamic structure falls back to off with a log line",
     )
     seed: Seed = 0
+    restarts: int = Field(
+        1,
+        ge=1,
+        description="fit from this many starting points (training.seed, seed + 1, ...) and keep the one with the "
+        "best final training loss, as scikit-learn's n_init; EM for mixtures and HMMs runs them in one batched "
+        "pass, other fits one after another; the kept run is the fit of its seed",
+    )
     progress: bool = True
     pyro_validation: Literal["first_step", "every_step"] = Field(
         "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step"

@@ -60,15 +60,19 @@ def _flatten(initial, transition, emission, mask):
 
 
 def _times(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``v (B, *C, K) @ m`` with ``m`` ``(Bt, K, K)``: one GEMM when the matrix is shared."""
+    """``v (B, *C, K) @ m`` with ``m`` ``(Bt, K, K)``: one GEMM when the matrix is shared, else
+    one batched GEMM of each batch's rows at once (a matmul broadcast over (1, K) rows is slower:
+    1.3-1.6x on a whole posterior with K = 5, T = 2400 and 3-10 restarts' transitions)."""
     if m.size(0) == 1:
         return v @ m[0]
-    return (v.unsqueeze(-2) @ m.reshape(m.size(0), *(1,) * (v.dim() - 2), *m.shape[1:])).squeeze(-2)
+    return torch.bmm(v.reshape(v.size(0), -1, v.size(-1)), m).reshape(v.shape[:-1] + m.shape[-1:])
 
 
 def _mat_times(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``p (B, C, K, K) @ m`` with ``m`` ``(Bt, K, K)``."""
-    return p @ (m[0] if m.size(0) == 1 else m.unsqueeze(1))
+    """``p (B, C, K, K) @ m`` with ``m`` ``(Bt, K, K)`` (every chunk's rows in one batched GEMM)."""
+    if m.size(0) == 1:
+        return p @ m[0]
+    return torch.bmm(p.reshape(p.size(0), -1, p.size(-1)), m).reshape(p.shape[:-1] + m.shape[-1:])
 
 
 def _times_t(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,7 @@ def from_card(
     if card.model.dim is not None and card.model.dim != dataset.dim:
         raise DataError(f"data has {dataset.dim} columns but model.dim = {card.model.dim}")
     dataset = _labelled(dataset, card)
+    user_model, user_guide = model, guide
     pyro.set_rng_seed(card.training.seed)  # model parameters (decoders) start from the seed
     # on the run's device before the guide exists: autoguides create their parameters there
     model, guide = assemble(
@@ -90,7 +91,9 @@ def from_card(
         guide=guide,
         objective=objective,
     )
-    return cls(card, model, guide, dataset.transform, dataset, checked=True, objective=objective)
+    run = cls(card, model, guide, dataset.transform, dataset, checked=True, objective=objective)
+    run.objects.update(model=user_model, guide=user_guide)
+    return run
 
 
 def load(

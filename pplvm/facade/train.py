@@ -24,6 +24,7 @@ from ..errors import ArgumentError, CardError, PplvmError, RunDirError, Training
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import Callback, Trainer
+from . import restarts
 from .build import PROTOTYPE_ROWS, _fit_input, _matching, _to_state, seen_rows
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
 
 
 def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
+    restarts.choose(run, _first_epoch)  # training.restarts > 1: the run then starts where the kept restart does
     run.trainer = run._trainer(callbacks)
     with rundir.storage(f"run directory {str(run.run_dir)!r}"), _first_epoch(run.trainer):
         run.trainer.fit(_fit_input(run.traits, run.dataset.train), run.dataset.valid)
@@ -177,7 +179,7 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
     extras = {
         "dim": run.model.dim,
         "transform": run.transform.state_dict(),
-        "prototype": _to_state(_fit_input(run.traits, seen_rows(d, run.card.training.seed))),
+        "prototype": _to_state(_fit_input(run.traits, seen_rows(d, run.seed))),
         "num_train": len(d.train),
         "from_python": bool(d.info.get("from_python")),
         "card": rundir.card_fingerprint(run.card),
@@ -195,7 +197,7 @@ def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:
         run.model,
         run.guide,
         run.rule,
-        run.card.training,
+        run.card.training.model_copy(update={"seed": run.seed}),  # the kept restart's (training.restarts)
         run_dir=run.run_dir,
         valid_metrics=valid_metrics,
         extras=extras,

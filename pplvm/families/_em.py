@@ -38,8 +38,8 @@ def gaussian_diag_step(
     scale_log_sd: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension normal emissions ``N(μ_kd, σ_kd²)`` with priors ``μ ~ Normal(m, s)`` and
-    ``σ ~ LogNormal(a, b)``, from ``count`` ``(K,)``, ``first`` = Σ r x ``(K, D)`` and
-    ``second`` = Σ r x² ``(K, D)``.
+    ``σ ~ LogNormal(a, b)``, from ``count`` ``(*R, K)``, ``first`` = Σ r x ``(*R, K, D)`` and
+    ``second`` = Σ r x² ``(*R, K, D)`` (``R``: restarts, each its own).
 
     ``"ml"``: μ = first / count, σ² = second / count − μ². ``"map"``: conditional maximisation
     (ECM, Meng & Rubin 1993) — μ given the old σ (a precision-weighted mean with the prior),
@@ -49,7 +49,7 @@ def gaussian_diag_step(
     method: from the ML start it steps at most |s_ML − a| left of the root and then climbs
     monotonically to it."""
     n = count.unsqueeze(-1)
-    has = n > 1e-10 * n.sum().clamp_min(1)
+    has = n > 1e-10 * n.sum(-2, keepdim=True).clamp_min(1)  # (per restart, where they lead)
     safe_n = n.clamp_min(torch.finfo(n.dtype).tiny)
     if estimate == "ml":
         loc = torch.where(has, first / safe_n, old_loc)

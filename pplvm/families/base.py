@@ -168,6 +168,12 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
 
+    def restart_refusal(self) -> str | None:
+        """Why ``training.restarts`` > 1 would repeat one fit (every start the same point, e.g. a
+        deterministic data-driven start), in words that name the card's setting; None (the
+        default) where each ``training.seed`` starts elsewhere."""
+        return None
+
     def evaluation_cost(self, x: "torch.Tensor | Batch") -> int:
         """Float elements the largest intermediate tensor of :meth:`log_likelihood`,
         :meth:`replicate` or :meth:`local_marginals` holds per (parameter draw, datum) of

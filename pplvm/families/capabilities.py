@@ -63,6 +63,11 @@ class ClosedFormEM(abc.ABC):
     Statistics are sums over data, so minibatch statistics scaled by N / B estimate the full
     data's, running averages of them give stepwise EM, and data-parallel workers add theirs."""
 
+    #: True when :meth:`expected_statistics` and :meth:`maximize` also take globals with one
+    #: leading restart dim ``R`` (every site ``(R, ...)``; the statistics and the log-likelihood
+    #: then lead with ``R`` too, each restart's its own): ``training.restarts`` run in one pass
+    batched_restarts: bool = False
+
     @abc.abstractmethod
     def em_estimates(self) -> tuple[EMEstimate, ...]:
         """Which M-steps this configuration has in closed form: ``"map"`` (the posterior mode

@@ -144,19 +144,24 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         (their mode given the scatter is not a formula), so only ``"ml"``; diagonal has both."""
         return ("map", "ml") if self.config.covariance == "diag" else ("ml",)
 
+    batched_restarts = True
+
     def expected_statistics(self, x, params):
-        """Responsibilities ``r`` ``(N, K)`` by enumeration; ``count`` Σ r ``(K,)``, ``first``
-        Σ r x ``(K, D)``, ``second`` Σ r x² ``(K, D)`` (diag) or Σ r x xᵀ ``(K, D, D)`` (full)."""
+        """Responsibilities ``r`` ``(*R, N, K)`` by enumeration; ``count`` Σ r ``(*R, K)``,
+        ``first`` Σ r x ``(*R, K, D)``, ``second`` Σ r x² ``(*R, K, D)`` (diag) or Σ r x xᵀ
+        ``(*R, K, D, D)`` (full); ``R``: restarts, when the globals lead with that dim."""
         joint = self._joint(x, params)
         log_lik = joint.logsumexp(-1)
         r = (joint - log_lik.unsqueeze(-1)).exp()
         if self.config.covariance == "diag":
-            return {"count": r.sum(0), "first": r.T @ x, "second": r.T @ x.pow(2), "log_likelihood": log_lik.sum()}
+            rt = r.transpose(-1, -2)
+            return {"count": r.sum(-2), "first": rt @ x, "second": rt @ x.pow(2), "log_likelihood": log_lik.sum(-1)}
         # full: in float64, where the M-step's Σ r x xᵀ / n − μ μᵀ cancels (float32 loses a
         # component's covariance in rounding as soon as its spread is ~1e-3 of its mean's size)
         r, x = r.double(), x.double()
-        second = torch.einsum("nk,ni,nj->kij", r, x, x)
-        return {"count": r.sum(0), "first": r.T @ x, "second": second, "log_likelihood": log_lik.sum()}
+        second = torch.einsum("...nk,ni,nj->...kij", r, x, x)
+        first = r.transpose(-1, -2) @ x
+        return {"count": r.sum(-2), "first": first, "second": second, "log_likelihood": log_lik.sum(-1)}
 
     def maximize(self, stats, params, estimate):
         c = self.config
@@ -178,31 +183,32 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         # full covariance, maximum likelihood: Σ_k = Σ r x xᵀ / n_k − μ_k μ_kᵀ + reg_covar I, as
         # scale and correlation Cholesky factor (rounding-level jitter keeps the factor defined
         # when reg_covar = 0 and the data span every direction)
-        n = stats["count"]
-        has = n > 1e-10 * n.sum()
+        n = stats["count"]  # (*R, K)
+        has = n > 1e-10 * n.sum(-1, keepdim=True)
         safe = n.clamp_min(torch.finfo(n.dtype).tiny)
-        locs = stats["first"] / safe[:, None]
-        cov = stats["second"] / safe[:, None, None] - locs.unsqueeze(-1) * locs.unsqueeze(-2)
+        locs = stats["first"] / safe[..., None]
+        cov = stats["second"] / safe[..., None, None] - locs.unsqueeze(-1) * locs.unsqueeze(-2)
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
-        cov = cov + 10 * torch.finfo(cov.dtype).eps * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
+        cov = cov + 10 * torch.finfo(cov.dtype).eps * cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None] * eye
         cov = cov + c.reg_covar * eye
         scales = cov.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(cov.dtype).tiny).sqrt()
         chol, info = torch.linalg.cholesky_ex(cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2)))
         bad = (info > 0) & has
         if bad.any():
-            k = int(bad.nonzero()[0])
+            where = tuple(bad.nonzero()[0])  # (restart, component) under restarts
+            k = int(where[-1])
             raise TrainingError(
                 f"model.reg_covar = {c.reg_covar:g}: component {k}'s covariance is singular (it holds "
-                f"{float(n[k]):.3g} rows' weight in {self.dim} dimensions); raise model.reg_covar (1e-6 "
+                f"{float(n[where]):.3g} rows' weight in {self.dim} dimensions); raise model.reg_covar (1e-6 "
                 "is scikit-learn's) or lower model.components"
             )
         chol = chol / chol.norm(dim=-1, keepdim=True)
         dtype = params["locs"].dtype
         new["weights"] = new["weights"].to(dtype)
-        new["locs"] = torch.where(has[:, None], locs.to(dtype), params["locs"])
-        new["scales"] = torch.where(has[:, None], scales.to(dtype), params["scales"])
-        new["corr_chol"] = torch.where(has[:, None, None], chol.to(dtype), params["corr_chol"])
+        new["locs"] = torch.where(has[..., None], locs.to(dtype), params["locs"])
+        new["scales"] = torch.where(has[..., None], scales.to(dtype), params["scales"])
+        new["corr_chol"] = torch.where(has[..., None, None], chol.to(dtype), params["corr_chol"])
         return new
 
     def identified(self, params):

@@ -175,6 +175,8 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         return int(values_.shape[-2]) * self.K * (self.K + self.dim)
 
     # ------------------------------------------------------------------ EM (Baum–Welch)
+    batched_restarts = True
+
     def em_estimates(self):
         return ("map", "ml")
 
@@ -182,23 +184,24 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         """Forward–backward (:meth:`HiddenMarkovChain.posterior`): ``initial`` Σ_n p(z_0)
         ``(K,)``, ``transitions`` Σ_n Σ_t p(z_{t-1}, z_t) ``(K, K)``, ``count`` Σ γ ``(K,)``,
         and per emission Σ γ x and Σ γ x² ``(K, D)`` (gaussian), Σ γ onehot(x) ``(K, D, C)``
-        (categorical) or Σ γ x ``(K, D)`` (bernoulli)."""
+        (categorical) or Σ γ x ``(K, D)`` (bernoulli); each with a leading restart dim ``R`` where
+        the globals have one."""
         values, lengths = _unpack(x)
         post = self.chain(params, lengths, values.shape[-2]).posterior(values)
-        gamma = post["states"]  # (N, T, K)
+        gamma = post["states"]  # (*R, N, T, K)
         stats = {
-            "initial": post["initial"].sum(0),
-            "transitions": post["transitions"].sum(0),
-            "count": gamma.sum((0, 1)),
-            "log_likelihood": post["log_prob"].sum(),
+            "initial": post["initial"].sum(-2),
+            "transitions": post["transitions"].sum(-3),
+            "count": gamma.sum((-3, -2)),
+            "log_likelihood": post["log_prob"].sum(-1),
         }
         if self.config.emission == "categorical":
             onehot = torch.nn.functional.one_hot(values.long(), self.config.categories).to(gamma.dtype)
-            stats["symbols"] = torch.einsum("ntk,ntdc->kdc", gamma, onehot)
+            stats["symbols"] = torch.einsum("...ntk,ntdc->...kdc", gamma, onehot)
         else:
-            stats["first"] = torch.einsum("ntk,ntd->kd", gamma, values)
+            stats["first"] = torch.einsum("...ntk,ntd->...kd", gamma, values)
             if self.config.emission == "gaussian":
-                stats["second"] = torch.einsum("ntk,ntd->kd", gamma, values.pow(2))
+                stats["second"] = torch.einsum("...ntk,ntd->...kd", gamma, values.pow(2))
         return stats
 
     def maximize(self, stats, params, estimate):

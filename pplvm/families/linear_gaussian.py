@@ -246,6 +246,14 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
                 self.weight_unconstrained.copy_(weight)
         return {"weight": weight} if self.config.prior == "normal" else {}
 
+    def restart_refusal(self):
+        if self.config.init != "pca":
+            return None
+        return (
+            "model.init = 'pca' starts every restart at the same point (the PCA solution, for PPCA the optimum); "
+            "use model.init = 'random' for restarts, or training.restarts = 1"
+        )
+
     def prepare(self, data, name="data"):
         return as_matrix(data, name, dim=self.dim)
 

@@ -23,6 +23,7 @@ sums them over processes (one all-reduce), and every process takes the same M-st
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Any, Iterator, Literal
 
 import torch
@@ -35,6 +36,7 @@ from ..guides import point_estimate, set_point_estimate
 from ..guides.base import GuideTraits
 from ..training.distributed import all_reduce_sum
 from ..training.rules import UpdateRule
+from ._em_restarts import BatchedEM
 from .base import Objective, ObjectiveConfig
 
 
@@ -43,14 +45,22 @@ class EMStep(UpdateRule):
 
     :param estimate: ``"map"`` or ``"ml"`` (see :meth:`ClosedFormEM.maximize`).
     :param decay: stepwise EM's step-size exponent.
+    :param tol: full batch: stop once an iteration lowers the loss per datum by less (None: never).
     """
 
     def __init__(
-        self, model: LatentVariableModel, guide: torch.nn.Module, *, estimate: str = "map", decay: float = 0.6
+        self,
+        model: LatentVariableModel,
+        guide: torch.nn.Module,
+        *,
+        estimate: str = "map",
+        decay: float = 0.6,
+        tol: float | None = None,
     ):
         if not isinstance(model, ClosedFormEM):
             raise IncompatibleError(f"objective.name = 'em': family {model.config.family!r} has no closed-form EM")
-        self.model, self.guide, self.estimate, self.decay = model, guide, estimate, decay
+        self.model, self.guide, self.estimate, self.decay, self.tol = model, guide, estimate, decay, tol
+        self.previous = self.change = torch.inf  # full batch: the last loss per datum, and its last decrease
         self.stats: dict[str, torch.Tensor] | None = None  # running statistics (stepwise EM)
         self.updates = 0  # minibatch updates so far (k)
         self.example = None
@@ -67,12 +77,16 @@ class EMStep(UpdateRule):
         params = self.params()
         local = self.model.expected_statistics(batch, params)
         # this process's estimate of the full-data loss (the trainer adds the processes' up)
-        loss = -(local["log_likelihood"] * (num_data / len(batch)) + self.log_prior(params, local["log_likelihood"]))
+        prior = self.log_prior(params, local["log_likelihood"])
+        loss = -(local["log_likelihood"] * (num_data / len(batch)) + prior)
         stats = self.reduce({**local, "rows": local["log_likelihood"].new_tensor(float(len(batch)))})
         rows = float(stats.pop("rows"))  # the whole step's batch, over all processes
         scale = num_data / rows
         rho = 1.0 if rows >= num_data else float(self.updates + 1) ** -self.decay
         scaled = {k: v * scale for k, v in stats.items()}
+        if rho == 1.0:  # full batch: the loss (every process's data) is exact; its change tells convergence
+            per_datum = -float(stats["log_likelihood"] + prior) / num_data
+            self.change, self.previous = self.previous - per_datum, per_datum
         if self.stats is None or rho == 1.0:
             self.stats = scaled
         else:
@@ -96,6 +110,11 @@ class EMStep(UpdateRule):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {"em_step_size": float(self.updates) ** -self.decay if self.updates > 1 else 1.0}
 
+    def stop_reason(self) -> str | None:
+        if self.tol is None or not self.change < self.tol:
+            return None
+        return f"converged: the last EM iteration lowered the loss per datum by {self.change:.3g} < objective.em_tol"
+
     @torch.no_grad()
     def held_out_loss(self, data, num_data: int) -> torch.Tensor | None:
         params = self.params()
@@ -103,8 +122,12 @@ class EMStep(UpdateRule):
         return -(log_lik + self.log_prior(params, log_lik))
 
     def params(self) -> dict[str, torch.Tensor]:
-        """The current point estimate of the global sites."""
-        return {k: v.detach() for k, v in self.guide.median().items()}
+        """The current point estimate of the global sites (the ``map`` guide's median, read
+        off its constrained parameters without running it)."""
+        delta = point_estimate(self.guide)
+        if delta is None:
+            return {}
+        return {k: operator.attrgetter(k)(delta).detach() for k, _ in delta.prototype_trace.iter_stochastic_nodes()}
 
     def log_prior(self, params: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """``log p(θ)`` of the global sites under ``"map"`` (0 under ``"ml"``), read off the
@@ -119,12 +142,21 @@ class EMStep(UpdateRule):
     def parameters(self) -> Iterator[torch.Tensor]:
         return itertools.chain(self.model.parameters(), self.guide.parameters())
 
+    def restarts(self, train, seeds, config):
+        """Full-batch EM of a family whose E- and M-steps take a restart dim, on one process:
+        all restarts in one pass (:class:`~._em_restarts.BatchedEM`); otherwise None."""
+        full_batch = config.batch_size is None or config.batch_size >= len(train)
+        if not (self.model.batched_restarts and full_batch) or self.distributed:
+            return None
+        return BatchedEM(self, train, seeds)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"stats": dict(self.stats or {}), "updates": self.updates}
+        return {"stats": dict(self.stats or {}), "updates": self.updates, "previous": self.previous}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stats = dict(state["stats"]) or None
         self.updates = int(state["updates"])
+        self.previous = float(state.get("previous", torch.inf))  # (a checkpoint from before em_tol: none)
 
 
 class EM(Objective):
@@ -138,6 +170,12 @@ class EM(Objective):
             description="'map' (the M-step maximises the posterior under the family's priors), 'ml' (maximum "
             "likelihood, priors ignored: what scikit-learn and hmmlearn fit), or 'auto': map where the model "
             "has it in closed form, else ml",
+        )
+        em_tol: float | None = Field(
+            None,
+            gt=0,
+            description="full batch: stop once an EM iteration improves the objective by less than this per "
+            "datum (scikit-learn's tol; hmmlearn's tol is this times the number of data); none = run every epoch",
         )
         em_step_decay: float = Field(
             0.6,
@@ -172,7 +210,7 @@ class EM(Objective):
 
     def rule(self, model: Any, guide: Any, card: Any, *, held_out: bool = True) -> EMStep:
         c = self.resolve(model)
-        return EMStep(model, guide, estimate=c.em_estimate, decay=c.em_step_decay)
+        return EMStep(model, guide, estimate=c.em_estimate, decay=c.em_step_decay, tol=c.em_tol)
 
     def globals_label(self) -> str:
         how = {"map": "maximum a posteriori", "ml": "maximum likelihood"}.get(self.config.em_estimate, "auto")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from pyro.infer import ELBO
@@ -79,6 +79,10 @@ class UpdateRule(abc.ABC):
         """What runs a step, in a few words (logged with the first epoch's time)."""
         return type(self).__name__
 
+    def stop_reason(self) -> str | None:
+        """Asked after each epoch: why training should end here (e.g. EM has converged), or None."""
+        return None
+
     def distribute(self, dp: "DataParallel") -> None:
         """Train data-parallel with the other processes (called once on every process, after
         :meth:`setup`, when there are several): each process steps on its shard of every
@@ -104,6 +108,39 @@ class UpdateRule(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def restarts(self, train: Any, seeds: Sequence[int], config: TrainingConfig) -> "RestartPass | None":
+        """A rule that trains one restart per seed of ``seeds`` at once (``training.restarts``),
+        each from where a fit with that ``training.seed`` starts, on ``train`` under ``config``;
+        None (the default) where this rule has none: the restarts then run one after another."""
+        return None
+
+
+class RestartPass(UpdateRule):
+    """Several restarts of one rule in one batched pass (parameters with a leading restart
+    dim): the loop runs it like any rule, on the full data, for the card's epochs; each step
+    returns the sum of the restarts' losses. It scores no held-out data and keeps no state
+    for checkpoints (only the kept restart's own fit writes them)."""
+
+    @abc.abstractmethod
+    def losses(self) -> list[float]:
+        """Each restart's loss in the last step (a full-data loss, as :meth:`step` returns
+        one); ``inf`` for a restart whose loss or parameters became non-finite (it stopped there)."""
+
+    def kept(self, index: int, rule: UpdateRule) -> UpdateRule:
+        """The rule the kept restart ``index`` is then fitted with, ``rule`` being its own fit's:
+        that rule (the default: the fit is made again), or one that reads the steps this pass
+        took off its record, as ``rule`` would have taken them."""
+        return rule
+
+    def held_out_loss(self, data: Any, num_data: int) -> torch.Tensor | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def make_optimizer(

@@ -314,6 +314,7 @@ class Trainer:
             if not math.isfinite(value):
                 self._diverged(f"held-out {self.monitor} became {value}", epoch_done=True)
             self._early_stopping(-value if self.monitor.endswith("log_likelihood") else value)
+        s.stopped = s.stopped or self.rule.stop_reason() or ""
         s.history.append(metrics)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith(("loss", "likelihood"))})
         if self.run_dir is not None and self.rank == 0:
