@@ -75,7 +75,7 @@ class NetworkConfig(Section):
     )
     backend: Backend = Field(
         "auto",
-        description="decoder kernels: auto (Triton on CUDA, else torch) | "
+        description="decoder kernels: auto (torch: the fastest measured) | "
         "triton | torch | compile (torch.compile); see pplvm.decoders.fused",
     )
     decoder_target: str | None = Field(
