@@ -13,9 +13,9 @@ hand-written PyTorch loss with the same parameters, the same batch and Adam.
 
 Each part prints a ``(default)`` line, the step a card gets with no ``training.compile`` (the
 rule ``pplvm.objectives.make_update_rule`` builds from the card, as the trainer does), and a
-``(trace)`` line (``training.compile = "trace"``). The default policy runs plain Pyro steps
-before it traces (``AUTO_AFTER_STEPS``), so both rules are warmed up past that many steps
-before timing: the lines show the steady state of a fit longer than that. Every step is the
+``(trace)`` line (``training.compile = "trace"``). Both rules are stepped until the default
+policy has made its choices in a fit of ``_policy.FIT_STEPS`` steps (``_policy.settled``): the
+lines show the steady state of such a fit. Every step is the
 trainer's: Pyro's validation on for the first step only, a finiteness check on the loss.
 Before timing, each part checks that the hand-written loss is pplvm's (printed as ``same
 loss``, at the shared initial parameters).
@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import math
 
-GOALS = {"gmm": 1.10, "hmm": 1.10, "flow": 1.05, "maf": 1.05}
+from _policy import settled
+
+GOALS = {"gmm": 1.10, "hmm": 1.10, "flow": 1.05, "maf": 1.05, "ddpm": 1.0}
 PARTS = tuple(GOALS)
 FLOW_D, FLOW_B = 64, 128
 
@@ -50,6 +52,14 @@ def _cards(part: str) -> tuple[dict, object]:
         model = {"family": "hmm", "states": 3, "emission": "gaussian", "sample_length": 100}
         return {"model": model, "guide": {"kind": "map"}, "objective": {"name": "enum"},
                 "data": {**data, "valid_fraction": 0.2}, "training": {"lr": 0.05, **quiet}}, None  # fmt: skip
+    if part == "ddpm":  # Ho et al.'s L_simple, T = 1000 linear, the digits U-Net of ddpm_vs_torch.py
+        model = {"family": "diffusion", "steps": 1000, "schedule": "linear", "variance": "fixed",
+                 "decoder": "discretized", "levels": 17, "denoiser": "unet", "channels": 16,
+                 "channel_mult": [1, 2], "image_shape": [1, 8, 8]}  # fmt: skip
+        return {"model": model, "guide": {"kind": "forward"},
+                "objective": {"name": "diffusion", "weighting": "simple"},
+                "data": {"source": "digits", "valid_fraction": 0.1},
+                "training": {"batch_size": 128, "lr": 1e-4, **quiet}}, None  # fmt: skip
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4 * FLOW_B, FLOW_D, generator=g) @ (torch.randn(FLOW_D, FLOW_D, generator=g) / 8)
     block = ["actnorm", "affine_coupling", "permute"] if part == "flow" else ["maf", "permute"]
@@ -61,13 +71,9 @@ def _cards(part: str) -> tuple[dict, object]:
 
 def _pplvm_step(part: str, mode: str | None):
     """A step of the trainer's rule for the card (``mode``: training.compile)."""
-    import pyro
-    import torch
-
     import pplvm
     from pplvm.objectives import make_update_rule
     from pplvm.run import _fit_input
-    from pplvm.training import compiled
 
     card, data = _cards(part)
     if mode is not None:
@@ -79,17 +85,7 @@ def _pplvm_step(part: str, mode: str | None):
     n = len(train)
     batch = train[: card.training.batch_size or n]
     rule.setup(batch, n)
-    first = [True]
-
-    def step():
-        with pyro.validation_enabled(first[0]):
-            first[0] = False
-            if not torch.isfinite(rule.step(batch, n, 0.0)):
-                raise RuntimeError("non-finite loss")
-
-    for _ in range(getattr(compiled, "AUTO_AFTER_STEPS", 0) + 5):  # past the plain steps of "auto"
-        step()
-    return step
+    return settled(rule, batch, n)
 
 
 def _constrained(run, batch, n) -> dict:
@@ -233,13 +229,19 @@ def make_steps(part: str) -> tuple[dict, str]:
 
     from pplvm.data.base import values
 
-    default, traced = _pplvm_step(part, None), _pplvm_step(part, "trace")
+    (default, what), (traced, _) = _pplvm_step(part, None), _pplvm_step(part, "trace")
     run, batch, n, loss_module = _fresh(part)
-    build = {"gmm": _torch_gmm, "hmm": _torch_hmm}.get(part, _torch_flow)
+    build = {"gmm": _torch_gmm, "hmm": _torch_hmm, "ddpm": _torch_ddpm}.get(part, _torch_flow)
     loss_t, params = build(run, batch if part == "hmm" else values(batch), n)
     with pyro.validation_enabled(False):
         ref = float(loss_module(batch, num_data=n).detach())
-    same = f"same loss: pplvm {ref:.6g}, hand-written {float(loss_t().detach()):.6g}"
+    if part == "ddpm":  # t and ε are drawn afresh: the same loss in expectation, not per draw
+        with torch.no_grad(), pyro.validation_enabled(False):
+            ref = sum(float(loss_module(batch, num_data=n)) for _ in range(200)) / 200
+            mine = sum(float(loss_t()) for _ in range(200)) / 200
+    else:
+        mine = float(loss_t().detach())
+    same = f"same loss: pplvm {ref:.6g}, hand-written {mine:.6g}; the default step: {what}"
     opt = torch.optim.Adam(params, lr=run.card.training.lr)
 
     def torch_step():
@@ -251,6 +253,22 @@ def make_steps(part: str) -> tuple[dict, str]:
         opt.step()
 
     return {"default": default, "trace": traced, "torch": torch_step}, same
+
+
+def _torch_ddpm(run, x, n):
+    """Ho et al.'s L_simple written out (``ddpm_vs_torch.torch_loss``) on a copy of the
+    denoiser, summed and scaled to the full data as pplvm's loss is."""
+    import copy
+
+    from ddpm_vs_torch import torch_loss
+
+    model = run.model
+    net, abar, y = copy.deepcopy(model.denoiser), model.tables(x).alphas_bar, model.to_chain(x)
+
+    def loss():
+        return torch_loss(net, abar, y, model.steps) * n
+
+    return loss, list(net.parameters())
 
 
 def _fresh(part: str):

@@ -5,48 +5,26 @@ process, alternating the two sides round by round.
 
 Same networks on both sides: encoder 784-400-(20 loc, 20 softplus scale), decoder 20-400-784
 logits, tanh, Bernoulli likelihood; batch 128 of random binary data (N = 60000 for the
-minibatch scale), Adam. Parts (goal: pplvm / torch):
+minibatch scale), Adam. Parts (goal for the ``(default)`` line, pplvm / torch):
 
-  vae    ELBO step (Trace_ELBO via make_objective, AmortizedNormal)            <= 1.05
-  iwae   IWAE k=5 step (RenyiELBO alpha=0, vectorised particles)               <= 1.10
-  dreg   IWAE k=5 step with DReG gradients vs a hand-written DReG (no goal)
+  vae    ELBO step (pplvm's VAE family, AmortizedNormal guide)                  <= 1.0
+  iwae   IWAE k=5 step (vectorised particles)                                   <= 1.0
+  dreg   IWAE k=5 step with DReG gradients vs a hand-written DReG               <= 1.05
+  flow, maf, ddpm, gmm, hmm: coupling and MAF flows, Ho et al.'s L_simple, enumerated GMM and
+         HMM steps against hand-written losses (bench/_enum_flow_parts.py)    1.05 / 1.0 / 1.1
   memory peak RSS growth over training steps, each side in its own process     <= 1.20
   ll     importance-sampled log p(x), k=5000, same chunking on both sides      <= 1.10
-  gmm, hmm, flow, maf: enumerated and flow steps, ``(default)`` and ``(trace)`` lines
-         (bench/_enum_flow_parts.py; not in the default --only)
 
-A step, on both sides, is what the pplvm Trainer does: zero_grad, loss, isfinite check,
-backward, optimiser step. Times are CPU-time medians over rounds of ``--steps`` steps. Each
-pplvm line is printed twice: as run by default (Pyro validation on, as ``python`` without
-``-O`` has it) and with ``pyro.validation_enabled(False)``.
+Each training part prints three pplvm lines: ``(default)``, exactly the step a card gets with
+no ``training.compile`` (the rule settled in a fit of ``_policy.FIT_STEPS`` steps, so what
+``auto`` chose — traced graph, inductor — is what is timed, and the part says which);
+``(trace)``, ``training.compile = "trace"``; ``(plain)``, Pyro's own step (``"off"``). A step,
+on both sides, is what the pplvm Trainer does: zero_grad, loss, isfinite check, backward,
+optimiser step. Times are CPU-time medians over rounds of ``--steps`` steps (inductor's compile,
+done before timing, runs in worker processes and is not counted).
 
-The pplvm VAE: ``pplvm.families.FAMILIES["vae"]`` when that family exists (with
-``latent_dim=20, hidden=[400]``), otherwise the minimal PyroModule model marked STAND-IN below.
-
-Recorded 2026-11-21 on the shared 2-core CI box (load ~3, so ±10% between runs), stand-in VAE,
-``--steps 25 --rounds 6``; pplvm / torch, default run -> with
-``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment:
-
-    vae    1.44 (1.37 no validation)  ->  1.29 (1.21)      goal 1.05: missed
-    iwae   1.30 (1.29)                ->  1.16 (1.12)      goal 1.10: missed (Pyro's RenyiELBO)
-    dreg   1.14 (1.16)                ->  1.30 (1.21)      vs hand-written DReG (noise: ±0.1)
-    memory 0.97 vae, 1.02 iwae        ->  0.97, 1.13       goal 1.20: met
-    ll     0.96 (0.93)                ->  1.11 (1.06)      goal 1.10: met in 7 of 9 runs (0.84-1.17)
-
-The same run on a trial merge of this branch with the VAE branch (``FAMILIES["vae"]``, its
-RenyiBound for ``iwae``), default environment:
-
-    vae 1.22 (1.09 no validation), iwae 1.22 (1.17), dreg 1.28 (1.24), memory 0.91 / 1.01,
-    ll 1.01 (1.10)
-
-Recorded 2026-11-26 on the same box (load ~3), ``--steps 20 --rounds 5``, with the compiled step
-(``pplvm.training.compiled.CompiledSVIStep``: the objective and its gradient traced once into a
-flat graph; the "(compiled)" line, ``PPLVM_BENCH_COMPILE=trace`` by default or ``inductor``):
-
-    vae    1.54 default, 1.29 traced, 0.92-0.98 inductor          goal 1.05: met by inductor
-    iwae   1.38 default, 1.39 traced, 0.85-0.89 inductor          goal 1.10: met by inductor
-    dreg   1.49 default, 1.29 traced
-    memory 0.98 vae, 0.97 iwae; ll (32 rows) 0.85                 goals met
+Earlier records (2026-11-21 and 2026-11-26, before the default policy and the fused optimiser)
+are in the git history of this file: vae 1.29-1.54 default, iwae 1.16-1.38, dreg 1.28-1.49.
 
 Where pplvm's extra time goes (VAE, forward + backward, CPU ms/step: torch 6.85, pplvm 9.50):
 Pyro's validation (distribution argument and support checks every step) 0.76; PyroModule glue
@@ -71,7 +49,8 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _enum_flow_parts  # noqa: E402  (gmm, hmm, flow, maf: beside this file)
+import _enum_flow_parts  # noqa: E402  (gmm, hmm, flow, maf, ddpm: beside this file)
+from _policy import settled  # noqa: E402
 
 D, H, L, B, N = 784, 400, 20, 128, 60000
 
@@ -85,76 +64,10 @@ def build_pplvm(seed: int = 0):
     from pplvm.guides.amortized import AmortizedNormal
 
     pyro.set_rng_seed(seed)
-    if "vae" in FAMILIES:
-        cls = FAMILIES["vae"]
-        model = cls(cls.Config(latent_dim=L, hidden=[H], activation="tanh", likelihood="bernoulli"), D)
-        source = "pplvm.families.FAMILIES['vae']"
-    else:
-        model = _stand_in_vae()
-        source = "bench stand-in PyroModule VAE"
+    cls = FAMILIES["vae"]
+    model = cls(cls.Config(latent_dim=L, hidden=[H], activation="tanh", likelihood="bernoulli"), D)
     guide = AmortizedNormal(model, model.make_encoder())
-    return model, guide, source
-
-
-def _stand_in_vae():
-    # ----------------------------------------------------------------------------------------
-    # STAND-IN: a minimal VAE on the pplvm contract, used only while FAMILIES["vae"] is missing
-    # (the VAE family is written on another branch; at merge the bench switches by itself).
-    # ----------------------------------------------------------------------------------------
-    import pyro
-    import pyro.distributions as dist
-    import torch
-    from torch import nn
-
-    from pplvm.families.base import ContinuousLatentModel, FamilyConfig
-
-    class _Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, 2 * L))
-
-        def forward(self, x):
-            loc, raw = self.net(x).chunk(2, -1)
-            return loc, nn.functional.softplus(raw) + 1e-3
-
-    class StandInVAE(ContinuousLatentModel):
-        Config = FamilyConfig
-        guides = ("amortized",)
-        objectives = ("elbo", "iwae")
-        local_sites = ("z",)
-        likelihood = "estimate"
-
-        def __init__(self):
-            super().__init__(FamilyConfig(family="vae"), D)
-            self.decoder = nn.Sequential(nn.Linear(L, H), nn.Tanh(), nn.Linear(H, D))
-
-        global_sites = property(lambda self: ())
-        latent_dim = property(lambda self: L)
-
-        def forward(self, x=None, num_data=None):
-            with self.data_plate(x, num_data):
-                z = pyro.sample("z", dist.Normal(torch.zeros(L), 1.0).to_event(1))
-                return pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
-
-        def make_encoder(self):
-            return _Encoder()
-
-        def log_likelihood(self, x, params):
-            raise TypeError("the bench stand-in has no log_likelihood; use importance_log_likelihood")
-
-        def init_values(self, x, generator):
-            return {}
-
-        def prepare(self, data, name="data"):
-            return data
-
-        def check_data(self, x):
-            pass
-
-        def plots(self, x, params):
-            return {}
-
-    return StandInVAE()
+    return model, guide, "pplvm.families.FAMILIES['vae']"
 
 
 # -------------------------------------------------------------------------- hand-written torch
@@ -236,58 +149,36 @@ def torch_log_likelihood(enc, dec, x, k, max_elements):
 
 # --------------------------------------------------------------------------------- timing
 def make_steps(part: str):
-    """Step callables for a training part on the same data: ``{"pplvm": ..., "pplvm_novalid":
-    ..., "torch": ...}`` (the second with Pyro's validation off), and the VAE's source."""
-    import pyro
+    """Step callables for a training part on the same data: ``{"default": ..., "trace": ...,
+    "plain": ..., "torch": ...}`` — the rule a card gets with no ``training.compile``, settled in
+    a long fit (``_policy.settled``), the traced graph, Pyro's plain step (validation off after
+    the first, as the trainer runs it), and the hand-written step — and what the default runs."""
     import torch
 
+    from pplvm.config import TrainingConfig
     from pplvm.objectives import make_objective, objective_config
+    from pplvm.training.compiled import CompiledSVIStep
+    from pplvm.training.rules import SVIStep
 
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((B, D), 0.3), generator=g)
-    model, guide, source = build_pplvm()
     name, k = {"vae": ("elbo", 1), "iwae": ("iwae", 5), "dreg": ("iwae_dreg", 5)}[part]
-    elbo = make_objective(model, objective_config(name=name, num_particles=k, vectorize_particles=True))
-    loss_module = elbo(model, guide)
-    with torch.no_grad():
-        guide(x, num_data=N)
-    opt_p = torch.optim.Adam([p for p in loss_module.parameters() if p.requires_grad], lr=1e-3)
+    steps, what = {}, ""
+    for label, mode in (("default", "auto"), ("trace", "trace"), ("plain", None)):
+        model, guide, _ = build_pplvm()
+        elbo = make_objective(model, objective_config(name=name, num_particles=k, vectorize_particles=True))
+        config = TrainingConfig(lr=1e-3)
+        rule = (
+            SVIStep(model, guide, elbo, config)
+            if mode is None
+            else CompiledSVIStep(model, guide, elbo, config, mode=mode)
+        )
+        rule.setup(x, N)
+        steps[label], described = settled(rule, x, N)
+        what = what or described
     enc, dec = build_torch()
     opt_t = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
     torch_loss = {"vae": torch_vae_loss, "iwae": torch_iwae_loss, "dreg": torch_dreg_loss}[part]
-    # Pyro 1.9's RenyiELBO has no differentiable_loss (the VAE branch's RenyiBound adds it);
-    # until the merge its loss_and_grads does the same work.
-    differentiable = getattr(type(elbo), "differentiable_loss", None) is not None
-
-    def pplvm_step():
-        opt_p.zero_grad(set_to_none=True)
-        if differentiable:
-            loss = loss_module(x, num_data=N)
-            if not torch.isfinite(loss):
-                raise RuntimeError("non-finite loss")
-            loss.backward()
-        elif not math.isfinite(elbo.loss_and_grads(model, guide, x, num_data=N)):
-            raise RuntimeError("non-finite loss")
-        opt_p.step()
-
-    def pplvm_step_novalid():
-        with pyro.validation_enabled(False):
-            pplvm_step()
-
-    # the trainer's default rule (training.compile = "auto"): Pyro validation on the first step
-    # only, then the traced flat graph of objective and gradient
-    from pplvm.config import TrainingConfig
-    from pplvm.training.compiled import CompiledSVIStep
-
-    compiled = CompiledSVIStep(
-        model, guide, elbo, TrainingConfig(lr=1e-3), mode=os.environ.get("PPLVM_BENCH_COMPILE", "trace")
-    )
-    compiled.setup(x, N)
-
-    def pplvm_compiled():
-        with pyro.validation_enabled(False):
-            if not torch.isfinite(compiled.step(x, N, 0.0)):
-                raise RuntimeError("non-finite loss")
 
     def torch_step():
         opt_t.zero_grad(set_to_none=True)
@@ -297,12 +188,7 @@ def make_steps(part: str):
         loss.backward()
         opt_t.step()
 
-    return {
-        "pplvm": pplvm_step,
-        "pplvm_novalid": pplvm_step_novalid,
-        "pplvm_compiled": pplvm_compiled,
-        "torch": torch_step,
-    }, source
+    return {**steps, "torch": torch_step}, what
 
 
 def alternate(fns: dict, rounds: int, reps: int) -> dict[str, float]:
@@ -359,7 +245,7 @@ def memory_child(side: str, part: str, steps: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     fns, _ = make_steps(part)
-    step = fns[side]
+    step = fns["trace" if side == "pplvm" else side]  # the traced graph: no inductor compile per child
     rss_before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -394,7 +280,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=B, help="batch size of the training parts")
-    ap.add_argument("--only", default="vae,iwae,dreg,memory,ll")
+    ap.add_argument("--only", default="vae,iwae,dreg,flow,maf,ddpm,gmm,hmm,memory,ll")
     ap.add_argument("--memory-steps", type=int, default=30)
     ap.add_argument("--ll-rows", type=int, default=8)
     ap.add_argument("--ll-rounds", type=int, default=4)
@@ -410,18 +296,12 @@ def main() -> None:
     B = args.batch
     torch.set_num_threads(args.threads)
     parts = args.only.split(",")
-    goals = {"vae": 1.05, "iwae": 1.10, "dreg": None, "memory": 1.20, "ll": 1.10}
+    goals = {"vae": 1.0, "iwae": 1.0, "dreg": 1.05, "memory": 1.20, "ll": 1.10}
     print(
         f"threads={args.threads}  batch={B}  OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  torch {torch.__version__}"
     )
     for part in parts:
-        if part in ("vae", "iwae", "dreg"):
-            fns, source = make_steps(part)
-            if part == parts[0]:
-                print(f"pplvm VAE: {source}")
-            t = alternate(fns, args.rounds, args.steps)
-            scale, unit = 1e3, "ms/step"
-        elif part == "memory":
+        if part == "memory":
             for sub in ("vae", "iwae"):
                 mp, mt = part_memory(args, sub)
                 ratio = mp / mt
@@ -430,33 +310,31 @@ def main() -> None:
                     f"ratio {ratio:.3f}  (goal <= {goals['memory']})  {'ok' if ratio <= goals['memory'] else 'MISSED'}"
                 )
             continue
-        elif part in _enum_flow_parts.PARTS:  # the enumerated and flow parts (their module)
-            fns, same = _enum_flow_parts.make_steps(part)
-            t = alternate(fns, args.rounds, args.steps)
-            print(f"{part}: {same}")
-            for side in ("default", "trace"):
-                ratio, goal = t[side] / t["torch"], _enum_flow_parts.GOALS[part]
+        if part == "ll":
+            t = part_ll(args)
+            for side in ("pplvm", "pplvm_novalid"):
+                ratio = t[side] / t["torch"]
                 print(
-                    f"{f'{part} ({side})':22s} pplvm {t[side] * 1e3:9.3f}  torch {t['torch'] * 1e3:9.3f} ms/step  "
-                    f"ratio {ratio:.3f}  (goal <= {goal})  {'ok' if ratio <= goal else 'MISSED'}"
+                    f"{'ll' + ('' if side == 'pplvm' else ' (no validation)'):22s} pplvm {t[side]:9.3f}  torch "
+                    f"{t['torch']:9.3f} s per {args.ll_rows} rows x k=5000  ratio {ratio:.3f}  (goal <= "
+                    f"{goals['ll']})  {'ok' if ratio <= goals['ll'] else 'MISSED'}"
                 )
             continue
-        elif part == "ll":
-            t = part_ll(args)
-            scale, unit = 1.0, f"s per {args.ll_rows} rows x k=5000"
+        if part in ("vae", "iwae", "dreg"):
+            fns, what = make_steps(part)
+            goal = goals[part]
+        elif part in _enum_flow_parts.PARTS:  # the enumerated, flow and diffusion parts (their module)
+            fns, what = _enum_flow_parts.make_steps(part)
+            goal = _enum_flow_parts.GOALS[part]
         else:
             raise SystemExit(f"--only: unknown part {part!r}")
-        goal = goals[part]
-        for side in ("pplvm", "pplvm_novalid", "pplvm_compiled"):
-            if side not in t:
-                continue
+        t = alternate(fns, args.rounds, args.steps)
+        print(f"{part}: the default step: {what}" if part in ("vae", "iwae", "dreg") else f"{part}: {what}")
+        for side in [s for s in ("default", "trace", "plain") if s in t]:
             ratio = t[side] / t["torch"]
-            verdict = "" if goal is None else f"(goal <= {goal})  {'ok' if ratio <= goal else 'MISSED'}"
-            label = (
-                f"{part}{ {'pplvm': '', 'pplvm_novalid': ' (no validation)', 'pplvm_compiled': ' (compiled)'}[side] }"
-            )
+            verdict = f"(goal <= {goal})  {'ok' if ratio <= goal else 'MISSED'}" if side == "default" else ""
             print(
-                f"{label:22s} pplvm {t[side] * scale:9.3f}  torch {t['torch'] * scale:9.3f} {unit}  "
+                f"{f'{part} ({side})':22s} pplvm {t[side] * 1e3:9.3f}  torch {t['torch'] * 1e3:9.3f} ms/step  "
                 f"ratio {ratio:.3f}  {verdict}"
             )
 

@@ -57,8 +57,10 @@ class TrainingConfig(Section):
     )
     compile: Literal["auto", "trace", "inductor", "off"] = Field(
         "auto",
-        description="auto (after 200 steps the SVI step is traced once into a flat graph; a CUDA graph "
-        "on CUDA) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
+        description="auto (the fastest step for the fit's length: Pyro's plain step for fits under 200 "
+        "steps, else the SVI step traced once into a flat graph from the second step, a CUDA graph on CUDA, "
+        "inductor on a CPU where its compile time pays back and it proves faster; each choice in one log "
+        "line) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
         "step); a dynamic structure falls back to off with a log line",
     )
     seed: Seed = 0
