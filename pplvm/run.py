@@ -124,6 +124,7 @@ class Run:
     sample = query.sample
     evaluate = query.evaluate
     to_arviz = query.to_arviz
+    _export_shape = query.export_shape
     _prepare = query._prepare
     _params = query._params
     _draws = query._draws
@@ -136,6 +137,7 @@ class Run:
 
     # artifacts: pplvm/facade/artifacts.py
     write_artifacts = artifacts.write_artifacts
+    write_inference_data = artifacts.write_inference_data
     summary = artifacts.summary
     summary_text = artifacts.summary_text
     globals_label = artifacts.globals_label
