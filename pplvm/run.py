@@ -83,7 +83,7 @@ class Run:
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
         self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
-        self.idata = None  # the InferenceData last written by write_artifacts
+        self.idata = None  # the InferenceData write_artifacts last built (the posterior alone without the export)
 
     @property
     def dataset(self) -> Dataset:
