@@ -33,8 +33,7 @@ from pydantic import Field, model_validator
 
 from ..data.base import Batch
 from ..data.sequences import as_sequences, step_mask
-from ..distributions import HiddenMarkovChain
-from ..distributions.bernoulli import BernoulliFeatures
+from ..distributions import BernoulliFeatures, HiddenMarkovChain
 from ..errors import DataError
 from ._em import dirichlet_mode, gaussian_diag_step
 from .base import ClosedFormEM, FamilyConfig, LatentVariableModel
