@@ -16,6 +16,7 @@ from . import __version__, _signals
 from ._progress import log_lines, reporting
 from .commands import _interrupted
 from .commands.describe import cmd_list, cmd_render, cmd_summary
+from .commands.export import cmd_export
 from .commands.query import cmd_evaluate, cmd_sample, cmd_two_sample
 from .commands.train import cmd_fit, cmd_resume
 from .commands.workflows import cmd_compare, cmd_sbc
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("summary", cmd_summary, "print a run's posterior summary")
     sp.add_argument("run_dir")
+
+    sp = add(
+        "export",
+        cmd_export,
+        "write a run's inference_data.nc from its checkpoint (after a fit with evaluation.export = false)",
+    )
+    sp.add_argument("run_dir")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("resume", cmd_resume, "continue an interrupted run from its last checkpoint")
     sp.add_argument("run_dir")

@@ -83,7 +83,7 @@ class Run:
         self.trainer: Trainer | None = None
         self.history: list[dict[str, Any]] = []
         self.from_python = bool(dataset is not None and dataset.info.get("from_python"))
-        self.idata = None  # the InferenceData last written by write_artifacts
+        self.idata = None  # the InferenceData write_artifacts last built (the posterior alone without the export)
         #: the seed training starts from: training.seed, or the kept restart's (training.restarts)
         self.seed = self.card.training.seed
         #: what was passed from Python to build the run (None where the card built it)
@@ -128,6 +128,7 @@ class Run:
     sample = query.sample
     evaluate = query.evaluate
     to_arviz = query.to_arviz
+    _export_shape = query.export_shape
     _prepare = query._prepare
     _params = query._params
     _draws = query._draws
@@ -140,6 +141,7 @@ class Run:
 
     # artifacts: pplvm/facade/artifacts.py
     write_artifacts = artifacts.write_artifacts
+    write_inference_data = artifacts.write_inference_data
     summary = artifacts.summary
     summary_text = artifacts.summary_text
     globals_label = artifacts.globals_label

@@ -85,7 +85,18 @@ class EvaluationConfig(Section):
         "is 'estimate': VAE, continuous local latents, a dequantised flow); none = the family's default (100; "
         "a dequantised flow 64); pplvm evaluate --samples overrides it",
     )
-    draws: int = Field(100, ge=1, description="posterior draws per chain for arviz")
+    export: bool = Field(
+        True,
+        description="write inference_data.nc (arviz: posterior draws, log-likelihood per datum and draw, "
+        "posterior-predictive replicates) after a fit; false skips it (the summary and plots are still "
+        "written): pplvm export RUN writes the same file later",
+    )
+    draws: int = Field(
+        100,
+        ge=1,
+        description="posterior draws per chain for arviz; a guide whose globals are a point estimate (map, "
+        "AutoDelta, objective em) exports one draw of one chain",
+    )
     chains: int = Field(4, ge=1, description="independent guide draws are split into this many chains")
     max_rows: int = Field(5000, ge=1, description="rows of data kept in the arviz export (a random subset)")
     memory_mb: float = Field(

@@ -6,6 +6,7 @@ torch nor Pyro): what a command needs it imports when it runs.
 - :mod:`.train`: ``fit``, ``resume``;
 - :mod:`.query`: ``evaluate``, ``sample``, ``two-sample``;
 - :mod:`.describe`: ``summary``, ``render``, ``list``;
+- :mod:`.export`: ``export``;
 - :mod:`.workflows`: ``compare``, ``sbc``.
 """
 

@@ -1,7 +1,9 @@
-"""Distributions pplvm adds to Pyro's: observation models with collapsed discrete latents."""
+"""Distributions pplvm adds to Pyro's: observation models with collapsed discrete latents, and
+independent Bernoulli features scored by one contraction."""
 
 from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
+from .bernoulli import BernoulliFeatures
 from .collapsed import CollapsedLatents
 from .hmm import HiddenMarkovChain, chain_score
 
-__all__ = ["CollapsedLatents", "HiddenMarkovChain", "chain_score"]
+__all__ = ["BernoulliFeatures", "CollapsedLatents", "HiddenMarkovChain", "chain_score"]

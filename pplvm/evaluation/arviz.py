@@ -76,6 +76,19 @@ def small_sites(idata, names, max_size: int | None) -> list[str]:
     return [v for v in names if idata.posterior[v].isel(chain=0, draw=0).size <= max_size]
 
 
+def point_table(idata, names, round_to: int = 4):
+    """The ``mean`` column of ``az.summary`` for an export of one draw (a point estimate), with
+    arviz's row labels (``locs[0, 1]``): its statistics over draws (sd, ess, r_hat) need several."""
+    import pandas as pd
+
+    rows: dict[str, float] = {}
+    for v in names:
+        value = np.asarray(idata.posterior[v].values, dtype=np.float64).mean((0, 1))
+        for index in np.ndindex(value.shape):
+            rows[f"{v}[{', '.join(map(str, index))}]" if index else v] = round(float(value[index]), round_to)
+    return pd.DataFrame({"mean": list(rows.values())}, index=list(rows))
+
+
 def arviz_major() -> int:
     """The installed arviz's major version (0 or 1)."""
     return int(arviz().__version__.split(".")[0])

@@ -117,7 +117,9 @@ def posterior_plot(idata, var_names: Sequence[str], max_size: int = 32) -> Figur
     ax.hlines(y, q[1], q[3], color="C0", lw=3)
     ax.plot(q[2], y, "o", color="C0", ms=4, mfc="white")
     ax.set_yticks(y, labels)
-    ax.set(ylim=(-0.7, len(labels) - 0.3), title="posterior: median, 50% and 94% intervals")
+    one = len(draws[0]) == 1  # a point estimate's export: one draw, no intervals
+    title = "point estimate of the global latents" if one else "posterior: median, 50% and 94% intervals"
+    ax.set(ylim=(-0.7, len(labels) - 0.3), title=title)
     ax.grid(axis="x", alpha=0.3)
     return fig
 

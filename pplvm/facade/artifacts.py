@@ -22,7 +22,7 @@ from .._progress import reporting
 from ..data import values
 from ..errors import PplvmError
 from ..evaluation import graph, plots
-from ..evaluation.arviz import arviz, small_sites
+from ..evaluation.arviz import arviz, point_table, small_sites
 from ..families import LatentVariableModel
 from .build import PROTOTYPE_ROWS
 
@@ -35,16 +35,15 @@ LIKELIHOOD_WORDS = {"exact": "exact", "estimate": "importance-sampled estimate",
 
 @evaluated
 def write_artifacts(run: Run) -> None:
-    """Write inference data, plots and the text summary into the run directory."""
-    d = run.run_dir
+    """Write inference data (unless ``evaluation.export = false``), plots and the text summary
+    into the run directory."""
+    d, export = run.run_dir, run.card.evaluation.export
     with reporting(run.card.training.progress):
-        idata = run.idata = run.to_arviz()
-    # the netCDF library can crash (not raise) on a full disk: check the space first
-    rundir.check_writable(d, 2 * _nbytes(idata))
+        # without the export, the summary and posterior plot need the globals' draws alone
+        idata = run.idata = run.to_arviz(posterior_predictive=export, log_likelihood=export)
+    if export:
+        run.write_inference_data(idata)
     with rundir.storage(f"run directory {str(d)!r}"):
-        rundir.write_atomic(
-            d / "inference_data.nc", lambda tmp: idata.to_netcdf(str(tmp)), f"{str(d / 'inference_data.nc')!r}"
-        )
         plots.save_figure(plots.loss_plot(run.history), d / "loss.png")
         plots.save_figure(run.model_graph(), d / "model.png")
         if run.model.global_sites:
@@ -52,6 +51,22 @@ def write_artifacts(run: Run) -> None:
         for name, fig in run._host_model().plots(run._training_data(), run.params()).items():
             plots.save_figure(fig, d / f"{name}.png")
         rundir.write_atomic(d / "summary.txt", run.summary_text(idata))
+
+
+@evaluated
+def write_inference_data(run: Run, idata=None) -> Path:
+    """Write ``inference_data.nc`` into the run directory and return its path: ``idata``, or
+    :meth:`~pplvm.Run.to_arviz` of the training data — the file a fit writes, which
+    ``pplvm export RUN`` writes later for a run fitted with ``evaluation.export = false``."""
+    d = run.run_dir
+    if idata is None:
+        idata = run.to_arviz()
+    # the netCDF library can crash (not raise) on a full disk: check the space first
+    rundir.check_writable(d, 2 * _nbytes(idata))
+    path = d / "inference_data.nc"
+    with rundir.storage(f"run directory {str(d)!r}"):
+        rundir.write_atomic(path, lambda tmp: idata.to_netcdf(str(tmp)), f"{str(path)!r}")
+    return path
 
 
 def _host_model(run: Run) -> LatentVariableModel:
@@ -66,16 +81,17 @@ def _posterior_table(run: Run, idata, max_size: int | None):
     hidden = [v for v in run.model.global_sites if v not in shown]
     if not shown:  # every site may be larger than max_size (e.g. a Bayesian W): nothing to tabulate
         return None, hidden
-    with warnings.catch_warnings():  # r_hat of constant entries (a MAP guide, LKJ zeros) is 0/0
+    if run.traits.point_estimate:  # one draw (see Run.to_arviz): its value is all there is to show
+        return point_table(idata, shown), hidden
+    with warnings.catch_warnings():  # r_hat of constant entries (LKJ zeros) is 0/0
         warnings.simplefilter("ignore", RuntimeWarning)
         table = arviz().summary(idata, var_names=shown, kind="all", round_to=4)
-    table = table[table["sd"] > 0] if not run.traits.point_estimate else table[["mean"]]
-    return table, hidden
+    return table[table["sd"] > 0], hidden
 
 
 def _summary_idata(run: Run, idata):
-    if idata is None:  # after fit(out=...), reuse what write_artifacts built
-        idata = run.idata if run.idata is not None else run.to_arviz(posterior_predictive=False)
+    if idata is None:  # after fit(out=...), reuse what write_artifacts built; else the globals' draws
+        idata = run.idata if run.idata is not None else run.to_arviz(posterior_predictive=False, log_likelihood=False)
     return idata
 
 

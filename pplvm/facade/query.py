@@ -166,42 +166,55 @@ def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
     return out
 
 
+def export_shape(run: Run) -> tuple[int, int]:
+    """``(chains, draws per chain)`` of the arviz export: ``evaluation.chains`` x
+    ``evaluation.draws`` independent guide draws, or one draw of one chain where the guide
+    declares its globals a point estimate (``GuideTraits.point_estimate``: MAP, AutoDelta, EM),
+    whose draws would all be the same value."""
+    ev = run.card.evaluation
+    return (1, 1) if run.traits.point_estimate else (ev.chains, ev.draws)
+
+
 @torch.no_grad()
 @evaluated
-def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True):
-    """arviz ``InferenceData`` of the fit on ``x`` (default: the training data)."""
+def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True, log_likelihood: bool = True):
+    """arviz ``InferenceData`` of the fit on ``x`` (default: the training data), with
+    :func:`export_shape`'s chains and draws; ``log_likelihood`` / ``posterior_predictive``
+    False leave those groups out (the posterior alone needs no pass over the data)."""
     ev = run.card.evaluation
+    chains, per_chain = run._export_shape()
     xt = run._prepare(x) if x is not None else run._training_data()
     if x is None and run.model.likelihood == "estimate":  # a per-datum guide proposes from each row's own q(z_n)
         xt = _fit_input(run.traits, xt)
     if len(xt) > ev.max_rows:
         xt = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[: ev.max_rows]]
-    s = ev.draws * ev.chains
+    s = chains * per_chain
     draws = run._draws(s, seed)  # on the run's device; exported from the host
     ll = None  # an implicit density ("none") has no log_likelihood group
-    if run.model.likelihood != "none":
+    if log_likelihood and run.model.likelihood != "none":
         ll = run._chunked_log_likelihood(xt, draws, s) + run.transform.log_abs_det_jacobian(xt)
         ll = ll.expand(s, *ll.shape[-1:])  # a family without global latents: the same for every draw
     ppc = run._replicates(xt, draws, seed + 1) if posterior_predictive else None  # None: over the bound
     observed = _mask_padding(values(run.transform.inverse(xt)), xt)
-    return inference_data(_host(draws), ll, observed, ppc, chains=ev.chains, dims=run.model.site_dims)
+    return inference_data(_host(draws), ll, observed, ppc, chains=chains, dims=run.model.site_dims)
 
 
 def _replicates(run: Run, xt, draws: dict[str, torch.Tensor], seed: int) -> torch.Tensor | None:
     """Posterior-predictive replicates of ``xt`` in the data's units, padding NaN:
-    ``(chains · d, *values(xt).shape)`` for the first ``d`` draws of each chain, ``d`` as
-    many as fit a quarter of ``evaluation.memory_mb`` (all when they fit; None — no
-    posterior_predictive group — when not even one per chain does), each drawn in passes
-    over chunks of rows (:mod:`pplvm.evaluation.memory`)."""
+    ``(chains · d, *values(xt).shape)`` for the first ``d`` draws of each of
+    :func:`export_shape`'s chains, ``d`` as many as fit a quarter of ``evaluation.memory_mb``
+    (all when they fit; None — no posterior_predictive group — when not even one per chain
+    does), each drawn in passes over chunks of rows (:mod:`pplvm.evaluation.memory`)."""
     ev = run.card.evaluation
+    chains, draws_per_chain = run._export_shape()
     shape = values(xt).shape
-    per_chain = min(ev.draws, memory.budget_elements(ev.memory_mb) // max(1, ev.chains * shape.numel()))
+    per_chain = min(draws_per_chain, memory.budget_elements(ev.memory_mb) // max(1, chains * shape.numel()))
     if per_chain < 1:
         return None
-    out = torch.empty((ev.chains * per_chain, *shape), dtype=values(xt).dtype)
+    out = torch.empty((chains * per_chain, *shape), dtype=values(xt).dtype)
     rows = run._rows_per_pass(xt)
     with pyro.poutine.seed(rng_seed=seed), progress(len(out), "posterior predictive", unit="draw") as bar:
-        for j, i in enumerate(c * ev.draws + d for c in range(ev.chains) for d in range(per_chain)):
+        for j, i in enumerate(c * draws_per_chain + d for c in range(chains) for d in range(per_chain)):
             p = {k: v[i] for k, v in draws.items()}
             for rs in memory.spans(len(xt), rows):
                 rep = run.model.replicate(to_device(xt[rs], run.device), p).cpu()

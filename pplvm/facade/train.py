@@ -105,12 +105,14 @@ def _disk_bytes(run: Run) -> int:
     it), each holding the parameters, the optimiser's two moments, the best parameters and the
     prototype rows; the arviz export (draws x chains of the global parameters, of the held-out
     log-likelihoods and of posterior-predictive replicates, the last bounded by a quarter of
-    evaluation.memory_mb); and the figures."""
+    evaluation.memory_mb; one draw for a point estimate, none with evaluation.export = false);
+    and the figures."""
     sizes = [t.numel() * t.element_size() for m in (run.model, run.guide) for t in m.state_dict().values()]
     params = sum(sizes)
     checkpoint = 4 * params + PROTOTYPE_ROWS * run.model.dim * 8 + 2**16
     ev = run.card.evaluation
-    draws = ev.draws * ev.chains
+    chains, per_chain = run._export_shape()
+    draws = chains * per_chain if ev.export else 0
     rows = min(ev.max_rows, len(run.dataset.train) if run.dataset is not None else ev.max_rows)
     replicates = min(draws * rows * run.model.dim * 4, int(ev.memory_mb * 2**20) // 4)
     export = draws * (params + rows * 4) + replicates

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from ..data.base import Batch
 from ..data.sequences import as_sequences, step_mask
-from ..distributions import HiddenMarkovChain
+from ..distributions import BernoulliFeatures, HiddenMarkovChain
 from ..errors import DataError
 from ._em import dirichlet_mode, gaussian_diag_step
 from .base import ClosedFormEM, FamilyConfig, LatentVariableModel
@@ -138,7 +138,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
             return dist.Normal(params["locs"], params["scales"]).to_event(1)
         if self.config.emission == "categorical":
             return dist.Categorical(probs=params["emission_probs"]).to_event(1)
-        return dist.Bernoulli(probs=params["emission_probs"]).to_event(1)
+        return BernoulliFeatures(dist.Bernoulli(probs=params["emission_probs"]), 1)  # log_prob: one GEMM over D
 
     def chain(self, params: dict[str, torch.Tensor], lengths: torch.Tensor | None, duration: int) -> HiddenMarkovChain:
         """The collapsed chain for globals with leading dims ``S`` (those of ``transition``,

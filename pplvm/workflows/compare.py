@@ -65,6 +65,8 @@ class Comparison:
 def load_inference_data(run_dir: str | Path):
     """The ``InferenceData`` a fitted run wrote; RunDirError if there is none."""
     path = Path(run_dir) / "inference_data.nc"
+    if not path.is_file() and (Path(run_dir) / "checkpoint.pt").is_file():  # fitted with evaluation.export = false
+        raise RunDirError(f"{str(run_dir)!r} has no inference_data.nc; write it with: pplvm export {run_dir}")
     if not path.is_file():
         raise RunDirError(f"{str(run_dir)!r} has no inference_data.nc; is it a finished pplvm run directory?")
     return read_inference_data(path)
