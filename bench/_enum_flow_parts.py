@@ -53,7 +53,7 @@ def _cards(part: str) -> tuple[dict, object]:
         return {"model": model, "guide": {"kind": "map"}, "objective": {"name": "enum"},
                 "data": {**data, "valid_fraction": 0.2}, "training": {"lr": 0.05, **quiet}}, None  # fmt: skip
     if part == "ddpm":  # Ho et al.'s L_simple, T = 1000 linear, the digits U-Net of ddpm_vs_torch.py
-        model = {"family": "diffusion", "steps": 1000, "schedule": "linear", "variance": "fixed",
+        model = {"family": "diffusion", "steps": 1000, "schedule": "linear", "variance": "beta",
                  "decoder": "discretized", "levels": 17, "denoiser": "unet", "channels": 16,
                  "channel_mult": [1, 2], "image_shape": [1, 8, 8]}  # fmt: skip
         return {"model": model, "guide": {"kind": "forward"},

@@ -27,6 +27,6 @@ def settled(rule, batch, n: int, fit_steps: int = FIT_STEPS):
             if not torch.isfinite(rule.step(batch, n, 0.0)):
                 raise RuntimeError("non-finite loss")
 
-    for _ in range(2 * TIMED_STEPS + 5):  # the first step, the traced steps timed, inductor's
+    for _ in range(3 * TIMED_STEPS + 5):  # the first step, the traced steps timed, the trial
         step()
     return step, rule.describe()

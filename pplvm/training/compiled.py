@@ -105,7 +105,8 @@ class CompiledSVIStep(SVIStep):
         self._inductor: bool | None = None  # auto's decision (kept in checkpoints)
         self._compiled: dict[tuple, Callable] = {}  # inductor's versions of the graphs
         self._timing: list[float] = []  # seconds of timed traced steps
-        self._trial: list[float] | None = None  # seconds of timed inductor steps, while on trial
+        self._trial: dict[str, list[float]] | None = None  # seconds of each kind's steps, on trial
+        self._on_inductor = False  # the step just taken ran inductor's graph
         self._compile_seconds = 0.0
         self._told = False  # auto's plain-step decision logged
 
@@ -181,16 +182,17 @@ class CompiledSVIStep(SVIStep):
     def _time(self, seconds: float, batch, num_data: int) -> None:
         """Under ``auto`` on one CPU process: after :data:`TIMED_STEPS` traced steps, compile
         with inductor where the expected saving over the steps left is twice the expected
-        compile time, then time as many steps of inductor's and keep the faster of the two."""
+        compile time, then run inductor's graph and the traced one in turn (so that both meet
+        the same machine load) for as many steps each, and keep the faster."""
         if self._trial is None:
             self._timing.append(seconds)
             if len(self._timing) == TIMED_STEPS:
                 self._consider_inductor(batch, num_data)
             return
-        self._trial.append(seconds)
-        if len(self._trial) < TIMED_STEPS:
+        self._trial["inductor" if self._on_inductor else "trace"].append(seconds)
+        if min(len(t) for t in self._trial.values()) < TIMED_STEPS:
             return
-        fast, traced = statistics.median(self._trial), statistics.median(self._timing)
+        fast, traced = (statistics.median(self._trial[k]) for k in ("inductor", "trace"))
         self._inductor, self._trial = fast < traced, None
         log.info(
             "training.compile = 'auto': inductor compiled the step in %.1f s and runs it in %.3g ms against "
@@ -218,7 +220,7 @@ class CompiledSVIStep(SVIStep):
             )
             return
         start = time.perf_counter()
-        self._trial = []
+        self._trial = {"inductor": [], "trace": []}
         if self._graph(batch, num_data, warm=True) is None:
             self._inductor, self._trial = False, None
         self._compile_seconds = time.perf_counter() - start
@@ -257,7 +259,9 @@ class CompiledSVIStep(SVIStep):
         inductor's version where the card asks for it or ``auto`` chose or is trying it."""
         key = self._signature(batch, num_data)
         graph = self._graphs[key] if key in self._graphs else self._new_graph(key, batch, num_data)
-        if graph is None or not (self.mode == "inductor" or self._inductor or self._trial is not None):
+        trial = self._trial is not None and (warm or len(self._trial["inductor"]) <= len(self._trial["trace"]))
+        self._on_inductor = graph is not None and (self.mode == "inductor" or bool(self._inductor) or trial)
+        if not self._on_inductor:
             return graph
         if key not in self._compiled:
             self._compiled[key] = self._with_inductor(graph, batch)

@@ -127,7 +127,7 @@ def test_inductor_under_auto_steps_as_the_traced_graph_does(monkeypatch):
     rule, batch, n = _rule()
     rule.plan(10**9)
     monkeypatch.setattr(compiled, "inductor_seconds", lambda operations: 0.0)
-    _steps(rule, batch, n, 2 * TIMED_STEPS + 1)
+    _steps(rule, batch, n, 3 * TIMED_STEPS + 2)
     assert rule.state_dict()["inductor"] is not None
     key = rule._signature(batch, n)
     with torch.no_grad(), pyro.validation_enabled(False):
