@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from ..data.base import Batch
 from ..data.sequences import as_sequences, step_mask
-from ..distributions import BernoulliFeatures, HiddenMarkovChain
+from ..distributions import BernoulliFeatures, HiddenMarkovChain, NormalFeatures
 from ..errors import DataError
 from ._em import dirichlet_mode, gaussian_diag_step
 from .base import ClosedFormEM, FamilyConfig, LatentVariableModel
@@ -135,7 +135,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         """``p(x_t | z_t = k)`` with batch ``(*S, K)`` (the shape of the parameters' leading
         dims) and event ``(D,)``."""
         if self.config.emission == "gaussian":
-            return dist.Normal(params["locs"], params["scales"]).to_event(1)
+            return NormalFeatures(dist.Normal(params["locs"], params["scales"]), 1)  # log_prob: one GEMM over 2D
         if self.config.emission == "categorical":
             return dist.Categorical(probs=params["emission_probs"]).to_event(1)
         return BernoulliFeatures(dist.Bernoulli(probs=params["emission_probs"]), 1)  # log_prob: one GEMM over D
