@@ -72,6 +72,10 @@ def choose(run: Run, guard: Callable[[Trainer], ContextManager]) -> None:
             f"training.restarts = {c.restarts}: every restart failed (see the log lines above); "
             "fit with training.restarts = 1 to see why"
         )
+    adopted = rule.adopt(best, run.rule) if rule is not None else None
+    if adopted is not None:  # the run's own model and guide, at the kept start, its steps read off the pass
+        run.rule, run.seed = adopted, seeds[best]
+        return
     kept = run if seeds[best] == run.seed else _seeded(run, seeds[best])
     if rule is not None:  # the kept fit reads its steps off the batched pass where the pass can say them
         kept.rule = rule.kept(best, kept.rule)
@@ -101,7 +105,8 @@ def _batched(run: Run, train: Any, seeds: list[int]) -> tuple[list[float], Resta
     """Each restart's final training loss per datum from the rule's batched pass, and the pass;
     or None (it has none, or it stopped: then they run one after another)."""
     c = run.card.training
-    rule = run.rule.restarts(train, seeds, c) if c.patience is None else None
+    own = run.seed if not run.history else None  # an unfitted run's guide holds its seed's start
+    rule = run.rule.restarts(train, seeds, c, own=own) if c.patience is None else None
     if rule is None:
         return None
     trainer = Trainer(run.model, run.guide, rule, c)
