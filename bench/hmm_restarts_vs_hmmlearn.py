@@ -122,7 +122,12 @@ def main() -> None:
         help="hmmlearn's covars_prior (its default 1e-2; 0 = maximum likelihood, what pplvm's em_estimate 'ml' fits)",
     )
     p.add_argument("--no-gmm", action="store_true")
-    p.add_argument("--init", choices=["kmeans", "random"], default="kmeans", help="pplvm's model.init")
+    p.add_argument(
+        "--init",
+        choices=["auto", "kmeans", "kmeans++", "random"],
+        default="auto",
+        help="pplvm's model.init (auto, the default: k-means++ seeding under restarts)",
+    )
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"

@@ -1,18 +1,22 @@
 """Chunked exact forward–backward: sequential within chunks, parallel across chunks (what
 :class:`~pplvm.distributions.HiddenMarkovChain` runs; re-exported from :mod:`.hmm`).
 
-The steps 1..T-1 are cut into C chunks of L steps (L = 32). Pass 1 multiplies each chunk's
-transfer matrices M_t = A · diag(l_t), all chunks at once, one step at a time (L batched
-(K, K) products, rescaled). For log p(x) alone the C chunk products are then multiplied as a
-tree (log2 C levels). For the posterior, prefix and suffix products of the chunk products
-(a Hillis–Steele scan, log2 C levels) give the exact forward message entering every chunk and
-the backward message leaving it, and pass 2 runs the ordinary vector recursions forward and
-backward inside every chunk at once from those messages. That is ~L + log2 C batched steps
-(~3L + 2 log2 C with the posterior) over tensors of size C K², instead of log2 T tree levels
-over T K²: memory is O(T K) for the messages plus O(C K²) for the products. Marginals and
-expected transition counts come from the messages in closed form (α̂_t β̂_t and
-α̂_{t-1} A l_t β̂_t), and the log partition function is a torch.autograd.Function whose
-backward is exactly that, so SVI's gradient is forward–backward (no graph over time is kept).
+The steps 1..T-1 are cut into C chunks of L steps (L ≈ √T between 8 and 32,
+:func:`default_chunk`). Pass 1 multiplies each chunk's transfer matrices M_t = A · diag(l_t),
+all chunks at once, one step at a time (L batched (K, K) products, rescaled). For log p(x)
+alone the C chunk products are then multiplied as a tree (log2 C levels). For the posterior,
+prefix and suffix products of the chunk products (a Hillis–Steele scan, log2 C levels) give the
+exact forward message entering every chunk and the backward message leaving it, and pass 2 runs
+the vector recursions inside every chunk at once from those messages, the forward one and the
+backward one stacked into the same L batched steps (the backward messages as b_t = l_t ∘ β_t,
+whose recursion b_{t-1} = (b_t Aᵀ) ∘ l_{t-1} has the forward one's form). That is ~L + log2 C
+batched steps (~2L + 2 log2 C with the posterior) over tensors of size C K², instead of log2 T
+tree levels over T K²: memory is O(T K) for the messages plus O(C K²) for the products.
+Marginals and expected transition counts come from the messages in closed form
+(γ_t ∝ (α̂_{t-1} A) ∘ b_t and ξ_t ∝ α̂_{t-1}(i) A(i, j) b_t(j)), and the log partition function is
+a torch.autograd.Function whose backward is exactly that, so SVI's gradient is forward–backward
+(no graph over time is kept). Measured (one CPU thread, K = 5, T = 2400, a posterior over 3 / 10
+restarts' parameters): 9.3 / 15.5 ms before the stacking, 5.3 / 11.5 ms after.
 The max-plus semiring in log space gives the Viterbi path as the argmax of max-marginals
 δ_t + ψ_t (exact when the best path is unique, as any tie-free argmax).
 """
@@ -170,9 +174,14 @@ class _SumPass:
         self.log_products = torch.cat(scales, -1).log().sum((-2, -1))  # the logs taken once, at the end
 
     def _entering(self) -> None:
-        """Normalised α̂ entering each chunk ``(B, C, K)`` (from prefix products of the chunk
-        products, in log2 C parallel levels) and log p(x)."""
-        prefix, log = _scan(self.products, self.log_products)
+        """Normalised α̂ entering each chunk ``(B, C, K)`` and log p(x), from prefix products of
+        the chunk products, and the suffix products ``P_c ⋯ P_{C-1}`` (``suffix``, what the
+        backward messages start from): both in one scan of log2 C parallel levels, the suffix
+        products as the transposed prefix products of the chunk products reversed and transposed."""
+        b = self.products.size(0)
+        both = torch.cat([self.products, self.products.flip(1).transpose(-1, -2)])
+        scanned, log = _scan(both, torch.cat([self.log_products, self.log_products.flip(1)]))
+        prefix, log, self.suffix = scanned[:b], log[:b], scanned[b:].flip(1).transpose(-1, -2)
         ends = (self.a0.unsqueeze(1).unsqueeze(-2) @ prefix).squeeze(-2)  # α̂_0 P_0 ⋯ P_c, (B, C, K)
         norm = ends.sum(-1, keepdim=True)
         ends = ends / norm
@@ -206,8 +215,7 @@ class _SumPass:
         b, chunks, length, k = self.lik.shape
         if not hasattr(self, "entering"):
             self._entering()
-        suffix, _ = _scan(self.products, self.log_products, reverse=True)
-        ahead = suffix[:, 1:].sum(-1)  # P_{c+1} ⋯ P_{C-1} 1, (B, C-1, K)
+        ahead = self.suffix[:, 1:].sum(-1)  # P_{c+1} ⋯ P_{C-1} 1, (B, C-1, K)
         ones = torch.ones(b, 1, k, dtype=self.A.dtype, device=self.A.device)
         alphas, messages = self._messages(torch.cat([ahead / ahead.sum(-1, keepdim=True), ones / k], 1))
         gamma0 = self.initial * messages[:, 0, 0]

@@ -25,6 +25,7 @@ from pydantic import Field
 from pyro.ops.indexing import Vindex
 
 from ..data.base import as_matrix
+from ..distributions import NormalFeatures
 from ..errors import DataError, TrainingError
 from ._em import dirichlet_mode, gaussian_diag_step
 from ._starts import ClusterStartConfig, cluster_start, kmeans  # noqa: F401  (kmeans re-exported)
@@ -121,20 +122,20 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         The quadratic forms of all K components are one matrix product: with the Cholesky
         factor ``S_k = diag(σ_k) L_k`` of Σ_k, ``y_nk = S_k⁻¹ x_n − S_k⁻¹ μ_k`` for all k at
         once is ``x`` ``(N, D)`` times the stacked ``S_k⁻ᵀ`` ``(D, K·D)`` (as scikit-learn does
-        with precision Cholesky factors); diagonal covariances are the case ``L_k = I``."""
+        with precision Cholesky factors); diagonal covariances expand the square instead,
+        ``x² · σ⁻² − 2 x · μσ⁻² + μ² · σ⁻²``, one product of ``(x², x)`` ``(N, 2D)`` with ``(2D, K)``."""
         log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)  # (*S, 1, K)
         locs, scales = params["locs"], params["scales"]  # (*S, K, D)
         K, D = locs.shape[-2:]
-        if self.config.covariance == "diag":
-            y = (x.unsqueeze(-2) - locs.unsqueeze(-3)) / scales.unsqueeze(-3)  # (*S, N, K, D)
-            log_det = scales.log().sum(-1)
-        else:
-            factor = scales.unsqueeze(-1) * params["corr_chol"]  # (*S, K, D, D)
-            eye = torch.eye(D, dtype=factor.dtype, device=factor.device).expand_as(factor)
-            inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # S_k⁻¹
-            stacked = inverse.transpose(-1, -2).transpose(-3, -2).reshape(*factor.shape[:-3], D, K * D)
-            y = (x @ stacked).unflatten(-1, (K, D)) - (inverse @ locs.unsqueeze(-1)).squeeze(-1).unsqueeze(-3)
-            log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        if self.config.covariance == "diag":  # one GEMM over (x², x) (NormalFeatures)
+            normal = dist.Normal(locs.unsqueeze(-3), scales.unsqueeze(-3))  # (*S, 1, K, D)
+            return log_w + NormalFeatures(normal, 1).log_prob(x.unsqueeze(-2))
+        factor = scales.unsqueeze(-1) * params["corr_chol"]  # (*S, K, D, D)
+        eye = torch.eye(D, dtype=factor.dtype, device=factor.device).expand_as(factor)
+        inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # S_k⁻¹
+        stacked = inverse.transpose(-1, -2).transpose(-3, -2).reshape(*factor.shape[:-3], D, K * D)
+        y = (x @ stacked).unflatten(-1, (K, D)) - (inverse @ locs.unsqueeze(-1)).squeeze(-1).unsqueeze(-3)
+        log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_density = -0.5 * y.pow(2).sum(-1) - log_det.unsqueeze(-2) - 0.5 * D * math.log(2 * math.pi)
         return log_w + log_density
 

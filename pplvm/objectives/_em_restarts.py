@@ -6,8 +6,10 @@ set of responsibilities) over all restarts rather than R.
 Each restart repeats, to rounding, what a full-batch EM fit with its ``training.seed`` computes:
 the same start (:meth:`~pplvm.families.base.LatentVariableModel.init_values` with that seed's
 generator), the same E- and M-steps, and the same round trip of each value through the ``map``
-guide's unconstrained space that the fit's point estimate makes between steps. A restart whose
-loss or new values are non-finite stops where it was (its loss ``inf``); the others go on.
+guide's unconstrained space that the fit's point estimate makes between steps (the run's own
+seed's start is read off its guide, which the run's build started there). A restart whose loss
+or new values are non-finite stops where it was (its loss ``inf``), as does one that converged
+(``objective.em_tol``); the others go on, and only they enter the E- and M-steps.
 """
 
 from __future__ import annotations
