@@ -21,10 +21,10 @@ diagonal; hmmlearn ``covariance_type = "diag"``). hmmlearn: ``GaussianHMM`` with
 (k-means means, ``n_iter = --iters``, ``tol = --tol``; its small covariance prior, 1e-2, or
 ``--covars-prior``, and ``min_covar``), ``random_state`` = 0..N-1, each timed, kept by training
 score. pplvm: objective ``em`` with ``em_estimate = "ml"``, full batch, ``model.init = --init``
-(k-means by default), ``epochs = --iters``, ``em_tol`` = hmmlearn's tol per frame (hmmlearn's
-tol is on the total log-likelihood), ``training.restarts = N``; timed from ``Run.from_card``
-(data split, the N starts, the batched pass and the kept seed's fit, read off the pass) to the
-end of ``fit()`` (no run directory). Imports are not timed in the main ratio; a fresh
+(``"auto"`` by default: k-means++ seeding under restarts), ``epochs = --iters``, ``em_tol`` =
+hmmlearn's tol per frame (hmmlearn's tol is on the total log-likelihood), ``training.restarts =
+N``; timed from ``Run.from_card`` (data split, the N starts, the batched pass and the kept seed's
+fit, read off the pass) to the end of ``fit()`` (no run directory). Imports are not timed in the main ratio; a fresh
 interpreter's ``import`` of each side is printed after (measured in subprocesses).
 
 Also a GMM line (``--no-gmm`` to skip): the frames as rows, scikit-learn
@@ -35,27 +35,45 @@ Prints per seed hmmlearn's training and held-out log-likelihoods, the kept seed'
 held-out over its seeds, pplvm's, and the time ratio pplvm / hmmlearn (goal: pplvm's held-out
 >= hmmlearn's kept seed's, time <= 1x).
 
-Measured 2026-12-07 on branch restarts (1 thread, a shared 2-core machine under load from 3
-other sessions; ratios from one process, sides alternated):
+Measured 2026-12-07 on branch rspeed (1 thread, a shared 2-core machine under load from 3 other
+sessions, load average ~4.7; ratios from one process, sides alternated, median of 3 repeats):
 
-* macro, N = 3 (3 repeats): hmmlearn kept seed 2, held-out -769.52 (its best -769.52); pplvm
-  -790.60 (train -2082.36 against hmmlearn's -2121.51: ML without hmmlearn's covariance prior
-  fits the 150 quarters closer and holds out worse); 0.103 s vs 0.656 s: 6.38x. GMM: sklearn
-  -15.385 per frame, pplvm -14.903; 6.05x.
-* macro, N = 10: hmmlearn kept seed 7, held-out -790.31 (best over seeds -762.00); pplvm -775.40
-  (>= the kept seed); 0.321 s vs 1.048 s: 3.27x. GMM: sklearn -14.811, pplvm -15.253; 3.50x.
-* elec, N = 3 (1 repeat): every side ends in the same optimum (train -21926.3); held-out
-  hmmlearn -11314.33, pplvm -11318.82; 1.44 s vs 3.48 s: 2.42x.
-* elec, N = 10, ``--init random``: pplvm's restarts find a better optimum (train -21705.2 vs
-  hmmlearn's kept -21716.0); held-out pplvm -10820.74 >= hmmlearn's kept -10849.99 (its best);
-  7.78 s vs 8.94 s: 1.15x. With k-means starts (the default) pplvm's 10 restarts all end at
-  -21926.3 (pplvm's k-means keeps the best of 3 k-means++ runs, so seeds start alike): held-out
-  -11318.54 < -10849.99, 1.96x.
-* Where the time goes (elec, N = 3, profiled): the batched E-step, ~33 ms per iteration for the
-  chunked forward-backward over 3 restarts and ~12 ms for the Gaussian emission log-densities,
-  against ~5.5 ms per iteration per seed for hmmlearn's C loop at K = 5; the k-means starts
-  (~0.2 s each, one more for the run's own build and one for the kept seed's); the kept fit
-  itself costs little (its steps are read off the batched pass).
+=========  ==================================  ================  ===========  ==================
+data, N    hmmlearn held-out: kept (best)      pplvm held-out    seconds      ratio (before)
+=========  ==================================  ================  ===========  ==================
+macro, 3   -769.52 (-769.52)                   -783.23           0.065/0.122  1.88x (6.38x)
+macro, 10  -790.31 (-762.00)                   -789.14           0.206/0.199  0.97x (3.27x)
+elec, 3    -11314.33 (-11314.33)               -11049.56         0.649/0.730  1.12x (2.42x)
+elec, 10   -10849.99 (-10849.99)               -10851.29         2.198/1.913  0.87x (1.96x)
+=========  ==================================  ================  ===========  ==================
+
+(seconds: hmmlearn / pplvm. Before: the figures of branch restarts, under other load; main as
+measured at the start of this work, one repeat, k-means starts: elec 2.60x (N = 3), 1.41x (10).)
+
+* hmmlearn's seeds (held-out): macro -816.91, -770.60, -769.52, -807.08, -785.65, -772.03,
+  -795.70, -790.31 (kept at N = 10), -772.29, -762.00; elec -11314.33 (kept at N = 3), -11321.27,
+  -11321.13, -10849.99 (kept at N = 10), -11321.17, -10893.86, -11321.11, -11321.01, -11899.97,
+  -11321.02. pplvm's kept training log-likelihood: macro -2110.09 / -2097.59 (ML, hmmlearn's
+  kept -2121.51 / -2120.39 with its covariance prior), elec -21913.04 / -21718.16 (hmmlearn's
+  kept -21926.35 / -21716.03). On macro the training score picks poorly for held-out data on both
+  sides (150 quarters, ML fits them closer and holds out worse).
+* Starts: ``"auto"`` is k-means++ seeding under restarts (:mod:`pplvm.families._starts`). From
+  one k-means run per restart (``--init kmeans``) all 10 elec restarts end at -21926.3 (held-out
+  -11318.88) and macro at -2082.36 (-790.60); ``--init random``, elec N = 10: -10820.68 (train
+  -21705.22), 1.839 s vs 2.117 s, 0.87x.
+* GMM line (sklearn n_init / pplvm): macro 4.40x (N = 3), 1.46x (N = 10); elec 3.48x, 1.17x;
+  held-out per frame pplvm -14.868 / -14.846 / -10.204 / -10.204 against sklearn -15.385 /
+  -14.811 / -10.653 / -10.219.
+* Where the time went, and what changed (elec, N = 3, profiled): the batched E-step is now one
+  loop of L ≈ √T steps for the chunk products, one scan for both the prefix and suffix chunk
+  products, and one loop for the forward and backward messages stacked (it was three loops and
+  two scans): 4.3 ms per posterior over 3 restarts, 2.5 ms over one, against 6.1 / 3.7 ms on main
+  (CPU time, T = 2400, K = 5); 1.2-1.3 ms against 2.7-3.2 ms at T = 150. The Gaussian emission
+  densities are one GEMM (0.3 ms, was ~0.9). Converged restarts leave the batched E- and
+  M-steps. Starts: the run's own seed's start is read off its guide, and the kept restart is
+  adopted in place (no rebuild): N - 1 k-means++ seedings in all, where there were N + 2 k-means
+  runs of 3 k-means++ runs each. The pass runs until its slowest restart converges (elec N = 3:
+  the kept one took all 100 iterations; hmmlearn's seeds 32, 77 and 57).
 """
 
 from __future__ import annotations
@@ -122,7 +140,12 @@ def main() -> None:
         help="hmmlearn's covars_prior (its default 1e-2; 0 = maximum likelihood, what pplvm's em_estimate 'ml' fits)",
     )
     p.add_argument("--no-gmm", action="store_true")
-    p.add_argument("--init", choices=["kmeans", "random"], default="kmeans", help="pplvm's model.init")
+    p.add_argument(
+        "--init",
+        choices=["auto", "kmeans", "kmeans++", "random"],
+        default="auto",
+        help="pplvm's model.init (auto, the default: k-means++ seeding under restarts)",
+    )
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"

@@ -168,7 +168,8 @@ def assemble(
         example = (
             dataset.train if dataset.augment is None else dataset.augment(dataset.train[:PROTOTYPE_ROWS], generator)
         )
-    model = family.from_config(card.model, dim, model=model, guide=guide, example=example).to(device)
+    config = card.model.for_restarts(card.training.restarts)  # e.g. model.init = 'auto' decided
+    model = family.from_config(config, dim, model=model, guide=guide, example=example).to(device)
     if dataset is not None:
         _check_splits(model, dataset, card.training.seed)
         train, num_data = dataset.train, len(dataset.train)

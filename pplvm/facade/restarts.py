@@ -2,20 +2,24 @@
 ``n_init`` does.
 
 Restart i is the fit the card makes with ``training.seed = seed + i`` (i = 0..N-1): its own
-start (the family's data-driven starting values, network weights) and its own RNG streams. Each
-is scored by its training objective, the final epoch's ``train_loss`` (for EM the negative log
-posterior or log-likelihood), one log line per restart; the lowest is kept. The kept restart is
-then fitted through the normal path (the trainer, the run directory, callbacks), so its
-checkpoint, metrics and artifacts are its own fit's and it resumes like any run (its checkpoint
-carries its RNG streams). ``card.toml`` keeps the card as written, which repeats the whole choice.
+start (the family's data-driven starting values, network weights; ``model.init = "auto"`` is
+decided for the card's restarts, :meth:`~pplvm.families.base.FamilyConfig.for_restarts`) and its
+own RNG streams. Each is scored by its training objective, the final epoch's ``train_loss`` (for
+EM the negative log posterior or log-likelihood), one log line per restart; the lowest is kept.
+The kept restart is then fitted through the normal path (the trainer, the run directory,
+callbacks), so its checkpoint, metrics and artifacts are its own fit's and it resumes like any
+run (its checkpoint carries its RNG streams). ``card.toml`` keeps the card as written, which
+repeats the whole choice.
 
 How the N restarts run is the update rule's to say (:meth:`~pplvm.training.rules.UpdateRule.restarts`):
 in one batched pass through the trainer where it has one (full-batch EM of a mixture or an HMM:
 every global with a leading restart dim), and the kept fit then reads its steps off that pass
 (:meth:`~pplvm.training.rules.RestartPass.kept`: its numbers to float rounding, not computed
-twice); else one after another, each a fit of its own through the same trainer without a run
-directory, and the kept one fitted again. A batched pass runs every epoch (early stopping follows
-held-out data restart by restart, so ``training.patience`` runs them one by one).
+twice), on the run's own model and guide moved to the kept start where the pass can say it
+(:meth:`~pplvm.training.rules.RestartPass.adopt`), else on a run built again with the kept seed;
+else one after another, each a fit of its own through the same trainer without a run directory,
+and the kept one fitted again. A batched pass runs every epoch (early stopping follows held-out
+data restart by restart, so ``training.patience`` runs them one by one).
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ def choose(run: Run, guard: Callable[[Trainer], ContextManager]) -> None:
             f"training.restarts = {c.restarts}: every restart failed (see the log lines above); "
             "fit with training.restarts = 1 to see why"
         )
+    adopted = rule.adopt(best, run.rule) if rule is not None else None
+    if adopted is not None:  # the run's own model and guide, at the kept start, its steps read off the pass
+        run.rule, run.seed = adopted, seeds[best]
+        return
     kept = run if seeds[best] == run.seed else _seeded(run, seeds[best])
     if rule is not None:  # the kept fit reads its steps off the batched pass where the pass can say them
         kept.rule = rule.kept(best, kept.rule)
@@ -101,7 +109,8 @@ def _batched(run: Run, train: Any, seeds: list[int]) -> tuple[list[float], Resta
     """Each restart's final training loss per datum from the rule's batched pass, and the pass;
     or None (it has none, or it stopped: then they run one after another)."""
     c = run.card.training
-    rule = run.rule.restarts(train, seeds, c) if c.patience is None else None
+    own = run.seed if not run.history else None  # an unfitted run's guide holds its seed's start
+    rule = run.rule.restarts(train, seeds, c, own=own) if c.patience is None else None
     if rule is None:
         return None
     trainer = Trainer(run.model, run.guide, rule, c)

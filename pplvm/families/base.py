@@ -40,6 +40,11 @@ class FamilyConfig(Section):
     family: str
     dim: int | None = Field(None, ge=1, description="data dimension; checked against the data if set")
 
+    def for_restarts(self, restarts: int) -> "FamilyConfig":
+        """This section with what it leaves to ``training.restarts`` decided (a start the
+        restarts' seeds move further, :mod:`._starts`); itself by default. Built models take it."""
+        return self
+
 
 class _AbstractPyroModuleMeta(_PyroModuleMeta, abc.ABCMeta):
     pass

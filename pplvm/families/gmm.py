@@ -25,12 +25,14 @@ from pydantic import Field
 from pyro.ops.indexing import Vindex
 
 from ..data.base import as_matrix
+from ..distributions import NormalFeatures
 from ..errors import DataError, TrainingError
 from ._em import dirichlet_mode, gaussian_diag_step
-from .base import ClosedFormEM, FamilyConfig, IdentifiedSummaries, LatentVariableModel
+from ._starts import ClusterStartConfig, cluster_start, kmeans  # noqa: F401  (kmeans re-exported)
+from .base import ClosedFormEM, IdentifiedSummaries, LatentVariableModel
 
 
-class GMMConfig(FamilyConfig):
+class GMMConfig(ClusterStartConfig):
     family: Literal["gmm"] = "gmm"
     components: int = Field(3, ge=1, description="number of mixture components K")
     covariance: Literal["diag", "full"] = "diag"
@@ -46,7 +48,6 @@ class GMMConfig(FamilyConfig):
         description="full covariance, EM: added to the diagonal of each component's covariance "
         "(scikit-learn's reg_covar), which keeps one that collapses onto a few rows positive definite",
     )
-    init: Literal["kmeans", "random"] = "kmeans"
 
 
 class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
@@ -121,20 +122,20 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         The quadratic forms of all K components are one matrix product: with the Cholesky
         factor ``S_k = diag(σ_k) L_k`` of Σ_k, ``y_nk = S_k⁻¹ x_n − S_k⁻¹ μ_k`` for all k at
         once is ``x`` ``(N, D)`` times the stacked ``S_k⁻ᵀ`` ``(D, K·D)`` (as scikit-learn does
-        with precision Cholesky factors); diagonal covariances are the case ``L_k = I``."""
+        with precision Cholesky factors); diagonal covariances expand the square instead,
+        ``x² · σ⁻² − 2 x · μσ⁻² + μ² · σ⁻²``, one product of ``(x², x)`` ``(N, 2D)`` with ``(2D, K)``."""
         log_w = params["weights"].clamp_min(torch.finfo(x.dtype).tiny).log().unsqueeze(-2)  # (*S, 1, K)
         locs, scales = params["locs"], params["scales"]  # (*S, K, D)
         K, D = locs.shape[-2:]
-        if self.config.covariance == "diag":
-            y = (x.unsqueeze(-2) - locs.unsqueeze(-3)) / scales.unsqueeze(-3)  # (*S, N, K, D)
-            log_det = scales.log().sum(-1)
-        else:
-            factor = scales.unsqueeze(-1) * params["corr_chol"]  # (*S, K, D, D)
-            eye = torch.eye(D, dtype=factor.dtype, device=factor.device).expand_as(factor)
-            inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # S_k⁻¹
-            stacked = inverse.transpose(-1, -2).transpose(-3, -2).reshape(*factor.shape[:-3], D, K * D)
-            y = (x @ stacked).unflatten(-1, (K, D)) - (inverse @ locs.unsqueeze(-1)).squeeze(-1).unsqueeze(-3)
-            log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        if self.config.covariance == "diag":  # one GEMM over (x², x) (NormalFeatures)
+            normal = dist.Normal(locs.unsqueeze(-3), scales.unsqueeze(-3))  # (*S, 1, K, D)
+            return log_w + NormalFeatures(normal, 1).log_prob(x.unsqueeze(-2))
+        factor = scales.unsqueeze(-1) * params["corr_chol"]  # (*S, K, D, D)
+        eye = torch.eye(D, dtype=factor.dtype, device=factor.device).expand_as(factor)
+        inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # S_k⁻¹
+        stacked = inverse.transpose(-1, -2).transpose(-3, -2).reshape(*factor.shape[:-3], D, K * D)
+        y = (x @ stacked).unflatten(-1, (K, D)) - (inverse @ locs.unsqueeze(-1)).squeeze(-1).unsqueeze(-3)
+        log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_density = -0.5 * y.pow(2).sum(-1) - log_det.unsqueeze(-2) - 0.5 * D * math.log(2 * math.pi)
         return log_w + log_density
 
@@ -194,7 +195,10 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         cov = cov + c.reg_covar * eye
         scales = cov.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(cov.dtype).tiny).sqrt()
         chol, info = torch.linalg.cholesky_ex(cov / (scales.unsqueeze(-1) * scales.unsqueeze(-2)))
-        bad = (info > 0) & has
+        # singular also where the factor exists only by the jitter: in the parameters' dtype a
+        # diagonal below √eps makes a partial correlation round to ±1 (the guide's transform: inf)
+        tiny = torch.finfo(params["locs"].dtype).eps ** 0.5
+        bad = ((info > 0) | (chol.diagonal(dim1=-2, dim2=-1).amin(-1) < tiny)) & has
         if bad.any():
             where = tuple(bad.nonzero()[0])  # (restart, component) under restarts
             k = int(where[-1])
@@ -235,11 +239,7 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
 
     def init_values(self, x, generator):
         c, K, D = self.config, self.K, self.dim
-        if c.init == "kmeans":
-            locs, labels = kmeans(x, K, generator)
-        else:
-            locs = x[torch.randperm(len(x), generator=generator)[torch.arange(K) % len(x)]]
-            labels = torch.cdist(x, locs).argmin(-1)
+        locs, labels = cluster_start(x, K, generator, c.init)
         # One M-step from the hard k-means assignments (as scikit-learn initialises EM).
         counts = torch.bincount(labels, minlength=K).to(x.dtype)
         weights = (counts + 1.0) / (counts.sum() + K)
@@ -262,37 +262,3 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
 
         labels = self.responsibilities(x, params).argmax(-1)
         return {"clusters": cluster_plot(x, labels, params["locs"], title=f"GMM, K={self.K}")}
-
-
-def kmeans(
-    x: torch.Tensor, k: int, generator: torch.Generator, *, restarts: int = 3, iters: int = 100, max_rows: int = 20000
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, with 2 + log k local trials as
-    scikit-learn does) plus Lloyd iterations, best of ``restarts`` by inertia.
-
-    Returns centres ``(k, D)`` and the labels ``(N,)`` of every row of ``x``."""
-    sub = x if len(x) <= max_rows else x[torch.randperm(len(x), generator=generator)[:max_rows]]
-    trials = 2 + int(math.log(k))
-    best, best_inertia = None, float("inf")
-    for _ in range(restarts):
-        centres = sub[torch.randint(len(sub), (1,), generator=generator)]
-        d2 = torch.cdist(sub, centres).squeeze(-1).pow(2)
-        for _ in range(1, k):
-            p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / len(d2))
-            candidates = sub[torch.multinomial(p, trials, replacement=True, generator=generator)]
-            cand_d2 = torch.minimum(d2.unsqueeze(0), torch.cdist(candidates, sub).pow(2))  # (trials, N)
-            pick = cand_d2.sum(-1).argmin()
-            centres, d2 = torch.cat([centres, candidates[pick : pick + 1]]), cand_d2[pick]
-        for _ in range(iters):
-            labels = torch.cdist(sub, centres).argmin(-1)
-            counts = torch.bincount(labels, minlength=k)
-            sums = torch.zeros_like(centres).index_add_(0, labels, sub)
-            new = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1)[:, None], centres)
-            shift = (new - centres).pow(2).sum()
-            centres = new
-            if shift <= 1e-8 * sub.var(0).sum():
-                break
-        inertia = float(torch.cdist(sub, centres).min(-1).values.pow(2).sum())
-        if inertia < best_inertia:
-            best, best_inertia = centres, inertia
-    return best, torch.cdist(x, best).argmin(-1)

@@ -33,14 +33,14 @@ from pydantic import Field, model_validator
 
 from ..data.base import Batch
 from ..data.sequences import as_sequences, step_mask
-from ..distributions import BernoulliFeatures, HiddenMarkovChain
+from ..distributions import BernoulliFeatures, HiddenMarkovChain, NormalFeatures
 from ..errors import DataError
 from ._em import dirichlet_mode, gaussian_diag_step
-from .base import ClosedFormEM, FamilyConfig, LatentVariableModel
-from .gmm import kmeans
+from ._starts import ClusterStartConfig, cluster_start
+from .base import ClosedFormEM, LatentVariableModel
 
 
-class HMMConfig(FamilyConfig):
+class HMMConfig(ClusterStartConfig):
     family: Literal["hmm"] = "hmm"
     states: int = Field(3, ge=1, description="number of hidden states K")
     emission: Literal["gaussian", "categorical", "bernoulli"] = "gaussian"
@@ -54,7 +54,6 @@ class HMMConfig(FamilyConfig):
     scale_log_sd: float = Field(2.0, gt=0, description="gaussian: LogNormal prior of state scales, sd of log")
     emission_concentration: float = Field(1.0, gt=0, description="categorical Dirichlet β / bernoulli Beta(β, β)")
     sample_length: int = Field(100, ge=1, description="length T of the sequences sample() draws")
-    init: Literal["kmeans", "random"] = "kmeans"
 
     @model_validator(mode="after")
     def _categories_iff_categorical(self) -> "HMMConfig":
@@ -135,7 +134,7 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
         """``p(x_t | z_t = k)`` with batch ``(*S, K)`` (the shape of the parameters' leading
         dims) and event ``(D,)``."""
         if self.config.emission == "gaussian":
-            return dist.Normal(params["locs"], params["scales"]).to_event(1)
+            return NormalFeatures(dist.Normal(params["locs"], params["scales"]), 1)  # log_prob: one GEMM over 2D
         if self.config.emission == "categorical":
             return dist.Categorical(probs=params["emission_probs"]).to_event(1)
         return BernoulliFeatures(dist.Bernoulli(probs=params["emission_probs"]), 1)  # log_prob: one GEMM over D
@@ -269,17 +268,13 @@ class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
             )
 
     def init_values(self, x, generator):
-        """k-means (or random centres) on the observed steps gives each step a state; the
+        """A clustering of the observed steps (``model.init``) gives each step a state; the
         emission parameters, initial and transition probabilities are their smoothed counts."""
         c, K = self.config, self.K
         mask = step_mask(x)
         steps = x.x[mask]  # (M, D)
         features = self._features(steps)
-        if c.init == "kmeans":
-            centres, labels = kmeans(features, K, generator)
-        else:
-            centres = features[torch.randperm(len(features), generator=generator)[torch.arange(K) % len(features)]]
-            labels = torch.cdist(features, centres).argmin(-1)
+        centres, labels = cluster_start(features, K, generator, c.init)
         state = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
         state[mask] = labels
         follows = mask[:, 1:]

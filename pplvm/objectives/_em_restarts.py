@@ -6,8 +6,10 @@ set of responsibilities) over all restarts rather than R.
 Each restart repeats, to rounding, what a full-batch EM fit with its ``training.seed`` computes:
 the same start (:meth:`~pplvm.families.base.LatentVariableModel.init_values` with that seed's
 generator), the same E- and M-steps, and the same round trip of each value through the ``map``
-guide's unconstrained space that the fit's point estimate makes between steps. A restart whose
-loss or new values are non-finite stops where it was (its loss ``inf``); the others go on.
+guide's unconstrained space that the fit's point estimate makes between steps (the run's own
+seed's start is read off its guide, which the run's build started there). A restart whose loss
+or new values are non-finite stops where it was (its loss ``inf``), as does one that converged
+(``objective.em_tol``); the others go on, and only they enter the E- and M-steps.
 """
 
 from __future__ import annotations
@@ -31,19 +33,25 @@ class BatchedEM(RestartPass):
         and the log prior of one restart's values under ``"map"``).
     """
 
-    def __init__(self, single: EMStep, train: Any, seeds: Sequence[int]):
+    def __init__(self, single: EMStep, train: Any, seeds: Sequence[int], own: int | None = None):
         self.single, self.model, self.estimate = single, single.model, single.estimate
         delta = point_estimate(single.guide)
         self.supports = {k: delta.prototype_trace.nodes[k]["fn"].support for k in self.model.global_sites}
-        starts = [self.model.init_values(train, torch.Generator().manual_seed(seed)) for seed in seeds]
+        # the run's own seed's start is its guide's (the run's build computed it); the others' their own
+        starts = [
+            single.params() if seed == own else self.model.init_values(train, torch.Generator().manual_seed(seed))
+            for seed in seeds
+        ]
         device = self.model.device
-        self.params = self._through_guide({k: torch.stack([s[k] for s in starts]).to(device) for k in self.supports})
+        self.starts = self._through_guide({k: torch.stack([s[k] for s in starts]).to(device) for k in self.supports})
+        self.params = self.starts
         self.failed = torch.zeros(len(seeds), dtype=torch.bool, device=device)
         self.done = torch.zeros_like(self.failed)  # converged (objective.em_tol): stopped there
         self.last = torch.full((len(seeds),), torch.inf, device=device)
         self.previous = torch.full((len(seeds),), torch.inf, dtype=torch.float64, device=device)
-        #: per step: each restart's loss, statistics and new values (what its own fit's EMStep holds after it)
-        self.record: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        #: per step: the restarts that moved, their losses, statistics and new values (what each
+        #: restart's own fit's EMStep holds after that step)
+        self.record: list[tuple[list[int], torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
 
     def _through_guide(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``values`` as the guide gives them back after storing them (unconstrained and back)."""
@@ -54,27 +62,35 @@ class BatchedEM(RestartPass):
 
     @torch.no_grad()
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
-        params, active = self.params, ~(self.failed | self.done)
+        """One EM iteration of the restarts still going (the converged and failed ones are
+        left out of the E- and M-steps: their values stay)."""
+        going = (~(self.failed | self.done)).nonzero().squeeze(-1)
+        whole = len(going) == len(self.last)
+        params = self.params if whole else {k: v[going] for k, v in self.params.items()}
         stats = self.model.expected_statistics(batch, params)
-        like = stats["log_likelihood"] * (num_data / len(batch))  # (R,)
+        like = stats["log_likelihood"] * (num_data / len(batch))  # (R',)
         if self.estimate == "map":
             prior = [self.single.log_prior({k: v[r] for k, v in params.items()}, like) for r in range(len(like))]
             like = like + torch.stack(prior)
         loss = -like
-        new = self._through_guide({k: v for k, v in self.model.maximize(stats, params, self.estimate).items()})
+        new = self._through_guide(self.model.maximize(stats, params, self.estimate))
         finite = torch.isfinite(loss)
         for v in new.values():
             finite &= torch.isfinite(v).flatten(1).all(-1)
-        self.failed |= active & ~finite
-        moving = active & finite
-        self.last = torch.where(self.failed, torch.inf, torch.where(moving, loss, self.last))
+        moving = going[finite]
+        self.failed[going[~finite]] = True
+        self.last[going[~finite]] = torch.inf
+        self.last[moving] = loss[finite]
         if self.single.tol is not None:  # as EMStep: the decrease of the loss per datum, in float64
-            per_datum = loss.double() / num_data
-            self.done |= moving & (self.previous - per_datum < self.single.tol)
-            self.previous = torch.where(moving, per_datum, self.previous)
-        self.params = {k: torch.where(moving.view((-1,) + (1,) * (v.dim() - 1)), v, params[k]) for k, v in new.items()}
-        self.record.append((torch.where(moving, loss, torch.nan), stats, new))
-        return torch.where(moving, loss, 0.0).sum() if bool(moving.any()) else loss.new_tensor(torch.inf)
+            per_datum = loss[finite].double() / num_data
+            self.done[moving] = self.previous[moving] - per_datum < self.single.tol
+            self.previous[moving] = per_datum
+        if bool(finite.all()):
+            self.params = new if whole else {k: self.params[k].index_copy(0, going, v) for k, v in new.items()}
+        else:
+            self.params = {k: self.params[k].index_copy(0, moving, v[finite]) for k, v in new.items()}
+        self.record.append((going.tolist(), torch.where(finite, loss, torch.nan), stats, new))
+        return loss[finite].sum() if len(moving) else loss.new_tensor(torch.inf)
 
     def stop_reason(self) -> str | None:
         return "every restart converged or failed" if bool((self.done | self.failed).all()) else None
@@ -89,12 +105,19 @@ class BatchedEM(RestartPass):
         return iter(self.params.values())
 
     def kept(self, index: int, rule: EMStep) -> UpdateRule:
-        steps = [
-            (loss[index], {k: v[index] for k, v in stats.items()}, {k: v[index] for k, v in new.items()})
-            for loss, stats, new in self.record
-            if not torch.isnan(loss[index])
-        ]
+        steps = []
+        for going, loss, stats, new in self.record:
+            if index in going and not torch.isnan(loss[at := going.index(index)]):
+                steps.append((loss[at], {k: v[at] for k, v in stats.items()}, {k: v[at] for k, v in new.items()}))
         return ReplayedEM(rule, steps)
+
+    def adopt(self, index: int, rule: EMStep) -> UpdateRule | None:
+        """The run's own guide started where restart ``index`` started (a model with no
+        parameters of its own starts nowhere else), and :meth:`kept`."""
+        if next(iter(self.model.parameters()), None) is not None:
+            return None
+        set_point_estimate(rule.guide, {k: v[index] for k, v in self.starts.items()})
+        return self.kept(index, rule)
 
 
 class ReplayedEM(UpdateRule):

@@ -142,13 +142,13 @@ class EMStep(UpdateRule):
     def parameters(self) -> Iterator[torch.Tensor]:
         return itertools.chain(self.model.parameters(), self.guide.parameters())
 
-    def restarts(self, train, seeds, config):
+    def restarts(self, train, seeds, config, *, own=None):
         """Full-batch EM of a family whose E- and M-steps take a restart dim, on one process:
         all restarts in one pass (:class:`~._em_restarts.BatchedEM`); otherwise None."""
         full_batch = config.batch_size is None or config.batch_size >= len(train)
         if not (self.model.batched_restarts and full_batch) or self.distributed:
             return None
-        return BatchedEM(self, train, seeds)
+        return BatchedEM(self, train, seeds, own)
 
     def state_dict(self) -> dict[str, Any]:
         return {"stats": dict(self.stats or {}), "updates": self.updates, "previous": self.previous}

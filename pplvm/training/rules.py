@@ -109,10 +109,13 @@ class UpdateRule(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-    def restarts(self, train: Any, seeds: Sequence[int], config: TrainingConfig) -> "RestartPass | None":
+    def restarts(
+        self, train: Any, seeds: Sequence[int], config: TrainingConfig, *, own: int | None = None
+    ) -> "RestartPass | None":
         """A rule that trains one restart per seed of ``seeds`` at once (``training.restarts``),
         each from where a fit with that ``training.seed`` starts, on ``train`` under ``config``;
-        None (the default) where this rule has none: the restarts then run one after another."""
+        None (the default) where this rule has none: the restarts then run one after another.
+        ``own``: the seed whose start this rule's parameters hold now (an unfitted run's), if any."""
         return None
 
 
@@ -132,6 +135,12 @@ class RestartPass(UpdateRule):
         that rule (the default: the fit is made again), or one that reads the steps this pass
         took off its record, as ``rule`` would have taken them."""
         return rule
+
+    def adopt(self, index: int, rule: UpdateRule) -> UpdateRule | None:
+        """:meth:`kept`, with ``rule``'s own model and guide moved to where restart ``index``
+        started, so the run needs no rebuild at the kept seed; None (the default) where the
+        pass cannot say that start: the run is then built again with the kept seed."""
+        return None
 
     def held_out_loss(self, data: Any, num_data: int) -> torch.Tensor | None:
         return None

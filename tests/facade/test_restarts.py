@@ -74,6 +74,37 @@ def assert_same_fit(run, other, rel: float) -> None:
         assert torch.allclose(run.params()[name], value, rtol=rel, atol=rel)
 
 
+def test_restarts_from_the_default_start_explore_and_the_best_is_kept(caplog):
+    """``model.init`` left at ``"auto"``: one fit starts from k-means, restarts from k-means++
+    seeding, which the seed moves (every restart's starting means differ) and which ends in
+    different optima; the kept run is the lowest final loss, the same fit as that seed's own
+    with ``model.init = "kmeans++"`` (the oracle, fitted separately)."""
+    card = gmm_card(restarts=4)
+    del card["model"]["init"]
+    assert pplvm.Run.from_card(gmm_card()).model.config.init == "random"  # (as written: no "auto")
+    single = {**card, "training": {**card["training"], "restarts": 1}}
+    assert pplvm.Run.from_card(single).model.config.init == "kmeans"
+    run = pplvm.Run.from_card(card)
+    assert run.model.config.init == "kmeans++" and run.card.model.init == "auto"  # the card stays as written
+    train = _fit_input(run.traits, run.dataset.train)
+    starts = run.rule.restarts(train, range(4), run.card.training, own=0).starts["locs"]  # (4, K, D)
+    assert all(not torch.allclose(starts[i], starts[j]) for i in range(4) for j in range(i))
+    with caplog.at_level(logging.INFO, logger="pplvm"):
+        kept = run.fit()
+    losses = [
+        float(r.getMessage().split("train_loss ")[1].split()[0]) for r in caplog.records if "restart " in r.getMessage()
+    ]
+    assert len(losses) == 4 and len(set(round(v, 3) for v in losses)) > 1  # different optima
+    best = min(range(4), key=losses.__getitem__)
+    alone = {
+        **card,
+        "model": {**card["model"], "init": "kmeans++"},
+        "training": {**card["training"], "restarts": 1, "seed": best},
+    }
+    assert kept.seed == best
+    assert_same_fit(kept, pplvm.Run.from_card(alone).fit(), rel=1e-5)
+
+
 def test_restarts_that_cannot_be_batched_run_one_after_another(caplog):
     """Early stopping follows held-out data restart by restart (``training.patience``): each
     restart is a fit of its own, and the kept one is fitted again; the oracle is the same fits

@@ -281,7 +281,7 @@ def test_em_refuses_what_it_cannot_fit():
 
 
 def test_full_covariance_em_regularises_a_collapsing_component_as_sklearn_does():
-    """K = 10 on iris (duplicate rows): within three EM steps a component holds 3 rows in 4
+    """K = 10 on iris (duplicate rows): within three EM steps a component holds 2 rows in 4
     dimensions, whose covariance is singular. reg_covar (default 1e-6) keeps it positive
     definite; without it, the fit stops with one line instead of a Cholesky traceback."""
     card = {
