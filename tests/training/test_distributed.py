@@ -126,7 +126,9 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
 
     one = pplvm.fit(CARD)
     c2 = load_checkpoint(two / "checkpoint.pt")
-    assert c2["trainer"] == one.trainer.state.to_checkpoint()
+    state = one.trainer.state.to_checkpoint()  # the best held-out value: float sums in another order
+    assert c2["trainer"]["best"] == pytest.approx(state.pop("best"), rel=RTOL)
+    assert {k: v for k, v in c2["trainer"].items() if k != "best"} == state
     assert_params_close(c2["model"], one.model.state_dict())
     assert_params_close(c2["guide"], one.guide.state_dict())
     assert c2["rng"]["torch_ranks"].shape[0] == 2  # each process's RNG state, for an exact resume
