@@ -137,3 +137,27 @@ def test_inductor_under_auto_steps_as_the_traced_graph_does(monkeypatch):
         traced = rule._graphs[key](rule._params, (batch,))
     for a, b in zip(fused, traced):  # gradients of a full-data loss (N = 1437): large numbers
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max())))
+
+
+@pytest.mark.parametrize("name, k", [("stl", 1), ("iwae_dreg", 5), ("iwae", 50), ("iwae_dreg", 50)])
+def test_dreg_stl_and_iwae_50_run_traced_with_pyros_loss_and_gradients(name, k):
+    """The gradient estimators that stop gradients through q's parameters (STL, DReG) and the
+    50-particle bound trace like the plain ELBO: the graph's loss and gradients are the Pyro
+    objective's on the same draws."""
+    card = pplvm.card_from_dict({**CARD, "objective": {"name": name, "num_particles": k}})
+    run = pplvm.Run.from_card(card)
+    rule = make_update_rule(run.model, run.guide, card)
+    rule.mode = "trace"
+    train = _fit_input(run.traits, run.dataset.train)
+    batch = train[:16]
+    rule.setup(batch, len(train))
+    with pyro.validation_enabled(False):
+        pyro.set_rng_seed(2)
+        loss, grads = rule.loss_and_grads(batch, len(train))
+        pyro.set_rng_seed(2)
+        ref = rule.loss_module(batch, num_data=len(train))
+        ref_grads = torch.autograd.grad(ref, rule._params, allow_unused=True)
+    assert rule.fallback is None
+    torch.testing.assert_close(loss, ref.detach())
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, torch.zeros_like(g) if r is None else r)
