@@ -222,13 +222,20 @@ class Dequantized(dist.TorchDistribution):
             u = q.rsample()
             log_q = q.log_prob(u)
         else:
-            q = self.dequantizer.condition(2 * x - 1)
+            context = 2 * x - 1
+            q = self.dequantizer.condition(context)
             pick = torch.rand(x.shape[:-1], generator=generator, device=x.device) < 0.5
             drawn = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             for t in q.transforms:  # q's draws from the same generator
                 drawn = t(drawn)
-            u = torch.where(pick[..., None], drawn, uniform).clamp(1e-6, 1 - 1e-6)
-            log_q = torch.logaddexp(q.log_prob(u), torch.zeros(())) - math.log(2)
+            uniform = uniform.clamp(1e-6, 1 - 1e-6)
+            u = torch.where(pick[..., None], drawn, uniform)
+            # q at its own draws reads the transforms' caches; at the uniform draws it inverts the
+            # IAF, D network calls a layer, so only those rows go through it
+            log_q = q.log_prob(drawn)
+            other = ~pick
+            log_q[other] = self.dequantizer.condition(context[other]).log_prob(uniform[other])
+            log_q = torch.logaddexp(log_q, torch.zeros(())) - math.log(2)
         eps = 1e-6  # keeps y strictly inside (0, 1), where the sigmoid's inverse is finite
         y = (j + u.clamp(eps, 1 - eps)) / k
         return self.flow.log_prob(y) - d * math.log(k) - log_q
