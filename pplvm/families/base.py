@@ -340,6 +340,7 @@ class ContinuousLatentModel(LatentVariableModel):
 # the capabilities a family declares by subclassing (what guides and objectives ask for)
 from .capabilities import (  # noqa: E402,F401
     ClosedFormEM,
+    ContinuousTimeLoss,
     EMEstimate,
     ExactLocalPosterior,
     FixedGuide,
