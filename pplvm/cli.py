@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="also plot the per-term decomposition, for families that have one (e.g. a diffusion's bound)",
     )
+    sp.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="also a further likelihood the family declares, shown beside the main one on the same rows "
+        "(diffusion: ode, the probability-flow ODE: many network calls and a backward pass per datum)",
+    )
+    sp.add_argument(
+        "--extra-rows",
+        type=int,
+        default=100,
+        metavar="N",
+        help="rows (the first N) the --extra likelihoods are computed on (default 100)",
+    )
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")

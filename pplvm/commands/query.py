@@ -46,7 +46,9 @@ def cmd_evaluate(args) -> int:
     plot = _png(args.plot, "--plot")
     run = Run.load(args.run_dir)
     x, where = _eval_data(run, args)
-    m = run.evaluate(x, samples=args.samples)
+    if args.extra:
+        check_count(args.extra_rows, "--extra-rows")
+    m = run.evaluate(x, samples=args.samples, extra=tuple(dict.fromkeys(args.extra)), extra_rows=args.extra_rows)
     result = {
         "schema": "pplvm.evaluate/1",
         "run_dir": str(args.run_dir),
@@ -75,8 +77,23 @@ def cmd_evaluate(args) -> int:
             save_figure(likelihood_terms_plot(m["terms"], run.model.dim), plot)
             result["plot"] = str(plot)
             text += f"\nwrote {plot}"
+    if "extra" in m:
+        text += "\n" + _beside(kind, m["extra"])
     _emit(result, args.json, text)
     return 0
+
+
+def _beside(kind: str, extra: dict) -> str:
+    """The table of the main likelihood beside each extra one, on the same rows, ± standard errors."""
+    lines = [f"  {'':<10} {'rows':>6} {'nats/datum':>22} {'bits/dim':>20}  what"]
+    for name, e in extra.items():
+        cost = f"{e['description']}; {e['cpu_seconds']:.3g} CPU s"
+        for label, p, what in (("main", "main_", kind), (name, "", cost)):
+            lines.append(
+                f"  {label:<10} {e['n']:>6} {e[p + 'log_likelihood_mean']:>12.5g} ± {e[p + 'stderr']:<7.2g}"
+                f" {e[p + 'bits_per_dim']:>10.5g} ± {e[p + 'bits_per_dim_stderr']:<7.2g}  {what}"
+            )
+    return f"{kind} vs {', '.join(extra)}, on the same rows (± standard error over them):\n" + "\n".join(lines)
 
 
 def cmd_sample(args) -> int:

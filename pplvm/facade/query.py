@@ -136,12 +136,26 @@ def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 @evaluated
-def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
+def evaluate(
+    run: Run, x: Any, *, samples: int | None = None, extra: tuple[str, ...] = (), extra_rows: int | None = 100
+) -> dict[str, Any]:
     """Log-likelihood of ``x`` per datum and in total (``samples``: as in
     :meth:`log_likelihood`), and for sequences per step (``log_likelihood_per_step``: the total
     over the ``steps`` observed steps); where the family decomposes it
     (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
-    mean (nats per datum, ``terms``) and the total in bits per dimension."""
+    mean (nats per datum, ``terms``) and the total in bits per dimension. ``extra``: further
+    likelihoods the family declares (``model.extra_likelihoods``, e.g. a diffusion's ``"ode"``),
+    each on the first ``extra_rows`` rows (all: None) beside the main one on the same rows
+    (:func:`_extra_likelihood`)."""
+    for name in extra:  # refused before anything is computed
+        if name not in run.model.extra_likelihoods:
+            offered = ", ".join(map(repr, run.model.extra_likelihoods)) or "none"
+            raise IncompatibleError(
+                f"extra likelihood {name!r}: model.family = {run.card.model.family!r} does not declare it "
+                f"(it declares: {offered})"
+            )
+    if extra_rows is not None:
+        extra_rows = check_count(extra_rows, "extra_rows")
     xt = run._prepare(x)
     terms = _host(run.model.likelihood_terms(to_device(xt, run.device), run._params()))
     if terms is None:
@@ -163,7 +177,40 @@ def evaluate(run: Run, x: Any, *, samples: int | None = None) -> dict[str, Any]:
     if terms is not None:
         out["terms"] = {k: float(v.mean()) for k, v in terms.items()}
         out["bits_per_dim"] = -float(ll.mean()) / (run.model.dim * math.log(2))
+    if extra:
+        out["extra"] = {name: _extra_likelihood(run, xt, ll, name, extra_rows) for name in extra}
     return out
+
+
+def _extra_likelihood(run: Run, xt, main: torch.Tensor, name: str, rows: int | None) -> dict[str, Any]:
+    """The family's extra likelihood ``name`` on the first ``rows`` rows of ``xt`` beside the main
+    one (``main``, per datum) on the same rows: means per datum with their standard errors over
+    the rows (which include each datum's own estimation noise), in nats and bits/dim, and the CPU
+    seconds it took."""
+    import time
+
+    n = len(xt) if rows is None else min(rows, len(xt))
+    part, start = xt[:n], time.process_time()
+    ll = run._chunked_log_likelihood(part, run._params(), kind=name) + run.transform.log_abs_det_jacobian(part)
+    seconds = time.process_time() - start
+    per_bit = run.model.dim * math.log(2)
+
+    def stats(v: torch.Tensor, prefix: str) -> dict[str, float]:
+        se = float(v.std()) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+        return {
+            f"{prefix}log_likelihood_mean": float(v.mean()),
+            f"{prefix}stderr": se,
+            f"{prefix}bits_per_dim": -float(v.mean()) / per_bit,
+            f"{prefix}bits_per_dim_stderr": se / per_bit,
+        }
+
+    return {
+        "description": run.model.extra_likelihoods[name],
+        "n": n,
+        **stats(ll.double(), ""),
+        **stats(main[:n].double(), "main_"),
+        "cpu_seconds": seconds,
+    }
 
 
 def export_shape(run: Run) -> tuple[int, int]:
@@ -229,11 +276,16 @@ def _training_data(run: Run) -> "torch.Tensor | Batch":
     return d.train if d.augment is None else d.augment(d.train, torch.Generator().manual_seed(seed))
 
 
-def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples: int | None = None) -> torch.Tensor:
+def _model_log_likelihood(
+    run: Run, xt, params: dict[str, torch.Tensor], samples: int | None = None, kind: str | None = None
+) -> torch.Tensor:
     """The family's ``log p(x | θ)``. A family whose marginal is an importance-sampling
     estimate over continuous local latents gets the amortized guide's ``q(z | x)`` as its
     proposal and ``samples`` (default ``evaluation.samples``) draws per datum (see
-    :class:`~pplvm.families.base.ContinuousLatentModel`)."""
+    :class:`~pplvm.families.base.ContinuousLatentModel`). ``kind``: one of the family's
+    ``extra_likelihoods`` instead of its main one."""
+    if kind is not None:
+        return run.model.log_likelihood(xt, params, kind=kind)
     kind = run.model.likelihood
     if kind == "none":
         raise IncompatibleError(
@@ -247,12 +299,17 @@ def _model_log_likelihood(run: Run, xt, params: dict[str, torch.Tensor], samples
 
 
 def _chunked_log_likelihood(
-    run: Run, xt, params: dict[str, torch.Tensor], num_draws: int | None = None, samples: int | None = None
+    run: Run,
+    xt,
+    params: dict[str, torch.Tensor],
+    num_draws: int | None = None,
+    samples: int | None = None,
+    kind: str | None = None,
 ) -> torch.Tensor:
     """:meth:`_model_log_likelihood` in passes over chunks of rows and, with ``num_draws``
     (the leading dim of every ``params`` entry), of draws, each pass within
     ``evaluation.memory_mb`` (:mod:`pplvm.evaluation.memory`): ``(S, N)``, else ``(N,)``,
-    computed on the run's device and returned on the host."""
+    computed on the run's device and returned on the host. ``kind``: an extra likelihood."""
     params = {k: v.to(run.device) for k, v in params.items()}
     n, per_draw = len(xt), bool(params) and num_draws is not None
     draws, rows = memory.plan(
@@ -260,12 +317,12 @@ def _chunked_log_likelihood(
     )
     blocks = []
     draw_spans, row_spans = list(memory.spans(num_draws if per_draw else 1, draws)), list(memory.spans(n, rows))
-    with progress(len(draw_spans) * len(row_spans), "log-likelihood", unit="pass") as bar:
+    with progress(len(draw_spans) * len(row_spans), kind or "log-likelihood", unit="pass") as bar:
         for ds in draw_spans:
             p = {k: v[ds] for k, v in params.items()} if per_draw else params
             parts = []
             for rs in row_spans:
-                parts.append(run._model_log_likelihood(to_device(xt[rs], run.device), p, samples).cpu())
+                parts.append(run._model_log_likelihood(to_device(xt[rs], run.device), p, samples, kind).cpu())
                 bar.update(1)
             blocks.append(torch.cat(parts, -1))
     return torch.cat(blocks, 0) if per_draw else blocks[0]

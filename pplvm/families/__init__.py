@@ -14,6 +14,7 @@ from .hmm import HiddenMarkovModel, HMMConfig
 from .linear_gaussian import PPCA, FAConfig, FactorAnalysis, LinearGaussian, PPCAConfig
 from .pyro_model import PyroConfig, PyroModel
 from .vae import VAE, ConditionalVAE, CVAEConfig, VAEConfig
+from .vdm import VariationalDiffusion, VDMConfig
 
 FAMILIES: Registry[type[LatentVariableModel]] = Registry("model family")
 FAMILIES.register("gmm")(GaussianMixture)
@@ -23,6 +24,7 @@ FAMILIES.register("fa")(FactorAnalysis)
 FAMILIES.register("vae")(VAE)
 FAMILIES.register("cvae")(ConditionalVAE)
 FAMILIES.register("diffusion")(Diffusion)
+FAMILIES.register("vdm")(VariationalDiffusion)
 FAMILIES.register("flow")(NormalizingFlow)
 FAMILIES.register("gan")(GenerativeAdversarialNetwork)
 FAMILIES.register("pyro")(PyroModel)
@@ -55,4 +57,6 @@ __all__ = [
     "PyroModel",
     "VAE",
     "VAEConfig",
+    "VDMConfig",
+    "VariationalDiffusion",
 ]

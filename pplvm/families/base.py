@@ -67,6 +67,10 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     #: (importance sampling with the guide as proposal, see :class:`ContinuousLatentModel`),
     #: ``"bound"`` (a lower bound, e.g. an ELBO) or ``"none"`` (an implicit density: refused)
     likelihood: ClassVar[LikelihoodKind]
+    #: further log-likelihoods :meth:`log_likelihood` computes on request (``kind=<name>``), each
+    #: name -> what it is, e.g. a diffusion family's ``"ode"`` (the probability-flow ODE);
+    #: ``pplvm evaluate`` shows them beside the main one when asked (they may be expensive)
+    extra_likelihoods: ClassVar[dict[str, str]] = {}
     #: what :meth:`local_marginals` and :meth:`map_locals` give: ``"exact"`` (closed form), or
     #: ``"estimate"``: importance sampling, each site's probabilities with their standard errors
     #: (``"<site>_stderr"``); both then take the keywords ``proposal`` (the run's guide),
@@ -336,6 +340,7 @@ class ContinuousLatentModel(LatentVariableModel):
 # the capabilities a family declares by subclassing (what guides and objectives ask for)
 from .capabilities import (  # noqa: E402,F401
     ClosedFormEM,
+    ContinuousTimeLoss,
     EMEstimate,
     ExactLocalPosterior,
     FixedGuide,

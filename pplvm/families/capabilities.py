@@ -172,3 +172,16 @@ class LocalSites(abc.ABC):
     @abc.abstractmethod
     def make_local_encoder(self, layout: LocalLayout) -> torch.nn.Module:
         """The networks of ``q(z | x)`` for ``layout``: a :class:`~pplvm.decoders.sites.SiteEncoder`."""
+
+
+class ContinuousTimeLoss(abc.ABC):
+    """Capability of a diffusion family that computes its own continuous-time bound, with parts
+    that only it knows how to train (VDM's learned noise schedule): the ``vdm`` objective calls
+    it instead of interpolating a fixed schedule, and the discrete-time ``diffusion`` objective
+    refuses it."""
+
+    @abc.abstractmethod
+    def continuous_time_loss(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+        """The loss per datum ``(B,)`` of a batch ``x`` ``(B, D)``, ``num_particles`` times drawn
+        per datum: a differentiable ``-ELBO`` estimate (whose gradient may be shaped, e.g. VDM's
+        variance-minimising gradient for its schedule)."""

@@ -58,12 +58,13 @@ from ..distributions.diffusion import (
     q_prior_kl,
     q_step,
 )
-from ..errors import CardError, DataError
+from ..errors import CardError, DataError, IncompatibleError
+from . import _diffusion_ode as _ode
 from . import _diffusion_sampling as _sampling
 from .base import FamilyConfig, FixedGuide, LatentVariableModel
 
 
-class DiffusionConfig(FamilyConfig):
+class DiffusionConfig(FamilyConfig, _ode.ODEOptions):
     family: Literal["diffusion"] = "diffusion"
     steps: int = Field(1000, ge=1, description="T, the number of diffusion steps")
     schedule: Literal["linear", "cosine"] = Field("linear", description="noise schedule of β_t")
@@ -115,6 +116,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
     Config = DiffusionConfig
     enumerated = False
     likelihood = "bound"
+    extra_likelihoods = _ode.ODE_LIKELIHOOD
     vectorized_particles = False
 
     def __init__(self, config: DiffusionConfig, dim: int):
@@ -290,10 +292,20 @@ class Diffusion(LatentVariableModel, FixedGuide):
         return dict(zip(names, terms.unbind(-1)))
 
     @torch.no_grad()
-    def log_likelihood(self, x, params, *, seed: int = 0) -> torch.Tensor:
+    def log_likelihood(self, x, params, *, seed: int = 0, kind: Literal["bound", "ode"] = "bound") -> torch.Tensor:
         """The ELBO per datum, ``(N,)``: a lower bound of ``log p(x_n)`` summing all T + 1 terms
-        (see :meth:`likelihood_terms`); ``params`` is empty (no global latents)."""
+        (see :meth:`likelihood_terms`); ``params`` is empty (no global latents). ``kind = "ode"``:
+        the probability-flow ODE's instead (:mod:`._diffusion_ode`)."""
+        if kind == "ode":
+            return _ode.log_likelihood(self, values(x), seed=seed)
         return -torch.stack(list(self.likelihood_terms(x, params, seed=seed).values()), -1).sum(-1)
+
+    def vp_rates(self, s: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ᾱ(s)`` and ``d log ᾱ / ds`` at time ``s ∈ [0, 1]``: ``log ᾱ_t`` interpolated linearly
+        between the steps at ``s_t = (t - 1) / (T - 1)`` (:mod:`._diffusion_ode`)."""
+        if self.steps < 2:
+            raise IncompatibleError("the ODE likelihood needs model.steps >= 2 (a schedule to interpolate)")
+        return _ode.interpolated_rates(self.tables(like).alphas_bar[1:].log(), s)
 
     # ------------------------------------------------------------------ samplers
     @torch.no_grad()

@@ -17,7 +17,9 @@ family's T steps (``s_t = (t - 1) / (T - 1)``)::
 
     -ELBO_∞(x) = L_0 + L_T + ½ E_{s ~ U(0, 1)} [γ'(s) ‖ε - ε̂_θ(z_s, s)‖²]
 
-with antithetic draws ``s_i = (u + i / B) mod 1`` over a batch. As ``T → ∞`` refinement never
+with antithetic draws ``s_i = (u + i / B) mod 1`` over a batch. A family with a continuous-time
+bound of its own (:class:`~pplvm.families.base.ContinuousTimeLoss`: VDM with its learned
+schedule, :mod:`pplvm.families.vdm`) is trained by that instead. As ``T → ∞`` refinement never
 loosens the bound (the T-step bound the family's ``log_likelihood`` reports is ≥ this loss).
 
 Both return the loss summed over the data plate scaled to ``num_data`` (as Pyro's losses).
@@ -34,6 +36,7 @@ from pyro.infer import ELBO
 
 from ..data.base import values
 from ..errors import IncompatibleError
+from ..families.base import ContinuousTimeLoss
 from ..families.diffusion import Diffusion
 from .base import ObjectiveConfig
 from .svi import SVIObjective
@@ -81,6 +84,8 @@ class VDMLoss(DiffusionELBO):
         super().__init__("elbo", num_particles)
 
     def per_datum(self, model, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(model, ContinuousTimeLoss):  # a declared capability: the family's own bound (VDM)
+            return model.continuous_time_loss(x, self.num_particles)
         T = model.steps
         if T < 2:
             raise IncompatibleError("objective.name = 'vdm' needs model.steps >= 2 (a schedule to interpolate)")
@@ -115,6 +120,8 @@ class DiffusionBound(SVIObjective):
     """The bound of a diffusion family over subsampled time steps, analytic KLs (weighting: elbo | simple)."""
 
     names = ("diffusion",)
+    #: whether it trains a family's own continuous-time bound (ContinuousTimeLoss)
+    continuous_time = False
 
     class Config(DiffusionBoundConfig):
         weighting: Literal["elbo", "simple"] = Field(
@@ -127,6 +134,10 @@ class DiffusionBound(SVIObjective):
     def refusal(self, model: Any, guide: Any) -> str | None:
         if not isinstance(model, Diffusion):
             return self.cannot(model, "it computes its terms in closed form from a diffusion family's noise schedule")
+        if isinstance(model, ContinuousTimeLoss) and not self.continuous_time:
+            return self.cannot(
+                model, "it learns its noise schedule through its continuous-time bound: use objective.name = 'vdm'"
+            )
         return super().refusal(model, guide)
 
 
@@ -134,6 +145,7 @@ class VDMBound(DiffusionBound):
     """The continuous-time diffusion bound (VDM), antithetic time draws."""
 
     names = ("vdm",)
+    continuous_time = True
     Config = DiffusionBoundConfig
 
     def elbo(self, model: Any) -> VDMLoss:
@@ -141,12 +153,14 @@ class VDMBound(DiffusionBound):
 
     def refusal(self, model: Any, guide: Any) -> str | None:
         why = super().refusal(model, guide)
-        if why is None and model.config.variance == "learned":
+        if why is not None or isinstance(model, ContinuousTimeLoss):
+            return why
+        if model.config.variance == "learned":
             return (
                 "objective.name = 'vdm' trains ε̂ only, so model.variance = 'learned' would "
                 "stay untrained; use model.variance = 'beta' or 'posterior'"
             )
-        if why is None and model.steps < 2:
+        if model.steps < 2:
             return "objective.name = 'vdm' needs model.steps >= 2 (a schedule to interpolate)"
         return why
 

@@ -422,6 +422,15 @@ def test_evaluate_prints_bits_per_dim_and_the_per_step_table(tmp_path, capsys, m
     text = capsys.readouterr().out
     assert "lower bound" in text and "bits/dim" in text and "L_0" in text and "L_5" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no plot unless --plot asks
+    # the probability-flow ODE beside the bound, on the same 3 rows; a bad row count: one line
+    assert main(["evaluate", "run", "--extra", "ode", "--extra-rows", "3", "--json"]) == 0
+    ode = json.loads(capsys.readouterr().out)["extra"]["ode"]
+    assert ode["n"] == 3 and math.isfinite(ode["bits_per_dim"]) and math.isfinite(ode["main_bits_per_dim"])
+    assert main(["evaluate", "run", "--extra", "ode", "--extra-rows", "3"]) == 0
+    assert "lower bound vs ode, on the same rows" in capsys.readouterr().out
+    assert main(["evaluate", "run", "--extra", "ode", "--extra-rows", "0"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--extra-rows" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("path", sorted(MODELS.glob("diffusion_*.toml")), ids=lambda p: p.stem)
