@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import pplvm  # noqa: E402
 from _hand_ddpm import HandDDPM  # noqa: E402
+
+import pplvm  # noqa: E402
 from pplvm.decoders.denoisers import UNetDenoiser  # noqa: E402
 
 DATA = next(
