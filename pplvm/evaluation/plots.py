@@ -163,8 +163,9 @@ def save_figure(fig: Figure, path: Path) -> None:
 def image_grid(
     images: torch.Tensor, image_shape: Sequence[int], title: str = "", row_labels: Sequence[str] | None = None
 ) -> Figure:
-    """Images as a grid: ``images`` ``(N, H W)`` (laid out ⌈√N⌉ wide) or ``(R, C, H W)``
-    (R rows of C); values in [0, 1], dark = 1."""
+    """Images as a grid: ``images`` ``(N, D)`` (laid out ⌈√N⌉ wide) or ``(R, C, D)`` (R rows of
+    C), each row of ``D`` values an image of ``image_shape``: ``(H, W)`` or ``(1, H, W)`` grey
+    (values in [0, 1], dark = 1), ``(3, H, W)`` colour (channel-first RGB in [0, 1])."""
     images = images.detach().cpu()
     if images.dim() == 2:
         cols = max(1, int(len(images) ** 0.5 + 0.999))
@@ -172,11 +173,15 @@ def image_grid(
         pad = torch.full((rows * cols - len(images), images.shape[-1]), float("nan"))
         images = torch.cat([images, pad]).reshape(rows, cols, -1)
     rows, cols = images.shape[:2]
-    h, w = image_shape
-    tiles = images.reshape(rows, cols, h, w).permute(0, 2, 1, 3).reshape(rows * h, cols * w)
+    c, h, w = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+    if c not in (1, 3):
+        raise ValueError(f"image_shape {tuple(image_shape)}: expected (H, W), (1, H, W) or (3, H, W)")
+    tiles = images.reshape(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
+    colour = {"cmap": "gray_r", "vmin": 0, "vmax": 1} if c == 1 else {}
+    tiles = tiles[..., 0] if c == 1 else tiles.nan_to_num(1.0).clamp(0, 1)  # (an empty tile: white)
     fig = Figure(figsize=(max(2.0, 0.45 * cols + 0.6), max(2.0, 0.45 * rows + 0.5)), layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(tiles.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(tiles.numpy(), interpolation="nearest", **colour)
     ax.set_xticks([])
     ax.set_yticks([h * (i + 0.5) for i in range(rows)] if row_labels is not None else [])
     if row_labels is not None:

@@ -94,8 +94,7 @@ def plots(model: Diffusion, x) -> dict:
     if model.image_shape is not None:
         from ..evaluation.plots import image_grid
 
-        c, h, w = model.image_shape
-        if c == 1:
-            g = torch.Generator(device=device).manual_seed(0)
-            figs["samples"] = image_grid(model.generate(64, generator=g).cpu(), (h, w), title="ancestral samples")
+        g = torch.Generator(device=device).manual_seed(0)
+        samples = model.generate(64, generator=g).cpu()
+        figs["samples"] = image_grid(samples.clamp(0, 1), model.image_shape, title="ancestral samples")
     return figs
