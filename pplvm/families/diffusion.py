@@ -44,6 +44,7 @@ import torch
 from pydantic import Field
 from pyro.nn import PyroModule
 
+from .._progress import progress
 from ..data.base import Batch, as_matrix, values
 from ..decoders.denoisers import MLPDenoiser, UNetDenoiser
 from ..distributions.diffusion import (
@@ -59,6 +60,7 @@ from ..distributions.diffusion import (
     q_step,
 )
 from ..errors import CardError, DataError
+from ..evaluation import memory
 from . import _diffusion_sampling as _sampling
 from .base import FamilyConfig, FixedGuide, LatentVariableModel
 
@@ -136,6 +138,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
             )
         if c.denoiser == "mlp" and c.image_shape is not None:
             self.image_shape = _chw(c, dim)
+        self.widest = self.denoiser.widest()  # elements per datum of its largest activation: sizes chunks
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -272,22 +275,33 @@ class Diffusion(LatentVariableModel, FixedGuide):
     def likelihood_terms(self, x, params, *, seed: int = 0) -> dict[str, torch.Tensor]:
         """Every term ``L_0 .. L_T`` of the bound per datum, in nats: ``{"L_0": (N,), ...,
         "L_T": (N,)}``, with ``-Σ terms`` = :meth:`log_likelihood`. One draw of ``z_t`` per step
-        and datum from a generator seeded by ``seed`` (on ``x``'s device); computed in chunks of
-        ``model.likelihood_batch`` values."""
+        and datum from a generator seeded by ``seed`` (on ``x``'s device).
+
+        The (step, datum) pairs go through the network in step-major order, many steps per
+        call: chunks of at most ``model.likelihood_batch`` values (pairs x D) whose widest
+        activation stays within :data:`~pplvm.evaluation.memory.BLOCK_BYTES`. A chunk's data
+        are a view of ``x`` tiled once, its noise is drawn into one buffer and its terms land in
+        a contiguous slice of the output, so the chunks reuse their memory
+        (:func:`~pplvm.evaluation.memory.reusing_memory`)."""
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)
-        terms = torch.empty(n, T + 1, dtype=x.dtype, device=x.device)
-        per_chunk = max(1, self.config.likelihood_batch // max(d, 1))
-        for start in range(0, n * T, per_chunk):  # (datum, step) pairs in row-major order
-            pair = torch.arange(start, min(start + per_chunk, n * T), device=x.device)
-            rows, t = pair // T, pair % T + 1
-            noise = torch.randn(len(pair), d, generator=g, dtype=x.dtype, device=x.device)
-            value, _ = self.step_terms(x[rows], t, noise)
-            terms[rows, t - 1] = value
-        terms[:, T] = self.prior_term(x)
+        size = min(n * T, max(1, self.config.likelihood_batch // max(d, 1)))
+        size = min(size, memory.tensor_rows(max(self.widest, d), x.element_size()))
+        tiled = x.repeat(-(-size // n) + 1, 1)  # rows a .. a + size of the cycle over x, for a < n
+        noise = torch.empty(size, d, dtype=x.dtype, device=x.device)
+        terms = torch.empty(T + 1, n, dtype=x.dtype, device=x.device)
+        flat = terms[:T].view(-1)  # pair p = (t - 1) · n + i
+        with memory.reusing_memory(), progress(n * T, "diffusion bound", unit="term") as bar:
+            for start in range(0, n * T, size):
+                k = min(size, n * T - start)
+                t = torch.arange(start, start + k, device=x.device).div_(n, rounding_mode="floor").add_(1)
+                eps = torch.randn(k, d, generator=g, dtype=x.dtype, device=x.device, out=noise[:k])
+                flat[start : start + k], _ = self.step_terms(tiled[start % n : start % n + k], t, eps)
+                bar.update(k)
+        terms[T] = self.prior_term(x)
         names = [f"L_{t}" for t in range(T + 1)]
-        return dict(zip(names, terms.unbind(-1)))
+        return dict(zip(names, terms.unbind(0)))
 
     @torch.no_grad()
     def log_likelihood(self, x, params, *, seed: int = 0) -> torch.Tensor:
