@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="also plot the per-term decomposition, for families that have one (e.g. a diffusion's bound)",
     )
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output file, .npy or .csv")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
     sp = add(
         "two-sample",

@@ -328,6 +328,14 @@ class Diffusion(LatentVariableModel, FixedGuide):
         return _sampling.generate(self, n, sampler=sampler, steps=steps, generator=generator, z=z, mean=mean)
 
     @torch.no_grad()
+    def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``n`` draws ``(n, D)`` of ``p(x)``: the ancestral chain of :meth:`forward` run by
+        :meth:`generate` (with progress), ending in a draw of the decoder; its generator is seeded
+        from the global one (so ``pyro.poutine.seed`` fixes it)."""
+        g = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ())))
+        return self.generate(n, generator=g, mean=False)
+
+    @torch.no_grad()
     def encode(self, x: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:
         """DDIM inversion: the ``z_T`` ``(N, D)`` that the DDIM sampler maps back to ``x``
         (approximately; exact as the step size shrinks)."""
