@@ -281,8 +281,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
         call: chunks of at most ``model.likelihood_batch`` values (pairs x D) whose widest
         activation stays within :data:`~pplvm.evaluation.memory.BLOCK_BYTES`. A chunk's data
         are a view of ``x`` tiled once, its noise is drawn into one buffer and its terms land in
-        a contiguous slice of the output, so the chunks reuse their memory
-        (:func:`~pplvm.evaluation.memory.reusing_memory`)."""
+        a contiguous slice of the output: chunks reuse memory (:func:`.memory.reusing_memory`)."""
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)
@@ -329,9 +328,8 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     @torch.no_grad()
     def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``n`` draws ``(n, D)`` of ``p(x)``: the ancestral chain of :meth:`forward` run by
-        :meth:`generate` (with progress), ending in a draw of the decoder; its generator is seeded
-        from the global one (so ``pyro.poutine.seed`` fixes it)."""
+        """``n`` draws ``(n, D)`` of ``p(x)`` by :meth:`generate` (the chain of :meth:`forward`, with
+        progress), seeded from the global generator (``pyro.poutine.seed`` fixes them)."""
         g = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ())))
         return self.generate(n, generator=g, mean=False)
 
