@@ -75,6 +75,7 @@ def main():
     p.add_argument("--mult", type=int, nargs="+", help="U-Net channel_mult (default [1, 2]; mnist [1, 2, 2])")
     p.add_argument("--eval-n", type=int, default=4, help="images of the eval part")
     p.add_argument("--eval-T", type=int, default=1000, help="T of the hybrid and eval parts")
+    p.add_argument("--reuse", action="store_true", help="hybrid steps within reusing_memory (as pplvm's fit)")
     p.add_argument("--only", choices=["all", "hybrid"], default="all", help="hybrid: only the hybrid and eval parts")
     p.add_argument(
         "--schedule",
