@@ -285,7 +285,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)
-        size = min(n * T, max(1, self.config.likelihood_batch // max(d, 1)))
+        size = min(n * T, self.config.likelihood_batch // d or 1)
         size = min(size, memory.tensor_rows(max(self.widest, d), x.element_size()))
         tiled = x.repeat(-(-size // n) + 1, 1)  # rows a .. a + size of the cycle over x, for a < n
         noise = torch.empty(size, d, dtype=x.dtype, device=x.device)
@@ -299,8 +299,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
                 flat[start : start + k], _ = self.step_terms(tiled[start % n : start % n + k], t, eps)
                 bar.update(k)
         terms[T] = self.prior_term(x)
-        names = [f"L_{t}" for t in range(T + 1)]
-        return dict(zip(names, terms.unbind(0)))
+        return {f"L_{t}": v for t, v in enumerate(terms.unbind(0))}
 
     @torch.no_grad()
     def log_likelihood(self, x, params, *, seed: int = 0) -> torch.Tensor:
@@ -328,8 +327,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     @torch.no_grad()
     def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``n`` draws ``(n, D)`` of ``p(x)`` by :meth:`generate` (the chain of :meth:`forward`, with
-        progress), seeded from the global generator (``pyro.poutine.seed`` fixes them)."""
+        """``n`` draws ``(n, D)`` of ``p(x)`` by :meth:`generate` (progress), seeded by the global RNG."""
         g = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ())))
         return self.generate(n, generator=g, mean=False)
 
