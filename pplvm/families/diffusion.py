@@ -235,8 +235,10 @@ class Diffusion(LatentVariableModel, FixedGuide):
         with self.data_plate(obs, num_data):
             n = len(obs) if obs is not None else num_data
             z = pyro.sample(f"z_{self.steps}", self.prior(n, obs))
-            for t in range(self.steps, 1, -1):
-                z = pyro.sample(f"z_{t - 1}", self.reverse(z, t))
+            with progress(self.steps - 1, "sampling", None if obs is None else False, unit="step") as bar:
+                for t in range(self.steps, 1, -1):  # progress when generating (pplvm sample)
+                    z = pyro.sample(f"z_{t - 1}", self.reverse(z, t))
+                    bar.update(1)
             return pyro.sample("obs", self.decode(z), obs=obs)
 
     # ------------------------------------------------------------ the ELBO's terms
@@ -324,12 +326,6 @@ class Diffusion(LatentVariableModel, FixedGuide):
         (``mean``) or a draw. ``ddim``: the deterministic DDIM sampler (Song et al. 2021, η = 0) on
         ``steps`` of the T steps (evenly spaced), ending at the predicted ``x̂_0``."""
         return _sampling.generate(self, n, sampler=sampler, steps=steps, generator=generator, z=z, mean=mean)
-
-    @torch.no_grad()
-    def sample(self, n: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``n`` draws ``(n, D)`` of ``p(x)`` by :meth:`generate` (progress), seeded by the global RNG."""
-        g = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ())))
-        return self.generate(n, generator=g, mean=False)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:
