@@ -125,10 +125,21 @@ class NoProgress:
         self.close()
 
 
+def duration(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``3h12m``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class LineProgress(NoProgress):
-    """One line ``desc: n/total (p%) elapsed, postfix`` at most every ``every`` seconds, and a
-    last line on :meth:`close` if anything was reported since the previous one (nothing at all
-    for a task that ends before the first ``every`` seconds)."""
+    """One line ``desc: n/total unit (p%), elapsed, ETA left, postfix`` at most every ``every``
+    seconds (the time left at the mean rate so far, while some is left), and a last line on
+    :meth:`close` if anything was reported since the previous one (nothing at all for a task
+    that ends before the first ``every`` seconds)."""
 
     def __init__(
         self,
@@ -143,6 +154,7 @@ class LineProgress(NoProgress):
         self.total, self.desc, self.n, self.unit, self.every = total, desc, initial, unit, every
         self.stream = sys.stderr if stream is None else stream
         self.start = self.last = time.monotonic()
+        self.first = initial  # the rate counts only this run's updates (a resumed count starts above 0)
         self.postfix = ""
         self.printed = False  # whether any line has been written
         self.pending = False  # updates since the last line
@@ -166,5 +178,9 @@ class LineProgress(NoProgress):
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         post = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {done} {self.unit}{pct}, {now - self.start:.0f}s{post}", file=self.stream, flush=True)
+        elapsed, done_here = now - self.start, self.n - self.first
+        eta = ""
+        if self.total and done_here > 0 and self.n < self.total:
+            eta = f", ETA {duration(elapsed * (self.total - self.n) / done_here)}"
+        print(f"{self.desc}: {done} {self.unit}{pct}, {elapsed:.0f}s{eta}{post}", file=self.stream, flush=True)
         self.last, self.printed, self.pending = now, True, False

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rows (the first N) the --extra likelihoods are computed on (default 100)",
     )
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output file, .npy or .csv")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
     sp = add(
         "two-sample",

@@ -52,6 +52,7 @@ LAYERS: list[list[str]] = [
         "pplvm._registry",
         "pplvm._targets",
         "pplvm._progress",
+        "pplvm._allocator",
         "pplvm._signals",
         "pplvm._pyro_settings",
         "pplvm._modes",

@@ -49,7 +49,26 @@ def test_short_task_prints_nothing_and_close_flushes_the_last_count(monkeypatch)
         clock.t += 6
         bar.update(3)  # a line at 3/10
         bar.update(7)  # too soon for another
-    assert out.getvalue().splitlines() == ["sample: 3/10 it (30%), 6s", "sample: 10/10 it (100%), 6s"]
+    # the time left at the mean rate so far (3 in 6 s: 7 more in 14 s), none once done
+    assert out.getvalue().splitlines() == ["sample: 3/10 it (30%), 6s, ETA 14s", "sample: 10/10 it (100%), 6s"]
+
+
+def test_time_left_counts_only_this_runs_progress_and_reads_in_minutes_and_hours(monkeypatch):
+    """A resumed count (initial 500 of 1000) whose first 100 take 50 s has 400 left: 200 s."""
+    clock = Clock()
+    monkeypatch.setattr(_progress.time, "monotonic", clock)
+    out = io.StringIO()
+    bar = progress(1000, "fit", True, initial=500, stream=out, every=5.0)
+    clock.t = 50.0
+    bar.update(100)
+    assert out.getvalue() == "fit: 600/1000 it (60%), 50s, ETA 3m20s\n"
+    assert [_progress.duration(s) for s in (0.4, 59.6, 61, 3599, 3600 + 125)] == [
+        "0s",
+        "1m00s",
+        "1m01s",
+        "59m59s",
+        "1h02m",
+    ]
 
 
 def test_terminal_gets_tqdm_and_disabled_gets_nothing():

@@ -68,6 +68,10 @@ class MLPDenoiser(PyroModule):
             h = F.silu(layer(h) + proj(e))
         return self.out(h)
 
+    def widest(self) -> int:
+        """Elements per datum of the largest activation of a forward pass."""
+        return max(self.out.out_features, *(layer.out_features for layer in self.layers))
+
 
 def _groups(channels: int) -> int:
     return math.gcd(channels, 8)
@@ -146,6 +150,20 @@ class UNetDenoiser(PyroModule):
         )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        self.channel_mult = tuple(channel_mult)
+        self.channels, self.attention = channels, attention
+
+    def widest(self) -> int:
+        """Elements per datum of the largest activation of a forward pass: the concatenated
+        input of an up block, the head's output, or the attention weights."""
+        c, h, w = self.image_shape
+        widths = [self.channels * m for m in self.channel_mult]
+        sizes = [self.head[-1].out_channels * h * w]
+        for i, wd in enumerate(widths):
+            below = widths[min(i + 1, len(widths) - 1)]
+            sizes.append((below + wd) * (h >> i) * (w >> i))
+        low = (h >> (len(widths) - 1)) * (w >> (len(widths) - 1))
+        return max(*sizes, low * low if self.attention else 0)
 
     def forward(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         e = F.silu(self.time(s))

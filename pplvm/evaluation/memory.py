@@ -14,13 +14,18 @@ each chain, as many as fit in a quarter of the budget (``evaluation.max_rows`` d
 the group is left out when not even one replicate per chain fits: raise ``memory_mb``), and
 the log-likelihood group is ``draws × N`` numbers. Chunks combine exactly: a log-likelihood
 computed in chunks equals the one computed in one pass (the tests check it).
+Chunks are also sized for the allocator (:mod:`pplvm._allocator`: :func:`tensor_rows`,
+:func:`reusing_memory`).
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
+from .._allocator import BLOCK_BYTES, reusing_memory, tensor_rows
+
 MEMORY_MB = 512
+__all__ = ["BLOCK_BYTES", "MEMORY_MB", "budget_elements", "plan", "reusing_memory", "spans", "tensor_rows"]
 #: bytes per element (float32) times the copies a pass may hold beside its largest tensor
 #: (inputs, outputs, autograd buffers of the marginals)
 BYTES_PER_ELEMENT = 4 * 4

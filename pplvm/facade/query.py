@@ -260,7 +260,11 @@ def _replicates(run: Run, xt, draws: dict[str, torch.Tensor], seed: int) -> torc
         return None
     out = torch.empty((chains * per_chain, *shape), dtype=values(xt).dtype)
     rows = run._rows_per_pass(xt)
-    with pyro.poutine.seed(rng_seed=seed), progress(len(out), "posterior predictive", unit="draw") as bar:
+    with (
+        pyro.poutine.seed(rng_seed=seed),
+        memory.reusing_memory(ev.memory_mb),
+        progress(len(out), "posterior predictive", unit="draw") as bar,
+    ):
         for j, i in enumerate(c * draws_per_chain + d for c in range(chains) for d in range(per_chain)):
             p = {k: v[i] for k, v in draws.items()}
             for rs in memory.spans(len(xt), rows):
@@ -317,7 +321,8 @@ def _chunked_log_likelihood(
     )
     blocks = []
     draw_spans, row_spans = list(memory.spans(num_draws if per_draw else 1, draws)), list(memory.spans(n, rows))
-    with progress(len(draw_spans) * len(row_spans), kind or "log-likelihood", unit="pass") as bar:
+    passes, label = len(draw_spans) * len(row_spans), kind or "log-likelihood"
+    with memory.reusing_memory(run.card.evaluation.memory_mb), progress(passes, label, unit="pass") as bar:
         for ds in draw_spans:
             p = {k: v[ds] for k, v in params.items()} if per_draw else params
             parts = []

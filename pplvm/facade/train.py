@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from .. import rundir
+from .._allocator import reusing_memory
 from .._targets import described
 from ..config import card_from_dict, card_to_dict, check_count, dump_card, load_card
 from ..data import Batch
@@ -76,7 +77,11 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
 def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
     restarts.choose(run, _first_epoch)  # training.restarts > 1: the run then starts where the kept restart does
     run.trainer = run._trainer(callbacks)
-    with rundir.storage(f"run directory {str(run.run_dir)!r}"), _first_epoch(run.trainer):
+    with (
+        rundir.storage(f"run directory {str(run.run_dir)!r}"),
+        _first_epoch(run.trainer),
+        reusing_memory(run.card.evaluation.memory_mb),  # steps reuse their freed activations
+    ):
         run.trainer.fit(_fit_input(run.traits, run.dataset.train), run.dataset.valid)
     run.history = run.trainer.state.history
     if run.run_dir is not None and distributed.is_main():
@@ -166,7 +171,7 @@ def resume(
         train = _fit_input(run.traits, run.dataset.train)
         with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
             run.trainer.resume(train)
-        with rundir.storage(f"run directory {str(run_dir)!r}"):
+        with rundir.storage(f"run directory {str(run_dir)!r}"), reusing_memory(card.evaluation.memory_mb):
             if main:
                 dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
             run.trainer.fit(train, run.dataset.valid)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from .._progress import progress
 from ..data.base import values
 
 if TYPE_CHECKING:
@@ -36,9 +37,11 @@ def generate(
         return model.from_chain(ddim(model, z, ddim_steps(model, steps), inverse=False)).clamp(
             *(0, 1) if model.config.decoder == "discretized" else (-math.inf, math.inf)
         )
-    for t in range(model.steps, 1, -1):
-        m, logvar = model.reverse_params(z, torch.full((n,), t, device=z.device))
-        z = m + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, dtype=z.dtype, device=z.device)
+    with progress(model.steps - 1, "sampling", unit="step") as bar:
+        for t in range(model.steps, 1, -1):
+            m, logvar = model.reverse_params(z, torch.full((n,), t, device=z.device))
+            z = m + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, dtype=z.dtype, device=z.device)
+            bar.update(1)
     p = model.decode(z)
     if mean:
         return p.mean
@@ -60,10 +63,12 @@ def ddim(model: Diffusion, z: torch.Tensor, ts: list[int], inverse: bool) -> tor
     ``z_b = √ᾱ_b x̂_0 + √(1 - ᾱ_b) ε̂`` with ``x̂_0 = (z_a - √(1 - ᾱ_a) ε̂) / √ᾱ_a``."""
     s = model.tables(z)
     path = [0, *ts] if inverse else [*ts[::-1], 0]
-    for a, b in zip(path[:-1], path[1:]):
-        eps, _ = model.predict(z, torch.full((len(z),), max(a, ts[0]), device=z.device))
-        x0 = (z - (1 - s.alphas_bar[a]).sqrt() * eps) / s.alphas_bar[a].sqrt()
-        z = s.alphas_bar[b].sqrt() * x0 + (1 - s.alphas_bar[b]).sqrt() * eps
+    with progress(len(path) - 1, "DDIM inversion" if inverse else "DDIM sampling", unit="step") as bar:
+        for a, b in zip(path[:-1], path[1:]):
+            eps, _ = model.predict(z, torch.full((len(z),), max(a, ts[0]), device=z.device))
+            x0 = (z - (1 - s.alphas_bar[a]).sqrt() * eps) / s.alphas_bar[a].sqrt()
+            z = s.alphas_bar[b].sqrt() * x0 + (1 - s.alphas_bar[b]).sqrt() * eps
+            bar.update(1)
     return z
 
 

@@ -42,8 +42,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pydantic import Field
-from pyro.nn import PyroModule
 
+from .._progress import progress
 from ..data.base import Batch, as_matrix, values
 from ..decoders.denoisers import MLPDenoiser, UNetDenoiser
 from ..distributions.diffusion import (
@@ -56,11 +56,12 @@ from ..distributions.diffusion import (
     q_marginal,
     q_posterior,
     q_prior_kl,
-    q_step,
 )
 from ..errors import CardError, DataError, IncompatibleError
+from ..evaluation import memory
 from . import _diffusion_ode as _ode
 from . import _diffusion_sampling as _sampling
+from ._diffusion_forward import ForwardProcess
 from .base import FamilyConfig, FixedGuide, LatentVariableModel
 
 
@@ -138,6 +139,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
             )
         if c.denoiser == "mlp" and c.image_shape is not None:
             self.image_shape = _chw(c, dim)
+        self.widest = self.denoiser.widest()  # elements per datum of its largest activation: sizes chunks
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -234,8 +236,10 @@ class Diffusion(LatentVariableModel, FixedGuide):
         with self.data_plate(obs, num_data):
             n = len(obs) if obs is not None else num_data
             z = pyro.sample(f"z_{self.steps}", self.prior(n, obs))
-            for t in range(self.steps, 1, -1):
-                z = pyro.sample(f"z_{t - 1}", self.reverse(z, t))
+            with progress(self.steps - 1, "sampling", None if obs is None else False, unit="step") as bar:
+                for t in range(self.steps, 1, -1):  # progress when generating (pplvm sample)
+                    z = pyro.sample(f"z_{t - 1}", self.reverse(z, t))
+                    bar.update(1)
             return pyro.sample("obs", self.decode(z), obs=obs)
 
     # ------------------------------------------------------------ the ELBO's terms
@@ -274,22 +278,31 @@ class Diffusion(LatentVariableModel, FixedGuide):
     def likelihood_terms(self, x, params, *, seed: int = 0) -> dict[str, torch.Tensor]:
         """Every term ``L_0 .. L_T`` of the bound per datum, in nats: ``{"L_0": (N,), ...,
         "L_T": (N,)}``, with ``-Σ terms`` = :meth:`log_likelihood`. One draw of ``z_t`` per step
-        and datum from a generator seeded by ``seed`` (on ``x``'s device); computed in chunks of
-        ``model.likelihood_batch`` values."""
+        and datum from a generator seeded by ``seed`` (on ``x``'s device).
+
+        The (step, datum) pairs go through the network in step-major order, many steps per
+        call: chunks of at most ``model.likelihood_batch`` values (pairs x D) whose widest
+        activation stays within :data:`~pplvm.evaluation.memory.BLOCK_BYTES`. A chunk's data
+        are a view of ``x`` tiled once, its noise is drawn into one buffer and its terms land in
+        a contiguous slice of the output: chunks reuse memory (:func:`.memory.reusing_memory`)."""
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)
-        terms = torch.empty(n, T + 1, dtype=x.dtype, device=x.device)
-        per_chunk = max(1, self.config.likelihood_batch // max(d, 1))
-        for start in range(0, n * T, per_chunk):  # (datum, step) pairs in row-major order
-            pair = torch.arange(start, min(start + per_chunk, n * T), device=x.device)
-            rows, t = pair // T, pair % T + 1
-            noise = torch.randn(len(pair), d, generator=g, dtype=x.dtype, device=x.device)
-            value, _ = self.step_terms(x[rows], t, noise)
-            terms[rows, t - 1] = value
-        terms[:, T] = self.prior_term(x)
-        names = [f"L_{t}" for t in range(T + 1)]
-        return dict(zip(names, terms.unbind(-1)))
+        size = min(n * T, self.config.likelihood_batch // d or 1)
+        size = min(size, memory.tensor_rows(max(self.widest, d), x.element_size()))
+        tiled = x.repeat(-(-size // n) + 1, 1)  # rows a .. a + size of the cycle over x, for a < n
+        noise = torch.empty(size, d, dtype=x.dtype, device=x.device)
+        terms = torch.empty(T + 1, n, dtype=x.dtype, device=x.device)
+        flat = terms[:T].view(-1)  # pair p = (t - 1) · n + i
+        with memory.reusing_memory(), progress(n * T, "diffusion bound", unit="term") as bar:
+            for start in range(0, n * T, size):
+                k = min(size, n * T - start)
+                t = torch.arange(start, start + k, device=x.device).div_(n, rounding_mode="floor").add_(1)
+                eps = torch.randn(k, d, generator=g, dtype=x.dtype, device=x.device, out=noise[:k])
+                flat[start : start + k], _ = self.step_terms(tiled[start % n : start % n + k], t, eps)
+                bar.update(k)
+        terms[T] = self.prior_term(x)
+        return {f"L_{t}": v for t, v in enumerate(terms.unbind(0))}
 
     @torch.no_grad()
     def log_likelihood(self, x, params, *, seed: int = 0, kind: Literal["bound", "ode"] = "bound") -> torch.Tensor:
@@ -363,32 +376,3 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     def plots(self, x, params):
         return _sampling.plots(self, x)
-
-
-class ForwardProcess(PyroModule):
-    """The fixed guide: the forward noising chain ``q(z_1..z_T | x) = Π_t N(z_t; √α_t z_{t-1},
-    β_t I)`` with ``z_0 = y``, sampled step by step inside the model's data plate;
-    ``guide(x, num_data)`` for a batch ``x`` ``(B, D)`` (sites ``z_1 .. z_T``, event dim 1).
-
-    It has no parameters: the family's schedule fixes it. The ``diffusion`` objective does not
-    trace it (it uses the chain's closed-form marginals and posteriors); a generic estimator
-    over (model, guide), e.g. ``Trace_ELBO``, does, and estimates the same ELBO."""
-
-    def __init__(self, model: Diffusion):
-        super().__init__()
-        self._model = (model,)  # not a submodule: the model's parameters belong to the model
-
-    def forward(self, x, num_data=None):
-        model = self._model[0]
-        obs = values(x)
-        z = model.to_chain(obs)
-        s = model.tables(z)
-        with model.data_plate(obs, num_data):
-            for t in range(1, model.steps + 1):
-                mean, std = q_step(s, z, torch.tensor(t, device=z.device))
-                z = pyro.sample(f"z_{t}", dist.Normal(mean, std).to_event(1))
-        return z
-
-    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """No global latents: an empty point estimate."""
-        return {}

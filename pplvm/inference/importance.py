@@ -14,7 +14,8 @@ is wider than the posterior (bounded weights) and optimistic when the weights ar
 
 Memory: the data go in chunks of rows and the k draws in chunks of particles (a vectorised
 particle plate), so that ``particles × rows × (elements per datum)``, the size of the largest
-tensor of a decoder model, stays within ``max_elements``. Chunks combine exactly: the per-datum
+tensor of a decoder model, stays within ``max_elements`` and within the allocator's reusable
+block size (:mod:`pplvm._allocator`). Chunks combine exactly: the per-datum
 running ``logsumexp`` of ``log w`` and of ``2 log w`` (float64) are all the estimate needs.
 """
 
@@ -30,6 +31,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from .._allocator import reusing_memory, tensor_rows
 from .._progress import progress
 from ..data.base import Batch
 from ..errors import CardError, DataError, IncompatibleError
@@ -112,6 +114,9 @@ def importance_log_likelihood(
         raise CardError(
             f"max_elements = {max_elements}: one draw for one datum already needs {per_datum} elements; raise it"
         )
+    # within max_elements, and each tensor below the allocator's ceiling (taking the widest
+    # activation as 4 x a datum's elements, as evaluation_cost does)
+    max_elements = min(max_elements, max(per_datum, tensor_rows(4 * per_datum) * per_datum))
     rows = min(n, batch_size or n, max_elements // per_datum)
     particles = min(k, max_elements // (rows * per_datum))
 
@@ -120,7 +125,7 @@ def importance_log_likelihood(
             declared = getattr(model, "max_plate_nesting", None)  # every pplvm family declares it
             max_plate_nesting = declared if isinstance(declared, int) else _plate_nesting(model, guide, data[:1])
         s1, s2 = [], []
-        with progress(n * k, "importance sampling", unit="draw") as bar:
+        with reusing_memory(), progress(n * k, "importance sampling", unit="draw") as bar:
             for start in range(0, n, rows):
                 a, b = _chunk(model, guide, data[start : start + rows], k, particles, plate, max_plate_nesting, bar)
                 s1.append(a)

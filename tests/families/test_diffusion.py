@@ -10,9 +10,7 @@ DDIM inversion round-trips; a model trained on a 2-D mixture passes a two-sample
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pyro.distributions as dist
@@ -21,12 +19,9 @@ import torch
 from pyro import poutine
 
 import pplvm
-from pplvm.cli import main
 from pplvm.distributions.diffusion import DiscretizedNormal, Schedule, linear_betas, q_marginal, q_posterior
 from pplvm.families.diffusion import Diffusion, DiffusionConfig, ForwardProcess
 from pplvm.objectives.diffusion import DiffusionELBO
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def _model(steps=5, dim=2, perturb=0.3, **kw) -> Diffusion:
@@ -373,81 +368,3 @@ def test_objective_options_are_checked():
     card["objective"] = {"name": "diffusion"}
     with pytest.raises(pplvm.IncompatibleError, match="guide.kind = 'meanfield'"):
         pplvm.Run.from_card(card)
-
-
-# --------------------------------------------------------------------- CLI and cards
-def test_evaluate_prints_bits_per_dim_and_the_per_step_table(tmp_path, capsys, monkeypatch):
-    """``pplvm evaluate`` on a diffusion run: the bound labelled a lower bound, bits/dim equal
-    to -log-likelihood / (D log 2), per-step terms summing to the bound, and the plot written
-    where --plot says, only there."""
-    monkeypatch.chdir(tmp_path)
-    card = tmp_path / "card.toml"
-    card.write_text((MODELS / "diffusion_digits.toml").read_text())
-    assert (
-        main(
-            [
-                "fit",
-                str(card),
-                "--out",
-                "run",
-                "--quiet",
-                "--set",
-                "training.epochs=1",
-                "--set",
-                "model.steps=5",
-                "--set",
-                "model.channels=4",
-                "--set",
-                "objective.num_particles=1",
-                "--set",
-                "evaluation.draws=1",
-                "--set",
-                "evaluation.chains=1",
-                "--set",
-                "evaluation.max_rows=20",
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    assert main(["evaluate", "run", "--json", "--plot", "terms.png"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["likelihood"] == "bound" and not out["exact"]
-    assert set(out["terms"]) == {f"L_{t}" for t in range(6)}
-    assert math.isclose(-sum(out["terms"].values()), out["log_likelihood_mean"], rel_tol=1e-5)
-    assert math.isclose(out["bits_per_dim"], -out["log_likelihood_mean"] / (64 * math.log(2)), rel_tol=1e-9)
-    assert (tmp_path / "terms.png").read_bytes().startswith(b"\x89PNG") and out["plot"] == "terms.png"
-    before = sorted(p.name for p in tmp_path.iterdir())
-    assert main(["evaluate", "run"]) == 0
-    text = capsys.readouterr().out
-    assert "lower bound" in text and "bits/dim" in text and "L_0" in text and "L_5" in text
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no plot unless --plot asks
-    # the probability-flow ODE beside the bound, on the same 3 rows; a bad row count: one line
-    assert main(["evaluate", "run", "--extra", "ode", "--extra-rows", "3", "--json"]) == 0
-    ode = json.loads(capsys.readouterr().out)["extra"]["ode"]
-    assert ode["n"] == 3 and math.isfinite(ode["bits_per_dim"]) and math.isfinite(ode["main_bits_per_dim"])
-    assert main(["evaluate", "run", "--extra", "ode", "--extra-rows", "3"]) == 0
-    assert "lower bound vs ode, on the same rows" in capsys.readouterr().out
-    assert main(["evaluate", "run", "--extra", "ode", "--extra-rows", "0"]) != 0
-    err = capsys.readouterr().err.strip()
-    assert "--extra-rows" in err and "\n" not in err
-
-
-@pytest.mark.parametrize("path", sorted(MODELS.glob("diffusion_*.toml")), ids=lambda p: p.stem)
-def test_shipped_cards_run(path, tmp_path):
-    """Every shipped diffusion card fits (shortened) and writes a run directory."""
-    card = pplvm.load_card(
-        path,
-        {
-            "training.epochs": 1,
-            "training.progress": False,
-            "model.steps": 5,
-            "objective.num_particles": 1,
-            "evaluation.draws": 1,
-            "evaluation.chains": 1,
-            "evaluation.max_rows": 20,
-        },
-    )
-    run = pplvm.fit(card, tmp_path / "run")
-    assert math.isfinite(run.history[-1]["valid_log_likelihood"])
-    assert (tmp_path / "run" / "summary.txt").is_file()
