@@ -125,10 +125,16 @@ def pause_mid_epoch(trainer: Trainer, valid, total: torch.Tensor, rows: int, why
 
 
 def record(trainer: Trainer, metrics: dict[str, Any]) -> None:
-    """Append ``metrics`` to the history and (rank 0) to ``metrics.jsonl``."""
-    trainer.state.history.append(metrics)
-    if trainer.run_dir is not None and trainer.rank == 0:
-        with open(trainer.run_dir / "metrics.jsonl", "a") as f:
+    """Append ``metrics`` to the history and (rank 0) to ``metrics.jsonl``, in place of the
+    partial record a budget stop left (a resumed fit's first record)."""
+    history, path = trainer.state.history, trainer.run_dir / "metrics.jsonl" if trainer.run_dir else None
+    if history and history[-1].get("partial"):
+        history.pop()
+        if path is not None and trainer.rank == 0:
+            path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    history.append(metrics)
+    if path is not None and trainer.rank == 0:
+        with open(path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
 

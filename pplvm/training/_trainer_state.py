@@ -74,7 +74,8 @@ def read_history(run_dir: Path, epochs: int, *, whole: bool = True) -> list[dict
 
 def rewrite_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
     """A resume's history: the first ``epochs`` records of ``metrics.jsonl`` (:func:`read_history`),
-    written back without those logged after the checkpoint (a budget stop's partial record too)."""
+    written back without those logged after the checkpoint (a budget stop's partial record
+    stays until the resumed fit logs its next record: :func:`pplvm.training._budget.record`)."""
     history = read_history(run_dir, epochs)
     (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     return history
@@ -83,7 +84,8 @@ def rewrite_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
 def logged_epochs(ckpt: dict[str, Any]) -> int:
     """Records of ``metrics.jsonl`` that belong to the checkpoint ``ckpt``: one per epoch done,
     and the partial record of a budget stop inside the next."""
-    return int(ckpt["trainer"]["epoch"]) + (1 if ckpt["trainer"].get("position") else 0)
+    state = ckpt["trainer"]
+    return int(state["epoch"]) + (1 if state.get("position") and state.get("paused") else 0)
 
 
 def state_dict(trainer: Trainer) -> dict[str, Any]:

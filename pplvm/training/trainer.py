@@ -59,7 +59,7 @@ from ..sections import TrainingConfig
 from . import _budget, _trainer_state, distributed
 from ._budget import Budget, budget_reached
 from ._ema import EMA, held_out
-from ._trainer_state import TrainState, _host, checkpoint_due, read_history  # noqa: F401  (re-exported)
+from ._trainer_state import TrainState, _host, checkpoint_due, logged_epochs, read_history  # noqa: F401
 from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping, use_kept
 from .checkpoint import load_checkpoint, save_checkpoint
 from .devices import precision_context, resolve_device, to_device  # noqa: F401  (re-exported)
@@ -191,9 +191,9 @@ class Trainer:
     def resume(self, train) -> None:
         """Continue from the run directory's last checkpoint; metrics logged after it are dropped."""
         self.setup(train)
-        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        self.load_state_dict(ckpt := load_checkpoint(self.checkpoint_path))
         if self.rank == 0:  # the writer keeps the history (other processes only train)
-            self.state.history = _trainer_state.rewrite_history(self.run_dir, self.state.epoch)
+            self.state.history = _trainer_state.rewrite_history(self.run_dir, logged_epochs(ckpt))
 
     def _checkpoint_due(self) -> bool:
         return checkpoint_due(self.config, self.state, self._last_save)

@@ -86,6 +86,12 @@ def test_max_steps_counts_the_steps_before_a_resume(tmp_path):
     assert again.trainer.state.step == 4 and again.trainer.state.stopped == "training.max_steps = 4 reached"
     more = pplvm.Run.resume(tmp_path / "run", max_steps=6)
     assert more.trainer.state.step == 6 and more.trainer.state.position == 2
+    stopped = lines(tmp_path / "run")
+    assert [m["epoch"] for m in stopped] == [1, 2] and stopped[-1]["partial"]
+    pplvm.Run.resume(tmp_path / "run")  # nothing to train: the stop's partial record stands
+    assert lines(tmp_path / "run") == stopped and pplvm.load(tmp_path / "run").history == stopped
+    pplvm.Run.resume(tmp_path / "run", max_steps=7)  # a record of epoch 2 in its place
+    assert [(m["epoch"], m["step"]) for m in lines(tmp_path / "run")] == [(1, 4), (2, 7)]
 
 
 def test_max_minutes_stops_after_the_first_step_that_ends_past_the_budget(tmp_path, monkeypatch):
@@ -104,7 +110,7 @@ def test_max_minutes_stops_after_the_first_step_that_ends_past_the_budget(tmp_pa
         run.rule.step = tick
         return run
 
-    run = ticking(pplvm.Run.from_card(card(max_minutes=0.35, ema=None, epochs=50)))
+    run = ticking(pplvm.Run.from_card(card(max_minutes=0.35, ema=None, epochs=50, compile="off")))
     run.fit(tmp_path / "run")
     assert run.trainer.state.step == 4 < 50 * 4
     assert run.trainer.state.stopped.startswith("training.max_minutes = 0.35 reached (24.0 s")
