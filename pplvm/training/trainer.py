@@ -200,7 +200,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, train, valid=None) -> TrainState:
-        """Train until ``config.epochs`` are done or early stopping fires; return the state."""
+        """Train until ``config.epochs`` are done, early stopping fires or a budget runs out; return the state."""
         c, n = self.config, len(train)
         if self.state.epoch == 0 and not self._restored:  # (the epoch-0 checkpoint's RNG state stands)
             pyro.set_rng_seed(distributed.rank_seed(c.seed, self.rank))
