@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows (the first N) the --extra likelihoods are computed on (default 100)",
     )
     sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
+    _weights(sp)
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
     sp.add_argument("run_dir")
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
+    _weights(sp)
 
     sp = add(
         "two-sample",
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("resume", cmd_resume, "continue an interrupted run from its last checkpoint")
     sp.add_argument("run_dir")
     sp.add_argument("--epochs", type=int, help="new total epoch budget")
+    sp.add_argument("--max-steps", type=int, help="new total step budget (training.max_steps; steps done count)")
+    sp.add_argument("--max-minutes", type=float, help="wall-time budget of this resume (training.max_minutes)")
 
     sp = add("compare", cmd_compare, "rank fitted runs by PSIS-LOO (arviz) on the same data")
     sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (at least two)")
@@ -156,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("list", cmd_list, "list families, guides, objectives and datasets")
     return p
+
+
+def _weights(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--weights",
+        choices=["raw", "ema"],
+        help="the parameters themselves, or their moving average (training.ema); default: ema where the run has it",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,6 +86,9 @@ class Run:
         self.idata = None  # the InferenceData write_artifacts last built (the posterior alone without the export)
         #: the seed training starts from: training.seed, or the kept restart's (training.restarts)
         self.seed = self.card.training.seed
+        #: the weights the model and guide hold once fitted or loaded: "ema" (training.ema's
+        #: moving average) or "raw" (Run.load(weights="raw"), or a card without training.ema)
+        self.weights = "ema" if self.card.training.ema is not None else "raw"
         #: what was passed from Python to build the run (None where the card built it)
         self.objects: dict[str, Any] = {"model": None, "guide": None, "objective": objective}
 

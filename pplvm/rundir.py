@@ -310,7 +310,15 @@ def _show(v: Any) -> str:
 
 #: card values a resume may change: how long and where it trains, how often it checkpoints and
 #: reports, the run's name and how it is evaluated — not what training computes
-RESUMABLE = ("name", "training.epochs", "training.progress", "training.device", "training.compile")
+RESUMABLE = (
+    "name",
+    "training.epochs",
+    "training.max_steps",
+    "training.max_minutes",
+    "training.progress",
+    "training.device",
+    "training.compile",
+)
 RESUMABLE_PREFIXES = ("training.checkpoint_", "evaluation.")
 
 

@@ -36,7 +36,40 @@ class TrainingConfig(Section):
         "(Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280 epochs in all; then the last)",
     )
     lr_final_ratio: float = Field(0.1, gt=0, le=1, description="final lr / lr for decaying schedules")
+    lr_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="linear warm-up: an optimiser's k-th update runs at min(1, k / lr_warmup_steps) times the lr "
+        "lr_schedule sets (k = 1, 2, ...: one update per step; a GAN's discriminator counts each of its "
+        "critic_steps); 0 = none",
+    )
     clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="decay of an exponential moving average of the model's and guide's parameters, updated "
+        "after every step (e.g. 0.9999, as in the diffusion papers); evaluation and sampling use it (pplvm "
+        "evaluate / sample --weights raw to compare), held-out metrics log both (valid_loss, valid_loss_ema) and "
+        "early stopping follows the EMA's; none = off",
+    )
+    ema_warmup: bool = Field(
+        False,
+        description="warm the EMA's decay up: after step t (1, 2, ...) it is min(ema, (1 + t) / (10 + t))",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="stop once this many steps are done in all (counting the steps before a resume), mid-epoch "
+        "if need be, with a checkpoint and a held-out evaluation; pplvm resume continues exactly",
+    )
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop after the first step that ends this many minutes of wall time into this fit or "
+        "resume (each invocation has its own budget), mid-epoch if need be, with a checkpoint and a held-out "
+        "evaluation (which come after the budget)",
+    )
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0, description="early stopping: smallest improvement that counts")
     eval_every: int = Field(1, ge=1, description="held-out evaluation every this many epochs")
@@ -46,8 +79,9 @@ class TrainingConfig(Section):
     checkpoint_seconds: float = Field(
         30.0,
         ge=0,
-        description="without checkpoint_every: at most one "
-        "checkpoint per this many seconds (the first and last epochs always)",
+        description="without checkpoint_every: at most one checkpoint per this many seconds, written at the "
+        "step that passes it, also mid-epoch (one process; several: at epoch ends), and after the first and last "
+        "epochs always",
     )
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (a GPU when there is one) | cpu | cuda | cuda:N"

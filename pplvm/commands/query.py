@@ -32,6 +32,17 @@ def _eval_data(run, args):
     raise PplvmError(f"--split {args.split}: the card's data has no such split (fraction 0)")
 
 
+def _load(args):
+    """The run ``args.run_dir`` with the weights ``--weights`` asks for (default: its EMA where it has one)."""
+    from ..errors import ArgumentError
+    from ..run import Run
+
+    try:
+        return Run.load(args.run_dir, weights=args.weights)
+    except ArgumentError as err:  # said as the flag
+        raise PplvmError(str(err).replace("weights = 'ema'", "--weights ema", 1)) from None
+
+
 def _data_key(run) -> str:
     """The key a run's data came under in a file of named arrays (``data.key``, else ``x``)."""
     return getattr(run.card.data, "key", "x")
@@ -39,12 +50,12 @@ def _data_key(run) -> str:
 
 def cmd_evaluate(args) -> int:
     from ..config import check_count
-    from ..run import LIKELIHOOD_WORDS, Run
+    from ..run import LIKELIHOOD_WORDS
 
     if args.samples is not None:  # refused before anything loads
         check_count(args.samples, "--samples")
     plot = _png(args.plot, "--plot")
-    run = Run.load(args.run_dir)
+    run = _load(args)
     x, where = _eval_data(run, args)
     if args.extra:
         check_count(args.extra_rows, "--extra-rows")
@@ -54,12 +65,14 @@ def cmd_evaluate(args) -> int:
         "run_dir": str(args.run_dir),
         "family": run.card.model.family,
         "data": where,
+        "weights": run.weights,
         **m,
     }
     kind = LIKELIHOOD_WORDS[m["likelihood"]]
     text = (
         f"{run.card.name} on {where}: n = {m['n']}, log-likelihood per datum = "
         f"{m['log_likelihood_mean']:.6g} ({kind}), total = {m['log_likelihood_sum']:.6g}"
+        f"{', EMA weights' if run.weights == 'ema' else ''}"
     )
     if "steps" in m:  # sequences: per step (frame) too
         text += f", per step = {m['log_likelihood_per_step']:.6g} over {m['steps']} steps"
@@ -98,13 +111,13 @@ def _beside(kind: str, extra: dict) -> str:
 
 def cmd_sample(args) -> int:
     from ..config import check_seed
-    from ..run import Run, save_samples
+    from ..run import save_samples
 
     if args.n < 1:
         raise PplvmError(f"-n: expected a positive number of samples, got {args.n}")
     check_seed(args.seed, "--seed")
     grid = _png(args.grid, "--grid")
-    run = Run.load(args.run_dir)
+    run = _load(args)
     shape_hw = run.model.image_shape
     if grid is not None and shape_hw is None:  # before anything is drawn or written
         raise PplvmError(

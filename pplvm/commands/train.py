@@ -44,7 +44,7 @@ def cmd_resume(args) -> int:
     from ..training import distributed
 
     try:
-        run = Run.resume(args.run_dir, epochs=args.epochs)
+        run = Run.resume(args.run_dir, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes)
     except KeyboardInterrupt as err:
         return _interrupted(err, Path(args.run_dir))
     if not distributed.is_main():  # under torchrun, rank 0 reports

@@ -155,10 +155,15 @@ def summary_text(run: Run, idata=None, max_size: int | None = None) -> str:
     else:
         posterior = ["no global latents: every parameter (weights, W, noise) is a point estimate"]
     last = run.history[-1] if run.history else {}
+    done = f"{last['epoch'] - 1} and {last['step']} steps in all" if last.get("partial") else last.get("epoch", 0)
     lines = [
         f"run: {c.name} — family {c.model.family}, guide {c.guide.kind}, objective {c.objective.name}",
-        f"epochs: {last.get('epoch', 0)}, final train loss per datum: {last.get('train_loss', float('nan')):.6g}",
+        f"epochs: {done}, final train loss per datum: {last.get('train_loss', float('nan')):.6g}",
     ]
+    if last.get("stopped"):
+        lines.append(f"stopped: {last['stopped']}")
+    if run.weights == "ema":
+        lines.append(f"weights: the moving average (training.ema = {c.training.ema:g})")
     if "valid_log_likelihood" in last:
         best = max((h for h in run.history if "valid_log_likelihood" in h), key=lambda h: h["valid_log_likelihood"])
         lines.append(

@@ -26,6 +26,8 @@ from ..errors import DataError, PplvmError, RunDirError
 from ..families import FAMILIES, LatentVariableModel
 from ..guides import guide_for, make_guide
 from ..objectives import objective_for, settle
+from ..training._ema import kept_weights
+from ..training._trainer_state import logged_epochs
 from ..training.checkpoint import load_checkpoint
 from ..training.devices import resolve_device
 from ..training.trainer import read_history, to_device
@@ -104,8 +106,11 @@ def load(
     model: Any = None,
     guide: Any = None,
     objective: Any = None,
+    weights: str | None = None,
 ) -> Run:
     """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
+    ``weights``: ``"ema"`` (the default where the run was trained with ``training.ema``: the
+    moving average of its weights) or ``"raw"`` (the parameters themselves).
     ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
     ``training.device``, or the CPU where this machine lacks that device: a run trained on
     a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``).
@@ -120,11 +125,19 @@ def load(
     with _matching(run_dir):  # a checkpoint from before fingerprints: its tensors tell
         where = resolve_device(card.training.device if device is None else device, cpu_fallback=True)
         model, guide = assemble(
-            card, int(extras["dim"]), where, checkpoint=ckpt, model=model, guide=guide, objective=objective
+            card,
+            int(extras["dim"]),
+            where,
+            checkpoint=ckpt,
+            model=model,
+            guide=guide,
+            objective=objective,
+            weights=weights,
         )
     transform = Standardize(**extras["transform"])
     run = cls(card, model, guide, transform, None, run_dir, checked=True, objective=objective)
-    run.history = read_history(run_dir, int(ckpt["trainer"]["epoch"]), whole=False)  # (what can be read)
+    run.history = read_history(run_dir, logged_epochs(ckpt), whole=False)  # (what can be read)
+    run.weights = "raw" if weights == "raw" or "ema" not in ckpt else "ema"
     run.from_python = bool(extras.get("from_python"))
     return run
 
@@ -149,6 +162,7 @@ def assemble(
     model: Any = None,
     guide: Any = None,
     objective: Any = None,
+    weights: str | None = None,
 ) -> tuple[LatentVariableModel, torch.nn.Module]:
     """``(model, guide)`` for ``card`` on ``device``: the family's model over ``dim``
     columns, the objective / guide pairing checked (once, before the guide exists), and the
@@ -157,7 +171,8 @@ def assemble(
     From a card, give its ``dataset``: the splits are checked (and prepared) for the model and
     the guide starts from the training split (seeded by ``training.seed``). From a run
     directory, give its ``checkpoint``: the guide is built on the rows the checkpoint kept, and
-    the model and guide take its (best) parameters. ``model`` / ``guide``: the user's objects."""
+    the model and guide take its (best) parameters, or their moving average (``weights``:
+    :func:`~pplvm.training._ema.kept_weights`). ``model`` / ``guide``: the user's objects."""
     if dataset is None:
         prototype = _from_state(checkpoint["extras"]["prototype"])
     family = FAMILIES[card.model.family]
@@ -191,9 +206,9 @@ def assemble(
     ):
         guide(to_device(prototype, model.device), num_data=num_data)
     if checkpoint is not None:
-        params = checkpoint["best"] or checkpoint
-        model.load_state_dict(params["model"])
-        guide.load_state_dict(params["guide"])
+        model_state, guide_state = kept_weights(checkpoint, weights)
+        model.load_state_dict(model_state)
+        guide.load_state_dict(guide_state)
     return model, guide
 
 

@@ -129,6 +129,8 @@ def resume(
     run_dir: str | Path,
     *,
     epochs: int | None = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
     data: Any = None,
     callbacks: Sequence[Callback] = (),
     model: Any = None,
@@ -137,8 +139,10 @@ def resume(
 ) -> Run:
     """Continue an interrupted run from its last checkpoint; the result equals an
     uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
-    least the epochs done). Everything is checked before anything is written: ``card.toml``
-    is rewritten only once the checkpoint has loaded into the card's model."""
+    least the epochs done); ``max_steps`` (total steps, those done included) and
+    ``max_minutes`` (for this resume) new budgets (:mod:`pplvm.training._budget`). Everything
+    is checked before anything is written: ``card.toml`` is rewritten only once the
+    checkpoint has loaded into the card's model."""
     run_dir = Path(run_dir)
     if not (run_dir / "card.toml").is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")
@@ -159,6 +163,9 @@ def resume(
                         f"expected a new total budget of at least {done}"
                     )
                 card = card_from_dict(card_to_dict(card), {"training.epochs": epochs})
+            budgets = {"training.max_steps": max_steps, "training.max_minutes": max_minutes}
+            if any(v is not None for v in budgets.values()):
+                card = card_from_dict(card_to_dict(card), {k: v for k, v in budgets.items() if v is not None})
             if data is None and ckpt["extras"].get("from_python"):
                 raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
             card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))

@@ -33,6 +33,8 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0  # evaluations since the best one
     stopped: str = ""  # why training ended early, if it did
+    paused: bool = False  # stopped by a budget (max_steps, max_minutes): a resume goes on
+    position: int = 0  # steps done in the epoch under way (a checkpoint inside an epoch)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -70,8 +72,26 @@ def read_history(run_dir: Path, epochs: int, *, whole: bool = True) -> list[dict
     return history
 
 
+def rewrite_history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+    """A resume's history: the first ``epochs`` records of ``metrics.jsonl`` (:func:`read_history`),
+    written back without those logged after the checkpoint (a budget stop's partial record
+    stays until the resumed fit logs its next record: :func:`pplvm.training._budget.record`)."""
+    history = read_history(run_dir, epochs)
+    (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    return history
+
+
+def logged_epochs(ckpt: dict[str, Any]) -> int:
+    """Records of ``metrics.jsonl`` that belong to the checkpoint ``ckpt``: one per epoch done,
+    and the partial record of a budget stop inside the next."""
+    state = ckpt["trainer"]
+    return int(state["epoch"]) + (1 if state.get("position") and state.get("paused") else 0)
+
+
 def state_dict(trainer: Trainer) -> dict[str, Any]:
-    """:meth:`Trainer.state_dict`: everything a checkpoint of ``trainer`` holds."""
+    """:meth:`Trainer.state_dict`: everything a checkpoint of ``trainer`` holds; inside an
+    epoch (``position`` > 0), the shuffle's state before the epoch's draw and its running loss."""
+    within = trainer.state.position > 0
     return {
         "model": _host(trainer.model.state_dict()),
         "guide": _host(trainer.guide.state_dict()),
@@ -79,12 +99,15 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "trainer": trainer.state.to_checkpoint(),
         "rng": {
             "torch": torch.get_rng_state(),
-            "shuffle": trainer.shuffle.get_state(),
+            "shuffle": trainer._epoch_start if within else trainer.shuffle.get_state(),
             "augment": trainer.augment_rng.get_state(),
             **({"torch_ranks": trainer._rng_ranks} if trainer._rng_ranks is not None else {}),
         },
         "best": trainer._best_params,
         "extras": trainer.extras,
+        **({"epoch_loss": _host(trainer._epoch_loss)} if within else {}),
+        **({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {}),
+        "kept": trainer.kept,
     }
 
 
@@ -94,6 +117,8 @@ def load_state_dict(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     trainer.guide.load_state_dict(ckpt["guide"])
     trainer.rule.load_state_dict(ckpt["rule"])
     trainer.state = TrainState(**ckpt["trainer"])
+    if trainer.state.paused:  # a budget stopped it: this resume goes on
+        trainer.state.stopped, trainer.state.paused = "", False
     ranks = ckpt["rng"].get("torch_ranks")  # written by a run on several processes
     if ranks is not None and trainer.rank < len(ranks):
         torch.set_rng_state(ranks[trainer.rank].clone())  # a view at an offset crashes torch 2.13
@@ -104,6 +129,11 @@ def load_state_dict(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     trainer.shuffle.set_state(ckpt["rng"]["shuffle"])
     trainer.augment_rng.set_state(ckpt["rng"]["augment"])
     trainer._best_params = ckpt.get("best")
+    if trainer.state.position:  # inside an epoch: its shuffle is drawn again from here
+        trainer._epoch_start = trainer.shuffle.get_state()
+        trainer._epoch_loss = ckpt["epoch_loss"] if trainer.rank == 0 else None  # (the processes' sum)
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(ckpt["ema"])
 
 
 def checkpoint_due(config: TrainingConfig, state: TrainState, last_save: float) -> bool:

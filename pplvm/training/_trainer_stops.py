@@ -60,11 +60,26 @@ def early_stopping(trainer: Trainer, value: float) -> None:
         trainer._best_params = {
             "model": _host(copy.deepcopy(trainer.model.state_dict())),
             "guide": _host(copy.deepcopy(trainer.guide.state_dict())),
+            **({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {}),
         }
     else:
         s.bad_epochs += 1
         if c.patience is not None and s.bad_epochs >= c.patience:
             s.stopped = f"early stopping: no improvement for {s.bad_epochs} evaluations"
+
+
+def use_kept(trainer: Trainer) -> None:
+    """After a fit: the model and guide take the parameters the run is used with — the best
+    held-out ones (unless a budget stop's last evaluation beat them: ``trainer.kept == "last"``),
+    their EMA averages with ``training.ema``."""
+    best = trainer._best_params
+    if best is not None and trainer.kept == "best":
+        trainer.model.load_state_dict(best["model"])
+        trainer.guide.load_state_dict(best["guide"])
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(best["ema"])
+    if trainer.ema is not None:
+        trainer.ema.copy_to()
 
 
 def diverged(trainer: Trainer, what: str, epoch_done: bool = False, batch=None, num_data: int | None = None) -> None:

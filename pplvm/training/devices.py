@@ -2,10 +2,14 @@
 
 Training, joining a process group under torchrun, and loading a run all ask
 :func:`resolve_device`; they differ only in what they tell it (a process's ``LOCAL_RANK``; to
-fall back to the CPU where a GPU the card names is missing).
+fall back to the CPU where a GPU the card names is missing). Also: moving data there
+(:func:`to_device`) and the numerics a step runs under (:func:`precision_context`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager
 
 import torch
 
@@ -46,3 +50,29 @@ def resolve_device(spec: str, *, cpu_fallback: bool = False, local_rank: int | N
     if device.index is not None and device.index >= count:
         raise TrainingError(f"training.device = {spec!r}: only {count} CUDA device(s)")
     return device
+
+
+def to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """A tensor or :class:`~pplvm.data.Batch` on ``device`` (no copy when already there)."""
+    return data.to(device, non_blocking=non_blocking)
+
+
+def precision_context(precision: str, device: torch.device) -> ContextManager:
+    """The numerics a step runs under: ``fp32``; ``bf16`` (autocast: matrix products in
+    bfloat16, reductions and log-probabilities in float32); ``tf32`` (TensorFloat-32 matrix
+    products on CUDA; plain fp32 elsewhere)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "tf32" and device.type == "cuda":
+        return _tf32()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

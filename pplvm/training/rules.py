@@ -27,6 +27,7 @@ from pyro.infer import ELBO
 
 from ..errors import TrainingError
 from ..sections import TrainingConfig
+from ._warmup import add_lr_warmup
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
@@ -169,7 +170,7 @@ def make_optimizer(
         kw.update(eps=c.eps * loss_scale)
     if c.optimizer in FUSED and _fusable(params):
         kw["fused"] = True
-    return OPTIMIZERS[c.optimizer](params, **kw)
+    return add_lr_warmup(OPTIMIZERS[c.optimizer](params, **kw), c.lr_warmup_steps)
 
 
 #: optimisers with a fused kernel (one pass over each parameter instead of one per operation:
@@ -201,7 +202,8 @@ def iwae_lr_factor(epoch: int) -> float:
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
-    """The card's learning-rate schedule, stepped once per epoch."""
+    """The card's learning-rate schedule, stepped once per epoch (``lr_warmup_steps``' per-update
+    warm-up, :mod:`._warmup`, multiplies what it sets)."""
     c = config
     if c.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c.lr_final_ratio ** (1.0 / c.epochs))

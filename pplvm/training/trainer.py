@@ -29,22 +29,24 @@ evaluation (and for the rule's set-up call), their mode given back after (:mod:`
 
 Cost per epoch is constant: the metric history is appended to ``metrics.jsonl`` (not stored in
 checkpoints), and checkpoints are written every ``checkpoint_every`` epochs, or, when that is
-unset, at most every ``checkpoint_seconds`` — always after the first and the last epoch, and
-when training stops early. A crash leaves the last checkpoint written.
+unset, at most every ``checkpoint_seconds`` (inside an epoch too, on one process) — always
+after the first and the last epoch, and when training stops early. A crash leaves the last
+checkpoint written, and a checkpoint written inside an epoch resumes there exactly.
 
 What a checkpoint holds is :mod:`._trainer_state`; how the loop stops short (early stopping,
-divergence, a lost process) is :mod:`._trainer_stops`.
+divergence, a lost process) is :mod:`._trainer_stops`; budgets (``max_steps``,
+``max_minutes``) and checkpoints inside an epoch are :mod:`._budget`; the moving average of the
+weights (``training.ema``) is :mod:`._ema`; the lr warm-up is the optimiser's (:mod:`._warmup`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Literal, Sequence
 
 import pyro
 import torch
@@ -54,11 +56,13 @@ from .._modes import evaluated, evaluating, training
 from .._progress import progress
 from ..errors import TrainingError
 from ..sections import TrainingConfig
-from . import _trainer_state, distributed
-from ._trainer_state import TrainState, _host, checkpoint_due, read_history  # noqa: F401  (re-exported)
-from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping
+from . import _budget, _trainer_state, distributed
+from ._budget import Budget, budget_reached
+from ._ema import EMA, held_out
+from ._trainer_state import TrainState, _host, checkpoint_due, logged_epochs, read_history  # noqa: F401
+from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping, use_kept
 from .checkpoint import load_checkpoint, save_checkpoint
-from .devices import resolve_device
+from .devices import precision_context, resolve_device, to_device  # noqa: F401  (re-exported)
 from .distributed import DataParallel
 from .rules import UpdateRule
 
@@ -70,32 +74,6 @@ Augment = Callable[[Any, torch.Generator], Any]
 EVAL_ROWS = 1024
 
 
-def to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """A tensor or :class:`~pplvm.data.Batch` on ``device`` (no copy when already there)."""
-    return data.to(device, non_blocking=non_blocking)
-
-
-def precision_context(precision: str, device: torch.device) -> ContextManager:
-    """The numerics a step runs under: ``fp32``; ``bf16`` (autocast: matrix products in
-    bfloat16, reductions and log-probabilities in float32); ``tf32`` (TensorFloat-32 matrix
-    products on CUDA; plain fp32 elsewhere)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "tf32" and device.type == "cuda":
-        return _tf32()
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 class Trainer:
     """Fit a model and guide by repeating ``rule.step`` over shuffled minibatches.
 
@@ -104,7 +82,8 @@ class Trainer:
         (e.g. an exact log-likelihood), logged beside ``valid_loss``.
     :param extras: tensors saved with every checkpoint (e.g. the data transform).
     :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
-        (lower is better) or a ``*log_likelihood`` (higher is better).
+        (lower is better) or a ``*log_likelihood`` (higher is better); with ``training.ema``,
+        its value at the EMA weights (``monitor + "_ema"``), the weights the run is used with.
     :param augment: optional per-batch redraw of the training data (see :data:`Augment`).
     :param rank: this process's rank among ``world_size`` data-parallel processes (whose
         process group :func:`~pplvm.training.distributed.init_from_env` has started).
@@ -131,7 +110,8 @@ class Trainer:
         self.valid_metrics = valid_metrics
         self.extras = extras or {}
         self.callbacks = list(callbacks)
-        self.monitor, self.augment = monitor, augment
+        self.monitor = f"{monitor}_ema" if config.ema is not None else monitor
+        self.augment = augment
         self.augment_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rank, self.world_size = rank, world_size
         # one GPU per process when several train: LOCAL_RANK's
@@ -146,6 +126,13 @@ class Trainer:
         self._restored = False  # loaded from a checkpoint: its RNG states stand, no fresh seed
         self._best_params: dict[str, Any] | None = None
         self._last_save = -math.inf
+        self.ema: EMA | None = None  # training.ema's averages (made by setup)
+        self.budget = Budget(config)
+        #: which parameters the fit is used with: the best held-out ones, or (a budget stop's
+        #: last evaluation beat them) the last
+        self.kept: Literal["best", "last"] = "best"
+        self._epoch_start: torch.Tensor | None = None  # the shuffle's state before this epoch's draw
+        self._epoch_loss: torch.Tensor | None = None  # this epoch's running loss (a resume's: from its checkpoint)
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -173,6 +160,8 @@ class Trainer:
                     )
                 self._dp = DataParallel(self.device)
                 self.rule.distribute(self._dp)
+            if self.config.ema is not None:
+                self.ema = EMA({"model": self.model, "guide": self.guide}, self.config.ema, self.config.ema_warmup)
             self._ready = True
 
     def _batch_size(self, n: int) -> int:
@@ -202,18 +191,16 @@ class Trainer:
     def resume(self, train) -> None:
         """Continue from the run directory's last checkpoint; metrics logged after it are dropped."""
         self.setup(train)
-        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        self.load_state_dict(ckpt := load_checkpoint(self.checkpoint_path))
         if self.rank == 0:  # the writer keeps the history (other processes only train)
-            self.state.history = read_history(self.run_dir, self.state.epoch)
-            path = self.run_dir / "metrics.jsonl"
-            path.write_text("".join(json.dumps(m) + "\n" for m in self.state.history))
+            self.state.history = _trainer_state.rewrite_history(self.run_dir, logged_epochs(ckpt))
 
     def _checkpoint_due(self) -> bool:
         return checkpoint_due(self.config, self.state, self._last_save)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, train, valid=None) -> TrainState:
-        """Train until ``config.epochs`` are done or early stopping fires; return the state."""
+        """Train until ``config.epochs`` are done, early stopping fires or a budget runs out; return the state."""
         c, n = self.config, len(train)
         if self.state.epoch == 0 and not self._restored:  # (the epoch-0 checkpoint's RNG state stands)
             pyro.set_rng_seed(distributed.rank_seed(c.seed, self.rank))
@@ -224,18 +211,22 @@ class Trainer:
             with self._collectives():
                 self._sync_rng_states()
             self.save()  # a good checkpoint exists before the first step
-        steps = len(self._batches(torch.arange(n)))
+        steps, s = len(self._batches(torch.arange(n))), self.state
         bar = progress(
             c.epochs * steps,
             "training",
-            initial=self.state.epoch * steps,
+            initial=s.epoch * steps + s.position,
             unit="steps",
             enabled=c.progress and self.rank == 0,
         )
-        self.rule.plan((c.epochs - self.state.epoch) * steps)
+        left = (c.epochs - s.epoch) * steps - s.position
+        self.rule.plan(left if c.max_steps is None else max(0, min(left, c.max_steps - s.step)))
+        self.budget.start()
+        if s.epoch < c.epochs and not s.stopped and (why := self.budget.reached(s.step)):
+            _budget.stop(self, why, {})  # (a resume of a run at its max_steps: nothing to train)
         try:
             first, start = True, time.perf_counter()
-            while self.state.epoch < c.epochs and not self.state.stopped:
+            while s.epoch < c.epochs and not s.stopped:
                 with self._collectives(), training(self.model, self.guide):  # held-out evaluation: .eval()
                     metrics = self._epoch(train, valid, bar, first)
                 if first and self.rank == 0:
@@ -245,22 +236,25 @@ class Trainer:
                     cb(self, metrics)
         finally:
             bar.close()
-        if self._best_params is not None:
-            self.model.load_state_dict(self._best_params["model"])
-            self.guide.load_state_dict(self._best_params["guide"])
+        use_kept(self)  # the weights the run is evaluated and sampled with
         return self.state
 
     def _epoch(self, train, valid, bar, first: bool) -> dict[str, Any]:
         c, s, n = self.config, self.state, len(train)
+        self._epoch_start = self.shuffle.get_state()  # a checkpoint inside the epoch draws it again
         batches = self._batches(torch.randperm(n, generator=self.shuffle))  # the same on every process
-        steps = len(batches)
+        steps, begin = len(batches), s.position  # (a resume inside an epoch: its steps done)
         total = torch.zeros((), device=self.device)
+        if begin:
+            total += self._epoch_loss.to(self.device) if self._epoch_loss is not None else 0.0
+        self._epoch_loss = total  # (updated in place)
         # one host sync per step on CPU; on a GPU the finiteness of the losses is gathered on
         # the device and checked once per epoch (the checkpoint is only written after that);
         # several processes check once per epoch together, so they stop together
         check_each_step = (self.device.type == "cpu" or first) and self.world_size == 1
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        for i, idx in enumerate(batches):
+        for i in range(begin, steps):
+            idx = batches[i]
             _signals.check()  # a Ctrl-C that something swallowed stops the loop here
             shard = idx[self.rank :: self.world_size]
             if self.augment is None:
@@ -271,7 +265,7 @@ class Trainer:
                 self._dp.share(len(shard), len(idx))
             batch = to_device(batch, self.device, non_blocking=True)
             try:
-                with self._validation(first=i == 0 and first), precision_context(c.precision, self.device):
+                with self._validation(first=i == begin and first), precision_context(c.precision, self.device):
                     loss = self.rule.step(batch, n, s.epoch + (i + 1) / steps)
             except ValueError as err:
                 # Pyro's validation rejects NaN (or out-of-support) distribution parameters
@@ -287,16 +281,21 @@ class Trainer:
             else:
                 finite &= torch.isfinite(loss)
             total += loss * len(shard) / n
-            s.step += 1
+            s.step, s.position = s.step + 1, i + 1
+            if self.ema is not None:
+                self.ema.update(s.step)
             bar.update(1)
+            if i + 1 < steps and (why := budget_reached(self)):
+                self._finite(finite)
+                return _budget.pause_mid_epoch(self, valid, total, sum(len(b) for b in batches[: i + 1]), why)
+            if i + 1 < steps and _budget.checkpoint_in_epoch_due(self):
+                self._finite(finite)
+                self.save()
         if self.world_size > 1:  # the global batches' loss (Σ_r B_r L_r / n), and anyone's non-finite one
             total, bad = distributed.all_reduce_sum([total, (~finite).to(total.dtype)])
             finite = bad == 0
-        if not bool(finite):
-            self._diverged("loss became non-finite")
-        if not self._parameters_finite():  # a huge step can leave a finite loss and inf parameters
-            self._diverged("parameters became non-finite")
-        s.epoch += 1
+        self._finite(finite)
+        s.epoch, s.position = s.epoch + 1, 0
         metrics: dict[str, Any] = {
             "epoch": s.epoch,
             "step": s.step,
@@ -305,7 +304,7 @@ class Trainer:
         }
         if valid is not None and (s.epoch % c.eval_every == 0 or s.epoch == c.epochs):
             try:
-                metrics.update(self._agreed(self.evaluate(valid)))
+                metrics.update(self._agreed(held_out(self, valid)))
             except ValueError as err:
                 if not _is_support_error(err):
                     raise
@@ -315,11 +314,14 @@ class Trainer:
                 self._diverged(f"held-out {self.monitor} became {value}", epoch_done=True)
             self._early_stopping(-value if self.monitor.endswith("log_likelihood") else value)
         s.stopped = s.stopped or self.rule.stop_reason() or ""
-        s.history.append(metrics)
+        if not s.stopped and s.epoch < c.epochs and (why := budget_reached(self)):
+            if self.monitor not in metrics:  # the epoch had no evaluation: the last one
+                _budget.stop_evaluation(self, valid, metrics)
+            _budget.stop(self, why, metrics)
+        elif s.stopped:
+            metrics["stopped"] = s.stopped
+        _budget.record(self, metrics)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith(("loss", "likelihood"))})
-        if self.run_dir is not None and self.rank == 0:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
         self._sync_rng_states()
         if self._checkpoint_due():  # rank 0 alone decides (by the clock) and writes
             self.save()
@@ -369,6 +371,14 @@ class Trainer:
 
     def _early_stopping(self, value: float) -> None:
         early_stopping(self, value)
+
+    def _finite(self, finite: torch.Tensor) -> None:
+        """Stop if this epoch's losses (``finite``: all were, gathered on the device) or the
+        parameters became non-finite (a huge step can leave a finite loss and inf parameters)."""
+        if not bool(finite):
+            self._diverged("loss became non-finite")
+        if not self._parameters_finite():
+            self._diverged("parameters became non-finite")
 
     def _parameters_finite(self) -> bool:
         params = [p.detach() for p in self.rule.parameters()]

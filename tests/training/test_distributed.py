@@ -240,3 +240,24 @@ def test_a_bad_dist_timeout_names_its_variable_not_the_rendezvous(monkeypatch, v
         f"environment variable PPLVM_DIST_TIMEOUT = {value!r}: expected a positive number of seconds"
     )
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_torchrun_budget_stop_inside_an_epoch_resumes_as_one_process(tmp_path):
+    """``training.max_steps = 6`` stops 2 processes inside epoch 2 (4 global batches an epoch),
+    with a checkpoint there (the epoch's running loss summed over the processes, every
+    process's RNG state); ``resume --max-steps 100`` on 2 processes then equals one process's
+    uninterrupted fit (parameters and loss curves to float32 rounding)."""
+    card = tmp_path / "card.toml"
+    pplvm.config.dump_card(pplvm.card_from_dict({**CARD, "training": {**CARD["training"], "max_steps": 6}}), card)
+    two = tmp_path / "two"
+    torchrun("fit", str(card), "--out", str(two), "--quiet")
+    saved = load_checkpoint(two / "checkpoint.pt")
+    assert (saved["trainer"]["step"], saved["trainer"]["position"]) == (6, 2)
+    assert metrics(two)[-1]["partial"] and metrics(two)[-1]["stopped"] == "training.max_steps = 6 reached"
+    torchrun("resume", str(two), "--max-steps", "100", "--json")
+    one = pplvm.fit(CARD)
+    c2 = load_checkpoint(two / "checkpoint.pt")
+    assert c2["trainer"]["step"] == one.trainer.state.step == 16
+    assert_params_close(c2["guide"], one.guide.state_dict())
+    assert_curves_close(metrics(two), one.history)

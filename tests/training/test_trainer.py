@@ -254,8 +254,12 @@ def test_checkpoints_by_time_write_the_first_and_last_epochs(tmp_path, monkeypat
     pplvm.fit(card, tmp_path / "run")
     assert saved == [0, 6]  # before the first step, then only the last epoch (the interval never passed)
     saved.clear()
+    monkeypatch.setattr(
+        Trainer, "save", lambda self: (saved.append((self.state.epoch, self.state.position)), save(self))[1]
+    )
     pplvm.fit({**card, "training": {**card["training"], "checkpoint_seconds": 0.0}}, tmp_path / "run2")
-    assert saved == [0, 1, 2, 3, 4, 5, 6]
+    # the interval passes at every step: inside the epochs too (4 steps each), and at their ends
+    assert saved == [(0, 0)] + [(e, i) if i else (e + 1, 0) for e in range(6) for i in (1, 2, 3, 0)]
 
 
 def test_resume_refuses_a_metric_history_shorter_than_the_checkpoint(tmp_path):
