@@ -7,9 +7,9 @@ Data: statically binarized MNIST (``../shared/data/binarized_mnist/train_valid.n
 training images; the held-out images are the first ``--rows`` of ``valid``), pixels 0/1, so
 both bounds are of a probability over 2 levels per pixel (bits/dim).
 
-1. pplvm fits the card as written, on one CPU thread, with ``training.max_minutes = --minutes``;
-   the CPU seconds of that fit (this process's, the fit's own final evaluation included) are
-   the budget.
+1. pplvm fits the card as written, on one CPU thread, with ``training.max_minutes = --minutes``
+   (its held-out checks on 20 of the held-out images; no run directory); the CPU seconds of
+   that fit, its checks included, are the budget.
 2. The peer (bench/_hand_ddpm.py): Ho et al.'s DDPM — T = 1000 linear β, the fixed reverse
    variance β_t, L_simple, an EMA of the weights (0.9999 with the decay's warm-up), Adam — with
    the card's U-Net class and width, trains on one thread until it has used the same CPU seconds.
@@ -69,7 +69,7 @@ def pplvm_side(card_path: Path, minutes: float, data: Path, out: Path) -> dict:
     ]
     card = pplvm.load_card(card_path, overrides)
     start = time.process_time()
-    run = pplvm.fit(card, run_dir=out / "pplvm_run", overwrite=True)
+    run = pplvm.fit(card)  # no run directory: no checkpoints, export or figures in the budget
     cpu = time.process_time() - start
     return {"run": run, "cpu": cpu, "steps": run.history[-1]["step"], "card": card}
 
@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--times", type=int, default=100, help="the peer's stratified steps per held-out image")
     ap.add_argument("--train-rows", type=int, default=50000)
+    ap.add_argument("--samples", type=int, default=16, help="images in each side's sample grid")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "diffusion_mnist_race")
     args = ap.parse_args()
     if DATA is None:
@@ -93,8 +94,8 @@ def main() -> None:
 
     with np.load(DATA, allow_pickle=False) as f:
         train, valid = f["train"][: args.train_rows], f["valid"][: args.rows]
-    subset = work / "train_heldout.npz"  # the held-out images are the card's valid split
-    np.savez(subset, train=train, valid=valid)
+    subset = work / "train_heldout.npz"  # the fit's own held-out checks: 20 of the held-out images
+    np.savez(subset, train=train, valid=valid[:20])
     x_valid = torch.as_tensor(valid, dtype=torch.float32)
     dim = x_valid.shape[1]
 
@@ -135,8 +136,8 @@ def main() -> None:
         print(f"  {name:6s}" + "  ".join(f"{k} {bits(v, dim)[0]:.4f}" for k, v in side.items()))
     print(f"evaluation CPU s: pplvm {pplvm_eval:.0f}, hand {hand_eval:.0f}")
 
-    samples_ours = run.sample(64).float()
-    samples_hand = hand.sample(64, dim)
+    samples_ours = run.sample(args.samples).float()
+    samples_hand = hand.sample(args.samples, dim)
     result = {
         "minutes": args.minutes,
         "cpu_seconds": ours["cpu"],
@@ -153,7 +154,9 @@ def main() -> None:
     from pplvm.evaluation.plots import image_grid
 
     for name, s in (("pplvm", samples_ours), ("hand", samples_hand)):
-        image_grid(s, (28, 28), title=f"{name}: 64 samples").savefig(args.out.parent / f"{args.out.name}_{name}.png")
+        image_grid(s, (28, 28), title=f"{name}: {args.samples} samples").savefig(
+            args.out.parent / f"{args.out.name}_{name}.png"
+        )
     print(f"wrote {args.out.with_suffix('.json')} and the sample grids")
 
 
