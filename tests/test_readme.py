@@ -64,6 +64,17 @@ def binarized_mnist_file(where: Path) -> None:
     )
 
 
+def cifar10_files(where: Path) -> None:
+    """Small stand-ins for the CIFAR-10 binary batches models/*_cifar10.toml name: 5 training
+    batches of 8 random 3 x 32 x 32 images and a test batch of 4 (one label byte a record)."""
+    rng = np.random.default_rng(0)
+    folder = where / "data" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in [(f"data_batch_{i}.bin", 8) for i in range(1, 6)] + [("test_batch.bin", 4)]:
+        records = np.concatenate([rng.integers(0, 10, (n, 1)), rng.integers(0, 256, (n, 3072))], axis=1)
+        (folder / name).write_bytes(records.astype(np.uint8).tobytes())
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A fresh directory holding models/ (as a user's checkout does), the placeholder files,
@@ -73,6 +84,7 @@ def workdir(tmp_path_factory):
     np.save(where / "my.npy", np.random.default_rng(1).normal(size=(12, 4)) + 5.0)  # 4 iris-like columns
     mnist_idx_files(where)
     binarized_mnist_file(where)
+    cifar10_files(where)
     bin_dir = where / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "pplvm"

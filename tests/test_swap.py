@@ -15,7 +15,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from test_readme import binarized_mnist_file, mnist_idx_files
+from test_readme import binarized_mnist_file, cifar10_files, mnist_idx_files
 
 import pplvm
 from pplvm.families import FAMILIES
@@ -56,6 +56,7 @@ def user_files(tmp_path_factory):
     where = tmp_path_factory.mktemp("user")
     mnist_idx_files(where)
     binarized_mnist_file(where)
+    cifar10_files(where)
     return where
 
 

@@ -115,6 +115,12 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     dataset = split_given(x, labels, cfg, check) if isinstance(x, dict) else split(check(x, "data"), labels, cfg)
     dataset.info.update(info)
     dataset.augment = augment
+    if cfg.valid_rows is not None and dataset.valid is not None and len(dataset.valid) > cfg.valid_rows:
+        keep = torch.randperm(len(dataset.valid), generator=torch.Generator().manual_seed(cfg.split_seed))
+        keep = keep[: cfg.valid_rows].sort().values
+        dataset.valid = dataset.valid[keep]
+        if dataset.labels.get("valid") is not None:
+            dataset.labels["valid"] = dataset.labels["valid"][keep]
     if augment is not None:
         fixed = torch.Generator().manual_seed(cfg.split_seed)
         dataset.valid, dataset.test = (

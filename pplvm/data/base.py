@@ -19,6 +19,13 @@ class DataConfig(Section):
     source: str
     valid_fraction: float = Field(0.2, ge=0, lt=1, description="held-out fraction for validation")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="held-out fraction for testing")
+    valid_rows: int | None = Field(
+        None,
+        ge=1,
+        description="keep at most this many validation rows, a fixed random subset (split_seed): the held-out "
+        "checks during training score only these (for a bound that costs many network calls a row, on a "
+        "large validation split); none = all",
+    )
     split_seed: Seed = 0
     standardize: bool = False
     label_fraction: float = Field(

@@ -67,6 +67,25 @@ def test_splits_are_deterministic_disjoint_and_complete():
     assert len(torch.unique(rows, dim=0)) == 178
 
 
+def test_valid_rows_keeps_a_fixed_subset_of_the_validation_split_and_its_labels():
+    raw = {
+        "model": {"family": "gmm"},
+        "objective": {"name": "enum"},
+        "data": {"source": "iris", "valid_fraction": 0.4},
+    }
+    whole = load_dataset(card_from_dict(raw).data)
+    raw["data"]["valid_rows"] = 10
+    a, b = load_dataset(card_from_dict(raw).data), load_dataset(card_from_dict(raw).data)
+    torch.testing.assert_close(a.valid, b.valid)  # the same rows every time
+    torch.testing.assert_close(a.train, whole.train)  # training rows untouched
+    assert len(a.valid) == 10 and len(whole.valid) == 60
+    pos = [int(((whole.valid - row).abs().sum(-1) == 0).nonzero()[0]) for row in a.valid]
+    assert pos == sorted(pos)  # rows of the split, in its order
+    torch.testing.assert_close(a.labels["valid"], whole.labels["valid"][pos])
+    raw["data"]["valid_rows"] = 1000  # more than there are: all of them
+    assert len(load_dataset(card_from_dict(raw).data).valid) == 60
+
+
 def test_fractions_leaving_no_training_rows_are_refused():
     with pytest.raises(pplvm.CardError, match="data.valid_fraction"):
         card_from_dict(
