@@ -13,12 +13,16 @@ name         discriminator loss                           generator loss
              ``x̂ = ε x + (1 - ε) x̃``, ε ~ U(0, 1)
 ============ ============================================ ===============================
 
-(means over the batch). The step's loss is the discriminator's, scaled to the data set (× N);
-each epoch logs the mean ``discriminator_loss`` and ``generator_loss`` per datum. The held-out
-loss is the unbiased MMD² (:func:`pplvm.inference.mmd.mmd2_unbiased`, Gaussian kernel
-at the median distance) between up to ``model.mmd_samples`` held-out rows and as many samples
-from fixed latent draws, so "best parameters" and early stopping follow sample quality rather
-than the adversarial losses, which do not measure it. Randomness comes from the global torch
+(means over the batch). With ``model.r1_penalty = γ`` > 0 every discriminator loss adds the R1
+penalty ``(γ/2) |∇ₓD(x)|²`` on the real rows (Mescheder et al. 2018); ``model.spectral_norm``
+normalises the discriminator's weights (Miyato et al. 2018, in the family); with ``model.levels``
+the real rows are dequantised first (:meth:`~pplvm.families.gan.GenerativeAdversarialNetwork.dequantize`).
+The step's loss is the discriminator's, scaled to the data set (× N); each epoch logs the mean
+``discriminator_loss`` and ``generator_loss`` per datum. The held-out loss is the unbiased MMD²
+(:func:`pplvm.inference.mmd.mmd2_unbiased`, Gaussian kernel at the median distance) between up to
+``model.mmd_samples`` held-out rows and as many samples (in data units) from fixed latent draws,
+so "best parameters" and early stopping follow sample quality rather than the adversarial
+losses, which do not measure it. Randomness comes from the global torch
 RNG, which the loop checkpoints, so a resumed run repeats an uninterrupted one.
 """
 
@@ -43,13 +47,14 @@ class AdversarialStep(UpdateRule):
 
     :param model: a family with ``prior(n)``, ``generator(z)``, ``critic(x)``, a ``decoder``
         (the generator's parameters) and a ``discriminator`` module, and ``config`` fields
-        ``critic_steps``, ``gradient_penalty`` and ``mmd_samples``.
+        ``critic_steps``, ``gradient_penalty``, ``r1_penalty`` and ``mmd_samples``.
     """
 
     def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, card: Any, loss: AdversarialLoss):
         self.model, self.guide, self.loss, self.config = model, guide, loss, card.training
         c = model.config
         self.critic_steps, self.penalty, self.mmd_rows = c.critic_steps, c.gradient_penalty, c.mmd_samples
+        self.r1 = c.r1_penalty
         self.g_opt = self.d_opt = self.g_sched = self.d_sched = None
         self._sums: list | None = None  # discriminator and generator loss sums (on the device), batches
         self._dp: DataParallel | None = None  # several processes: gradients are all-reduced
@@ -64,16 +69,24 @@ class AdversarialStep(UpdateRule):
 
     # ------------------------------------------------------------------ losses
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """The discriminator's loss on ``real`` and (detached) ``fake`` rows ``(B, D)``: a scalar."""
+        """The discriminator's loss on ``real`` and (detached) ``fake`` rows ``(B, D)``, with the
+        R1 penalty where ``model.r1_penalty`` > 0: a scalar."""
+        if self.r1:
+            real = real.detach().requires_grad_(True)
         d_real, d_fake = self.model.critic(real), self.model.critic(fake)
         if self.loss == "gan":
-            return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        if self.loss == "gan_hinge":
-            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        eps = torch.rand(len(real), 1, device=real.device, dtype=real.dtype)
-        mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.model.critic(mixed).sum(), mixed, create_graph=True)
-        return d_fake.mean() - d_real.mean() + self.penalty * (grad.norm(dim=-1) - 1).square().mean()
+            loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        elif self.loss == "gan_hinge":
+            loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        else:
+            eps = torch.rand(len(real), 1, device=real.device, dtype=real.dtype)
+            mixed = (eps * real.detach() + (1 - eps) * fake).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.model.critic(mixed).sum(), mixed, create_graph=True)
+            loss = d_fake.mean() - d_real.mean() + self.penalty * (grad.norm(dim=-1) - 1).square().mean()
+        if self.r1:
+            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            loss = loss + 0.5 * self.r1 * grad.square().sum(-1).mean()
+        return loss
 
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
         """The generator's loss on generated rows ``(B, D)`` (with gradients to G): a scalar."""
@@ -82,8 +95,9 @@ class AdversarialStep(UpdateRule):
 
     # ------------------------------------------------------------------- steps
     def step(self, batch, num_data: int, progress: float) -> torch.Tensor:
-        real = values(batch)
-        b, model = len(real), self.model
+        model = self.model
+        real = model.dequantize(values(batch))
+        b = len(real)
         shape = (b, model.latent_dim)  # z ~ N(0, I): the prior, drawn directly
         for _ in range(self.critic_steps):
             with torch.no_grad():
@@ -128,7 +142,7 @@ class AdversarialStep(UpdateRule):
         real = values(data)[: self.mmd_rows]
         g = torch.Generator(device=real.device).manual_seed(0)
         z = torch.randn(len(real), self.model.latent_dim, generator=g, device=real.device, dtype=real.dtype)
-        fake = self.model.generator(z).to(real.dtype)
+        fake = self.model.quantize(self.model.generator(z)).to(real.dtype)
         pooled = torch.cat([real, fake])
         return mmd2_unbiased(gaussian_gram(pooled, median_bandwidth(pooled)), len(real)) * num_data
 

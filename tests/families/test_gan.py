@@ -4,12 +4,14 @@ equal to an uninterrupted one, likelihood refusals, and latent interpolation."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pplvm
 from pplvm.evaluation.arviz import groups
+from pplvm.evaluation.two_sample import mmd_test
 from pplvm.objectives import make_update_rule
 from pplvm.training.checkpoint import load_checkpoint
 from pplvm.workflows import latent
@@ -107,3 +109,111 @@ def test_shipped_card_fits(tmp_path):
     assert 0 <= run.history[-1]["valid_loss"] < 2  # MMD² with a Gaussian kernel lies in [0, 2] (up to noise)
     x = run.sample(8)
     assert x.shape == (8, 64) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+# ------------------------------------------------------------------ the options
+def test_r1_penalty_equals_its_formula_by_finite_differences():
+    """(γ/2) mean |∇ₓD(x)|² on the real rows, added to the plain loss; the gradient by central
+    differences (h = 1e-3 on a float32 tanh critic: error ~h² + round-off/h ≈ 1e-4)."""
+    run = _run("gan", r1_penalty=4.0)
+    rule = make_update_rule(run.model, run.guide, run.card)
+    real, fake = run.dataset.train[:6], torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    critic, h = run.model.critic, 1e-3
+    grad = torch.stack([(critic(real + h * e) - critic(real - h * e)) / (2 * h) for e in torch.eye(4)], -1)
+    plain = F.softplus(-critic(real)).mean() + F.softplus(critic(fake)).mean()
+    want = plain + 0.5 * 4.0 * grad.square().sum(-1).mean()
+    assert rule.discriminator_loss(real, fake).item() == pytest.approx(want.item(), abs=1e-3)
+
+
+def test_spectral_norm_makes_each_discriminator_layer_1_lipschitz():
+    """With model.spectral_norm every weight the critic uses has largest singular value 1 (the
+    power iteration, run by the critic's forward passes in training mode, against torch's SVD);
+    without it the same layers' norms are what their initialisation gives."""
+    run = _run("gan_hinge", spectral_norm=True)
+    x = run.dataset.train[:8]
+    for _ in range(30):  # one power iteration per forward pass
+        run.model.critic(x)
+    layers = [m for m in run.model.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+    norms = [float(torch.linalg.matrix_norm(m.weight.detach(), ord=2)) for m in layers]
+    assert norms == pytest.approx([1.0] * len(layers), abs=1e-3)
+    plain = [m.weight.detach() for m in _run("gan_hinge").model.discriminator if isinstance(m, torch.nn.Linear)]
+    assert any(abs(float(torch.linalg.matrix_norm(w, ord=2)) - 1) > 0.05 for w in plain)
+
+
+def test_levels_dequantise_real_rows_into_their_cells_and_samples_land_on_the_grid():
+    """model.levels = K: a real x = j/(K-1) becomes (j + u)/K inside cell j, which quantize maps
+    back to x exactly; samples lie on the K levels; data off the grid are refused in one line."""
+    k = 5
+    x = torch.randint(0, k, (200, 4), generator=torch.Generator().manual_seed(0)).float() / (k - 1)
+    data = {"source": "file", "path": "unused.npy", "valid_fraction": 0.2}
+    card = {**CARD, "model": {**CARD["model"], "likelihood": "bernoulli", "levels": k}, "data": data}
+    run = pplvm.Run.from_card(card, data=x.numpy())
+    model = run.model
+    y = model.dequantize(x)
+    assert ((y * k).floor() == (x * (k - 1)).round()).all()  # inside cell j
+    assert torch.equal(model.quantize(y), x)
+    s = run.sample(64)
+    assert torch.equal(s * (k - 1), (s * (k - 1)).round()) and 0 <= float(s.min()) and float(s.max()) <= 1
+    with pytest.raises(pplvm.DataError, match=r"model.levels = 5 needs values on the levels j/4"):
+        pplvm.Run.from_card(card, data=(x * 0.9).numpy())
+
+
+def test_resumed_fit_with_spectral_norm_and_r1_equals_uninterrupted(tmp_path):
+    """The spectral norm's power-iteration vectors are buffers and travel in the checkpoint too."""
+    card = {**CARD, "model": {**CARD["model"], "spectral_norm": True, "r1_penalty": 1.0}}
+    full = pplvm.fit(card, tmp_path / "full")
+    pplvm.fit({**card, "training": {**card["training"], "epochs": 2}}, tmp_path / "half")
+    resumed = pplvm.Run.resume(tmp_path / "half", epochs=4)
+    assert [h["discriminator_loss"] for h in full.history] == [h["discriminator_loss"] for h in resumed.history]
+    assert torch.equal(full.sample(16), resumed.sample(16))
+
+
+# ------------------------------------------------------------ convergence oracle
+def _ring(n: int, seed: int, std: float) -> np.ndarray:
+    """n draws from 8 equally weighted Normal(μ_k, std² I), μ_k on the circle of radius 2."""
+    g = np.random.default_rng(seed)
+    angle = 2 * np.pi * g.integers(0, 8, n) / 8
+    return np.stack([2 * np.cos(angle), 2 * np.sin(angle)], 1) + std * g.normal(size=(n, 2))
+
+
+def test_ring_of_8_gaussians_all_modes_covered_and_mmd_test_passed():
+    """The GAN convergence oracle (Metz et al. 2017): 8 Gaussians (std 0.05) on a circle of
+    radius 2. After training, every mode holds at least 1/16 of 1000 samples within 3 std of its
+    centre (a perfect generator puts 1/8 · (1 - e^{-9/2}) = 0.124 there, a dropped mode ~0: the
+    bar is half the ideal share), and the MMD permutation test against 1000 fresh ring draws
+    does not reject (p > 0.05). Non-saturating loss, R1 γ = 1, Adam β1 = 0.5, the lr decayed
+    (cosine) to 1% — without the R1 penalty and the decay, the plain GAN oscillates between modes.
+    Measured over seeds 0..3 of this setting: smallest share 0.064..0.075, MMD p 0.05..0.18."""
+    std = 0.05
+    card = {
+        "name": "ring",
+        "model": {
+            "family": "gan",
+            "latent_dim": 2,
+            "hidden": [64, 64],
+            "activation": "relu",
+            "likelihood": "gaussian",
+            "discriminator_hidden": [64, 64],
+            "r1_penalty": 1.0,
+            "mmd_samples": 256,
+        },
+        "guide": {"kind": "none"},
+        "objective": {"name": "gan"},
+        "data": {"source": "file", "path": "unused.npy", "valid_fraction": 0.1},
+        "training": {
+            "epochs": 100,
+            "batch_size": 128,
+            "lr": 2e-3,
+            "betas": [0.5, 0.999],
+            "lr_schedule": "cosine",
+            "lr_final_ratio": 0.01,
+            "eval_every": 1000,
+            "progress": False,
+        },
+    }
+    run = pplvm.fit(card, data=_ring(2000, 0, std))
+    samples = run.sample(1000).numpy()
+    centres = np.stack([2 * np.cos(2 * np.pi * np.arange(8) / 8), 2 * np.sin(2 * np.pi * np.arange(8) / 8)], 1)
+    share = (np.linalg.norm(samples[:, None] - centres, axis=-1) < 3 * std).mean(0)
+    assert share.min() >= 1 / 16, share
+    assert mmd_test(samples, _ring(1000, 100, std), seed=0).p_value > 0.05
