@@ -217,19 +217,23 @@ def cards_fitted_by_readme() -> dict[str, str]:
 
 
 def check_card_run(card: Path, run_dir: Path) -> None:
-    """A card fitted as written left a complete run directory that this Python's arviz reads."""
-    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "loss.png", "summary.txt"):
-        assert (run_dir / name).is_file(), name
+    """A card fitted as written left a complete run directory that this Python's arviz reads
+    (a card with ``evaluation.export = false``: no arviz file, as it asks)."""
     from pplvm import load_card
     from pplvm.evaluation.arviz import groups, read_inference_data
     from pplvm.families import FAMILIES
 
-    idata = read_inference_data(run_dir / "inference_data.nc")  # readable by this Python's arviz
-    assert "observed_data" in groups(idata)
-    if FAMILIES[load_card(card).model.family].likelihood == "none":  # an implicit density: no such group
-        assert "log_likelihood" not in groups(idata)
+    for name in ("card.toml", "checkpoint.pt", "metrics.jsonl", "loss.png", "summary.txt"):
+        assert (run_dir / name).is_file(), name
+    if not load_card(card).evaluation.export:
+        assert not (run_dir / "inference_data.nc").exists()
     else:
-        assert idata.log_likelihood["obs"].shape[-1] == idata.observed_data["obs"].shape[0]
+        idata = read_inference_data(run_dir / "inference_data.nc")  # readable by this Python's arviz
+        assert "observed_data" in groups(idata)
+        if FAMILIES[load_card(card).model.family].likelihood == "none":  # an implicit density: no such group
+            assert "log_likelihood" not in groups(idata)
+        else:
+            assert idata.log_likelihood["obs"].shape[-1] == idata.observed_data["obs"].shape[0]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) <= int(EPOCHS)
 
 

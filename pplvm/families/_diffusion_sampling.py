@@ -84,9 +84,18 @@ def interpolate(
     return model.generate(num, sampler="ddim", steps=steps, z=z)
 
 
+#: the figure after a fit: ancestral samples up to this many steps; beyond, DDIM on FIGURE_DDIM
+FIGURE_STEPS = 250
+FIGURE_DDIM = 50
+#: images in the figure: 64 small ones (up to this many values each), else 16
+FIGURE_SMALL = 1024
+
+
 def plots(model: Diffusion, x) -> dict:
-    """:meth:`Diffusion.plots`: data and ancestral samples (2-D data), or a grid of ancestral
-    samples (one-channel images)."""
+    """:meth:`Diffusion.plots`: data and ancestral samples (2-D data), or a grid of samples
+    (images: 64, or 16 above :data:`FIGURE_SMALL` values; ancestral up to
+    :data:`FIGURE_STEPS` steps, else DDIM on :data:`FIGURE_DDIM` of the T steps, so the figure after a
+    long chain costs a bounded number of network calls)."""
     figs = {}
     device = next(model.parameters()).device  # samples are drawn where the model lives
     if model.dim == 2:
@@ -100,6 +109,11 @@ def plots(model: Diffusion, x) -> dict:
         from ..evaluation.plots import image_grid
 
         g = torch.Generator(device=device).manual_seed(0)
-        samples = model.generate(64, generator=g).cpu()
-        figs["samples"] = image_grid(samples.clamp(0, 1), model.image_shape, title="ancestral samples")
+        n = 64 if model.dim <= FIGURE_SMALL else 16
+        if model.steps <= FIGURE_STEPS:
+            samples, title = model.generate(n, generator=g), "ancestral samples"
+        else:
+            samples = model.generate(n, generator=g, sampler="ddim", steps=FIGURE_DDIM)
+            title = f"DDIM samples ({FIGURE_DDIM} of the {model.steps} steps)"
+        figs["samples"] = image_grid(samples.cpu().clamp(0, 1), model.image_shape, title=title)
     return figs

@@ -18,7 +18,9 @@ network (positive weights: ``g(s) = l_1(s) + l_3(sigmoid(l_2(l_1(s))))``) and ``
 endpoints (the paper's invariance), so the endpoints are trained by the bound, and the shape
 ``g`` by the gradient of the *squared* diffusion loss: its estimator's second moment, whose
 minimum at fixed mean is its variance (the paper's variance-minimising objective; done by
-scaling the gradient reaching ``g`` by ``2 L_∞`` per draw in the backward pass).
+scaling the gradient reaching ``g`` by ``L_∞ / mean(L_∞)`` per draw in the backward pass: the
+squared loss's gradient over ``2 mean(L_∞)`` of the batch, a positive factor Adam does not see,
+which keeps it at the bound's magnitude where a gradient-norm clip sums over all parameters).
 
 Generation and the Pyro model (sites ``z_T .. z_1``) are the family's ``steps``-step
 discretisation (:class:`~.diffusion.Diffusion` with ``ᾱ_t = α²(s_t)``, ``s_t = (t - 1) / (T - 1)``,
@@ -149,7 +151,9 @@ class VariationalDiffusion(Diffusion, ContinuousTimeLoss):
         z = torch.sigmoid(-gamma).sqrt()[:, None] * y.repeat(times, 1) + torch.sigmoid(gamma).sqrt()[:, None] * noise
         diffusion = 0.5 * dgamma * ((noise - self.epsilon(z, s)) ** 2).sum(-1)
         if variance_gradient and torch.is_grad_enabled():
-            scale = 2 * diffusion.detach()
+            # d(Σ L²) / (2 mean L): the variance's direction (Adam does not see its scale) at the
+            # bound's magnitude, so a gradient-norm clip over all parameters is not ruled by it
+            scale = diffusion.detach() / diffusion.detach().mean().clamp_min(torch.finfo(x.dtype).tiny)
             shape.register_hook(lambda g: g * scale)
             dshape.register_hook(lambda g: g * scale)
         # L_0: z_0 ~ q(z_0 | x), decoder mean z_0 / α_0 and scale σ_0 / α_0 (= e^{γ_0 / 2})

@@ -43,8 +43,8 @@ def test_continuous_loss_equals_the_discrete_bound_at_large_T():
 
 def test_the_schedule_is_monotone_and_its_shape_gets_the_variance_gradient():
     """γ is increasing from γ_0 to γ_1 with γ' > 0 at random parameters; the gradient the loss
-    sends to the schedule's shape parameters is that of (1/2) Σ L_∞² per draw (autograd of the
-    squared loss with the same draws), while the endpoints get the bound's own gradient."""
+    sends to the schedule's shape parameters is that of Σ L_∞² per draw over 2 mean(L_∞) (autograd
+    of the squared loss with the same draws), while the endpoints get the bound's own gradient."""
     model = _model(steps=10)
     with torch.no_grad():
         for p in model.gamma.parameters():
@@ -64,14 +64,16 @@ def test_the_schedule_is_monotone_and_its_shape_gets_the_variance_gradient():
     hooked = grads(terms["L_diffusion"].sum())
     plain = model.vdm_terms(x, 3, generator=torch.Generator().manual_seed(5))
     rows = plain["L_diffusion"]  # the per-datum mean over 3 draws; squared per draw below
-    squared = grads(_per_draw_squares(model, x, 3, 5))
+    squares, mean = _per_draw_squares(model, x, 3, 5)
+    squared = grads(squares)
     for h, q in zip(hooked[:-1], squared[:-1]):
-        torch.testing.assert_close(h, q / 3)
+        torch.testing.assert_close(h, q / 3 / (2 * mean))  # over 2 mean(L_∞): the bound's magnitude
     torch.testing.assert_close(hooked[-1], grads(rows.sum())[-1])  # γ_0: the bound's gradient
 
 
 def _per_draw_squares(model, x, times, seed):
-    """Σ over draws of L_∞(draw)², the draws those of ``vdm_terms`` with ``seed``."""
+    """Σ over draws of L_∞(draw)² and the draws' mean L_∞ (detached), the draws those of
+    ``vdm_terms`` with ``seed``."""
     g = torch.Generator().manual_seed(seed)
     kw = {"dtype": x.dtype}
     n = len(x) * times
@@ -81,7 +83,7 @@ def _per_draw_squares(model, x, times, seed):
     noise = torch.randn(n, 2, generator=g, **kw)
     z = torch.sigmoid(-gamma).sqrt()[:, None] * x.repeat(times, 1) + torch.sigmoid(gamma).sqrt()[:, None] * noise
     loss = 0.5 * dgamma * ((noise - model.epsilon(z, s)) ** 2).sum(-1)
-    return (loss**2).sum()
+    return (loss**2).sum(), loss.detach().mean()
 
 
 def test_a_tiny_fit_improves_the_bound_and_keeps_the_schedule_monotone():
