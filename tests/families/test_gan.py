@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import pplvm
 from pplvm.evaluation.arviz import groups
-from pplvm.evaluation.two_sample import mmd_test
+from pplvm.evaluation.two_sample import mmd_test, two_sample
 from pplvm.objectives import make_update_rule
 from pplvm.training.checkpoint import load_checkpoint
 from pplvm.workflows import latent
@@ -109,6 +109,49 @@ def test_shipped_card_fits(tmp_path):
     assert 0 <= run.history[-1]["valid_loss"] < 2  # MMD² with a Gaussian kernel lies in [0, 2] (up to noise)
     x = run.sample(8)
     assert x.shape == (8, 64) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_ema_averages_the_generator_step_by_step_and_samples_use_it(tmp_path, monkeypatch):
+    """training.ema on the GAN update rule: after each step t (both optimisers' updates) the
+    generator's weights enter e_t = d_t e_(t-1) + (1 - d_t) θ_t, d_t = min(0.9, (1 + t)/(10 + t))
+    (float64 oracle from the raw weights recorded after every step); a fitted run, the run loaded
+    back and its two-sample test draw from the averages by default, ``weights = "raw"`` from θ_T."""
+    monkeypatch.setattr(pplvm.Run, "write_artifacts", lambda run: None)
+    card = {
+        **CARD,
+        "model": {**CARD["model"], "spectral_norm": True},
+        "data": {**CARD["data"], "valid_fraction": 0.0, "test_fraction": 0.0},
+        "training": {**CARD["training"], "ema": 0.9, "ema_warmup": True},
+    }
+    run = pplvm.Run.from_card(card)
+    generator = lambda: {k: p.detach().clone() for k, p in run.model.decoder.named_parameters()}  # noqa: E731
+    raw, step = [generator()], run.rule.step
+
+    def recording_step(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        raw.append(generator())
+        return loss
+
+    run.rule.step = recording_step
+    run.fit(tmp_path / "run")
+    assert len(raw) == 1 + 4 * 5  # 150 rows in batches of 32: 5 steps an epoch
+    ema = {k: v.double() for k, v in raw[0].items()}
+    for t, theta in enumerate(raw[1:], 1):
+        d = min(0.9, (1 + t) / (10 + t))
+        ema = {k: d * ema[k] + (1 - d) * theta[k].double() for k in ema}
+    for k, p in run.model.decoder.named_parameters():
+        torch.testing.assert_close(p.detach().double(), ema[k], rtol=1e-6, atol=1e-6)
+    assert any(not torch.equal(p.detach(), raw[-1][k]) for k, p in run.model.decoder.named_parameters())
+
+    z = torch.randn(16, 2, generator=torch.Generator().manual_seed(3))
+    loaded, unaveraged = pplvm.load(tmp_path / "run"), pplvm.Run.load(tmp_path / "run", weights="raw")
+    torch.testing.assert_close(latent.decode(loaded, z), latent.decode(run, z))
+    for k, p in unaveraged.model.decoder.named_parameters():
+        assert torch.equal(p.detach(), raw[-1][k])
+    x = run.transform.inverse(run.dataset.train)
+    mmd = lambda r, x: two_sample(r, x, permutations=20, tests=("mmd",))["mmd"].statistic  # noqa: E731
+    assert mmd(loaded, x) == mmd(run, x)
+    assert mmd(unaveraged, x) != mmd(run, x)
 
 
 # ------------------------------------------------------------------ the options
