@@ -137,7 +137,7 @@ def model_graph(run: Run):
     """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
     Pyro's model inspection on a few training rows: a matplotlib Figure."""
     x = run._training_data()[:PROTOTYPE_ROWS]
-    relations = graph.model_relations(run.model, x)
+    relations = graph.model_relations(run.model.graph_prototype(), x)
     return graph.model_graph(relations, title=f"{run.card.name}: model.family = {run.card.model.family!r}")
 
 

@@ -87,8 +87,8 @@ def interpolate(
 #: the figure after a fit: ancestral samples up to this many steps; beyond, DDIM on FIGURE_DDIM
 FIGURE_STEPS = 250
 FIGURE_DDIM = 50
-#: images in the figure: 64 small ones (up to this many values each), else 16
-FIGURE_SMALL = 1024
+#: images in the figure: 64 small ones (up to this many values each, e.g. 8 x 8), else 16
+FIGURE_SMALL = 256
 
 
 def plots(model: Diffusion, x) -> dict:

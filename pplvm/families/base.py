@@ -177,6 +177,11 @@ class LatentVariableModel(PyroModule, metaclass=_AbstractPyroModuleMeta):
     def plots(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Family diagnostic figures, ``name -> matplotlib Figure``."""
 
+    def graph_prototype(self) -> torch.nn.Module:
+        """The model whose trace ``model.png`` draws: itself (the default), or a stand-in with the
+        same structure that is cheaper to trace (a diffusion: a short chain)."""
+        return self
+
     def restart_refusal(self) -> str | None:
         """Why ``training.restarts`` > 1 would repeat one fit (every start the same point, e.g. a
         deterministic data-driven start), in words that name the card's setting; None (the

@@ -35,6 +35,7 @@ samplers (ancestral, DDIM, its inversion) and the figures of samples are
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Annotated, Literal
 
@@ -63,6 +64,9 @@ from . import _diffusion_ode as _ode
 from . import _diffusion_sampling as _sampling
 from ._diffusion_forward import ForwardProcess
 from .base import FamilyConfig, FixedGuide, LatentVariableModel
+
+#: steps of the chain model.png traces (see :meth:`Diffusion.graph_prototype`)
+GRAPH_STEPS = 6
 
 
 class DiffusionConfig(FamilyConfig, _ode.ODEOptions):
@@ -376,3 +380,12 @@ class Diffusion(LatentVariableModel, FixedGuide):
 
     def plots(self, x, params):
         return _sampling.plots(self, x)
+
+    def graph_prototype(self) -> torch.nn.Module:
+        """The same chain cut to :data:`GRAPH_STEPS` steps (the figure draws a chain of steps with
+        the middle left out), sharing this model's networks: a T-step trace costs T network calls."""
+        if self.steps <= GRAPH_STEPS:
+            return self
+        short = copy.copy(self)
+        short.config = self.config.model_copy(update={"steps": GRAPH_STEPS})
+        return short
