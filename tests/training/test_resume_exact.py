@@ -110,6 +110,16 @@ class HardStop(BaseException):
     """Nothing after it is written, as after SIGKILL (not an Exception: no handler catches it)."""
 
 
+@pytest.fixture(autouse=True)
+def sigint_not_ignored():
+    """A process started in the background by a non-interactive shell inherits SIGINT ignored,
+    which pplvm keeps (as a user's ``nohup pplvm fit ... &`` wants); these tests send a Ctrl-C
+    to themselves, so they run with Python's own SIGINT handler, then give back what they found."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def interrupt(run, at_step: int, how: str) -> None:
     """Make ``run``'s ``at_step``-th training step end the fit: a SIGTERM or SIGINT delivered
     to this process under the command line's handlers (it raises where it lands, inside the
