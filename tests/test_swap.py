@@ -30,6 +30,7 @@ CARDS = sorted(Path(__file__).parent.parent.glob("models/*.toml"))
 QUIET = ["training.progress=false", "training.compile=off"]
 ROWS = 8  # rows of the batch each case steps on
 CHAIN = 10  # a diffusion card's chain is cut to this many steps: what is swapped does not depend on T
+WIDTH = 8  # and a U-Net card's base width to this
 
 
 def swaps(path: Path) -> list[list[str]]:
@@ -71,6 +72,8 @@ def test_every_admitted_objective_and_guide_builds_and_steps(path, user_files, m
             raw[section] = {}
         if "steps" in raw["model"]:  # a chain of T latents: each step of a generic ELBO walks all T sites
             overrides = [*overrides, f"model.steps={min(raw['model']['steps'], CHAIN)}"]
+        if "channels" in raw["model"]:  # nor on a U-Net's width (a CIFAR card's: 2.7 M weights)
+            overrides = [*overrides, f"model.channels={min(raw['model']['channels'], WIDTH)}"]
         pyro.clear_param_store()
         try:
             card = pplvm.card_from_dict(raw, overrides)
