@@ -230,10 +230,7 @@ class Dequantized(dist.TorchDistribution):
                 drawn = t(drawn)
             uniform = uniform.clamp(1e-6, 1 - 1e-6)
             u = torch.where(pick[..., None], drawn, uniform)
-            # q at its own draws reads the transforms' caches; at the uniform draws it inverts the
-            # IAF, D network calls a layer, so only those rows go through it
-            log_q = q.log_prob(drawn)
-            other = ~pick
+            log_q, other = q.log_prob(drawn), ~pick  # q's own draws: cached; inverting its IAF only where uniform
             log_q[other] = self.dequantizer.condition(context[other]).log_prob(uniform[other])
             log_q = torch.logaddexp(log_q, torch.zeros(())) - math.log(2)
         eps = 1e-6  # keeps y strictly inside (0, 1), where the sigmoid's inverse is finite
