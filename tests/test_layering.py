@@ -4,7 +4,7 @@ Every ``import`` in pplvm — at module level or inside a function (or under ``T
 relative or absolute — points at its own folder or at a folder in a lower layer. A folder is a
 sub-package (``pplvm.families``) or a top-level module (``pplvm.config``); each sits in exactly
 one layer, whole: no module of a folder is placed apart from it. This table is the one place
-the order is written down (README's "The house" lists the folders in the same order).
+the order is written down (docs/guide/house.md lists the folders in the same order).
 
 Low to high::
 

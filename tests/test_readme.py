@@ -1,14 +1,15 @@
-"""Every ``pplvm`` command README.md shows and every card shipped in models/ runs exactly as
-written — the words a shell would pass, no ``--quiet`` — in a fresh directory, with exit status
-0 and no traceback. ``PPLVM_MAX_EPOCHS`` (honoured by every fit and resume) keeps the epochs
-short; files a command names as placeholders (``my.npy``) or a card needs from the user (the
-MNIST IDX files, a binarized MNIST .npz) are generated first, at the paths written.
+"""Every ``pplvm`` command README.md and the documentation's pages (docs/) show, README's Python,
+and every card shipped in models/ run exactly as written — the words a shell would pass, no
+``--quiet`` — in a fresh directory, with exit status 0 and no traceback. ``PPLVM_MAX_EPOCHS``
+(honoured by every fit and resume) keeps the epochs short; files a command names as placeholders
+(``my.npy``) or a card needs from the user (the MNIST IDX files, a binarized MNIST .npz) are
+generated first, at the paths written.
 
 A plain ``pplvm ...`` line runs in this process through :func:`pplvm.cli.main`, with the argv
 the shell would build (``shlex``: quotes, comments) — the same code path as the console script
 less the interpreter's start-up (torch's import, seconds a command). A line that needs a shell
-(pipes, redirections, variables) runs through ``bash``. The process boundary itself (exit
-codes, signals, locks, the console script) is tested in test_cli.py and test_faults.py."""
+(pipes, redirections, variables) runs through ``bash``. The process boundary itself (exit codes,
+signals, locks, the console script) is tested in test_cli.py and test_faults.py."""
 
 from __future__ import annotations
 
@@ -33,9 +34,14 @@ CARDS = sorted((ROOT / "models").glob("*.toml"))
 EPOCHS = "2"
 
 
+#: what a user reads: README.md and the documentation's pages (not the generated build)
+PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)]
+
+
 def readme_commands() -> list[str]:
-    """The ``pplvm ...`` lines of README.md's bash blocks, in order (comments kept: the shell drops them)."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    """The ``pplvm ...`` lines of the bash blocks of README.md and of every page under docs/, in
+    order (comments kept: the shell drops them)."""
+    blocks = [b for page in PAGES for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("pplvm ")]
 
 
@@ -145,6 +151,17 @@ def check(proc: subprocess.CompletedProcess, command: str) -> None:
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr + proc.stdout, f"{command}\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip(), command  # every command says what it did
+
+
+def test_readme_python_runs_as_written(workdir, tmp_path):
+    """README's Python blocks, in one fresh interpreter in a copy of the user's directory."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks
+    where = tmp_path / "user"
+    shutil.copytree(workdir, where, ignore=shutil.ignore_patterns("runs"))
+    (where / "taste.py").write_text("\n\n".join(blocks))
+    proc = in_shell(f"{shlex.quote(sys.executable)} taste.py", where)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_readme_shows_commands():
