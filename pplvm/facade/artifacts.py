@@ -24,7 +24,6 @@ from ..errors import PplvmError
 from ..evaluation import graph, plots
 from ..evaluation.arviz import arviz, point_table, small_sites
 from ..families import LatentVariableModel
-from .build import PROTOTYPE_ROWS
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -132,11 +131,15 @@ def globals_label(run: Run) -> str:
     return run.objective.globals_label()
 
 
+#: rows the model runs on for its graph: the structure, not the values, is drawn
+GRAPH_ROWS = 8
+
+
 @evaluated
 def model_graph(run: Run):
     """The model drawn as a graph — sites, plates, observed vs latent, dependencies — from
     Pyro's model inspection on a few training rows: a matplotlib Figure."""
-    x = run._training_data()[:PROTOTYPE_ROWS]
+    x = run._training_data()[:GRAPH_ROWS]
     relations = graph.model_relations(run.model.graph_prototype(), x)
     return graph.model_graph(relations, title=f"{run.card.name}: model.family = {run.card.model.family!r}")
 

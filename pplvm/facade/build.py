@@ -198,13 +198,15 @@ def assemble(
         guide = make_guide(model, card.guide, train, generator=generator, num_data=num_data)
     if dataset is not None:
         prototype = _fit_input(traits, dataset.train)[:PROTOTYPE_ROWS]
-    # autoguides create their parameters on the first call (the model runs on up to 256 rows)
-    with (
-        torch.no_grad(),
-        evaluating(model, guide),
-        one_line(f"the guide's first call, on {len(prototype)} training rows, failed"),
-    ):
-        guide(to_device(prototype, model.device), num_data=num_data)
+    # autoguides create their parameters on the first call (the model runs on up to 256 rows); a
+    # guide that declares ``lazy_parameters = False`` has none to create
+    if getattr(guide, "lazy_parameters", True):
+        with (
+            torch.no_grad(),
+            evaluating(model, guide),
+            one_line(f"the guide's first call, on {len(prototype)} training rows, failed"),
+        ):
+            guide(to_device(prototype, model.device), num_data=num_data)
     if checkpoint is not None:
         model_state, guide_state = kept_weights(checkpoint, weights)
         model.load_state_dict(model_state)

@@ -25,6 +25,10 @@ class ForwardProcess(PyroModule):
     trace it (it uses the chain's closed-form marginals and posteriors); a generic estimator
     over (model, guide), e.g. ``Trace_ELBO``, does, and estimates the same ELBO."""
 
+    #: nothing to create on a first call (autoguides create their parameters then): pplvm skips
+    #: that call, which would draw the whole chain for nothing
+    lazy_parameters = False
+
     def __init__(self, model: Diffusion):
         super().__init__()
         self._model = (model,)  # not a submodule: the model's parameters belong to the model

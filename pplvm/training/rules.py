@@ -241,8 +241,9 @@ class SVIStep(UpdateRule):
     def setup(self, example, num_data: int) -> None:
         if self.optimizer is not None:
             return
-        with torch.no_grad():
-            self.guide(example, num_data=num_data)
+        if getattr(self.guide, "lazy_parameters", True):  # an autoguide creates its parameters now
+            with torch.no_grad():
+                self.guide(example, num_data=num_data)
         self.optimizer = make_optimizer(
             (p for p in self.loss_module.parameters() if p.requires_grad), self.config, loss_scale=num_data
         )
