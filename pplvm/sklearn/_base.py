@@ -196,6 +196,7 @@ class PplvmEstimator(DensityMixin, BaseEstimator):
 
     @available_if(_has_continuous_locals)
     def fit_transform(self, X, y=None):
+        """``fit(X)``, then ``transform(X)``: the training rows' posterior means ``(n_samples, L)``."""
         return self.fit(X, y).transform(X)
 
     def sample(self, n_samples: int = 1, *, seed: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
