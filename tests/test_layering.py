@@ -20,7 +20,7 @@ Low to high::
     guides, objectives  inference over a family: guides, and objectives that build update rules
     config              the card schema, gathered from the family, data, objective and guide registries
     run, facade         the facade: Run, and its parts (build, train, query, artifacts)
-    workflows           over runs: compare, SBC, latent-space tools
+    workflows, sklearn  over runs: compare, SBC, latent-space tools; scikit-learn estimators
     cli, commands, __main__, pplvm (its __init__)
                         the public surface: the parser, its subcommands, the package
 
@@ -65,7 +65,7 @@ LAYERS: list[list[str]] = [
     ["pplvm.guides", "pplvm.objectives"],
     ["pplvm.config"],
     ["pplvm.run", "pplvm.facade"],
-    ["pplvm.workflows"],
+    ["pplvm.workflows", "pplvm.sklearn"],
     ["pplvm.cli", "pplvm.commands", "pplvm.__main__", "pplvm"],
 ]
 

@@ -116,6 +116,17 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
         joint = self._joint(x, params)
         return (joint - joint.logsumexp(-1, keepdim=True)).exp()
 
+    @torch.no_grad()
+    def local_marginals(self, x, params):
+        """The responsibilities in closed form (what enumeration gives; it gives nothing for
+        K = 1, where Pyro does not enumerate a one-state site)."""
+        return {"assignment": self.responsibilities(x, params)}
+
+    @torch.no_grad()
+    def map_locals(self, x, params):
+        """Each row's most probable component (the assignments are independent given θ)."""
+        return {"assignment": self._joint(x, params).argmax(-1)}
+
     def _joint(self, x, params) -> torch.Tensor:
         """``log w_k + log N(x_n | μ_k, Σ_k)``, ``(*S, N, K)``.
 
