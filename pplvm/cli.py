@@ -19,7 +19,7 @@ from .commands.describe import cmd_list, cmd_render, cmd_summary
 from .commands.export import cmd_export
 from .commands.query import cmd_evaluate, cmd_sample, cmd_two_sample
 from .commands.train import cmd_fit, cmd_resume
-from .commands.workflows import cmd_compare, cmd_sbc
+from .commands.workflows import cmd_compare, cmd_sbc, cmd_sweep
 from .errors import PplvmError
 
 EXIT_USAGE = 2
@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--plot", help="rank histogram file (default: ./sbc_<card name>.png)")
 
+    _sweep(
+        add(
+            "sweep",
+            cmd_sweep,
+            "tune a card's hyperparameters with Optuna: a run directory per trial, pruned, resumable",
+        )
+    )
+
     sp = add("render", cmd_render, "draw a card's model as a graph: sites, plates, observed vs latent, dependencies")
     sp.add_argument("card", help="model card (TOML)")
     sp.add_argument("--out", default="model.png", help="image file (default: ./model.png)")
@@ -160,6 +168,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("list", cmd_list, "list families, guides, objectives and datasets")
     return p
+
+
+def _sweep(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("card", help="model card (TOML); the study is named after its name")
+    sp.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=KIND(ARGS)",
+        help="a card key to tune and its range (repeatable): uniform(a,b), loguniform(a,b), int(a,b), logint(a,b) "
+        "or choice(v1,v2,...), e.g. --param training.lr=loguniform(1e-4,1e-2)",
+    )
+    sp.add_argument(
+        "--trials", type=int, required=True, help="trials to end (completed, pruned or failed), resumed ones included"
+    )
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="the sweep's folder: study.db, trial-NNNN/ run directories, best.toml, study.png; "
+        "the same --out resumes the sweep, and processes started with it share the study",
+    )
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="fix a card value in every trial, e.g. --set training.epochs=50 (repeatable)",
+    )
+    sp.add_argument(
+        "--seed", type=int, default=0, help="the sampler's (TPE) seed; a resume draws from seed + the starts before it"
+    )
+    sp.add_argument(
+        "--pruner",
+        default="median",
+        help="median (Optuna's MedianPruner: stop a trial whose held-out value is worse than the median of "
+        "earlier trials' at the same epoch; default) or none",
+    )
+    sp.add_argument(
+        "--prune-startup", type=int, default=2, metavar="N", help="trials that end before any is pruned (default 2)"
+    )
+    sp.add_argument(
+        "--prune-warmup", type=int, default=0, metavar="E", help="epochs of each trial never pruned (default 0)"
+    )
+    sp.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="how often a running trial says it is alive; one silent for twice this (its sweep was killed) "
+        "is run again (default 30)",
+    )
+    sp.add_argument("--quiet", action="store_true", help="no line per trial, no progress bars")
 
 
 def _weights(sp: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ torch nor Pyro): what a command needs it imports when it runs.
 - :mod:`.query`: ``evaluate``, ``sample``, ``two-sample``;
 - :mod:`.describe`: ``summary``, ``render``, ``list``;
 - :mod:`.export`: ``export``;
-- :mod:`.workflows`: ``compare``, ``sbc``.
+- :mod:`.workflows`: ``compare``, ``sbc``, ``sweep``.
 """
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(obj, sort_keys=True) if as_json else text)
 
 
-def _interrupted(err: KeyboardInterrupt, run_dir: Path | None = None) -> int:
-    """One line on stderr for an interrupted command; the exit status is 128 + the signal."""
+def _interrupted(err: KeyboardInterrupt, run_dir: Path | None = None, hint: str = "") -> int:
+    """One line on stderr for an interrupted command (``hint``: how to go on, where no
+    ``run_dir`` says it); the exit status is 128 + the signal."""
     signum = getattr(err, "signum", signal.SIGINT)
     what = "terminated" if signum == signal.SIGTERM else "interrupted"
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file():
         hint = f"; the last checkpoint is kept in {run_dir} — continue with: pplvm resume {run_dir}"
     elif run_dir is not None:
         hint = f"; no checkpoint was written to {run_dir} yet"
-    else:
-        hint = ""
+    elif hint:
+        hint = f"; {hint}"
     from ..training import distributed
 
     if distributed.is_main():  # under torchrun (where the launcher stops the others with SIGTERM), rank 0 reports

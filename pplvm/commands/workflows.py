@@ -1,11 +1,12 @@
-"""``pplvm compare`` and ``pplvm sbc``: workflows over several runs or simulated fits."""
+"""``pplvm compare``, ``pplvm sbc`` and ``pplvm sweep``: workflows over several runs, simulated fits or trials."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .._progress import progress
-from . import _emit, _png
+from . import _emit, _interrupted, _png
 
 
 def cmd_compare(args) -> int:
@@ -77,4 +78,34 @@ def cmd_sbc(args) -> int:
         f"wrote {plot}",
     ]
     _emit(out, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from ..workflows.sweep import STUDY_DB, run_sweep
+
+    shown = not args.quiet
+
+    def say(line: str) -> None:
+        print(f"pplvm: {line}", file=sys.stderr, flush=True)
+
+    try:
+        sweep = run_sweep(
+            args.card,
+            args.param,
+            trials=args.trials,
+            out=args.out,
+            overrides=args.set,
+            seed=args.seed,
+            pruner=args.pruner,
+            prune_startup=args.prune_startup,
+            prune_warmup=args.prune_warmup,
+            heartbeat=args.heartbeat,
+            bars=shown and sys.stderr.isatty(),
+            report=say if shown else None,
+        )
+    except KeyboardInterrupt as err:
+        hint = f"the study is kept in {Path(args.out) / STUDY_DB}; the same command resumes it (this trial runs again)"
+        return _interrupted(err, hint=hint)
+    _emit(sweep.to_json(), args.json, sweep.text())
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,17 @@ def early_stopping(trainer: Trainer, value: float) -> None:
         s.bad_epochs += 1
         if c.patience is not None and s.bad_epochs >= c.patience:
             s.stopped = f"early stopping: no improvement for {s.bad_epochs} evaluations"
+
+
+def halt(trainer: Trainer, why: str, record: dict) -> None:
+    """Stop the loop after the epoch whose ``record`` a callback was given (its own decision,
+    e.g. a sweep's pruner): the record (in ``metrics.jsonl`` too) and the checkpoint say ``why``,
+    so the run directory tells why it ended; a resume does not go on."""
+    trainer.state.stopped = record["stopped"] = why
+    if trainer.run_dir is not None and trainer.rank == 0:
+        history = trainer.state.history
+        (trainer.run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    trainer.save()
 
 
 def use_kept(trainer: Trainer) -> None:

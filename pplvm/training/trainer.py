@@ -60,7 +60,7 @@ from . import _budget, _trainer_state, distributed
 from ._budget import Budget, budget_reached
 from ._ema import EMA, held_out
 from ._trainer_state import TrainState, _host, checkpoint_due, logged_epochs, read_history  # noqa: F401
-from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping, use_kept
+from ._trainer_stops import _first_line, _is_support_error, collectives, diverged, early_stopping, halt, use_kept
 from .checkpoint import load_checkpoint, save_checkpoint
 from .devices import precision_context, resolve_device, to_device  # noqa: F401  (re-exported)
 from .distributed import DataParallel
@@ -84,6 +84,7 @@ class Trainer:
     :param monitor: the held-out metric early stopping and "best parameters" follow: a loss
         (lower is better) or a ``*log_likelihood`` (higher is better); with ``training.ema``,
         its value at the EMA weights (``monitor + "_ema"``), the weights the run is used with.
+    :param callbacks: each called as ``cb(trainer, record)`` after every epoch (one may end the fit: :meth:`stop`).
     :param augment: optional per-batch redraw of the training data (see :data:`Augment`).
     :param rank: this process's rank among ``world_size`` data-parallel processes (whose
         process group :func:`~pplvm.training.distributed.init_from_env` has started).
@@ -368,6 +369,10 @@ class Trainer:
         if first or self.config.pyro_validation == "every_step":
             return contextlib.nullcontext()
         return pyro.validation_enabled(False)
+
+    def stop(self, why: str, record: dict[str, Any]) -> None:
+        """Stop after this epoch, from a callback given its ``record`` (e.g. a sweep's pruner)."""
+        halt(self, why, record)
 
     def _early_stopping(self, value: float) -> None:
         early_stopping(self, value)
