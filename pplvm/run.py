@@ -174,6 +174,20 @@ def fit(
 
 
 def load(run_dir: str | Path, *, model: Any = None, guide: Any = None, objective: Any = None) -> Run:
+    """Load a fitted run from its directory: :meth:`Run.load` with its defaults.
+
+    Args:
+        run_dir: the run directory a fit wrote.
+        model: the model object the run was fitted with from Python, if any.
+        guide: likewise its guide object.
+        objective: likewise its objective object.
+
+    Returns:
+        The :class:`Run`, ready for queries.
+
+    Raises:
+        RunDirError: ``run_dir`` holds no run, or its checkpoint does not match its card.
+    """
     return Run.load(run_dir, model=model, guide=guide, objective=objective)
 
 
