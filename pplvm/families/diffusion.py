@@ -112,7 +112,7 @@ class Diffusion(LatentVariableModel, FixedGuide):
     ELBO, all T + 1 terms, one draw of :math:`z_t` per step and datum (``kind = "ode"``: the
     probability-flow ODE's estimate).
 
-    **Latent structure.** A fixed guide of its own (:class:`~pplvm.families.base.FixedGuide`):
+    **Latent structure.** A fixed guide of its own (:class:`~pplvm.families.capabilities.FixedGuide`):
     guide ``forward`` only; objective ``diffusion`` (a few steps per datum), ``vdm`` (continuous
     time) or a generic ELBO tracing the chain (``elbo``, ``stl``). **Card.** ``model.steps``,
     ``schedule``, ``variance``, ``decoder``, ``denoiser``. From ``models/diffusion_moons.toml``:

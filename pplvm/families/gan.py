@@ -87,7 +87,7 @@ class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
     guide is ``none``, and no ELBO can train it (there is no :math:`\log p(x \mid z)` to bound):
     only the adversarial objectives do — ``gan`` (non-saturating), ``gan_hinge`` and
     ``wgan_gp`` — with two optimisers and alternating steps. As a
-    :class:`~pplvm.families.base.LatentDecoder` it serves latent interpolation and traversal.
+    :class:`~pplvm.families.capabilities.LatentDecoder` it serves latent interpolation and traversal.
 
     **Card.** ``model.latent_dim`` and the generator's network (as a VAE's decoder), the
     discriminator's (``discriminator_hidden``, ``spectral_norm``), ``critic_steps``,

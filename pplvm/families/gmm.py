@@ -79,12 +79,12 @@ class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
 
     **Latent structure.** Global latents, and one enumerated local site (``enumerated``):
     objectives that sum discrete locals out serve it (``enum``, Pyro's ``TraceEnum_ELBO``),
-    and it has closed-form E- and M-steps (:class:`~pplvm.families.base.ClosedFormEM`; MAP and
+    and it has closed-form E- and M-steps (:class:`~pplvm.families.capabilities.ClosedFormEM`; MAP and
     ML for ``diag``, ML only for ``full``), so ``em`` fits it too. Its guides are guides of the
     globals alone (``meanfield``, ``map``, ``lowrank``, ``flow``, Pyro's autoguides); pathwise
     estimators (``elbo``, ``iwae``, ``stl`` ...) are refused, since an enumerated site cannot be
     reparameterised. The component labels are exchangeable, so its identified summaries
-    (:class:`~pplvm.families.base.IdentifiedSummaries`) order the components by their first mean
+    (:class:`~pplvm.families.capabilities.IdentifiedSummaries`) order the components by their first mean
     coordinate for calibration checks.
 
     **Card.** ``model.components`` (K), ``model.covariance``, the prior's hyperparameters and

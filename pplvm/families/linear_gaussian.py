@@ -284,8 +284,8 @@ class PPCA(LinearGaussian):
 
     **Latent structure.** One continuous local site ``z`` whose posterior has a closed form,
     :math:`p(z_n \mid x_n, \theta) = \mathcal N(C^{-1} W^\top \Psi^{-1} (x_n - \mu), C^{-1})`,
-    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.base.ExactLocalPosterior`), and
-    closed-form EM (:class:`~pplvm.families.base.ClosedFormEM`). So it admits the ``exact`` guide
+    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.capabilities.ExactLocalPosterior`), and
+    closed-form EM (:class:`~pplvm.families.capabilities.ClosedFormEM`). So it admits the ``exact`` guide
     (with it the ELBO *equals* :math:`\log p(x \mid \theta)` for every draw: SVI is EM's gradient
     form), ``map``, an ``amortized`` encoder, per-datum ``meanfield`` normals, a ``flow`` (L ≥ 2),
     the SVI objectives over a reparameterised local (``elbo``, ``meanfield``, ``iwae``, ``iwae_dreg``,
@@ -328,8 +328,8 @@ class FactorAnalysis(LinearGaussian):
 
     **Latent structure.** One continuous local site ``z`` whose posterior has a closed form,
     :math:`p(z_n \mid x_n, \theta) = \mathcal N(C^{-1} W^\top \Psi^{-1} (x_n - \mu), C^{-1})`,
-    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.base.ExactLocalPosterior`), and
-    closed-form EM (:class:`~pplvm.families.base.ClosedFormEM`). So it admits the ``exact`` guide
+    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.capabilities.ExactLocalPosterior`), and
+    closed-form EM (:class:`~pplvm.families.capabilities.ClosedFormEM`). So it admits the ``exact`` guide
     (with it the ELBO *equals* :math:`\log p(x \mid \theta)` for every draw: SVI is EM's gradient
     form), ``map``, an ``amortized`` encoder, per-datum ``meanfield`` normals, a ``flow`` (L ≥ 2),
     the SVI objectives over a reparameterised local (``elbo``, ``meanfield``, ``iwae``, ``iwae_dreg``,

@@ -134,7 +134,7 @@ class VariationalDiffusion(Diffusion, ContinuousTimeLoss):
     ``kind = "ode"``: the probability-flow ODE on the learned schedule.
 
     **Latent structure.** A fixed guide (the forward process, guide ``forward``) and a
-    continuous-time bound of its own (:class:`~pplvm.families.base.ContinuousTimeLoss`): the
+    continuous-time bound of its own (:class:`~pplvm.families.capabilities.ContinuousTimeLoss`): the
     ``vdm`` objective trains it, the schedule's endpoints by the bound and its shape by the
     variance-minimising gradient of :math:`L_\infty^2`; the discrete-time ``diffusion``
     objective is refused (it would leave the schedule untrained).

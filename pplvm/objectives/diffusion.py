@@ -18,7 +18,7 @@ family's T steps (``s_t = (t - 1) / (T - 1)``)::
     -ELBO_∞(x) = L_0 + L_T + ½ E_{s ~ U(0, 1)} [γ'(s) ‖ε - ε̂_θ(z_s, s)‖²]
 
 with antithetic draws ``s_i = (u + i / B) mod 1`` over a batch. A family with a continuous-time
-bound of its own (:class:`~pplvm.families.base.ContinuousTimeLoss`: VDM with its learned
+bound of its own (:class:`~pplvm.families.capabilities.ContinuousTimeLoss`: VDM with its learned
 schedule, :mod:`pplvm.families.vdm`) is trained by that instead. As ``T → ∞`` refinement never
 loosens the bound (the T-step bound the family's ``log_likelihood`` reports is ≥ this loss).
 
@@ -173,7 +173,7 @@ class VDMBound(DiffusionBound):
     :math:`\gamma = -\log \mathrm{SNR}` interpolated linearly between a diffusion family's T
     steps (at :math:`s_t = (t-1)/(T-1)`), with antithetic draws :math:`s_i = (u + i/n) \bmod 1`
     over the batch's n = B·K draws. A family with a continuous-time bound of its own
-    (:class:`~pplvm.families.base.ContinuousTimeLoss`: VDM's learned schedule) is trained by
+    (:class:`~pplvm.families.capabilities.ContinuousTimeLoss`: VDM's learned schedule) is trained by
     that instead. Refining a schedule never loosens the bound: the family's T-step bound is at
     least this loss.
 

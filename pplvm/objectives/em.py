@@ -1,6 +1,6 @@
 """Exact expectation–maximisation as an update rule (objective ``em``).
 
-For a family with :class:`~pplvm.families.base.ClosedFormEM` (mixtures, HMMs, PPCA and factor
+For a family with :class:`~pplvm.families.capabilities.ClosedFormEM` (mixtures, HMMs, PPCA and factor
 analysis), each step is an E-step on the batch — expected sufficient statistics under the
 exact local posterior p(z_n | x_n, θ) — and a closed-form M-step. The point estimate of the
 global latents lives in the ``map`` guide (an AutoDelta), so a run fitted by EM saves, resumes,
@@ -172,7 +172,7 @@ class EM(Objective):
     (the prior only under ``"map"``), on the scale of the ELBO losses.
 
     **Needs** a family with closed-form E- and M-steps
-    (:class:`~pplvm.families.base.ClosedFormEM`: GMM, HMM, PPCA, FA) for the chosen estimate,
+    (:class:`~pplvm.families.capabilities.ClosedFormEM`: GMM, HMM, PPCA, FA) for the chosen estimate,
     and a guide holding a point estimate of the globals (``map`` or ``AutoDelta``), which it
     writes in place.
     """
