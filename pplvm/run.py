@@ -165,15 +165,47 @@ def fit(
     guide: Any = None,
     objective: Any = None,
 ) -> Run:
-    """Build a run from ``card`` (TOML path, dict or validated card) and fit it; ``out``
-    must be new or empty unless ``overwrite`` (see :meth:`Run.fit`); ``model`` / ``guide``: your
-    own Pyro model (and guide) for ``model.family = "pyro"``; ``objective``: your own objective
-    object (an Objective plugin, a Pyro ELBO class or instance, an UpdateRule class)."""
+    """Build a run from ``card`` and fit it: ``Run.from_card(card, data, ...).fit(out, ...)``.
+
+    Args:
+        card: a validated card, a dict of its sections, or the path of a TOML card.
+        out: the run directory to write (new or empty unless ``overwrite``); None: in memory only.
+        data: data to use instead of the card's source (see :meth:`Run.from_card`).
+        overrides: ``"section.key=value"`` strings or a dict of them, applied to the card first.
+        overwrite: replace a run already in ``out``.
+        model: your own Pyro model object for ``model.family = "pyro"``.
+        guide: your own guide object for it.
+        objective: your own objective object (an Objective plugin, a Pyro ELBO class or
+            instance, an UpdateRule class).
+
+    Returns:
+        The fitted :class:`Run`.
+
+    Raises:
+        CardError: the card (or an override) is invalid.
+        DataError: the data do not fit the model.
+        IncompatibleError: the card's guide or objective cannot serve its model.
+        RunDirError: ``out`` holds a run and ``overwrite`` is not set, or is locked.
+    """
     run = Run.from_card(_as_card(card, overrides), data, model=model, guide=guide, objective=objective)
     return run.fit(out, overwrite=overwrite)
 
 
 def load(run_dir: str | Path, *, model: Any = None, guide: Any = None, objective: Any = None) -> Run:
+    """Load a fitted run from its directory: :meth:`Run.load` with its defaults.
+
+    Args:
+        run_dir: the run directory a fit wrote.
+        model: the model object the run was fitted with from Python, if any.
+        guide: likewise its guide object.
+        objective: likewise its objective object.
+
+    Returns:
+        The :class:`Run`, ready for queries.
+
+    Raises:
+        RunDirError: ``run_dir`` holds no run, or its checkpoint does not match its card.
+    """
     return Run.load(run_dir, model=model, guide=guide, objective=objective)
 
 

@@ -48,13 +48,29 @@ def from_card(
     guide: Any = None,
     objective: Any = None,
 ) -> Run:
-    """Build from a card (validated object, dict or TOML path). ``data``: an optional
-    ``(N, D)`` array, a :class:`~pplvm.data.Batch` of sequences, or a dict of arrays (the data
-    under ``"x"``, labels ``"y"``, sequence ``"lengths"``, and named inputs a model of your own
-    takes by name), used instead of the card's source, split as the card says. ``model`` /
-    ``guide``: your own Pyro model and guide objects for ``model.family = "pyro"`` (instead of
-    ``model.target``). ``objective``: your own objective object (an Objective plugin, a Pyro
-    ELBO class or instance, an UpdateRule class), which becomes the card's ``objective.name = "custom"``."""
+    """Build a run (model, guide, objective) from a card, on its data or yours.
+
+    Args:
+        card: a validated card, a dict of its sections, or the path of a TOML card.
+        data: instead of the card's data source: an ``(N, D)`` array, a
+            :class:`~pplvm.data.Batch` of sequences, or a dict of arrays (the data under ``"x"``,
+            labels ``"y"``, sequence ``"lengths"``, and named inputs a model of your own takes
+            by name); split as the card's ``[data]`` says.
+        model: your own Pyro model object for ``model.family = "pyro"`` (instead of
+            ``model.target``).
+        guide: your own guide object for that model (``guide.kind = "custom"``).
+        objective: your own objective object (an Objective plugin, a Pyro ELBO class or instance,
+            an UpdateRule class); the card's objective becomes ``objective.name = "custom"``.
+
+    Returns:
+        An unfitted :class:`~pplvm.run.Run` on the card's ``training.device``, its parameters
+        started from ``training.seed``.
+
+    Raises:
+        CardError: a card value is invalid.
+        DataError: the data do not fit the model (columns, support, sequences given as rows).
+        IncompatibleError: the card's guide or objective cannot serve its model.
+    """
     card = _as_card(card)
     if objective is not None:
         card = card_from_dict(card_to_dict(card), {"objective": {"name": "custom"}})
@@ -108,13 +124,24 @@ def load(
     objective: Any = None,
     weights: str | None = None,
 ) -> Run:
-    """Load a run directory written by :meth:`fit` (best parameters if early-stopped).
-    ``weights``: ``"ema"`` (the default where the run was trained with ``training.ema``: the
-    moving average of its weights) or ``"raw"`` (the parameters themselves).
-    ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) defaults to the card's
-    ``training.device``, or the CPU where this machine lacks that device: a run trained on
-    a GPU loads on a CPU-only machine, and one trained on a CPU loads on a GPU (``auto``).
-    ``model`` / ``guide`` / ``objective``: the objects a run was fitted with from Python."""
+    """Load a run directory written by :meth:`~pplvm.run.Run.fit` (best parameters if early-stopped).
+
+    Args:
+        run_dir: the run directory.
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``; default the card's ``training.device``, or the
+            CPU where this machine lacks that device (a GPU run loads on a CPU-only machine).
+        model: the model object the run was fitted with from Python (``model=``), if any.
+        guide: likewise its guide object.
+        objective: likewise its objective object.
+        weights: ``"ema"`` (the default for a run trained with ``training.ema``: the moving
+            average of its weights) or ``"raw"`` (the parameters themselves).
+
+    Returns:
+        The fitted :class:`~pplvm.run.Run`, ready for queries; its data are read again on first use.
+
+    Raises:
+        RunDirError: ``run_dir`` holds no run, or its checkpoint does not match its card.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "card.toml").is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")

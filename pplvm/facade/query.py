@@ -37,7 +37,9 @@ def _prepare(run: Run, x: Any, name: str = "x"):
 @torch.no_grad()
 @evaluated
 def params(run: Run) -> dict[str, torch.Tensor]:
-    """Point estimate of the global latents: the guide's median (on the host)."""
+    """Point estimate of the global latents (the guide's median): site -> value, on the host; empty
+    where the family has none (its parameters are point estimates in the model).
+    """
     return _host(run._params())
 
 
@@ -48,9 +50,9 @@ def _params(run: Run) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 @evaluated
 def draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``num`` posterior draws of the globals from the guide, each ``(num, *site_shape)``
-    (empty when the family has no global latents: all its parameters are point estimates),
-    on the host."""
+    """``num`` posterior draws of the global latents from the guide, seeded by ``seed`` (the global
+    RNG is left as it was): site -> ``(num, *site_shape)`` on the host; empty without globals.
+    """
     num, seed = check_count(num, "num"), check_seed(seed, "seed")
     return _host(run._draws(num, seed))
 
@@ -71,11 +73,23 @@ def _draws(run: Run, num: int, seed: int = 0) -> dict[str, torch.Tensor]:
 def log_likelihood(
     run: Run, x: Any, params: dict[str, torch.Tensor] | None = None, *, samples: int | None = None
 ) -> torch.Tensor:
-    """``log p(x_n | θ)`` per row of ``x`` (in the data's own units), ``(N,)``; exact for
-    families whose ``likelihood`` is ``"exact"`` (else an estimate or a bound, as the family
-    declares). ``params`` defaults to :meth:`params`; ``samples``: importance samples per
-    datum of an estimate (default the card's ``evaluation.samples``; other values need no
-    change to the card)."""
+    """``log p(x_n | θ)`` per row of ``x``, local latents marginalised, in the data's own units.
+
+    Exact, an importance-sampled estimate (the run's guide as proposal) or a lower bound, as the
+    family's ``likelihood`` declares (``"none"``: refused).
+
+    Args:
+        x: data as the model takes them (rows, sequences, a dict of arrays).
+        params: the globals (default :meth:`params`); draws ``(*S, ...)`` give ``(*S, N)``.
+        samples: importance samples per datum of an estimate (default ``evaluation.samples``).
+
+    Returns:
+        ``(N,)`` on the host.
+
+    Raises:
+        DataError: ``x`` does not fit the model.
+        IncompatibleError: the family has no likelihood (a GAN).
+    """
     xt, samples = run._prepare(x), None if samples is None else check_count(samples, "samples")
     p = run.params() if params is None else params
     return run._chunked_log_likelihood(xt, p, samples=samples) + run.transform.log_abs_det_jacobian(xt)
@@ -85,14 +99,20 @@ def log_likelihood(
 @evaluated
 def posterior(run: Run, x: Any = None, *, samples: int | None = None) -> dict[str, torch.Tensor]:
     """Posterior of the local latents given ``x`` (default: the training data).
-    Enumerated families: the marginals per local site (e.g. responsibilities ``(N, K)``), exact,
-    or, where no closed form exists (``model.marginals == "estimate"``: discrete and continuous
-    local latents together), importance-sampled with the run's guide as proposal and ``samples``
-    draws per datum (default ``evaluation.samples``), each site's standard errors ``(N, K)``
-    beside it under ``"<site>_stderr"``.
-    Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale":
-    (N, L)}`` (the exact posterior for the ``exact`` guide; the ``meanfield`` guide has it
-    for the training data only)."""
+
+    Enumerated families: each local site's marginals (e.g. responsibilities ``(N, K)``; chains
+    ``(N, T, K)``), exact, or importance-sampled with the run's guide as proposal where no closed
+    form exists (``model.marginals == "estimate"``), standard errors under ``"<site>_stderr"``.
+    Continuous-latent families: the guide's ``q(z_n | x_n)`` as ``{"loc": (N, L), "scale": (N, L)}``
+    (exact for the ``exact`` guide; ``meanfield`` has it for the training data only).
+
+    Args:
+        x: data as the model takes them; None for the training data.
+        samples: draws per datum of an importance-sampled posterior (default ``evaluation.samples``).
+
+    Raises:
+        IncompatibleError: the guide forms no ``q(z | x)`` for the local latents.
+    """
     if x is None and run.traits.per_datum:
         q = run.guide.training_posterior()  # needs no data: one q(z_n) per training row
         return _host({"loc": q.mean, "scale": q.stddev})
@@ -109,8 +129,10 @@ def posterior(run: Run, x: Any = None, *, samples: int | None = None) -> dict[st
 @torch.no_grad()
 @evaluated
 def map_states(run: Run, x: Any, *, samples: int | None = None) -> dict[str, torch.Tensor]:
-    """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``): jointly, or,
-    where :meth:`posterior` is an estimate, each site's most probable value under it."""
+    """Most probable local latents given ``x`` (e.g. MAP assignments ``(N,)``, Viterbi paths): site
+    -> values ``(N, ...)`` on the host; jointly, or, where :meth:`posterior` is an estimate (with
+    ``samples`` draws per datum), each site's most probable value under it.
+    """
     params, options = run._params(), _marginals_options(run, samples)
     return run._by_rows(lambda part: run.model.map_locals(part, params, **options), run._prepare(x))
 
@@ -127,8 +149,9 @@ def _marginals_options(run: Run, samples: int | None) -> dict[str, Any]:
 @torch.no_grad()
 @evaluated
 def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` new data ``(n, D)`` (sequences: ``(n, T, D)``) from the fitted model, in the
-    data's own units."""
+    """``n`` new data from the fitted model, seeded by ``seed``, in the data's own units: ``(n, D)``
+    (sequences: ``(n, T, D)``) on the host.
+    """
     n, seed = check_count(n, "n"), check_seed(seed, "seed")
     with pyro.poutine.seed(rng_seed=seed):
         return run.transform.inverse(run.model.sample(n, run._params()).cpu())
@@ -139,14 +162,26 @@ def sample(run: Run, n: int, seed: int = 0) -> torch.Tensor:
 def evaluate(
     run: Run, x: Any, *, samples: int | None = None, extra: tuple[str, ...] = (), extra_rows: int | None = 100
 ) -> dict[str, Any]:
-    """Log-likelihood of ``x`` per datum and in total (``samples``: as in
-    :meth:`log_likelihood`), and for sequences per step (``log_likelihood_per_step``: the total
-    over the ``steps`` observed steps); where the family decomposes it
-    (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`), also each term's
-    mean (nats per datum, ``terms``) and the total in bits per dimension. ``extra``: further
-    likelihoods the family declares (``model.extra_likelihoods``, e.g. a diffusion's ``"ode"``),
-    each on the first ``extra_rows`` rows (all: None) beside the main one on the same rows
-    (:func:`_extra_likelihood`)."""
+    """Log-likelihood of ``x`` per datum and in total, and what the family adds to it.
+
+    Sequences add ``log_likelihood_per_step``; a family that decomposes its likelihood
+    (:meth:`~pplvm.families.base.LatentVariableModel.likelihood_terms`, a diffusion bound) adds
+    each term's mean (``terms``, nats per datum) and ``bits_per_dim``.
+
+    Args:
+        x: data as the model takes them.
+        samples: importance samples per datum of an estimate (as in :meth:`log_likelihood`).
+        extra: likelihoods the family declares besides (``model.extra_likelihoods``, e.g. ``"ode"``).
+        extra_rows: rows those are computed on, beside the main one on the same rows (None: all).
+
+    Returns:
+        A dict: ``n``, ``log_likelihood_mean``, ``log_likelihood_sum``, ``likelihood``, ``exact``,
+        and where they apply ``steps``, ``log_likelihood_per_step``, ``terms``, ``bits_per_dim``,
+        ``q_fit_steps``, ``extra``.
+
+    Raises:
+        IncompatibleError: an ``extra`` likelihood the family does not declare.
+    """
     for name in extra:  # refused before anything is computed
         if name not in run.model.extra_likelihoods:
             offered = ", ".join(map(repr, run.model.extra_likelihoods)) or "none"
@@ -225,9 +260,17 @@ def export_shape(run: Run) -> tuple[int, int]:
 @torch.no_grad()
 @evaluated
 def to_arviz(run: Run, x: Any = None, *, seed: int = 0, posterior_predictive: bool = True, log_likelihood: bool = True):
-    """arviz ``InferenceData`` of the fit on ``x`` (default: the training data), with
-    :func:`export_shape`'s chains and draws; ``log_likelihood`` / ``posterior_predictive``
-    False leave those groups out (the posterior alone needs no pass over the data)."""
+    """arviz ``InferenceData`` of the fit on ``x`` (default: the training data).
+
+    ``evaluation.chains`` x ``evaluation.draws`` guide draws of the globals (one draw where the
+    guide holds a point estimate), on at most ``evaluation.max_rows`` rows.
+
+    Args:
+        x: data as the model takes them; None for the training data.
+        seed: seed of the draws and of the rows kept.
+        posterior_predictive: include replicates of ``x``.
+        log_likelihood: include the pointwise log-likelihood (for LOO; never for a GAN).
+    """
     ev = run.card.evaluation
     chains, per_chain = run._export_shape()
     xt = run._prepare(x) if x is not None else run._training_data()

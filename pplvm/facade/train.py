@@ -39,13 +39,24 @@ MAX_EPOCHS_ENV = "PPLVM_MAX_EPOCHS"
 def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> Run:
     """Train as the card's ``[training]`` says; with ``out``, write a run directory.
 
-    ``out`` must be new or empty: a directory holding a run is refused unless
-    ``overwrite``, which deletes the old run's files first. The directory is locked
-    while the fit writes it (a second fit into it is refused).
+    The directory is locked while the fit writes it (a second fit into it is refused). Started
+    by torchrun (several processes), every process trains on its shard of each batch and rank 0
+    alone prepares, locks and writes the run directory (see :mod:`pplvm.training.distributed`).
 
-    Started by torchrun (several processes), every process trains on its shard of each
-    batch and rank 0 alone prepares, locks and writes the run directory (see
-    :mod:`pplvm.training.distributed`)."""
+    Args:
+        out: the run directory to write: new or empty, unless ``overwrite``; None trains in
+            memory only.
+        overwrite: delete the files of a run already in ``out`` first.
+        callbacks: functions called as ``callback(trainer, metrics)`` after every epoch.
+
+    Returns:
+        The run itself, fitted (its best parameters where it stopped early).
+
+    Raises:
+        RunDirError: ``out`` holds a run (without ``overwrite``) or is locked, or the run was
+            loaded (continue it with :meth:`~pplvm.run.Run.resume`).
+        TrainingError: training failed (e.g. a loss that stays non-finite).
+    """
     if run.loaded:
         raise RunDirError("this run was loaded from its run directory; use Run.resume() to continue training")
     run.card = _epoch_cap(run.card, 0)
@@ -137,12 +148,30 @@ def resume(
     guide: Any = None,
     objective: Any = None,
 ) -> Run:
-    """Continue an interrupted run from its last checkpoint; the result equals an
-    uninterrupted run with the same seed. ``epochs`` sets a new total epoch budget (at
-    least the epochs done); ``max_steps`` (total steps, those done included) and
-    ``max_minutes`` (for this resume) new budgets (:mod:`pplvm.training._budget`). Everything
-    is checked before anything is written: ``card.toml`` is rewritten only once the
-    checkpoint has loaded into the card's model."""
+    """Continue an interrupted run from its last checkpoint.
+
+    The result equals an uninterrupted run with the same seed. Everything is checked before
+    anything is written: ``card.toml`` is rewritten only once the checkpoint has loaded into the
+    card's model.
+
+    Args:
+        run_dir: the run directory.
+        epochs: a new total epoch budget (at least the epochs done).
+        max_steps: a new budget of total steps (those done included).
+        max_minutes: a budget of minutes for this resume (:mod:`pplvm.training._budget`).
+        data: the data of a run fitted on data passed from Python (its directory keeps none).
+        callbacks: functions called as ``callback(trainer, metrics)`` after every epoch.
+        model: the model object the run was fitted with from Python, if any.
+        guide: likewise its guide object.
+        objective: likewise its objective object.
+
+    Returns:
+        The run, trained to its budget, its directory updated.
+
+    Raises:
+        RunDirError: ``run_dir`` holds no run, or is locked, or its checkpoint does not match its card.
+        ArgumentError: ``epochs`` is below the epochs done.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "card.toml").is_file():
         raise RunDirError(f"{str(run_dir)!r} is not a pplvm run directory (no card.toml)")

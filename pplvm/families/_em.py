@@ -46,7 +46,7 @@ def gaussian_diag_step(
     then σ given the new μ, each the exact maximiser, so the log posterior never decreases.
     The σ step solves, in s = log σ, ``S e^{-2s} − (n + 1) − (s − a)/b² = 0`` (S = Σ r (x − μ)²;
     the +1 is the LogNormal density's 1/σ), a convex decreasing function of s, by Newton's
-    method: from the ML start it steps at most |s_ML − a| left of the root and then climbs
+    method: from the ML start it steps at most ``|s_ML − a|`` left of the root and then climbs
     monotonically to it."""
     n = count.unsqueeze(-1)
     has = n > 1e-10 * n.sum(-2, keepdim=True).clamp_min(1)  # (per restart, where they lead)

@@ -1,37 +1,4 @@
-"""Denoising diffusion (DDPM) as a hierarchical latent-variable model.
-
-A chain of T latents at rising noise levels, the datum ``x = z_0`` (in the chain's units ``y``,
-see below) at its end (Sohl-Dickstein et al. 2015; Ho et al. 2020)::
-
-    z_T             ~ N(0, I)                                        the prior
-    z_{t-1} | z_t   ~ p_θ(z_{t-1} | z_t) = N(μ_θ(z_t, t), σ_t² I)     t = T .. 2
-    x       | z_1   ~ p_θ(x | z_1)                                    the decoder
-
-    μ_θ(z_t, t) = (z_t - β_t / √(1 - ᾱ_t) · ε̂_θ(z_t, t)) / √α_t     (ε-prediction)
-
-The guide is the fixed forward chain ``q(z_1..z_T | x) = Π_t N(z_t; √α_t z_{t-1}, β_t I)``
-(:mod:`pplvm.distributions.diffusion`), so the ELBO decomposes into per-step terms::
-
-    -ELBO = L_0 + Σ_{t=2..T} L_{t-1} + L_T
-    L_0     = -E_q log p_θ(x | z_1)
-    L_{t-1} =  E_q KL(q(z_{t-1} | z_t, x) || p_θ(z_{t-1} | z_t))     (Gaussians: closed form)
-    L_T     =  KL(q(z_T | x) || N(0, I))
-
-Each ``L_{t-1}`` needs only ``z_t ~ q(z_t | x)``, drawn in closed form; the ``diffusion``
-objective (:mod:`pplvm.objectives.diffusion`) estimates the sum without bias from a few steps
-drawn per datum. :meth:`Diffusion.log_likelihood` sums all T terms (one draw of ``z_t`` per
-step and datum): a lower bound of ``log p(x)`` (``likelihood = "bound"``).
-
-The reverse variance σ_t² is β_t (``beta``), the posterior's β̃_t (``posterior``), or learned
-as ``exp(v log β_t + (1 - v) log β̃_t)`` (``learned``; Nichol & Dhariwal 2021). Data enter the
-chain as ``y = x`` (``decoder = "gaussian"``, continuous data) or ``y = 2x - 1`` for data on K
-levels ``k / (K - 1)`` of [0, 1] (``decoder = "discretized"``), whose decoder integrates
-N(μ_θ, σ_1²) over each level's bin, so the bound is one of a probability (bits/dim).
-
-Pyro sites: ``z_T .. z_1`` (local, in the ``data`` plate, event dim 1) and ``obs``. The
-samplers (ancestral, DDIM, its inversion) and the figures of samples are
-:mod:`._diffusion_sampling`.
-"""
+"""Denoising diffusion (DDPM) as a hierarchical latent-variable model: :class:`Diffusion`."""
 
 from __future__ import annotations
 
@@ -116,7 +83,50 @@ def _chw(cfg: DiffusionConfig, dim: int) -> tuple[int, int, int]:
 
 
 class Diffusion(LatentVariableModel, FixedGuide):
-    """Denoising diffusion model (DDPM): reverse chain p_θ, fixed forward-process guide."""
+    r"""Denoising diffusion model (DDPM): a reverse chain p_θ of T latents, the fixed forward chain as guide.
+
+    **Prior and likelihood** (Ho et al. 2020). Local latents ``z_T .. z_1`` per datum, no global
+    latents; the datum enters the chain as :math:`y = x`, or :math:`y = 2x - 1` for data on
+    ``levels`` (``decoder = "discretized"``: the bound is then one of a probability):
+
+    .. math::
+
+        z_T \sim \mathcal N(0, I), \quad
+        p_\theta(z_{t-1} \mid z_t) = \mathcal N(\mu_\theta(z_t, t), \sigma_t^2 I), \quad
+        \mu_\theta = \big(z_t - \beta_t (1 - \bar\alpha_t)^{-1/2} \hat\epsilon_\theta(z_t, t)\big) / \sqrt{\alpha_t},
+
+    the decoder :math:`p_\theta(x \mid z_1)`, :math:`\sigma_t^2 \in \{\beta_t, \tilde\beta_t\}` or
+    learned between them (``model.variance``; the documentation page ``families/diffusion``).
+
+    **Marginal: a bound.** The guide is the parameter-free forward chain
+    :math:`q(z_{1:T} \mid x) = \prod_t \mathcal N(z_t; \sqrt{\alpha_t} z_{t-1}, \beta_t I)`, so
+
+    .. math::
+
+        -\mathrm{ELBO}(x) = \underbrace{-\mathbb E_q \log p_\theta(x \mid z_1)}_{L_0}
+        + \sum_{t=2}^T \underbrace{\mathbb E_q \mathrm{KL}\big(q(z_{t-1} \mid z_t, x)
+        \,\|\, p_\theta(z_{t-1} \mid z_t)\big)}_{L_{t-1}}
+        + \underbrace{\mathrm{KL}\big(q(z_T \mid x) \,\|\, \mathcal N(0, I)\big)}_{L_T},
+
+    each term closed-form given :math:`z_t \sim q(z_t \mid x)`. ``log_likelihood`` returns this
+    ELBO, all T + 1 terms, one draw of :math:`z_t` per step and datum (``kind = "ode"``: the
+    probability-flow ODE's estimate).
+
+    **Latent structure.** A fixed guide of its own (:class:`~pplvm.families.capabilities.FixedGuide`):
+    guide ``forward`` only; objective ``diffusion`` (a few steps per datum), ``vdm`` (continuous
+    time) or a generic ELBO tracing the chain (``elbo``, ``stl``). **Card.** ``model.steps``,
+    ``schedule``, ``variance``, ``decoder``, ``denoiser``. From ``models/diffusion_moons.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "diffusion"
+        steps = 100
+        variance = "beta"            # σ_t² = β_t; or "posterior", "learned"
+
+        [guide]
+        kind = "forward"             # the fixed forward noising chain q(z_1..z_T | x)
+    """
 
     Config = DiffusionConfig
     enumerated = False
@@ -284,11 +294,9 @@ class Diffusion(LatentVariableModel, FixedGuide):
         "L_T": (N,)}``, with ``-Σ terms`` = :meth:`log_likelihood`. One draw of ``z_t`` per step
         and datum from a generator seeded by ``seed`` (on ``x``'s device).
 
-        The (step, datum) pairs go through the network in step-major order, many steps per
-        call: chunks of at most ``model.likelihood_batch`` values (pairs x D) whose widest
-        activation stays within :data:`~pplvm.evaluation.memory.BLOCK_BYTES`. A chunk's data
-        are a view of ``x`` tiled once, its noise is drawn into one buffer and its terms land in
-        a contiguous slice of the output: chunks reuse memory (:func:`.memory.reusing_memory`)."""
+        The (step, datum) pairs go through the network step-major, in chunks of at most
+        ``model.likelihood_batch`` values (pairs x D) whose widest activation stays within
+        :data:`~pplvm.evaluation.memory.BLOCK_BYTES`, reusing one noise buffer and tiled view."""
         x = values(x)
         n, T, d = len(x), self.steps, self.dim
         g = torch.Generator(device=x.device).manual_seed(seed)

@@ -1,50 +1,5 @@
-"""Normalizing flows: an exact marginal by the change of variables.
-
-Generative model (D observed dimensions; no latent site is sampled for training)::
-
-    z_n ~ Normal(0, I_D)                 x_n = f_θ(z_n) = T_K ∘ ... ∘ T_1 (z_n)
-    log p(x_n) = log N(f_θ⁻¹(x_n); 0, I) + log |det ∂f_θ⁻¹ / ∂x (x_n)|
-
-The transforms T_k are Pyro's own (:mod:`pyro.distributions.transforms`), listed in the card's
-``model.transforms`` in generative order (z → x), repeated ``model.repeat`` times:
-
-==================== =====================================================================
-``affine_coupling``  RealNVP coupling (Dinh et al. 2017): the second half of the dims is
-                     scaled and shifted by a network of the first half
-``spline_coupling``  neural spline coupling (Durkan et al. 2019), ``count_bins`` bins on
-                     ``[-bound, bound]``, identity outside
-``maf``              masked autoregressive flow (Papamakarios et al. 2017):
-                     ``AffineAutoregressive(AutoRegressiveNN).inv`` — density in one pass,
-                     sampling in D passes
-``iaf``              inverse autoregressive flow (Kingma et al. 2016): the same transform
-                     forward — sampling in one pass, density in D passes
-``permute``          a fixed random permutation of the dims (a buffer; seeded by position)
-``batchnorm``        Pyro's ``BatchNorm`` (batch statistics while training, moving averages
-                     under ``torch.no_grad``, i.e. for held-out evaluation and sampling)
-``actnorm``          Glow's activation normalisation (:class:`ActNorm`), initialised from
-                     the training data so its output starts standardised
-==================== =====================================================================
-
-The training objective is ``elbo`` with the empty guide (``guide.kind = "none"``): with no
-latent sites, Pyro's Trace_ELBO is exactly the negative log-likelihood, so SVI is maximum
-likelihood and nothing about flows is special to the trainer.
-
-Discrete data (``model.dequantize``). A density on a grid of values is degenerate (it can grow
-without bound), so raw discrete data are refused. With ``levels`` = K values per dimension
-``x = j / (K - 1)``, ``j ∈ {0..K-1}`` (binary: 2, ``digits``: 17, 8-bit images: 256), the flow
-models ``y = (j + u) / K ∈ (0, 1)^D`` (a sigmoid is appended to the chain) and
-``P(x) = ∫ p(y) dy`` over x's cell is bounded by Jensen's inequality::
-
-    log P(x) ≥ E_q(u|x) [ log p_θ((j + u) / K) - D log K - log q(u | x) ]
-
-``uniform``: ``q(u | x) = U(0, 1)^D`` (Theis et al. 2016; Uria et al. 2013); ``variational``:
-``q(u | x)`` is itself a flow (a conditional IAF on ``x`` followed by a sigmoid, Ho et al.
-2019), trained jointly. The training loss is minus this bound, and :meth:`log_likelihood`
-is the importance-weighted estimate with ``evaluation.samples`` draws of u (a stochastic lower
-bound on ``log P(x)`` that tightens as they grow; for the variational q the draws come from
-``½ q + ½ uniform``, which keeps the weights bounded), so bits/dim = ``-log P(x) / (D log 2)``
-is an honest upper bound. ``likelihood`` is then ``"estimate"``.
-"""
+"""Normalizing flows: an exact marginal by the change of variables (:class:`NormalizingFlow`; its
+transforms and the dequantisation bound in full: the documentation page ``families/flow``)."""
 
 from __future__ import annotations
 
@@ -158,7 +113,7 @@ def _forget(layer: nn.Module) -> None:
 
 
 def build_transform(name: str, dim: int, cfg: FlowConfig, position: int) -> nn.Module:
-    """One of Pyro's transforms (a module; see the module docstring) for ``dim`` dimensions."""
+    """One of Pyro's transforms (a module; see the documentation page ``families/flow``) for ``dim`` dims."""
     hidden = list(cfg.hidden)
     if name in COUPLINGS and dim < 2:
         raise CardError(
@@ -187,7 +142,7 @@ def autoregressive_widths(hidden: list[int], dim: int) -> list[int]:
 class Dequantized(dist.TorchDistribution):
     """``P(x)`` of grid data ``x = j / (K - 1)`` under a flow density on ``(0, 1)^D``: batch
     ``(N,)``, event ``(D,)``. :meth:`log_prob` is one draw of the dequantisation bound (see the
-    module docstring), differentiable in the flow and in ``q(u | x)``; :meth:`sample` draws
+    class :class:`NormalizingFlow`), differentiable in the flow and in ``q(u | x)``; :meth:`sample` draws
     ``y`` from the flow and returns its cell ``floor(K y) / (K - 1)``."""
 
     arg_constraints: dict = {}
@@ -239,8 +194,45 @@ class Dequantized(dist.TorchDistribution):
 
 
 class NormalizingFlow(LatentVariableModel):
-    """Normalizing flow ``x = f_θ(z)``, ``z ~ N(0, I)``: exact log-likelihood by the change of
-    variables (a bound for dequantised discrete data)."""
+    r"""Normalizing flow: ``x = f_θ(z)``, ``z ~ N(0, I)``, its likelihood exact by the change of variables.
+
+    **Prior and likelihood.** :math:`z_n \sim \mathcal N(0, I_D)`,
+    :math:`x_n = f_\theta(z_n) = T_K \circ \dots \circ T_1(z_n)`: Pyro's transforms named in
+    ``model.transforms`` (z → x; ``affine_coupling``, ``spline_coupling``, ``maf``, ``iaf``,
+    ``permute``, ``batchnorm``, :class:`ActNorm`), the block repeated ``model.repeat`` times.
+
+    **Marginal: exact** (change of variables). ``log_likelihood`` returns :math:`\log p(x_n) =
+    \log \mathcal N(f_\theta^{-1}(x_n); 0, I) + \log |\det \partial f_\theta^{-1}/\partial x\,(x_n)|`.
+    Data on K levels :math:`x = j/(K-1)` are dequantised (``model.dequantize``): the flow models
+    :math:`y = (j + u)/K \in (0, 1)^D` and is trained on the bound
+
+    .. math::
+
+        \log P(x) \ge \mathbb E_{q(u \mid x)}\big[\log p_\theta((j + u)/K) - D \log K - \log q(u \mid x)\big],
+
+    ``q`` uniform or a conditional flow (``variational``); ``log_likelihood`` is then the
+    importance-sampled estimate over ``evaluation.samples`` draws of u from
+    :math:`\tfrac12 q + \tfrac12 U(0,1)^D` (``likelihood = "estimate"``, a stochastic lower bound).
+
+    **Latent structure.** No latent site is sampled (no global latents, no local ones), so the
+    only guide is ``none``, and with it Pyro's ``Trace_ELBO`` (``objective.name = "elbo"``) *is*
+    :math:`-\log p(x)` (or minus the bound): SVI is maximum likelihood.
+
+    **Card.** ``model.transforms``, ``repeat``, ``hidden``, ``dequantize`` and ``levels``. From
+    ``models/flow_digits.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "flow"
+        transforms = ["actnorm", "affine_coupling", "permute"]   # generative order z -> x
+        repeat = 6
+        dequantize = "variational"   # or "uniform"; raw grey levels are refused
+        levels = 17                  # values per pixel: j / 16, j = 0..16
+
+        [guide]
+        kind = "none"                # nothing to infer: log p(x) is exact
+    """
 
     Config = FlowConfig
     local_sites = ()

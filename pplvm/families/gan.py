@@ -70,7 +70,47 @@ class GANConfig(FamilyConfig, NetworkConfig):
 
 
 class GenerativeAdversarialNetwork(LatentVariableModel, LatentDecoder):
-    """GAN: ``x = G(z)``, ``z ~ N(0, I)``, trained against a discriminator; no likelihood."""
+    r"""Generative adversarial network: ``x = G(z)``, ``z ~ N(0, I)``, trained against a discriminator.
+
+    **Prior and likelihood.** :math:`z_n \sim \mathcal N(0, I_L)` (local site ``z``) and
+    :math:`x_n = G_\theta(z_n)`, a point mass (site ``obs``, a ``Delta``): the generator is the
+    decoder a VAE would have (``mlp`` or ``conv``, read through its mean). No global latents.
+
+    **Marginal: avoided** (``likelihood = "none"``). :math:`p(x) = \int \delta(x - G_\theta(z))
+    p(z)\, dz` has no density, so ``log_likelihood`` refuses with one line, and every
+    log-likelihood output (``pplvm evaluate``, the arviz ``log_likelihood`` group) is left
+    out. A discriminator :math:`D_\psi` instead tells data from samples, and the fit is judged
+    by two-sample tests; the held-out loss the trainer logs is the MMD² between held-out rows
+    and samples.
+
+    **Latent structure.** Nothing to infer (``z`` is drawn inside the model, no encoder), so the
+    guide is ``none``, and no ELBO can train it (there is no :math:`\log p(x \mid z)` to bound):
+    only the adversarial objectives do — ``gan`` (non-saturating), ``gan_hinge`` and
+    ``wgan_gp`` — with two optimisers and alternating steps. As a
+    :class:`~pplvm.families.capabilities.LatentDecoder` it serves latent interpolation and traversal.
+
+    **Card.** ``model.latent_dim`` and the generator's network (as a VAE's decoder), the
+    discriminator's (``discriminator_hidden``, ``spectral_norm``), ``critic_steps``,
+    ``gradient_penalty``, ``r1_penalty``, ``levels``, ``mmd_samples``. From
+    ``models/gan_digits.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "gan"
+        latent_dim = 16
+        hidden = [128, 128]          # the generator mirrors these (decoder), as a VAE's would
+        likelihood = "bernoulli"     # generator outputs in (0, 1)
+        discriminator_hidden = [256, 256]
+        spectral_norm = true         # Miyato et al. 2018
+        r1_penalty = 1.0             # (γ/2)|∇D(x)|² on real digits (Mescheder et al. 2018)
+
+        [guide]
+        kind = "none"
+
+        [objective]
+        name = "gan"                 # non-saturating; or "gan_hinge", "wgan_gp"
+    """
 
     Config = GANConfig
     local_sites = ("z",)

@@ -51,8 +51,58 @@ class GMMConfig(ClusterStartConfig):
 
 
 class GaussianMixture(LatentVariableModel, ClosedFormEM, IdentifiedSummaries):
-    """Bayesian GMM; ``global_sites`` are weights (K,), locs (K, D), scales (K, D) and, for
-    full covariance, corr_chol (K, D, D); the local site ``assignment`` is enumerated."""
+    r"""Bayesian Gaussian mixture of K components, its assignments summed out exactly.
+
+    **Prior.** Global latents θ = (``weights`` ``(K,)``, ``locs`` ``(K, D)``, ``scales``
+    ``(K, D)``, and for ``covariance = "full"`` ``corr_chol`` ``(K, D, D)``); one discrete
+    local ``assignment`` :math:`z_n` per datum:
+
+    .. math::
+
+        w \sim \mathrm{Dirichlet}(\alpha 1_K), \quad
+        \mu_{k} \sim \mathcal N(m, s^2 I_D), \quad
+        \sigma_{k} \sim \mathrm{LogNormal}(a, b)^D, \quad
+        L_k \sim \mathrm{LKJCholesky}(D, \eta), \quad
+        z_n \mid w \sim \mathrm{Categorical}(w).
+
+    **Likelihood.** :math:`p(x_n \mid z_n = k, \theta) = \mathcal N(x_n; \mu_k, \Sigma_k)` with
+    :math:`\Sigma_k = \mathrm{diag}(\sigma_k^2)` (diag) or
+    :math:`\Sigma_k = S_k S_k^\top,\ S_k = \mathrm{diag}(\sigma_k) L_k` (full).
+
+    **Marginal: exact** (enumeration). ``log_likelihood`` returns
+
+    .. math::
+
+        \log p(x_n \mid \theta) = \operatorname{logsumexp}_k \big[\log w_k + \log \mathcal N(x_n; \mu_k, \Sigma_k)\big],
+
+    and :meth:`responsibilities` the posterior :math:`p(z_n = k \mid x_n, \theta)`.
+
+    **Latent structure.** Global latents, and one enumerated local site (``enumerated``):
+    objectives that sum discrete locals out serve it (``enum``, Pyro's ``TraceEnum_ELBO``),
+    and it has closed-form E- and M-steps (:class:`~pplvm.families.capabilities.ClosedFormEM`; MAP and
+    ML for ``diag``, ML only for ``full``), so ``em`` fits it too. Its guides are guides of the
+    globals alone (``meanfield``, ``map``, ``lowrank``, ``flow``, Pyro's autoguides); pathwise
+    estimators (``elbo``, ``iwae``, ``stl`` ...) are refused, since an enumerated site cannot be
+    reparameterised. The component labels are exchangeable, so its identified summaries
+    (:class:`~pplvm.families.capabilities.IdentifiedSummaries`) order the components by their first mean
+    coordinate for calibration checks.
+
+    **Card.** ``model.components`` (K), ``model.covariance``, the prior's hyperparameters and
+    ``model.init`` (the k-means start). From ``models/gmm_iris.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "gmm"
+        components = 3
+        covariance = "full"
+
+        [guide]
+        kind = "auto"          # meanfield here, map under objective.name = "em"
+
+        [objective]
+        name = "enum"          # the assignments are summed out exactly by TraceEnum_ELBO
+    """
 
     Config = GMMConfig
     local_sites = ("assignment",)

@@ -135,7 +135,66 @@ class GraphConfig(TracedConfig):
 
 
 class GraphModel(PyroModel):
-    """A model declared as a graph of nodes in the card (see the module docstring)."""
+    r"""A model declared in the card as a graph of nodes (``[[model.nodes]]``), built into a Pyro model.
+
+    **Prior and likelihood.** Each node is a factor of
+    :math:`p(\theta)\, \prod_n p(z_n \mid \theta, u_n)\, p(x_n \mid z_n, \theta, u_n, y_n)`:
+    ``global`` nodes are the global latents θ (normal, lognormal or Dirichlet priors; ``param``
+    nodes are point estimates instead), ``categorical`` and ``gaussian`` nodes the local
+    latents :math:`z_n` (a ``gaussian`` with ``groups``: a random effect per group level),
+    ``input`` and ``side`` nodes what the data carry beside x (covariates or group indices
+    :math:`u_n`; labels :math:`y_n`), and the one ``observed`` node the likelihood: normal or
+    Bernoulli with mean ``mean[given] + weight @ input`` or a ``decoder`` network. A ``chain``
+    node makes the data sequences and the model an HMM (:math:`z_{n,t} \mid z_{n,t-1}` from
+    ``transition``), its states summed out inside the observed site. The module's docstring
+    lists every node kind and field.
+
+    **Marginal: exact or estimated**, as for :class:`~pplvm.families.pyro_model.PyroModel`,
+    whose tracing builds everything else: with only enumerated locals (``categorical``,
+    ``chain``) ``log_likelihood`` is exact (tensor contraction, or the forward algorithm); with
+    a ``gaussian`` local it is the importance-sampled estimate with the run's guide as proposal
+    (categorical locals summed out exactly inside each weight).
+
+    **Latent structure → guides and objectives.** Globals: an autoguide (``map``,
+    ``meanfield``, ``lowrank``, ``flow``, ``Auto*``). Categorical or chain locals: ``enum`` (Pyro's
+    ``TraceEnum_ELBO``). A gaussian local: the ``amortized``
+    encoder (given the side node's y and the input nodes beside x), per-datum ``meanfield``
+    normals or a ``flow``, and the SVI objectives over reparameterised sites where no
+    categorical node sits beside it (else ``enum``). A malformed graph is refused in one line
+    naming the node.
+
+    **Card.** ``model.nodes`` (each node's ``name``, ``kind`` and its kind's fields) and the
+    encoder's ``hidden``, ``activation``. From ``models/mfa_wine.toml`` (a mixture of factor
+    analysers, the component enumerated, the factor amortized; abridged):
+
+    .. code-block:: toml
+
+        [[model.nodes]]               # mixture weights: a global latent
+        name = "pi"
+        kind = "global"
+        prior = "dirichlet"
+        shape = ["c"]
+
+        [[model.nodes]]               # the component of each row: enumerated
+        name = "c"
+        kind = "categorical"
+        size = 3
+        probs = "pi"
+
+        [[model.nodes]]               # the factor of each row: amortized encoder
+        name = "z"
+        kind = "gaussian"
+        dim = 1
+
+        [[model.nodes]]               # x | c, z ~ Normal(mu_c + W_c z, psi)
+        name = "obs"
+        kind = "observed"
+        mean = "mu"
+        weight = "W"
+        input = "z"
+        std = "psi"
+        given = "c"
+    """
 
     Config = GraphConfig
     takes_labels = False  # a side node's labels: needs_labels

@@ -66,9 +66,59 @@ _EMISSION_SITES = {"gaussian": ("locs", "scales"), "categorical": ("emission_pro
 
 
 class HiddenMarkovModel(LatentVariableModel, ClosedFormEM):
-    """Bayesian HMM; ``global_sites`` are initial (K,), transition (K, K) and the emission
-    parameters: locs, scales (K, D) | emission_probs (K, D, C) | emission_probs (K, D).
-    The local latent ``states`` (N, T) is summed out inside the ``obs`` site."""
+    r"""Bayesian hidden Markov model over sequences, its state chain summed out exactly.
+
+    **Prior.** Global latents θ: ``initial`` π ``(K,)``, ``transition`` A ``(K, K)`` and the
+    emission parameters φ (``locs``, ``scales`` ``(K, D)`` for ``gaussian``; ``emission_probs``
+    ``(K, D, C)`` for ``categorical``, ``(K, D)`` for ``bernoulli``). The local latent is the
+    state path ``states`` :math:`z_{n,0..L_n-1}` of each sequence:
+
+    .. math::
+
+        \pi \sim \mathrm{Dirichlet}(\alpha_0 1_K), \quad
+        A_k \sim \mathrm{Dirichlet}(\alpha 1_K + \kappa e_k), \quad
+        z_{n,0} \sim \mathrm{Categorical}(\pi), \quad
+        z_{n,t} \mid z_{n,t-1} \sim \mathrm{Categorical}(A_{z_{n,t-1}}).
+
+    **Likelihood.** :math:`p(x_{n,t} \mid z_{n,t} = k, \phi) = \prod_d p(x_{n,t,d} \mid \phi_{k,d})`
+    (Normal, Categorical or Bernoulli per feature; see the module).
+
+    **Marginal: exact** (the forward algorithm). The chain is summed out inside the observed
+    site's distribution (:class:`~pplvm.distributions.HiddenMarkovChain`, a log-space matrix
+    product over time evaluated as a parallel tree, padding masked), so ``log_likelihood``
+    returns
+
+    .. math::
+
+        \log p(x_n \mid \theta) = \log \sum_{z_{n,0:L_n-1}} \pi_{z_0} p(x_{n,0} \mid z_0)
+        \prod_{t \ge 1} A_{z_{t-1} z_t}\, p(x_{n,t} \mid z_t),
+
+    and the same distribution gives the state marginals (forward–backward) and the Viterbi
+    path (``local_marginals``, ``map_locals``).
+
+    **Latent structure.** Global latents and one enumerated local site, ``collapsed`` into
+    ``obs``: it is served as :class:`~pplvm.families.gmm.GaussianMixture` is — objectives that
+    sum discrete locals out (``enum``) or exact EM (``em``, Baum–Welch: MAP or ML M-steps), with a
+    guide of the globals alone (``map``, ``meanfield``, ``lowrank``, ``flow``, autoguides).
+    A datum is a sequence (``sequential``): data are a :class:`~pplvm.data.Batch` of padded
+    ``(N, T, D)`` with ``lengths``.
+
+    **Card.** ``model.states`` (K), ``model.emission`` (and ``categories``), the Dirichlet
+    concentrations and ``stickiness`` κ, ``model.init``. From ``models/hmm_synthetic.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "hmm"
+        states = 3
+        emission = "gaussian"
+
+        [guide]
+        kind = "map"           # or "meanfield", "lowrank"
+
+        [objective]
+        name = "enum"          # the state chain is summed out exactly
+    """
 
     Config = HMMConfig
     local_sites = ("states",)

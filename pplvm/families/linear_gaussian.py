@@ -271,14 +271,88 @@ class LinearGaussian(ContinuousLatentModel, ExactLocalPosterior, ClosedFormEM, I
 
 
 class PPCA(LinearGaussian):
-    """Probabilistic PCA: x = W z + μ + ε, ε ~ Normal(0, σ² I)."""
+    r"""Probabilistic PCA (Tipping & Bishop 1999): x = W z + μ + ε with isotropic noise σ² I.
+
+    **Prior.** :math:`z_n \sim \mathcal N(0, I_L)`; with ``prior = "normal"`` also the global
+    :math:`W \sim \mathcal N(0, s^2)^{D \times L}`, else W, μ and σ are maximum-likelihood
+    parameters of the model (``PyroParam``).
+
+    **Likelihood.** :math:`x_n \mid z_n \sim \mathcal N(W z_n + \mu,\ \Psi)`, :math:`\Psi = \sigma^2 I_D`.
+
+    **Marginal: exact** (Gaussian closed form). ``log_likelihood`` returns
+    :math:`\log \mathcal N(x_n;\ \mu,\ W W^\top + \Psi)`.
+
+    **Latent structure.** One continuous local site ``z`` whose posterior has a closed form,
+    :math:`p(z_n \mid x_n, \theta) = \mathcal N(C^{-1} W^\top \Psi^{-1} (x_n - \mu), C^{-1})`,
+    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.capabilities.ExactLocalPosterior`), and
+    closed-form EM (:class:`~pplvm.families.capabilities.ClosedFormEM`). So it admits the ``exact`` guide
+    (with it the ELBO *equals* :math:`\log p(x \mid \theta)` for every draw: SVI is EM's gradient
+    form), ``map``, an ``amortized`` encoder, per-datum ``meanfield`` normals, a ``flow`` (L ≥ 2),
+    the SVI objectives over a reparameterised local (``elbo``, ``meanfield``, ``iwae``, ``iwae_dreg``,
+    ``stl``, ``renyi``) and ``em``. Global latents: ``weight`` only with ``prior = "normal"`` (W is
+    identified up to a rotation; its summaries are the signal variances :math:`\mathrm{diag}(W W^\top)`).
+
+    **Card.** ``model.latent_dim`` (L < D), ``model.prior``, ``model.init`` (the PCA solution or
+    random), the noise's start and floor, the encoder. From ``models/ppca_wine.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "ppca"
+        latent_dim = 3
+        prior = "none"         # W, μ, σ are maximum-likelihood parameters
+
+        [guide]
+        kind = "exact"         # q(z | x) = p(z | x, θ): the ELBO is the exact log-likelihood
+
+        [objective]
+        name = "elbo"
+    """
 
     Config = PPCAConfig
     noise = "isotropic"
 
 
 class FactorAnalysis(LinearGaussian):
-    """Factor analysis: x = W z + μ + ε, ε ~ Normal(0, diag ψ)."""
+    r"""Factor analysis: x = W z + μ + ε with a noise variance ψ_d of its own per feature.
+
+    **Prior.** :math:`z_n \sim \mathcal N(0, I_L)`; with ``prior = "normal"`` also the global
+    :math:`W \sim \mathcal N(0, s^2)^{D \times L}`, else W, μ and ψ are maximum-likelihood
+    parameters of the model (``PyroParam``).
+
+    **Likelihood.** :math:`x_n \mid z_n \sim \mathcal N(W z_n + \mu,\ \Psi)`,
+    :math:`\Psi = \mathrm{diag}(\psi_1, \dots, \psi_D)`.
+
+    **Marginal: exact** (Gaussian closed form). ``log_likelihood`` returns
+    :math:`\log \mathcal N(x_n;\ \mu,\ W W^\top + \Psi)`.
+
+    **Latent structure.** One continuous local site ``z`` whose posterior has a closed form,
+    :math:`p(z_n \mid x_n, \theta) = \mathcal N(C^{-1} W^\top \Psi^{-1} (x_n - \mu), C^{-1})`,
+    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.capabilities.ExactLocalPosterior`), and
+    closed-form EM (:class:`~pplvm.families.capabilities.ClosedFormEM`). So it admits the ``exact`` guide
+    (with it the ELBO *equals* :math:`\log p(x \mid \theta)` for every draw: SVI is EM's gradient
+    form), ``map``, an ``amortized`` encoder, per-datum ``meanfield`` normals, a ``flow`` (L ≥ 2),
+    the SVI objectives over a reparameterised local (``elbo``, ``meanfield``, ``iwae``, ``iwae_dreg``,
+    ``stl``, ``renyi``) and ``em``. Global latents: ``weight`` only with ``prior = "normal"`` (W is
+    identified up to a rotation; its summaries are the signal variances :math:`\mathrm{diag}(W W^\top)`).
+
+    **Card.** As ``ppca``'s. From ``models/fa_wine.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "fa"
+        latent_dim = 3
+        prior = "none"
+        encoder = "mlp"        # or "linear"
+
+        [guide]
+        kind = "amortized"     # or "exact" (the closed-form posterior)
+
+        [objective]
+        name = "elbo"
+        num_particles = 4
+    """
 
     Config = FAConfig
     noise = "diagonal"

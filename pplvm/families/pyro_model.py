@@ -1,54 +1,5 @@
-"""Your own Pyro model as a family: ``model.family = "pyro"``, ``model.target = "pkg.module:name"``.
-
-The target is a Pyro model written as a function ``model(x)`` or a ``PyroModule`` (an
-instance, or a class built with ``model.options`` as keyword arguments), where ``x`` is a
-``(B, D)`` batch of rows::
-
-    def model(x):
-        w = pyro.sample("w", dist.Dirichlet(torch.ones(3)))            # a global latent
-        with pyro.plate("components", 3):
-            mu = pyro.sample("mu", dist.Normal(0., 5.).expand([x.shape[1]]).to_event(1))
-        with pyro.plate("data", len(x)):                              # the data plate
-            z = pyro.sample("z", dist.Categorical(w))                 # a discrete local
-            pyro.sample("obs", dist.Normal(mu[z], 1.).to_event(1), obs=x)
-
-Beside ``x`` the model takes, by keyword, what the data carry and its signature names:
-sequence ``lengths`` and ``mask``, labels ``y`` with ``y_mask`` (missing ones latent), named
-inputs (covariates, groups): :mod:`._pyro_inputs`.
-
-pplvm traces it once on the data's first rows, at two batch sizes, and reads off what the
-contract needs (:class:`Structure`): the *data plate* (the plate around the observed sites whose
-size follows the batch), the *observed sites* (``pyro.factor`` terms and deterministic records
-are not observations), the *global* latents (outside the data plate: guided by autoguides) and
-the *local* latents (inside it): discrete ones with a finite support are summed out by
-enumeration, continuous ones with real support and shape ``(B, L)`` get an amortized Gaussian
-encoder (or free per-datum normals): one per site, and for a site per time step of a sequence
-(``z_1 .. z_T``) a backward GRU with a combiner per step (:mod:`._pyro_sites`). From that it
-declares the guides and objectives that can work and whether ``log p(x_n | θ)`` is exact (every
-local enumerated, by tensor contraction) or an importance-sampled estimate (continuous locals,
-the guide as proposal). Minibatches scale every site in the data plate by ``N / B``.
-Observations that do not fit the data (shape, support, a NaN density) are refused there, before
-training.
-
-The posterior of the discrete locals (``run.posterior``, ``run.map_states``) is exact where
-they are the only locals; beside continuous ones (a label ``y`` observed with ``obs_mask``, whose
-missing part Pyro names ``y_unobserved``, and a style ``z``: the semi-supervised VAE M2) it is
-importance-sampled with the run's guide as proposal, with standard errors (:mod:`._pyro_posterior`).
-``pyro.factor`` terms (auxiliary losses) count in training, never in ``log p(x)``.
-
-Rules for the model: ``x`` enters only as the observation — covariates are named inputs, and a
-model whose sites change with the values of x is refused (pplvm generates new data by running the
-model on the data's first rows with its observations sampled); parameters live in
-``PyroModule``/``PyroParam`` attributes, never in ``pyro.param`` (pplvm keeps parameters in
-modules). A ``PyroModule`` with a ``guide`` method is its own guide (``guide.kind = "custom"``).
-
-Train and eval mode (:mod:`pplvm._modes`): networks in the model and its guide run in
-``.train()`` for training steps only and in ``.eval()`` for everything else, these probes included,
-so a row's held-out log-likelihood does not depend on the rows scored with it.
-
-Here are the configs and the family; the tracing is :mod:`._pyro_trace` (its :class:`Structure`
-and :func:`trace_structure` re-exported here), the wrapper of your own guide :mod:`._pyro_guide`.
-"""
+"""Your own Pyro model as a family (``model.family = "pyro"``): :class:`PyroModel`, traced by
+:mod:`._pyro_trace` (:class:`Structure`, :func:`trace_structure` re-exported here)."""
 
 from __future__ import annotations
 
@@ -116,9 +67,59 @@ class PyroConfig(TracedConfig):
 
 # ---------------------------------------------------------------------- the family
 class PyroModel(LocalMarginals, LatentVariableModel, UserGuide):
-    """A user's Pyro model, traced (see the module docstring). Its guides, objectives, local
-    sites and likelihood kind are read off the model, so they are set per instance; the class
-    values are what some model may admit."""
+    r"""Your own Pyro model as a family: ``model.target = "pkg.module:name"``, or ``model=`` from Python.
+
+    The target is a model function ``model(x)`` or a ``PyroModule`` (an instance, or a class
+    built with ``model.options``), ``x`` a ``(B, D)`` batch of rows. Beside ``x`` it takes, by
+    keyword, what the data carry and its signature names: ``lengths`` and ``mask`` of
+    sequences, labels ``y`` with ``y_mask`` (missing ones latent), named inputs (covariates,
+    groups). pplvm traces it on the data's first rows at two batch sizes and reads off the
+    *data plate* (the plate around the observed sites whose size follows the batch), the
+    *observed* sites, the *global* latents θ (outside it) and the *local* ones (inside it).
+
+    **Prior and likelihood** are the model's own: :math:`p(\theta) \prod_n p(z_n \mid \theta)
+    p(x_n \mid z_n, \theta)`, every site in the data plate scaled by N / B on a minibatch.
+    ``pyro.factor`` terms (auxiliary losses) count in training, never in :math:`\log p(x)`.
+
+    **Marginal: exact or estimated**, as the locals are. Discrete locals with finite support are
+    summed out by enumeration (tensor contraction, as ``TraceEnum_ELBO``): with no other
+    locals ``log_likelihood`` returns the exact :math:`\log p(x_n \mid \theta)`. Continuous locals
+    u (real support, each ``(B, L)`` or one per time step) make it ``"estimate"``: the
+    importance-sampled :math:`\log \frac1S \sum_s p(x_n, u_s \mid \theta)/q(u_s \mid x_n)` with the
+    run's guide as proposal, the discrete locals summed out inside :math:`p(x_n, u_s \mid \theta)`;
+    their posterior (``run.posterior``) is then importance-sampled too, with standard errors.
+
+    **Latent structure → guides and objectives.** Globals: an autoguide (``map``, ``meanfield``,
+    ``lowrank``, ``flow``, every Pyro ``Auto*`` by name). Enumerated locals: objective ``enum``
+    (Pyro's ``TraceEnum_ELBO``). One continuous local ``(B, L)``: ``amortized`` (an encoder),
+    ``meanfield`` (free normals per training row), ``flow``; with no enumerated site beside it the
+    SVI objectives over reparameterised sites (``elbo``, ``iwae``, ``stl`` ...). Several, or per step
+    (``z_1 .. z_T``): ``amortized`` site by site, a backward GRU over the sequence for the steps.
+    Anything else — your own guide (``model.guide_target``, ``guide=``, or a ``guide`` method of
+    the module) with ``guide.kind = "custom"``. Refusals name the site and the reason.
+
+    **Rules.** ``x`` enters only as the observation (covariates are named inputs; a model whose
+    sites change with x's values is refused, since new data are generated by running it on
+    the first rows with its observations sampled); parameters live in ``PyroModule`` /
+    ``PyroParam`` attributes, never ``pyro.param``; networks run in ``.train()`` for training
+    steps only and ``.eval()`` for everything else, the probes included (:mod:`pplvm._modes`).
+
+    **Card.** ``model.target`` and ``options``; ``guide_target``; the amortized encoder's
+    ``hidden``, ``rnn_hidden``, ``activation``. From ``examples/pyro_classics/mixed_regression.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "pyro"
+        target = "examples.pyro_classics.mixed_regression:MixedRegression"
+        options = { components = 2, covariates = 2, groups = 8 }
+
+        [guide]
+        kind = "AutoNormal"            # or "map" (AutoDelta): point estimates of the globals
+
+        [objective]
+        name = "enum"                  # or "TraceEnum_ELBO" with its own options
+    """
 
     Config = PyroConfig
     indexed_rows = True

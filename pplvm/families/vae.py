@@ -260,7 +260,63 @@ class _Autoencoder(ContinuousLatentModel, LatentDecoder):
 
 
 class VAE(_Autoencoder):
-    """Variational autoencoder: ``z ~ N(0, I)``, ``x | z ~ decoder``, encoder guide."""
+    r"""Variational autoencoder (Kingma & Welling 2014): a Gaussian latent per datum, a neural decoder.
+
+    **Prior.** :math:`z_n \sim \mathcal N(0, I_L)`, one local latent ``z`` per datum; no global
+    latents (see below).
+
+    **Likelihood.** The decoder :math:`p_\theta(x_n \mid z_n)`: a network (``mlp`` or ``conv``,
+    :mod:`pplvm.decoders`) and a likelihood head, Bernoulli (logits) or Gaussian (a fixed,
+    learned or amortized scale). Its guide is the encoder's
+    :math:`q_\phi(z_n \mid x_n) = \mathcal N(\mu_\phi(x_n), \mathrm{diag}\,\sigma_\phi(x_n)^2)`.
+
+    **Marginal: estimated** (``likelihood = "estimate"``). :math:`p(x_n) = \int p_\theta(x_n \mid z)
+    p(z)\, dz` has no closed form: training maximises a bound (the ELBO, IWAE ...) and
+    ``log_likelihood`` returns the importance-sampled estimate with the run's guide as proposal
+    and S = ``evaluation.samples`` draws per datum,
+
+    .. math::
+
+        \log \hat p(x_n) = \log \frac1S \sum_{s=1}^S \frac{p(z_s)\, p_\theta(x_n \mid z_s)}{q_\phi(z_s \mid x_n)},
+        \qquad z_s \sim q_\phi(\cdot \mid x_n),
+
+    unbiased for :math:`p(x_n)` (so in expectation a lower bound of :math:`\log p(x_n)`, the
+    IWAE-S bound, tightening as S grows). Its delta-method standard error
+    :math:`\sqrt{(r - 1)/(S - 1)}`, :math:`r = S \sum w_s^2 / (\sum w_s)^2`, and effective sample
+    size :math:`S / r` are what :func:`pplvm.inference.importance.importance_log_likelihood`
+    reports beside it; the family returns the estimate alone.
+
+    **Latent structure.** One continuous, reparameterisable local site ``z`` ``(N, L)`` and an
+    encoder (``make_encoder``), no closed-form posterior and no enumerated site: guides
+    that serve a continuous local through an encoder (``amortized``, ``flow``) serve it, and
+    every SVI objective over a sampled local (``elbo``, ``meanfield`` with analytic KLs and
+    free bits, ``iwae``, ``iwae_dreg``, ``stl``, ``renyi``, KL warm-up). ``meanfield`` guides
+    (free :math:`q(z_n)` per training row) do not, since it reads no row index. The decoder
+    weights θ are point estimates, so there are no global latents, unless the decoder is your
+    own (``model.decoder_target``) with ``PyroSample`` weights: those are then global latents
+    with a mean-field guide (``guide.globals``) beside the encoder.
+
+    **Card.** ``model.latent_dim``, ``architecture``, ``hidden``, ``activation``, ``likelihood``
+    and the Gaussian scale, the networks' ``init`` and ``output_bias``. From
+    ``models/vae_digits.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "vae"
+        latent_dim = 50
+        architecture = "mlp"
+        hidden = [200, 200]
+        activation = "tanh"
+        likelihood = "bernoulli"
+
+        [guide]
+        kind = "amortized"
+
+        [objective]
+        name = "meanfield"           # ELBO with the KL in closed form; or "elbo", "iwae", "renyi"
+        kl_warmup_epochs = 10        # β: 0 -> 1 over the first 10 epochs
+    """
 
     Config = VAEConfig
 
@@ -269,7 +325,62 @@ class VAE(_Autoencoder):
 
 
 class ConditionalVAE(_Autoencoder):
-    """Conditional VAE: labels or covariates y (``Batch.y``) feed encoder and decoder."""
+    r"""Conditional VAE (Sohn et al. 2015): labels or covariates y feed encoder and decoder.
+
+    **Prior.** :math:`z_n \sim \mathcal N(0, I_L)`, independent of :math:`y_n`; :math:`y_n` is
+    given with each datum (``Batch(x, y)``, from the data source's labels): class labels
+    ``0 .. classes - 1`` (entered one-hot) or covariates of ``side_dim`` columns.
+
+    **Likelihood.** :math:`p_\theta(x_n \mid z_n, y_n)`, the decoder on :math:`[z_n, y_n]`; the
+    guide :math:`q_\phi(z_n \mid x_n, y_n)` sees y too. New data are generated class by class
+    (or beside given y).
+
+    **Marginal: estimated** (``likelihood = "estimate"``). :math:`p(x_n) = \int p_\theta(x_n \mid z)
+    p(z)\, dz` has no closed form: training maximises a bound (the ELBO, IWAE ...) and
+    ``log_likelihood`` returns the importance-sampled estimate with the run's guide as proposal
+    and S = ``evaluation.samples`` draws per datum,
+
+    .. math::
+
+        \log \hat p(x_n) = \log \frac1S \sum_{s=1}^S
+        \frac{p(z_s)\, p_\theta(x_n \mid z_s, y_n)}{q_\phi(z_s \mid x_n, y_n)},
+        \qquad z_s \sim q_\phi(\cdot \mid x_n, y_n),
+
+    unbiased for :math:`p(x_n)` (so in expectation a lower bound of :math:`\log p(x_n)`, the
+    IWAE-S bound, tightening as S grows). Its delta-method standard error
+    :math:`\sqrt{(r - 1)/(S - 1)}`, :math:`r = S \sum w_s^2 / (\sum w_s)^2`, and effective sample
+    size :math:`S / r` are what :func:`pplvm.inference.importance.importance_log_likelihood`
+    reports beside it; the family returns the estimate alone.
+
+    **Latent structure.** One continuous, reparameterisable local site ``z`` ``(N, L)`` and an
+    encoder (``make_encoder``), no closed-form posterior and no enumerated site: guides
+    that serve a continuous local through an encoder (``amortized``, ``flow``) serve it, and
+    every SVI objective over a sampled local (``elbo``, ``meanfield`` with analytic KLs and
+    free bits, ``iwae``, ``iwae_dreg``, ``stl``, ``renyi``, KL warm-up). ``meanfield`` guides
+    (free :math:`q(z_n)` per training row) do not, since it reads no row index. The decoder
+    weights θ are point estimates, so there are no global latents, unless the decoder is your
+    own (``model.decoder_target``) with ``PyroSample`` weights: those are then global latents
+    with a mean-field guide (``guide.globals``) beside the encoder.
+
+    **Card.** Those of ``vae`` and exactly one of ``model.classes`` or ``model.side_dim``. From
+    ``models/cvae_digits.toml``:
+
+    .. code-block:: toml
+
+        [model]
+        family = "cvae"
+        classes = 10
+        latent_dim = 8
+        architecture = "conv"
+        likelihood = "bernoulli"
+
+        [guide]
+        kind = "amortized"
+
+        [objective]
+        name = "iwae"                # IWAE bound, k = 5 (RenyiELBO with alpha = 0)
+        num_particles = 5
+    """
 
     Config = CVAEConfig
     uses_labels = True

@@ -68,10 +68,28 @@ def make_guide(
     flow_layers: int = 2,
     flow_hidden: Sequence[int] = (),
 ) -> torch.nn.Module:
-    """Build the guide a card's ``[guide]`` section (or a kind, with the options that follow)
-    describes for ``model``, initialised from the training data ``x`` (``num_data``: the number
-    of training data, when ``x`` is only a sample of them), on the model's device (place the
-    model first: autoguides create their parameters there)."""
+    """Build the guide a card's ``[guide]`` section (or a kind name) describes for ``model``.
+
+    Args:
+        model: the family instance, already on its device (autoguides create their
+            parameters there).
+        kind: a ``[guide]`` section, or a kind name (``"amortized"``, ``"AutoNormal"`` ...)
+            with the options below.
+        x: the training data (or a sample of them) the guide is initialised from.
+        init_scale: initial posterior scale of normal guides (with a kind name).
+        generator: the random generator of data-driven starts (default: seeded 0).
+        num_data: the number of training data, when ``x`` is only a sample of them.
+        flow_layers: inverse autoregressive steps of a ``flow`` guide (with a kind name).
+        flow_hidden: hidden widths of each flow step's network (with a kind name).
+
+    Returns:
+        The guide module, on the model's device.
+
+    Raises:
+        IncompatibleError: the guide cannot serve ``model`` (the message names why and the
+            kinds it admits).
+        CardError: an unknown kind or an invalid option.
+    """
     if isinstance(kind, str):
         options = dict(init_scale=init_scale, flow_layers=flow_layers, flow_hidden=list(flow_hidden))
         kind = guide_config(kind, **options)

@@ -47,7 +47,25 @@ class AmortizedNormal(LocalGuide):
 
 
 class Amortized(Guide):
-    """Encoder network q(z_n | x_n) for continuous local latents (+ the globals' guide: guide.globals, AutoNormal)."""
+    r"""Encoder network q(z_n | x_n) for continuous local latents (+ the globals' guide: guide.globals, AutoNormal).
+
+    **q.** :math:`q(\theta, z \mid x) = q(\theta) \prod_n \mathcal N\big(z_n;\ \mu_\phi(x_n),\
+    \mathrm{diag}\, \sigma_\phi(x_n)^2\big)`: the family's encoder (``make_encoder``) maps each
+    datum to the location and scale of its latent, drawn reparameterised inside the model's data
+    plate (so minibatch scaling matches the model's); :math:`q(\theta)` is the autoguide named by
+    ``guide.globals`` (omitted without global latents). Where a family declares several
+    continuous local sites, or one per time step of a sequence
+    (:class:`~pplvm.families.capabilities.LocalSites`), one encoder per site, and for the steps
+    Pyro's Deep-Markov-Model guide :math:`\prod_t q(z_t \mid z_{t-1}, x_{t:T})` over a backward
+    GRU (:class:`~pplvm.guides.sites.AmortizedSites`).
+
+    **Needs** continuous local latents an encoder can serve: a family that builds one (VAE,
+    PPCA/FA, your model's ``(B, L)`` sites); refused for enumerated locals (nothing to encode)
+    and for models without locals. **Offers** a per-datum proposal :math:`q(z_n \mid x_n)`: the
+    importance sampler's for estimated likelihoods and the answer of ``run.posterior(x)``, on
+    any data (held-out rows included). Sites per time step are drawn one from another, so
+    ``meanfield`` (analytic KLs) is refused there.
+    """
 
     names = ("amortized",)
     Config = LocalConfig

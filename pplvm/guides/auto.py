@@ -12,7 +12,14 @@ from .base import Guide
 
 
 class Auto(Guide):
-    """The first guide that serves the model and the objective (decided when the run is built, recorded in its card)."""
+    """The first guide that serves the model and the objective (decided when the run is built, recorded in its card).
+
+    Guides are tried in registration order (``amortized``, ``exact``, ``meanfield``, ``map``,
+    ``lowrank``, ``flow``, ``forward``, ``none``, Pyro's autoguides, then your model's own);
+    the first whose needs the model meets and whose traits the objective accepts is written
+    into the run's ``card.toml``, so a resumed or loaded run builds the same guide. It builds
+    nothing itself.
+    """
 
     names = ("auto",)
 

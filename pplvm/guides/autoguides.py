@@ -11,6 +11,7 @@ classes guide the globals of the local guides (``guide.globals``, :mod:`.amortiz
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import torch
@@ -91,7 +92,17 @@ class AutoguideConfig(InitScale):
 
 
 class PyroAutoguide(Guide):
-    """A Pyro autoguide by class name, over the global latents (the base of the generic plugins)."""
+    """A Pyro autoguide by class name, over the global latents (the base of the generic plugins).
+
+    **q** is the autoguide's own distribution over the global latents θ, in their
+    unconstrained space, built on the model with every other site hidden and started at the
+    family's data-driven values; its constructor's keyword arguments are ``guide.options``.
+
+    **Needs** global latents and no continuous local ones (those need a guide of their own:
+    ``amortized``, ``exact`` or ``meanfield`` with ``guide.globals`` naming the autoguide);
+    enumerated locals stay in the model, summed out by ``enum``. **Offers** no local proposal;
+    ``AutoDelta`` offers a point estimate (which ``em`` writes in place).
+    """
 
     Config = AutoguideConfig
     pyro_class: type = AutoGuide
@@ -133,7 +144,11 @@ def _with_median(cls: type) -> type:
 
 def _register(cls: type, register: bool = True) -> type[PyroAutoguide]:
     doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
-    attrs = {"__doc__": f"Pyro's {cls.__name__}: {doc}", "__module__": __name__}
+    doc = re.sub(r":\w+:`~?([^`]+)`", r"``\1``", doc)  # Pyro's cross-references, as literals here
+    shared = inspect.cleandoc(PyroAutoguide.__doc__ or "").split("\n\n", 1)[1]  # what every autoguide needs, offers
+    here = f"Here ``pyro.infer.autoguide.{cls.__name__}`` guides the global latents only."
+    attrs = {"__doc__": f"Pyro's {cls.__name__}: {doc}.\n\n{here}\n\n{shared}"}
+    attrs["__module__"] = __name__
     return type(
         cls.__name__,
         (PyroAutoguide,),

@@ -2,7 +2,7 @@
 ``guide.options``): a :class:`~.base.Guide` plugin class (it declares its own needs and traits)
 or a Pyro autoguide class (over the global latents, as :mod:`.autoguides`). Without a target, the
 guide a user's model brings (``model.guide_target``, or ``guide=`` from Python:
-:class:`~pplvm.families.base.UserGuide`)."""
+:class:`~pplvm.families.capabilities.UserGuide`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,20 @@ from .base import Guide, GuideConfig, GuideTraits
 
 
 class Custom(Guide):
-    """Your own guide: guide.target = 'pkg.mod:Name' (a Guide plugin or an autoguide class), or the one your
-    model brings (model.guide_target, guide= from Python)."""
+    r"""Your own guide: guide.target = 'pkg.mod:Name' (a Guide plugin or an autoguide class), or the one your
+    model brings (model.guide_target, guide= from Python).
+
+    **q** is yours. A :class:`~pplvm.guides.base.Guide` plugin class by import path declares
+    its own needs and traits and builds itself, ``guide.options`` its card section; a Pyro
+    autoguide class by import path guides the global latents as the registered autoguides do.
+    Without a target, the guide a model of your own brings
+    (:class:`~pplvm.families.capabilities.UserGuide`): called as ``guide(x, num_data)``, it must draw
+    every latent the model does not enumerate.
+
+    **Needs** a target, or a model that brings a guide. **Offers** what the plugin declares; a
+    model's own guide that draws the continuous locals given x is an importance-sampling
+    proposal (its draws, not a :math:`q(z_n \mid x_n)` to query).
+    """
 
     names = ("custom",)
 

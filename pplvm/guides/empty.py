@@ -27,7 +27,13 @@ class EmptyGuide(PyroModule):
 
 
 class NoGuide(Guide):
-    """No guide: the family has no latent site to infer (flows: exact likelihood; GANs)."""
+    r"""No guide: the family has no latent site to infer (flows: exact likelihood; GANs).
+
+    **q** is empty. Under Pyro's ``Trace_ELBO`` the loss is then exactly
+    :math:`-\log p(x)` (a flow: maximum likelihood); a GAN's noise is drawn inside the model and
+    its parameters are point estimates in the model. **Needs** a model with no global and no
+    continuous local latent (enumerated locals are summed out in the model). **Offers** nothing.
+    """
 
     names = ("none",)
 

@@ -1,7 +1,7 @@
 """The exact local posterior as a guide, for families that have one in closed form.
 
 ``q(θ, z | x) = q(θ) Π_n p(z_n | x_n, θ)``: the family's own ``p(z_n | x_n, θ)``
-(:class:`~pplvm.families.base.ExactLocalPosterior`) at the model's current parameters and
+(:class:`~pplvm.families.capabilities.ExactLocalPosterior`) at the model's current parameters and
 the guide's draw of the globals θ (mean-field normal, if the family has any). With no
 global latents the ELBO then equals ``log p(x | θ)`` for every draw (zero variance), and its
 gradient is EM's.
@@ -43,7 +43,18 @@ class ExactLocalGuide(LocalGuide):
 
 
 class Exact(Guide):
-    """Closed-form posterior p(z_n | x_n, θ) for the local latents (+ the globals' guide: guide.globals, AutoNormal)."""
+    r"""Closed-form posterior p(z_n | x_n, θ) for the local latents (+ the globals' guide: guide.globals, AutoNormal).
+
+    **q.** :math:`q(\theta, z \mid x) = q(\theta) \prod_n p(z_n \mid x_n, \theta)`: the family's own
+    exact local posterior at the model's parameters and the guide's draw of θ. With no global
+    latents the ELBO then equals :math:`\log p(x \mid \theta)` for every draw (zero variance), and
+    its gradient is EM's.
+
+    **Needs** a family with a closed-form local posterior
+    (:class:`~pplvm.families.capabilities.ExactLocalPosterior`: PPCA, factor analysis). **Offers** a
+    per-datum proposal (the exact posterior, so importance weights are constant) and
+    ``run.posterior(x)`` on any data.
+    """
 
     names = ("exact",)
     Config = LocalConfig

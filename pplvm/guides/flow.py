@@ -190,8 +190,26 @@ class FlowConfig(InitScale):
 
 
 class Flow(Guide):
-    """Normalizing flow: an IAF q(z_n | x_n) conditioned on the encoder (continuous local latents), an IAF over
-    the globals' unconstrained space otherwise (guide.flow_layers, guide.flow_hidden)."""
+    r"""Normalizing flow: an IAF q(z_n | x_n) conditioned on the encoder (continuous local latents), an IAF over
+    the globals' unconstrained space otherwise (guide.flow_layers, guide.flow_hidden).
+
+    **q.** For a continuous local, the encoder's normal pushed through K conditional IAF steps
+    with context :math:`h = [\mu, \log\sigma]` (Kingma et al. 2016):
+
+    .. math::
+
+        z_0 = \mu + \sigma \odot \epsilon, \quad z_k = m_k(z_{k-1}; h) + s_k(z_{k-1}; h) \odot z_{k-1},
+        \quad \log q(z_K \mid x) = \log \mathcal N(z_0; \mu, \sigma^2) - \sum_k \sum_i \log s_{k,i};
+
+    for globals, :math:`\theta = \mathrm{IAF}_K \circ \dots \circ \mathrm{IAF}_1(\mu + \sigma \odot
+    \epsilon)` in their unconstrained space. Each step starts as the identity, so a flow guide
+    starts where the Gaussian guide would.
+
+    **Needs** what ``amortized`` needs (an encoder for one continuous local, of at least 2
+    dimensions), or global latents alone. **Offers** a reparameterised per-datum proposal
+    (sampling and density in one pass each), so IWAE, DReG, STL and importance-sampled
+    likelihoods run as with the Gaussian guide.
+    """
 
     names = ("flow",)
     Config = FlowConfig

@@ -12,7 +12,16 @@ from .base import Guide, InitScale
 
 
 class LowRank(Guide):
-    """Low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal)."""
+    r"""Low-rank multivariate normal over the globals (AutoLowRankMultivariateNormal).
+
+    **q.** :math:`q(\theta) = \mathcal N(\mu, W W^\top + \mathrm{diag}\, d)` jointly over every
+    global's unconstrained coordinates, so it captures their correlations (a label-switching
+    mixture's weights and means, say) at rank-R cost.
+
+    **Needs** global latents and no continuous local ones (those need a guide of their own:
+    ``amortized``, ``exact``, ``meanfield``); enumerated locals stay in the model. **Offers** no
+    local proposal.
+    """
 
     names = ("lowrank",)
     Config = InitScale

@@ -15,8 +15,17 @@ from .exact import ExactLocalGuide
 
 
 class Map(Guide):
-    """Point estimate of the globals (AutoDelta, MAP; with continuous local latents, their closed-form posterior
-    p(z_n | x_n, θ))."""
+    r"""Point estimate of the globals (AutoDelta, MAP; with continuous local latents, their closed-form posterior
+    p(z_n | x_n, θ)).
+
+    **q.** :math:`q(\theta) = \delta(\theta - \hat\theta)`, so the ELBO is
+    :math:`\log p(x, \hat\theta)` (up to the locals' terms) and SVI finds the MAP estimate; with
+    continuous locals, :math:`q(z_n \mid x_n) = p(z_n \mid x_n, \hat\theta)` as ``exact`` does.
+
+    **Needs** global latents (locals enumerated or none), or a closed-form local posterior for
+    the continuous ones. **Offers** a point estimate, which ``em`` writes in place and the arviz
+    export shows as one draw; with continuous locals a per-datum proposal.
+    """
 
     names = ("map",)
     Config = InitScale

@@ -30,8 +30,21 @@ class MeanFieldConfig(LocalConfig):
 
 
 class MeanField(Guide):
-    """Mean-field normal over the globals (AutoNormal) and, for continuous local latents, free per-datum normals
-    q(z_n) over the training data."""
+    r"""Mean-field normal over the globals (AutoNormal) and, for continuous local latents, free per-datum normals
+    q(z_n) over the training data.
+
+    **q.** :math:`q(\theta) = \prod_i \mathcal N(\theta_i; m_i, s_i^2)` in each global's
+    unconstrained space (the autoguide ``guide.globals``) and, for a continuous local, free
+    parameters per training datum, :math:`q(z_n) = \mathcal N(m_n, \mathrm{diag}\, s_n^2)`
+    (non-amortized mean-field VI). Enumerated locals stay in the model.
+
+    **Needs** global latents, or a continuous local site of rows whose family reads the rows'
+    numbers (``Batch.index``). **Offers**, with such a local, a proposal for the training rows
+    only, so it scores no held-out data as it is (no held-out loss in training): before other
+    rows are scored, a :math:`q(z_n)` of their own is fitted for ``guide.held_out_steps`` ELBO
+    steps with the globals fixed. Any proposal keeps the importance estimate of
+    :math:`p(x_n \mid \theta)` unbiased; the steps only lower its variance.
+    """
 
     names = ("meanfield",)
     Config = MeanFieldConfig

@@ -145,8 +145,19 @@ def check_compatible(
 
 
 def make_objective(model: LatentVariableModel, cfg: ObjectiveConfig, *, checked: bool = False) -> ELBO:
-    """The Pyro objective an SVI objective's section describes, checked against ``model``
-    (``checked``: :func:`check_compatible` has already passed; the facade checks each build once)."""
+    """The Pyro ELBO an SVI objective's ``[objective]`` section describes, checked against ``model``.
+
+    Args:
+        model: the family instance.
+        cfg: the ``[objective]`` section (e.g. from :func:`objective_config`).
+        checked: :func:`check_compatible` has already passed (the facade checks each build once).
+
+    Returns:
+        A ``pyro.infer.ELBO`` instance.
+
+    Raises:
+        IncompatibleError: the objective cannot train ``model`` (the message names why).
+    """
     plugin = objective_for(cfg)
     if not checked:
         plugin.check(model, GuideTraits())

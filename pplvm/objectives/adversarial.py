@@ -4,14 +4,11 @@ Each step on a minibatch of B real rows ``x`` makes ``critic_steps`` discriminat
 one generator update, each with its own optimiser (the card's ``[training]`` optimiser, lr,
 schedule and clipping, built twice). With logits ``D(x)`` and ``x̃ = G(z)``, ``z ~ N(0, I)``:
 
-============ ============================================ ===============================
-name         discriminator loss                           generator loss
-============ ============================================ ===============================
-``gan``      ``softplus(-D(x)) + softplus(D(x̃))``         ``softplus(-D(x̃))`` (non-saturating)
-``gan_hinge`` ``relu(1 - D(x)) + relu(1 + D(x̃))``         ``-D(x̃)``
-``wgan_gp``  ``D(x̃) - D(x) + λ (|∇D(x̂)| - 1)²``,          ``-D(x̃)``
-             ``x̂ = ε x + (1 - ε) x̃``, ε ~ U(0, 1)
-============ ============================================ ===============================
+- ``gan``: discriminator ``softplus(-D(x)) + softplus(D(x̃))``, generator ``softplus(-D(x̃))``
+  (non-saturating);
+- ``gan_hinge``: discriminator ``relu(1 - D(x)) + relu(1 + D(x̃))``, generator ``-D(x̃)``;
+- ``wgan_gp``: discriminator ``D(x̃) - D(x) + λ (|∇D(x̂)| - 1)²`` with ``x̂ = ε x + (1 - ε) x̃``,
+  ε ~ U(0, 1), generator ``-D(x̃)``
 
 (means over the batch). With ``model.r1_penalty = γ`` > 0 every discriminator loss adds the R1
 penalty ``(γ/2) |∇ₓD(x)|²`` on the real rows (Mescheder et al. 2018); ``model.spectral_norm``
@@ -165,9 +162,27 @@ class AdversarialStep(UpdateRule):
 
 
 class Adversarial(Objective):
-    """Adversarial training of an implicit-density family: two optimisers, alternating steps
+    r"""Adversarial training of an implicit-density family: two optimisers, alternating steps
     (``gan``: non-saturating loss, ``gan_hinge``: hinge loss, ``wgan_gp``: Wasserstein critic with
-    gradient penalty; model.critic_steps, model.gradient_penalty)."""
+    gradient penalty; model.critic_steps, model.gradient_penalty).
+
+    **Estimator.** Per minibatch of real rows x, ``model.critic_steps`` discriminator steps then
+    one generator step, with logits :math:`D(x)` and samples :math:`\tilde x = G(z)`,
+    :math:`z \sim \mathcal N(0, I)` (means over the batch; :math:`\mathrm{sp}` = softplus):
+
+    * ``gan``: :math:`\mathcal L_D = \mathrm{sp}(-D(x)) + \mathrm{sp}(D(\tilde x))`,
+      :math:`\mathcal L_G = \mathrm{sp}(-D(\tilde x))` (non-saturating; Goodfellow et al. 2014);
+    * ``gan_hinge``: :math:`\mathcal L_D = \mathrm{relu}(1 - D(x)) + \mathrm{relu}(1 + D(\tilde x))`,
+      :math:`\mathcal L_G = -D(\tilde x)`;
+    * ``wgan_gp``: :math:`\mathcal L_D = D(\tilde x) - D(x) + \lambda (\|\nabla D(\hat x)\| - 1)^2`,
+      :math:`\hat x = \epsilon x + (1 - \epsilon)\tilde x`, :math:`\mathcal L_G = -D(\tilde x)`.
+
+    ``model.r1_penalty`` γ adds :math:`\tfrac\gamma2 \|\nabla_x D(x)\|^2` on real rows to
+    :math:`\mathcal L_D`. The held-out loss is the unbiased MMD² between held-out rows and samples.
+
+    **Needs** a family with an implicit density (``likelihood = "none"``: a GAN); every family
+    with a likelihood is fitted by its bound or likelihood instead.
+    """
 
     names = ("gan", "gan_hinge", "wgan_gp")
 

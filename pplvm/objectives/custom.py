@@ -22,7 +22,17 @@ from .svi import SVIObjective
 
 class Custom(Objective):
     """Your own objective: objective.target = 'pkg.mod:Name' (an Objective plugin, a Pyro ELBO or an UpdateRule
-    class), or objective= from Python."""
+    class), or objective= from Python.
+
+    What it computes is yours; ``objective.options`` are the class's keyword arguments. An
+    :class:`~pplvm.objectives.base.Objective` plugin class declares its own needs and update
+    rule; a Pyro ``ELBO`` class or instance is held to what Pyro's ELBOs by name need (a
+    differentiable loss, enumerated locals only for an enumerating ELBO ...) and trained by SVI;
+    an :class:`~pplvm.training.rules.UpdateRule` class, built as ``Name(model, guide, card,
+    **options)``, does whatever it does to each batch and needs nothing.
+
+    **Needs** a target, or an object passed from Python.
+    """
 
     names = ("custom",)
 

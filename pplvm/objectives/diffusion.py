@@ -18,7 +18,7 @@ family's T steps (``s_t = (t - 1) / (T - 1)``)::
     -ELBO_∞(x) = L_0 + L_T + ½ E_{s ~ U(0, 1)} [γ'(s) ‖ε - ε̂_θ(z_s, s)‖²]
 
 with antithetic draws ``s_i = (u + i / B) mod 1`` over a batch. A family with a continuous-time
-bound of its own (:class:`~pplvm.families.base.ContinuousTimeLoss`: VDM with its learned
+bound of its own (:class:`~pplvm.families.capabilities.ContinuousTimeLoss`: VDM with its learned
 schedule, :mod:`pplvm.families.vdm`) is trained by that instead. As ``T → ∞`` refinement never
 loosens the bound (the T-step bound the family's ``log_likelihood`` reports is ≥ this loss).
 
@@ -117,7 +117,26 @@ class DiffusionBoundConfig(ObjectiveConfig):
 
 
 class DiffusionBound(SVIObjective):
-    """The bound of a diffusion family over subsampled time steps, analytic KLs (weighting: elbo | simple)."""
+    r"""The bound of a diffusion family over subsampled time steps, analytic KLs (weighting: elbo | simple).
+
+    **Estimator.** With K = ``num_particles`` steps :math:`t_j \sim U\{1..T\}` per datum, each
+    term analytic given :math:`z_{t_j} \sim q(z_{t_j} \mid x)` (a Gaussian KL, or the decoder's
+    :math:`-\log p_\theta(x \mid z_1)` at t = 1), an unbiased estimate of the family's bound:
+
+    .. math::
+
+        -\mathrm{ELBO}(x) \approx \frac TK \sum_{j=1}^K L_{t_j - 1}(x, z_{t_j}) + L_T(x).
+
+    ``weighting = "simple"``: Ho et al.'s
+    :math:`L_\text{simple} = \mathbb E_{t, \epsilon} \|\epsilon - \hat\epsilon_\theta(z_t, t)\|^2`
+    (summed over dimensions; *not* a bound), plus, for a learned reverse variance,
+    :math:`10^{-3}\, \tfrac TK \sum_j L_{t_j - 1}` with :math:`\mu_\theta` stopped (Nichol & Dhariwal's
+    hybrid objective). The loss is summed over the batch and scaled to N data.
+
+    **Needs** a diffusion family (its noise schedule and closed-form terms); refused for one
+    that learns its schedule through a continuous-time bound (VDM: use ``vdm``). The guide
+    (``forward``) is used through its closed form, not traced.
+    """
 
     names = ("diffusion",)
     #: whether it trains a family's own continuous-time bound (ContinuousTimeLoss)
@@ -142,7 +161,26 @@ class DiffusionBound(SVIObjective):
 
 
 class VDMBound(DiffusionBound):
-    """The continuous-time diffusion bound (VDM), antithetic time draws."""
+    r"""The continuous-time diffusion bound (VDM), antithetic time draws.
+
+    **Estimator** (Kingma et al. 2021). The T → ∞ bound over the same endpoints,
+
+    .. math::
+
+        -\mathrm{ELBO}_\infty(x) = L_0 + L_T + \tfrac12\, \mathbb E_{s \sim U(0,1),\, \epsilon}
+        \big[\gamma'(s)\, \|\epsilon - \hat\epsilon_\theta(z_s, s)\|^2\big],
+
+    :math:`\gamma = -\log \mathrm{SNR}` interpolated linearly between a diffusion family's T
+    steps (at :math:`s_t = (t-1)/(T-1)`), with antithetic draws :math:`s_i = (u + i/n) \bmod 1`
+    over the batch's n = B·K draws. A family with a continuous-time bound of its own
+    (:class:`~pplvm.families.capabilities.ContinuousTimeLoss`: VDM's learned schedule) is trained by
+    that instead. Refining a schedule never loosens the bound: the family's T-step bound is at
+    least this loss.
+
+    **Needs** a diffusion family with at least 2 steps and a fixed reverse variance (``beta`` or
+    ``posterior``: this loss trains :math:`\hat\epsilon` only), or one with its own
+    continuous-time bound.
+    """
 
     names = ("vdm",)
     continuous_time = True

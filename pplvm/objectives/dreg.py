@@ -118,7 +118,24 @@ def _scale_grad(scale: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class IWAEDReG(IWAE):
-    """The IWAE bound with doubly reparameterised (DReG) guide gradients (same value as ``iwae``)."""
+    r"""The IWAE bound with doubly reparameterised (DReG) guide gradients (same value as ``iwae``).
+
+    **Estimator** (Tucker et al. 2018). The value is :math:`\mathrm{IWAE}_K`; with
+    :math:`z_i = z(\epsilon_i, \phi)`, :math:`\log w_i = \log p(x, z_i) - \log q_\phi(z_i)` and
+    :math:`\tilde w_i = w_i / \sum_j w_j`, the gradients are
+
+    .. math::
+
+        \nabla_\theta = \sum_i \tilde w_i \nabla_\theta \log p(x, z_i), \qquad
+        \nabla_\phi = \sum_i \tilde w_i^2 \, \frac{\partial \log w_i}{\partial z_i}
+        \frac{\partial z_i}{\partial \phi},
+
+    :math:`\log q` differentiated through z only: unbiased, without the score term whose
+    signal-to-noise ratio vanishes as K grows.
+
+    **Needs** K ≥ 2 (with K = 1 use ``stl``), every guide site reparameterised (checked by
+    tracing the guide), no enumerated locals.
+    """
 
     names = ("iwae_dreg",)
     pathwise = True

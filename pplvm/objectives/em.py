@@ -1,6 +1,6 @@
 """Exact expectation–maximisation as an update rule (objective ``em``).
 
-For a family with :class:`~pplvm.families.base.ClosedFormEM` (mixtures, HMMs, PPCA and factor
+For a family with :class:`~pplvm.families.capabilities.ClosedFormEM` (mixtures, HMMs, PPCA and factor
 analysis), each step is an E-step on the batch — expected sufficient statistics under the
 exact local posterior p(z_n | x_n, θ) — and a closed-form M-step. The point estimate of the
 global latents lives in the ``map`` guide (an AutoDelta), so a run fitted by EM saves, resumes,
@@ -160,7 +160,22 @@ class EMStep(UpdateRule):
 
 
 class EM(Objective):
-    """Exact EM: closed-form E- and M-steps, full batch or stepwise (a point estimate of the globals)."""
+    r"""Exact EM: closed-form E- and M-steps, full batch or stepwise (a point estimate of the globals).
+
+    **Estimator.** Each step's E-step takes the expected complete-data sufficient statistics
+    under the exact local posterior :math:`p(z_n \mid x_n, \theta)`; the M-step maximises in
+    closed form the log posterior (``em_estimate = "map"``) or log-likelihood (``"ml"``),
+    which never decreases with full batches. With minibatches it is stepwise EM: running
+    statistics :math:`s \leftarrow (1 - \rho_k) s + \rho_k \tfrac NB s_\text{batch}`,
+    :math:`\rho_k = (k + 1)^{-\text{em\_step\_decay}}`, and an M-step after every minibatch. The
+    loss is :math:`-[\tfrac NB \sum_{n \in \text{batch}} \log p(x_n \mid \theta) + \log p(\theta)]`
+    (the prior only under ``"map"``), on the scale of the ELBO losses.
+
+    **Needs** a family with closed-form E- and M-steps
+    (:class:`~pplvm.families.capabilities.ClosedFormEM`: GMM, HMM, PPCA, FA) for the chosen estimate,
+    and a guide holding a point estimate of the globals (``map`` or ``AutoDelta``), which it
+    writes in place.
+    """
 
     names = ("em",)
 

@@ -14,6 +14,7 @@ latents and need them, as ``enum`` does; the others need none.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import pyro.infer
@@ -57,7 +58,19 @@ def _trainable(cls: type[ELBO]) -> type[ELBO] | None:
 
 
 class PyroELBO(SVIObjective):
-    """A Pyro ELBO class by name (the base of the generic plugins)."""
+    """A Pyro ELBO class by name (the base of the generic plugins).
+
+    **Estimator**: the class's own, trained by pplvm's SVI step, which differentiates its
+    loss: a class with only a surrogate loss gets the loss's value with the surrogate's
+    gradient, and ``RenyiELBO`` runs as :class:`~pplvm.objectives.renyi.RenyiBound`. The card
+    section holds the constructor's numeric and boolean options, with Pyro's defaults.
+
+    **Needs** what every SVI objective needs; an enumerating class (``TraceEnum_ELBO``,
+    ``TraceTMC_ELBO``) needs enumerated locals, the others none. Refused: classes without a
+    differentiable loss, the ``Jit*`` classes (they compile over Pyro's global parameter store,
+    where pplvm keeps none: use ``training.compile``) and ``TraceTailAdaptive_ELBO`` (its loss
+    has no value for pplvm's loop to read).
+    """
 
     pyro_class: type[ELBO] = ELBO
 
@@ -116,11 +129,13 @@ def _section(cls: type[ELBO]) -> type[SVIConfig]:
 def _register(cls: type[ELBO], register: bool = True) -> type[PyroELBO]:
     """The plugin of Pyro's ELBO class ``cls`` (registered under its class name, or not)."""
     doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
+    doc = re.sub(r":\w+:`~?([^`]+)`", r"``\1``", doc)  # Pyro's cross-references, as literals here
+    shared = inspect.cleandoc(PyroELBO.__doc__ or "").split("\n\n", 1)[1]  # what every such plugin needs
     return type(
         cls.__name__,
         (PyroELBO,),
         {
-            "__doc__": f"Pyro's {cls.__name__}: {doc}",
+            "__doc__": f"Pyro's {cls.__name__}: {doc}.\n\nHere ``pyro.infer.{cls.__name__}``.\n\n{shared}",
             "__module__": __name__,
             "names": (cls.__name__,) if register else (),
             "Config": _section(cls),

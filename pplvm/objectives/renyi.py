@@ -80,7 +80,23 @@ class RenyiConfig(SVIConfig):
 
 
 class Renyi(SVIObjective):
-    """RenyiELBO(alpha) (as :class:`RenyiBound`: a torch loss, per-datum minibatches)."""
+    r"""RenyiELBO(alpha) (as :class:`RenyiBound`: a torch loss, per-datum minibatches).
+
+    **Estimator.** The Rényi bound (Li & Turner 2016) with K = ``num_particles`` draws
+    :math:`z_{nk} \sim q(\cdot \mid x_n)` and :math:`\log w_{nk} = \log p(x_n, z_{nk}) - \log q(z_{nk} \mid x_n)`,
+    for a minibatch of B of N data:
+
+    .. math::
+
+        \mathcal L_\alpha = \frac NB \sum_{n \in \text{batch}} \frac1{1 - \alpha}
+        \log \frac1K \sum_{k=1}^K w_{nk}^{1 - \alpha},
+
+    the subsampling factor applied outside the log-mean-exp (Pyro's ``RenyiELBO`` keeps it
+    inside). α = 0 is the IWAE bound, α → 1 the ELBO (refused: use ``elbo``).
+
+    **Needs** a fully reparameterised guide (its gradient is the bound's own) and no enumerated
+    locals.
+    """
 
     names = ("renyi",)
     Config = RenyiConfig
@@ -99,7 +115,23 @@ class IWAEConfig(SVIConfig):
 
 
 class IWAE(SVIObjective):
-    """RenyiELBO(alpha=0): the IWAE bound with k = num_particles."""
+    r"""RenyiELBO(alpha=0): the IWAE bound with k = num_particles.
+
+    **Estimator** (Burda et al. 2016). With K = ``num_particles`` ≥ 2 draws
+    :math:`z_{k} \sim q(\cdot \mid x_n)`,
+
+    .. math::
+
+        \mathrm{IWAE}_K(x_n) = \log \frac1K \sum_{k=1}^K \frac{p(x_n, z_k)}{q(z_k \mid x_n)}
+        \;\le\; \log p(x_n),
+
+    tighter than the ELBO and rising to :math:`\log p(x_n)` as K grows; per datum, scaled by
+    N / B outside the log-mean-exp (:class:`RenyiBound` with α = 0). Its guide gradient's
+    signal-to-noise ratio falls as K grows: ``iwae_dreg`` has the same value with a better one.
+
+    **Needs** a fully reparameterised guide and no enumerated locals. **Serves** VAEs, PPCA/FA
+    with an encoder, your models with continuous locals.
+    """
 
     names = ("iwae",)
     Config = IWAEConfig

@@ -52,7 +52,17 @@ class TraceSTL_ELBO(Trace_ELBO):
 
 
 class STL(SVIObjective):
-    """The ELBO with the sticking-the-landing (STL) guide gradient (same value as ``elbo``)."""
+    r"""The ELBO with the sticking-the-landing (STL) guide gradient (same value as ``elbo``).
+
+    **Estimator** (Roeder et al. 2017). For :math:`z = z(\epsilon, \phi)`,
+    :math:`\nabla_\phi \log w = (\partial_z \log p - \partial_z \log q_\phi)\, \partial_\phi z
+    - \partial_\phi \log q_\phi(z)\big|_{z}`; STL drops the last (score) term, whose expectation
+    is zero, by evaluating :math:`\log q` with φ stopped. The value is Pyro's ``Trace_ELBO``'s;
+    when q is the exact posterior the guide gradient is exactly zero for every draw.
+
+    **Needs** every guide site reparameterised (checked by tracing the guide) and no enumerated
+    locals.
+    """
 
     names = ("stl",)
     pathwise = True

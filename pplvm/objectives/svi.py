@@ -42,7 +42,20 @@ class SVIConfig(ParticlesConfig):
 
 
 class SVIObjective(Objective):
-    """An ELBO trained by SVI (the base of the SVI objectives)."""
+    r"""An ELBO trained by SVI (the base of the SVI objectives).
+
+    Each step takes a gradient step on a Pyro ELBO's loss for the minibatch, every site in the
+    data plate scaled by N / B so the loss estimates the full data's. With ``kl_weight`` β or
+    ``kl_warmup_epochs`` the local latents' :math:`\log p(z) - \log q(z \mid x)` is weighted by a
+    scheduled β (:class:`~pplvm.objectives.annealing.KLSchedule`); held-out losses use β = 1.
+
+    **Needs**, of every SVI objective: a likelihood to bound (not an implicit density: a GAN is
+    trained adversarially); enumerated locals only for an objective that enumerates (``enum``,
+    ``TraceEnum_ELBO``, ``TraceTMC_ELBO``), and such an objective only for models whose locals
+    are all enumerated; every guide site reparameterised for a pathwise estimator (``stl``,
+    ``iwae_dreg``); a guide whose sites are drawn independently for analytic KLs (``meanfield``);
+    a model that takes a leading particle dim for ``vectorize_particles`` with several particles.
+    """
 
     Config = SVIConfig
     #: True when the ELBO sums discrete local latents out by enumeration (TraceEnum_ELBO)

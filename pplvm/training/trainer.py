@@ -138,6 +138,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     @property
     def checkpoint_path(self) -> Path | None:
+        """``<run_dir>/checkpoint.pt``, or None when training writes no run directory."""
         return self.run_dir / "checkpoint.pt" if self.run_dir is not None else None
 
     def setup(self, train) -> None:
@@ -178,13 +179,16 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Everything resuming needs: parameters, rule state, RNG streams, best parameters (host tensors)."""
         return _trainer_state.state_dict(self)
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a checkpoint), so training continues from it."""
         _trainer_state.load_state_dict(self, ckpt)
         self._restored = True
 
     def save(self) -> None:
+        """Write :meth:`state_dict` to :attr:`checkpoint_path` (rank 0 only; nothing without a run directory)."""
         if self.checkpoint_path is not None and self.rank == 0:
             save_checkpoint(self.checkpoint_path, self.state_dict())
             self._last_save = time.monotonic()
