@@ -42,7 +42,8 @@ def readme_commands() -> list[str]:
     """The ``pplvm ...`` lines of the bash blocks of README.md and of every page under docs/, in
     order (comments kept: the shell drops them)."""
     blocks = [b for page in PAGES for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("pplvm ")]
+    lines = [line.strip() for block in blocks for line in re.sub(r"\\\n\s*", "", block).splitlines()]
+    return [line for line in lines if line.startswith("pplvm ")]
 
 
 def mnist_idx_files(where: Path) -> None:
