@@ -127,8 +127,9 @@ def test_mlflow_run_holds_the_card_the_records_and_the_files(mirrored):
 
 def test_views_show_at_each_evaluation_and_leave_the_fit_as_it_is(tmp_path):
     """A diffusion on 8x8 digits, eval_every = 2 over 3 epochs: a grid of samples and the table
-    of the bound's terms at epochs 2 and 3 (the last); metrics.jsonl is bit for bit that of the
-    same fit without trackers (the views' draws leave every RNG stream as it was)."""
+    of the bound's terms at epochs 2 and 3 (the last). The same fit without trackers, into the
+    same directory (--overwrite: the mirror's files go with the old run), logs the same records
+    bit for bit (the views' draws leave every RNG stream as it was)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     card = {
@@ -140,17 +141,20 @@ def test_views_show_at_each_evaluation_and_leave_the_fit_as_it_is(tmp_path):
         "training": {"epochs": 3, "eval_every": 2, "batch_size": 256, "lr": 0.01, "progress": False},
         "evaluation": {"export": False},
     }
-    plain = pplvm.fit(card, tmp_path / "plain")
-    mirrored = pplvm.fit({**card, "logging": {"loggers": ["tensorboard"]}}, tmp_path / "mirrored")
-    assert records(tmp_path / "mirrored") == records(tmp_path / "plain") == plain.history == mirrored.history
-    steps = [r["step"] for r in records(tmp_path / "mirrored")]
-    events = EventAccumulator(str(tmp_path / "mirrored"), size_guidance={"images": 0, "tensors": 0})
+    out = tmp_path / "run"
+    mirrored = records(pplvm.fit({**card, "logging": {"loggers": ["tensorboard"]}}, out).run_dir)
+    steps = [r["step"] for r in mirrored]
+    events = EventAccumulator(str(out), size_guidance={"images": 0, "tensors": 0})
     events.Reload()
     assert [e.step for e in events.Images("samples")] == steps[1:]
     terms = events.Tensors("likelihood_terms/text_summary")
     assert [e.step for e in terms] == steps[1:]
     table = terms[-1].tensor_proto.string_val[0].decode()
     assert "| L_0 |" in table and "| L_4 |" in table and "held-out rows" in table
+
+    plain = pplvm.fit(card, out, overwrite=True)
+    assert records(out) == plain.history == mirrored
+    assert not list(out.glob("events.out.tfevents.*"))
 
 
 def test_only_rank_0_mirrors(tmp_path, monkeypatch):
