@@ -3,7 +3,8 @@
 The card's ``[logging]`` section names the trackers (``loggers = ["tensorboard", "mlflow"]``, or
 ``pplvm fit CARD --logger tensorboard``) and holds each one's options in its own table
 (``[logging.mlflow]``). The run directory stays the run's record; the trackers mirror it (see
-:mod:`.base` for what a tracker implements, :mod:`.connector` for how the trainer feeds them).
+:mod:`pplvm.tracking.base` for what a tracker implements, :mod:`pplvm.tracking.connector` for how the
+trainer feeds them).
 Their packages are optional: ``pip install 'pplvm[tracking]'``.
 """
 

@@ -83,7 +83,11 @@ class Tracking:
         c = trainer.config
         evaluated = metrics["epoch"] % c.eval_every == 0 or metrics["epoch"] >= c.epochs or "stopped" in metrics
         if self.views is not None and evaluated and not metrics.get("partial"):
-            figures, texts = self.views()
+            try:
+                figures, texts = self.views()
+            except Exception as err:  # as a tracker's failure: the numbers go on, the pictures stop
+                log.warning("the trackers' figures stopped (%s): %s", type(err).__name__, _first_line(err))
+                self.views, figures, texts = None, {}, {}
             calls += [("log_figure", name, figure, step) for name, figure in figures.items()]
             calls += [("log_text", name, text, step) for name, text in texts.items()]
         if self.started:
@@ -150,6 +154,10 @@ class Tracking:
             return getattr(tracker, method)(*args)
         except Exception as err:  # a mirror's failure (a full disk, a locked store) does not stop training
             self.trackers.remove(tracker)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            log.warning("logger %r stopped mirroring this run (%s): %s", tracker.name, method, first)
+            log.warning("logger %r stopped mirroring this run (%s): %s", tracker.name, method, _first_line(err))
             return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

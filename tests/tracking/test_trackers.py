@@ -157,22 +157,26 @@ def test_views_show_at_each_evaluation_and_leave_the_fit_as_it_is(tmp_path):
     assert not list(out.glob("events.out.tfevents.*"))
 
 
+def hooked_trainer(rank: int, where: Path, tracker=None) -> SimpleNamespace:
+    """What the trainer's hook reads of a trainer, with a mirror of ``where`` (TensorBoard's)."""
+    where.mkdir()
+    tracker = tracker or TRACKERS["tensorboard"](TRACKERS["tensorboard"].Config())
+    return SimpleNamespace(
+        rank=rank,
+        run_dir=where,
+        config=TrainingConfig(epochs=3),
+        state=SimpleNamespace(history=[]),
+        tracking=Tracking([tracker], run_dir=where, name="hooked"),
+    )
+
+
 def test_only_rank_0_mirrors(tmp_path, monkeypatch):
     """The trainer's hook (where it writes metrics.jsonl) mirrors on rank 0 alone; and under
     torchrun the facade gives any other process no tracker at all."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = TrainingConfig(epochs=1)
-
-    def trainer(rank: int, where: Path) -> SimpleNamespace:
-        where.mkdir()
-        tracking = Tracking([TRACKERS["tensorboard"](TRACKERS["tensorboard"].Config())], run_dir=where)
-        return SimpleNamespace(
-            rank=rank, run_dir=where, config=config, state=SimpleNamespace(history=[]), tracking=tracking
-        )
-
     for rank in (0, 1):
-        t = trainer(rank, tmp_path / f"rank{rank}")
+        t = hooked_trainer(rank, tmp_path / f"rank{rank}")
         _budget.record(t, {"epoch": 1, "step": 4, "train_loss": 1.5})
         t.tracking.finish(t.run_dir, "FINISHED")
     assert not list((tmp_path / "rank1").iterdir())  # neither metrics.jsonl nor events
@@ -187,6 +191,24 @@ def test_only_rank_0_mirrors(tmp_path, monkeypatch):
     assert tracking.tracking(run, tmp_path / "r")
     monkeypatch.setattr(tracking.distributed, "is_main", lambda: False)
     assert not tracking.tracking(run, tmp_path / "r")
+
+
+def test_a_failing_tracker_is_dropped_with_one_warning_and_the_run_goes_on(mirrored, tmp_path, caplog):
+    """Its MLflow run deleted while the fit trains (in the store of the fit above): the next
+    records still reach metrics.jsonl; the tracker is dropped with one warning."""
+    from mlflow.tracking import MlflowClient
+
+    uri = mirrored.first["tracking_uri"]
+    config = TRACKERS["mlflow"].Config(tracking_uri=uri, experiment="dropped")
+    t = hooked_trainer(0, tmp_path / "run", TRACKERS["mlflow"](config))
+    _budget.record(t, {"epoch": 1, "step": 4, "train_loss": 1.5})
+    MlflowClient(uri).delete_run(json.loads((t.run_dir / "mlflow.json").read_text())["run_id"])
+    _budget.record(t, {"epoch": 2, "step": 8, "train_loss": 1.25})
+    _budget.record(t, {"epoch": 3, "step": 12, "train_loss": 1.0})
+    assert [r["train_loss"] for r in records(t.run_dir)] == [1.5, 1.25, 1.0]
+    assert not t.tracking
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "pplvm"]
+    assert len(warned) == 1 and warned[0].startswith("logger 'mlflow' stopped mirroring this run (log_metrics)")
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "mlflow"])
