@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench,sweep]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 # The newer Python's venv: torch==2.13.0 from PyPI (the CPU wheel on disk is for 3.11 only;
@@ -32,7 +32,7 @@ $(STAMP_NEW): pyproject.toml
 	$(PY_NEW) -m venv $(VENV_NEW)
 	$(VENV_NEW)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV_NEW)/bin/python -m pip install --quiet torch==2.13.0
-	$(VENV_NEW)/bin/python -m pip install --quiet -e '.[dev,sweep]'
+	$(VENV_NEW)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP_NEW)
 
 setup: $(STAMP)

@@ -25,6 +25,17 @@ from .errors import PplvmError
 EXIT_USAGE = 2
 
 
+def add_logger(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--logger",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="mirror the run to an experiment tracker: tensorboard | mlflow (repeatable; added to the card's "
+        "logging.loggers; pip install 'pplvm[tracking]')",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pplvm", description="Latent-variable generative models on Pyro.")
     p.add_argument("--version", action="version", version=f"pplvm {__version__}")
@@ -52,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run already in --out (once the new fit's first epoch is done; a failed fit leaves it)",
     )
+    add_logger(sp)
 
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
     sp.add_argument("run_dir")
@@ -128,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, help="new total epoch budget")
     sp.add_argument("--max-steps", type=int, help="new total step budget (training.max_steps; steps done count)")
     sp.add_argument("--max-minutes", type=float, help="wall-time budget of this resume (training.max_minutes)")
+    add_logger(sp)
 
     sp = add("compare", cmd_compare, "rank fitted runs by PSIS-LOO (arviz) on the same data")
     sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (at least two)")

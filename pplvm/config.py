@@ -9,7 +9,8 @@ A card is a TOML file (or the same nested dict from Python) with the sections
 - ``[training]``   optimiser, epochs, minibatches, early stopping, checkpoints;
 - ``[evaluation]`` how a fitted run is evaluated: importance samples, posterior draws for
   arviz, the memory bound. Not part of the fitted model: a finished run is evaluated with other
-  values (``pplvm evaluate RUN --samples 5000``) without touching its ``card.toml``.
+  values (``pplvm evaluate RUN --samples 5000``) without touching its ``card.toml``;
+- ``[logging]``    the experiment trackers the run is mirrored to (schema: :func:`pplvm.tracking.logging_schema`).
 
 Validation errors name the key path (``training.lr``) and what was expected.
 """
@@ -31,6 +32,7 @@ from .errors import ArgumentError, CardError
 from .rundir import write_atomic
 from .schema import MAX_SEED, Section
 from .sections import EvaluationConfig, TrainingConfig  # noqa: F401  (the fixed sections, re-exported)
+from .tracking import logging_schema
 
 #: the sections that are unions tagged by a name: section -> (tag, default tag)
 TAGGED = {
@@ -85,6 +87,7 @@ def card_schema() -> type[BaseModel]:
         data=(section_schema("data"), ...),
         training=(TrainingConfig, TrainingConfig()),
         evaluation=(EvaluationConfig, EvaluationConfig()),
+        logging=(logging_schema(), logging_schema()()),
     )
 
 

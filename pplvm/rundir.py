@@ -40,8 +40,9 @@ LOCK = ".pplvm.lock"
 #: the folder inside a run directory where a new run is written until it is committed
 STAGING = ".pplvm-new"
 #: what a run directory holds (see :mod:`pplvm.run`); only these are deleted on overwrite
-RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt", LOCK)
-RUN_PATTERNS = ("*.png", ".*.tmp")
+#: (mlflow.json and TensorBoard's event files: the trackers', pplvm.tracking)
+RUN_FILES = ("card.toml", "checkpoint.pt", "metrics.jsonl", "inference_data.nc", "summary.txt", LOCK, "mlflow.json")
+RUN_PATTERNS = ("*.png", ".*.tmp", "events.out.tfevents.*")
 #: free space any write needs beyond what the caller asks for (the card, metrics, summary)
 MIN_FREE_BYTES = 2**20
 #: errors of the disk or the path (not of pplvm), reported as one line by :func:`storage`
@@ -309,7 +310,7 @@ def _show(v: Any) -> str:
 
 
 #: card values a resume may change: how long and where it trains, how often it checkpoints and
-#: reports, the run's name and how it is evaluated — not what training computes
+#: reports, the run's name, how it is evaluated and where it is mirrored — not what training computes
 RESUMABLE = (
     "name",
     "training.epochs",
@@ -319,7 +320,7 @@ RESUMABLE = (
     "training.device",
     "training.compile",
 )
-RESUMABLE_PREFIXES = ("training.checkpoint_", "evaluation.")
+RESUMABLE_PREFIXES = ("training.checkpoint_", "evaluation.", "logging.")
 
 
 def training_fingerprint(card: BaseModel) -> dict[str, Any]:

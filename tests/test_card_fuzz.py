@@ -29,7 +29,7 @@ BASE = {
     "data": {"source": "synthetic_gmm", "n": 50, "components": 2},
     "training": {"epochs": 2, "progress": False},
 }
-SECTIONS = ["model", "guide", "objective", "data", "training", "evaluation"]
+SECTIONS = ["model", "guide", "objective", "data", "training", "evaluation", "logging"]
 KEYS = [
     "family",
     "components",
@@ -65,6 +65,7 @@ KEYS = [
     "categories",
     "prior",
     "samples",
+    "loggers",
 ]
 NAMES = [
     "gmm",

@@ -12,9 +12,10 @@ Low to high::
                         foundation: errors, Section, the registry type, import paths, progress,
                         signals, Pyro's settings, networks' train / eval mode, run directories
                         and the one atomic writer, the fixed card sections ([training], [evaluation])
-    distributions, data, decoders, inference, evaluation
+    distributions, data, decoders, inference, evaluation, tracking
                         building blocks: distributions, data, networks, the importance-sampling
-                        estimator, evaluation's tools (memory bounds, figures, arviz, statistics)
+                        estimator, evaluation's tools (memory bounds, figures, arviz, statistics),
+                        the experiment trackers (TensorBoard, MLflow)
     families            the contract and the families
     training            the loop, the update-rule interface, devices, collectives, checkpoints
     guides, objectives  inference over a family: guides, and objectives that build update rules
@@ -59,7 +60,7 @@ LAYERS: list[list[str]] = [
         "pplvm.rundir",
         "pplvm.sections",
     ],
-    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference", "pplvm.evaluation"],
+    ["pplvm.distributions", "pplvm.data", "pplvm.decoders", "pplvm.inference", "pplvm.evaluation", "pplvm.tracking"],
     ["pplvm.families"],
     ["pplvm.training"],
     ["pplvm.guides", "pplvm.objectives"],

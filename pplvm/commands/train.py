@@ -19,6 +19,10 @@ def cmd_fit(args) -> int:
         from ..config import card_from_dict, card_to_dict
 
         card = card_from_dict(card_to_dict(card), {"training.progress": False})
+    if args.logger:
+        from ..facade.train import with_loggers
+
+        card = with_loggers(card, args.logger)
     run = Run.from_card(card)
     try:
         run.fit(out, overwrite=args.overwrite)
@@ -44,7 +48,13 @@ def cmd_resume(args) -> int:
     from ..training import distributed
 
     try:
-        run = Run.resume(args.run_dir, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes)
+        run = Run.resume(
+            args.run_dir,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            max_minutes=args.max_minutes,
+            loggers=args.logger,
+        )
     except KeyboardInterrupt as err:
         return _interrupted(err, Path(args.run_dir))
     if not distributed.is_main():  # under torchrun, rank 0 reports

@@ -25,7 +25,7 @@ from ..errors import ArgumentError, CardError, PplvmError, RunDirError, Training
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint
 from ..training.trainer import Callback, Trainer
-from . import restarts
+from . import restarts, tracking
 from .build import PROTOTYPE_ROWS, _fit_input, _matching, _to_state, seen_rows
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
                     dump_card(run.card, new.path / "card.toml")
                     (new.path / "metrics.jsonl").write_text("")
             run.run_dir = out / rundir.STAGING  # the new run, until its first epoch is done
+        mirror = stack.enter_context(tracking.mirrored(run, out))  # logging.loggers: TensorBoard, MLflow
 
         def commit(trainer: Trainer, metrics: dict[str, Any]) -> None:
             """After the first epoch: the new run replaces ``out``'s old one (rank 0 moves it)."""
@@ -82,12 +83,14 @@ def fit(run: Run, out: str | Path | None = None, *, overwrite: bool = False, cal
                 new.commit()
             trainer.run_dir = run.run_dir = out
 
-        return run._fit([commit, *callbacks])
+        return run._fit([commit, *callbacks], mirror)
 
 
-def _fit(run: Run, callbacks: Sequence[Callback]) -> Run:
+def _fit(run: Run, callbacks: Sequence[Callback], mirror: tracking.Tracking | None = None) -> Run:
     restarts.choose(run, _first_epoch)  # training.restarts > 1: the run then starts where the kept restart does
     run.trainer = run._trainer(callbacks)
+    if mirror is not None:
+        run.trainer.tracking = mirror
     with (
         rundir.storage(f"run directory {str(run.run_dir)!r}"),
         _first_epoch(run.trainer),
@@ -147,6 +150,7 @@ def resume(
     model: Any = None,
     guide: Any = None,
     objective: Any = None,
+    loggers: Sequence[str] = (),
 ) -> Run:
     """Continue an interrupted run from its last checkpoint.
 
@@ -164,6 +168,8 @@ def resume(
         model: the model object the run was fitted with from Python, if any.
         guide: likewise its guide object.
         objective: likewise its objective object.
+        loggers: trackers to mirror the run to besides the card's ``logging.loggers``
+            (:mod:`pplvm.tracking`).
 
     Returns:
         The run, trained to its budget, its directory updated.
@@ -195,6 +201,8 @@ def resume(
             budgets = {"training.max_steps": max_steps, "training.max_minutes": max_minutes}
             if any(v is not None for v in budgets.values()):
                 card = card_from_dict(card_to_dict(card), {k: v for k, v in budgets.items() if v is not None})
+            if loggers:
+                card = with_loggers(card, loggers)
             if data is None and ckpt["extras"].get("from_python"):
                 raise RunDirError("this run was fitted on data passed from Python; pass the same data= to resume")
             card = _epoch_cap(card, int(ckpt["trainer"]["epoch"]))
@@ -207,14 +215,21 @@ def resume(
         train = _fit_input(run.traits, run.dataset.train)
         with _matching(run_dir), rundir.storage(f"run directory {str(run_dir)!r}"):
             run.trainer.resume(train)
-        with rundir.storage(f"run directory {str(run_dir)!r}"), reusing_memory(card.evaluation.memory_mb):
+        with tracking.mirrored(run, run_dir, run.trainer.state.history) as run.trainer.tracking:
+            with rundir.storage(f"run directory {str(run_dir)!r}"), reusing_memory(card.evaluation.memory_mb):
+                if main:
+                    dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
+                run.trainer.fit(train, run.dataset.valid)
+            run.history = run.trainer.state.history
             if main:
-                dump_card(card, run_dir / "card.toml")  # written last: the resume can go on
-            run.trainer.fit(train, run.dataset.valid)
-        run.history = run.trainer.state.history
-        if main:
-            run.write_artifacts()
+                run.write_artifacts()
     return run
+
+
+def with_loggers(card: BaseModel, loggers: Sequence[str]) -> BaseModel:
+    """``card`` with ``loggers`` added to its ``logging.loggers`` (``--logger``), each once."""
+    names = list(dict.fromkeys([*card.logging.loggers, *loggers]))
+    return card_from_dict(card_to_dict(card), {"logging.loggers": names})
 
 
 def _trainer(run: Run, callbacks: Sequence[Callback]) -> Trainer:

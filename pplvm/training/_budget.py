@@ -136,6 +136,7 @@ def record(trainer: Trainer, metrics: dict[str, Any]) -> None:
     if path is not None and trainer.rank == 0:
         with open(path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        trainer.tracking.record(trainer, metrics)  # its mirrors (TensorBoard, MLflow): rank 0's, as the file
 
 
 def checkpoint_in_epoch_due(trainer: Trainer) -> bool:

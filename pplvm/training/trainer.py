@@ -56,6 +56,7 @@ from .._modes import evaluated, evaluating, training
 from .._progress import progress
 from ..errors import TrainingError
 from ..sections import TrainingConfig
+from ..tracking import Tracking
 from . import _budget, _trainer_state, distributed
 from ._budget import Budget, budget_reached
 from ._ema import EMA, held_out
@@ -134,6 +135,7 @@ class Trainer:
         self.kept: Literal["best", "last"] = "best"
         self._epoch_start: torch.Tensor | None = None  # the shuffle's state before this epoch's draw
         self._epoch_loss: torch.Tensor | None = None  # this epoch's running loss (a resume's: from its checkpoint)
+        self.tracking = Tracking()  # the trackers each record is mirrored to (pplvm.tracking; set by the facade)
 
     # ------------------------------------------------------------------ set-up
     @property
