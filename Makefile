@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # pytest worker processes (pytest-xdist; each holds torch to one thread): 2 for the 2-core CI box
 TEST_WORKERS ?= 2
 
-.PHONY: setup setup-new demo lint test test-311 test-new test-all bench clean
+.PHONY: setup setup-new demo lint test test-311 test-new test-all bench notebooks clean
 
 # A fresh venv; the CPU wheel torch==2.13.0 first (so nothing pulls a CUDA build), then pplvm.
 $(STAMP): pyproject.toml
@@ -66,6 +66,10 @@ test-all: $(STAMP)
 ## Every benchmark in bench/, one after the other (each prints its pplvm / peer ratio).
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## Re-execute every notebook in notebooks/ (full length) and store its outputs, which the docs render.
+notebooks: $(STAMP)
+	cd notebooks && for nb in *.ipynb; do $(abspath $(BIN))/jupyter-execute --inplace --timeout=3600 $$nb || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(VENV_NEW) runs .pytest_cache
