@@ -77,8 +77,8 @@ def card_schema() -> type[BaseModel]:
     return create_model(
         "Card",
         __base__=Section,
-        name=(str, "untitled"),
-        description=(str, ""),
+        name=(str, Field("untitled", description="the card's name; pplvm fit writes to runs/<name> without --out")),
+        description=(str, Field("", description="what the card describes, in words")),
         model=(section_schema("model"), ...),
         guide=(section_schema("guide"), guide[TAGGED["guide"][1]].Config()),
         objective=(section_schema("objective"), objective[TAGGED["objective"][1]].Config()),

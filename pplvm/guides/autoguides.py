@@ -20,6 +20,7 @@ from pyro.infer import autoguide
 from pyro.infer.autoguide import AutoDelta, AutoGuide
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
+from .._registry import foreign_doc
 from .._targets import first_line
 from ..errors import CardError, IncompatibleError
 from ..families.base import ContinuousLatentModel
@@ -133,6 +134,7 @@ def _with_median(cls: type) -> type:
 
 def _register(cls: type, register: bool = True) -> type[PyroAutoguide]:
     doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
+    doc = foreign_doc(doc)
     attrs = {"__doc__": f"Pyro's {cls.__name__}: {doc}", "__module__": __name__}
     return type(
         cls.__name__,
