@@ -340,6 +340,7 @@ def load_card(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | N
 
 
 def card_to_dict(card: BaseModel) -> dict:
+    """A validated card as the nested dict :func:`card_from_dict` reads (options set to None left out)."""
     return card.model_dump(mode="json", exclude_none=True)
 
 

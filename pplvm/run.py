@@ -174,6 +174,8 @@ def fit(
 
 
 def load(run_dir: str | Path, *, model: Any = None, guide: Any = None, objective: Any = None) -> Run:
+    """The run saved in ``run_dir``, as :meth:`Run.load`; ``model`` / ``guide`` / ``objective``:
+    the objects of your own a run built from them was fitted with."""
     return Run.load(run_dir, model=model, guide=guide, objective=objective)
 
 

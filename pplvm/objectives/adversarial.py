@@ -4,14 +4,14 @@ Each step on a minibatch of B real rows ``x`` makes ``critic_steps`` discriminat
 one generator update, each with its own optimiser (the card's ``[training]`` optimiser, lr,
 schedule and clipping, built twice). With logits ``D(x)`` and ``x̃ = G(z)``, ``z ~ N(0, I)``:
 
-============ ============================================ ===============================
-name         discriminator loss                           generator loss
-============ ============================================ ===============================
-``gan``      ``softplus(-D(x)) + softplus(D(x̃))``         ``softplus(-D(x̃))`` (non-saturating)
-``gan_hinge`` ``relu(1 - D(x)) + relu(1 + D(x̃))``         ``-D(x̃)``
-``wgan_gp``  ``D(x̃) - D(x) + λ (|∇D(x̂)| - 1)²``,          ``-D(x̃)``
-             ``x̂ = ε x + (1 - ε) x̃``, ε ~ U(0, 1)
-============ ============================================ ===============================
+============= ============================================ ===============================
+name          discriminator loss                           generator loss
+============= ============================================ ===============================
+``gan``       ``softplus(-D(x)) + softplus(D(x̃))``         ``softplus(-D(x̃))`` (non-saturating)
+``gan_hinge`` ``relu(1 - D(x)) + relu(1 + D(x̃))``          ``-D(x̃)``
+``wgan_gp``   ``D(x̃) - D(x) + λ (|∇D(x̂)| - 1)²``,          ``-D(x̃)``
+              ``x̂ = ε x + (1 - ε) x̃``, ε ~ U(0, 1)
+============= ============================================ ===============================
 
 (means over the batch). With ``model.r1_penalty = γ`` > 0 every discriminator loss adds the R1
 penalty ``(γ/2) |∇ₓD(x)|²`` on the real rows (Mescheder et al. 2018); ``model.spectral_norm``
