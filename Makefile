@@ -55,9 +55,10 @@ test-311: $(STAMP)
 	@$(BIN)/python -c 'import sys, arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)' 2>/dev/null
 	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25
 
+# the docs build (tests/test_docs.py) runs on Python 3.11 only: this venv has no Sphinx (no docs extra)
 test-new: $(STAMP_NEW)
 	@$(VENV_NEW)/bin/python -c 'import sys, warnings; warnings.simplefilter("ignore"); import arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)'
-	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25 -p no:cacheprovider
+	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25 -p no:cacheprovider --ignore=tests/test_docs.py
 
 ## Everything, slow tests included (Python 3.11).
 test-all: $(STAMP)
