@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # pytest worker processes (pytest-xdist; each holds torch to one thread): 2 for the 2-core CI box
 TEST_WORKERS ?= 2
 
-.PHONY: setup setup-new demo lint test test-311 test-new test-all bench clean
+.PHONY: setup setup-new demo lint test test-311 test-new test-all bench notebooks docs clean
 
 # A fresh venv; the CPU wheel torch==2.13.0 first (so nothing pulls a CUDA build), then pplvm.
 $(STAMP): pyproject.toml
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,docs]'
 	touch $(STAMP)
 
 # The newer Python's venv: torch==2.13.0 from PyPI (the CPU wheel on disk is for 3.11 only;
@@ -55,9 +55,10 @@ test-311: $(STAMP)
 	@$(BIN)/python -c 'import sys, arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)' 2>/dev/null
 	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25
 
+# the docs build (tests/test_docs.py) runs on Python 3.11 only: this venv has no Sphinx (no docs extra)
 test-new: $(STAMP_NEW)
 	@$(VENV_NEW)/bin/python -c 'import sys, warnings; warnings.simplefilter("ignore"); import arviz; print("== tests on Python", sys.version.split()[0], "arviz", arviz.__version__)'
-	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25 -p no:cacheprovider
+	$(VENV_NEW)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=25 -p no:cacheprovider --ignore=tests/test_docs.py
 
 ## Everything, slow tests included (Python 3.11).
 test-all: $(STAMP)
@@ -66,6 +67,15 @@ test-all: $(STAMP)
 ## Every benchmark in bench/, one after the other (each prints its pplvm / peer ratio).
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## The documentation site, offline, into docs/_build/html (warnings are errors; nitpicky: every
+## cross-reference resolves). Notebooks are rendered with their stored outputs, not executed.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
+
+## Re-execute every notebook in notebooks/ (full length) and store its outputs, which the docs render.
+notebooks: $(STAMP)
+	cd notebooks && for nb in *.ipynb; do $(abspath $(BIN))/jupyter-execute --inplace --timeout=3600 $$nb || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(VENV_NEW) runs .pytest_cache

@@ -3,6 +3,7 @@ base of a plugin that registers its own names and tags its card section with the
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, ClassVar, Generic, Iterator, Literal, TypeVar
 
 from pydantic import create_model
@@ -10,6 +11,15 @@ from pydantic import create_model
 from .errors import CardError
 
 T = TypeVar("T")
+
+_ROLE = re.compile(r":(?!math:)[\w:]+:`(~?)\.?([^`<]*?)(?:\s*<[^>]*>)?`")  # a role other than math
+
+
+def foreign_doc(text: str) -> str:
+    """Text lifted from another project's docstring (Pyro's), its Sphinx roles made literals,
+    since their targets are relative to that project: ``:class:`~pyro.infer.Trace_ELBO```
+    becomes ````Trace_ELBO````."""
+    return _ROLE.sub(lambda m: f"``{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}``", text)
 
 
 class Registry(Generic[T]):
@@ -85,6 +95,11 @@ class Plugin:
 
     def __init__(self, config: Any):
         self.config = config
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first paragraph of the class's docstring on one line: what ``pplvm list`` prints."""
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
 
     @property
     def label(self) -> str:

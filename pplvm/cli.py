@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_logger(sp)
 
     sp = add("evaluate", cmd_evaluate, "log-likelihood of a fitted run on data")
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="a run directory written by pplvm fit")
     sp.add_argument(
         "--data",
         help=".npy or .csv file (N, D), an .npz of named arrays (x, y, inputs) or of sequences (train, ...); "
@@ -102,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     _weights(sp)
 
     sp = add("sample", cmd_sample, "draw new data from a fitted run")
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="a run directory written by pplvm fit")
     sp.add_argument("-n", type=int, required=True, help="number of samples")
     sp.add_argument("--out", required=True, help="output file, .npy or .csv")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument("--grid", metavar="PNG", help="also draw (up to 256 of) the samples as an image grid")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or lines")
     _weights(sp)
@@ -115,28 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_two_sample,
         "two-sample tests (MMD, classifier) of a run's samples against data; any family, likelihood or not",
     )
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="a run directory written by pplvm fit")
     sp.add_argument(
         "--data", help=".npy or .csv file (N, D), or an .npz of named arrays; default: the card's test, else valid"
     )
     sp.add_argument("--split", choices=["train", "valid", "test"], help="which split of the card's data")
     sp.add_argument("-n", type=int, help="samples to draw (default: as many as data rows)")
     sp.add_argument("--permutations", type=int, default=500, help="MMD permutations (default 500)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     sp = add("summary", cmd_summary, "print a run's posterior summary")
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="a run directory written by pplvm fit")
 
     sp = add(
         "export",
         cmd_export,
         "write a run's inference_data.nc from its checkpoint (after a fit with evaluation.export = false)",
     )
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="a run directory written by pplvm fit")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("resume", cmd_resume, "continue an interrupted run from its last checkpoint")
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="a run directory written by pplvm fit")
     sp.add_argument("--epochs", type=int, help="new total epoch budget")
     sp.add_argument("--max-steps", type=int, help="new total step budget (training.max_steps; steps done count)")
     sp.add_argument("--max-minutes", type=float, help="wall-time budget of this resume (training.max_minutes)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rows", type=int, default=100, help="rows per simulated data set")
     sp.add_argument("--draws", type=int, default=99, help="posterior draws per fit (ranks are 0..draws)")
     sp.add_argument("--bins", type=int, help="rank bins of the chi-square test (default: >= 5 sims per bin)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument(
         "--statistic",
         action="append",

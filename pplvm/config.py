@@ -79,8 +79,8 @@ def card_schema() -> type[BaseModel]:
     return create_model(
         "Card",
         __base__=Section,
-        name=(str, "untitled"),
-        description=(str, ""),
+        name=(str, Field("untitled", description="the card's name; pplvm fit writes to runs/<name> without --out")),
+        description=(str, Field("", description="what the card describes, in words")),
         model=(section_schema("model"), ...),
         guide=(section_schema("guide"), guide[TAGGED["guide"][1]].Config()),
         objective=(section_schema("objective"), objective[TAGGED["objective"][1]].Config()),
@@ -343,6 +343,7 @@ def load_card(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | N
 
 
 def card_to_dict(card: BaseModel) -> dict:
+    """A validated card as the nested dict :func:`card_from_dict` reads (options set to None left out)."""
     return card.model_dump(mode="json", exclude_none=True)
 
 

@@ -13,11 +13,13 @@ from .schema import Section, Seed
 
 
 class TrainingConfig(Section):
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=1, description="passes over the training data")
     batch_size: int | None = Field(None, ge=1, description="minibatch size; none = full batch")
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = Field(0.01, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(
+        "adam", description="the optimiser of the model's and guide's parameters (torch.optim's of that name)"
+    )
+    lr: float = Field(0.01, gt=0, description="learning rate (where lr_schedule starts)")
+    weight_decay: float = Field(0.0, ge=0, description="the optimiser's weight decay (decoupled for adamw)")
     betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         [0.9, 0.999],
         min_length=2,
@@ -97,7 +99,11 @@ class TrainingConfig(Section):
         "line) | trace (from the second step) | inductor (traced, then torch.compile) | off (Pyro's plain "
         "step); a dynamic structure falls back to off with a log line",
     )
-    seed: Seed = 0
+    seed: Seed = Field(
+        0,
+        description="seed of the fit: the initial parameters, the guide's start, the minibatch order and every "
+        "draw during training",
+    )
     restarts: int = Field(
         1,
         ge=1,
@@ -105,7 +111,7 @@ class TrainingConfig(Section):
         "best final training loss, as scikit-learn's n_init; EM for mixtures and HMMs runs them in one batched "
         "pass, other fits one after another; the kept run is the fit of its seed",
     )
-    progress: bool = True
+    progress: bool = Field(True, description="a progress bar and log lines on stderr while fitting")
     pyro_validation: Literal["first_step", "every_step"] = Field(
         "first_step", description="Pyro's distribution checks on the first step of a fit, or on every step"
     )

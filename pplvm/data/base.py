@@ -26,8 +26,10 @@ class DataConfig(Section):
         "checks during training score only these (for a bound that costs many network calls a row, on a "
         "large validation split); none = all",
     )
-    split_seed: Seed = 0
-    standardize: bool = False
+    split_seed: Seed = Field(0, description="seed of the random split of the rows into train / valid / test")
+    standardize: bool = Field(
+        False, description="standardise each column by the training split's mean and standard deviation"
+    )
     label_fraction: float = Field(
         1.0,
         gt=0,
@@ -134,6 +136,7 @@ class Batch:
         return self.map(lambda v: v[index])
 
     def fields(self) -> dict[str, torch.Tensor | None]:
+        """The four fields by name (``x``, ``lengths``, ``y``, ``index``; None where unset), without the inputs."""
         return {"x": self.x, "lengths": self.lengths, "y": self.y, "index": self.index}
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -144,6 +147,7 @@ class Batch:
 
     @classmethod
     def from_tensors(cls, flat: dict[str, torch.Tensor]) -> "Batch":
+        """The batch :meth:`tensors` flattened."""
         inputs = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("inputs.")}
         return cls(**{k: v for k, v in flat.items() if not k.startswith("inputs.")}, inputs=inputs)
 
@@ -152,12 +156,15 @@ class Batch:
         return Batch.from_tensors({k: fn(v) for k, v in self.tensors().items()})
 
     def replace(self, **changes) -> "Batch":
+        """A copy with the named fields (``x``, ``lengths``, ``y``, ``index``, ``inputs``) replaced."""
         return Batch(**{**self.fields(), "inputs": self.inputs, **changes})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """Every tensor moved to ``device``, as :meth:`torch.Tensor.to`."""
         return self.map(lambda v: v.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
+        """Every tensor in page-locked memory (faster copies to a GPU)."""
         return self.map(lambda v: v.pin_memory())
 
 
@@ -201,6 +208,8 @@ class Standardize:
 
     @classmethod
     def fit(cls, data: "torch.Tensor | Batch") -> "Standardize":
+        """The transform to mean 0 and standard deviation 1 per column of ``data`` (a sequence
+        batch: over the steps within each sequence's length)."""
         x = values(data).reshape(-1, values(data).shape[-1])  # sequences: pool every step
         if isinstance(data, Batch) and data.lengths is not None:
             mask = torch.arange(values(data).shape[1]) < data.lengths[:, None]
@@ -210,6 +219,7 @@ class Standardize:
 
     @classmethod
     def identity(cls, dim: int) -> "Standardize":
+        """The transform that leaves ``dim`` columns as they are."""
         return cls(torch.zeros(dim), torch.ones(dim))
 
     def __call__(self, data):
@@ -218,12 +228,13 @@ class Standardize:
         return (data - self.loc) / self.scale
 
     def inverse(self, data):
+        """``x = y * scale + loc``: transformed data (a tensor or Batch) back in the data's own units."""
         if isinstance(data, Batch):
             return data.replace(x=self.inverse(data.x))
         return data * self.scale + self.loc
 
     def log_abs_det_jacobian(self, data=None) -> torch.Tensor:
-        """log |dy/dx| per datum (per observed row; times the length of each sequence), to be
+        """``log |dy/dx|`` per datum (per observed row; times the length of each sequence), to be
         added to log p(y) to get log p(x)."""
         per_row = -self.scale.log().sum()
         if isinstance(data, Batch) and data.lengths is not None:
@@ -231,6 +242,7 @@ class Standardize:
         return per_row
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """``loc`` and ``scale``, as a checkpoint keeps them."""
         return {"loc": self.loc, "scale": self.scale}
 
 
@@ -250,6 +262,7 @@ class Dataset:
 
     @property
     def dim(self) -> int:
+        """The number of columns D of each datum (of each time step, for sequences)."""
         return values(self.train).shape[-1]
 
     def with_labels(self, who: str | None, fraction: float = 1.0, seed: int = 0) -> "Dataset":

@@ -11,16 +11,17 @@ dynamic      a fresh Bernoulli(x) draw of every training batch, each epoch (the 
              applies :class:`Binarize` per batch); valid and test get one fixed draw
 =========== ==============================================================================
 
-File formats
-    ``.amat``  binarized MNIST of Larochelle & Murray (2011): text, one image per line, 784
-               values 0/1 separated by spaces (``path`` = train, ``valid_path``, ``test_path``);
-    ``.npz``   arrays ``train`` and optionally ``valid``, ``test``, each ``(N, 784)`` of 0/1;
-    IDX        LeCun's MNIST files (``train-images-idx3-ubyte[.gz]``, labels ``idx1``), plain or
-               gzipped: images ``(N, H, W)`` uint8 scaled by 1/255, labels ``(N,)``;
-    CIFAR-10   the binary batches (``data_batch_*.bin``, ``test_batch.bin``): records of one
+File formats::
+
+    .amat      binarized MNIST of Larochelle & Murray (2011): text, one image per line, 784
+               values 0/1 separated by spaces (path = train, valid_path, test_path);
+    .npz       arrays train and optionally valid, test, each (N, 784) of 0/1;
+    IDX        LeCun's MNIST files (train-images-idx3-ubyte[.gz], labels idx1), plain or
+               gzipped: images (N, H, W) uint8 scaled by 1/255, labels (N,);
+    CIFAR-10   the binary batches (data_batch_*.bin, test_batch.bin): records of one
                label byte and 3 x 32 x 32 pixel bytes (channel-first), read without pickle;
-    ``.npy``   uint8 images ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` (``data.layout``),
-               rows ``(N, C H W)`` channel-first.
+    .npy       uint8 images (N, H, W), (N, H, W, C) or (N, C, H, W) (data.layout),
+               rows (N, C H W) channel-first.
 """
 
 from __future__ import annotations

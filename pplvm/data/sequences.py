@@ -147,15 +147,17 @@ def as_sequences(data: Any, name: str = "data", dim: int | None = None) -> Batch
 class SyntheticHMMConfig(DataConfig):
     source: Literal["synthetic_hmm"] = "synthetic_hmm"
     n: int = Field(40, ge=1, description="number of sequences")
-    min_length: int = Field(50, ge=1)
+    min_length: int = Field(50, ge=1, description="shortest sequence")
     max_length: int = Field(100, ge=1, description="lengths are uniform in [min_length, max_length]")
-    states: int = Field(3, ge=1)
-    dim: int = Field(2, ge=1)
-    emission: Literal["gaussian", "categorical", "bernoulli"] = "gaussian"
+    states: int = Field(3, ge=1, description="number of hidden states")
+    dim: int = Field(2, ge=1, description="features per time step")
+    emission: Literal["gaussian", "categorical", "bernoulli"] = Field(
+        "gaussian", description="what each state emits per feature"
+    )
     categories: int = Field(4, ge=2, description="categorical: symbols per feature")
     self_transition: float = Field(0.8, ge=0, lt=1, description="mean probability of staying in a state")
     separation: float = Field(3.0, gt=0, description="gaussian: scale of the distance between state means")
-    seed: Seed = 0
+    seed: Seed = Field(0, description="seed of the draw: the HMM and its sequences")
 
 
 def synthetic_hmm(

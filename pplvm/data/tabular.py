@@ -17,11 +17,11 @@ from .base import Batch, DataConfig, as_matrix
 
 class SyntheticMixtureConfig(DataConfig):
     source: Literal["synthetic_gmm"] = "synthetic_gmm"
-    n: int = Field(1000, ge=1)
-    dim: int = Field(2, ge=1)
-    components: int = Field(3, ge=1)
+    n: int = Field(1000, ge=1, description="number of points")
+    dim: int = Field(2, ge=1, description="dimension of each point")
+    components: int = Field(3, ge=1, description="number of mixture components")
     separation: float = Field(4.0, gt=0, description="distance scale between component means")
-    seed: Seed = 0
+    seed: Seed = Field(0, description="seed of the draw: the mixture and its points")
 
 
 def synthetic_mixture(n: int, dim: int, components: int, separation: float = 4.0, seed: int = 0):
@@ -47,9 +47,9 @@ def _load_synthetic(cfg: SyntheticMixtureConfig):
 
 class MoonsConfig(DataConfig):
     source: Literal["moons"] = "moons"
-    n: int = Field(2000, ge=1)
+    n: int = Field(2000, ge=1, description="number of points")
     noise: float = Field(0.05, ge=0, description="standard deviation of the Gaussian noise added")
-    seed: int = 0
+    seed: int = Field(0, description="random_state of scikit-learn's make_moons")
 
 
 def _load_moons(cfg: MoonsConfig):

@@ -27,13 +27,13 @@ class SyntheticTopicsConfig(DataConfig):
     source: Literal["synthetic_topics"] = "synthetic_topics"
     n: int = Field(1000, ge=1, description="number of documents")
     vocab: int = Field(100, ge=2, description="vocabulary size")
-    topics: int = Field(5, ge=1)
+    topics: int = Field(5, ge=1, description="number of topics K")
     min_length: int = Field(40, ge=1, description="words per document: uniform in [min_length, max_length]")
-    max_length: int = Field(80, ge=1)
+    max_length: int = Field(80, ge=1, description="longest document, in words")
     topic_concentration: float = Field(0.2, gt=0, description="Dirichlet of each document's topic proportions")
     word_concentration: float = Field(0.1, gt=0, description="Dirichlet of each topic's word distribution")
     format: Literal["counts", "words"] = Field("counts", description="bag-of-words rows, or word-id sequences")
-    seed: Seed = 0
+    seed: Seed = Field(0, description="seed of the draw: the topics and the documents")
 
 
 def synthetic_topics(

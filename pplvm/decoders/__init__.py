@@ -40,14 +40,18 @@ class NetworkConfig(Section):
     """Encoder / decoder fields of a card's ``[model]`` section."""
 
     latent_dim: int = Field(50, ge=1, description="dimension L of the latent z")
-    architecture: Literal["mlp", "conv"] = "mlp"
+    architecture: Literal["mlp", "conv"] = Field(
+        "mlp", description="encoder and decoder networks: mlp (fully connected) or conv (convolutional, images)"
+    )
     hidden: list[int] = Field(
         [200, 200], description="hidden widths of the MLP layers (encoder; the decoder mirrors them)"
     )
-    activation: Activation = "tanh"
+    activation: Activation = Field("tanh", description="nonlinearity of the hidden layers")
     channels: int = Field(16, ge=1, description="conv: channels of the first convolution")
     image_shape: list[int] | None = Field(None, description="conv: [H, W] of the images; default square")
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        "bernoulli", description="the decoder's p(x | z): bernoulli (data in [0, 1]) or gaussian (scale: see scale)"
+    )
     scale: GaussianScale = Field("learned", description="gaussian: fixed, learned (per pixel) or amortized")
     fixed_scale: float = Field(0.1, gt=0, description="gaussian: σ when fixed, the start σ when learned")
     min_scale: float = Field(1e-3, gt=0, description="floor of every softplus scale")

@@ -2,14 +2,14 @@
 fused Triton kernels (:mod:`pplvm.decoders._triton`), picked per decoder by a card's
 ``model.backend``:
 
-========== =============================================================================
-``auto``    PyTorch (measured on an H200, the fused Triton MLP ran at 0.65–0.81x eager
-            PyTorch's speed, 0.39–0.55x at batch 65536: auto never picks a kernel slower
-            than eager; ``triton`` asks for it by name)
-``triton``  the fused kernels (a CUDA device, or any device under ``TRITON_INTERPRET=1``)
-``torch``   plain PyTorch modules
-``compile`` ``torch.compile`` of the network
-========== =============================================================================
+=========== =============================================================================
+``auto``     PyTorch (measured on an H200, the fused Triton MLP ran at 0.65–0.81x eager
+             PyTorch's speed, 0.39–0.55x at batch 65536: auto never picks a kernel slower
+             than eager; ``triton`` asks for it by name)
+``triton``   the fused kernels (a CUDA device, or any device under ``TRITON_INTERPRET=1``)
+``torch``    plain PyTorch modules
+``compile``  ``torch.compile`` of the network
+=========== =============================================================================
 
 Every backend computes the same numbers (to float rounding) and has the same parameters, so a
 checkpoint trained with one loads under another. With Triton:

@@ -138,6 +138,7 @@ class StepSites:
     masked: bool = True
 
     def name(self, t: int) -> str:
+        """The site of step ``t`` (0-based): the stem and ``t + offset`` (``z_1`` for ``t = 0``)."""
         return f"{self.stem}{t + self.offset}"
 
 

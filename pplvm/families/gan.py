@@ -43,7 +43,9 @@ from .base import FamilyConfig, LatentDecoder, LatentVariableModel
 class GANConfig(FamilyConfig, NetworkConfig):
     family: Literal["gan"] = "gan"
     discriminator_hidden: list[int] = Field([200, 200], description="hidden widths of the discriminator")
-    discriminator_activation: Activation = "relu"
+    discriminator_activation: Activation = Field(
+        "relu", description="nonlinearity of the discriminator's hidden layers"
+    )
     critic_steps: int = Field(1, ge=1, description="discriminator steps per generator step (5 is usual for wgan_gp)")
     gradient_penalty: float = Field(10.0, ge=0, description="wgan_gp: weight λ of (|∇D| - 1)²")
     spectral_norm: bool = Field(

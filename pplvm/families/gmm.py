@@ -35,9 +35,12 @@ from .base import ClosedFormEM, IdentifiedSummaries, LatentVariableModel
 class GMMConfig(ClusterStartConfig):
     family: Literal["gmm"] = "gmm"
     components: int = Field(3, ge=1, description="number of mixture components K")
-    covariance: Literal["diag", "full"] = "diag"
+    covariance: Literal["diag", "full"] = Field(
+        "diag",
+        description="each component's covariance: diag (a scale per feature) or full (scales and an LKJ correlation)",
+    )
     weight_concentration: float = Field(1.0, gt=0, description="Dirichlet α of the weights")
-    loc_mean: float = 0.0
+    loc_mean: float = Field(0.0, description="prior mean of component means")
     loc_scale: float = Field(10.0, gt=0, description="prior scale of component means")
     scale_log_mean: float = Field(0.0, description="LogNormal prior of component scales: mean of log")
     scale_log_sd: float = Field(2.0, gt=0, description="LogNormal prior of component scales: sd of log")

@@ -85,15 +85,17 @@ Shape = list[int | str]
 class NodeConfig(Section):
     """One node of a graph model (see the module docstring for what each kind reads)."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z_]\w*$")
-    kind: Literal["param", "global", "categorical", "gaussian", "side", "input", "observed", "chain"]
+    name: str = Field(..., pattern=r"^[A-Za-z_]\w*$", description="the node's name, which other nodes refer to")
+    kind: Literal["param", "global", "categorical", "gaussian", "side", "input", "observed", "chain"] = Field(
+        description="what the node is (pplvm.families.graph describes what each kind reads)"
+    )
     shape: Shape = Field([], description="param / global: the shape; ints, 'D' or a categorical node's name")
     init: float = Field(0.0, description="param: initial value of every entry")
     positive: bool = Field(False, description="param: constrained positive")
-    prior: Literal["normal", "lognormal", "dirichlet"] = "normal"
-    loc: float = 0.0
-    scale: float = Field(1.0, gt=0)
-    concentration: float = Field(1.0, gt=0)
+    prior: Literal["normal", "lognormal", "dirichlet"] = Field("normal", description="global: its prior")
+    loc: float = Field(0.0, description="global: loc of a normal or lognormal prior")
+    scale: float = Field(1.0, gt=0, description="global: scale of a normal or lognormal prior")
+    concentration: float = Field(1.0, gt=0, description="global: concentration of a dirichlet prior")
     plate: str | None = Field(None, description="global: the first entry of shape is this plate's size")
     size: int | None = Field(None, ge=2, description="categorical / chain: number of states; input: group levels")
     probs: str | None = Field(None, description="categorical: node holding the state probabilities")
@@ -107,13 +109,13 @@ class NodeConfig(Section):
     groups: str | None = Field(None, description="gaussian: an index input; one draw per level (a random effect)")
     mean: str | list[str] | None = Field(None, description="gaussian / observed: node of the mean (a list: the sum)")
     std: str | float | None = Field(None, description="gaussian / observed (normal): node or number")
-    distribution: Literal["normal", "bernoulli"] = "normal"
+    distribution: Literal["normal", "bernoulli"] = Field("normal", description="observed: the likelihood")
     weight: str | None = Field(None, description="observed: linear map node, (D, L) or (K, D, L) with given")
     input: str | None = Field(None, description="observed: gaussian node or covariates input fed to weight or decoder")
     decoder: bool = Field(False, description="observed: decode input with an MLP (pplvm.decoders)")
     side: str | None = Field(None, description="observed decoder: a side node, decoded with input ([z, y])")
     hidden: list[int] = Field([200, 200], description="observed decoder: hidden widths (reversed, as the VAE's)")
-    activation: Activation = "tanh"
+    activation: Activation = Field("tanh", description="observed decoder: nonlinearity of the hidden layers")
     initial: str | None = Field(None, description="chain: node of the initial-state probabilities, shape [size]")
     transition: str | None = Field(
         None,

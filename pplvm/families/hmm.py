@@ -43,7 +43,9 @@ from .base import ClosedFormEM, LatentVariableModel
 class HMMConfig(ClusterStartConfig):
     family: Literal["hmm"] = "hmm"
     states: int = Field(3, ge=1, description="number of hidden states K")
-    emission: Literal["gaussian", "categorical", "bernoulli"] = "gaussian"
+    emission: Literal["gaussian", "categorical", "bernoulli"] = Field(
+        "gaussian", description="what each state emits per feature: a normal, a categorical (categories) or a bernoulli"
+    )
     categories: int | None = Field(None, ge=2, description="categorical only: symbols per feature C (values 0..C-1)")
     initial_concentration: float = Field(1.0, gt=0, description="Dirichlet α₀ of the initial distribution")
     transition_concentration: float = Field(1.0, gt=0, description="Dirichlet α of each transition row")

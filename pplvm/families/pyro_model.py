@@ -48,7 +48,7 @@ class TracedConfig(FamilyConfig):
     guide_options: dict[str, Any] = Field({}, description="keyword arguments of a PyroModule class guide_target")
     hidden: list[int] = Field([64], description="hidden widths of the amortized encoder over continuous locals")
     rnn_hidden: int = Field(64, ge=1, description="state size of the amortized guide's GRU over sequences")
-    activation: Activation = "tanh"
+    activation: Activation = Field("tanh", description="nonlinearity of the amortized encoder's hidden layers")
     min_scale: float = Field(1e-3, gt=0, description="floor of the encoder's softplus scale")
 
 

@@ -11,7 +11,6 @@ classes guide the globals of the local guides (``guide.globals``, :mod:`.amortiz
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from pyro.infer import autoguide
 from pyro.infer.autoguide import AutoDelta, AutoGuide
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
+from .._registry import foreign_doc
 from .._targets import first_line
 from ..errors import CardError, IncompatibleError
 from ..families.base import ContinuousLatentModel
@@ -144,7 +144,7 @@ def _with_median(cls: type) -> type:
 
 def _register(cls: type, register: bool = True) -> type[PyroAutoguide]:
     doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
-    doc = re.sub(r":\w+:`~?([^`]+)`", r"``\1``", doc)  # Pyro's cross-references, as literals here
+    doc = foreign_doc(doc)
     shared = inspect.cleandoc(PyroAutoguide.__doc__ or "").split("\n\n", 1)[1]  # what every autoguide needs, offers
     here = f"Here ``pyro.infer.autoguide.{cls.__name__}`` guides the global latents only."
     attrs = {"__doc__": f"Pyro's {cls.__name__}: {doc}.\n\n{here}\n\n{shared}"}

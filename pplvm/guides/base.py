@@ -103,7 +103,3 @@ class Guide(Plugin, abc.ABC):
         why = self.refusal(model)
         if why is not None:
             raise IncompatibleError(f"{self.label} is not available for family {model.config.family!r}: {why}")
-
-    @classmethod
-    def summary(cls) -> str:
-        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())

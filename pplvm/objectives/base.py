@@ -67,7 +67,3 @@ class Objective(Plugin, abc.ABC):
     def globals_label(self) -> str:
         """What the fitted global latents are, for summaries."""
         return "posterior of the global latents (guide draws)"
-
-    @classmethod
-    def summary(cls) -> str:
-        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())

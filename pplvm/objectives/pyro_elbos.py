@@ -22,6 +22,7 @@ import torch
 from pydantic import Field, create_model
 from pyro.infer import ELBO, RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO, TraceTailAdaptive_ELBO, TraceTMC_ELBO
 
+from .._registry import foreign_doc
 from .renyi import RenyiBound
 from .svi import SVIConfig, SVIObjective
 
@@ -108,19 +109,34 @@ class PyroELBO(SVIObjective):
         return super().refusal(model, guide)
 
 
+#: ``:param [type] name: text`` in a Pyro docstring
+_PARAM = re.compile(r":param(?:\s+[\w.]+)?\s+(\w+):\s*(.*?)(?=\n\s*:param|\n\s*\n|\Z)", re.S)
+
+
+def _option_docs(cls: type[ELBO]) -> dict[str, str]:
+    """Pyro's description of each constructor option of ``cls`` (its own docstring's, else a base's)."""
+    out: dict[str, str] = {}
+    for c in cls.__mro__:
+        for name, text in _PARAM.findall(inspect.getdoc(c) or ""):
+            out.setdefault(name, "Pyro's option: " + foreign_doc(" ".join(text.split())))
+    return out
+
+
 def _section(cls: type[ELBO]) -> type[SVIConfig]:
-    """A card section with the constructor options of ``cls`` that take numbers or booleans."""
+    """A card section with the constructor options of ``cls`` that take numbers or booleans
+    (described as Pyro describes them)."""
     fields: dict[str, Any] = {}
+    docs = _option_docs(cls)
     for name, p in inspect.signature(cls.__init__).parameters.items():
         if name in _PASSED or p.default is inspect.Parameter.empty or isinstance(p.default, str):
             continue
         default = _NEEDS.get(cls, {}).get(name, p.default)
         if isinstance(default, bool):
-            fields[name] = (bool, default)
+            fields[name] = (bool, Field(default, description=docs.get(name)))
         elif isinstance(default, int) and name == "num_particles":
-            fields[name] = (int, Field(default, ge=1))
+            fields[name] = (int, Field(default, ge=1, description=docs.get(name)))
         elif isinstance(default, (int, float)):
-            fields[name] = (float if isinstance(default, float) else int, default)
+            fields[name] = (float if isinstance(default, float) else int, Field(default, description=docs.get(name)))
         elif default is None:
             continue
     return create_model(f"{cls.__name__}Config", __base__=SVIConfig, __module__=__name__, **fields)
@@ -129,7 +145,7 @@ def _section(cls: type[ELBO]) -> type[SVIConfig]:
 def _register(cls: type[ELBO], register: bool = True) -> type[PyroELBO]:
     """The plugin of Pyro's ELBO class ``cls`` (registered under its class name, or not)."""
     doc = " ".join(((cls.__doc__ or cls.__name__).strip().split("\n\n")[0]).split()).split(". ")[0].rstrip(".")
-    doc = re.sub(r":\w+:`~?([^`]+)`", r"``\1``", doc)  # Pyro's cross-references, as literals here
+    doc = foreign_doc(doc)
     shared = inspect.cleandoc(PyroELBO.__doc__ or "").split("\n\n", 1)[1]  # what every such plugin needs
     return type(
         cls.__name__,

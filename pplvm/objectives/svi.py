@@ -27,7 +27,9 @@ from .base import Objective, ObjectiveConfig
 
 class ParticlesConfig(ObjectiveConfig):
     num_particles: int = Field(1, ge=1, description="Monte Carlo particles (k for iwae)")
-    vectorize_particles: bool = True
+    vectorize_particles: bool = Field(
+        True, description="compute the particles in one vectorised pass (needs a static model and guide structure)"
+    )
 
 
 class SVIConfig(ParticlesConfig):

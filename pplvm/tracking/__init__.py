@@ -38,7 +38,10 @@ def logging_schema() -> type[Section]:
                 "(pplvm fit / resume --logger adds to them); the run directory stays the run's record",
             ),
         ),
-        **{name: (tracker.Config, tracker.Config()) for name, tracker in TRACKERS.items()},
+        **{
+            name: (tracker.Config, Field(tracker.Config(), description=f"options of the {name} tracker"))
+            for name, tracker in TRACKERS.items()
+        },
     )
 
 

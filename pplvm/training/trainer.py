@@ -12,8 +12,8 @@ full-data loss.
 
 Data-parallel training (:mod:`pplvm.training.distributed`): with ``world_size`` processes, every
 process draws the same shuffle and takes its shard ``idx[rank::world_size]`` of each global
-batch, keeping the global ``num_data`` in the plate; the rule's :meth:`~pplvm.training.rules.
-UpdateRule.distribute` makes the update agree across processes (DDP for gradient rules), so
+batch, keeping the global ``num_data`` in the plate; the rule's
+:meth:`~pplvm.training.rules.UpdateRule.distribute` makes the update agree across processes (DDP for gradient rules), so
 parameters stay equal to a single process's on the same global batches. The epoch's loss is
 summed over processes and held-out metrics are rank 0's on every process, so early stopping
 and every other decision of the loop are the same everywhere; only rank 0 writes checkpoints
