@@ -14,6 +14,7 @@ See docs/integrations/sklearn.md.
 
 from __future__ import annotations
 
+from .. import _pyro_settings  # noqa: F401  (Pyro's settings, before anything here builds a model)
 from .card import CardEstimator
 from .fa import FA
 from .gmm import GMM
