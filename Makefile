@@ -17,12 +17,13 @@ TEST_WORKERS ?= 2
 .PHONY: setup setup-new demo lint test test-311 test-new test-all bench notebooks docs clean
 
 # A fresh venv; the CPU wheel torch==2.13.0 first (pip takes it from the machine's wheel folder, so
-# nothing pulls a CUDA build), then pplvm and its extras by uv (parallel downloads: 86 s -> 22 s here).
+# nothing pulls a CUDA build), then pplvm and its extras by uv (parallel downloads; bytecode compiled at
+# install, as pip does: the environment may set PYTHONDONTWRITEBYTECODE, and every test process imports torch).
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make: PY=$(PY) is Python %d.%d; expected 3.11 (set PY=python3.11)" % sys.version_info[:2])'
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0 uv
-	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e '.[dev,bench,docs]'
+	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev,bench,docs]'
 	touch $(STAMP)
 
 # The newer Python's venv: torch==2.13.0 from PyPI (the CPU wheel on disk is for 3.11 only;
@@ -31,8 +32,8 @@ $(STAMP_NEW): pyproject.toml
 	@test -n "$(PY_NEW)" && test -x "$(PY_NEW)" || { echo "make: no Python 3.12 found (looked for $(PYENV_ROOT)/versions/3.12*/bin/python); install one (pyenv install 3.12) or set PY_NEW=/path/to/python3.12" >&2; exit 1; }
 	$(PY_NEW) -m venv $(VENV_NEW)
 	$(VENV_NEW)/bin/python -m pip install --quiet uv
-	$(VENV_NEW)/bin/python -m uv pip install --quiet --python $(VENV_NEW)/bin/python torch==2.13.0
-	$(VENV_NEW)/bin/python -m uv pip install --quiet --python $(VENV_NEW)/bin/python -e '.[dev]'
+	$(VENV_NEW)/bin/python -m uv pip install --quiet --compile-bytecode --python $(VENV_NEW)/bin/python torch==2.13.0
+	$(VENV_NEW)/bin/python -m uv pip install --quiet --compile-bytecode --python $(VENV_NEW)/bin/python -e '.[dev]'
 	touch $(STAMP_NEW)
 
 setup: $(STAMP)

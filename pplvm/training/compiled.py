@@ -51,7 +51,7 @@ from pyro.poutine.util import is_validation_enabled
 from ..data.base import Batch
 from ._graphs import _CudaGraph, _data_dependent, _no_host_reads, _rng_state, _set_rng_state
 from .distributed import DataParallel
-from .rules import SVIStep
+from .rules import SVIStep, clip_gradients
 
 log = logging.getLogger("pplvm")
 #: distinct batch signatures (shapes) traced before falling back (full and last minibatch: 2)
@@ -234,8 +234,7 @@ class CompiledSVIStep(SVIStep):
             p.grad = g
         if self._dp is not None:
             self._dp.reduce_gradients(self._params)
-        if self.config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self._params, self.config.clip_norm)
+        self.grad_norm = clip_gradients(self._params, self.config.clip_norm)
         self.optimizer.step()
         return loss
 

@@ -214,6 +214,16 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def clip_gradients(params: list[torch.Tensor], clip_norm: float | None) -> torch.Tensor:
+    """The global 2-norm of the parameters' gradients; with ``clip_norm``, the gradients are then
+    scaled down to at most that norm (as :func:`torch.nn.utils.clip_grad_norm_`)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if clip_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+    return norm
+
+
 class SVIStep(UpdateRule):
     """Stochastic variational inference: a gradient step of the card's optimiser on
     ``objective(model, guide)`` (an ``ELBOModule``; under several processes, wrapped in
@@ -237,6 +247,8 @@ class SVIStep(UpdateRule):
         self.schedule, self.held_out = schedule, held_out
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
+        #: the gradients' global 2-norm at the last step, before clipping (logged as ``grad_norm``)
+        self.grad_norm: torch.Tensor | None = None
 
     def setup(self, example, num_data: int) -> None:
         if self.optimizer is not None:
@@ -254,8 +266,7 @@ class SVIStep(UpdateRule):
         with self._scheduled(progress):
             loss = self.loss_module(batch, num_data=num_data)
         loss.backward()
-        if self.config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
+        self.grad_norm = clip_gradients(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
         self.optimizer.step()
         return loss.detach()
 
@@ -267,6 +278,8 @@ class SVIStep(UpdateRule):
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         out = {"lr": self.optimizer.param_groups[0]["lr"]}
+        if self.grad_norm is not None:  # the epoch's last step's, before clipping (one host sync an epoch)
+            out["grad_norm"] = float(self.grad_norm)
         self.scheduler.step()
         if self.schedule is not None:
             out.update(self.schedule.values(epoch))

@@ -293,3 +293,38 @@ def test_a_model_not_finite_before_any_update_is_not_blamed_on_the_learning_rate
     message = str(info.value)
     assert "at epoch 1, step 1" in message and "non-finite parameters: guide.locs.locs_unconstrained" in message
     assert "learning rate is not the cause" in message and "smaller training.lr" not in message
+
+
+def test_the_gradient_norm_is_logged_before_clipping_and_the_step_clips():
+    """``grad_norm`` (an epoch's last step) is the gradients' 2-norm before clipping: for
+    -log Π_n N(x_n | loc, I) it is N ‖loc - x̄‖; the step itself uses gradients clipped to
+    ``training.clip_norm``."""
+    import pyro.distributions as dist
+    from pyro.infer import Trace_ELBO
+    from pyro.nn import PyroModule, PyroParam
+
+    from pplvm.sections import TrainingConfig
+    from pplvm.training.rules import SVIStep
+
+    class Mean(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.loc = PyroParam(torch.tensor([3.0, -2.0]))
+
+        def forward(self, x, num_data=None):
+            with pyro.plate("data", len(x)):
+                pyro.sample("obs", dist.Normal(self.loc, 1.0).to_event(1), obs=x)
+
+    class NoLatents(PyroModule):
+        def forward(self, x, num_data=None):
+            return None
+
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    model = Mean()
+    rule = SVIStep(model, NoLatents(), Trace_ELBO(), TrainingConfig(clip_norm=1.0, lr=0.1, progress=False))
+    rule.setup(x, len(x))
+    expected = len(x) * (model.loc.detach() - x.mean(0)).norm()
+    rule.step(x, len(x), 0.0)
+    assert float(rule.grad_norm) == pytest.approx(float(expected), rel=1e-5)
+    assert float(model.loc.grad.norm()) == pytest.approx(1.0, rel=1e-5)  # clipped for the update
+    assert rule.end_epoch(1)["grad_norm"] == pytest.approx(float(expected), rel=1e-5)
