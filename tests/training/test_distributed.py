@@ -143,9 +143,11 @@ def test_torchrun_fit_and_resume_equal_one_process(tmp_path):
     # a second fit into the run is refused by rank 0 (which alone locks and writes it) and the
     # other process stops with it; rank 0 alone says so, in one line; the run is left as it was
     before = {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
-    refused = torchrun("fit", str(card), "--out", str(two), "--quiet", ok=False)
-    assert "pplvm: error: --out" in refused.stderr and "already holds a run" in refused.stderr, refused.stderr[-3000:]
-    assert refused.stderr.count("pplvm: error:") == 1, refused.stderr[-3000:]
+    refused = launch(["-m", "pplvm", "fit", str(card), "--out", str(two), "--quiet"])  # torchrun's env, no launcher
+    assert [r.returncode for r in refused] == [2, 2], [r.stderr[-3000:] for r in refused]
+    stderr = "".join(r.stderr for r in refused)
+    assert "pplvm: error: --out" in stderr and "already holds a run" in stderr, stderr[-3000:]
+    assert stderr.count("pplvm: error:") == 1, stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in two.iterdir()} == before
 
     torchrun("resume", str(two), "--epochs", "6", "--json")  # each process takes its RNG state back
