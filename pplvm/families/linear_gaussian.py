@@ -326,15 +326,8 @@ class FactorAnalysis(LinearGaussian):
     **Marginal: exact** (Gaussian closed form). ``log_likelihood`` returns
     :math:`\log \mathcal N(x_n;\ \mu,\ W W^\top + \Psi)`.
 
-    **Latent structure.** One continuous local site ``z`` whose posterior has a closed form,
-    :math:`p(z_n \mid x_n, \theta) = \mathcal N(C^{-1} W^\top \Psi^{-1} (x_n - \mu), C^{-1})`,
-    :math:`C = I_L + W^\top \Psi^{-1} W` (:class:`~pplvm.families.capabilities.ExactLocalPosterior`), and
-    closed-form EM (:class:`~pplvm.families.capabilities.ClosedFormEM`). So it admits the ``exact`` guide
-    (with it the ELBO *equals* :math:`\log p(x \mid \theta)` for every draw: SVI is EM's gradient
-    form), ``map``, an ``amortized`` encoder, per-datum ``meanfield`` normals, a ``flow`` (L ≥ 2),
-    the SVI objectives over a reparameterised local (``elbo``, ``meanfield``, ``iwae``, ``iwae_dreg``,
-    ``stl``, ``renyi``) and ``em``. Global latents: ``weight`` only with ``prior = "normal"`` (W is
-    identified up to a rotation; its summaries are the signal variances :math:`\mathrm{diag}(W W^\top)`).
+    **Latent structure.** As :class:`PPCA`'s, with the diagonal :math:`\Psi` in the same closed-form
+    posterior :math:`p(z_n \mid x_n, \theta)`: the same guides and objectives, ``em`` included.
 
     **Card.** As ``ppca``'s. From ``models/fa_wine.toml``:
 

@@ -346,21 +346,12 @@ class ConditionalVAE(_Autoencoder):
         \frac{p(z_s)\, p_\theta(x_n \mid z_s, y_n)}{q_\phi(z_s \mid x_n, y_n)},
         \qquad z_s \sim q_\phi(\cdot \mid x_n, y_n),
 
-    unbiased for :math:`p(x_n)` (so in expectation a lower bound of :math:`\log p(x_n)`, the
-    IWAE-S bound, tightening as S grows). Its delta-method standard error
-    :math:`\sqrt{(r - 1)/(S - 1)}`, :math:`r = S \sum w_s^2 / (\sum w_s)^2`, and effective sample
-    size :math:`S / r` are what :func:`pplvm.inference.importance.importance_log_likelihood`
-    reports beside it; the family returns the estimate alone.
+    unbiased for :math:`p(x_n)`, with the standard error and effective sample size of
+    :class:`VAE`'s estimate.
 
-    **Latent structure.** One continuous, reparameterisable local site ``z`` ``(N, L)`` and an
-    encoder (``make_encoder``), no closed-form posterior and no enumerated site: guides
-    that serve a continuous local through an encoder (``amortized``, ``flow``) serve it, and
-    every SVI objective over a sampled local (``elbo``, ``meanfield`` with analytic KLs and
-    free bits, ``iwae``, ``iwae_dreg``, ``stl``, ``renyi``, KL warm-up). ``meanfield`` guides
-    (free :math:`q(z_n)` per training row) do not, since it reads no row index. The decoder
-    weights θ are point estimates, so there are no global latents, unless the decoder is your
-    own (``model.decoder_target``) with ``PyroSample`` weights: those are then global latents
-    with a mean-field guide (``guide.globals``) beside the encoder.
+    **Latent structure.** As :class:`VAE`'s: one continuous local site ``z`` with an encoder, served
+    by the same guides and objectives; ``y`` is an input of the encoder and the decoder, not a
+    latent.
 
     **Card.** Those of ``vae`` and exactly one of ``model.classes`` or ``model.side_dim``. From
     ``models/cvae_digits.toml``:
