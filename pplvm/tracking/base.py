@@ -10,6 +10,7 @@ tool only when a run starts it (:func:`require`), so the tool is an optional dep
 
 from __future__ import annotations
 
+import abc
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ class RunInfo:
     resumed_from: int | None = None
 
 
-class Tracker:
+class Tracker(abc.ABC):
     """Base of a tracker: a subclass names itself and is registered in :data:`TRACKERS`.
 
     The calls, in order: :meth:`start` once, then :meth:`log_metrics`, :meth:`log_figure`,
@@ -76,32 +77,32 @@ class Tracker:
     def __init__(self, config: Any):
         self.config = config
 
+    @abc.abstractmethod
     def start(self, run: RunInfo) -> bool:
         """Open (or, on a resume, reopen) the run's mirror; return whether it continues an
         earlier mirror of this run (False: a new one, to which the run's records so far are
         copied first)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One record's numbers at ``step``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_figure(self, name: str, figure: Any, step: int) -> None:
         """A matplotlib Figure (e.g. a grid of samples) at ``step``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_image(self, name: str, path: Path, step: int) -> None:
         """An image file (the run's ``model.png``) at ``step``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_text(self, name: str, text: str, step: int) -> None:
         """Text (Markdown: the card, a table) at ``step``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def finish(self, run_dir: Path, status: Status) -> None:
         """Close the mirror; ``run_dir``: the run directory, complete when ``status`` is
         ``"FINISHED"`` (its files, ``model.png`` among them, are then written)."""
-        raise NotImplementedError
 
 
 def require(tracker: type[Tracker]) -> Any:

@@ -16,6 +16,7 @@ take is refused with the card's own one-line message, prefixed by the ``--param`
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 import tomllib
@@ -30,7 +31,7 @@ KINDS: Registry[type["Kind"]] = Registry("--param kind")
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*([a-z]+)\s*\((.*)\)\s*$", re.S)
 
 
-class Kind:
+class Kind(abc.ABC):
     """A kind of parameter: what its arguments must be, and how a trial draws a value."""
 
     name: ClassVar[str]
@@ -41,13 +42,14 @@ class Kind:
         KINDS.register(cls.name)(cls)
 
     @classmethod
+    @abc.abstractmethod
     def check(cls, values: tuple) -> tuple:
         """``values`` as the kind takes them; ValueError (its message: what is wrong) otherwise."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def suggest(cls, trial: Any, key: str, values: tuple) -> Any:
-        raise NotImplementedError
+        """The value an Optuna ``trial`` draws for ``key`` from this kind's range ``values``."""
 
 
 def _numbers(values: tuple, integer: bool, low: float) -> tuple:
