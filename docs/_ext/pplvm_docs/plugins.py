@@ -149,14 +149,21 @@ def _traits(kind: str, model: Any) -> str:
     return literal(", ".join(shown)) if shown else "the defaults"
 
 
+def _plugin_head(name: str, cls: type, first: bool, folder: str, section: str, tag: str) -> list[str]:
+    """A guide's or an objective's page up to its table of families: the title, the card line,
+    the class's docstring, its card keys and what it declares."""
+    where = f"reference/{folder}/{name}"
+    out = [heading(name, "="), f'``{section}.{tag} = "{name}"``\n', _class_block(cls, where, first)]
+    out.append(heading("Card keys", "-") + section_table(cls.Config, section, where, tag))
+    if (declared := _declared_table(cls)).strip():
+        out.append(heading("What it declares", "-") + declared)
+    return out
+
+
 def guide_page(name: str, cls: type, first: bool) -> str:
     from .rst import table
 
-    where = f"reference/guides/{name}"
-    out = [heading(name, "="), f'``guide.kind = "{name}"``\n', _class_block(cls, where, first)]
-    out.append(heading("Card keys", "-") + section_table(cls.Config, "guide", where, "kind"))
-    if (declared := _declared_table(cls)).strip():
-        out.append(heading("What it declares", "-") + declared)
+    out = _plugin_head(name, cls, first, "guides", "guide", "kind")
     out.append(heading("Families it serves", "-"))
     out.append(
         "Each family at its card defaults, asked as the facade asks (:func:`pplvm.objectives.admissions`); "
@@ -178,11 +185,7 @@ def guide_page(name: str, cls: type, first: bool) -> str:
 def objective_page(name: str, cls: type, first: bool) -> str:
     from .rst import table
 
-    where = f"reference/objectives/{name}"
-    out = [heading(name, "="), f'``objective.name = "{name}"``\n', _class_block(cls, where, first)]
-    out.append(heading("Card keys", "-") + section_table(cls.Config, "objective", where, "name"))
-    if (declared := _declared_table(cls)).strip():
-        out.append(heading("What it declares", "-") + declared)
+    out = _plugin_head(name, cls, first, "objectives", "objective", "name")
     out.append(heading("Families it trains", "-"))
     out.append(
         "Each family at its card defaults, with the guides it admits, asked as the facade asks "
